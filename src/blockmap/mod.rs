@@ -1,0 +1,2 @@
+//! A host file resolved to the device sectors that hold it, verified, and a
+//! raw O_DIRECT writer that can only address those sectors.

@@ -1,0 +1,1 @@
+//! md's on-disk formats: pure conversions between bytes and structs.

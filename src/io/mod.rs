@@ -1,0 +1,5 @@
+//! Thin I/O primitives shared by every layer: aligned buffers, refcounted
+//! completions, and the leg device.
+
+pub mod aligned;
+pub mod completion;

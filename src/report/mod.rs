@@ -1,0 +1,2 @@
+//! Text renderings in md's words: `mdadm --examine`, `--examine-bitmap`,
+//! `/proc/mdstat`. Pure: structs in, strings out.
