@@ -1,0 +1,4 @@
+fn main() {
+    eprintln!("mdfuse: not built yet");
+    std::process::exit(1);
+}
