@@ -14,5 +14,8 @@
 pub mod bitmap;
 pub mod blockmap;
 pub mod format;
+pub mod fuse_fs;
 pub mod io;
+pub mod raid1;
 pub mod report;
+pub mod serve;

@@ -57,7 +57,10 @@ impl Completion {
             self.failures.lock().push(failure);
         }
         let before = self.outstanding.fetch_sub(1, Ordering::AcqRel);
-        assert!(before > 0, "Completion::finish called more often than armed");
+        assert!(
+            before > 0,
+            "Completion::finish called more often than armed"
+        );
         if before == 1 {
             let mut done = self.done.lock();
             *done = true;

@@ -3,3 +3,4 @@
 
 pub mod aligned;
 pub mod completion;
+pub mod leg;

@@ -1,0 +1,312 @@
+//! The FUSE adapter: a directory holding `array.img` (the array's data) and
+//! `mdstat` (its status in /proc/mdstat's format). It only translates FUSE
+//! requests into calls on a [`ServedArray`]; it knows nothing of legs,
+//! superblocks or bitmaps.
+
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
+};
+use std::ffi::OsStr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// What the adapter serves. Errors are errno values; the implementation
+/// logs them with their context.
+pub trait ServedArray: Send + Sync + 'static {
+    fn size(&self) -> u64;
+    fn read_only(&self) -> bool;
+    /// Reads `[offset, offset+len)` (clamped at the end) and passes the bytes to `out`.
+    fn read(&self, offset: u64, len: u64, out: &mut dyn FnMut(&[u8])) -> Result<(), i32>;
+    fn write(&self, offset: u64, data: &[u8]) -> Result<usize, i32>;
+    /// Makes acknowledged writes durable on every in-sync leg.
+    fn flush(&self) -> Result<(), i32>;
+    /// The status text of `mdstat`.
+    fn mdstat(&self) -> String;
+}
+
+/// The largest request asked of the kernel (it may grant less).
+pub const MAX_REQUEST: u32 = 1 << 20;
+
+const ROOT: u64 = 1;
+const IMAGE: u64 = 2;
+const MDSTAT: u64 = 3;
+pub const IMAGE_NAME: &str = "array.img";
+pub const MDSTAT_NAME: &str = "mdstat";
+
+/// File handles: bit 0 says the file was opened for writing (its close
+/// flushes the legs).
+const FH_WRITABLE: u64 = 1;
+
+const TTL: Duration = Duration::from_secs(1);
+
+pub struct ArrayFs<A: ServedArray> {
+    array: Arc<A>,
+    uid: u32,
+    gid: u32,
+    started: SystemTime,
+}
+
+impl<A: ServedArray> ArrayFs<A> {
+    pub fn new(array: Arc<A>, uid: u32, gid: u32) -> Self {
+        ArrayFs {
+            array,
+            uid,
+            gid,
+            started: SystemTime::now(),
+        }
+    }
+
+    fn attr(&self, ino: u64) -> Option<FileAttr> {
+        let (kind, perm, size, nlink) = match ino {
+            ROOT => (FileType::Directory, 0o755, 0, 2),
+            IMAGE => (
+                FileType::RegularFile,
+                if self.array.read_only() { 0o400 } else { 0o600 },
+                self.array.size(),
+                1,
+            ),
+            // Served with direct I/O, so the size is only a hint for tools.
+            MDSTAT => (FileType::RegularFile, 0o444, 4096, 1),
+            _ => return None,
+        };
+        Some(FileAttr {
+            ino: INodeNo(ino),
+            size,
+            blocks: size.div_ceil(512),
+            atime: self.started,
+            mtime: self.started,
+            ctime: self.started,
+            crtime: self.started,
+            kind,
+            perm,
+            nlink,
+            uid: self.uid,
+            gid: self.gid,
+            rdev: 0,
+            blksize: 4096,
+            flags: 0,
+        })
+    }
+}
+
+fn errno(e: i32) -> Errno {
+    Errno::from_i32(e)
+}
+
+impl<A: ServedArray> Filesystem for ArrayFs<A> {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        if let Err(nearest) = config.set_max_write(MAX_REQUEST) {
+            let _ = config.set_max_write(nearest);
+        }
+        if let Err(nearest) = config.set_max_readahead(MAX_REQUEST) {
+            let _ = config.set_max_readahead(nearest);
+        }
+        // More requests in flight: readahead and async direct I/O.
+        let _ = config.set_max_background(64);
+        let _ = config.set_congestion_threshold(48);
+        let wanted = InitFlags::FUSE_ASYNC_DIO | InitFlags::FUSE_ASYNC_READ;
+        let _ = config.add_capabilities(wanted & config.capabilities());
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let ino = match (parent.0, name.to_str()) {
+            (ROOT, Some(IMAGE_NAME)) => IMAGE,
+            (ROOT, Some(MDSTAT_NAME)) => MDSTAT,
+            _ => return reply.error(Errno::ENOENT),
+        };
+        match self.attr(ino) {
+            Some(a) => reply.entry(&TTL, &a, Generation(0)),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.attr(ino.0) {
+            Some(a) => reply.attr(&TTL, &a),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        _mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        if mode.is_some() || uid.is_some() || gid.is_some() {
+            return reply.error(Errno::EPERM);
+        }
+        if let Some(size) = size {
+            if ino.0 != IMAGE || size != self.array.size() {
+                log::warn!(
+                    "refused to resize {IMAGE_NAME} to {size} bytes: it has the array's fixed size \
+                     ({} bytes); write into it without truncating (e.g. dd conv=notrunc)",
+                    self.array.size()
+                );
+                return reply.error(Errno::EPERM);
+            }
+        }
+        // Times are not kept; accept touch-like updates.
+        match self.attr(ino.0) {
+            Some(a) => reply.attr(&TTL, &a),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let writing = !matches!(flags.acc_mode(), OpenAccMode::O_RDONLY);
+        match ino.0 {
+            IMAGE => {
+                if writing && self.array.read_only() {
+                    return reply.error(Errno::EROFS);
+                }
+                let fh = if writing { FH_WRITABLE } else { 0 };
+                reply.opened(FileHandle(fh), FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES)
+            }
+            MDSTAT => {
+                if writing {
+                    return reply.error(Errno::EACCES);
+                }
+                reply.opened(FileHandle(0), FopenFlags::FOPEN_DIRECT_IO)
+            }
+            ROOT => reply.error(Errno::EISDIR),
+            _ => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match ino.0 {
+            IMAGE => {
+                let mut reply = Some(reply);
+                let result = self.array.read(offset, size as u64, &mut |bytes| {
+                    if let Some(r) = reply.take() {
+                        r.data(bytes);
+                    }
+                });
+                if let (Err(e), Some(r)) = (result, reply.take()) {
+                    r.error(errno(e));
+                }
+            }
+            MDSTAT => {
+                let text = self.array.mdstat();
+                let bytes = text.as_bytes();
+                let start = (offset as usize).min(bytes.len());
+                let end = (start + size as usize).min(bytes.len());
+                reply.data(&bytes[start..end]);
+            }
+            ROOT => reply.error(Errno::EISDIR),
+            _ => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        if ino.0 != IMAGE {
+            return reply.error(Errno::EACCES);
+        }
+        match self.array.write(offset, data) {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        // Closing a file that was written makes its writes durable, so a
+        // writer that closes without fsync still finds its data after a crash.
+        if ino.0 == IMAGE && fh.0 & FH_WRITABLE != 0 {
+            if let Err(e) = self.array.flush() {
+                return reply.error(errno(e));
+            }
+        }
+        reply.ok()
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        if ino.0 != IMAGE {
+            return reply.ok();
+        }
+        match self.array.flush() {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        if ino.0 != ROOT {
+            return reply.error(Errno::ENOTDIR);
+        }
+        let entries = [
+            (ROOT, FileType::Directory, "."),
+            (ROOT, FileType::Directory, ".."),
+            (IMAGE, FileType::RegularFile, IMAGE_NAME),
+            (MDSTAT, FileType::RegularFile, MDSTAT_NAME),
+        ];
+        for (i, (ino, kind, name)) in entries.iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(*ino), (i + 1) as u64, *kind, name) {
+                break;
+            }
+        }
+        reply.ok()
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let blocks = self.array.size() / 4096;
+        reply.statfs(blocks, 0, 0, 3, 0, 4096, 255, 4096);
+    }
+}

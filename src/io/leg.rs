@@ -1,0 +1,277 @@
+//! One backing leg: a regular file or a block device, opened for direct I/O
+//! where it allows it, locked against a second mdfuse.
+//!
+//! Offsets here are absolute byte offsets on the leg; the RAID1 engine adds
+//! the data offset.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+/// How a leg's data is read and written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoMode {
+    /// O_DIRECT: aligned buffers, no page cache between the array and the leg.
+    Direct,
+    /// Through the host's page cache (for filesystems without O_DIRECT, or by choice).
+    Buffered,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LegError {
+    #[error("leg {path}: cannot open: {source}{hint}")]
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+        hint: &'static str,
+    },
+    #[error("leg {path}: not a regular file or block device")]
+    NotFileOrDevice { path: PathBuf },
+    #[error("leg {path} is in use by another mdfuse (it holds the lock); stop that one first")]
+    InUse { path: PathBuf },
+    #[error("leg {path}: cannot lock: {source}")]
+    Lock {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("leg {path}: {op} of {len} bytes at offset {offset} failed: {source}")]
+    Io {
+        path: PathBuf,
+        op: &'static str,
+        offset: u64,
+        len: usize,
+        source: std::io::Error,
+    },
+    #[error("leg {path}: cannot flush to stable storage: {source}")]
+    Sync {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl LegError {
+    /// The OS error number behind this error, for FUSE replies.
+    pub fn errno(&self) -> i32 {
+        let src = match self {
+            LegError::Open { source, .. }
+            | LegError::Lock { source, .. }
+            | LegError::Io { source, .. }
+            | LegError::Sync { source, .. } => source,
+            LegError::NotFileOrDevice { .. } => return libc::ENODEV,
+            LegError::InUse { .. } => return libc::EBUSY,
+        };
+        src.raw_os_error().unwrap_or(libc::EIO)
+    }
+}
+
+#[derive(Debug)]
+pub struct Leg {
+    path: PathBuf,
+    file: File,
+    mode: IoMode,
+    is_block_device: bool,
+    size: u64,
+}
+
+const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
+
+impl Leg {
+    /// Opens a leg. With `IoMode::Direct` a filesystem that refuses O_DIRECT
+    /// (tmpfs, some FUSE filesystems) makes the leg fall back to buffered I/O,
+    /// with a log line saying so. `lock` takes an exclusive flock so a second
+    /// mdfuse cannot use the leg at the same time.
+    pub fn open(path: &Path, mode: IoMode, writable: bool, lock: bool) -> Result<Leg, LegError> {
+        let meta = std::fs::metadata(path).map_err(|source| LegError::Open {
+            path: path.to_owned(),
+            hint: if source.kind() == std::io::ErrorKind::NotFound {
+                " (check the path; a leg must exist: create a file with `truncate -s SIZE FILE`)"
+            } else {
+                ""
+            },
+            source,
+        })?;
+        let is_block_device = meta.file_type().is_block_device();
+        if !is_block_device && !meta.is_file() {
+            return Err(LegError::NotFileOrDevice {
+                path: path.to_owned(),
+            });
+        }
+        let open_with = |flags: i32| {
+            OpenOptions::new()
+                .read(true)
+                .write(writable)
+                .custom_flags(flags | libc::O_CLOEXEC)
+                .open(path)
+        };
+        let (file, mode) = match mode {
+            IoMode::Buffered => (open_with(0), IoMode::Buffered),
+            IoMode::Direct => match open_with(libc::O_DIRECT) {
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    log::warn!(
+                        "leg {}: its filesystem refuses O_DIRECT; using buffered I/O for it",
+                        path.display()
+                    );
+                    (open_with(0), IoMode::Buffered)
+                }
+                other => (other, IoMode::Direct),
+            },
+        };
+        let file = file.map_err(|source| LegError::Open {
+            path: path.to_owned(),
+            hint: if source.raw_os_error() == Some(libc::EACCES)
+                || source.raw_os_error() == Some(libc::EROFS)
+            {
+                " (mdfuse needs read-write access to every leg)"
+            } else {
+                ""
+            },
+            source,
+        })?;
+        if lock {
+            // SAFETY: flock on a valid fd.
+            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            if rc != 0 {
+                let err = std::io::Error::last_os_error();
+                return Err(if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                    LegError::InUse {
+                        path: path.to_owned(),
+                    }
+                } else {
+                    LegError::Lock {
+                        path: path.to_owned(),
+                        source: err,
+                    }
+                });
+            }
+        }
+        let size = if is_block_device {
+            let mut bytes: u64 = 0;
+            // SAFETY: BLKGETSIZE64 writes one u64 through the pointer.
+            let rc = unsafe { libc::ioctl(file.as_raw_fd(), BLKGETSIZE64, &mut bytes) };
+            if rc != 0 {
+                return Err(LegError::Open {
+                    path: path.to_owned(),
+                    source: std::io::Error::last_os_error(),
+                    hint: " (BLKGETSIZE64)",
+                });
+            }
+            bytes
+        } else {
+            meta.len()
+        };
+        Ok(Leg {
+            path: path.to_owned(),
+            file,
+            mode,
+            is_block_device,
+            size,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn mode(&self) -> IoMode {
+        self.mode
+    }
+
+    pub fn is_block_device(&self) -> bool {
+        self.is_block_device
+    }
+
+    /// Size of the leg in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Reads exactly `buf.len()` bytes at `offset`. In direct mode `buf`,
+    /// `offset` and the length must be 4 KiB aligned.
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), LegError> {
+        self.file
+            .read_exact_at(buf, offset)
+            .map_err(|source| self.io_error("read", offset, buf.len(), source))
+    }
+
+    /// Writes all of `buf` at `offset` (same alignment rules as `read_at`).
+    pub fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), LegError> {
+        self.file
+            .write_all_at(buf, offset)
+            .map_err(|source| self.io_error("write", offset, buf.len(), source))
+    }
+
+    /// Makes every completed write durable (fdatasync: data and the metadata
+    /// needed to read it back; for a block device, a cache flush).
+    pub fn sync_data(&self) -> Result<(), LegError> {
+        self.file.sync_data().map_err(|source| LegError::Sync {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    fn io_error(
+        &self,
+        op: &'static str,
+        offset: u64,
+        len: usize,
+        source: std::io::Error,
+    ) -> LegError {
+        let source = if source.kind() == std::io::ErrorKind::UnexpectedEof {
+            std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "end of leg reached (the leg is smaller than its superblock says)",
+            )
+        } else {
+            source
+        };
+        LegError::Io {
+            path: self.path.clone(),
+            op,
+            offset,
+            len,
+            source,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::aligned::AlignedBuf;
+
+    #[test]
+    fn direct_roundtrip_on_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("leg");
+        std::fs::write(&p, vec![0u8; 1 << 20]).unwrap();
+        let leg = Leg::open(&p, IoMode::Direct, true, true).unwrap();
+        assert_eq!(leg.size(), 1 << 20);
+        let mut b = AlignedBuf::new(8192);
+        b.as_mut_slice().fill(0xab);
+        leg.write_at(&b.as_slice()[..8192], 4096).unwrap();
+        let mut r = AlignedBuf::new(8192);
+        leg.read_at(&mut r.as_mut_slice()[..8192], 4096).unwrap();
+        assert!(r.as_slice().iter().all(|&x| x == 0xab));
+        leg.sync_data().unwrap();
+    }
+
+    #[test]
+    fn second_open_with_lock_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("leg");
+        std::fs::write(&p, vec![0u8; 8192]).unwrap();
+        let _first = Leg::open(&p, IoMode::Buffered, true, true).unwrap();
+        let err = Leg::open(&p, IoMode::Buffered, true, true).unwrap_err();
+        assert!(matches!(err, LegError::InUse { .. }), "{err}");
+        assert!(err.to_string().contains("in use by another mdfuse"));
+    }
+
+    #[test]
+    fn missing_leg_is_named() {
+        let err =
+            Leg::open(Path::new("/nonexistent/leg0"), IoMode::Direct, true, true).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("/nonexistent/leg0"), "{msg}");
+    }
+}

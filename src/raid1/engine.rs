@@ -1,0 +1,571 @@
+//! The mirror: every write goes to every in-sync leg before it is
+//! acknowledged (legs in parallel), reads are balanced across in-sync legs,
+//! flushes reach every leg's stable storage.
+//!
+//! A write, in order (see docs/design.md, "The I/O path"):
+//! 1. widen to whole blocks (direct I/O) and take the range lock, so
+//!    overlapping writes reach every leg in one order and a read-modify-write
+//!    of an edge block cannot tear a neighbouring write;
+//! 2. read the partial edge blocks from an in-sync leg, lay the data over;
+//! 3. `WriteIntent::start_write`: the chunk's bit is durable before any leg
+//!    is written;
+//! 4. fan out: other legs' shares go to their worker threads, the calling
+//!    thread writes the first leg itself, one completion counts them all;
+//! 5. `WriteIntent::end_write`, release the range.
+
+use super::leg_workers::{Job, LegWorkers, SharedBuf};
+use super::range_lock::RangeLock;
+use crate::bitmap::{BitmapError, WriteIntent};
+use crate::io::aligned::with_scratch;
+use crate::io::completion::{Completion, OpFailure};
+use crate::io::leg::{IoMode, Leg, LegError};
+use parking_lot::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// Block size of read-modify-write in direct mode: aligned for O_DIRECT on
+/// 512-byte and 4 KiB devices alike.
+pub const DIRECT_BLOCK: u64 = 4096;
+
+/// A leg's place in the array, in md's words (`dev-*/state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum LegState {
+    /// Holds the array's data; read and written.
+    InSync = 0,
+    /// Failed; neither read nor written until removed and re-added.
+    Faulty = 1,
+}
+
+impl LegState {
+    fn from_u8(v: u8) -> LegState {
+        match v {
+            0 => LegState::InSync,
+            _ => LegState::Faulty,
+        }
+    }
+
+    /// The word md's sysfs `dev-*/state` uses.
+    pub fn md_word(self) -> &'static str {
+        match self {
+            LegState::InSync => "in_sync",
+            LegState::Faulty => "faulty",
+        }
+    }
+}
+
+/// What the array layer is told by the engine; it keeps the superblocks.
+pub trait ArrayEvents: Send + Sync {
+    /// Called once before the first write after the array was clean: the
+    /// superblocks must say "active" before data changes.
+    fn mark_active(&self) -> Result<(), String>;
+    /// A leg was failed (an I/O error, or an operator's request).
+    fn leg_failed(&self, slot: usize, reason: &str);
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("request at offset {offset} (+{len}) is beyond the array's end ({size} bytes)")]
+    OutOfRange { offset: u64, len: u64, size: u64 },
+    #[error("no in-sync leg is left to serve the array")]
+    NoInSyncLeg,
+    #[error("{op} at array offset {offset} failed on every leg: {}", join(.failures))]
+    AllLegsFailed {
+        op: &'static str,
+        offset: u64,
+        failures: Vec<OpFailure>,
+    },
+    #[error("write-intent bitmap: {0}")]
+    Bitmap(#[from] BitmapError),
+    #[error("cannot mark the array active: {0}")]
+    MarkActive(String),
+    #[error("{0}")]
+    Leg(#[from] LegError),
+    #[error("cannot start I/O threads: {0}")]
+    Threads(std::io::Error),
+    #[error("leg {slot} cannot be failed: {why}")]
+    CannotFail { slot: usize, why: &'static str },
+}
+
+fn join(failures: &[OpFailure]) -> String {
+    failures
+        .iter()
+        .map(|f| f.to_string())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl EngineError {
+    /// The errno a FUSE reply carries for this error.
+    pub fn errno(&self) -> i32 {
+        match self {
+            EngineError::OutOfRange { .. } => libc::ENOSPC,
+            EngineError::AllLegsFailed { failures, .. } => {
+                failures.first().map(|f| f.errno).unwrap_or(libc::EIO)
+            }
+            EngineError::Leg(e) => e.errno(),
+            EngineError::CannotFail { .. } => libc::EBUSY,
+            _ => libc::EIO,
+        }
+    }
+}
+
+/// One leg as the engine holds it.
+pub struct LegSlot {
+    leg: Arc<Leg>,
+    /// Where the array's data starts on this leg, in bytes.
+    data_offset: u64,
+    state: AtomicU8,
+    /// End of the last read sent here: a read starting there is sequential.
+    next_read: AtomicU64,
+    pending_reads: AtomicU32,
+    errors: AtomicU64,
+    reads: AtomicU64,
+    workers: LegWorkers,
+}
+
+impl LegSlot {
+    pub fn state(&self) -> LegState {
+        LegState::from_u8(self.state.load(Ordering::Acquire))
+    }
+    pub fn leg(&self) -> &Leg {
+        &self.leg
+    }
+    pub fn data_offset(&self) -> u64 {
+        self.data_offset
+    }
+    pub fn errors(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
+    }
+    /// Reads this leg has served.
+    pub fn reads(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
+    }
+}
+
+/// A leg handed to the engine.
+pub struct LegSpec {
+    pub leg: Arc<Leg>,
+    pub data_offset: u64,
+    pub state: LegState,
+}
+
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// I/O threads per leg (they carry the other legs' shares of writes).
+    pub workers_per_leg: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            workers_per_leg: 16,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct EngineStats {
+    pub reads: AtomicU64,
+    pub writes: AtomicU64,
+    pub read_bytes: AtomicU64,
+    pub write_bytes: AtomicU64,
+}
+
+pub struct Raid1 {
+    slots: Vec<LegSlot>,
+    array_size: u64,
+    /// Request alignment the legs need (1 when every leg is buffered).
+    block: u64,
+    ranges: RangeLock,
+    intent: Option<Arc<dyn WriteIntent>>,
+    events: Arc<dyn ArrayEvents>,
+    active: AtomicBool,
+    activating: Mutex<()>,
+    rotate: AtomicUsize,
+    stats: EngineStats,
+}
+
+impl Raid1 {
+    pub fn new(
+        legs: Vec<LegSpec>,
+        array_size: u64,
+        intent: Option<Arc<dyn WriteIntent>>,
+        events: Arc<dyn ArrayEvents>,
+        opts: &EngineOptions,
+    ) -> Result<Raid1, EngineError> {
+        let direct = legs.iter().any(|l| l.leg.mode() == IoMode::Direct);
+        let block = if direct { DIRECT_BLOCK } else { 1 };
+        let mut slots = Vec::with_capacity(legs.len());
+        for (slot, spec) in legs.into_iter().enumerate() {
+            let workers = LegWorkers::start(spec.leg.clone(), slot, opts.workers_per_leg)
+                .map_err(EngineError::Threads)?;
+            slots.push(LegSlot {
+                leg: spec.leg,
+                data_offset: spec.data_offset,
+                state: AtomicU8::new(spec.state as u8),
+                next_read: AtomicU64::new(u64::MAX),
+                pending_reads: AtomicU32::new(0),
+                errors: AtomicU64::new(0),
+                reads: AtomicU64::new(0),
+                workers,
+            });
+        }
+        Ok(Raid1 {
+            slots,
+            array_size,
+            block,
+            ranges: RangeLock::new(),
+            intent,
+            events,
+            active: AtomicBool::new(false),
+            activating: Mutex::new(()),
+            rotate: AtomicUsize::new(0),
+            stats: EngineStats::default(),
+        })
+    }
+
+    pub fn size(&self) -> u64 {
+        self.array_size
+    }
+
+    pub fn slots(&self) -> &[LegSlot] {
+        &self.slots
+    }
+
+    pub fn stats(&self) -> &EngineStats {
+        &self.stats
+    }
+
+    pub fn in_sync_count(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| s.state() == LegState::InSync)
+            .count()
+    }
+
+    pub fn is_degraded(&self) -> bool {
+        self.in_sync_count() < self.slots.len()
+    }
+
+    /// True once the array has been written since it was clean.
+    pub fn is_active(&self) -> bool {
+        self.active.load(Ordering::Acquire)
+    }
+
+    fn aligned(&self, offset: u64, len: u64) -> (u64, u64) {
+        let start = offset - offset % self.block;
+        let end = (offset + len).div_ceil(self.block) * self.block;
+        (start, end)
+    }
+
+    fn clamp(&self, offset: u64, len: u64) -> Result<u64, EngineError> {
+        if offset >= self.array_size {
+            return if len == 0 || offset == self.array_size {
+                Ok(0)
+            } else {
+                Err(EngineError::OutOfRange {
+                    offset,
+                    len,
+                    size: self.array_size,
+                })
+            };
+        }
+        Ok(len.min(self.array_size - offset))
+    }
+
+    /// Picks the leg for a read at `offset`: the leg whose last read ended
+    /// there (a sequential stream stays on one leg), else the least busy,
+    /// ties broken in rotation so parallel readers spread.
+    fn choose_read_leg(&self, offset: u64, tried: u64) -> Option<usize> {
+        let n = self.slots.len();
+        let candidates = || {
+            (0..n).filter(move |&i| {
+                tried & (1 << i) == 0 && self.slots[i].state() == LegState::InSync
+            })
+        };
+        if let Some(i) =
+            candidates().find(|&i| self.slots[i].next_read.load(Ordering::Relaxed) == offset)
+        {
+            return Some(i);
+        }
+        let start = self.rotate.fetch_add(1, Ordering::Relaxed);
+        (0..n)
+            .map(|k| (start + k) % n)
+            .filter(|&i| candidates().any(|c| c == i))
+            .min_by_key(|&i| self.slots[i].pending_reads.load(Ordering::Relaxed))
+    }
+
+    /// Reads `[offset, offset+len)` of the array and hands the bytes to `f`
+    /// (they live in this thread's scratch buffer). Returns `f`'s result.
+    /// A leg that fails a read is failed (unless it is the last in-sync one)
+    /// and the read is retried on another.
+    pub fn read<R>(
+        &self,
+        offset: u64,
+        len: u64,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R, EngineError> {
+        let len = self.clamp(offset, len)?;
+        if len == 0 {
+            return Ok(f(&[]));
+        }
+        let (start, end) = self.aligned(offset, len);
+        let span = (end - start) as usize;
+        let head = (offset - start) as usize;
+        with_scratch(span, |buf| {
+            let mut tried = 0u64;
+            let mut failures = Vec::new();
+            loop {
+                let Some(i) = self.choose_read_leg(offset, tried) else {
+                    return Err(if failures.is_empty() {
+                        EngineError::NoInSyncLeg
+                    } else {
+                        EngineError::AllLegsFailed {
+                            op: "read",
+                            offset,
+                            failures,
+                        }
+                    });
+                };
+                tried |= 1 << i;
+                let slot = &self.slots[i];
+                slot.next_read.store(offset + len, Ordering::Relaxed);
+                slot.pending_reads.fetch_add(1, Ordering::Relaxed);
+                let r = slot
+                    .leg
+                    .read_at(&mut buf.as_mut_slice()[..span], slot.data_offset + start);
+                slot.pending_reads.fetch_sub(1, Ordering::Relaxed);
+                match r {
+                    Ok(()) => {
+                        slot.reads.fetch_add(1, Ordering::Relaxed);
+                        self.stats.reads.fetch_add(1, Ordering::Relaxed);
+                        self.stats.read_bytes.fetch_add(len, Ordering::Relaxed);
+                        return Ok(f(&buf.as_slice()[head..head + len as usize]));
+                    }
+                    Err(e) => {
+                        slot.errors.fetch_add(1, Ordering::Relaxed);
+                        log::error!("{e}");
+                        failures.push(OpFailure {
+                            target: i,
+                            errno: e.errno(),
+                            what: e.to_string(),
+                        });
+                        self.fail_after_error(i, &e.to_string());
+                    }
+                }
+            }
+        })
+    }
+
+    /// Writes `data` at `offset`; returns the bytes written (short only at
+    /// the array's end). Returns once every in-sync leg has the data.
+    pub fn write(&self, offset: u64, data: &[u8]) -> Result<usize, EngineError> {
+        let len = self.clamp(offset, data.len() as u64)?;
+        if len == 0 {
+            return Ok(0);
+        }
+        let data = &data[..len as usize];
+        self.ensure_active()?;
+        let (start, end) = self.aligned(offset, len);
+        let span = (end - start) as usize;
+        let head = (offset - start) as usize;
+        let _range = self.ranges.lock(start, end);
+        with_scratch(span, |buf| {
+            let buf = &mut buf.as_mut_slice()[..span];
+            if self.block > 1 {
+                let b = self.block as usize;
+                if head != 0 {
+                    self.read_block_for_merge(start, &mut buf[..b])?;
+                }
+                let tail_start = span - b;
+                if (offset + len) % self.block != 0 && (head == 0 || tail_start != 0) {
+                    self.read_block_for_merge(end - self.block, &mut buf[tail_start..])?;
+                }
+            }
+            buf[head..head + data.len()].copy_from_slice(data);
+            if let Some(intent) = &self.intent {
+                intent.start_write(start, end - start)?;
+            }
+            let result = self.fan_out_write(start, buf);
+            if let Some(intent) = &self.intent {
+                let everywhere = matches!(result, Ok(true));
+                intent.end_write(start, end - start, everywhere);
+            }
+            result?;
+            self.stats.writes.fetch_add(1, Ordering::Relaxed);
+            self.stats.write_bytes.fetch_add(len, Ordering::Relaxed);
+            Ok(len as usize)
+        })
+    }
+
+    /// Reads one block for a read-modify-write, under the caller's range lock.
+    fn read_block_for_merge(&self, array_offset: u64, out: &mut [u8]) -> Result<(), EngineError> {
+        let mut tried = 0u64;
+        let mut failures = Vec::new();
+        while let Some(i) = self.choose_read_leg(u64::MAX, tried) {
+            tried |= 1 << i;
+            let slot = &self.slots[i];
+            match slot.leg.read_at(out, slot.data_offset + array_offset) {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    slot.errors.fetch_add(1, Ordering::Relaxed);
+                    failures.push(OpFailure {
+                        target: i,
+                        errno: e.errno(),
+                        what: e.to_string(),
+                    });
+                    self.fail_after_error(i, &e.to_string());
+                }
+            }
+        }
+        Err(if failures.is_empty() {
+            EngineError::NoInSyncLeg
+        } else {
+            EngineError::AllLegsFailed {
+                op: "read (for a partial-block write)",
+                offset: array_offset,
+                failures,
+            }
+        })
+    }
+
+    /// Writes `buf` at array offset `start` on every in-sync leg in parallel.
+    /// Ok(true): every leg of the array has it; Ok(false): some leg did not
+    /// (degraded, or a leg failed and was failed out); Err: no leg has it.
+    fn fan_out_write(&self, start: u64, buf: &[u8]) -> Result<bool, EngineError> {
+        let targets: Vec<usize> = (0..self.slots.len())
+            .filter(|&i| self.slots[i].state() == LegState::InSync)
+            .collect();
+        let Some((&first, others)) = targets.split_first() else {
+            return Err(EngineError::NoInSyncLeg);
+        };
+        let done = Completion::new(others.len());
+        for &i in others {
+            let slot = &self.slots[i];
+            slot.workers.submit(Job::Write {
+                buf: SharedBuf::new(buf),
+                offset: slot.data_offset + start,
+                done: done.clone(),
+            });
+        }
+        let slot = &self.slots[first];
+        let mut failures = Vec::new();
+        if let Err(e) = slot.leg.write_at(buf, slot.data_offset + start) {
+            failures.push(OpFailure {
+                target: first,
+                errno: e.errno(),
+                what: e.to_string(),
+            });
+        }
+        // The workers read `buf` until this returns.
+        failures.extend(done.wait());
+        if failures.len() == targets.len() {
+            for f in &failures {
+                self.slots[f.target].errors.fetch_add(1, Ordering::Relaxed);
+                log::error!("{f}");
+            }
+            return Err(EngineError::AllLegsFailed {
+                op: "write",
+                offset: start,
+                failures,
+            });
+        }
+        for f in &failures {
+            self.slots[f.target].errors.fetch_add(1, Ordering::Relaxed);
+            log::error!("{f}");
+            self.fail_after_error(f.target, &f.to_string());
+        }
+        Ok(failures.is_empty() && targets.len() == self.slots.len())
+    }
+
+    /// Makes every acknowledged write durable on every in-sync leg.
+    pub fn flush(&self) -> Result<(), EngineError> {
+        let targets: Vec<usize> = (0..self.slots.len())
+            .filter(|&i| self.slots[i].state() == LegState::InSync)
+            .collect();
+        let Some((&first, others)) = targets.split_first() else {
+            return Err(EngineError::NoInSyncLeg);
+        };
+        let done = Completion::new(others.len());
+        for &i in others {
+            self.slots[i]
+                .workers
+                .submit(Job::Sync { done: done.clone() });
+        }
+        let mut failures = Vec::new();
+        if let Err(e) = self.slots[first].leg.sync_data() {
+            failures.push(OpFailure {
+                target: first,
+                errno: e.errno(),
+                what: e.to_string(),
+            });
+        }
+        failures.extend(done.wait());
+        if failures.len() == targets.len() {
+            return Err(EngineError::AllLegsFailed {
+                op: "flush",
+                offset: 0,
+                failures,
+            });
+        }
+        for f in &failures {
+            log::error!("{f}");
+            self.fail_after_error(f.target, &f.to_string());
+        }
+        Ok(())
+    }
+
+    fn ensure_active(&self) -> Result<(), EngineError> {
+        if self.active.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let _one = self.activating.lock();
+        if !self.active.load(Ordering::Acquire) {
+            self.events.mark_active().map_err(EngineError::MarkActive)?;
+            self.active.store(true, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// Forgets that the array was written: the array layer has recorded it
+    /// clean (after a flush, with no write in flight).
+    pub fn note_clean(&self) {
+        self.active.store(false, Ordering::Release);
+    }
+
+    /// Fails leg `slot` after an I/O error, unless it is the last in-sync leg
+    /// (then the error goes to the user instead, as md does).
+    fn fail_after_error(&self, slot: usize, reason: &str) {
+        if let Err(e) = self.fail_leg(slot, reason) {
+            log::warn!("{e}; the error goes to the caller");
+        }
+    }
+
+    /// Marks leg `slot` faulty: it is no longer read or written.
+    pub fn fail_leg(&self, slot: usize, reason: &str) -> Result<(), EngineError> {
+        let s = self.slots.get(slot).ok_or(EngineError::CannotFail {
+            slot,
+            why: "no such leg",
+        })?;
+        // Serialize failures so two racing errors cannot fail the last two legs.
+        let _one = self.activating.lock();
+        if s.state() != LegState::InSync {
+            return Ok(());
+        }
+        if self.in_sync_count() <= 1 {
+            return Err(EngineError::CannotFail {
+                slot,
+                why: "it is the last in-sync leg",
+            });
+        }
+        s.state.store(LegState::Faulty as u8, Ordering::Release);
+        log::error!(
+            "leg {} ({}) is now faulty: {reason}; the array goes on degraded",
+            slot,
+            s.leg.path().display()
+        );
+        self.events.leg_failed(slot, reason);
+        Ok(())
+    }
+}

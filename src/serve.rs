@@ -1,0 +1,142 @@
+//! Serving a mount: the FUSE session with one fd per thread, signals that
+//! stop it cleanly, and the moment the mount is live (so a caller that
+//! detached can return).
+
+use crate::fuse_fs::{ArrayFs, ServedArray};
+use fuser::{Config, MountOption, SessionACL};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub mountpoint: PathBuf,
+    pub read_only: bool,
+    /// Let users other than the mounting one reach the mount.
+    pub allow_other: bool,
+    /// FUSE threads, each with its own /dev/fuse fd.
+    pub threads: usize,
+    /// The source shown in /proc/mounts (e.g. the first leg).
+    pub fsname: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("mountpoint {0}: does not exist or is not a directory (create it with mkdir)")]
+    BadMountpoint(PathBuf),
+    #[error("cannot mount at {path}: {source}")]
+    Mount {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the FUSE session at {path} ended with an error: {source}")]
+    Session {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+/// Checks the mountpoint before anything else is touched.
+pub fn check_mountpoint(path: &Path) -> Result<PathBuf, ServeError> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => path
+            .canonicalize()
+            .map_err(|_| ServeError::BadMountpoint(path.to_owned())),
+        _ => Err(ServeError::BadMountpoint(path.to_owned())),
+    }
+}
+
+/// Mounts `array` and serves it until the mount goes away (`umount`, or
+/// SIGTERM/SIGINT/SIGHUP, which unmount it). `on_live` runs once the kernel
+/// has the mount. Returns when every FUSE thread has stopped; the caller then
+/// stops the array cleanly.
+pub fn serve<A: ServedArray>(
+    array: Arc<A>,
+    opts: &ServeOptions,
+    on_live: impl FnOnce(),
+) -> Result<(), ServeError> {
+    let mountpoint = check_mountpoint(&opts.mountpoint)?;
+    // SAFETY: getuid/getgid cannot fail.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let fs = ArrayFs::new(array, uid, gid);
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::FSName(opts.fsname.clone()),
+        MountOption::Subtype("mdfuse".into()),
+        MountOption::DefaultPermissions,
+        MountOption::NoSuid,
+        MountOption::NoDev,
+        if opts.read_only {
+            MountOption::RO
+        } else {
+            MountOption::RW
+        },
+    ];
+    config.acl = if opts.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    config.n_threads = Some(opts.threads.max(1));
+    config.clone_fd = true;
+    let session =
+        fuser::Session::new(fs, &mountpoint, &config).map_err(|source| ServeError::Mount {
+            path: mountpoint.clone(),
+            source,
+        })?;
+    let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(ServeError::Signals)?;
+    let signal_handle = signals.handle();
+    let target = mountpoint.clone();
+    let signal_thread = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                log::info!("signal {sig}: unmounting {}", target.display());
+                unmount(&target);
+            }
+        })
+        .map_err(ServeError::Signals)?;
+    log::info!("serving at {}", mountpoint.display());
+    on_live();
+    let result = session.run().map_err(|source| ServeError::Session {
+        path: mountpoint.clone(),
+        source,
+    });
+    signal_handle.close();
+    let _ = signal_thread.join();
+    result
+}
+
+/// Unmounts; if the mount is busy (array.img held open, e.g. by a loop
+/// device), detaches it so it ends when its last user lets go, and says so.
+pub fn unmount(mountpoint: &Path) {
+    let Ok(c) = CString::new(mountpoint.as_os_str().as_bytes()) else {
+        return;
+    };
+    // SAFETY: c is a valid C string.
+    if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
+        return;
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EBUSY) {
+        log::warn!(
+            "{} is busy (array.img is open); detaching: the array stops cleanly once its last user closes it",
+            mountpoint.display()
+        );
+        // SAFETY: as above.
+        if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
+            log::error!(
+                "cannot detach {}: {}",
+                mountpoint.display(),
+                std::io::Error::last_os_error()
+            );
+        }
+    } else {
+        log::error!("cannot unmount {}: {err}", mountpoint.display());
+    }
+}
