@@ -379,7 +379,7 @@ impl Raid1 {
                     self.read_block_for_merge(start, &mut buf[..b])?;
                 }
                 let tail_start = span - b;
-                if (offset + len) % self.block != 0 && (head == 0 || tail_start != 0) {
+                if !(offset + len).is_multiple_of(self.block) && (head == 0 || tail_start != 0) {
                     self.read_block_for_merge(end - self.block, &mut buf[tail_start..])?;
                 }
             }

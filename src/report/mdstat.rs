@@ -56,7 +56,7 @@ pub fn render_mdstat(v: &MdstatView) -> String {
     let _ = write!(s, "{} : {} raid1", v.name, state);
     // md lists members newest first; show the highest slot first likewise.
     let mut legs = v.legs.clone();
-    legs.sort_by(|a, b| b.slot.cmp(&a.slot));
+    legs.sort_by_key(|l| std::cmp::Reverse(l.slot));
     for leg in &legs {
         let _ = write!(s, " {}[{}]", leg.name, leg.slot);
         if leg.faulty {
@@ -105,21 +105,17 @@ pub fn render_mdstat(v: &MdstatView) -> String {
 
 /// md's progress line: a 20-step bar, per-mille done, finish estimate, speed.
 fn progress_line(p: &MdstatSync) -> String {
-    let per_milli = if p.total_kib == 0 {
-        0
-    } else {
-        (p.done_kib.min(p.total_kib) * 1000 / p.total_kib) as usize
-    };
+    let per_milli = (p.done_kib.min(p.total_kib) * 1000)
+        .checked_div(p.total_kib)
+        .unwrap_or(0) as usize;
     let filled = per_milli / 50;
     let bar: String = std::iter::repeat_n('=', filled)
         .chain(std::iter::once('>'))
         .chain(std::iter::repeat_n('.', 20 - filled))
         .collect();
-    let remaining_s = if p.speed_kib_per_s == 0 {
-        0
-    } else {
-        (p.total_kib - p.done_kib.min(p.total_kib)) / p.speed_kib_per_s
-    };
+    let remaining_s = (p.total_kib - p.done_kib.min(p.total_kib))
+        .checked_div(p.speed_kib_per_s)
+        .unwrap_or(0);
     format!(
         "[{bar}]  {} ={:>3}.{}% ({}/{}) finish={}.{}min speed={}K/sec",
         p.action,
