@@ -1,1 +1,3 @@
 //! md's on-disk formats: pure conversions between bytes and structs.
+
+pub mod superblock;
