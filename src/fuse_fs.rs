@@ -305,6 +305,15 @@ impl<A: ServedArray> Filesystem for ArrayFs<A> {
         reply.ok()
     }
 
+    fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: fuser::ReplyXattr) {
+        // No extended attributes; ENOTSUP makes the kernel stop asking.
+        reply.error(Errno::ENOTSUP);
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: fuser::ReplyXattr) {
+        reply.error(Errno::ENOTSUP);
+    }
+
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         let blocks = self.array.size() / 4096;
         reply.statfs(blocks, 0, 0, 3, 0, 4096, 255, 4096);

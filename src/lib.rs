@@ -12,6 +12,7 @@
 //! - [`fuse_fs`]: the FUSE adapter; it only translates.
 
 pub mod bitmap;
+pub mod array;
 pub mod blockmap;
 pub mod format;
 pub mod fuse_fs;

@@ -1,4 +1,7 @@
+//! The `mdfuse` command: create, examine, mount and stop mirrored arrays.
+
+mod cli;
+
 fn main() {
-    eprintln!("mdfuse: not built yet");
-    std::process::exit(1);
+    std::process::exit(cli::main());
 }

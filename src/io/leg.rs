@@ -75,6 +75,7 @@ pub struct Leg {
 }
 
 const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
+const BLKZEROOUT: libc::c_ulong = 0x127f;
 
 impl Leg {
     /// Opens a leg. With `IoMode::Direct` a filesystem that refuses O_DIRECT
@@ -169,6 +170,13 @@ impl Leg {
         })
     }
 
+    /// Closes this handle (releasing its lock) and opens the leg again in `mode`.
+    pub fn reopen(self, mode: IoMode, writable: bool) -> Result<Leg, LegError> {
+        let path = self.path.clone();
+        drop(self);
+        Leg::open(&path, mode, writable, true)
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -208,6 +216,42 @@ impl Leg {
             path: self.path.clone(),
             source,
         })
+    }
+
+    /// Makes `[offset, offset+len)` read as zeros: punches a hole in a file
+    /// leg (writes zeros where the filesystem cannot punch), BLKZEROOUT on a
+    /// block device.
+    pub fn zero_range(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        let fd = self.file.as_raw_fd();
+        if self.is_block_device {
+            let range: [u64; 2] = [offset, len];
+            // SAFETY: BLKZEROOUT reads two u64 from the pointer.
+            if unsafe { libc::ioctl(fd, BLKZEROOUT, &range) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            return Ok(());
+        }
+        let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+        // SAFETY: fallocate on a valid fd.
+        if unsafe { libc::fallocate(fd, mode, offset as i64, len as i64) } == 0 {
+            return Ok(());
+        }
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EOPNOTSUPP) {
+            return Err(err);
+        }
+        log::info!(
+            "leg {}: its filesystem cannot punch holes; writing zeros",
+            self.path.display()
+        );
+        let zeros = crate::io::aligned::AlignedBuf::new(1 << 20);
+        let mut pos = offset;
+        while pos < offset + len {
+            let n = (offset + len - pos).min(1 << 20) as usize;
+            self.file.write_all_at(&zeros.as_slice()[..n], pos)?;
+            pos += n as u64;
+        }
+        Ok(())
     }
 
     fn io_error(

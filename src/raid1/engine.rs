@@ -183,6 +183,10 @@ pub struct Raid1 {
     active: AtomicBool,
     activating: Mutex<()>,
     rotate: AtomicUsize,
+    /// After an unclean stop the legs may differ where writes were in flight:
+    /// read only the first in-sync leg until they are resynced (md does the
+    /// same for the region not yet resynced).
+    first_only: AtomicBool,
     stats: EngineStats,
 }
 
@@ -221,6 +225,7 @@ impl Raid1 {
             active: AtomicBool::new(false),
             activating: Mutex::new(()),
             rotate: AtomicUsize::new(0),
+            first_only: AtomicBool::new(false),
             stats: EngineStats::default(),
         })
     }
@@ -246,6 +251,11 @@ impl Raid1 {
 
     pub fn is_degraded(&self) -> bool {
         self.in_sync_count() < self.slots.len()
+    }
+
+    /// Reads go to the first in-sync leg only (until a resync), or are balanced again.
+    pub fn read_from_first_only(&self, on: bool) {
+        self.first_only.store(on, Ordering::Release);
     }
 
     /// True once the array has been written since it was clean.
@@ -279,6 +289,11 @@ impl Raid1 {
     /// ties broken in rotation so parallel readers spread.
     fn choose_read_leg(&self, offset: u64, tried: u64) -> Option<usize> {
         let n = self.slots.len();
+        if self.first_only.load(Ordering::Relaxed) {
+            return (0..n).find(|&i| {
+                tried & (1 << i) == 0 && self.slots[i].state() == LegState::InSync
+            });
+        }
         let candidates = || {
             (0..n).filter(move |&i| {
                 tried & (1 << i) == 0 && self.slots[i].state() == LegState::InSync

@@ -3,3 +3,5 @@
 
 pub mod examine;
 pub mod mdstat;
+
+pub use examine::format_uuid as uuid_string;

@@ -1,0 +1,216 @@
+//! Assembly: read every leg's superblock, check they form one array, decide
+//! which legs are current, and open them for the engine.
+
+use super::error::ArrayError;
+use super::superblocks::read_superblock;
+use crate::format::superblock::{DevRole, Superblock, LEVEL_RAID1};
+use crate::io::leg::{IoMode, Leg};
+use crate::report::uuid_string;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Debug, Clone)]
+pub struct AssembleOptions {
+    pub io_mode: IoMode,
+    pub read_only: bool,
+    /// Start even when legs are missing or stale (mdadm's --run).
+    pub run_degraded: bool,
+}
+
+/// A leg that takes part in the running array.
+pub struct Member {
+    pub path: PathBuf,
+    pub leg: Arc<Leg>,
+    pub sb: Superblock,
+    pub slot: u16,
+}
+
+/// A member before the array's I/O mode is settled.
+struct Opened {
+    path: PathBuf,
+    leg: Leg,
+    sb: Superblock,
+    slot: u16,
+}
+
+/// A leg that was given but does not take part (stale: older events).
+pub struct Left {
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+pub struct Assembly {
+    /// Current members, by slot.
+    pub members: Vec<Member>,
+    pub left_out: Vec<Left>,
+    pub raid_disks: u32,
+    pub array_sectors: u64,
+    pub set_uuid: [u8; 16],
+    pub name: String,
+    pub events: u64,
+    /// The superblocks said clean (no writes in flight when last stopped).
+    pub was_clean: bool,
+    pub io_mode: IoMode,
+}
+
+impl Assembly {
+    pub fn uuid(&self) -> String {
+        uuid_string(&self.set_uuid)
+    }
+    pub fn is_degraded(&self) -> bool {
+        self.members.len() < self.raid_disks as usize
+    }
+}
+
+pub fn assemble(paths: &[PathBuf], opts: &AssembleOptions) -> Result<Assembly, ArrayError> {
+    if paths.is_empty() {
+        return Err(ArrayError::TooFewLegs(0));
+    }
+    let mut found: Vec<(PathBuf, Leg, Superblock)> = Vec::new();
+    for p in paths {
+        let leg = Leg::open(p, opts.io_mode, !opts.read_only, true)?;
+        let sb = read_superblock(&leg)?.map_err(|source| ArrayError::BadSuperblock {
+            path: p.clone(),
+            source,
+        })?;
+        if let Some((first, _, fsb)) = found.first() {
+            if fsb.set_uuid != sb.set_uuid {
+                return Err(ArrayError::ForeignLeg {
+                    path: p.clone(),
+                    found: uuid_string(&sb.set_uuid),
+                    first: first.clone(),
+                    expected: uuid_string(&fsb.set_uuid),
+                });
+            }
+        }
+        if sb.level != LEVEL_RAID1 {
+            return Err(ArrayError::NotRaid1 {
+                path: p.clone(),
+                level: sb.level,
+            });
+        }
+        found.push((p.clone(), leg, sb));
+    }
+    // md trusts the freshest superblock for the array's roles.
+    let events = found.iter().map(|f| f.2.events).max().unwrap_or(0);
+    let freshest = found
+        .iter()
+        .find(|f| f.2.events == events)
+        .map(|f| f.2.clone())
+        .expect("at least one leg");
+    let mut members: Vec<Opened> = Vec::new();
+    let mut left_out = Vec::new();
+    for (path, leg, sb) in found {
+        let slot = match sb.own_role() {
+            DevRole::Active(slot) => slot,
+            DevRole::Spare => {
+                return Err(ArrayError::NotActive {
+                    path,
+                    what: "a spare",
+                })
+            }
+            DevRole::Faulty => {
+                return Err(ArrayError::NotActive {
+                    path,
+                    what: "marked faulty",
+                })
+            }
+            DevRole::Journal | DevRole::Reserved(_) => {
+                return Err(ArrayError::NotActive {
+                    path,
+                    what: "not a data member",
+                })
+            }
+        };
+        if let Some(other) = members.iter().find(|m| m.slot == slot) {
+            return Err(ArrayError::DuplicateSlot {
+                a: other.path.clone(),
+                b: path,
+                slot,
+            });
+        }
+        let current_role = freshest.role_of(sb.dev_number);
+        if sb.events < events || current_role != DevRole::Active(slot) {
+            left_out.push(Left {
+                reason: format!(
+                    "stale: events {} < {} (the array went on without it); it needs a recovery",
+                    sb.events, events
+                ),
+                path,
+            });
+            continue;
+        }
+        let needed = (sb.data_offset + freshest.size) * 512;
+        if leg.size() < needed {
+            return Err(ArrayError::LegTooSmall {
+                path,
+                size: leg.size(),
+                needed,
+            });
+        }
+        members.push(Opened {
+            path,
+            leg,
+            sb,
+            slot,
+        });
+    }
+    members.sort_by_key(|m| m.slot);
+    let raid_disks = freshest.raid_disks;
+    let present: Vec<u16> = members.iter().map(|m| m.slot).collect();
+    if members.is_empty() || (present.len() < raid_disks as usize && !opts.run_degraded) {
+        let mut missing: Vec<String> = (0..raid_disks as u16)
+            .filter(|s| !present.contains(s))
+            .map(|s| format!("slot {s}"))
+            .collect();
+        for l in &left_out {
+            missing.push(format!("{} ({})", l.path.display(), l.reason));
+        }
+        return Err(ArrayError::Incomplete {
+            name: freshest.name(),
+            missing: missing.join(", "),
+            present,
+            raid_disks,
+        });
+    }
+    // Direct I/O needs 4 KiB alignment of the data on every leg.
+    let aligned = (freshest.size * 512).is_multiple_of(4096)
+        && members.iter().all(|m| (m.sb.data_offset * 512).is_multiple_of(4096));
+    let io_mode = if opts.io_mode == IoMode::Direct && !aligned {
+        log::warn!(
+            "array {}: data offset or size not 4 KiB aligned; using buffered I/O",
+            freshest.name()
+        );
+        members = members
+            .into_iter()
+            .map(|m| {
+                Ok(Opened {
+                    leg: m.leg.reopen(IoMode::Buffered, !opts.read_only)?,
+                    ..m
+                })
+            })
+            .collect::<Result<_, ArrayError>>()?;
+        IoMode::Buffered
+    } else {
+        opts.io_mode
+    };
+    Ok(Assembly {
+        was_clean: members.iter().all(|m| m.sb.is_clean()),
+        members: members
+            .into_iter()
+            .map(|m| Member {
+                path: m.path,
+                leg: Arc::new(m.leg),
+                sb: m.sb,
+                slot: m.slot,
+            })
+            .collect(),
+        left_out,
+        raid_disks,
+        array_sectors: freshest.size,
+        set_uuid: freshest.set_uuid,
+        name: freshest.name(),
+        events,
+        io_mode,
+    })
+}

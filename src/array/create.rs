@@ -1,0 +1,177 @@
+//! `mdfuse create`: md v1.2 superblocks on every leg, as
+//! `mdadm --create --metadata=1.2 --level=1` writes them.
+
+use super::error::ArrayError;
+use super::superblocks::{now_md_time, read_superblock_block, write_superblock};
+use crate::format::signatures;
+use crate::format::superblock::{
+    mdadm_default_data_offset, mdadm_raid1_array_sectors, min_leg_sectors, NewMember, Superblock,
+};
+use crate::io::aligned::AlignedBuf;
+use crate::io::leg::{IoMode, Leg};
+use crate::report::uuid_string;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+
+/// Most legs one array may have (a read-balance bitmask holds them).
+pub const MAX_LEGS: usize = 32;
+
+#[derive(Debug, Clone)]
+pub struct CreateOptions {
+    /// The array's name, stored in the superblocks (md's set_name).
+    pub name: String,
+    /// Array size in bytes; default: all the smallest leg offers.
+    pub size: Option<u64>,
+    /// Overwrite legs that hold a superblock or a filesystem.
+    pub force: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Created {
+    pub uuid: [u8; 16],
+    pub name: String,
+    pub array_sectors: u64,
+    pub data_offset_sectors: u64,
+    pub legs: Vec<PathBuf>,
+}
+
+fn random_uuid() -> Result<[u8; 16], ArrayError> {
+    let mut b = [0u8; 16];
+    // SAFETY: getrandom writes at most 16 bytes into b.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), 16, 0) };
+    if n != 16 {
+        return Err(ArrayError::Random(std::io::Error::last_os_error()));
+    }
+    Ok(b)
+}
+
+/// Refuses a leg holding an md superblock or a known signature, unless forced.
+fn check_blank(leg: &Leg, force: bool) -> Result<(), ArrayError> {
+    if force {
+        return Ok(());
+    }
+    if let Ok(sb) = Superblock::parse(&read_superblock_block(leg)?) {
+        return Err(ArrayError::HasSuperblock {
+            path: leg.path().to_owned(),
+            uuid: uuid_string(&sb.set_uuid),
+            name: sb.name(),
+        });
+    }
+    let probe = (signatures::PROBE_BYTES as u64).min(leg.size() / 4096 * 4096) as usize;
+    let mut head = AlignedBuf::new(signatures::PROBE_BYTES);
+    leg.read_at(&mut head.as_mut_slice()[..probe], 0)?;
+    if let Some(what) = signatures::detect(&head.as_slice()[..probe]) {
+        return Err(ArrayError::HasSignature {
+            path: leg.path().to_owned(),
+            what,
+        });
+    }
+    Ok(())
+}
+
+/// Creates a RAID1 on `paths`. Nothing is written until every leg has been
+/// checked. The data regions are zeroed (holes punched in file legs), so the
+/// legs start identical, like `--assume-clean` on blank disks.
+pub fn create(paths: &[PathBuf], opts: &CreateOptions) -> Result<Created, ArrayError> {
+    if paths.len() < 2 {
+        return Err(ArrayError::TooFewLegs(paths.len()));
+    }
+    if paths.len() > MAX_LEGS {
+        return Err(ArrayError::TooManyLegs {
+            given: paths.len(),
+            max: MAX_LEGS,
+        });
+    }
+    let mut legs = Vec::with_capacity(paths.len());
+    let mut ids: Vec<(u64, u64, u64, PathBuf)> = Vec::new();
+    for p in paths {
+        let leg = Leg::open(p, IoMode::Direct, true, true)?;
+        let m = std::fs::metadata(p).map_err(|source| crate::io::leg::LegError::Open {
+            path: p.clone(),
+            source,
+            hint: "",
+        })?;
+        let id = (m.dev(), m.ino(), m.rdev());
+        if let Some(prev) = ids.iter().find(|(d, i, r, _)| {
+            (*d, *i) == (id.0, id.1) || (id.2 != 0 && *r == id.2)
+        }) {
+            return Err(ArrayError::SameLeg {
+                a: prev.3.clone(),
+                b: p.clone(),
+            });
+        }
+        ids.push((id.0, id.1, id.2, p.clone()));
+        let sectors = leg.size() / 512;
+        if sectors < min_leg_sectors() {
+            return Err(ArrayError::Geometry {
+                path: p.clone(),
+                source: crate::format::superblock::GeometryError::DeviceTooSmall {
+                    device_sectors: sectors,
+                    data_offset: mdadm_default_data_offset(sectors),
+                    needed_data: 128,
+                    min: min_leg_sectors(),
+                },
+            });
+        }
+        check_blank(&leg, opts.force)?;
+        legs.push(leg);
+    }
+    // mdadm takes the data offset from the first leg and uses it for all.
+    let data_offset = mdadm_default_data_offset(legs[0].size() / 512);
+    let smallest = legs
+        .iter()
+        .min_by_key(|l| l.size())
+        .expect("at least two legs");
+    let available = mdadm_raid1_array_sectors(smallest.size() / 512, data_offset);
+    let array_sectors = match opts.size {
+        None => available,
+        Some(bytes) => {
+            // Whole 4 KiB blocks, so direct I/O reaches the array's end.
+            let wanted = bytes / 4096 * 8;
+            if wanted > available || wanted == 0 {
+                return Err(ArrayError::SizeTooLarge {
+                    path: smallest.path().to_owned(),
+                    size: bytes,
+                    avail: available * 512,
+                });
+            }
+            wanted
+        }
+    };
+    let set_uuid = random_uuid()?;
+    let ctime = now_md_time();
+    let mut superblocks = Vec::with_capacity(legs.len());
+    for (slot, leg) in legs.iter().enumerate() {
+        let sb = Superblock::new_raid1_member(&NewMember {
+            set_uuid,
+            name: &opts.name,
+            raid_disks: legs.len() as u32,
+            dev_number: slot as u32,
+            device_uuid: random_uuid()?,
+            device_sectors: leg.size() / 512,
+            array_sectors,
+            data_offset: Some(data_offset),
+            ctime,
+        })
+        .map_err(|source| ArrayError::Geometry {
+            path: leg.path().to_owned(),
+            source,
+        })?;
+        superblocks.push(sb);
+    }
+    for (leg, sb) in legs.iter().zip(&superblocks) {
+        leg.zero_range(data_offset * 512, array_sectors * 512)
+            .map_err(|source| ArrayError::Zero {
+                path: leg.path().to_owned(),
+                source,
+            })?;
+        write_superblock(leg, sb)?;
+    }
+    Ok(Created {
+        uuid: set_uuid,
+        name: opts.name.clone(),
+        array_sectors,
+        data_offset_sectors: data_offset,
+        legs: paths.to_vec(),
+    })
+}

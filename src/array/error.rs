@@ -1,0 +1,86 @@
+use crate::bitmap::BitmapError;
+use crate::format::superblock::{GeometryError, SuperblockError};
+use crate::io::leg::LegError;
+use crate::raid1::EngineError;
+use std::path::PathBuf;
+
+/// Why an array cannot be created, assembled, run or stopped. Every variant
+/// names the leg or file concerned and, where there is one, what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ArrayError {
+    #[error("{0}")]
+    Leg(#[from] LegError),
+    #[error("RAID1 needs at least 2 legs, {0} given")]
+    TooFewLegs(usize),
+    #[error("at most {max} legs are supported, {given} given")]
+    TooManyLegs { given: usize, max: usize },
+    #[error("{a} and {b} are the same leg")]
+    SameLeg { a: PathBuf, b: PathBuf },
+    #[error("leg {path}: no valid md superblock: {source} (`mdfuse examine {path}` shows what it holds)", path = .path.display())]
+    BadSuperblock {
+        path: PathBuf,
+        source: SuperblockError,
+    },
+    #[error(
+        "leg {path} already carries an md superblock (array {uuid}, name {name:?}); \
+         use --force to overwrite it", path = .path.display()
+    )]
+    HasSuperblock {
+        path: PathBuf,
+        uuid: String,
+        name: String,
+    },
+    #[error("leg {path} holds {what}; use --force to overwrite it", path = .path.display())]
+    HasSignature { path: PathBuf, what: &'static str },
+    #[error("leg {path}: {source}", path = .path.display())]
+    Geometry {
+        path: PathBuf,
+        source: GeometryError,
+    },
+    #[error(
+        "--size {size} bytes does not fit leg {path}: {avail} bytes are usable after its data offset",
+        path = .path.display()
+    )]
+    SizeTooLarge { path: PathBuf, size: u64, avail: u64 },
+    #[error(
+        "leg {path} belongs to array {found}, but {first} belongs to array {expected}: \
+         these are legs of two different arrays", path = .path.display(), first = .first.display()
+    )]
+    ForeignLeg {
+        path: PathBuf,
+        found: String,
+        first: PathBuf,
+        expected: String,
+    },
+    #[error("leg {path} is md level {level}, not raid1", path = .path.display())]
+    NotRaid1 { path: PathBuf, level: i32 },
+    #[error("legs {a} and {b} both claim slot {slot}", a = .a.display(), b = .b.display())]
+    DuplicateSlot { a: PathBuf, b: PathBuf, slot: u16 },
+    #[error("leg {path} is {what} in its own superblock; it cannot be assembled as an active member", path = .path.display())]
+    NotActive { path: PathBuf, what: &'static str },
+    #[error(
+        "array {name} is missing {missing}: slots {present:?} of {raid_disks} are present and current. \
+         Give every leg, or add --run to start it degraded"
+    )]
+    Incomplete {
+        name: String,
+        missing: String,
+        present: Vec<u16>,
+        raid_disks: u32,
+    },
+    #[error("leg {path} is smaller ({size} bytes) than its superblock says the array needs ({needed} bytes)", path = .path.display())]
+    LegTooSmall { path: PathBuf, size: u64, needed: u64 },
+    #[error("cannot update the superblock of leg {path}: {source}", path = .path.display())]
+    WriteSuperblock { path: PathBuf, source: LegError },
+    #[error("cannot zero the data region of leg {path}: {source}", path = .path.display())]
+    Zero {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("bitmap: {0}")]
+    Bitmap(#[from] BitmapError),
+    #[error("{0}")]
+    Engine(#[from] EngineError),
+    #[error("cannot read random bytes for a UUID: {0}")]
+    Random(std::io::Error),
+}

@@ -1,0 +1,13 @@
+//! Arrays: create one, assemble one from its legs, run it, stop it clean.
+//! This layer owns the superblocks and md's rules about them.
+
+pub mod assemble;
+pub mod create;
+pub mod error;
+pub mod running;
+pub mod superblocks;
+
+pub use assemble::{assemble, AssembleOptions, Assembly};
+pub use create::{create, CreateOptions, Created};
+pub use error::ArrayError;
+pub use running::{RunOptions, RunningArray};

@@ -1,0 +1,179 @@
+//! Reading and writing md v1.2 superblocks on legs, and the keeper that
+//! records the array's state changes in them (md's md_update_sb): every
+//! change bumps `events` and is written to every member still in the array.
+
+use super::error::ArrayError;
+use crate::format::superblock::{DevRole, MdTime, Superblock, SuperblockError, MAX_SECTOR};
+use crate::io::aligned::AlignedBuf;
+use crate::io::leg::{Leg, LegError};
+use crate::raid1::ArrayEvents;
+use parking_lot::Mutex;
+use std::sync::Arc;
+
+/// Byte offset of a v1.2 superblock on its leg.
+pub const SUPER_OFFSET_BYTES: u64 = 4096;
+pub const SUPER_BYTES: usize = 4096;
+
+/// Reads the 4 KiB superblock block of `leg` (aligned, so direct-mode legs work).
+pub fn read_superblock_block(leg: &Leg) -> Result<Vec<u8>, LegError> {
+    let mut buf = AlignedBuf::new(SUPER_BYTES);
+    leg.read_at(&mut buf.as_mut_slice()[..SUPER_BYTES], SUPER_OFFSET_BYTES)?;
+    Ok(buf.as_slice()[..SUPER_BYTES].to_vec())
+}
+
+/// Reads and checks the superblock of `leg`; the outer error is I/O, the
+/// inner one says the bytes are not a valid superblock.
+pub fn read_superblock(leg: &Leg) -> Result<Result<Superblock, SuperblockError>, LegError> {
+    Ok(Superblock::parse(&read_superblock_block(leg)?))
+}
+
+/// Writes `sb` at its place on `leg` and makes it durable.
+pub fn write_superblock(leg: &Leg, sb: &Superblock) -> Result<(), ArrayError> {
+    let bytes = sb.to_bytes();
+    let mut buf = AlignedBuf::new(SUPER_BYTES);
+    buf.as_mut_slice()[..bytes.len()].copy_from_slice(&bytes);
+    let at = sb.super_offset * 512;
+    leg.write_at(&buf.as_slice()[..SUPER_BYTES], at)
+        .and_then(|()| leg.sync_data())
+        .map_err(|source| ArrayError::WriteSuperblock {
+            path: leg.path().to_owned(),
+            source,
+        })
+}
+
+pub fn now_md_time() -> MdTime {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    MdTime::from_parts(d.as_secs(), d.subsec_micros())
+}
+
+/// One member as the keeper holds it.
+struct Kept {
+    leg: Arc<Leg>,
+    sb: Superblock,
+    /// Still in the array: its superblock is kept up to date.
+    present: bool,
+}
+
+/// Keeps the members' superblocks and writes every state change to them.
+pub struct SuperblockKeeper {
+    members: Mutex<Vec<Kept>>,
+    /// Called with the new event count after each update (the bitmap's
+    /// header follows the array's events, as md_bitmap_update_sb does).
+    on_events: Mutex<Option<Box<dyn Fn(u64) + Send + Sync>>>,
+}
+
+impl SuperblockKeeper {
+    /// `members`: (leg, its superblock, still in the array), by slot.
+    pub fn new(members: Vec<(Arc<Leg>, Superblock, bool)>) -> Self {
+        SuperblockKeeper {
+            members: Mutex::new(
+                members
+                    .into_iter()
+                    .map(|(leg, sb, present)| Kept { leg, sb, present })
+                    .collect(),
+            ),
+            on_events: Mutex::new(None),
+        }
+    }
+
+    pub fn set_on_events(&self, f: Box<dyn Fn(u64) + Send + Sync>) {
+        *self.on_events.lock() = Some(f);
+    }
+
+    pub fn events(&self) -> u64 {
+        self.members
+            .lock()
+            .iter()
+            .filter(|k| k.present)
+            .map(|k| k.sb.events)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// A copy of the freshest present member's superblock.
+    pub fn current(&self) -> Option<Superblock> {
+        self.members
+            .lock()
+            .iter()
+            .filter(|k| k.present)
+            .max_by_key(|k| k.sb.events)
+            .map(|k| k.sb.clone())
+    }
+
+    /// Applies `change` to every present member's superblock, bumps events,
+    /// and writes them all. A member whose write fails is reported in the
+    /// result; the others are still written.
+    fn update(&self, change: impl Fn(&mut Superblock)) -> Result<u64, ArrayError> {
+        let mut members = self.members.lock();
+        let events = members
+            .iter()
+            .filter(|k| k.present)
+            .map(|k| k.sb.events)
+            .max()
+            .unwrap_or(0)
+            + 1;
+        let now = now_md_time();
+        let mut first_error = None;
+        for k in members.iter_mut().filter(|k| k.present) {
+            change(&mut k.sb);
+            k.sb.events = events;
+            k.sb.utime = now;
+            if let Err(e) = write_superblock(&k.leg, &k.sb) {
+                log::error!("{e}");
+                first_error.get_or_insert(e);
+            }
+        }
+        drop(members);
+        if let Some(f) = self.on_events.lock().as_ref() {
+            f(events);
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(events),
+        }
+    }
+
+    /// The array is about to be written: record it active (md: in_sync = 0,
+    /// so resync_offset = 0 until it is clean again).
+    pub fn mark_active(&self) -> Result<u64, ArrayError> {
+        self.update(|sb| sb.resync_offset = 0)
+    }
+
+    /// Every write is on stable storage and every present leg is in sync:
+    /// record the array clean.
+    pub fn mark_clean(&self) -> Result<u64, ArrayError> {
+        self.update(|sb| sb.resync_offset = MAX_SECTOR)
+    }
+
+    /// Records leg `slot` as faulty in the other members' superblocks and
+    /// stops writing its own.
+    pub fn mark_faulty(&self, slot: usize) -> Result<u64, ArrayError> {
+        let dev_number = {
+            let mut members = self.members.lock();
+            let Some(k) = members.get_mut(slot) else {
+                return Ok(0);
+            };
+            k.present = false;
+            k.sb.dev_number
+        };
+        self.update(|sb| {
+            let _ = sb.set_role(dev_number, DevRole::Faulty);
+        })
+    }
+}
+
+impl ArrayEvents for SuperblockKeeper {
+    fn mark_active(&self) -> Result<(), String> {
+        SuperblockKeeper::mark_active(self)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    fn leg_failed(&self, slot: usize, reason: &str) {
+        if let Err(e) = self.mark_faulty(slot) {
+            log::error!("recording leg {slot} faulty ({reason}) failed: {e}");
+        }
+    }
+}

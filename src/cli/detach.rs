@@ -1,0 +1,119 @@
+//! Running the mount in the background: the command re-executes itself in
+//! the foreground mode as a new session, with its output going to a log
+//! file, and waits on a pipe until the child says the mount is live (or why
+//! it failed). Re-executing avoids fork() in a process that has threads.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+/// The environment variable naming the child's end of the readiness pipe.
+pub const READY_FD_VAR: &str = "MDFUSE_READY_FD";
+
+/// The child's side: tells the waiting parent the outcome, once.
+pub struct Ready(Option<std::fs::File>);
+
+impl Ready {
+    /// Takes the pipe named in the environment, if this process was started detached.
+    pub fn from_env() -> Ready {
+        let fd = std::env::var(READY_FD_VAR)
+            .ok()
+            .and_then(|v| v.parse::<i32>().ok());
+        std::env::remove_var(READY_FD_VAR);
+        // SAFETY: the parent passed this fd for us alone; we take ownership once.
+        Ready(fd.map(|fd| unsafe { std::fs::File::from_raw_fd(fd) }))
+    }
+
+    pub fn live(&mut self, message: &str) {
+        if let Some(mut f) = self.0.take() {
+            let _ = writeln!(f, "ok {message}");
+        }
+    }
+
+    pub fn failed(&mut self, message: &str) {
+        if let Some(mut f) = self.0.take() {
+            let _ = writeln!(f, "error {message}");
+        }
+    }
+}
+
+/// The parent's side: starts `args` (this program, foreground mode) detached
+/// with its output in `log`, waits for its word, returns the exit code.
+pub fn spawn_and_wait(args: &[String], log: &Path) -> i32 {
+    if let Some(dir) = log.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let log_file = match std::fs::OpenOptions::new().create(true).append(true).open(log) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("mdfuse: cannot open log file {}: {e} (choose another with --log)", log.display());
+            return 1;
+        }
+    };
+    let mut fds = [0i32; 2];
+    // SAFETY: pipe2 fills two fds.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        eprintln!("mdfuse: pipe: {}", std::io::Error::last_os_error());
+        return 1;
+    }
+    // SAFETY: both fds are fresh and owned here.
+    let (read_end, write_end) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let child_fd = write_end.as_raw_fd();
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("mdfuse: cannot find its own executable: {e}");
+            return 1;
+        }
+    };
+    let stderr = match log_file.try_clone() {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("mdfuse: {e}");
+            return 1;
+        }
+    };
+    let mut cmd = Command::new(exe);
+    cmd.args(args)
+        .env(READY_FD_VAR, child_fd.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log_file))
+        .stderr(Stdio::from(stderr));
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::setsid();
+            // Keep the pipe's write end across exec.
+            let flags = libc::fcntl(child_fd, libc::F_GETFD);
+            libc::fcntl(child_fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
+            Ok(())
+        });
+    }
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("mdfuse: cannot start the background process: {e}");
+            return 1;
+        }
+    };
+    drop(write_end);
+    let mut line = String::new();
+    let _ = BufReader::new(std::fs::File::from(read_end)).read_line(&mut line);
+    if let Some(msg) = line.strip_prefix("ok ") {
+        println!("{}", msg.trim_end());
+        return 0;
+    }
+    if let Some(msg) = line.strip_prefix("error ") {
+        eprintln!("mdfuse: {}", msg.trim_end());
+    } else {
+        let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
+        eprintln!(
+            "mdfuse: the background process ended before the mount was live ({status}); see {}",
+            log.display()
+        );
+    }
+    let _ = child.wait();
+    1
+}
