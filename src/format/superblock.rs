@@ -46,6 +46,19 @@
 //!
 //! The checksum covers bytes `0 .. 256 + 2*max_dev` (see [`checksum_of`]); the rest of the
 //! 4 KiB block is not part of the superblock and is written as zeroes.
+//!
+//! How md keeps the state fields (kernel md.c, 6.1), which the array layer follows:
+//! - `events` goes up by one on every superblock update (start, dirty<->clean, member
+//!   failed/removed/added, stop); md may step back by one on a clean transition of a
+//!   non-degraded array, an optimisation mdfuse need not copy. On assembly a member whose
+//!   events is more than one behind the newest is stale.
+//! - `resync_offset` is [`MAX_SECTOR`] while the array is in sync and idle ("clean"). Before
+//!   the first write after clean md writes every superblock with `resync_offset = 0`
+//!   ("active") and waits for it; after ~200 ms without writes (safe_mode_delay) and on a
+//!   clean stop it writes `MAX_SECTOR` again. Any other value is a resync resume point.
+//! - A failed member's superblock is no longer written: it keeps its old events and roles.
+//!   The others record it as faulty (0xfffe) while it is still attached and as spare
+//!   (0xffff, "empty") once removed.
 
 use thiserror::Error;
 

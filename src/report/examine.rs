@@ -468,7 +468,8 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
 mod tests {
     use super::*;
     use crate::format::superblock::fixtures::fixture_leg_superblock;
-    use crate::format::superblock::{MdTime, NewMember};
+    use crate::format::superblock::{MdTime, NewMember, MD_MAGIC};
+    use proptest::prelude::*;
 
     /// The `mdadm -E /dev/vdX` text of a fixture's MANIFEST "final on-disk state" section,
     /// without the two-space indent.
@@ -591,5 +592,25 @@ mod tests {
         sb.utime = MdTime(u64::MAX);
         let text = render_examine("x", &Unverified::from_verified(sb), 0, Some(""));
         assert!(text.contains("Array State"));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        /// Any block that passes the examine-level checks renders without panicking.
+        #[test]
+        fn any_readable_block_renders(
+            mut bytes in proptest::collection::vec(any::<u8>(), 4096),
+            max_dev in 0u32..=1920,
+            device_sectors in any::<u64>(),
+        ) {
+            bytes[0..4].copy_from_slice(&MD_MAGIC.to_le_bytes());
+            bytes[4..8].copy_from_slice(&1u32.to_le_bytes());
+            bytes[220..224].copy_from_slice(&max_dev.to_le_bytes());
+            let parsed = Superblock::parse_unverified(&bytes).unwrap();
+            let text = render_examine("dev", &parsed, device_sectors, Some("h"));
+            prop_assert!(text.starts_with("dev:\n"));
+            prop_assert!(text.contains("   Array State : "));
+        }
     }
 }
