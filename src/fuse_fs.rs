@@ -305,7 +305,14 @@ impl<A: ServedArray> Filesystem for ArrayFs<A> {
         reply.ok()
     }
 
-    fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: fuser::ReplyXattr) {
+    fn getxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: fuser::ReplyXattr,
+    ) {
         // No extended attributes; ENOTSUP makes the kernel stop asking.
         reply.error(Errno::ENOTSUP);
     }

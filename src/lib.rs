@@ -11,8 +11,8 @@
 //! - [`array`]: create, assemble and stop an array (superblocks, events).
 //! - [`fuse_fs`]: the FUSE adapter; it only translates.
 
-pub mod bitmap;
 pub mod array;
+pub mod bitmap;
 pub mod blockmap;
 pub mod format;
 pub mod fuse_fs;

@@ -175,7 +175,9 @@ pub fn assemble(paths: &[PathBuf], opts: &AssembleOptions) -> Result<Assembly, A
     }
     // Direct I/O needs 4 KiB alignment of the data on every leg.
     let aligned = (freshest.size * 512).is_multiple_of(4096)
-        && members.iter().all(|m| (m.sb.data_offset * 512).is_multiple_of(4096));
+        && members
+            .iter()
+            .all(|m| (m.sb.data_offset * 512).is_multiple_of(4096));
     let io_mode = if opts.io_mode == IoMode::Direct && !aligned {
         log::warn!(
             "array {}: data offset or size not 4 KiB aligned; using buffered I/O",

@@ -92,9 +92,10 @@ pub fn create(paths: &[PathBuf], opts: &CreateOptions) -> Result<Created, ArrayE
             hint: "",
         })?;
         let id = (m.dev(), m.ino(), m.rdev());
-        if let Some(prev) = ids.iter().find(|(d, i, r, _)| {
-            (*d, *i) == (id.0, id.1) || (id.2 != 0 && *r == id.2)
-        }) {
+        if let Some(prev) = ids
+            .iter()
+            .find(|(d, i, r, _)| (*d, *i) == (id.0, id.1) || (id.2 != 0 && *r == id.2))
+        {
             return Err(ArrayError::SameLeg {
                 a: prev.3.clone(),
                 b: p.clone(),

@@ -41,7 +41,11 @@ pub enum ArrayError {
         "--size {size} bytes does not fit leg {path}: {avail} bytes are usable after its data offset",
         path = .path.display()
     )]
-    SizeTooLarge { path: PathBuf, size: u64, avail: u64 },
+    SizeTooLarge {
+        path: PathBuf,
+        size: u64,
+        avail: u64,
+    },
     #[error(
         "leg {path} belongs to array {found}, but {first} belongs to array {expected}: \
          these are legs of two different arrays", path = .path.display(), first = .first.display()
@@ -69,7 +73,11 @@ pub enum ArrayError {
         raid_disks: u32,
     },
     #[error("leg {path} is smaller ({size} bytes) than its superblock says the array needs ({needed} bytes)", path = .path.display())]
-    LegTooSmall { path: PathBuf, size: u64, needed: u64 },
+    LegTooSmall {
+        path: PathBuf,
+        size: u64,
+        needed: u64,
+    },
     #[error("cannot update the superblock of leg {path}: {source}", path = .path.display())]
     WriteSuperblock { path: PathBuf, source: LegError },
     #[error("cannot zero the data region of leg {path}: {source}", path = .path.display())]

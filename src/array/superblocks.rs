@@ -48,6 +48,8 @@ pub fn now_md_time() -> MdTime {
     MdTime::from_parts(d.as_secs(), d.subsec_micros())
 }
 
+type EventsHook = Box<dyn Fn(u64) + Send + Sync>;
+
 /// One member as the keeper holds it.
 struct Kept {
     leg: Arc<Leg>,
@@ -61,7 +63,7 @@ pub struct SuperblockKeeper {
     members: Mutex<Vec<Kept>>,
     /// Called with the new event count after each update (the bitmap's
     /// header follows the array's events, as md_bitmap_update_sb does).
-    on_events: Mutex<Option<Box<dyn Fn(u64) + Send + Sync>>>,
+    on_events: Mutex<Option<EventsHook>>,
 }
 
 impl SuperblockKeeper {
@@ -78,7 +80,7 @@ impl SuperblockKeeper {
         }
     }
 
-    pub fn set_on_events(&self, f: Box<dyn Fn(u64) + Send + Sync>) {
+    pub fn set_on_events(&self, f: EventsHook) {
         *self.on_events.lock() = Some(f);
     }
 

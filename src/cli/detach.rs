@@ -45,10 +45,17 @@ pub fn spawn_and_wait(args: &[String], log: &Path) -> i32 {
     if let Some(dir) = log.parent() {
         let _ = std::fs::create_dir_all(dir);
     }
-    let log_file = match std::fs::OpenOptions::new().create(true).append(true).open(log) {
+    let log_file = match std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+    {
         Ok(f) => f,
         Err(e) => {
-            eprintln!("mdfuse: cannot open log file {}: {e} (choose another with --log)", log.display());
+            eprintln!(
+                "mdfuse: cannot open log file {}: {e} (choose another with --log)",
+                log.display()
+            );
             return 1;
         }
     };
@@ -59,7 +66,8 @@ pub fn spawn_and_wait(args: &[String], log: &Path) -> i32 {
         return 1;
     }
     // SAFETY: both fds are fresh and owned here.
-    let (read_end, write_end) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let (read_end, write_end) =
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
     let child_fd = write_end.as_raw_fd();
     let exe = match std::env::current_exe() {
         Ok(e) => e,

@@ -15,7 +15,11 @@ use mdfuse::serve::{self, ServeOptions};
 use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
-#[command(name = "mdfuse", version, about = "A userspace RAID1 served through FUSE, with md-compatible legs")]
+#[command(
+    name = "mdfuse",
+    version,
+    about = "A userspace RAID1 served through FUSE, with md-compatible legs"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -149,7 +153,8 @@ fn cmd_examine(legs: &[PathBuf]) -> Result<(), String> {
         let examined = Leg::open(p, IoMode::Direct, false, false)
             .map_err(|e| e.to_string())
             .and_then(|leg| {
-                let block = array::superblocks::read_superblock_block(&leg).map_err(|e| e.to_string())?;
+                let block =
+                    array::superblocks::read_superblock_block(&leg).map_err(|e| e.to_string())?;
                 let parsed = Superblock::parse_unverified(&block)
                     .map_err(|e| format!("{}: {e}", p.display()))?;
                 Ok(render_examine(
@@ -200,7 +205,10 @@ fn mount_detached(m: &MountArgs) -> i32 {
             return 1;
         }
     };
-    let log = m.log.clone().unwrap_or_else(|| default_log_path(&mountpoint));
+    let log = m
+        .log
+        .clone()
+        .unwrap_or_else(|| default_log_path(&mountpoint));
     let log = std::path::absolute(&log).unwrap_or(log);
     // The child runs the same command in the foreground.
     let mut args: Vec<String> = std::env::args().skip(1).collect();
@@ -263,7 +271,9 @@ pub fn mount_foreground(m: &MountArgs, ready: &mut detach::Ready) -> Result<(), 
         threads: m.threads,
         fsname: format!(
             "{MOUNT_SOURCE_PREFIX}{}",
-            std::path::absolute(&legs[0]).unwrap_or(legs[0].clone()).display()
+            std::path::absolute(&legs[0])
+                .unwrap_or(legs[0].clone())
+                .display()
         ),
     };
     let served = serve::serve(array.clone(), &opts, || {
@@ -306,9 +316,8 @@ fn unescape_mount_field(s: &str) -> String {
 }
 
 fn cmd_stop(mountpoint: &Path, timeout_s: u64) -> Result<(), String> {
-    let source = mdfuse_mount_source(mountpoint).ok_or_else(|| {
-        format!("{}: no mdfuse array is mounted there", mountpoint.display())
-    })?;
+    let source = mdfuse_mount_source(mountpoint)
+        .ok_or_else(|| format!("{}: no mdfuse array is mounted there", mountpoint.display()))?;
     let c = std::ffi::CString::new(mountpoint.as_os_str().as_encoded_bytes())
         .map_err(|e| e.to_string())?;
     // SAFETY: c is a valid C string.
@@ -328,7 +337,9 @@ fn cmd_stop(mountpoint: &Path, timeout_s: u64) -> Result<(), String> {
     loop {
         match Leg::open(Path::new(&source), IoMode::Buffered, false, true) {
             Ok(_) => return Ok(()),
-            Err(mdfuse::io::leg::LegError::InUse { .. }) if std::time::Instant::now() < deadline => {
+            Err(mdfuse::io::leg::LegError::InUse { .. })
+                if std::time::Instant::now() < deadline =>
+            {
                 std::thread::sleep(std::time::Duration::from_millis(50));
             }
             Err(mdfuse::io::leg::LegError::InUse { .. }) => {

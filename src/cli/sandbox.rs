@@ -38,7 +38,8 @@ pub fn run(a: &SandboxArgs) -> Result<(), String> {
                 dir.display()
             ));
         }
-        let f = std::fs::File::create(leg).map_err(|e| format!("cannot create {}: {e}", leg.display()))?;
+        let f = std::fs::File::create(leg)
+            .map_err(|e| format!("cannot create {}: {e}", leg.display()))?;
         f.set_len(a.size)
             .map_err(|e| format!("cannot size {}: {e}", leg.display()))?;
     }

@@ -1,4 +1,4 @@
 //! md's on-disk formats: pure conversions between bytes and structs.
 
-pub mod superblock;
 pub mod signatures;
+pub mod superblock;

@@ -290,9 +290,8 @@ impl Raid1 {
     fn choose_read_leg(&self, offset: u64, tried: u64) -> Option<usize> {
         let n = self.slots.len();
         if self.first_only.load(Ordering::Relaxed) {
-            return (0..n).find(|&i| {
-                tried & (1 << i) == 0 && self.slots[i].state() == LegState::InSync
-            });
+            return (0..n)
+                .find(|&i| tried & (1 << i) == 0 && self.slots[i].state() == LegState::InSync);
         }
         let candidates = || {
             (0..n).filter(move |&i| {
