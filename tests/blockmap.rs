@@ -459,3 +459,101 @@ fn second_protect_is_refused_and_release_clears_immutable() {
     assert!(!is_immutable(&path));
     std::fs::write(&path, b"writable again").unwrap();
 }
+
+/// An MBR with one Linux partition from sector `start` for `sectors`.
+fn write_mbr(image: &Path, start: u32, sectors: u32) {
+    let mut mbr = [0u8; 512];
+    let entry = &mut mbr[446..462];
+    entry[4] = 0x83;
+    entry[8..12].copy_from_slice(&start.to_le_bytes());
+    entry[12..16].copy_from_slice(&sectors.to_le_bytes());
+    mbr[510] = 0x55;
+    mbr[511] = 0xAA;
+    File::options()
+        .write(true)
+        .open(image)
+        .unwrap()
+        .write_all_at(&mbr, 0)
+        .unwrap();
+}
+
+#[test]
+fn ext4_on_a_partition_roundtrip() {
+    if !needs_root("ext4_on_a_partition_roundtrip") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("disk.img");
+    common::loopdev::sparse_file(&image, 64 << 20).unwrap();
+    write_mbr(&image, 2048, (64 << 20) / 512 - 2048);
+    let lo = LoopDevice::attach_partitioned(&image).unwrap();
+    let part = match lo.partition(1) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!(
+                "SKIPPED ext4_on_a_partition_roundtrip: the kernel did not expose the \
+                 partition ({e}); is CONFIG_MSDOS_PARTITION enabled?"
+            );
+            return;
+        }
+    };
+    common::loopdev::Mkfs::ext4(&part, 4096).unwrap();
+    let mnt = MountedFs::mount(&part, &dir.path().join("mnt")).unwrap();
+    let path = mnt.dir().join("md0.bitmap");
+    let old = pattern(10, 4096 + 512);
+    write_synced(&path, &old);
+    let map = raw_write_roundtrip(&path, &old);
+    assert_eq!(map.device(), part, "the partition, not the whole disk");
+    // Offsets are partition-relative: the whole disk shows the bytes 1 MiB further on.
+    let e = map.extents()[0];
+    assert_eq!(
+        read_device(lo.path(), (2048 * 512) + e.device_offset, 4096),
+        read_device(&part, e.device_offset, 4096)
+    );
+    let chain = map.backing_chain();
+    assert_eq!(chain.len(), 1, "{chain:?}");
+    assert_eq!(chain[0].loop_device, lo.path());
+    assert_eq!(chain[0].st_ino, std::fs::metadata(&image).unwrap().ino());
+    drop(mnt);
+    drop(lo);
+}
+
+#[test]
+fn refuses_journaled_data() {
+    if !needs_root("refuses_journaled_data") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("fs.img");
+    common::loopdev::sparse_file(&image, 64 << 20).unwrap();
+    let lo = LoopDevice::attach(&image).unwrap();
+    common::loopdev::Mkfs::ext4(lo.path(), 4096).unwrap();
+    {
+        let mnt = MountedFs::mount_with(
+            lo.path().to_str().unwrap(),
+            &dir.path().join("journal"),
+            None,
+            Some("data=journal"),
+        )
+        .unwrap();
+        let path = mnt.dir().join("md0.bitmap");
+        write_synced(&path, &pattern(11, 4096));
+        let err = resolve(&path).unwrap_err();
+        assert!(matches!(err, BlockMapError::DataJournaled { .. }), "{err}");
+        assert!(err.to_string().contains("data=journal"), "{err}");
+    }
+    let mnt = MountedFs::mount(lo.path(), &dir.path().join("ordered")).unwrap();
+    let path = mnt.dir().join("md0.bitmap");
+    resolve(&path).unwrap();
+    // Some kernels refuse the per-file journal flag even to root.
+    match run("chattr", &["+j", path.to_str().unwrap()]) {
+        Ok(_) => {
+            let err = resolve(&path).unwrap_err();
+            assert!(matches!(err, BlockMapError::DataJournaled { .. }), "{err}");
+            run("chattr", &["-j", path.to_str().unwrap()]).unwrap();
+        }
+        Err(e) => eprintln!("SKIPPED the chattr +j part of refuses_journaled_data: {e}"),
+    }
+    drop(mnt);
+    drop(lo);
+}

@@ -69,6 +69,12 @@ pub enum BlockMapError {
         block_size: u32,
     },
 
+    #[error(
+        "{file} has its data journaled ({why}): the filesystem may later copy old contents \
+         from its journal over raw writes; remount without data=journal or run `chattr -j` on it"
+    )]
+    DataJournaled { file: PathBuf, why: String },
+
     #[error("{file} has a hole at bytes {offset}..{end} (no device blocks): {RECREATE_HINT}")]
     Hole {
         file: PathBuf,

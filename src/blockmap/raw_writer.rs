@@ -42,8 +42,13 @@ mod confined {
             &self.map
         }
 
-        pub(super) fn fd_for_reading(&self) -> &File {
-            &self.fd
+        /// Reads the block-aligned file range from the mapped sectors.
+        pub(super) fn read_blocks(
+            &self,
+            file_offset: u64,
+            len: u64,
+        ) -> Result<Vec<u8>, super::BlockMapError> {
+            super::read_mapped(&self.fd, &self.map, file_offset, len)
         }
 
         /// Writes `data` at device byte `dev_off`; errno on failure.
@@ -118,31 +123,34 @@ impl RawWriter {
         }
         check_same_device(&map, &fd)?;
         verify(&map)?;
-        Ok(RawWriter::start(fd, map, threads))
+        RawWriter::start(fd, map, threads)
     }
 
-    fn start(fd: File, map: BlockMap, threads: usize) -> RawWriter {
+    fn start(fd: File, map: BlockMap, threads: usize) -> Result<RawWriter, BlockMapError> {
         let device = Arc::new(ConfinedDevice::new(fd, map));
         let (tx, rx) = crossbeam_channel::unbounded::<Job>();
-        let workers = (0..threads.max(1))
-            .map(|i| {
-                let device = device.clone();
-                let rx: Receiver<Job> = rx.clone();
-                std::thread::Builder::new()
-                    .name(format!("bitmap-io-{i}"))
-                    .spawn(move || {
-                        for job in rx {
-                            run_job(&device, job);
-                        }
-                    })
-                    .expect("spawning a bitmap I/O thread")
-            })
-            .collect();
-        RawWriter {
-            device,
+        // Built first so a failed spawn still stops and joins the others.
+        let mut writer = RawWriter {
+            device: device.clone(),
             jobs: Some(tx),
-            workers,
+            workers: Vec::new(),
+        };
+        for i in 0..threads.max(1) {
+            let device = device.clone();
+            let rx: Receiver<Job> = rx.clone();
+            let worker = std::thread::Builder::new()
+                .name(format!("bitmap-io-{i}"))
+                .spawn(move || {
+                    for job in rx {
+                        run_job(&device, job);
+                    }
+                })
+                .map_err(|e| {
+                    BlockMapError::io(device_path(&writer), "cannot start I/O threads for", e)
+                })?;
+            writer.workers.push(worker);
         }
+        Ok(writer)
     }
 
     pub fn map(&self) -> &BlockMap {
@@ -267,10 +275,14 @@ impl RawWriter {
         let bs = map.fs_block_size() as u64;
         let first = file_offset / bs * bs;
         let last = end.div_ceil(bs) * bs;
-        let bytes = read_mapped(self.device.fd_for_reading(), map, first, last - first)?;
+        let bytes = self.device.read_blocks(first, last - first)?;
         let skip = (file_offset - first) as usize;
         Ok(bytes[skip..skip + len as usize].to_vec())
     }
+}
+
+fn device_path(writer: &RawWriter) -> &Path {
+    writer.device.map().device()
 }
 
 fn run_job(device: &ConfinedDevice, job: Job) {
@@ -331,18 +343,12 @@ pub fn read_file_direct(path: &Path) -> Result<Vec<u8>, BlockMapError> {
     let slice = buf.as_mut_slice();
     let mut done = 0usize;
     loop {
-        let want = slice.len() - done;
-        if want == 0 {
+        if done == slice.len() {
             break;
         }
-        let chunk = if is_direct {
-            // O_DIRECT reads must stay aligned; `done` only moves in whole
-            // blocks except at end of file.
-            &mut slice[done..]
-        } else {
-            &mut slice[done..done + want]
-        };
-        match file.read_at(chunk, done as u64) {
+        // O_DIRECT reads stay aligned: `done` moves in whole blocks except
+        // at the end of the file, where the loop stops.
+        match file.read_at(&mut slice[done..], done as u64) {
             Ok(0) => break,
             Ok(n) => {
                 done += n;
@@ -387,7 +393,7 @@ mod tests {
             ],
         );
         let fd = File::options().read(true).write(true).open(&dev).unwrap();
-        (RawWriter::start(fd, map, 2), dev)
+        (RawWriter::start(fd, map, 2).unwrap(), dev)
     }
 
     #[test]
@@ -407,6 +413,12 @@ mod tests {
             w.read_direct(4090, 10).unwrap(),
             [0xA1, 0xA1, 0xA1, 0xA1, 0xA1, 0xA1, 0xB2, 0xB2, 0xB2, 0xB2]
         );
+    }
+
+    #[test]
+    fn writer_is_shareable_between_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<RawWriter>();
     }
 
     #[test]

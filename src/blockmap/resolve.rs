@@ -101,6 +101,9 @@ fn resolve_using(path: &Path, method: Method) -> Result<BlockMap, BlockMapError>
         });
     }
     let device = device_node(path, &sysfs, st_dev)?;
+    if fs_magic as u32 == sys::EXT4_SUPER_MAGIC {
+        refuse_data_journaling(path, &file, st_dev)?;
+    }
 
     let block_size = match sys::figetbsz(&file) {
         Ok(b) if b > 0 => b,
@@ -183,6 +186,39 @@ fn resolve_using(path: &Path, method: Method) -> Result<BlockMap, BlockMapError>
         file_len,
         extents,
     })
+}
+
+/// ext4 can journal file data and write it home later (checkpoint), which
+/// would put stale bytes over raw writes: refuse a file whose data is
+/// journaled, by inode flag or by mount option.
+fn refuse_data_journaling(path: &Path, file: &File, st_dev: u64) -> Result<(), BlockMapError> {
+    let refuse = |why: String| {
+        Err(BlockMapError::DataJournaled {
+            file: path.to_path_buf(),
+            why,
+        })
+    };
+    if let Ok(flags) = sys::get_flags(file) {
+        if flags & sys::FS_JOURNAL_DATA_FL != 0 {
+            return refuse("the file has the journal-data attribute".into());
+        }
+    }
+    let wanted = format!("{}:{}", libc::major(st_dev), libc::minor(st_dev));
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    for line in mountinfo.lines() {
+        let mut fields = line.split(' ');
+        if fields.nth(2) != Some(wanted.as_str()) {
+            continue;
+        }
+        let Some((_, tail)) = line.split_once(" - ") else {
+            continue;
+        };
+        let super_options = tail.split(' ').nth(2).unwrap_or("");
+        if super_options.split(',').any(|o| o == "data=journal") {
+            return refuse("its filesystem is mounted with data=journal".into());
+        }
+    }
+    Ok(())
 }
 
 /// /dev/NAME for the kernel's name of st_dev, checked to be that block device.

@@ -16,6 +16,8 @@ const FS_IOC_SETFLAGS: u64 = 0x4008_6602; // _IOW('f', 2, long)
 const LOOP_GET_STATUS64: u64 = 0x4C05;
 
 pub const FS_IMMUTABLE_FL: i32 = 0x10;
+pub const FS_JOURNAL_DATA_FL: i32 = 0x4000;
+pub const EXT4_SUPER_MAGIC: u32 = 0xEF53;
 
 pub const FIEMAP_FLAG_SYNC: u32 = 0x1;
 pub const FIEMAP_EXTENT_LAST: u32 = 0x1;

@@ -59,6 +59,27 @@ impl LoopDevice {
         Self::attach_with(file, &[])
     }
 
+    /// Attached with partition scanning (`losetup -P`): partitions appear as
+    /// /dev/loopNpM.
+    pub fn attach_partitioned(file: &Path) -> io::Result<LoopDevice> {
+        Self::attach_with(file, &["--partscan"])
+    }
+
+    /// The node of partition `n`, waiting briefly for it to appear.
+    pub fn partition(&self, n: u32) -> io::Result<PathBuf> {
+        let node = PathBuf::from(format!("{}p{n}", self.path.display()));
+        for _ in 0..50 {
+            if node.exists() {
+                return Ok(node);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Err(io::Error::other(format!(
+            "{} did not appear",
+            node.display()
+        )))
+    }
+
     pub fn attach_read_only(file: &Path) -> io::Result<LoopDevice> {
         Self::attach_with(file, &["--read-only"])
     }
