@@ -557,3 +557,22 @@ fn refuses_journaled_data() {
     drop(mnt);
     drop(lo);
 }
+
+#[test]
+fn an_already_immutable_file_is_left_as_found_unless_adopted() {
+    if !needs_root("an_already_immutable_file_is_left_as_found_unless_adopted") {
+        return;
+    }
+    let fs = ScratchFs::ext4(4096).unwrap();
+    let path = fs.path("md0.bitmap");
+    write_synced(&path, &pattern(12, 4096));
+    run("chattr", &["+i", path.to_str().unwrap()]).unwrap();
+    let guard = protect(&path).unwrap();
+    assert!(guard.was_already_immutable() && !guard.set_immutable());
+    guard.release().unwrap();
+    assert!(is_immutable(&path), "cleared a flag it did not set");
+    let mut guard = protect(&path).unwrap();
+    guard.adopt_immutable();
+    drop(guard);
+    assert!(!is_immutable(&path), "adopted flag not cleared");
+}

@@ -100,6 +100,14 @@ impl FileGuard {
         self.was_immutable
     }
 
+    /// Treats a flag found set as this guard's own, so release clears it:
+    /// for a caller that knows the flag was left by a crashed mdfuse.
+    pub fn adopt_immutable(&mut self) {
+        if self.was_immutable {
+            self.set_immutable = true;
+        }
+    }
+
     /// Releases the file, reporting what went wrong (drop only logs).
     pub fn release(mut self) -> Result<(), BlockMapError> {
         self.release_inner()
