@@ -286,20 +286,34 @@ fn device_path(writer: &RawWriter) -> &Path {
 }
 
 fn run_job(device: &ConfinedDevice, job: Job) {
-    let result = device
-        .write_at(job.device_offset, &job.buf.as_slice()[..job.len])
-        .map_err(|errno| OpFailure {
+    let what = || {
+        format!(
+            "raw write of {} bytes {}..{} to {} sector {}",
+            device.map().file().display(),
+            job.file_offset,
+            job.file_offset + job.len as u64,
+            device.map().device().display(),
+            job.device_offset / SECTOR
+        )
+    };
+    // A confinement panic is a bug, and it fires before anything is written;
+    // the waiter must still hear of it rather than wait forever.
+    let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        device.write_at(job.device_offset, &job.buf.as_slice()[..job.len])
+    }));
+    let result = match attempt {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(errno)) => Err(OpFailure {
             target: job.run_index,
-            what: format!(
-                "raw write of {} bytes {}..{} to {} sector {}",
-                device.map().file().display(),
-                job.file_offset,
-                job.file_offset + job.len as u64,
-                device.map().device().display(),
-                job.device_offset / SECTOR
-            ),
+            what: what(),
             errno,
-        });
+        }),
+        Err(_) => Err(OpFailure {
+            target: job.run_index,
+            what: format!("{} refused: outside the verified block map (bug)", what()),
+            errno: libc::EFAULT,
+        }),
+    };
     job.completion.finish(result);
 }
 

@@ -19,7 +19,6 @@ pub fn needs_root(test: &str) -> bool {
         return true;
     }
     eprintln!("SKIPPED {test}: needs root (loop devices, mkfs, mount); run the tests as root");
-    println!("SKIPPED {test}: needs root (loop devices, mkfs, mount); run the tests as root");
     false
 }
 
