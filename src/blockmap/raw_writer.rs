@@ -457,6 +457,30 @@ mod tests {
     }
 
     #[test]
+    fn an_out_of_map_job_fails_its_completion_and_the_thread_lives_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let (w, dev) = writer_over_plain_file(dir.path());
+        let completion = Completion::new(1);
+        let job = Job {
+            run_index: 0,
+            file_offset: 0,
+            device_offset: 0,
+            len: 1024,
+            buf: AlignedBuf::new(1024),
+            completion: completion.clone(),
+        };
+        w.jobs.as_ref().unwrap().send(job).unwrap();
+        let failures = completion.wait();
+        assert_eq!(failures.len(), 1);
+        assert_eq!(failures[0].errno, libc::EFAULT);
+        assert!(std::fs::read(&dev).unwrap().iter().all(|&b| b == 0xEE));
+        // Both threads still serve.
+        for _ in 0..4 {
+            w.submit_and_wait(0, &[0x11; 4096]).unwrap();
+        }
+    }
+
+    #[test]
     fn confined_write_refuses_straddling_and_writes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let (w, dev) = writer_over_plain_file(dir.path());
