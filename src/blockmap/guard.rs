@@ -1,0 +1,153 @@
+//! Keeps the bitmap file still while raw writes address its blocks: an
+//! exclusive flock (one mdfuse per file) and the immutable attribute (no
+//! writes, truncation, renames or defragmentation through the filesystem).
+
+use super::error::BlockMapError;
+use super::sys;
+use std::fs::File;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+/// Held for as long as raw writes may target the file; dropping it (or
+/// [`FileGuard::release`]) clears the immutable flag if this guard set it,
+/// drops the file's page cache (stale after raw writes) and unlocks.
+#[derive(Debug)]
+pub struct FileGuard {
+    file: File,
+    path: PathBuf,
+    set_immutable: bool,
+    was_immutable: bool,
+    released: bool,
+}
+
+/// Locks `path` exclusively (non-blocking) and makes it immutable.
+/// Call this before [`super::resolve`] so the map cannot change after it is
+/// verified.
+pub fn protect(path: &Path) -> Result<FileGuard, BlockMapError> {
+    let file = File::options()
+        .read(true)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| BlockMapError::io(path, "cannot open", e))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| BlockMapError::io(path, "cannot stat", e))?;
+    if !meta.file_type().is_file() {
+        return Err(BlockMapError::NotRegularFile {
+            file: path.to_path_buf(),
+        });
+    }
+    if let Err(e) = sys::flock(&file, libc::LOCK_EX | libc::LOCK_NB) {
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(BlockMapError::Locked {
+                file: path.to_path_buf(),
+            });
+        }
+        return Err(BlockMapError::io(path, "cannot lock", e));
+    }
+    let mut guard = FileGuard {
+        file,
+        path: path.to_path_buf(),
+        set_immutable: false,
+        was_immutable: false,
+        released: false,
+    };
+    match sys::get_flags(&guard.file) {
+        Err(e) if sys::is_unsupported(&e) => {
+            log::warn!(
+                "{}: the filesystem has no immutable attribute ({e}); only the lock protects it",
+                path.display()
+            );
+        }
+        Err(e) => return Err(BlockMapError::io(path, "cannot read the attributes of", e)),
+        Ok(flags) if flags & sys::FS_IMMUTABLE_FL != 0 => {
+            // Ours from a run that crashed, or the administrator's: leave it.
+            log::warn!(
+                "{} is already immutable; leaving the flag as found when released",
+                path.display()
+            );
+            guard.was_immutable = true;
+        }
+        Ok(flags) => match sys::set_flags(&guard.file, flags | sys::FS_IMMUTABLE_FL) {
+            Ok(()) => guard.set_immutable = true,
+            Err(e) if sys::is_unsupported(&e) => log::warn!(
+                "{}: the filesystem cannot make it immutable ({e}); only the lock protects it",
+                path.display()
+            ),
+            Err(e) => {
+                return Err(BlockMapError::ImmutableDenied {
+                    file: path.to_path_buf(),
+                    source: e,
+                })
+            }
+        },
+    }
+    Ok(guard)
+}
+
+impl FileGuard {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// True when this guard made the file immutable (and will undo it).
+    pub fn set_immutable(&self) -> bool {
+        self.set_immutable
+    }
+
+    /// True when the file was immutable before [`protect`] (left as found).
+    pub fn was_already_immutable(&self) -> bool {
+        self.was_immutable
+    }
+
+    /// Treats a flag found set as this guard's own, so release clears it:
+    /// for a caller that knows the flag was left by a crashed mdfuse.
+    pub fn adopt_immutable(&mut self) {
+        if self.was_immutable {
+            self.set_immutable = true;
+        }
+    }
+
+    /// Releases the file, reporting what went wrong (drop only logs).
+    pub fn release(mut self) -> Result<(), BlockMapError> {
+        self.release_inner()
+    }
+
+    fn release_inner(&mut self) -> Result<(), BlockMapError> {
+        if self.released {
+            return Ok(());
+        }
+        self.released = true;
+        let mut first_error = None;
+        if self.set_immutable {
+            let cleared = sys::get_flags(&self.file)
+                .and_then(|f| sys::set_flags(&self.file, f & !sys::FS_IMMUTABLE_FL));
+            if let Err(e) = cleared {
+                first_error = Some(BlockMapError::io(
+                    &self.path,
+                    "cannot clear the immutable flag (run `chattr -i` on it) of",
+                    e,
+                ));
+            }
+        }
+        if let Err(e) = sys::drop_page_cache(&self.file) {
+            first_error.get_or_insert(BlockMapError::io(
+                &self.path,
+                "cannot drop the page cache of",
+                e,
+            ));
+        }
+        if let Err(e) = sys::flock(&self.file, libc::LOCK_UN) {
+            first_error.get_or_insert(BlockMapError::io(&self.path, "cannot unlock", e));
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for FileGuard {
+    fn drop(&mut self) {
+        if let Err(e) = self.release_inner() {
+            log::warn!("{e}");
+        }
+    }
+}

@@ -1,0 +1,500 @@
+//! Raw, synchronous writes of bitmap pages to the device sectors that hold
+//! the bitmap file (md's write_file_page), never through the filesystem, and
+//! confined to the verified block map.
+
+use super::error::BlockMapError;
+use super::resolve::BlockMap;
+use super::sys;
+use super::verify::{check_same_device, read_mapped, verify};
+use crate::io::aligned::{round_up, AlignedBuf, BUF_ALIGN};
+use crate::io::completion::{Completion, OpFailure};
+use crossbeam_channel::{Receiver, Sender};
+use std::fs::File;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::Path;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+/// A bitmap page: the unit of [`RawWriter::submit`].
+pub const PAGE_SIZE: u64 = 4096;
+/// I/O threads of a [`RawWriter`] unless told otherwise.
+pub const DEFAULT_IO_THREADS: usize = 2;
+const SECTOR: u64 = 512;
+
+mod confined {
+    //! The only holder of the writable device fd. Nothing outside this
+    //! module can reach the fd, and its one write path checks the target.
+    use super::BlockMap;
+    use std::fs::File;
+    use std::os::unix::fs::FileExt;
+
+    pub(super) struct ConfinedDevice {
+        fd: File,
+        map: BlockMap,
+    }
+
+    impl ConfinedDevice {
+        pub(super) fn new(fd: File, map: BlockMap) -> Self {
+            ConfinedDevice { fd, map }
+        }
+
+        pub(super) fn map(&self) -> &BlockMap {
+            &self.map
+        }
+
+        /// Reads the block-aligned file range from the mapped sectors.
+        pub(super) fn read_blocks(
+            &self,
+            file_offset: u64,
+            len: u64,
+        ) -> Result<Vec<u8>, super::BlockMapError> {
+            super::read_mapped(&self.fd, &self.map, file_offset, len)
+        }
+
+        /// Writes `data` at device byte `dev_off`; errno on failure.
+        pub(super) fn write_at(&self, dev_off: u64, data: &[u8]) -> Result<(), i32> {
+            // Every caller derives addresses from the map; anything else is a
+            // bug that must not reach the disk.
+            assert!(
+                self.map.contains_device_range(dev_off, data.len() as u64),
+                "raw write of {} bytes at {} byte {dev_off} is outside the verified map of {}",
+                data.len(),
+                self.map.device().display(),
+                self.map.file().display()
+            );
+            let mut done = 0usize;
+            while done < data.len() {
+                match self.fd.write_at(&data[done..], dev_off + done as u64) {
+                    Ok(0) => return Err(libc::EIO),
+                    Ok(n) => done += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e.raw_os_error().unwrap_or(libc::EIO)),
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+use confined::ConfinedDevice;
+
+struct Job {
+    run_index: usize,
+    file_offset: u64,
+    device_offset: u64,
+    len: usize,
+    buf: AlignedBuf,
+    completion: Arc<Completion>,
+}
+
+/// Writes bitmap pages to the device under the file, O_DIRECT | O_DSYNC, on
+/// a small pool of I/O threads; each page's runs finish one [`Completion`].
+pub struct RawWriter {
+    device: Arc<ConfinedDevice>,
+    jobs: Option<Sender<Job>>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl RawWriter {
+    /// Opens the map's device for raw writes with [`DEFAULT_IO_THREADS`]
+    /// threads. Verifies the map first: no unverified map is ever written.
+    pub fn open(map: BlockMap) -> Result<RawWriter, BlockMapError> {
+        RawWriter::open_with_threads(map, DEFAULT_IO_THREADS)
+    }
+
+    pub fn open_with_threads(map: BlockMap, threads: usize) -> Result<RawWriter, BlockMapError> {
+        let not_writable = |source| BlockMapError::DeviceNotWritable {
+            file: map.file().to_path_buf(),
+            device: map.device().to_path_buf(),
+            source,
+        };
+        // O_DSYNC: a write returns once it is on stable media (FUA or flush),
+        // which is when the bitmap bit may be relied upon.
+        let fd = File::options()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_DIRECT | libc::O_DSYNC | libc::O_CLOEXEC)
+            .open(map.device())
+            .map_err(not_writable)?;
+        match sys::is_read_only(&fd) {
+            Ok(true) => return Err(not_writable(std::io::Error::from_raw_os_error(libc::EROFS))),
+            Ok(false) => {}
+            Err(e) => return Err(BlockMapError::io(map.device(), "cannot query", e)),
+        }
+        check_same_device(&map, &fd)?;
+        verify(&map)?;
+        RawWriter::start(fd, map, threads)
+    }
+
+    fn start(fd: File, map: BlockMap, threads: usize) -> Result<RawWriter, BlockMapError> {
+        let device = Arc::new(ConfinedDevice::new(fd, map));
+        let (tx, rx) = crossbeam_channel::unbounded::<Job>();
+        // Built first so a failed spawn still stops and joins the others.
+        let mut writer = RawWriter {
+            device: device.clone(),
+            jobs: Some(tx),
+            workers: Vec::new(),
+        };
+        for i in 0..threads.max(1) {
+            let device = device.clone();
+            let rx: Receiver<Job> = rx.clone();
+            let worker = std::thread::Builder::new()
+                .name(format!("bitmap-io-{i}"))
+                .spawn(move || {
+                    for job in rx {
+                        run_job(&device, job);
+                    }
+                })
+                .map_err(|e| {
+                    BlockMapError::io(device_path(&writer), "cannot start I/O threads for", e)
+                })?;
+            writer.workers.push(worker);
+        }
+        Ok(writer)
+    }
+
+    pub fn map(&self) -> &BlockMap {
+        self.device.map()
+    }
+
+    /// Writes one bitmap page: `bytes` is the file's content from
+    /// `file_offset` (a multiple of 4096), at most 4096 bytes. The blocks it
+    /// touches are written whole: block bytes not covered by `bytes`, and
+    /// bytes at or beyond the end of the file, are written as zeros; nothing
+    /// past the file's last block is written. Bad arguments complete the
+    /// returned completion with an EINVAL failure.
+    pub fn submit(&self, file_offset: u64, bytes: &[u8]) -> Arc<Completion> {
+        let map = self.device.map();
+        let invalid = |what: String| {
+            let c = Completion::new(1);
+            c.finish(Err(OpFailure {
+                target: 0,
+                what,
+                errno: libc::EINVAL,
+            }));
+            c
+        };
+        if !file_offset.is_multiple_of(PAGE_SIZE)
+            || bytes.is_empty()
+            || bytes.len() as u64 > PAGE_SIZE
+            || file_offset >= map.file_len()
+        {
+            return invalid(format!(
+                "bitmap page write of {} bytes at offset {file_offset} of {} (length {}): \
+                 needs a 4096-aligned offset inside the file and 1..=4096 bytes",
+                bytes.len(),
+                map.file().display(),
+                map.file_len()
+            ));
+        }
+        let bs = map.fs_block_size() as u64;
+        let data_end = (file_offset + bytes.len() as u64).min(map.file_len());
+        let write_end = round_up(data_end as usize, bs as usize) as u64;
+        let runs = match map.device_runs(file_offset, write_end - file_offset) {
+            Ok(r) => r,
+            Err(e) => return invalid(e.to_string()),
+        };
+        let useful = (data_end - file_offset) as usize;
+        let completion = Completion::new(runs.len());
+        let Some(jobs) = &self.jobs else {
+            // Only possible during drop; fail the page rather than hang.
+            for (i, _) in runs.iter().enumerate() {
+                completion.finish(Err(OpFailure {
+                    target: i,
+                    what: format!("{}: raw writer stopped", map.file().display()),
+                    errno: libc::ESHUTDOWN,
+                }));
+            }
+            return completion;
+        };
+        for (run_index, run) in runs.iter().enumerate() {
+            let len = run.len as usize;
+            let mut buf = AlignedBuf::new(len);
+            let start = (run.file_offset - file_offset) as usize;
+            let end = (start + len).min(useful);
+            if start < end {
+                buf.as_mut_slice()[..end - start].copy_from_slice(&bytes[start..end]);
+            }
+            let job = Job {
+                run_index,
+                file_offset: run.file_offset,
+                device_offset: run.device_offset,
+                len,
+                buf,
+                completion: completion.clone(),
+            };
+            if let Err(e) = jobs.send(job) {
+                let job = e.into_inner();
+                job.completion.finish(Err(OpFailure {
+                    target: run_index,
+                    what: format!("{}: raw writer stopped", map.file().display()),
+                    errno: libc::ESHUTDOWN,
+                }));
+            }
+        }
+        completion
+    }
+
+    /// [`RawWriter::submit`] and wait; errors name the device and sectors.
+    pub fn submit_and_wait(&self, file_offset: u64, bytes: &[u8]) -> Result<(), BlockMapError> {
+        let failures = self.submit(file_offset, bytes).wait();
+        if failures.is_empty() {
+            return Ok(());
+        }
+        Err(BlockMapError::WriteFailed {
+            file: self.map().file().to_path_buf(),
+            device: self.map().device().to_path_buf(),
+            failures: failures
+                .iter()
+                .map(|f| f.to_string())
+                .collect::<Vec<_>>()
+                .join("; "),
+        })
+    }
+
+    /// The file's bytes `[file_offset, file_offset+len)` as the device holds
+    /// them at the mapped sectors.
+    pub fn read_direct(&self, file_offset: u64, len: u64) -> Result<Vec<u8>, BlockMapError> {
+        let map = self.map();
+        let end = file_offset
+            .checked_add(len)
+            .filter(|&e| e <= map.file_len());
+        let Some(end) = end else {
+            return Err(BlockMapError::BadRange {
+                file: map.file().to_path_buf(),
+                offset: file_offset,
+                end: file_offset.saturating_add(len),
+                file_len: map.file_len(),
+                block_size: map.fs_block_size(),
+                problem: "beyond the end of the file",
+            });
+        };
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let bs = map.fs_block_size() as u64;
+        let first = file_offset / bs * bs;
+        let last = end.div_ceil(bs) * bs;
+        let bytes = self.device.read_blocks(first, last - first)?;
+        let skip = (file_offset - first) as usize;
+        Ok(bytes[skip..skip + len as usize].to_vec())
+    }
+}
+
+fn device_path(writer: &RawWriter) -> &Path {
+    writer.device.map().device()
+}
+
+fn run_job(device: &ConfinedDevice, job: Job) {
+    let what = || {
+        format!(
+            "raw write of {} bytes {}..{} to {} sector {}",
+            device.map().file().display(),
+            job.file_offset,
+            job.file_offset + job.len as u64,
+            device.map().device().display(),
+            job.device_offset / SECTOR
+        )
+    };
+    // A confinement panic is a bug, and it fires before anything is written;
+    // the waiter must still hear of it rather than wait forever.
+    let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        device.write_at(job.device_offset, &job.buf.as_slice()[..job.len])
+    }));
+    let result = match attempt {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(errno)) => Err(OpFailure {
+            target: job.run_index,
+            what: what(),
+            errno,
+        }),
+        Err(_) => Err(OpFailure {
+            target: job.run_index,
+            what: format!("{} refused: outside the verified block map (bug)", what()),
+            errno: libc::EFAULT,
+        }),
+    };
+    job.completion.finish(result);
+}
+
+impl Drop for RawWriter {
+    fn drop(&mut self) {
+        // Closing the channel ends the workers once queued jobs are done.
+        self.jobs.take();
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+/// Reads a whole (small) file with O_DIRECT through its filesystem, so a
+/// page cache made stale by raw writes is not what is read. Falls back to a
+/// cache-dropped buffered read where the filesystem refuses O_DIRECT.
+pub fn read_file_direct(path: &Path) -> Result<Vec<u8>, BlockMapError> {
+    let direct = File::options()
+        .read(true)
+        .custom_flags(libc::O_DIRECT | libc::O_CLOEXEC)
+        .open(path);
+    let (file, is_direct) = match direct {
+        Ok(f) => (f, true),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            log::info!(
+                "{}: O_DIRECT unsupported; reading it buffered after dropping its cache",
+                path.display()
+            );
+            let f = File::open(path).map_err(|e| BlockMapError::io(path, "cannot open", e))?;
+            let _ = sys::drop_page_cache(&f);
+            (f, false)
+        }
+        Err(e) => return Err(BlockMapError::io(path, "cannot open", e)),
+    };
+    let len = file
+        .metadata()
+        .map_err(|e| BlockMapError::io(path, "cannot stat", e))?
+        .len() as usize;
+    // One spare block so a file that grew is noticed by the caller's length check.
+    let mut buf = AlignedBuf::new(round_up(len, BUF_ALIGN) + BUF_ALIGN);
+    let slice = buf.as_mut_slice();
+    let mut done = 0usize;
+    loop {
+        if done == slice.len() {
+            break;
+        }
+        // O_DIRECT reads stay aligned: `done` moves in whole blocks except
+        // at the end of the file, where the loop stops.
+        match file.read_at(&mut slice[done..], done as u64) {
+            Ok(0) => break,
+            Ok(n) => {
+                done += n;
+                if is_direct && !done.is_multiple_of(BUF_ALIGN) {
+                    break; // end of file
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(BlockMapError::io(path, "cannot read", e)),
+        }
+    }
+    Ok(slice[..done].to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::resolve::{test_map, Extent};
+    use super::*;
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+
+    /// A writer over a plain file standing in for the device: extents at
+    /// device bytes 8192..12288 and 20480..21504.
+    fn writer_over_plain_file(dir: &Path) -> (RawWriter, std::path::PathBuf) {
+        let dev = dir.join("fake-device");
+        std::fs::write(&dev, vec![0xEEu8; 32768]).unwrap();
+        let map = test_map(
+            &dir.join("bitmap"),
+            &dev,
+            1024,
+            5000,
+            vec![
+                Extent {
+                    file_offset: 0,
+                    device_offset: 8192,
+                    len: 4096,
+                },
+                Extent {
+                    file_offset: 4096,
+                    device_offset: 20480,
+                    len: 1024,
+                },
+            ],
+        );
+        let fd = File::options().read(true).write(true).open(&dev).unwrap();
+        (RawWriter::start(fd, map, 2).unwrap(), dev)
+    }
+
+    #[test]
+    fn writes_land_at_mapped_sectors_and_tail_is_zeroed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (w, dev) = writer_over_plain_file(dir.path());
+        w.submit_and_wait(0, &[0xA1; 4096]).unwrap();
+        w.submit_and_wait(4096, &[0xB2; 4096]).unwrap();
+        let d = std::fs::read(&dev).unwrap();
+        assert!(d[8192..12288].iter().all(|&b| b == 0xA1));
+        assert!(d[20480..20480 + 904].iter().all(|&b| b == 0xB2));
+        assert!(d[20480 + 904..21504].iter().all(|&b| b == 0));
+        assert!(d[..8192].iter().all(|&b| b == 0xEE));
+        assert!(d[12288..20480].iter().all(|&b| b == 0xEE));
+        assert!(d[21504..].iter().all(|&b| b == 0xEE));
+        assert_eq!(
+            w.read_direct(4090, 10).unwrap(),
+            [0xA1, 0xA1, 0xA1, 0xA1, 0xA1, 0xA1, 0xB2, 0xB2, 0xB2, 0xB2]
+        );
+    }
+
+    #[test]
+    fn writer_is_shareable_between_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<RawWriter>();
+    }
+
+    #[test]
+    fn bad_submissions_fail_without_panicking() {
+        let dir = tempfile::tempdir().unwrap();
+        let (w, dev) = writer_over_plain_file(dir.path());
+        for (off, len) in [(100u64, 10usize), (8192, 10), (0, 0), (0, 4097)] {
+            let failures = w.submit(off, &vec![1u8; len]).wait();
+            assert_eq!(failures.len(), 1, "offset {off} len {len}");
+            assert_eq!(failures[0].errno, libc::EINVAL);
+        }
+        assert!(w.read_direct(4990, 20).is_err());
+        assert!(std::fs::read(&dev).unwrap().iter().all(|&b| b == 0xEE));
+    }
+
+    #[test]
+    #[should_panic(expected = "outside the verified map")]
+    fn confined_write_panics_outside_the_map() {
+        let dir = tempfile::tempdir().unwrap();
+        let (w, _dev) = writer_over_plain_file(dir.path());
+        let _ = w.device.write_at(0, &[0u8; 512]);
+    }
+
+    #[test]
+    fn an_out_of_map_job_fails_its_completion_and_the_thread_lives_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let (w, dev) = writer_over_plain_file(dir.path());
+        let completion = Completion::new(1);
+        let job = Job {
+            run_index: 0,
+            file_offset: 0,
+            device_offset: 0,
+            len: 1024,
+            buf: AlignedBuf::new(1024),
+            completion: completion.clone(),
+        };
+        w.jobs.as_ref().unwrap().send(job).unwrap();
+        let failures = completion.wait();
+        assert_eq!(failures.len(), 1);
+        assert_eq!(failures[0].errno, libc::EFAULT);
+        assert!(std::fs::read(&dev).unwrap().iter().all(|&b| b == 0xEE));
+        // Both threads still serve.
+        for _ in 0..4 {
+            w.submit_and_wait(0, &[0x11; 4096]).unwrap();
+        }
+    }
+
+    #[test]
+    fn confined_write_refuses_straddling_and_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (w, dev) = writer_over_plain_file(dir.path());
+        for (off, len) in [
+            (0u64, 512usize),
+            (12288 - 512, 1024),
+            (21504, 512),
+            (8192 + 3584, 1024),
+        ] {
+            let r = catch_unwind(AssertUnwindSafe(|| {
+                w.device.write_at(off, &vec![0x55; len])
+            }));
+            assert!(r.is_err(), "write at {off} len {len} was not stopped");
+        }
+        assert!(std::fs::read(&dev).unwrap().iter().all(|&b| b == 0xEE));
+    }
+}
