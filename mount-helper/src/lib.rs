@@ -1,0 +1,226 @@
+//! mount(8)'s helper arguments and `-o` options, translated to `mdfuse mount`.
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct MountRequest {
+    pub legs: Vec<String>,
+    pub mountpoint: String,
+    pub read_only: bool,
+    pub allow_other: bool,
+    pub run_degraded: bool,
+    pub buffered: bool,
+    pub threads: Option<u32>,
+    pub log: Option<String>,
+    pub bitmap: Option<String>,
+    pub bitmap_file_io: bool,
+    pub delay: Option<u32>,
+    pub verbose: bool,
+    pub fake: bool,
+}
+
+/// Options mount(8) or fstab may pass that concern mount(8) itself, not us.
+fn is_generic(opt: &str) -> bool {
+    matches!(
+        opt,
+        "defaults"
+            | "auto"
+            | "noauto"
+            | "nofail"
+            | "_netdev"
+            | "user"
+            | "nouser"
+            | "users"
+            | "owner"
+            | "group"
+            | "nosuid"
+            | "nodev"
+            | "noexec"
+            | "suid"
+            | "dev"
+            | "exec"
+            | "relatime"
+            | "noatime"
+            | "atime"
+    ) || opt.starts_with("x-")
+        || opt.starts_with("comment=")
+}
+
+pub fn parse_mount_args(args: &[String]) -> Result<MountRequest, String> {
+    let mut req = MountRequest::default();
+    let mut positional = Vec::new();
+    let mut opts: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        let a = &args[i];
+        match a.as_str() {
+            "-o" => {
+                i += 1;
+                let o = args.get(i).ok_or("-o needs a value")?;
+                opts.extend(o.split(',').filter(|s| !s.is_empty()).map(String::from));
+            }
+            "-t" => {
+                i += 1;
+            }
+            s if s.starts_with("-o") => opts.extend(
+                s[2..]
+                    .split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(String::from),
+            ),
+            s if s.starts_with('-') && s.len() > 1 => {
+                for flag in s[1..].chars() {
+                    match flag {
+                        'v' => req.verbose = true,
+                        'f' => req.fake = true,
+                        // sloppy, no-mtab: nothing to do for a FUSE mount.
+                        's' | 'n' => {}
+                        other => return Err(format!("unknown flag -{other}")),
+                    }
+                }
+            }
+            _ => positional.push(a.clone()),
+        }
+        i += 1;
+    }
+    let [source, mountpoint] = positional.as_slice() else {
+        return Err(format!(
+            "usage: mount.mdfuse SOURCE MOUNTPOINT [-o OPTIONS] (got {} positional arguments)",
+            positional.len()
+        ));
+    };
+    req.mountpoint = mountpoint.clone();
+    for opt in &opts {
+        let (key, value) = match opt.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (opt.as_str(), None),
+        };
+        let need = |v: Option<&str>| {
+            v.map(String::from)
+                .ok_or(format!("option {key} needs a value ({key}=...)"))
+        };
+        match key {
+            "legs" => req.legs = need(value)?.split(':').map(String::from).collect(),
+            "ro" => req.read_only = true,
+            "rw" => req.read_only = false,
+            "allow_other" => req.allow_other = true,
+            "run" => req.run_degraded = true,
+            "buffered" => req.buffered = true,
+            "bitmap" => req.bitmap = Some(need(value)?),
+            "bitmap_file_io" => req.bitmap_file_io = true,
+            "threads" => {
+                req.threads = Some(
+                    need(value)?
+                        .parse()
+                        .map_err(|_| format!("threads={}: not a number", value.unwrap_or("")))?,
+                )
+            }
+            "delay" => {
+                req.delay = Some(
+                    need(value)?
+                        .parse()
+                        .map_err(|_| format!("delay={}: not a number of seconds", value.unwrap_or("")))?,
+                )
+            }
+            "log" => req.log = Some(need(value)?),
+            _ if is_generic(opt) => {}
+            _ => {
+                return Err(format!(
+                    "unknown option {opt:?} (known: legs=, bitmap=, bitmap_file_io, ro, rw, allow_other, \
+                     run, buffered, threads=, delay=, log=)"
+                ))
+            }
+        }
+    }
+    if req.legs.is_empty() {
+        // SOURCE may name the legs itself: LEG:LEG.
+        if source.contains(':') {
+            req.legs = source.split(':').map(String::from).collect();
+        } else {
+            return Err(format!(
+                "no legs: give -o legs=LEG:LEG or SOURCE as LEG:LEG (SOURCE was {source:?})"
+            ));
+        }
+    }
+    if req.legs.iter().any(|l| l.is_empty()) {
+        return Err("an empty leg path in legs=".into());
+    }
+    Ok(req)
+}
+
+impl MountRequest {
+    /// The `mdfuse` arguments that do this mount.
+    pub fn mdfuse_args(&self) -> Vec<String> {
+        let mut a = vec!["mount".to_string()];
+        if self.read_only {
+            a.push("--ro".into());
+        }
+        if self.allow_other {
+            a.push("--allow-other".into());
+        }
+        if self.run_degraded {
+            a.push("--run".into());
+        }
+        if self.buffered {
+            a.push("--buffered".into());
+        }
+        if let Some(t) = self.threads {
+            a.push(format!("--threads={t}"));
+        }
+        if let Some(l) = &self.log {
+            a.push(format!("--log={l}"));
+        }
+        if let Some(b) = &self.bitmap {
+            a.push(format!("--bitmap={b}"));
+        }
+        if self.bitmap_file_io {
+            a.push("--bitmap-file-io".into());
+        }
+        if let Some(d) = self.delay {
+            a.push(format!("--delay={d}"));
+        }
+        a.extend(self.legs.iter().cloned());
+        a.push(self.mountpoint.clone());
+        a
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn fstab_style_line() {
+        let r = parse_mount_args(&args(
+            "mirror /mnt/m -o rw,legs=/d/a.img:/d/b.img,allow_other,noauto,x-systemd.automount",
+        ))
+        .unwrap();
+        assert_eq!(r.legs, vec!["/d/a.img", "/d/b.img"]);
+        assert!(r.allow_other && !r.read_only);
+        assert_eq!(
+            r.mdfuse_args(),
+            args("mount --allow-other /d/a.img /d/b.img /mnt/m")
+        );
+    }
+
+    #[test]
+    fn source_names_legs() {
+        let r = parse_mount_args(&args("/d/a:/d/b /m -s -o ro,threads=4")).unwrap();
+        assert_eq!(r.legs, vec!["/d/a", "/d/b"]);
+        assert_eq!(r.mdfuse_args(), args("mount --ro --threads=4 /d/a /d/b /m"));
+    }
+
+    #[test]
+    fn refusals() {
+        assert!(parse_mount_args(&args("src /m -o legs=/a:/b,bogus"))
+            .unwrap_err()
+            .contains("unknown option \"bogus\""));
+        assert!(parse_mount_args(&args("src /m"))
+            .unwrap_err()
+            .contains("no legs"));
+        assert!(parse_mount_args(&args("/a:/b")).is_err());
+        assert!(parse_mount_args(&args("/a:/b /m -o threads=x")).is_err());
+    }
+}
