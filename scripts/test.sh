@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh Debian machine as root: installs what the
+# tests use, checks formatting and lints, then runs every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_pkgs=()
+for tool in mdadm:mdadm fio:fio mkfs.ext4:e2fsprogs mkfs.xfs:xfsprogs zstd:zstd \
+            losetup:mount sha256sum:coreutils filefrag:e2fsprogs; do
+  command -v "${tool%%:*}" >/dev/null 2>&1 || need_pkgs+=("${tool##*:}")
+done
+if [ "${#need_pkgs[@]}" -gt 0 ]; then
+  echo "== installing: ${need_pkgs[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+fi
+if [ "$(id -u)" != 0 ]; then
+  echo "the suite needs root (FUSE mounts, loop devices, mkfs): run it with sudo" >&2
+  exit 1
+fi
+[ -e /dev/fuse ] || { echo "/dev/fuse is missing: load the fuse module" >&2; exit 1; }
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+echo "== cargo test"
+cargo test --workspace --release 2>&1 | tee /tmp/mdfuse-test.log
