@@ -1,1 +1,2 @@
 //! md's on-disk formats: pure conversions between bytes and structs.
+pub mod bitmap;

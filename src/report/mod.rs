@@ -1,2 +1,3 @@
 //! Text renderings in md's words: `mdadm --examine`, `--examine-bitmap`,
 //! `/proc/mdstat`. Pure: structs in, strings out.
+pub mod examine_bitmap;
