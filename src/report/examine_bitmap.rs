@@ -7,8 +7,8 @@ use crate::format::bitmap::{count_dirty, BitmapSuper};
 pub fn human_size(bytes: u64) -> String {
     let b = bytes as u128;
     let pair = |unit_bin: u128, unit_dec: u128, bin: &str, dec: &str| {
-        let c_bin = (b * 200 / unit_bin + 1) / 2;
-        let c_dec = (b / (unit_dec / 200) + 1) / 2;
+        let c_bin = (b * 200 / unit_bin).div_ceil(2); // mdadm: (x + 1) / 2
+        let c_dec = (b / (unit_dec / 200)).div_ceil(2);
         format!(
             " ({}.{:02} {} {}.{:02} {})",
             c_bin / 100,
