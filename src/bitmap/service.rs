@@ -741,3 +741,7 @@ impl Shared {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "service_tests.rs"]
+mod tests;
