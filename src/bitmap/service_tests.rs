@@ -66,6 +66,45 @@ fn start_write_returns_only_after_the_bit_is_durable() {
 }
 
 #[test]
+fn second_writer_of_a_chunk_waits_for_the_first_writers_flush() {
+    let (bm, store) = build(small_super(), opts(100));
+    store.set_delay(Duration::from_millis(200));
+    let bm = Arc::new(bm);
+    let first = {
+        let bm = bm.clone();
+        std::thread::spawn(move || bm.start_write(4 * K64, 1).unwrap())
+    };
+    // Let the first writer set the bit in memory and start its flush.
+    std::thread::sleep(Duration::from_millis(50));
+    bm.start_write(4 * K64 + 10, 1).unwrap();
+    assert!(
+        on_disk(&store, 4),
+        "second writer returned before the bit reached disk"
+    );
+    first.join().unwrap();
+}
+
+#[test]
+fn writer_arriving_during_a_flush_waits_for_the_next_one() {
+    let (bm, store) = build(small_super(), opts(100));
+    store.set_delay(Duration::from_millis(200));
+    let bm = Arc::new(bm);
+    let first = {
+        let bm = bm.clone();
+        std::thread::spawn(move || bm.start_write(4 * K64, 1).unwrap())
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    // Chunk 8 is set after the in-flight snapshot was taken.
+    bm.start_write(8 * K64, 1).unwrap();
+    assert!(
+        on_disk(&store, 8),
+        "returned on a flush that lacked its bit"
+    );
+    assert_eq!(store.submits(), 2);
+    first.join().unwrap();
+}
+
+#[test]
 fn concurrent_writers_on_one_page_share_flushes() {
     let (bm, store) = build(small_super(), opts(100));
     store.set_delay(Duration::from_millis(30));
