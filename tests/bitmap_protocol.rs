@@ -62,6 +62,7 @@ fn file_store_protocol_agrees_with_mdadm() {
         daemon_tick: None,
         spawn_daemon: false,
         loaded_bits_needed: true,
+        array_events: Some(7),
     };
     let bm = WriteIntentBitmap::new(sb, &bits, store, opts).unwrap();
     // Page 0's last chunk and page 1's first (30719, 30720), a run, the last chunk.

@@ -79,6 +79,12 @@ pub struct BitmapOptions {
     /// them until the resync calls `mark_chunk_synced` (true), or let the
     /// daemon clear them like idle chunks (false: legs known in sync).
     pub loaded_bits_needed: bool,
+    /// The array superblock's events at assembly, when known. md_bitmap_read_sb
+    /// calls a bitmap stale when its header says BITMAP_STALE or its events
+    /// are older than the array's; md then sets events_cleared to the array's
+    /// events and treats every chunk as dirty (full resync). `new` does the
+    /// same: all bits set, NEEDED, written, STALE cleared.
+    pub array_events: Option<u64>,
 }
 
 impl BitmapOptions {
@@ -89,6 +95,7 @@ impl BitmapOptions {
             daemon_tick: None,
             spawn_daemon: true,
             loaded_bits_needed: true,
+            array_events: None,
         }
     }
 
@@ -206,6 +213,18 @@ impl WriteIntentBitmap {
                 bits.len(), bit_bytes, chunks, sb.chunksize
             )));
         }
+        let stale =
+            sb.state & BITMAP_STATE_STALE != 0 || opts.array_events.is_some_and(|e| sb.events < e);
+        let mut sb = sb;
+        if stale {
+            if let Some(e) = opts.array_events {
+                log::warn!(
+                    "{what}: bitmap is out of date (events {} < array {e}): every chunk will be resynced",
+                    sb.events
+                );
+                sb.events_cleared = e;
+            }
+        }
         let file_len = sb.file_len();
         let mut image = Vec::with_capacity(file_len as usize);
         image.extend_from_slice(&sb.to_bytes());
@@ -269,10 +288,14 @@ impl WriteIntentBitmap {
         } else {
             None
         };
-        Ok(WriteIntentBitmap {
+        let bm = WriteIntentBitmap {
             shared,
             daemon: Mutex::new(daemon),
-        })
+        };
+        if stale {
+            bm.set_all_dirty()?;
+        }
+        Ok(bm)
     }
 
     pub fn chunk_size(&self) -> u32 {

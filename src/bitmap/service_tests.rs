@@ -13,6 +13,7 @@ fn opts(delay_ms: u64) -> BitmapOptions {
         daemon_tick: None,
         spawn_daemon: false,
         loaded_bits_needed: true,
+        array_events: None,
     }
 }
 
@@ -282,6 +283,33 @@ fn loaded_bits_are_durable_and_needed() {
     bm.mark_chunk_synced(82);
     bm.run_daemon_pass();
     assert!(!on_disk(&store, 82));
+}
+
+#[test]
+fn stale_bitmap_sets_every_bit_and_needs_resync() {
+    let sb = small_super(); // events 5
+    let bits = vec![0u8; 62];
+    let mut image = sb.to_bytes().to_vec();
+    image.extend_from_slice(&bits);
+    let store = MemPageStore::new(image);
+    let o = BitmapOptions {
+        array_events: Some(9),
+        ..opts(0)
+    };
+    let bm = WriteIntentBitmap::new(sb, &bits, store.clone(), o).unwrap();
+    let img = store.image();
+    let h = BitmapSuper::parse(&img).unwrap();
+    assert_eq!(h.events_cleared, 9);
+    assert_eq!(h.state & BITMAP_STATE_STALE, 0);
+    assert_eq!(crate::format::bitmap::count_dirty(&img[256..], 496), 496);
+    bm.run_daemon_pass();
+    assert_eq!(bm.dirty_chunks().len(), 496, "kept until resynced");
+    for c in 0..496 {
+        bm.mark_chunk_synced(c);
+    }
+    bm.run_daemon_pass();
+    assert!(bm.dirty_chunks().is_empty());
+    assert!(!on_disk(&store, 0));
 }
 
 #[test]
