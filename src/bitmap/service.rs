@@ -22,7 +22,11 @@
 //! stamp the time a chunk's write count drops to zero and clear it once it has
 //! been idle for `clear_delay`, unless it is NEEDED or the array is degraded
 //! (md keeps every bit while degraded so a re-added leg can resync from it).
-//! All chunks cleared on one page go out in one page write.
+//! All chunks cleared on one page go out in one page write. A write that ends
+//! while the array is degraded is NEEDED whatever the caller says (older md's
+//! endwrite: "never clear bits or update events_cleared when degraded";
+//! raid1 passes success = !degraded), so its bit outlives the degradation
+//! until the re-add's resync calls `mark_chunk_synced`.
 //!
 //! Events (md_bitmap_endwrite, md_bitmap_update_sb, md_bitmap_read_sb):
 //! - `events` in the header follows the array superblock's events; it is
@@ -510,11 +514,11 @@ impl WriteIntent for WriteIntentBitmap {
             return;
         };
         let range = range.start..range.end.min(s.chunks);
-        s.release(range, all_legs_in_sync);
-        if all_legs_in_sync
-            && !s.degraded.load(Ordering::Acquire)
-            && s.events_cleared.load(Ordering::Acquire) < s.events.load(Ordering::Acquire)
-        {
+        // md: "Never clear bits or update events_cleared when degraded": a
+        // write that ends while a leg is missing must survive for its re-add.
+        let in_sync = all_legs_in_sync && !s.degraded.load(Ordering::Acquire);
+        s.release(range, in_sync);
+        if in_sync && s.events_cleared.load(Ordering::Acquire) < s.events.load(Ordering::Acquire) {
             let mut h = s.header.lock();
             if h.events_cleared < h.events {
                 h.events_cleared = h.events;

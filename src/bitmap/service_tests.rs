@@ -179,6 +179,12 @@ fn degraded_keeps_bits_until_whole_again() {
     assert!(on_disk(&store, 5));
     bm.set_degraded(false);
     bm.run_daemon_pass();
+    assert!(
+        on_disk(&store, 5),
+        "written while degraded: needed by the re-add"
+    );
+    bm.mark_chunk_synced(5);
+    bm.run_daemon_pass();
     assert!(!on_disk(&store, 5));
 }
 
@@ -411,7 +417,7 @@ proptest! {
                 Op::End(i, in_sync) if !outstanding.is_empty() => {
                     let (c, n) = outstanding.swap_remove(i % outstanding.len());
                     bm.end_write(c * 512, n * 512, in_sync);
-                    if !in_sync {
+                    if !in_sync || degraded {
                         needed.extend(c..c + n);
                     }
                 }
