@@ -547,7 +547,7 @@ impl Shared {
         if self.faulty.load(Ordering::Acquire) {
             let reason = self.faulty_reason.lock().clone().unwrap_or_default();
             return Err(BitmapError::msg(format!(
-                "{}: bitmap is faulty since an earlier write failed ({reason}); writes are refused until the array is reassembled",
+                "{}: bitmap is faulty ({reason}); array writes are refused until the bitmap device is fixed and the array reassembled",
                 self.store.describe()
             )));
         }
@@ -566,7 +566,7 @@ impl Shared {
 
     /// Drops one write from each chunk; `in_sync` false marks them NEEDED.
     fn release(&self, range: Range<u64>, in_sync: bool) {
-        let now = self.now_ms();
+        let mut now = None;
         for c in range {
             let counter = &self.counters[c as usize];
             if !in_sync {
@@ -577,7 +577,8 @@ impl Shared {
             });
             match old {
                 Ok(v) if v & COUNT_MASK == 1 => {
-                    self.idle_since_ms[c as usize].store(now, Ordering::Release);
+                    let t = *now.get_or_insert_with(|| self.now_ms());
+                    self.idle_since_ms[c as usize].store(t, Ordering::Release);
                     self.pages[chunk_to_page_and_bit(c).0]
                         .pending
                         .store(true, Ordering::Release);

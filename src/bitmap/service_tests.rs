@@ -106,6 +106,56 @@ fn writer_arriving_during_a_flush_waits_for_the_next_one() {
 }
 
 #[test]
+fn racing_writers_and_daemon_never_expose_a_clear_bit() {
+    let o = BitmapOptions {
+        spawn_daemon: true,
+        daemon_tick: Some(Duration::from_millis(10)),
+        ..opts(0)
+    };
+    let (bm, store) = build(two_page_super(), o);
+    let bm = Arc::new(bm);
+    let handles: Vec<_> = (0..4u64)
+        .map(|t| {
+            let bm = bm.clone();
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let mut x = 0x9e37_79b9u64.wrapping_mul(t + 1);
+                for _ in 0..300 {
+                    x = x
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    // Chunks on both sides of the page boundary, colliding often.
+                    let c = 30700 + (x >> 33) % 40;
+                    let n = 1 + (x >> 20) % 3;
+                    bm.start_write(c * 512, n * 512).unwrap();
+                    for chunk in c..(c + n).min(31000) {
+                        assert!(on_disk(&store, chunk), "chunk {chunk} clear during a write");
+                    }
+                    std::thread::sleep(Duration::from_micros((x >> 40) % 400));
+                    for chunk in c..(c + n).min(31000) {
+                        assert!(
+                            on_disk(&store, chunk),
+                            "chunk {chunk} cleared during a write"
+                        );
+                    }
+                    bm.end_write(c * 512, n * 512, true);
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    assert!(
+        store.submits() > 10,
+        "the daemon cleared bits while writers ran ({} page writes)",
+        store.submits()
+    );
+    bm.stop_clean().unwrap();
+    assert!(store.image()[BITMAP_SUPER_SIZE..].iter().all(|&b| b == 0));
+}
+
+#[test]
 fn concurrent_writers_on_one_page_share_flushes() {
     let (bm, store) = build(small_super(), opts(100));
     store.set_delay(Duration::from_millis(30));
