@@ -1,13 +1,49 @@
 //! The write-intent bitmap: a service the RAID1 engine calls before and after
 //! each data write (md's startwrite/endwrite).
+//!
+//! - [`service::WriteIntentBitmap`]: counters, group-committed page flushes,
+//!   the clearing daemon (md-bitmap.c's design).
+//! - [`store`]: where flushed pages go ([`PageStore`]): ordinary file I/O
+//!   ([`store::FilePageStore`]) or memory for tests ([`store::MemPageStore`]);
+//!   the raw block-map writer is adapted to [`PageStore`] by the integrator.
+//! - [`create`]: creating and loading a bitmap FILE.
 
 use std::fmt;
+use std::sync::Arc;
+
+use crate::io::completion::Completion;
+
+pub mod create;
+pub mod service;
+pub mod store;
+
+pub use create::{create_bitmap_file, load_bitmap_file};
+pub use service::{BitmapOptions, BitmapStats, WriteIntentBitmap};
+pub use store::{FilePageStore, MemPageStore};
 
 /// Errors of the write-intent service; they carry the file and what was being done.
 #[derive(Debug)]
 pub struct BitmapError {
     pub context: String,
     pub source: Option<std::io::Error>,
+}
+
+impl BitmapError {
+    /// An error with no OS cause.
+    pub fn msg(context: impl Into<String>) -> Self {
+        BitmapError {
+            context: context.into(),
+            source: None,
+        }
+    }
+
+    /// An error caused by an OS call.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        BitmapError {
+            context: context.into(),
+            source: Some(source),
+        }
+    }
 }
 
 impl fmt::Display for BitmapError {
@@ -36,4 +72,21 @@ pub trait WriteIntent: Send + Sync {
     /// `all_legs_in_sync` is false when some leg of the array did not get it
     /// (degraded, or a leg failed): the bits must then stay set.
     fn end_write(&self, offset: u64, len: u64, all_legs_in_sync: bool);
+}
+
+/// Where the bitmap's 4096-byte file pages are written.
+///
+/// `submit_page(page_index, bytes)` writes file bytes
+/// `[page_index * 4096, page_index * 4096 + bytes.len())`; `bytes` is the
+/// page's whole content within the file (4096 bytes, or less for the last
+/// page: the file is exactly 256 + ceil(chunks/8) bytes long). The slice
+/// starts 4096-aligned in memory and is followed by zeros up to the next 4096
+/// boundary, so a raw writer may write the whole padded block. The returned
+/// completion finishes when the bytes are durable (O_DSYNC or flushed).
+pub trait PageStore: Send + Sync {
+    fn submit_page(&self, page_index: usize, bytes: &[u8]) -> Arc<Completion>;
+    /// Makes every completed write durable; a no-op when writes are O_DSYNC.
+    fn flush_device(&self) -> Result<(), BitmapError>;
+    /// Human name of the target, for errors and logs (path, device).
+    fn describe(&self) -> String;
 }
