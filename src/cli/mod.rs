@@ -139,7 +139,7 @@ fn cmd_create(a: CreateArgs) -> Result<(), String> {
         created.name,
         created.legs.len(),
         created.array_sectors * 512,
-        mdfuse::report::examine::human_size(created.array_sectors as u128 * 512),
+        mdfuse::report::human_size(created.array_sectors as u128 * 512),
         created.data_offset_sectors,
         mdfuse::report::uuid_string(&created.uuid)
     );

@@ -78,7 +78,7 @@ pub fn run(a: &SandboxArgs) -> Result<(), String> {
         l0 = leg_args[0],
         l1 = leg_args[1],
         sz = a.size,
-        hsz = mdfuse::report::examine::human_size(a.size as u128),
+        hsz = mdfuse::report::human_size(a.size as u128),
     );
     Ok(())
 }

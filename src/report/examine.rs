@@ -14,6 +14,7 @@ use crate::format::superblock::{
     FEATURE_REPLACEMENT, FEATURE_RESHAPE_ACTIVE, MAX_SECTOR, ROLE_FAULTY, ROLE_JOURNAL, ROLE_MAX,
     ROLE_SPARE,
 };
+use super::human_size;
 use std::fmt::Write;
 
 /// Array State positions printed at most (roles are u16 and slots are below 0xff00; a
@@ -249,33 +250,6 @@ pub fn level_name(level: i32) -> &'static str {
         -100 => "container",
         _ => "-unknown-",
     }
-}
-
-/// mdadm's `human_size`: "" below 5000 KiB, else " (x.yy MiB x.yy MB)" (GiB/GB from
-/// 2 GiB, TiB/TB from 2 TiB), each rounded to hundredths.
-pub fn human_size(bytes: u128) -> String {
-    const MIB: u128 = 1 << 20;
-    const GIB: u128 = 1 << 30;
-    const TIB: u128 = 1 << 40;
-    let (binary, decimal, bin_unit, dec_unit) = if bytes < 5000 * 1024 {
-        return String::new();
-    } else if bytes < 2 * GIB {
-        (MIB, 1_000_000u128, "MiB", "MB")
-    } else if bytes < 2 * TIB {
-        (GIB, 1_000_000_000, "GiB", "GB")
-    } else {
-        (TIB, 1_000_000_000_000, "TiB", "TB")
-    };
-    // Half-hundredths rounded half up: mdadm's `(x + 1) / 2`.
-    let centi_bin = (bytes * 200 / binary).div_ceil(2);
-    let centi_dec = (bytes / (decimal / 200)).div_ceil(2);
-    format!(
-        " ({}.{:02} {bin_unit} {}.{:02} {dec_unit})",
-        centi_bin / 100,
-        centi_bin % 100,
-        centi_dec / 100,
-        centi_dec % 100
-    )
 }
 
 /// Bytes of array data, as mdadm computes "Array Size" (None if mdadm prints no line).

@@ -1,34 +1,7 @@
 //! `mdadm --examine-bitmap` (mdadm -X) for a bitmap FILE, in mdadm's words.
 
+use super::human_size;
 use crate::format::bitmap::{count_dirty, BitmapSuper};
-
-/// mdadm's human_size(): "" below 5000 KiB, MiB/MB below 2 GiB, GiB/GB below
-/// 2 TiB, then TiB/TB, each as centi-units rounded half up.
-pub fn human_size(bytes: u64) -> String {
-    let b = bytes as u128;
-    let pair = |unit_bin: u128, unit_dec: u128, bin: &str, dec: &str| {
-        let c_bin = (b * 200 / unit_bin).div_ceil(2); // mdadm: (x + 1) / 2
-        let c_dec = (b / (unit_dec / 200)).div_ceil(2);
-        format!(
-            " ({}.{:02} {} {}.{:02} {})",
-            c_bin / 100,
-            c_bin % 100,
-            bin,
-            c_dec / 100,
-            c_dec % 100,
-            dec
-        )
-    };
-    if b < 5000 * 1024 {
-        String::new()
-    } else if b < 2 << 30 {
-        pair(1 << 20, 1_000_000, "MiB", "MB")
-    } else if b < 2 << 40 {
-        pair(1 << 30, 1_000_000_000, "GiB", "GB")
-    } else {
-        pair(1 << 40, 1_000_000_000_000, "TiB", "TB")
-    }
-}
 
 /// mdadm's human_chunksize(): shift by 1024 while possible, "64 KB", "4 MB".
 pub fn human_chunksize(bytes: u32) -> String {
@@ -62,17 +35,7 @@ pub fn render_examine_bitmap(filename: &str, sb: &BitmapSuper, bits: &[u8]) -> S
     line("Filename", filename.to_string());
     line("Magic", format!("{:08x}", sb.magic));
     line("Version", sb.version.to_string());
-    let u = &sb.uuid;
-    let group = |i: usize| {
-        u[i * 4..i * 4 + 4]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    };
-    line(
-        "UUID",
-        format!("{}:{}:{}:{}", group(0), group(1), group(2), group(3)),
-    );
+    line("UUID", super::uuid_string(&sb.uuid));
     if sb.nodes == 0 {
         line("Events", sb.events.to_string());
         line("Events Cleared", sb.events_cleared.to_string());
@@ -93,7 +56,7 @@ pub fn render_examine_bitmap(filename: &str, sb: &BitmapSuper, bits: &[u8]) -> S
         format!(
             "{}{}",
             sb.sync_size / 2,
-            human_size(sb.sync_size.saturating_mul(512))
+            human_size(u128::from(sb.sync_size) << 9)
         ),
     );
     if sb.nodes == 0 {
