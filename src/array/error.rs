@@ -88,6 +88,10 @@ pub enum ArrayError {
     #[error("bitmap: {0}")]
     Bitmap(#[from] BitmapError),
     #[error("{0}")]
+    BlockMap(#[from] crate::blockmap::BlockMapError),
+    #[error("bitmap file {path}: {what}", path = .path.display())]
+    BitmapFile { path: PathBuf, what: String },
+    #[error("{0}")]
     Engine(#[from] EngineError),
     #[error("cannot read random bytes for a UUID: {0}")]
     Random(std::io::Error),

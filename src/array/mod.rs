@@ -2,12 +2,14 @@
 //! This layer owns the superblocks and md's rules about them.
 
 pub mod assemble;
+pub mod bitmap_attach;
 pub mod create;
 pub mod error;
 pub mod running;
 pub mod superblocks;
 
 pub use assemble::{assemble, AssembleOptions, Assembly};
+pub use bitmap_attach::{attach as attach_bitmap, AttachedBitmap, BitmapAttachOptions, BitmapIo};
 pub use create::{create, CreateOptions, Created};
 pub use error::ArrayError;
 pub use running::{RunOptions, RunningArray};

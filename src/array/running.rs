@@ -2,12 +2,13 @@
 //! write-intent bitmap, served to the FUSE adapter, and its clean stop.
 
 use super::assemble::Assembly;
+use super::bitmap_attach::AttachedBitmap;
 use super::error::ArrayError;
 use super::superblocks::SuperblockKeeper;
-use crate::bitmap::WriteIntent;
+use crate::bitmap::{WriteIntent, WriteIntentBitmap};
 use crate::fuse_fs::ServedArray;
-use crate::raid1::{EngineOptions, LegSpec, LegState, Raid1};
-use crate::report::mdstat::{render_mdstat, MdstatBitmap, MdstatLeg, MdstatView};
+use crate::raid1::{ArrayEvents, EngineOptions, LegSpec, LegState, Raid1};
+use crate::report::mdstat::{render_mdstat, MdstatLeg, MdstatView};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -17,17 +18,32 @@ pub struct RunOptions {
     pub engine: EngineOptions,
 }
 
-/// What the mdstat `bitmap:` line shows; filled by the bitmap service.
-pub trait BitmapStatus: Send + Sync {
-    fn mdstat(&self) -> MdstatBitmap;
-    /// Writes the bitmap clean (or as dirty as it must stay) at a stop.
-    fn stop(&self, in_sync: bool) -> Result<(), ArrayError>;
+/// Where the engine's events go: the bitmap first (so no bit is cleared once
+/// a leg is gone), then the superblocks.
+struct EventSink {
+    keeper: Arc<SuperblockKeeper>,
+    bitmap: Option<Arc<WriteIntentBitmap>>,
+}
+
+impl ArrayEvents for EventSink {
+    fn mark_active(&self) -> Result<(), String> {
+        ArrayEvents::mark_active(&*self.keeper)
+    }
+
+    fn leg_failed(&self, slot: usize, reason: &str) {
+        if let Some(b) = &self.bitmap {
+            b.set_degraded(true);
+        }
+        self.keeper.leg_failed(slot, reason);
+    }
 }
 
 pub struct RunningArray {
+    // Field order is drop order: the engine (and its legs' locks) goes last
+    // but one, after the bitmap has been released by `stop`.
     engine: Raid1,
     keeper: Arc<SuperblockKeeper>,
-    bitmap: Option<Arc<dyn BitmapStatus>>,
+    bitmap: Option<AttachedBitmap>,
     name: String,
     uuid: String,
     raid_disks: usize,
@@ -44,8 +60,7 @@ impl RunningArray {
     /// first write (which marks the superblocks active).
     pub fn start(
         asm: Assembly,
-        intent: Option<Arc<dyn WriteIntent>>,
-        bitmap: Option<Arc<dyn BitmapStatus>>,
+        bitmap: Option<AttachedBitmap>,
         opts: &RunOptions,
     ) -> Result<Arc<RunningArray>, ArrayError> {
         let keeper = Arc::new(SuperblockKeeper::new(
@@ -54,6 +69,21 @@ impl RunningArray {
                 .map(|m| (m.leg.clone(), m.sb.clone(), true))
                 .collect(),
         ));
+        let service = bitmap.as_ref().map(|b| b.service().clone());
+        if let Some(service) = &service {
+            // The bitmap's header follows the array's events (md_bitmap_update_sb).
+            let service = service.clone();
+            keeper.set_on_events(Box::new(move |events| {
+                if let Err(e) = service.update_header(events) {
+                    log::error!("{e}");
+                }
+            }));
+        }
+        let intent = service.clone().map(|s| s as Arc<dyn WriteIntent>);
+        let sink = Arc::new(EventSink {
+            keeper: keeper.clone(),
+            bitmap: service,
+        });
         let legs = asm
             .members
             .iter()
@@ -63,13 +93,7 @@ impl RunningArray {
                 state: LegState::InSync,
             })
             .collect();
-        let engine = Raid1::new(
-            legs,
-            asm.array_sectors * 512,
-            intent,
-            keeper.clone(),
-            &opts.engine,
-        )?;
+        let engine = Raid1::new(legs, asm.array_sectors * 512, intent, sink, &opts.engine)?;
         if !asm.was_clean {
             log::warn!(
                 "array {}: it was not stopped cleanly; reads come from the first leg only \
@@ -130,26 +154,34 @@ impl RunningArray {
         }
         let in_sync = !self.needs_resync.load(Ordering::Acquire) && first_error.is_none();
         if let Some(b) = &self.bitmap {
-            if let Err(e) = b.stop(in_sync && !self.engine.is_degraded()) {
+            if let Err(e) = b.write_clean() {
                 log::error!("array {}: {e}", self.name);
                 first_error.get_or_insert(e);
             }
         }
-        if self.read_only {
-            return first_error.map_or(Ok(()), Err);
-        }
-        if in_sync {
-            match self.keeper.mark_clean() {
-                Ok(events) => log::info!("array {}: stopped clean (events {events})", self.name),
-                Err(e) => {
-                    first_error.get_or_insert(e);
+        if !self.read_only {
+            if in_sync {
+                // Also brings the bitmap header's events along (md_update_sb order).
+                match self.keeper.mark_clean() {
+                    Ok(events) => {
+                        log::info!("array {}: stopped clean (events {events})", self.name)
+                    }
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                    }
                 }
+            } else {
+                log::warn!(
+                    "array {}: stopped, but left marked active: a resync is owed",
+                    self.name
+                );
             }
-        } else {
-            log::warn!(
-                "array {}: stopped, but left marked active: a resync is owed",
-                self.name
-            );
+        }
+        if let Some(b) = &self.bitmap {
+            if let Err(e) = b.release() {
+                log::error!("array {}: {e}", self.name);
+                first_error.get_or_insert(e);
+            }
         }
         first_error.map_or(Ok(()), Err)
     }

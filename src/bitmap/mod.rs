@@ -14,10 +14,12 @@ use std::sync::Arc;
 use crate::io::completion::Completion;
 
 pub mod create;
+pub mod raw_store;
 pub mod service;
 pub mod store;
 
 pub use create::{create_bitmap_file, load_bitmap_file};
+pub use raw_store::RawPageStore;
 pub use service::{BitmapOptions, BitmapStats, WriteIntentBitmap};
 pub use store::{FilePageStore, MemPageStore};
 

@@ -6,7 +6,9 @@ mod sandbox;
 mod size;
 
 use clap::{Args, Parser, Subcommand};
-use mdfuse::array::{self, AssembleOptions, CreateOptions, RunOptions, RunningArray};
+use mdfuse::array::{
+    self, AssembleOptions, BitmapAttachOptions, BitmapIo, CreateOptions, RunOptions, RunningArray,
+};
 use mdfuse::format::superblock::Superblock;
 use mdfuse::io::leg::{IoMode, Leg};
 use mdfuse::raid1::EngineOptions;
@@ -34,6 +36,13 @@ enum Command {
         #[arg(required = true)]
         legs: Vec<PathBuf>,
     },
+    /// Print a bitmap file's header and dirty chunks, like `mdadm --examine-bitmap`.
+    ExamineBitmap {
+        file: PathBuf,
+        /// Also list the dirty chunks.
+        #[arg(long)]
+        chunks: bool,
+    },
     /// Assemble an array from its legs and serve it at MOUNTPOINT as array.img.
     Mount(MountArgs),
     /// Unmount an array and wait until it has stopped cleanly.
@@ -55,9 +64,20 @@ struct CreateArgs {
     /// Array size (bytes, or with K/M/G/T); default: all the smallest leg offers.
     #[arg(long, value_parser = size::parse_size)]
     size: Option<u64>,
-    /// Overwrite legs that carry an md superblock or a filesystem.
+    /// Overwrite legs that carry an md superblock or a filesystem (and an
+    /// existing bitmap file).
     #[arg(long)]
     force: bool,
+    /// Create a write-intent bitmap in this host file (md's bitmap-file format).
+    #[arg(long)]
+    bitmap: Option<PathBuf>,
+    /// Bytes of array per bitmap bit (default: 64K, doubled until the
+    /// bitmap has at most 2^20 chunks).
+    #[arg(long, value_parser = size::parse_size, requires = "bitmap")]
+    bitmap_chunk: Option<u64>,
+    /// Seconds a chunk stays idle before its bit is cleared (md's daemon_sleep).
+    #[arg(long, default_value_t = 5)]
+    delay: u32,
     /// The legs: regular files or block devices (two or more).
     #[arg(required = true)]
     legs: Vec<PathBuf>,
@@ -86,6 +106,17 @@ pub struct MountArgs {
     /// Log file when detached (default: /run/mdfuse/<mountpoint>.log).
     #[arg(long)]
     log: Option<PathBuf>,
+    /// The array's write-intent bitmap file.
+    #[arg(long)]
+    bitmap: Option<PathBuf>,
+    /// Write the bitmap through ordinary file I/O instead of raw device
+    /// writes (for containers without access to the block device).
+    #[arg(long, requires = "bitmap")]
+    bitmap_file_io: bool,
+    /// Seconds a chunk stays idle before its bit is cleared (default: the
+    /// bitmap file's daemon_sleep).
+    #[arg(long, requires = "bitmap")]
+    delay: Option<f64>,
     /// The legs, then the mountpoint.
     #[arg(required = true, num_args = 2..)]
     paths: Vec<PathBuf>,
@@ -99,6 +130,7 @@ pub fn main() -> i32 {
     let result = match cli.command {
         Command::Create(a) => cmd_create(a),
         Command::Examine { legs } => cmd_examine(&legs),
+        Command::ExamineBitmap { file, chunks } => cmd_examine_bitmap(&file, chunks),
         Command::Mount(m) if m.foreground => mount_foreground(&m, &mut ready),
         Command::Mount(m) => return mount_detached(&m),
         Command::Stop {
@@ -118,13 +150,34 @@ pub fn main() -> i32 {
 }
 
 fn init_logging(daemon: bool) {
-    let env = env_logger::Env::default().default_filter_or(if daemon { "info" } else { "warn" });
+    // fuser's own warnings (unimplemented calls, its umount after ours) are noise here.
+    let env = env_logger::Env::default().default_filter_or(if daemon {
+        "info,fuser=error"
+    } else {
+        "warn,fuser=error"
+    });
     let _ = env_logger::Builder::from_env(env)
         .format_timestamp_millis()
         .try_init();
 }
 
 fn cmd_create(a: CreateArgs) -> Result<(), String> {
+    if let Some(b) = &a.bitmap {
+        // Refuse before any leg is written.
+        if b.exists() && !a.force {
+            return Err(format!(
+                "bitmap file {} exists; use --force to overwrite it",
+                b.display()
+            ));
+        }
+        if let Some(c) = a.bitmap_chunk {
+            if !c.is_power_of_two() || !(512..=1 << 30).contains(&c) {
+                return Err(format!(
+                    "--bitmap-chunk {c}: must be a power of two from 512 bytes to 1G"
+                ));
+            }
+        }
+    }
     let created = array::create(
         &a.legs,
         &CreateOptions {
@@ -143,6 +196,57 @@ fn cmd_create(a: CreateArgs) -> Result<(), String> {
         created.data_offset_sectors,
         mdfuse::report::uuid_string(&created.uuid)
     );
+    if let Some(path) = &a.bitmap {
+        let chunk = a.bitmap_chunk.map(|c| c as u32).unwrap_or_else(|| {
+            mdfuse::format::bitmap::default_chunk_size(created.array_sectors * 512)
+        });
+        let sb = mdfuse::format::bitmap::BitmapSuper::new_for_array(
+            created.uuid,
+            created.array_sectors,
+            chunk,
+            a.delay,
+            0,
+        );
+        mdfuse::bitmap::create_bitmap_file(path, &sb, a.force).map_err(|e| e.to_string())?;
+        println!(
+            "mdfuse: bitmap {} created: {} chunks of {}",
+            path.display(),
+            sb.chunks(),
+            mdfuse::report::examine_bitmap::human_chunksize(chunk)
+        );
+    }
+    Ok(())
+}
+
+fn cmd_examine_bitmap(file: &Path, list_chunks: bool) -> Result<(), String> {
+    // O_DIRECT: while an array runs, its raw writes bypass the page cache.
+    let bytes = mdfuse::blockmap::read_file_direct(file).map_err(|e| e.to_string())?;
+    let sb = mdfuse::format::bitmap::BitmapSuper::parse(&bytes)
+        .map_err(|e| format!("{}: {e}", file.display()))?;
+    let bits = &bytes[bytes.len().min(256)..];
+    print!(
+        "{}",
+        mdfuse::report::examine_bitmap::render_examine_bitmap(
+            &file.display().to_string(),
+            &sb,
+            bits
+        )
+    );
+    if list_chunks {
+        let dirty = mdfuse::format::bitmap::dirty_chunks(bits, sb.chunks());
+        println!(
+            "    Dirty Chunks : {}",
+            if dirty.is_empty() {
+                "-".to_string()
+            } else {
+                dirty
+                    .iter()
+                    .map(|c| c.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            }
+        );
+    }
     Ok(())
 }
 
@@ -252,10 +356,27 @@ pub fn mount_foreground(m: &MountArgs, ready: &mut detach::Ready) -> Result<(), 
     let uuid = asm.uuid();
     let members = asm.members.len();
     let raid_disks = asm.raid_disks;
+    let bitmap = match &m.bitmap {
+        None => None,
+        Some(path) => Some(
+            array::attach_bitmap(
+                &BitmapAttachOptions {
+                    path: path.clone(),
+                    io: if m.bitmap_file_io {
+                        BitmapIo::FileIo
+                    } else {
+                        BitmapIo::Raw
+                    },
+                    clear_delay: m.delay.map(std::time::Duration::from_secs_f64),
+                },
+                &asm,
+            )
+            .map_err(|e| e.to_string())?,
+        ),
+    };
     let array = RunningArray::start(
         asm,
-        None,
-        None,
+        bitmap,
         &RunOptions {
             read_only: m.ro,
             engine: EngineOptions {

@@ -8,13 +8,13 @@
 //! bitmap's size in "Unused Space" (it needs the bitmap superblock that follows the md
 //! superblock), cluster names, and the "New Layout"/"Layout" lines of RAID4/5/6/10.
 
+use super::human_size;
 use crate::format::superblock::{
     DevRole, Superblock, Unverified, FEATURE_BAD_BLOCKS, FEATURE_BITMAP_OFFSET,
     FEATURE_MULTIPLE_PPLS, FEATURE_NEW_OFFSET, FEATURE_PPL, FEATURE_RECOVERY_OFFSET,
     FEATURE_REPLACEMENT, FEATURE_RESHAPE_ACTIVE, MAX_SECTOR, ROLE_FAULTY, ROLE_JOURNAL, ROLE_MAX,
     ROLE_SPARE,
 };
-use super::human_size;
 use std::fmt::Write;
 
 /// Array State positions printed at most (roles are u16 and slots are below 0xff00; a
