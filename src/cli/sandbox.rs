@@ -17,6 +17,60 @@ pub struct SandboxArgs {
 }
 
 const LEGS: [&str; 2] = ["leg0.img", "leg1.img"];
+/// A small ext4 image (on a loop device) holding the bitmap file, so the raw
+/// bitmap path is what a newcomer sees.
+const BITMAP_FS_IMAGE: &str = "bitmap-fs.img";
+const BITMAP_FS_DIR: &str = "bitmap-fs";
+const BITMAP_FILE: &str = "array.bitmap";
+const BITMAP_FS_BYTES: u64 = 32 << 20;
+
+fn sh(program: &str, args: &[&str]) -> Result<String, String> {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run {program}: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(format!(
+            "`{program} {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Makes the bitmap's filesystem: an ext4 image on a loop device, mounted in
+/// DIR. Returns the bitmap file's path.
+fn make_bitmap_fs(dir: &Path) -> Result<PathBuf, String> {
+    let image = dir.join(BITMAP_FS_IMAGE);
+    let mnt = dir.join(BITMAP_FS_DIR);
+    std::fs::File::create(&image)
+        .and_then(|f| f.set_len(BITMAP_FS_BYTES))
+        .map_err(|e| format!("cannot create {}: {e}", image.display()))?;
+    std::fs::create_dir_all(&mnt).map_err(|e| format!("cannot create {}: {e}", mnt.display()))?;
+    let image_s = image.display().to_string();
+    let dev = sh("losetup", &["-f", "--show", &image_s])?;
+    let made = sh("mkfs.ext4", &["-q", "-F", &dev])
+        .and_then(|_| sh("mount", &[&dev, &mnt.display().to_string()]));
+    if let Err(e) = made {
+        let _ = sh("losetup", &["-d", &dev]);
+        return Err(e);
+    }
+    Ok(mnt.join(BITMAP_FILE))
+}
+
+fn remove_bitmap_fs(dir: &Path) {
+    let mnt = dir.join(BITMAP_FS_DIR);
+    let _ = sh("umount", &[&mnt.display().to_string()]);
+    let image = dir.join(BITMAP_FS_IMAGE).display().to_string();
+    if let Ok(list) = sh("losetup", &["-j", &image]) {
+        for dev in list.lines().filter_map(|l| l.split(':').next()) {
+            let _ = sh("losetup", &["-d", dev]);
+        }
+    }
+    let _ = std::fs::remove_dir(&mnt);
+}
 
 pub fn run(a: &SandboxArgs) -> Result<(), String> {
     if a.remove {
@@ -56,28 +110,58 @@ pub fn run(a: &SandboxArgs) -> Result<(), String> {
         }
     };
     let leg_args: Vec<String> = legs.iter().map(|l| l.display().to_string()).collect();
-    let mut create = vec!["create", "--name", "sandbox"];
+    let (bitmap, file_io) = match make_bitmap_fs(&dir) {
+        Ok(b) => (b, false),
+        Err(e) => {
+            println!(
+                "mdfuse: no loop device or ext4 for the bitmap here ({e});\n\
+                 mdfuse: the sandbox's bitmap uses ordinary file I/O instead of raw device writes"
+            );
+            (dir.join(BITMAP_FILE), true)
+        }
+    };
+    let bitmap_s = bitmap.display().to_string();
+    let mut create = vec!["create", "--name", "sandbox", "--bitmap", bitmap_s.as_str()];
     create.extend(leg_args.iter().map(String::as_str));
-    run(&create)?;
+    if let Err(e) = run(&create) {
+        remove_bitmap_fs(&dir);
+        return Err(e);
+    }
     let mnt = dir.join("mnt").display().to_string();
     let log = dir.join("mdfuse.log").display().to_string();
-    let mut mount = vec!["mount", "--log", log.as_str()];
+    let mut mount = vec![
+        "mount",
+        "--log",
+        log.as_str(),
+        "--bitmap",
+        bitmap_s.as_str(),
+    ];
+    if file_io {
+        mount.push("--bitmap-file-io");
+    }
     mount.extend(leg_args.iter().map(String::as_str));
     mount.push(&mnt);
-    run(&mount)?;
+    if let Err(e) = run(&mount) {
+        remove_bitmap_fs(&dir);
+        return Err(e);
+    }
     println!(
         "\nA sandbox RAID1 is running in {d}:
   legs:       {l0} and {l1} ({sz} bytes{hsz} each)
+  bitmap:     {bm}   (mdfuse examine-bitmap {bm})
   the array:  {mnt}/array.img   (a disk image: losetup it, mkfs it, or read/write it directly)
   status:     cat {mnt}/mdstat
   superblock: mdfuse examine {l0}
   log:        {log}
-  stop:       mdfuse stop {mnt}   (mount again with: mdfuse mount {l0} {l1} {mnt})
+  stop:       mdfuse stop {mnt}
+  again:      mdfuse mount --bitmap {bm}{fio} {l0} {l1} {mnt}
   remove:     mdfuse sandbox --remove {d}",
         d = dir.display(),
         l0 = leg_args[0],
         l1 = leg_args[1],
         sz = a.size,
+        bm = bitmap_s,
+        fio = if file_io { " --bitmap-file-io" } else { "" },
         hsz = mdfuse::report::human_size(a.size as u128),
     );
     Ok(())
@@ -88,7 +172,11 @@ fn remove(dir: &Path) -> Result<(), String> {
     if super::mdfuse_mount_source(&mnt).is_some() {
         super::cmd_stop(&mnt, 60)?;
     }
-    for f in LEGS.iter().chain(["mdfuse.log"].iter()) {
+    remove_bitmap_fs(dir);
+    for f in LEGS
+        .iter()
+        .chain(["mdfuse.log", BITMAP_FS_IMAGE, BITMAP_FILE].iter())
+    {
         let p = dir.join(f);
         if p.exists() {
             std::fs::remove_file(&p).map_err(|e| format!("cannot remove {}: {e}", p.display()))?;
