@@ -2,13 +2,12 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
 
 use super::BitmapError;
 use crate::format::bitmap::{BitmapSuper, BITMAP_SUPER_SIZE};
-use crate::io::aligned::{round_up, AlignedBuf, BUF_ALIGN};
 
 /// Writes a new bitmap file: the header and all-clear bits, as real data (no
 /// fallocate: the block map refuses unwritten extents), exactly
@@ -61,7 +60,7 @@ pub fn create_bitmap_file(path: &Path, sb: &BitmapSuper, force: bool) -> Result<
 /// otherwise drops the cached pages (POSIX_FADV_DONTNEED) and reads normally.
 pub fn load_bitmap_file(path: &Path) -> Result<(BitmapSuper, Vec<u8>), BitmapError> {
     let shown = path.display();
-    let bytes = match read_direct(path) {
+    let bytes = match crate::blockmap::read_file_direct(path) {
         Ok(b) => b,
         Err(e) => {
             log::debug!(
@@ -83,24 +82,6 @@ pub fn load_bitmap_file(path: &Path) -> Result<(BitmapSuper, Vec<u8>), BitmapErr
         )));
     }
     Ok((sb, bytes[BITMAP_SUPER_SIZE..need].to_vec()))
-}
-
-fn read_direct(path: &Path) -> std::io::Result<Vec<u8>> {
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(path)?;
-    let len = file.metadata()?.len() as usize;
-    let mut buf = AlignedBuf::new(round_up(len.max(1), BUF_ALIGN));
-    let mut done = 0;
-    while done < len {
-        let n = file.read_at(&mut buf.as_mut_slice()[done..], done as u64)?;
-        if n == 0 {
-            break;
-        }
-        done += n;
-    }
-    Ok(buf.as_slice()[..done.min(len)].to_vec())
 }
 
 fn read_uncached(path: &Path) -> std::io::Result<Vec<u8>> {

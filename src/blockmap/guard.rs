@@ -5,7 +5,6 @@
 use super::error::BlockMapError;
 use super::sys;
 use std::fs::File;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// Held for as long as raw writes may target the file; dropping it (or
@@ -24,19 +23,7 @@ pub struct FileGuard {
 /// Call this before [`super::resolve`] so the map cannot change after it is
 /// verified.
 pub fn protect(path: &Path) -> Result<FileGuard, BlockMapError> {
-    let file = File::options()
-        .read(true)
-        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
-        .open(path)
-        .map_err(|e| BlockMapError::io(path, "cannot open", e))?;
-    let meta = file
-        .metadata()
-        .map_err(|e| BlockMapError::io(path, "cannot stat", e))?;
-    if !meta.file_type().is_file() {
-        return Err(BlockMapError::NotRegularFile {
-            file: path.to_path_buf(),
-        });
-    }
+    let (file, _) = super::resolve::open_regular(path, libc::O_NOFOLLOW)?;
     if let Err(e) = sys::flock(&file, libc::LOCK_EX | libc::LOCK_NB) {
         if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
             return Err(BlockMapError::Locked {

@@ -72,10 +72,14 @@ pub fn resolve_with_fibmap(path: &Path) -> Result<BlockMap, BlockMapError> {
     resolve_using(path, Method::Fibmap)
 }
 
-fn resolve_using(path: &Path, method: Method) -> Result<BlockMap, BlockMapError> {
+/// Opens `path` for reading (with `extra_flags`) and checks it is a regular file.
+pub(super) fn open_regular(
+    path: &Path,
+    extra_flags: i32,
+) -> Result<(File, std::fs::Metadata), BlockMapError> {
     let file = File::options()
         .read(true)
-        .custom_flags(libc::O_CLOEXEC)
+        .custom_flags(libc::O_CLOEXEC | extra_flags)
         .open(path)
         .map_err(|e| BlockMapError::io(path, "cannot open", e))?;
     let meta = file
@@ -86,6 +90,11 @@ fn resolve_using(path: &Path, method: Method) -> Result<BlockMap, BlockMapError>
             file: path.to_path_buf(),
         });
     }
+    Ok((file, meta))
+}
+
+fn resolve_using(path: &Path, method: Method) -> Result<BlockMap, BlockMapError> {
+    let (file, meta) = open_regular(path, 0)?;
     let statfs = sys::fstatfs(&file).map_err(|e| BlockMapError::io(path, "cannot statfs", e))?;
     let fs_magic = statfs.f_type as i64;
     let st_dev = meta.dev();

@@ -448,53 +448,42 @@ impl Raid1 {
     /// Ok(true): every leg of the array has it; Ok(false): some leg did not
     /// (degraded, or a leg failed and was failed out); Err: no leg has it.
     fn fan_out_write(&self, start: u64, buf: &[u8]) -> Result<bool, EngineError> {
-        let targets: Vec<usize> = (0..self.slots.len())
-            .filter(|&i| self.slots[i].state() == LegState::InSync)
-            .collect();
-        let Some((&first, others)) = targets.split_first() else {
-            return Err(EngineError::NoInSyncLeg);
-        };
-        let done = Completion::new(others.len());
-        for &i in others {
-            let slot = &self.slots[i];
-            slot.workers.submit(Job::Write {
+        // The workers read `buf` only until `fan_out` returns.
+        self.fan_out(
+            "write",
+            start,
+            |slot| slot.leg.write_at(buf, slot.data_offset + start),
+            |slot, done| Job::Write {
                 buf: SharedBuf::new(buf),
                 offset: slot.data_offset + start,
-                done: done.clone(),
-            });
-        }
-        let slot = &self.slots[first];
-        let mut failures = Vec::new();
-        if let Err(e) = slot.leg.write_at(buf, slot.data_offset + start) {
-            failures.push(OpFailure {
-                target: first,
-                errno: e.errno(),
-                what: e.to_string(),
-            });
-        }
-        // The workers read `buf` until this returns.
-        failures.extend(done.wait());
-        if failures.len() == targets.len() {
-            for f in &failures {
-                self.slots[f.target].errors.fetch_add(1, Ordering::Relaxed);
-                log::error!("{f}");
-            }
-            return Err(EngineError::AllLegsFailed {
-                op: "write",
-                offset: start,
-                failures,
-            });
-        }
-        for f in &failures {
-            self.slots[f.target].errors.fetch_add(1, Ordering::Relaxed);
-            log::error!("{f}");
-            self.fail_after_error(f.target, &f.to_string());
-        }
-        Ok(failures.is_empty() && targets.len() == self.slots.len())
+                done,
+            },
+        )
     }
 
     /// Makes every acknowledged write durable on every in-sync leg.
     pub fn flush(&self) -> Result<(), EngineError> {
+        self.fan_out(
+            "flush",
+            0,
+            |slot| slot.leg.sync_data(),
+            |_, done| Job::Sync { done },
+        )
+        .map(|_| ())
+    }
+
+    /// Runs one operation on every in-sync leg at once: the calling thread
+    /// does the first leg (`inline`), the others' workers the rest (`job`),
+    /// one completion counts them. Legs that fail are failed out while
+    /// another succeeded; if all fail, the error goes to the caller.
+    /// Ok(true) when every leg of the array took part and succeeded.
+    fn fan_out(
+        &self,
+        op: &'static str,
+        offset: u64,
+        inline: impl Fn(&LegSlot) -> Result<(), LegError>,
+        job: impl Fn(&LegSlot, Arc<Completion>) -> Job,
+    ) -> Result<bool, EngineError> {
         let targets: Vec<usize> = (0..self.slots.len())
             .filter(|&i| self.slots[i].state() == LegState::InSync)
             .collect();
@@ -505,10 +494,10 @@ impl Raid1 {
         for &i in others {
             self.slots[i]
                 .workers
-                .submit(Job::Sync { done: done.clone() });
+                .submit(job(&self.slots[i], done.clone()));
         }
         let mut failures = Vec::new();
-        if let Err(e) = self.slots[first].leg.sync_data() {
+        if let Err(e) = inline(&self.slots[first]) {
             failures.push(OpFailure {
                 target: first,
                 errno: e.errno(),
@@ -516,18 +505,21 @@ impl Raid1 {
             });
         }
         failures.extend(done.wait());
+        for f in &failures {
+            self.slots[f.target].errors.fetch_add(1, Ordering::Relaxed);
+            log::error!("{f}");
+        }
         if failures.len() == targets.len() {
             return Err(EngineError::AllLegsFailed {
-                op: "flush",
-                offset: 0,
+                op,
+                offset,
                 failures,
             });
         }
         for f in &failures {
-            log::error!("{f}");
             self.fail_after_error(f.target, &f.to_string());
         }
-        Ok(())
+        Ok(failures.is_empty() && targets.len() == self.slots.len())
     }
 
     fn ensure_active(&self) -> Result<(), EngineError> {
