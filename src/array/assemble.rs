@@ -50,6 +50,8 @@ pub struct Assembly {
     pub events: u64,
     /// The superblocks said clean (no writes in flight when last stopped).
     pub was_clean: bool,
+    /// Where a resync resumes (sectors; 0 when the array was active).
+    pub resync_from_sectors: u64,
     pub io_mode: IoMode,
 }
 
@@ -198,6 +200,12 @@ pub fn assemble(paths: &[PathBuf], opts: &AssembleOptions) -> Result<Assembly, A
     };
     Ok(Assembly {
         was_clean: members.iter().all(|m| m.sb.is_clean()),
+        resync_from_sectors: members
+            .iter()
+            .map(|m| m.sb.resync_offset)
+            .min()
+            .filter(|&o| o < freshest.size)
+            .unwrap_or(0),
         members: members
             .into_iter()
             .map(|m| Member {

@@ -93,6 +93,8 @@ pub enum ArrayError {
     BitmapFile { path: PathBuf, what: String },
     #[error("{0}")]
     Engine(#[from] EngineError),
+    #[error("{0}")]
+    Busy(String),
     #[error("cannot read random bytes for a UUID: {0}")]
     Random(std::io::Error),
 }

@@ -149,6 +149,11 @@ impl SuperblockKeeper {
         self.update(|sb| sb.resync_offset = MAX_SECTOR)
     }
 
+    /// Records where an interrupted resync resumes (md's resync_offset).
+    pub fn record_resync_offset(&self, sectors: u64) -> Result<u64, ArrayError> {
+        self.update(|sb| sb.resync_offset = sectors)
+    }
+
     /// Records leg `slot` as faulty in the other members' superblocks and
     /// stops writing its own.
     pub fn mark_faulty(&self, slot: usize) -> Result<u64, ArrayError> {

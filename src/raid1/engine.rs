@@ -172,6 +172,13 @@ pub struct EngineStats {
     pub write_bytes: AtomicU64,
 }
 
+impl EngineStats {
+    /// Reads and writes served so far (a sync throttles while this moves).
+    pub fn total_requests(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed) + self.writes.load(Ordering::Relaxed)
+    }
+}
+
 pub struct Raid1 {
     slots: Vec<LegSlot>,
     array_size: u64,
@@ -251,6 +258,45 @@ impl Raid1 {
 
     pub fn is_degraded(&self) -> bool {
         self.in_sync_count() < self.slots.len()
+    }
+
+    pub(super) fn range_lock(&self) -> &RangeLock {
+        &self.ranges
+    }
+
+    pub(super) fn intent(&self) -> Option<&Arc<dyn WriteIntent>> {
+        self.intent.as_ref()
+    }
+
+    /// Reads array bytes from one leg (for a sync); an error fails the leg
+    /// unless it is the last in-sync one.
+    pub(super) fn read_leg(
+        &self,
+        slot: usize,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<(), EngineError> {
+        let s = &self.slots[slot];
+        s.leg.read_at(buf, s.data_offset + offset).map_err(|e| {
+            s.errors.fetch_add(1, Ordering::Relaxed);
+            self.fail_after_error(slot, &e.to_string());
+            EngineError::Leg(e)
+        })
+    }
+
+    /// Writes array bytes to one leg (for a sync); as `read_leg` for errors.
+    pub(super) fn write_leg(
+        &self,
+        slot: usize,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), EngineError> {
+        let s = &self.slots[slot];
+        s.leg.write_at(data, s.data_offset + offset).map_err(|e| {
+            s.errors.fetch_add(1, Ordering::Relaxed);
+            self.fail_after_error(slot, &e.to_string());
+            EngineError::Leg(e)
+        })
     }
 
     /// Reads go to the first in-sync leg only (until a resync), or are balanced again.
@@ -532,6 +578,18 @@ impl Raid1 {
             self.active.store(true, Ordering::Release);
         }
         Ok(())
+    }
+
+    /// Runs `f` if the array has not been written since it was last
+    /// recorded clean, with new writes held back until `f` returns (so `f`
+    /// may record the array clean). Returns whether `f` ran.
+    pub fn if_idle(&self, f: impl FnOnce()) -> bool {
+        let _one = self.activating.lock();
+        if self.active.load(Ordering::Acquire) {
+            return false;
+        }
+        f();
+        true
     }
 
     /// Forgets that the array was written: the array layer has recorded it

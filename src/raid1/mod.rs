@@ -3,5 +3,7 @@
 pub mod engine;
 mod leg_workers;
 pub mod range_lock;
+pub mod sync;
 
 pub use engine::{ArrayEvents, EngineError, EngineOptions, LegSpec, LegState, Raid1};
+pub use sync::{Region, SpeedLimits, SyncAction, SyncEvents, SyncProgress, Syncer};

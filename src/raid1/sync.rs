@@ -1,0 +1,328 @@
+//! Resync, check and repair: copying or comparing the legs region by region
+//! while the array serves, as md's raid1 sync_request does.
+//!
+//! A region is worked on under the range lock, so a user write to it is
+//! either wholly before the copy (and the copy carries it) or wholly after
+//! (and the write reaches every leg): no torn or stale block is left.
+
+use super::engine::{LegState, Raid1};
+use crate::io::aligned::AlignedBuf;
+use parking_lot::{Condvar, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// md's words for what a sync does (`sync_action`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncAction {
+    /// Make every in-sync leg equal to the first (after an unclean stop).
+    Resync,
+    /// Compare the legs and count mismatches.
+    Check,
+    /// Compare and rewrite mismatches from the first in-sync leg.
+    Repair,
+}
+
+impl SyncAction {
+    pub fn md_word(self) -> &'static str {
+        match self {
+            SyncAction::Resync => "resync",
+            SyncAction::Check => "check",
+            SyncAction::Repair => "repair",
+        }
+    }
+}
+
+/// The unit md compares and counts in (a raid1 resync block is up to 64 KiB);
+/// `mismatch_cnt` grows by this many sectors per differing unit.
+pub const MISMATCH_UNIT: u64 = 64 * 1024;
+
+/// Largest region handled under one range lock.
+pub const SYNC_STEP: u64 = 1 << 20;
+
+/// md's sync_speed_min / sync_speed_max, in KiB/s.
+#[derive(Debug, Clone, Copy)]
+pub struct SpeedLimits {
+    /// Guaranteed even while users do I/O.
+    pub min_kib: u64,
+    /// Never exceeded.
+    pub max_kib: u64,
+}
+
+impl Default for SpeedLimits {
+    /// md's defaults: 1000 and 200000 KiB/s.
+    fn default() -> Self {
+        SpeedLimits {
+            min_kib: 1000,
+            max_kib: 200_000,
+        }
+    }
+}
+
+/// Shared view of a running (or last) sync, for mdstat and md/ files.
+#[derive(Debug)]
+pub struct SyncProgress {
+    pub action: SyncAction,
+    pub total_bytes: u64,
+    pub done_bytes: AtomicU64,
+    /// Bytes actually read and written or compared (a bitmap-guided resync
+    /// skips clean chunks: `done` advances past them, `worked` does not).
+    pub worked_bytes: AtomicU64,
+    /// Sectors in mismatching units (md's mismatch_cnt).
+    pub mismatch_sectors: AtomicU64,
+    pub started: Instant,
+    pub finished: AtomicBool,
+    pub interrupted: AtomicBool,
+}
+
+impl SyncProgress {
+    pub fn speed_kib(&self) -> u64 {
+        let secs = self.started.elapsed().as_secs_f64().max(0.001);
+        (self.worked_bytes.load(Ordering::Relaxed) as f64 / 1024.0 / secs) as u64
+    }
+}
+
+/// A region to sync, in array bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Region {
+    pub offset: u64,
+    pub len: u64,
+}
+
+impl Raid1 {
+    /// Syncs one region (at most [`SYNC_STEP`]) under the range lock.
+    /// Returns the mismatched sectors found (check/repair). `bufs` are two
+    /// aligned buffers of at least `len` bytes owned by the syncer.
+    pub fn sync_region(
+        &self,
+        action: SyncAction,
+        region: Region,
+        bufs: &mut [AlignedBuf; 2],
+    ) -> Result<u64, super::EngineError> {
+        let Region { offset, len } = region;
+        let len = len.min(self.size().saturating_sub(offset));
+        if len == 0 {
+            return Ok(0);
+        }
+        let _range = self.range_lock().lock(offset, offset + len);
+        let n = len as usize;
+        let in_sync: Vec<usize> = (0..self.slots().len())
+            .filter(|&i| self.slots()[i].state() == LegState::InSync)
+            .collect();
+        let Some((&source, others)) = in_sync.split_first() else {
+            return Err(super::EngineError::NoInSyncLeg);
+        };
+        let [src, cmp] = bufs;
+        self.read_leg(source, offset, &mut src.as_mut_slice()[..n])?;
+        match action {
+            SyncAction::Resync => {
+                for &t in others {
+                    self.write_leg(t, offset, &src.as_slice()[..n])?;
+                }
+                Ok(0)
+            }
+            SyncAction::Check | SyncAction::Repair => {
+                let mut mismatched = 0;
+                for &t in others {
+                    self.read_leg(t, offset, &mut cmp.as_mut_slice()[..n])?;
+                    let mut unit = 0;
+                    while unit < n {
+                        let end = (unit + MISMATCH_UNIT as usize).min(n);
+                        if src.as_slice()[unit..end] != cmp.as_slice()[unit..end] {
+                            mismatched += ((end - unit) / 512) as u64;
+                            if action == SyncAction::Repair {
+                                self.repair_unit(
+                                    t,
+                                    offset + unit as u64,
+                                    &src.as_slice()[unit..end],
+                                )?;
+                            }
+                        }
+                        unit = end;
+                    }
+                }
+                Ok(mismatched)
+            }
+        }
+    }
+
+    /// Rewrites one leg's unit from the source's bytes; the bitmap bit is on
+    /// disk first, as for any write that can leave legs different at a crash.
+    fn repair_unit(&self, leg: usize, offset: u64, data: &[u8]) -> Result<(), super::EngineError> {
+        if let Some(intent) = self.intent() {
+            intent.start_write(offset, data.len() as u64)?;
+        }
+        let r = self.write_leg(leg, offset, data);
+        if let Some(intent) = self.intent() {
+            intent.end_write(offset, data.len() as u64, r.is_ok());
+        }
+        r
+    }
+}
+
+/// What the syncer tells its owner.
+pub trait SyncEvents: Send + Sync {
+    /// `region` is now identical on every in-sync leg (resync, repair).
+    fn region_synced(&self, region: Region);
+    /// The sync ended: completed, or stopped early (`interrupted`).
+    fn finished(&self, progress: &SyncProgress);
+}
+
+/// A background sync over a list of regions.
+pub struct Syncer {
+    progress: Arc<SyncProgress>,
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Syncer {
+    pub fn start(
+        engine: Arc<Raid1>,
+        action: SyncAction,
+        regions: Vec<Region>,
+        limits: Arc<Mutex<SpeedLimits>>,
+        events: Arc<dyn SyncEvents>,
+    ) -> std::io::Result<Syncer> {
+        let progress = Arc::new(SyncProgress {
+            action,
+            total_bytes: engine.size(),
+            done_bytes: AtomicU64::new(0),
+            worked_bytes: AtomicU64::new(0),
+            mismatch_sectors: AtomicU64::new(0),
+            started: Instant::now(),
+            finished: AtomicBool::new(false),
+            interrupted: AtomicBool::new(false),
+        });
+        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let thread = {
+            let progress = progress.clone();
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name(format!("md-{}", action.md_word()))
+                .spawn(move || {
+                    run(
+                        &engine, action, &regions, &limits, &*events, &progress, &stop,
+                    )
+                })?
+        };
+        Ok(Syncer {
+            progress,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn progress(&self) -> &Arc<SyncProgress> {
+        &self.progress
+    }
+
+    /// Stops the sync (md: `echo idle > sync_action`) and waits for it.
+    pub fn stop(&mut self) {
+        *self.stop.0.lock() = true;
+        self.stop.1.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Syncer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn run(
+    engine: &Raid1,
+    action: SyncAction,
+    regions: &[Region],
+    limits: &Mutex<SpeedLimits>,
+    events: &dyn SyncEvents,
+    progress: &SyncProgress,
+    stop: &(Mutex<bool>, Condvar),
+) {
+    let mut bufs = [
+        AlignedBuf::new(SYNC_STEP as usize),
+        AlignedBuf::new(SYNC_STEP as usize),
+    ];
+    let mut window_start = Instant::now();
+    let mut window_bytes = 0u64;
+    let mut last_user_io = engine.stats().total_requests();
+    log::info!(
+        "{}: started over {} region(s)",
+        action.md_word(),
+        regions.len()
+    );
+    'regions: for region in regions {
+        let mut pos = region.offset;
+        let end = region.offset + region.len;
+        while pos < end {
+            if *stop.0.lock() {
+                progress.interrupted.store(true, Ordering::Release);
+                break 'regions;
+            }
+            let step = Region {
+                offset: pos,
+                len: (end - pos).min(SYNC_STEP),
+            };
+            match engine.sync_region(action, step, &mut bufs) {
+                Ok(mismatched) => {
+                    progress
+                        .mismatch_sectors
+                        .fetch_add(mismatched, Ordering::Relaxed);
+                    if action != SyncAction::Check {
+                        events.region_synced(step);
+                    }
+                }
+                Err(e) => {
+                    log::error!("{}: stopped at array offset {pos}: {e}", action.md_word());
+                    progress.interrupted.store(true, Ordering::Release);
+                    break 'regions;
+                }
+            }
+            pos += step.len;
+            progress.worked_bytes.fetch_add(step.len, Ordering::Relaxed);
+            window_bytes += step.len;
+            // md's throttle: at most max; down to min while users do I/O.
+            let now_user_io = engine.stats().total_requests();
+            let busy = now_user_io != last_user_io;
+            last_user_io = now_user_io;
+            let l = *limits.lock();
+            let rate = if busy { l.min_kib } else { l.max_kib }.max(1) * 1024;
+            let due = Duration::from_secs_f64(window_bytes as f64 / rate as f64);
+            let elapsed = window_start.elapsed();
+            if due > elapsed {
+                let mut stopped = stop.0.lock();
+                if !*stopped {
+                    stop.1.wait_for(&mut stopped, due - elapsed);
+                }
+            }
+            if window_start.elapsed() > Duration::from_secs(1) {
+                window_start = Instant::now();
+                window_bytes = 0;
+            }
+            // md shows the array position reached (a bitmap-guided resync
+            // jumps over clean chunks).
+            progress.done_bytes.store(pos, Ordering::Relaxed);
+        }
+    }
+    if !progress.interrupted.load(Ordering::Acquire) {
+        progress
+            .done_bytes
+            .store(progress.total_bytes, Ordering::Relaxed);
+    }
+    progress.finished.store(true, Ordering::Release);
+    log::info!(
+        "{}: {} after {:.1} s ({} bytes worked, mismatch_cnt {})",
+        action.md_word(),
+        if progress.interrupted.load(Ordering::Acquire) {
+            "interrupted"
+        } else {
+            "done"
+        },
+        progress.started.elapsed().as_secs_f64(),
+        progress.worked_bytes.load(Ordering::Relaxed),
+        progress.mismatch_sectors.load(Ordering::Relaxed)
+    );
+    events.finished(progress);
+}
