@@ -37,11 +37,11 @@ fn make_engine(
         let f = std::fs::File::create(&p).unwrap();
         f.set_len(DATA_OFFSET + ARRAY).unwrap();
         let leg = Arc::new(Leg::open(&p, mode, true, true).unwrap());
-        specs.push(LegSpec {
+        specs.push(Some(LegSpec {
             leg,
             data_offset: DATA_OFFSET,
             state: LegState::InSync,
-        });
+        }));
         paths.push(p);
     }
     let rec = Arc::new(Recorder::default());

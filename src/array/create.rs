@@ -35,7 +35,7 @@ pub struct Created {
     pub legs: Vec<PathBuf>,
 }
 
-fn random_uuid() -> Result<[u8; 16], ArrayError> {
+pub(super) fn random_uuid() -> Result<[u8; 16], ArrayError> {
     let mut b = [0u8; 16];
     // SAFETY: getrandom writes at most 16 bytes into b.
     let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), 16, 0) };
@@ -46,7 +46,7 @@ fn random_uuid() -> Result<[u8; 16], ArrayError> {
 }
 
 /// Refuses a leg holding an md superblock or a known signature, unless forced.
-fn check_blank(leg: &Leg, force: bool) -> Result<(), ArrayError> {
+pub(super) fn check_blank(leg: &Leg, force: bool) -> Result<(), ArrayError> {
     if force {
         return Ok(());
     }

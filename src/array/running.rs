@@ -12,6 +12,7 @@ use crate::raid1::{
     SyncEvents, SyncProgress, Syncer,
 };
 use crate::report::mdstat::{render_mdstat, MdstatLeg, MdstatSync, MdstatView};
+use crate::report::uuid_string;
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -49,12 +50,21 @@ struct SyncSink {
     keeper: Arc<SuperblockKeeper>,
     bitmap: Option<Arc<WriteIntentBitmap>>,
     needs_resync: Arc<AtomicBool>,
+    /// For a recovery: the leg that joins the array when it completes.
+    joining: Option<Joining>,
+}
+
+/// A leg being recovered into `slot`, with the superblock it will carry.
+struct Joining {
+    slot: usize,
+    leg: Arc<crate::io::leg::Leg>,
+    sb: crate::format::superblock::Superblock,
 }
 
 impl SyncEvents for SyncSink {
     fn region_synced(&self, region: Region) {
         let Some(b) = &self.bitmap else { return };
-        if self.engine.is_degraded() {
+        if self.engine.has_absent_leg() {
             // The bits are what a re-added leg will be recovered from.
             return;
         }
@@ -72,7 +82,26 @@ impl SyncEvents for SyncSink {
     }
 
     fn finished(&self, p: &SyncProgress) {
-        if p.action == SyncAction::Resync && !p.interrupted.load(Ordering::Acquire) {
+        let completed = !p.interrupted.load(Ordering::Acquire);
+        if let (Some(j), true) = (&self.joining, completed) {
+            match self.engine.set_in_sync(j.slot) {
+                Ok(()) => {
+                    if let Err(e) = self.keeper.join(j.slot, j.leg.clone(), j.sb.clone()) {
+                        log::error!("recording leg {} in sync: {e}", j.leg.path().display());
+                    }
+                    if let Some(b) = &self.bitmap {
+                        b.set_degraded(self.engine.has_absent_leg());
+                    }
+                    log::info!(
+                        "leg {} recovered: in sync in slot {}",
+                        j.leg.path().display(),
+                        j.slot
+                    );
+                }
+                Err(e) => log::error!("recovery of {}: {e}", j.leg.path().display()),
+            }
+        }
+        if p.action == SyncAction::Resync && completed {
             self.needs_resync.store(false, Ordering::Release);
             self.engine.read_from_first_only(false);
             // As md: a finished resync on an idle array is recorded at once.
@@ -97,7 +126,6 @@ pub struct RunningArray {
     name: String,
     uuid: String,
     raid_disks: usize,
-    leg_names: Vec<String>,
     read_only: bool,
     /// Legs may differ where writes were in flight at an unclean stop; until
     /// a resync, the array must not be recorded clean.
@@ -116,9 +144,10 @@ impl RunningArray {
         opts: &RunOptions,
     ) -> Result<Arc<RunningArray>, ArrayError> {
         let keeper = Arc::new(SuperblockKeeper::new(
+            asm.raid_disks as usize,
             asm.members
                 .iter()
-                .map(|m| (m.leg.clone(), m.sb.clone(), true))
+                .map(|m| (m.slot as usize, m.leg.clone(), m.sb.clone()))
                 .collect(),
         ));
         let service = bitmap.as_ref().map(|b| b.service().clone());
@@ -136,15 +165,14 @@ impl RunningArray {
             keeper: keeper.clone(),
             bitmap: service,
         });
-        let legs = asm
-            .members
-            .iter()
-            .map(|m| LegSpec {
+        let mut legs: Vec<Option<LegSpec>> = (0..asm.raid_disks).map(|_| None).collect();
+        for m in &asm.members {
+            legs[m.slot as usize] = Some(LegSpec {
                 leg: m.leg.clone(),
                 data_offset: m.sb.data_offset * 512,
                 state: LegState::InSync,
-            })
-            .collect();
+            });
+        }
         let engine = Arc::new(Raid1::new(
             legs,
             asm.array_sectors * 512,
@@ -164,16 +192,6 @@ impl RunningArray {
             log::warn!("leg {} left out: {}", l.path.display(), l.reason);
         }
         let array = Arc::new(RunningArray {
-            leg_names: asm
-                .members
-                .iter()
-                .map(|m| {
-                    m.path
-                        .file_name()
-                        .map(|n| n.to_string_lossy().into_owned())
-                        .unwrap_or_else(|| m.path.display().to_string())
-                })
-                .collect(),
             syncer: Mutex::new(None),
             last_sync: Mutex::new(None),
             sync_limits: Arc::new(Mutex::new(SpeedLimits::default())),
@@ -200,19 +218,7 @@ impl RunningArray {
     fn start_resync(&self) -> Result<(), ArrayError> {
         let size = self.engine.size();
         let regions = match &self.bitmap {
-            Some(b) => {
-                let chunk = b.service().chunk_size() as u64;
-                let mut regions: Vec<Region> = Vec::new();
-                for c in b.service().dirty_chunks() {
-                    let offset = c * chunk;
-                    let len = chunk.min(size - offset);
-                    match regions.last_mut() {
-                        Some(r) if r.offset + r.len == offset => r.len += len,
-                        _ => regions.push(Region { offset, len }),
-                    }
-                }
-                regions
-            }
+            Some(b) => self.dirty_regions(b),
             None => vec![Region {
                 offset: self.resync_from.min(size),
                 len: size - self.resync_from.min(size),
@@ -223,13 +229,26 @@ impl RunningArray {
             "array {}: not stopped cleanly: resyncing {bytes} bytes in {} region(s) from leg {}",
             self.name,
             regions.len(),
-            self.leg_names.first().map(String::as_str).unwrap_or("?")
+            self.leg_names()
+                .into_iter()
+                .flatten()
+                .next()
+                .unwrap_or_default()
         );
         self.start_sync(SyncAction::Resync, regions)
     }
 
     /// Starts a sync in the background (one at a time, as md).
     pub fn start_sync(&self, action: SyncAction, regions: Vec<Region>) -> Result<(), ArrayError> {
+        self.start_sync_joining(action, regions, None)
+    }
+
+    fn start_sync_joining(
+        &self,
+        action: SyncAction,
+        regions: Vec<Region>,
+        joining: Option<Joining>,
+    ) -> Result<(), ArrayError> {
         let mut slot = self.syncer.lock();
         if slot
             .as_ref()
@@ -242,6 +261,7 @@ impl RunningArray {
             keeper: self.keeper.clone(),
             bitmap: self.bitmap.as_ref().map(|b| b.service().clone()),
             needs_resync: self.needs_resync.clone(),
+            joining,
         });
         let syncer = Syncer::start(
             self.engine.clone(),
@@ -254,6 +274,200 @@ impl RunningArray {
         *self.last_sync.lock() = Some(syncer.progress().clone());
         *slot = Some(syncer);
         Ok(())
+    }
+
+    /// The bitmap's dirty chunks as regions (what a bitmap-guided resync or
+    /// recovery copies).
+    fn dirty_regions(&self, b: &AttachedBitmap) -> Vec<Region> {
+        let size = self.engine.size();
+        let chunk = b.service().chunk_size() as u64;
+        let mut regions: Vec<Region> = Vec::new();
+        for c in b.service().dirty_chunks() {
+            let offset = c * chunk;
+            let len = chunk.min(size - offset);
+            match regions.last_mut() {
+                Some(r) if r.offset + r.len == offset => r.len += len,
+                _ => regions.push(Region { offset, len }),
+            }
+        }
+        regions
+    }
+
+    /// The slot whose leg is `leg` (a path, or the leg's name as in `dev-NAME`).
+    pub fn slot_of(&self, leg: &str) -> Option<usize> {
+        let wanted = std::path::Path::new(leg);
+        let canonical = wanted.canonicalize().ok();
+        self.engine.slots().iter().position(|s| {
+            s.io().is_some_and(|io| {
+                let p = io.leg().path();
+                leg_name(p) == leg || Some(p.to_path_buf()) == canonical || p == wanted
+            })
+        })
+    }
+
+    /// md's `--fail`: the leg becomes faulty, the array goes on degraded.
+    pub fn fail(&self, slot: usize) -> Result<(), ArrayError> {
+        self.engine.fail_leg(slot, "failed by the operator")?;
+        Ok(())
+    }
+
+    /// md's `--remove`: a faulty leg leaves the array (its file is closed).
+    pub fn remove(&self, slot: usize) -> Result<(), ArrayError> {
+        if let Some(p) = self.sync_progress() {
+            if p.action == (SyncAction::Recover { target: slot }) {
+                self.stop_sync();
+            }
+        }
+        let leg = self.engine.detach(slot)?;
+        self.keeper.remove(slot)?;
+        if let Some(b) = &self.bitmap {
+            b.service().set_degraded(true);
+        }
+        log::info!("leg {} removed from slot {slot}", leg.path().display());
+        Ok(())
+    }
+
+    /// md's `--add` / `--re-add`: puts a leg into an empty slot and recovers
+    /// it in the background. A former member whose events allow it (at least
+    /// the bitmap's events_cleared) gets only the bitmap's dirty chunks
+    /// copied; any other leg a full recovery. `re_add_only` refuses a leg
+    /// that is not a former member.
+    pub fn add_leg(&self, path: &std::path::Path, re_add_only: bool) -> Result<String, ArrayError> {
+        use crate::format::superblock::{DevRole, Superblock};
+        use crate::io::leg::{IoMode, Leg};
+        if self.read_only {
+            return Err(ArrayError::Busy("the array is read-only".into()));
+        }
+        if self.sync_progress().is_some() {
+            return Err(ArrayError::Busy(
+                "a sync is running; wait for it (mdfuse wait) or stop it (idle)".into(),
+            ));
+        }
+        let mode = self
+            .engine
+            .slots()
+            .iter()
+            .find_map(|s| s.io().map(|io| io.leg().mode()))
+            .unwrap_or(IoMode::Direct);
+        let leg = Leg::open(path, mode, true, true)?;
+        let current = self
+            .keeper
+            .current()
+            .ok_or_else(|| ArrayError::Busy("the array has no member left".into()))?;
+        let found = super::superblocks::read_superblock(&leg)?;
+        let former = match &found {
+            Ok(sb) if sb.set_uuid == current.set_uuid => match sb.own_role() {
+                DevRole::Active(slot)
+                    if (slot as usize) < self.raid_disks
+                        && self.engine.slots()[slot as usize].state() == LegState::Missing =>
+                {
+                    Some((slot as usize, sb.clone()))
+                }
+                _ => None,
+            },
+            Ok(sb) => {
+                return Err(ArrayError::HasSuperblock {
+                    path: path.to_owned(),
+                    uuid: uuid_string(&sb.set_uuid),
+                    name: sb.name(),
+                })
+            }
+            Err(_) => None,
+        };
+        if former.is_none() && re_add_only {
+            return Err(ArrayError::Busy(format!(
+                "{} is not a former member of this array that can go back into an empty slot; \
+                 use add for a new leg",
+                path.display()
+            )));
+        }
+        if let Some((_, sb)) = &former {
+            if sb.events > current.events {
+                return Err(ArrayError::Busy(format!(
+                    "{} has newer events ({}) than the array ({}): it was written apart from it; \
+                     refusing to overwrite it",
+                    path.display(),
+                    sb.events,
+                    current.events
+                )));
+            }
+        }
+        let (slot, sb, regions, how) = match former {
+            Some((slot, sb)) => {
+                let bitmap_ok = self
+                    .bitmap
+                    .as_ref()
+                    .is_some_and(|b| sb.events >= b.service().header().events_cleared);
+                let regions = match (&self.bitmap, bitmap_ok) {
+                    (Some(b), true) => self.dirty_regions(b),
+                    _ => vec![Region {
+                        offset: 0,
+                        len: self.engine.size(),
+                    }],
+                };
+                let how = if bitmap_ok {
+                    "re-added: bitmap-guided recovery"
+                } else {
+                    "re-added: full recovery (its events are older than the bitmap's events_cleared, or no bitmap)"
+                };
+                (slot, sb, regions, how)
+            }
+            None => {
+                let slot = (0..self.raid_disks)
+                    .find(|&s| self.engine.slots()[s].state() == LegState::Missing)
+                    .ok_or_else(|| {
+                        ArrayError::Busy(format!(
+                            "no empty slot: all {} slots hold a leg; remove a faulty one first",
+                            self.raid_disks
+                        ))
+                    })?;
+                let mut sb: Superblock = current.clone();
+                sb.dev_number = self.keeper.free_dev_number();
+                sb.device_uuid = super::create::random_uuid()?;
+                sb.data_size = leg.size() / 512 - sb.data_offset;
+                let _ = sb.set_role(sb.dev_number, DevRole::Spare);
+                if sb.data_size < sb.size {
+                    return Err(ArrayError::LegTooSmall {
+                        path: path.to_owned(),
+                        size: leg.size(),
+                        needed: (sb.data_offset + sb.size) * 512,
+                    });
+                }
+                super::create::check_blank(&leg, false)?;
+                // Written now as a spare, so it is never taken for a member
+                // before its recovery ends.
+                super::superblocks::write_superblock(&leg, &sb)?;
+                let regions = vec![Region {
+                    offset: 0,
+                    len: self.engine.size(),
+                }];
+                (slot, sb, regions, "added: full recovery")
+            }
+        };
+        let leg = Arc::new(leg);
+        self.engine.attach(
+            slot,
+            LegSpec {
+                leg: leg.clone(),
+                data_offset: sb.data_offset * 512,
+                state: LegState::Recovering,
+            },
+        )?;
+        if let Some(b) = &self.bitmap {
+            b.service().set_degraded(self.engine.has_absent_leg());
+        }
+        let bytes: u64 = regions.iter().map(|r| r.len).sum();
+        let msg = format!(
+            "leg {} {how} of {bytes} bytes into slot {slot}",
+            path.display()
+        );
+        log::info!("{msg}");
+        self.start_sync_joining(
+            SyncAction::Recover { target: slot },
+            regions,
+            Some(Joining { slot, leg, sb }),
+        )?;
+        Ok(msg)
     }
 
     /// A check or repair of the whole array.
@@ -375,6 +589,16 @@ impl RunningArray {
         first_error.map_or(Ok(()), Err)
     }
 
+    /// Each slot's leg name (its file name, as md shows a device's kernel
+    /// name), or None for an empty slot.
+    pub fn leg_names(&self) -> Vec<Option<String>> {
+        self.engine
+            .slots()
+            .iter()
+            .map(|s| s.io().map(|io| leg_name(io.leg().path())))
+            .collect()
+    }
+
     pub fn mdstat_view(&self) -> MdstatView {
         MdstatView {
             name: self.name.clone(),
@@ -385,23 +609,33 @@ impl RunningArray {
                 .engine
                 .slots()
                 .iter()
+                .zip(self.leg_names())
                 .enumerate()
-                .map(|(i, s)| MdstatLeg {
-                    name: self.leg_names[i].clone(),
-                    slot: i,
-                    faulty: s.state() == LegState::Faulty,
-                    in_sync: s.state() == LegState::InSync,
+                .filter_map(|(i, (s, name))| {
+                    Some(MdstatLeg {
+                        name: name?,
+                        slot: i,
+                        faulty: s.state() == LegState::Faulty,
+                        in_sync: s.state() == LegState::InSync,
+                    })
                 })
                 .collect(),
             bitmap: self.bitmap.as_ref().map(|b| b.mdstat()),
             sync: self.sync_progress().map(|p| MdstatSync {
-                action: p.action.md_word().to_string(),
+                action: p.action.mdstat_word().to_string(),
                 done_kib: p.done_bytes.load(Ordering::Relaxed) / 1024,
                 total_kib: p.total_bytes / 1024,
                 speed_kib_per_s: p.speed_kib(),
             }),
         }
     }
+}
+
+/// A leg's short name: its file name.
+pub fn leg_name(path: &std::path::Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
 }
 
 fn log_errno(what: &str, e: &crate::raid1::EngineError) -> i32 {

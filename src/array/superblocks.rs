@@ -58,24 +58,30 @@ struct Kept {
     present: bool,
 }
 
-/// Keeps the members' superblocks and writes every state change to them.
+/// Keeps the members' superblocks, by slot, and writes every state change
+/// to the members still in the array.
 pub struct SuperblockKeeper {
-    members: Mutex<Vec<Kept>>,
+    members: Mutex<Vec<Option<Kept>>>,
     /// Called with the new event count after each update (the bitmap's
     /// header follows the array's events, as md_bitmap_update_sb does).
     on_events: Mutex<Option<EventsHook>>,
 }
 
 impl SuperblockKeeper {
-    /// `members`: (leg, its superblock, still in the array), by slot.
-    pub fn new(members: Vec<(Arc<Leg>, Superblock, bool)>) -> Self {
+    /// `members`: (slot, leg, its superblock) of the legs in the array.
+    pub fn new(raid_disks: usize, members: Vec<(usize, Arc<Leg>, Superblock)>) -> Self {
+        let mut slots: Vec<Option<Kept>> = (0..raid_disks).map(|_| None).collect();
+        for (slot, leg, sb) in members {
+            if let Some(s) = slots.get_mut(slot) {
+                *s = Some(Kept {
+                    leg,
+                    sb,
+                    present: true,
+                });
+            }
+        }
         SuperblockKeeper {
-            members: Mutex::new(
-                members
-                    .into_iter()
-                    .map(|(leg, sb, present)| Kept { leg, sb, present })
-                    .collect(),
-            ),
+            members: Mutex::new(slots),
             on_events: Mutex::new(None),
         }
     }
@@ -88,6 +94,7 @@ impl SuperblockKeeper {
         self.members
             .lock()
             .iter()
+            .flatten()
             .filter(|k| k.present)
             .map(|k| k.sb.events)
             .max()
@@ -99,6 +106,7 @@ impl SuperblockKeeper {
         self.members
             .lock()
             .iter()
+            .flatten()
             .filter(|k| k.present)
             .max_by_key(|k| k.sb.events)
             .map(|k| k.sb.clone())
@@ -111,6 +119,7 @@ impl SuperblockKeeper {
         let mut members = self.members.lock();
         let events = members
             .iter()
+            .flatten()
             .filter(|k| k.present)
             .map(|k| k.sb.events)
             .max()
@@ -118,7 +127,7 @@ impl SuperblockKeeper {
             + 1;
         let now = now_md_time();
         let mut first_error = None;
-        for k in members.iter_mut().filter(|k| k.present) {
+        for k in members.iter_mut().flatten().filter(|k| k.present) {
             change(&mut k.sb);
             k.sb.events = events;
             k.sb.utime = now;
@@ -154,19 +163,71 @@ impl SuperblockKeeper {
         self.update(|sb| sb.resync_offset = sectors)
     }
 
+    fn dev_number(&self, slot: usize) -> Option<u32> {
+        self.members
+            .lock()
+            .get(slot)
+            .and_then(|k| k.as_ref().map(|k| k.sb.dev_number))
+    }
+
     /// Records leg `slot` as faulty in the other members' superblocks and
     /// stops writing its own.
     pub fn mark_faulty(&self, slot: usize) -> Result<u64, ArrayError> {
-        let dev_number = {
-            let mut members = self.members.lock();
-            let Some(k) = members.get_mut(slot) else {
-                return Ok(0);
-            };
-            k.present = false;
-            k.sb.dev_number
+        let Some(dev_number) = self.dev_number(slot) else {
+            return Ok(self.events());
         };
+        if let Some(Some(k)) = self.members.lock().get_mut(slot) {
+            k.present = false;
+        }
         self.update(|sb| {
             let _ = sb.set_role(dev_number, DevRole::Faulty);
+        })
+    }
+
+    /// Forgets the leg in `slot` (md: removed, its role becomes empty).
+    pub fn remove(&self, slot: usize) -> Result<u64, ArrayError> {
+        let Some(dev_number) = self.dev_number(slot) else {
+            return Ok(self.events());
+        };
+        if let Some(k) = self.members.lock().get_mut(slot) {
+            *k = None;
+        }
+        self.update(|sb| {
+            let _ = sb.set_role(dev_number, DevRole::Spare);
+        })
+    }
+
+    /// A dev_number no present member uses (md's role table index).
+    pub fn free_dev_number(&self) -> u32 {
+        let members = self.members.lock();
+        (0u32..)
+            .find(|n| {
+                !members
+                    .iter()
+                    .flatten()
+                    .any(|k| k.present && k.sb.dev_number == *n)
+            })
+            .unwrap_or(0)
+    }
+
+    /// A recovered leg joins: its superblock (`sb`, with its dev_number) is
+    /// kept from now on, and every member records it active in `slot`.
+    pub fn join(&self, slot: usize, leg: Arc<Leg>, mut sb: Superblock) -> Result<u64, ArrayError> {
+        let dev_number = sb.dev_number;
+        if let Some(current) = self.current() {
+            // Its view of the array is the array's, from now on.
+            sb.dev_roles_from(&current);
+            sb.resync_offset = current.resync_offset;
+        }
+        if let Some(k) = self.members.lock().get_mut(slot) {
+            *k = Some(Kept {
+                leg,
+                sb,
+                present: true,
+            });
+        }
+        self.update(|sb| {
+            let _ = sb.set_role(dev_number, DevRole::Active(slot as u16));
         })
     }
 }

@@ -587,6 +587,11 @@ impl Superblock {
     }
 
     /// Resizes the role table to `max_dev` entries (new ones spare).
+    /// Takes `other`'s role table (a joining member adopts the array's view).
+    pub fn dev_roles_from(&mut self, other: &Superblock) {
+        self.dev_roles = other.dev_roles.clone();
+    }
+
     pub fn set_max_dev(&mut self, max_dev: u32) -> Result<(), GeometryError> {
         if max_dev > MAX_DEV_LIMIT {
             return Err(GeometryError::BadDevNumber {

@@ -19,6 +19,7 @@ use crate::bitmap::{BitmapError, WriteIntent};
 use crate::io::aligned::with_scratch;
 use crate::io::completion::{Completion, OpFailure};
 use crate::io::leg::{IoMode, Leg, LegError};
+use arc_swap::ArcSwapOption;
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -27,7 +28,7 @@ use std::sync::Arc;
 /// 512-byte and 4 KiB devices alike.
 pub const DIRECT_BLOCK: u64 = 4096;
 
-/// A leg's place in the array, in md's words (`dev-*/state`).
+/// A slot's state, in md's words (`dev-*/state`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum LegState {
@@ -35,22 +36,36 @@ pub enum LegState {
     InSync = 0,
     /// Failed; neither read nor written until removed and re-added.
     Faulty = 1,
+    /// No leg in this slot (never given, or removed).
+    Missing = 2,
+    /// Being recovered: written (so it keeps up) but not read until in sync.
+    Recovering = 3,
 }
 
 impl LegState {
     fn from_u8(v: u8) -> LegState {
         match v {
             0 => LegState::InSync,
-            _ => LegState::Faulty,
+            1 => LegState::Faulty,
+            2 => LegState::Missing,
+            _ => LegState::Recovering,
         }
     }
 
-    /// The word md's sysfs `dev-*/state` uses.
+    /// The word md's sysfs `dev-*/state` uses (a device being recovered is a
+    /// "spare" until it is in sync).
     pub fn md_word(self) -> &'static str {
         match self {
             LegState::InSync => "in_sync",
             LegState::Faulty => "faulty",
+            LegState::Missing => "missing",
+            LegState::Recovering => "spare",
         }
+    }
+
+    /// Receives writes.
+    fn is_written(self) -> bool {
+        matches!(self, LegState::InSync | LegState::Recovering)
     }
 }
 
@@ -85,6 +100,8 @@ pub enum EngineError {
     Threads(std::io::Error),
     #[error("leg {slot} cannot be failed: {why}")]
     CannotFail { slot: usize, why: &'static str },
+    #[error("slot {slot}: {why}")]
+    BadSlot { slot: usize, why: &'static str },
 }
 
 fn join(failures: &[OpFailure]) -> String {
@@ -104,35 +121,48 @@ impl EngineError {
                 failures.first().map(|f| f.errno).unwrap_or(libc::EIO)
             }
             EngineError::Leg(e) => e.errno(),
-            EngineError::CannotFail { .. } => libc::EBUSY,
+            EngineError::CannotFail { .. } | EngineError::BadSlot { .. } => libc::EBUSY,
             _ => libc::EIO,
         }
     }
 }
 
-/// One leg as the engine holds it.
-pub struct LegSlot {
+/// The I/O side of a leg in a slot: the open leg and its worker threads.
+pub struct SlotIo {
     leg: Arc<Leg>,
     /// Where the array's data starts on this leg, in bytes.
     data_offset: u64,
+    workers: LegWorkers,
+}
+
+impl SlotIo {
+    pub fn leg(&self) -> &Arc<Leg> {
+        &self.leg
+    }
+    pub fn data_offset(&self) -> u64 {
+        self.data_offset
+    }
+}
+
+/// One slot (md's role) of the array, with or without a leg in it.
+pub struct LegSlot {
+    /// Swapped at attach/detach; requests load it without a lock.
+    io: ArcSwapOption<SlotIo>,
     state: AtomicU8,
     /// End of the last read sent here: a read starting there is sequential.
     next_read: AtomicU64,
     pending_reads: AtomicU32,
     errors: AtomicU64,
     reads: AtomicU64,
-    workers: LegWorkers,
 }
 
 impl LegSlot {
     pub fn state(&self) -> LegState {
         LegState::from_u8(self.state.load(Ordering::Acquire))
     }
-    pub fn leg(&self) -> &Leg {
-        &self.leg
-    }
-    pub fn data_offset(&self) -> u64 {
-        self.data_offset
+    /// The leg in this slot, if any.
+    pub fn io(&self) -> Option<Arc<SlotIo>> {
+        self.io.load_full()
     }
     pub fn errors(&self) -> u64 {
         self.errors.load(Ordering::Relaxed)
@@ -190,6 +220,7 @@ pub struct Raid1 {
     active: AtomicBool,
     activating: Mutex<()>,
     rotate: AtomicUsize,
+    workers_per_leg: usize,
     /// After an unclean stop the legs may differ where writes were in flight:
     /// read only the first in-sync leg until they are resynced (md does the
     /// same for the region not yet resynced).
@@ -198,34 +229,22 @@ pub struct Raid1 {
 }
 
 impl Raid1 {
+    /// `legs[slot]` is the leg in each slot of the array (`None`: missing).
     pub fn new(
-        legs: Vec<LegSpec>,
+        legs: Vec<Option<LegSpec>>,
         array_size: u64,
         intent: Option<Arc<dyn WriteIntent>>,
         events: Arc<dyn ArrayEvents>,
         opts: &EngineOptions,
     ) -> Result<Raid1, EngineError> {
-        let direct = legs.iter().any(|l| l.leg.mode() == IoMode::Direct);
-        let block = if direct { DIRECT_BLOCK } else { 1 };
-        let mut slots = Vec::with_capacity(legs.len());
-        for (slot, spec) in legs.into_iter().enumerate() {
-            let workers = LegWorkers::start(spec.leg.clone(), slot, opts.workers_per_leg)
-                .map_err(EngineError::Threads)?;
-            slots.push(LegSlot {
-                leg: spec.leg,
-                data_offset: spec.data_offset,
-                state: AtomicU8::new(spec.state as u8),
-                next_read: AtomicU64::new(u64::MAX),
-                pending_reads: AtomicU32::new(0),
-                errors: AtomicU64::new(0),
-                reads: AtomicU64::new(0),
-                workers,
-            });
-        }
-        Ok(Raid1 {
-            slots,
+        let direct = legs
+            .iter()
+            .flatten()
+            .any(|l| l.leg.mode() == IoMode::Direct);
+        let mut engine = Raid1 {
+            slots: Vec::with_capacity(legs.len()),
             array_size,
-            block,
+            block: if direct { DIRECT_BLOCK } else { 1 },
             ranges: RangeLock::new(),
             intent,
             events,
@@ -233,8 +252,116 @@ impl Raid1 {
             activating: Mutex::new(()),
             rotate: AtomicUsize::new(0),
             first_only: AtomicBool::new(false),
+            workers_per_leg: opts.workers_per_leg,
             stats: EngineStats::default(),
-        })
+        };
+        for (slot, spec) in legs.into_iter().enumerate() {
+            let (io, state) = match spec {
+                Some(spec) => (
+                    Some(engine.slot_io(slot, spec.leg, spec.data_offset)?),
+                    spec.state,
+                ),
+                None => (None, LegState::Missing),
+            };
+            engine.slots.push(LegSlot {
+                io: ArcSwapOption::new(io),
+                state: AtomicU8::new(state as u8),
+                next_read: AtomicU64::new(u64::MAX),
+                pending_reads: AtomicU32::new(0),
+                errors: AtomicU64::new(0),
+                reads: AtomicU64::new(0),
+            });
+        }
+        Ok(engine)
+    }
+
+    fn slot_io(
+        &self,
+        slot: usize,
+        leg: Arc<Leg>,
+        data_offset: u64,
+    ) -> Result<Arc<SlotIo>, EngineError> {
+        let workers = LegWorkers::start(leg.clone(), slot, self.workers_per_leg)
+            .map_err(EngineError::Threads)?;
+        Ok(Arc::new(SlotIo {
+            leg,
+            data_offset,
+            workers,
+        }))
+    }
+
+    /// Puts `leg` into the empty slot `slot`, in `state` (Recovering for a
+    /// leg that must be brought up to date first).
+    pub fn attach(&self, slot: usize, spec: LegSpec) -> Result<(), EngineError> {
+        let _one = self.activating.lock();
+        let s = self.slots.get(slot).ok_or(EngineError::BadSlot {
+            slot,
+            why: "no such slot",
+        })?;
+        if s.state() != LegState::Missing {
+            return Err(EngineError::BadSlot {
+                slot,
+                why: "the slot holds a leg; remove it first",
+            });
+        }
+        if (spec.leg.mode() == IoMode::Direct) != (self.block == DIRECT_BLOCK) {
+            return Err(EngineError::BadSlot {
+                slot,
+                why: "the leg's I/O mode (direct or buffered) differs from the array's",
+            });
+        }
+        s.io.store(Some(self.slot_io(slot, spec.leg, spec.data_offset)?));
+        s.errors.store(0, Ordering::Relaxed);
+        s.state.store(spec.state as u8, Ordering::Release);
+        Ok(())
+    }
+
+    /// Takes the leg out of a faulty (or recovering) slot; the slot is then
+    /// missing. Returns the leg so the caller can close it.
+    pub fn detach(&self, slot: usize) -> Result<Arc<Leg>, EngineError> {
+        let _one = self.activating.lock();
+        let s = self.slots.get(slot).ok_or(EngineError::BadSlot {
+            slot,
+            why: "no such slot",
+        })?;
+        match s.state() {
+            LegState::Faulty | LegState::Recovering => {}
+            LegState::InSync => {
+                return Err(EngineError::BadSlot {
+                    slot,
+                    why: "an in-sync leg cannot be removed; fail it first",
+                })
+            }
+            LegState::Missing => {
+                return Err(EngineError::BadSlot {
+                    slot,
+                    why: "the slot is already empty",
+                })
+            }
+        }
+        s.state.store(LegState::Missing as u8, Ordering::Release);
+        let io = s.io.swap(None).ok_or(EngineError::BadSlot {
+            slot,
+            why: "the slot has no leg",
+        })?;
+        Ok(io.leg.clone())
+    }
+
+    /// A recovered leg becomes in sync: it is read from now on.
+    pub fn set_in_sync(&self, slot: usize) -> Result<(), EngineError> {
+        let _one = self.activating.lock();
+        let s = self.slots.get(slot).ok_or(EngineError::BadSlot {
+            slot,
+            why: "no such slot",
+        })?;
+        if s.state() != LegState::Recovering {
+            return Err(EngineError::BadSlot {
+                slot,
+                why: "only a recovering leg becomes in sync",
+            });
+        }
+        s.state.store(LegState::InSync as u8, Ordering::Release);
+        Ok(())
     }
 
     pub fn size(&self) -> u64 {
@@ -256,8 +383,15 @@ impl Raid1 {
             .count()
     }
 
+    /// Some slot is not in sync (missing, faulty or recovering).
     pub fn is_degraded(&self) -> bool {
         self.in_sync_count() < self.slots.len()
+    }
+
+    /// Some slot has no working leg at all (missing or faulty): writes miss
+    /// it, so the write-intent bitmap must keep their bits.
+    pub fn has_absent_leg(&self) -> bool {
+        self.slots.iter().any(|s| !s.state().is_written())
     }
 
     pub(super) fn range_lock(&self) -> &RangeLock {
@@ -277,7 +411,12 @@ impl Raid1 {
         buf: &mut [u8],
     ) -> Result<(), EngineError> {
         let s = &self.slots[slot];
-        s.leg.read_at(buf, s.data_offset + offset).map_err(|e| {
+        let io = s.io.load();
+        let io = io.as_ref().ok_or(EngineError::BadSlot {
+            slot,
+            why: "the slot has no leg",
+        })?;
+        io.leg.read_at(buf, io.data_offset + offset).map_err(|e| {
             s.errors.fetch_add(1, Ordering::Relaxed);
             self.fail_after_error(slot, &e.to_string());
             EngineError::Leg(e)
@@ -292,7 +431,12 @@ impl Raid1 {
         data: &[u8],
     ) -> Result<(), EngineError> {
         let s = &self.slots[slot];
-        s.leg.write_at(data, s.data_offset + offset).map_err(|e| {
+        let io = s.io.load();
+        let io = io.as_ref().ok_or(EngineError::BadSlot {
+            slot,
+            why: "the slot has no leg",
+        })?;
+        io.leg.write_at(data, io.data_offset + offset).map_err(|e| {
             s.errors.fetch_add(1, Ordering::Relaxed);
             self.fail_after_error(slot, &e.to_string());
             EngineError::Leg(e)
@@ -390,11 +534,12 @@ impl Raid1 {
                 };
                 tried |= 1 << i;
                 let slot = &self.slots[i];
+                let Some(io) = slot.io() else { continue };
                 slot.next_read.store(offset + len, Ordering::Relaxed);
                 slot.pending_reads.fetch_add(1, Ordering::Relaxed);
-                let r = slot
+                let r = io
                     .leg
-                    .read_at(&mut buf.as_mut_slice()[..span], slot.data_offset + start);
+                    .read_at(&mut buf.as_mut_slice()[..span], io.data_offset + start);
                 slot.pending_reads.fetch_sub(1, Ordering::Relaxed);
                 match r {
                     Ok(()) => {
@@ -466,7 +611,8 @@ impl Raid1 {
         while let Some(i) = self.choose_read_leg(u64::MAX, tried) {
             tried |= 1 << i;
             let slot = &self.slots[i];
-            match slot.leg.read_at(out, slot.data_offset + array_offset) {
+            let Some(io) = slot.io() else { continue };
+            match io.leg.read_at(out, io.data_offset + array_offset) {
                 Ok(()) => return Ok(()),
                 Err(e) => {
                     slot.errors.fetch_add(1, Ordering::Relaxed);
@@ -490,62 +636,70 @@ impl Raid1 {
         })
     }
 
-    /// Writes `buf` at array offset `start` on every in-sync leg in parallel.
-    /// Ok(true): every leg of the array has it; Ok(false): some leg did not
-    /// (degraded, or a leg failed and was failed out); Err: no leg has it.
+    /// Writes `buf` at array offset `start` on every written leg (in sync or
+    /// recovering) in parallel. Ok(true): every slot of the array has it;
+    /// Ok(false): some slot did not (degraded, or a leg failed and was failed
+    /// out); Err: no in-sync leg has it.
     fn fan_out_write(&self, start: u64, buf: &[u8]) -> Result<bool, EngineError> {
         // The workers read `buf` only until `fan_out` returns.
         self.fan_out(
             "write",
             start,
-            |slot| slot.leg.write_at(buf, slot.data_offset + start),
-            |slot, done| Job::Write {
+            |io| io.leg.write_at(buf, io.data_offset + start),
+            |io, done| Job::Write {
                 buf: SharedBuf::new(buf),
-                offset: slot.data_offset + start,
+                offset: io.data_offset + start,
                 done,
             },
         )
     }
 
-    /// Makes every acknowledged write durable on every in-sync leg.
+    /// Makes every acknowledged write durable on every written leg.
     pub fn flush(&self) -> Result<(), EngineError> {
         self.fan_out(
             "flush",
             0,
-            |slot| slot.leg.sync_data(),
+            |io| io.leg.sync_data(),
             |_, done| Job::Sync { done },
         )
         .map(|_| ())
     }
 
-    /// Runs one operation on every in-sync leg at once: the calling thread
-    /// does the first leg (`inline`), the others' workers the rest (`job`),
-    /// one completion counts them. Legs that fail are failed out while
-    /// another succeeded; if all fail, the error goes to the caller.
-    /// Ok(true) when every leg of the array took part and succeeded.
+    /// Runs one operation on every written leg at once: the calling thread
+    /// does the first (`inline`), the others' workers the rest (`job`), one
+    /// completion counts them. Legs that fail are failed out while an in-sync
+    /// leg succeeded; if every in-sync leg failed, the error goes to the
+    /// caller (and the last in-sync leg stays). Ok(true) when every slot of
+    /// the array took part and succeeded.
     fn fan_out(
         &self,
         op: &'static str,
         offset: u64,
-        inline: impl Fn(&LegSlot) -> Result<(), LegError>,
-        job: impl Fn(&LegSlot, Arc<Completion>) -> Job,
+        inline: impl Fn(&SlotIo) -> Result<(), LegError>,
+        job: impl Fn(&SlotIo, Arc<Completion>) -> Job,
     ) -> Result<bool, EngineError> {
-        let targets: Vec<usize> = (0..self.slots.len())
-            .filter(|&i| self.slots[i].state() == LegState::InSync)
+        // In-sync legs first, so the calling thread writes one of them.
+        let mut targets: Vec<(usize, Arc<SlotIo>, bool)> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.state().is_written())
+            .filter_map(|(i, s)| s.io().map(|io| (i, io, s.state() == LegState::InSync)))
             .collect();
-        let Some((&first, others)) = targets.split_first() else {
+        targets.sort_by_key(|t| !t.2);
+        let in_sync = targets.iter().filter(|t| t.2).count();
+        let Some(((first, first_io, _), others)) = targets.split_first().filter(|_| in_sync > 0)
+        else {
             return Err(EngineError::NoInSyncLeg);
         };
         let done = Completion::new(others.len());
-        for &i in others {
-            self.slots[i]
-                .workers
-                .submit(job(&self.slots[i], done.clone()));
+        for (_, io, _) in others {
+            io.workers.submit(job(io, done.clone()));
         }
         let mut failures = Vec::new();
-        if let Err(e) = inline(&self.slots[first]) {
+        if let Err(e) = inline(first_io) {
             failures.push(OpFailure {
-                target: first,
+                target: *first,
                 errno: e.errno(),
                 what: e.to_string(),
             });
@@ -555,7 +709,11 @@ impl Raid1 {
             self.slots[f.target].errors.fetch_add(1, Ordering::Relaxed);
             log::error!("{f}");
         }
-        if failures.len() == targets.len() {
+        let in_sync_failed = failures
+            .iter()
+            .filter(|f| targets.iter().any(|t| t.0 == f.target && t.2))
+            .count();
+        if in_sync_failed == in_sync {
             return Err(EngineError::AllLegsFailed {
                 op,
                 offset,
@@ -614,20 +772,23 @@ impl Raid1 {
         })?;
         // Serialize failures so two racing errors cannot fail the last two legs.
         let _one = self.activating.lock();
-        if s.state() != LegState::InSync {
-            return Ok(());
-        }
-        if self.in_sync_count() <= 1 {
-            return Err(EngineError::CannotFail {
-                slot,
-                why: "it is the last in-sync leg",
-            });
+        match s.state() {
+            LegState::InSync if self.in_sync_count() <= 1 => {
+                return Err(EngineError::CannotFail {
+                    slot,
+                    why: "it is the last in-sync leg",
+                })
+            }
+            LegState::InSync | LegState::Recovering => {}
+            LegState::Faulty | LegState::Missing => return Ok(()),
         }
         s.state.store(LegState::Faulty as u8, Ordering::Release);
         log::error!(
             "leg {} ({}) is now faulty: {reason}; the array goes on degraded",
             slot,
-            s.leg.path().display()
+            s.io()
+                .map(|io| io.leg.path().display().to_string())
+                .unwrap_or_default()
         );
         self.events.leg_failed(slot, reason);
         Ok(())

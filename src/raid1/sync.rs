@@ -17,6 +17,9 @@ use std::time::{Duration, Instant};
 pub enum SyncAction {
     /// Make every in-sync leg equal to the first (after an unclean stop).
     Resync,
+    /// Bring a recovering leg (re-added or new) up to date from the first
+    /// in-sync leg.
+    Recover { target: usize },
     /// Compare the legs and count mismatches.
     Check,
     /// Compare and rewrite mismatches from the first in-sync leg.
@@ -24,9 +27,19 @@ pub enum SyncAction {
 }
 
 impl SyncAction {
+    /// The word /proc/mdstat's progress line uses.
+    pub fn mdstat_word(self) -> &'static str {
+        match self {
+            SyncAction::Recover { .. } => "recovery",
+            other => other.md_word(),
+        }
+    }
+
+    /// The word md's `sync_action` uses.
     pub fn md_word(self) -> &'static str {
         match self {
             SyncAction::Resync => "resync",
+            SyncAction::Recover { .. } => "recover",
             SyncAction::Check => "check",
             SyncAction::Repair => "repair",
         }
@@ -119,6 +132,16 @@ impl Raid1 {
                 for &t in others {
                     self.write_leg(t, offset, &src.as_slice()[..n])?;
                 }
+                Ok(0)
+            }
+            SyncAction::Recover { target } => {
+                if self.slots()[target].state() != LegState::Recovering {
+                    return Err(super::EngineError::BadSlot {
+                        slot: target,
+                        why: "the leg being recovered left the array",
+                    });
+                }
+                self.write_leg(target, offset, &src.as_slice()[..n])?;
                 Ok(0)
             }
             SyncAction::Check | SyncAction::Repair => {
