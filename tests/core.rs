@@ -245,6 +245,9 @@ fn fio(args: &[&str]) -> String {
         "fio reported verify errors:\n{out}\n{err}"
     );
     assert!(out.contains("err= 0"), "no fio job report:\n{out}");
+    // fio lays out (recreates) a file it finds too small: the jobs' ranges
+    // must lie inside array.img.
+    assert!(!out.contains("Laying out"), "fio ranges exceed array.img:\n{out}");
     assert!(
         !has_nonzero_err(&out),
         "a fio job reported an error:\n{out}"
@@ -266,7 +269,7 @@ fn fio_parallel_verified_writes() {
         return;
     }
     let dir = tempdir();
-    let legs = Legs::new(dir.path(), 2, 80 * MIB);
+    let legs = Legs::new(dir.path(), 2, 112 * MIB);
     let created = create(&legs, &["--name", "fio"]);
     let mnt = dir.path().join("mnt");
     let array = MountedArray::mount(&legs, &mnt, &[]);
@@ -294,24 +297,45 @@ fn fio_parallel_verified_writes() {
             "--randrepeat=0",
         ]);
     }
-    // Readers in parallel with writers, on overlapping ranges (no verify:
-    // just no I/O errors), with libaio where it works on FUSE.
+    // Asynchronous direct I/O (libaio, 16 in flight per job) with
+    // verification reads interleaved with the writes (verify_backlog).
+    fio(&[
+        "--name=async",
+        &img,
+        "--ioengine=libaio",
+        "--iodepth=16",
+        "--direct=1",
+        "--rw=randwrite",
+        "--bsrange=4k-128k",
+        "--size=8m",
+        "--numjobs=2",
+        "--offset=64m",
+        "--offset_increment=8m",
+        "--verify=crc32c",
+        "--verify_backlog=32",
+        "--verify_fatal=1",
+        "--randrepeat=0",
+    ]);
+    // Readers and writers on one shared, overlapping range (no verify:
+    // fio cannot know the winner; the legs must still agree).
     fio(&[
         "--name=mixed",
         &img,
         "--ioengine=psync",
         "--direct=1",
         "--rw=randrw",
-        "--bs=4k",
+        "--bsrange=512-16k",
         "--size=16m",
         "--numjobs=4",
         "--io_size=4m",
     ]);
+    let image_hash = sha256_file(&array.image());
     array.stop();
     let len = created.array_bytes;
     let a = data_region(legs.path(0), MIB, len);
     let b = data_region(legs.path(1), MIB, len);
     assert!(a == b, "legs differ after fio");
+    assert_eq!(sha256_bytes(&a), image_hash, "legs differ from array.img");
     assert!(a.iter().any(|&x| x != 0), "fio wrote nothing?");
 }
 
@@ -346,6 +370,16 @@ fn ext4_on_loop_over_array_survives_remount() {
             std::fs::create_dir(fs.dir().join("sub")).unwrap();
             std::fs::write(fs.dir().join("sub/small"), b"small file\n").unwrap();
             run("sync", &[]).unwrap();
+            // While the loop device holds array.img, stop refuses and the
+            // array keeps serving.
+            let o = mdfuse_with(&["stop"], &[array.mountpoint()]);
+            let err = assert_fails("mdfuse stop while a loop device holds array.img", &o);
+            assert!(err.contains("busy"), "{err}");
+            assert!(is_mounted(array.mountpoint()));
+            assert_eq!(
+                std::fs::read(fs.dir().join("sub/small")).unwrap(),
+                b"small file\n"
+            );
         }
         array.stop_when_free();
     }
