@@ -247,7 +247,10 @@ fn fio(args: &[&str]) -> String {
     assert!(out.contains("err= 0"), "no fio job report:\n{out}");
     // fio lays out (recreates) a file it finds too small: the jobs' ranges
     // must lie inside array.img.
-    assert!(!out.contains("Laying out"), "fio ranges exceed array.img:\n{out}");
+    assert!(
+        !out.contains("Laying out"),
+        "fio ranges exceed array.img:\n{out}"
+    );
     assert!(
         !has_nonzero_err(&out),
         "a fio job reported an error:\n{out}"
@@ -624,4 +627,129 @@ fn mdstat_readdir_and_image_size() {
         created.array_bytes
     );
     array.stop();
+}
+
+/// The harness itself: a test that panics with an array mounted leaves
+/// no mount and no daemon behind.
+#[test]
+fn harness_cleans_up_after_a_panicking_test() {
+    if !needs_root("harness_cleans_up_after_a_panicking_test") {
+        return;
+    }
+    let dir = tempdir();
+    let legs = Legs::new(dir.path(), 2, 32 * MIB);
+    create(&legs, &[]);
+    let mnt = dir.path().join("mnt");
+    let pid = std::sync::Mutex::new(0);
+    let result = std::panic::catch_unwind(|| {
+        let array = MountedArray::mount(&legs, &mnt, &[]);
+        *pid.lock().unwrap() = array.pid();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(array.image())
+            .unwrap()
+            .write_all_at(b"before the panic", 0)
+            .unwrap();
+        panic!("deliberate panic with the array mounted");
+    });
+    assert!(result.is_err());
+    let pid = *pid.lock().unwrap();
+    assert!(pid > 0);
+    assert!(!is_mounted(&mnt), "the harness left the mount behind");
+    assert!(!pid_alive(pid), "the harness left the daemon behind");
+    assert!(daemons_for(&mnt).is_empty());
+    // Its Drop stopped the array cleanly.
+    for leg in &legs.paths {
+        assert_eq!(state_of(leg), "clean");
+    }
+}
+
+/// A write at exactly the end of array.img fails like one at the end of a
+/// block device (ENOSPC), not with EIO; one past the end likewise.
+#[test]
+#[ignore = "bug: a write starting exactly at the end of array.img gets EIO, not ENOSPC \
+            (src/raid1/engine.rs clamp() returns Ok(0) for offset == size, and FUSE turns a \
+            0-byte write reply into EIO)"]
+fn write_at_the_end_is_enospc() {
+    if !needs_root("write_at_the_end_is_enospc") {
+        return;
+    }
+    let dir = tempdir();
+    let legs = Legs::new(dir.path(), 2, 32 * MIB);
+    let created = create(&legs, &[]);
+    let array = MountedArray::mount(&legs, &dir.path().join("mnt"), &[]);
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(array.image())
+        .unwrap();
+    let size = created.array_bytes;
+    // Straddling the end: a short write.
+    assert_eq!(f.write_at(&[1u8; 100], size - 10).unwrap(), 10);
+    // Reads at the end: EOF.
+    let mut b = [0u8; 100];
+    assert_eq!(f.read_at(&mut b, size).unwrap(), 0);
+    let past = f.write_at(&[1u8; 100], size + 4096).unwrap_err();
+    assert_eq!(past.raw_os_error(), Some(libc::ENOSPC), "{past}");
+    let at = f.write_at(&[1u8; 100], size).unwrap_err();
+    assert_eq!(at.raw_os_error(), Some(libc::ENOSPC), "{at}");
+    drop(f);
+    assert_eq!(std::fs::metadata(array.image()).unwrap().len(), size);
+    array.stop();
+}
+
+/// SIGTERM while a loop device holds array.img: the mount is detached
+/// lazily and the array stops cleanly, with exit status 0, once the loop
+/// device lets go, without reporting an error. Repeated, since the failure
+/// is intermittent: seen in 2 of ~30 manual runs under load (a 3-byte
+/// buffered write through the loop device, `sync`, SIGTERM, `losetup -d`),
+/// never yet in this test; kept ignored so the suite stays green.
+#[test]
+#[ignore = "bug: after a lazy detach the FUSE session sometimes ends with ECONNABORTED; \
+            src/serve.rs serve() returns it as ServeError::Session, so mount exits 1 and logs \
+            an error although the stop was clean"]
+fn sigterm_while_busy_stops_cleanly_when_released() {
+    if !needs_root("sigterm_while_busy_stops_cleanly_when_released") {
+        return;
+    }
+    let dir = tempdir();
+    let legs = Legs::new(dir.path(), 2, 32 * MIB);
+    create(&legs, &[]);
+    let mnt = dir.path().join("mnt");
+    for round in 0..6 {
+        let array = MountedArray::mount(&legs, &mnt, &[]);
+        let pid = array.pid();
+        let lo = LoopDevice::attach(&array.image()).expect("losetup");
+        run(
+            "dd",
+            &[
+                "if=/dev/urandom",
+                &format!("of={}", lo.path().display()),
+                "bs=4096",
+                "count=16",
+                "conv=notrunc",
+            ],
+        )
+        .unwrap();
+        run("sync", &[]).unwrap();
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        assert!(pid_alive(pid), "round {round}: exited while busy");
+        drop(lo);
+        assert!(
+            wait_pid_gone(pid, std::time::Duration::from_secs(30)),
+            "round {round}: daemon still runs after the loop device let go"
+        );
+        assert!(!is_mounted(&mnt));
+        for leg in &legs.paths {
+            assert_eq!(state_of(leg), "clean", "round {round}");
+        }
+        let log = array.log();
+        assert!(
+            !log.contains("ended with an error"),
+            "round {round}: the daemon reported an error:\n{log}"
+        );
+        drop(array);
+    }
 }
