@@ -753,3 +753,171 @@ fn sigterm_while_busy_stops_cleanly_when_released() {
         drop(array);
     }
 }
+
+/// A read-only mount writes nothing at all, superblocks included, and
+/// refuses writers.
+#[test]
+fn read_only_mount_changes_nothing() {
+    if !needs_root("read_only_mount_changes_nothing") {
+        return;
+    }
+    let dir = tempdir();
+    let legs = Legs::new(dir.path(), 2, 32 * MIB);
+    create(&legs, &[]);
+    let before: Vec<String> = legs.paths.iter().map(|p| sha256_file(p)).collect();
+    let array = MountedArray::mount(&legs, &dir.path().join("mnt"), &["--ro"]);
+    assert!(array.mdstat().contains("read-only"), "{}", array.mdstat());
+    let err = std::fs::OpenOptions::new()
+        .write(true)
+        .open(array.image())
+        .unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+    let _ = std::fs::read(array.image()).unwrap();
+    array.stop();
+    let after: Vec<String> = legs.paths.iter().map(|p| sha256_file(p)).collect();
+    assert_eq!(before, after, "a read-only mount changed a leg");
+}
+
+/// Legs in any order; buffered leg I/O (--buffered) keeps the same data.
+#[test]
+fn buffered_mode_and_leg_order() {
+    if !needs_root("buffered_mode_and_leg_order") {
+        return;
+    }
+    let dir = tempdir();
+    let legs = Legs::new(dir.path(), 2, 32 * MIB);
+    let created = create(&legs, &[]);
+    let reversed = Legs::from_paths(legs.paths.iter().rev().cloned().collect());
+    let mnt = dir.path().join("mnt");
+    let mut model = vec![0u8; created.array_bytes as usize];
+    let mut rng = Rng(0xb0ff);
+    let array = MountedArray::mount(&reversed, &mnt, &["--buffered"]);
+    let mdstat = array.mdstat();
+    assert!(
+        mdstat.contains("leg0.img[0]") && mdstat.contains("leg1.img[1]"),
+        "slots follow the superblocks, not the argument order: {mdstat}"
+    );
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(array.image())
+        .unwrap();
+    for _ in 0..50 {
+        let off = (rng.next() % (model.len() as u64 - 100_000)) as usize;
+        let len = 1 + (rng.next() % 99_999) as usize;
+        let data = rng.bytes(len);
+        f.write_all_at(&data, off as u64).unwrap();
+        model[off..off + len].copy_from_slice(&data);
+    }
+    drop(f);
+    array.stop();
+    assert_legs_hold(&legs, &model);
+    let array = MountedArray::mount(&legs, &mnt, &[]);
+    assert!(std::fs::read(array.image()).unwrap() == model);
+    array.stop();
+}
+
+/// Three legs, one missing: refused without --run (naming the missing
+/// slot), served degraded with it; the leg that missed the writes is then
+/// stale and named when all three are given.
+#[test]
+fn three_legs_degraded_run_then_the_missing_leg_is_stale() {
+    if !needs_root("three_legs_degraded_run_then_the_missing_leg_is_stale") {
+        return;
+    }
+    let dir = tempdir();
+    let legs = Legs::new(dir.path(), 3, 32 * MIB);
+    create(&legs, &["--name", "three"]);
+    let two = Legs::from_paths(legs.paths[..2].to_vec());
+    let mnt = dir.path().join("mnt");
+    let err = match MountedArray::try_mount(&two, &mnt, &[]) {
+        Ok(_) => panic!("a degraded array started without --run"),
+        Err((o, _)) => stderr(&o),
+    };
+    assert!(err.contains("slot 2") && err.contains("--run"), "{err}");
+    let data = Rng(3).bytes(123_457);
+    let array = MountedArray::mount(&two, &mnt, &["--run"]);
+    let mdstat = array.mdstat();
+    assert!(mdstat.contains("[3/2] [UU_]"), "{mdstat}");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(array.image())
+        .unwrap()
+        .write_all_at(&data, 77)
+        .unwrap();
+    array.stop();
+    let stale = legs.path(2);
+    let before = sha256_file(stale);
+    let err = match MountedArray::try_mount(&legs, &mnt, &[]) {
+        Ok(_) => panic!("a stale leg was assembled as current"),
+        Err((o, _)) => stderr(&o),
+    };
+    assert!(
+        err.contains(&stale.display().to_string()) && err.contains("stale"),
+        "{err}"
+    );
+    // With --run, the two current legs serve the data; the stale one is untouched.
+    let array = MountedArray::mount(&legs, &mnt, &["--run"]);
+    let f = std::fs::File::open(array.image()).unwrap();
+    let mut back = vec![0u8; data.len()];
+    f.read_exact_at(&mut back, 77).unwrap();
+    assert!(back == data);
+    drop(f);
+    array.stop();
+    assert_eq!(sha256_file(stale), before);
+}
+
+/// Runs `mdfuse stop --timeout 1` while the daemon is frozen (SIGSTOP):
+/// the unmount succeeds but the array cannot stop, so a stop that waits
+/// must report the timeout. Then thaws the daemon and checks it stops clean.
+fn stop_while_daemon_frozen(legs: &Legs, current_leg: &Path, mnt: &Path) {
+    let array = MountedArray::mount(legs, mnt, &["--run"]);
+    let pid = array.pid();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(array.image())
+        .unwrap()
+        .write_all_at(b"written before stop", 0)
+        .unwrap();
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let o = mdfuse_with(&["stop", "--timeout", "1"], &[mnt]);
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    assert!(
+        wait_pid_gone(pid, std::time::Duration::from_secs(20)),
+        "daemon did not stop after SIGCONT"
+    );
+    assert_eq!(state_of(current_leg), "clean");
+    let err = assert_fails("mdfuse stop with a frozen daemon", &o);
+    assert!(err.contains("has not stopped within 1 s"), "{err}");
+    drop(array);
+}
+
+/// `mdfuse stop` waits for the array's clean stop, not just the unmount.
+#[test]
+fn stop_waits_for_the_daemon() {
+    if !needs_root("stop_waits_for_the_daemon") {
+        return;
+    }
+    let dir = tempdir();
+    let legs = Legs::new(dir.path(), 2, 32 * MIB);
+    create(&legs, &[]);
+    stop_while_daemon_frozen(&legs, legs.path(0), &dir.path().join("mnt"));
+}
+
+/// `mdfuse stop` waits even when the first leg given to `mount` was left
+/// out of the array (stale).
+#[test]
+#[ignore = "bug: mdfuse stop waits on the lock of the first leg given to mount (src/cli/mod.rs \
+            cmd_stop, via the mount source); a stale leg left out of the array is not locked, \
+            so stop returns before the array has stopped"]
+fn stop_waits_even_when_the_first_leg_was_left_out() {
+    if !needs_root("stop_waits_even_when_the_first_leg_was_left_out") {
+        return;
+    }
+    let dir = tempdir();
+    let fixture = fixture_legs("b-degraded-dirty", dir.path());
+    // The stale leg first.
+    let legs = Legs::from_paths(fixture.paths.iter().rev().cloned().collect());
+    stop_while_daemon_frozen(&legs, fixture.path(0), &dir.path().join("mnt"));
+}
