@@ -388,3 +388,102 @@ fn stop_without_a_mount_is_refused() {
         &[&s(dir.path()), "no mdfuse array"],
     );
 }
+
+/// Relative leg and mountpoint paths work in detached mode (the daemon
+/// runs elsewhere), with the current directory as their base.
+#[test]
+fn detached_mount_with_relative_paths() {
+    if !needs_root("detached_mount_with_relative_paths") {
+        return;
+    }
+    let dir = tempdir();
+    let legs = Legs::new(dir.path(), 2, 32 * MIB);
+    create(&legs, &[]);
+    std::fs::create_dir(dir.path().join("m")).unwrap();
+    let o = std::process::Command::new(bin())
+        .current_dir(dir.path())
+        .args(["mount", "--log", "rel.log", "leg0.img", "leg1.img", "m"])
+        .output()
+        .unwrap();
+    assert_ok("mount with relative paths", &o);
+    let mnt = dir.path().join("m");
+    let mounted = is_mounted(&mnt);
+    let o = mdfuse_with(&["stop"], &[&mnt]);
+    assert!(mounted);
+    assert_ok("stop", &o);
+    assert!(dir.path().join("rel.log").exists());
+}
+
+/// An option's value is not a path, even when a file of that name exists
+/// in the current directory.
+#[test]
+#[ignore = "bug: detached mount absolutizes every argument that names an existing file, \
+            option values included (src/cli/mod.rs mount_detached, cwd_args): \
+            `--threads 4` with a file ./4 becomes `--threads /cwd/4` and the daemon fails to parse it"]
+fn detached_mount_option_value_named_like_a_file() {
+    if !needs_root("detached_mount_option_value_named_like_a_file") {
+        return;
+    }
+    let dir = tempdir();
+    let legs = Legs::new(dir.path(), 2, 32 * MIB);
+    create(&legs, &[]);
+    std::fs::create_dir(dir.path().join("m")).unwrap();
+    std::fs::write(dir.path().join("4"), b"").unwrap();
+    let mnt = dir.path().join("m");
+    let o = std::process::Command::new(bin())
+        .current_dir(dir.path())
+        .args(["mount", "--threads", "4", "--log", "x.log"])
+        .args(&legs.paths)
+        .arg(&mnt)
+        .output()
+        .unwrap();
+    let mounted = is_mounted(&mnt);
+    if mounted {
+        assert_ok("stop", &mdfuse_with(&["stop"], &[&mnt]));
+    }
+    assert_ok("mount --threads 4 with a file named 4 in the cwd", &o);
+    assert!(mounted);
+}
+
+#[test]
+fn create_with_bad_size_or_name_is_refused() {
+    if !needs_root("create_with_bad_size_or_name_is_refused") {
+        return;
+    }
+    let dir = tempdir();
+    let legs = Legs::new(dir.path(), 2, 32 * MIB);
+    let before = fingerprint(&legs.paths);
+    let o = try_create(&legs, &["--size", "100G"]);
+    assert_refused(
+        "create --size 100G",
+        &o,
+        &["--size", "does not fit", "32505856"],
+    );
+    let o = try_create(&legs, &["--size", "12Q"]);
+    assert_fails("create --size 12Q", &o);
+    let long = "n".repeat(40);
+    let o = try_create(&legs, &["--name", &long]);
+    assert_refused("create with a 40-byte name", &o, &[&long, "at most 31"]);
+    assert_unchanged(&legs.paths, &before, "bad size or name");
+    // A size that is not a whole 4 KiB block is rounded down.
+    let c = create(&legs, &["--size", "10000000"]);
+    assert_eq!(c.array_bytes, 10_000_000 / 4096 * 4096);
+}
+
+#[test]
+#[ignore = "bug: `create --size 1` (less than one 4 KiB block) says the size 'does not fit' the leg \
+            (src/array/create.rs: wanted == 0 reuses ArrayError::SizeTooLarge); it should say the \
+            size is below the 4 KiB minimum"]
+fn create_with_a_tiny_size_says_too_small() {
+    if !needs_root("create_with_a_tiny_size_says_too_small") {
+        return;
+    }
+    let dir = tempdir();
+    let legs = Legs::new(dir.path(), 2, 32 * MIB);
+    let before = fingerprint(&legs.paths);
+    let o = try_create(&legs, &["--size", "1"]);
+    let err = assert_refused("create --size 1", &o, &["--size"]);
+    assert!(!err.contains("does not fit"), "{err}");
+    assert!(err.contains("4096") || err.contains("4 KiB"), "{err}");
+    assert_unchanged(&legs.paths, &before, "tiny size");
+}
