@@ -581,6 +581,10 @@ fn kill9_leaves_active_and_remount_serves_data() {
     assert!(back == data);
     drop(f);
     array.stop();
+    // No resync has run: the legs stay recorded active (md would resync).
+    for leg in &legs.paths {
+        assert_eq!(state_of(leg), "active", "after the remount's stop");
+    }
 }
 
 /// mdstat, the directory listing and array.img's size.
@@ -920,4 +924,46 @@ fn stop_waits_even_when_the_first_leg_was_left_out() {
     // The stale leg first.
     let legs = Legs::from_paths(fixture.paths.iter().rev().cloned().collect());
     stop_while_daemon_frozen(&legs, fixture.path(0), &dir.path().join("mnt"));
+}
+
+/// Block devices as legs: loop devices over leg files.
+#[test]
+fn block_device_legs() {
+    if !needs_root("block_device_legs") {
+        return;
+    }
+    let dir = tempdir();
+    let files = Legs::new(dir.path(), 2, 32 * MIB);
+    let loops: Vec<LoopDevice> = files
+        .paths
+        .iter()
+        .map(|p| LoopDevice::attach(p).expect("losetup"))
+        .collect();
+    let legs = Legs::from_paths(loops.iter().map(|l| l.path().to_owned()).collect());
+    let created = create(&legs, &["--name", "blockdev"]);
+    for l in &legs.paths {
+        let e = mdadm_examine(l);
+        assert_eq!(examine_field(&e, "Array UUID"), Some(created.uuid.clone()));
+    }
+    let data = Rng(0xb10c).bytes(3 * MIB as usize + 5);
+    {
+        let array = MountedArray::mount(&legs, &dir.path().join("mnt"), &[]);
+        assert_eq!(
+            std::fs::metadata(array.image()).unwrap().len(),
+            created.array_bytes
+        );
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(array.image())
+            .unwrap()
+            .write_all_at(&data, 4097)
+            .unwrap();
+        array.stop();
+    }
+    drop(loops);
+    // The files under the loop devices hold the data and a clean superblock.
+    for f in &files.paths {
+        assert!(data_region(f, MIB + 4097, data.len() as u64) == data);
+        assert_eq!(state_of(f), "clean");
+    }
 }
