@@ -232,8 +232,11 @@ fn mdadm_examine_reads_our_superblocks() {
     }
 }
 
-fn fio(args: &[&str]) -> String {
+/// Runs fio in `cwd` (it may leave state files there).
+fn fio(cwd: &Path, args: &[&str]) -> String {
     let o = Command::new("fio")
+        .current_dir(cwd)
+        .arg("--verify_state_save=0")
         .args(args)
         .output()
         .expect("cannot run fio");
@@ -281,57 +284,66 @@ fn fio_parallel_verified_writes() {
     // block sizes from 512 B to 64 KiB; then each reads back and checks.
     for (direct, base) in [("1", 0u64), ("0", 32 * MIB)] {
         let offset = format!("--offset={base}");
-        fio(&[
-            "--name=verified",
-            &img,
-            "--ioengine=psync",
-            &format!("--direct={direct}"),
-            "--rw=randwrite",
-            "--bsrange=4k-64k",
-            "--size=8m",
-            "--numjobs=4",
-            &offset,
-            "--offset_increment=8m",
-            "--verify=crc32c",
-            "--do_verify=1",
-            "--verify_fatal=1",
-            "--verify_dump=0",
-            "--group_reporting=0",
-            "--randrepeat=0",
-        ]);
+        fio(
+            dir.path(),
+            &[
+                "--name=verified",
+                &img,
+                "--ioengine=psync",
+                &format!("--direct={direct}"),
+                "--rw=randwrite",
+                "--bsrange=4k-64k",
+                "--size=8m",
+                "--numjobs=4",
+                &offset,
+                "--offset_increment=8m",
+                "--verify=crc32c",
+                "--do_verify=1",
+                "--verify_fatal=1",
+                "--verify_dump=0",
+                "--group_reporting=0",
+                "--randrepeat=0",
+            ],
+        );
     }
     // Asynchronous direct I/O (libaio, 16 in flight per job) with
     // verification reads interleaved with the writes (verify_backlog).
-    fio(&[
-        "--name=async",
-        &img,
-        "--ioengine=libaio",
-        "--iodepth=16",
-        "--direct=1",
-        "--rw=randwrite",
-        "--bsrange=4k-128k",
-        "--size=8m",
-        "--numjobs=2",
-        "--offset=64m",
-        "--offset_increment=8m",
-        "--verify=crc32c",
-        "--verify_backlog=32",
-        "--verify_fatal=1",
-        "--randrepeat=0",
-    ]);
+    fio(
+        dir.path(),
+        &[
+            "--name=async",
+            &img,
+            "--ioengine=libaio",
+            "--iodepth=16",
+            "--direct=1",
+            "--rw=randwrite",
+            "--bsrange=4k-128k",
+            "--size=8m",
+            "--numjobs=2",
+            "--offset=64m",
+            "--offset_increment=8m",
+            "--verify=crc32c",
+            "--verify_backlog=32",
+            "--verify_fatal=1",
+            "--randrepeat=0",
+        ],
+    );
     // Readers and writers on one shared, overlapping range (no verify:
     // fio cannot know the winner; the legs must still agree).
-    fio(&[
-        "--name=mixed",
-        &img,
-        "--ioengine=psync",
-        "--direct=1",
-        "--rw=randrw",
-        "--bsrange=512-16k",
-        "--size=16m",
-        "--numjobs=4",
-        "--io_size=4m",
-    ]);
+    fio(
+        dir.path(),
+        &[
+            "--name=mixed",
+            &img,
+            "--ioengine=psync",
+            "--direct=1",
+            "--rw=randrw",
+            "--bsrange=512-16k",
+            "--size=16m",
+            "--numjobs=4",
+            "--io_size=4m",
+        ],
+    );
     let image_hash = sha256_file(&array.image());
     array.stop();
     let len = created.array_bytes;
