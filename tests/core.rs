@@ -376,7 +376,7 @@ fn ext4_on_loop_over_array_survives_remount() {
     {
         let array = MountedArray::mount(&legs, &mnt, &[]);
         {
-            let lo = LoopDevice::attach(&array.image()).expect("losetup");
+            let lo = attach_loop_rw(&array.image());
             Mkfs::ext4(lo.path(), 4096).expect("mkfs.ext4");
             let fs = MountedFs::mount(lo.path(), &fsdir).expect("mount ext4");
             for (name, data) in &files {
@@ -403,7 +403,7 @@ fn ext4_on_loop_over_array_survives_remount() {
     }
     let array = MountedArray::mount(&legs, &mnt, &[]);
     {
-        let lo = LoopDevice::attach(&array.image()).expect("losetup again");
+        let lo = attach_loop_rw(&array.image());
         let o = Command::new("fsck.ext4")
             .arg("-fn")
             .arg(lo.path())
@@ -735,7 +735,7 @@ fn sigterm_while_busy_stops_cleanly_when_released() {
     for round in 0..6 {
         let array = MountedArray::mount(&legs, &mnt, &[]);
         let pid = array.pid();
-        let lo = LoopDevice::attach(&array.image()).expect("losetup");
+        let lo = attach_loop_rw(&array.image());
         run(
             "dd",
             &[
@@ -946,11 +946,7 @@ fn block_device_legs() {
     }
     let dir = tempdir();
     let files = Legs::new(dir.path(), 2, 32 * MIB);
-    let loops: Vec<LoopDevice> = files
-        .paths
-        .iter()
-        .map(|p| LoopDevice::attach(p).expect("losetup"))
-        .collect();
+    let loops: Vec<LoopDevice> = files.paths.iter().map(|p| attach_loop_rw(p)).collect();
     let legs = Legs::from_paths(loops.iter().map(|l| l.path().to_owned()).collect());
     let created = create(&legs, &["--name", "blockdev"]);
     for l in &legs.paths {

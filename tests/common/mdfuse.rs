@@ -726,3 +726,20 @@ pub fn fixture_md0_sha256(name: &str) -> String {
         .filter(|h| h.len() == 64)
         .expect("md0 sha256 in MANIFEST")
 }
+
+/// A loop device over `file`, writable. A loop device keeps a read-only
+/// flag set by `blockdev --setro` across detach and re-attach, so a device
+/// another test left read-only would otherwise refuse writes (EPERM); this
+/// one is ours now, so it is made writable.
+pub fn attach_loop_rw(file: &Path) -> super::loopdev::LoopDevice {
+    let lo = super::loopdev::LoopDevice::attach(file).expect("losetup");
+    let dev = lo.path().display().to_string();
+    let ro = super::loopdev::run("blockdev", &["--getro", &dev]).expect("blockdev --getro");
+    if ro.trim() != "0" {
+        eprintln!(
+            "note: {dev} was left read-only (blockdev --setro) by someone; making it writable"
+        );
+        super::loopdev::run("blockdev", &["--setrw", &dev]).expect("blockdev --setrw");
+    }
+    lo
+}
