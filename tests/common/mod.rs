@@ -1,1 +1,2 @@
 pub mod loopdev;
+pub mod mdfuse;

@@ -1,0 +1,745 @@
+//! Root-only harness for driving the real `mdfuse` binary: leg files, created
+//! arrays and mounted arrays as RAII guards. A [`MountedArray`] never leaves a
+//! mount or a daemon behind, even when the test panics, and prints the
+//! daemon's log when it does.
+
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_mdfuse")
+}
+
+/// Runs `mdfuse ARGS` and returns its output, whatever the exit status.
+pub fn mdfuse(args: &[&str]) -> Output {
+    Command::new(bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("cannot run the mdfuse binary")
+}
+
+/// Like [`mdfuse`], with path arguments.
+pub fn mdfuse_with(args: &[&str], paths: &[&Path]) -> Output {
+    let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    all.extend(paths.iter().map(|p| p.display().to_string()));
+    let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+    mdfuse(&refs)
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Panics with the command's output unless it succeeded.
+pub fn assert_ok(what: &str, o: &Output) {
+    assert!(
+        o.status.success(),
+        "{what} failed ({}):\nstdout: {}\nstderr: {}",
+        o.status,
+        stdout(o),
+        stderr(o)
+    );
+}
+
+/// Panics unless the command failed; returns its stderr.
+pub fn assert_fails(what: &str, o: &Output) -> String {
+    assert!(
+        !o.status.success(),
+        "{what} should have failed but succeeded:\nstdout: {}\nstderr: {}",
+        stdout(o),
+        stderr(o)
+    );
+    stderr(o)
+}
+
+/// Leg files (sparse) in a directory the caller owns.
+#[derive(Debug, Clone)]
+pub struct Legs {
+    pub paths: Vec<PathBuf>,
+}
+
+impl Legs {
+    /// `n` sparse files `leg0.img`.. of `size` bytes in `dir`.
+    pub fn new(dir: &Path, n: usize, size: u64) -> Legs {
+        let paths: Vec<PathBuf> = (0..n).map(|i| dir.join(format!("leg{i}.img"))).collect();
+        for p in &paths {
+            super::loopdev::sparse_file(p, size).expect("cannot make a leg file");
+        }
+        Legs { paths }
+    }
+
+    /// Existing files as legs.
+    pub fn from_paths(paths: Vec<PathBuf>) -> Legs {
+        Legs { paths }
+    }
+
+    pub fn strs(&self) -> Vec<String> {
+        self.paths.iter().map(|p| p.display().to_string()).collect()
+    }
+
+    pub fn path(&self, i: usize) -> &Path {
+        &self.paths[i]
+    }
+}
+
+/// What `mdfuse create` printed.
+#[derive(Debug, Clone)]
+pub struct Created {
+    pub uuid: String,
+    pub array_bytes: u64,
+    pub data_offset_sectors: u64,
+    pub stdout: String,
+}
+
+/// Runs `mdfuse create EXTRA LEGS` and asserts success.
+pub fn create(legs: &Legs, extra_args: &[&str]) -> Created {
+    let o = try_create(legs, extra_args);
+    assert_ok("mdfuse create", &o);
+    let out = stdout(&o);
+    let field = |after: &str| -> String {
+        let i = out
+            .find(after)
+            .unwrap_or_else(|| panic!("no {after:?} in create output {out:?}"));
+        out[i + after.len()..]
+            .split([' ', ',', '\n'])
+            .next()
+            .unwrap_or("")
+            .to_string()
+    };
+    Created {
+        uuid: field("UUID "),
+        array_bytes: field("legs, ")
+            .parse()
+            .expect("array size in create output"),
+        data_offset_sectors: field("data offset ")
+            .parse()
+            .expect("data offset in create output"),
+        stdout: out,
+    }
+}
+
+/// Runs `mdfuse create EXTRA LEGS`, whatever the outcome.
+pub fn try_create(legs: &Legs, extra_args: &[&str]) -> Output {
+    let mut args = vec!["create".to_string()];
+    args.extend(extra_args.iter().map(|s| s.to_string()));
+    args.extend(legs.strs());
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    mdfuse(&refs)
+}
+
+/// `mdadm --examine LEG` output (asserting it succeeded).
+pub fn mdadm_examine(leg: &Path) -> String {
+    let o = Command::new("mdadm")
+        .arg("--examine")
+        .arg(leg)
+        .output()
+        .expect("cannot run mdadm");
+    assert_ok(&format!("mdadm --examine {}", leg.display()), &o);
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The value of `Key : value` in an examine-style text.
+pub fn examine_field(text: &str, key: &str) -> Option<String> {
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(" : ")?;
+        (k.trim() == key).then(|| v.trim().to_string())
+    })
+}
+
+/// The data offset (bytes) of `leg`, from `mdfuse examine`.
+pub fn data_offset(leg: &Path) -> u64 {
+    let o = mdfuse_with(&["examine"], &[leg]);
+    assert_ok("mdfuse examine", &o);
+    let v = examine_field(&stdout(&o), "Data Offset").expect("Data Offset in examine");
+    let sectors: u64 = v
+        .split_whitespace()
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("cannot parse Data Offset {v:?}"));
+    sectors * 512
+}
+
+/// `len` bytes of `leg` from `data_offset` (read directly from the file).
+pub fn data_region(leg: &Path, data_offset: u64, len: u64) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(leg).expect("open leg");
+    let mut buf = vec![0u8; len as usize];
+    f.read_exact_at(&mut buf, data_offset)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", leg.display()));
+    buf
+}
+
+/// sha256 (hex) of a file, by `sha256sum`.
+pub fn sha256_file(path: &Path) -> String {
+    let out = Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .expect("cannot run sha256sum");
+    assert_ok("sha256sum", &out);
+    stdout(&out)
+        .split_whitespace()
+        .next()
+        .expect("sha256sum output")
+        .to_string()
+}
+
+/// sha256 (hex) of bytes, by `sha256sum` reading stdin.
+pub fn sha256_bytes(data: &[u8]) -> String {
+    let mut child = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("cannot run sha256sum");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let data = data.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&data));
+    let out = child.wait_with_output().expect("sha256sum");
+    writer.join().expect("writer").expect("write to sha256sum");
+    stdout(&out)
+        .split_whitespace()
+        .next()
+        .expect("sha256sum output")
+        .to_string()
+}
+
+/// Whether `mnt` is a mount point now (by /proc/mounts).
+pub fn is_mounted(mnt: &Path) -> bool {
+    let abs = mnt.canonicalize().unwrap_or_else(|_| mnt.to_owned());
+    let want = abs.to_string_lossy().replace(' ', "\\040");
+    std::fs::read_to_string("/proc/mounts")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split(' ').nth(1) == Some(want.as_str()))
+}
+
+/// Whether process `pid` is alive (a zombie counts as dead).
+pub fn pid_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => {
+            // The state follows the ")" closing the command name.
+            let state = s
+                .rsplit_once(')')
+                .map(|(_, r)| r.trim_start().chars().next());
+            !matches!(state, Some(Some('Z')) | Some(Some('X')))
+        }
+        Err(_) => false,
+    }
+}
+
+/// Waits until `pid` is gone; false on timeout.
+pub fn wait_pid_gone(pid: i32, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while pid_alive(pid) {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
+/// Pids of mdfuse processes whose command line mentions `mnt`.
+pub fn daemons_for(mnt: &Path) -> Vec<i32> {
+    let want = mnt.to_string_lossy().into_owned();
+    let mut pids = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return pids;
+    };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmd
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let is_mdfuse = args
+            .first()
+            .is_some_and(|a| a.ends_with("/mdfuse") || a == "mdfuse");
+        if is_mdfuse && args.iter().any(|a| a == &want) && pid_alive(pid) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+fn signal(pid: i32, sig: i32) {
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe {
+        libc::kill(pid, sig);
+    }
+}
+
+fn umount_lazy(mnt: &Path) {
+    let _ = Command::new("umount").arg("-l").arg(mnt).output();
+}
+
+/// An array mounted by `mdfuse mount` (detached). Dropping it stops it.
+#[derive(Debug)]
+pub struct MountedArray {
+    mnt: PathBuf,
+    log: PathBuf,
+    legs: Legs,
+    /// The daemon's pid, from its "live" line.
+    pid: i32,
+    /// Set once stopped (or killed); Drop then only checks.
+    done: bool,
+    pub mount_stdout: String,
+}
+
+impl MountedArray {
+    /// `mdfuse mount --log LOG EXTRA LEGS MNT`; asserts it went live. The
+    /// log goes beside the mountpoint (`<mnt>.log`).
+    pub fn mount(legs: &Legs, mnt: &Path, extra_args: &[&str]) -> MountedArray {
+        match Self::try_mount(legs, mnt, extra_args) {
+            Ok(m) => m,
+            Err((o, log)) => panic!(
+                "mdfuse mount failed ({}):\nstdout: {}\nstderr: {}\nlog:\n{}",
+                o.status,
+                stdout(&o),
+                stderr(&o),
+                std::fs::read_to_string(log).unwrap_or_default()
+            ),
+        }
+    }
+
+    /// Mounts, or returns the failed command's output and the log path.
+    pub fn try_mount(
+        legs: &Legs,
+        mnt: &Path,
+        extra_args: &[&str],
+    ) -> Result<MountedArray, (Output, PathBuf)> {
+        std::fs::create_dir_all(mnt).expect("cannot create the mountpoint");
+        let log = log_path(mnt);
+        let mut args = vec![
+            "mount".to_string(),
+            "--log".into(),
+            log.display().to_string(),
+        ];
+        args.extend(extra_args.iter().map(|s| s.to_string()));
+        args.extend(legs.strs());
+        args.push(mnt.display().to_string());
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = mdfuse(&refs);
+        if !o.status.success() {
+            // Whatever happened, leave nothing behind.
+            if is_mounted(mnt) {
+                umount_lazy(mnt);
+            }
+            for pid in daemons_for(mnt) {
+                signal(pid, libc::SIGKILL);
+            }
+            return Err((o, log));
+        }
+        let out = stdout(&o);
+        let pid = out
+            .rsplit_once("pid ")
+            .and_then(|(_, p)| p.trim().parse::<i32>().ok())
+            .or_else(|| daemons_for(mnt).first().copied())
+            .unwrap_or_else(|| panic!("no daemon pid in mount output {out:?}"));
+        let m = MountedArray {
+            mnt: mnt.to_owned(),
+            log,
+            legs: legs.clone(),
+            pid,
+            done: false,
+            mount_stdout: out,
+        };
+        assert!(
+            is_mounted(mnt),
+            "mdfuse mount returned but {mnt:?} is not mounted"
+        );
+        Ok(m)
+    }
+
+    pub fn mountpoint(&self) -> &Path {
+        &self.mnt
+    }
+
+    pub fn image(&self) -> PathBuf {
+        self.mnt.join("array.img")
+    }
+
+    pub fn mdstat(&self) -> String {
+        std::fs::read_to_string(self.mnt.join("mdstat")).expect("read mdstat")
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `mdfuse stop MNT`; asserts it succeeded and the daemon is gone.
+    pub fn stop(mut self) {
+        let o = self.stop_command();
+        assert_ok(&format!("mdfuse stop (log:\n{})", self.log()), &o);
+        assert!(
+            wait_pid_gone(self.pid, Duration::from_secs(10)),
+            "daemon {} still runs after mdfuse stop",
+            self.pid
+        );
+        assert!(!is_mounted(&self.mnt), "still mounted after mdfuse stop");
+        self.done = true;
+    }
+
+    /// `mdfuse stop MNT`, retried while the mount is busy (a loop device
+    /// detaching lets go of array.img shortly after losetup -d returns).
+    pub fn stop_when_free(self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let o = mdfuse_with(&["stop"], &[&self.mnt]);
+            if o.status.success() || !stderr(&o).contains("busy") || Instant::now() > deadline {
+                if !o.status.success() {
+                    assert_ok("mdfuse stop", &o);
+                }
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.stop();
+    }
+
+    fn stop_command(&self) -> Output {
+        if !is_mounted(&self.mnt) {
+            // Already unmounted (e.g. by a retry): stop must not be asked again.
+            return Command::new("true").output().expect("true");
+        }
+        mdfuse_with(&["stop", "--timeout", "30"], &[&self.mnt])
+    }
+
+    /// Plain `umount MNT` (umount(8)); waits for the daemon to exit.
+    pub fn umount_plain(mut self) {
+        let o = Command::new("umount")
+            .arg(&self.mnt)
+            .output()
+            .expect("umount");
+        assert_ok("umount", &o);
+        assert!(
+            wait_pid_gone(self.pid, Duration::from_secs(30)),
+            "daemon {} still runs 30 s after umount",
+            self.pid
+        );
+        self.done = true;
+    }
+
+    /// SIGTERM to the daemon; waits for it to exit and the mount to go.
+    pub fn sigterm(mut self) {
+        signal(self.pid, libc::SIGTERM);
+        assert!(
+            wait_pid_gone(self.pid, Duration::from_secs(30)),
+            "daemon {} still runs 30 s after SIGTERM",
+            self.pid
+        );
+        self.done = true;
+        assert!(!is_mounted(&self.mnt), "still mounted after SIGTERM");
+    }
+
+    /// SIGKILL to the daemon (a crash), then detaches the dead mount.
+    pub fn kill9(mut self) {
+        signal(self.pid, libc::SIGKILL);
+        for pid in daemons_for(&self.mnt) {
+            signal(pid, libc::SIGKILL);
+        }
+        assert!(
+            wait_pid_gone(self.pid, Duration::from_secs(10)),
+            "daemon survived SIGKILL"
+        );
+        umount_lazy(&self.mnt);
+        self.done = true;
+    }
+
+    pub fn legs(&self) -> &Legs {
+        &self.legs
+    }
+}
+
+fn log_path(mnt: &Path) -> PathBuf {
+    let name = mnt
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "mnt".into());
+    mnt.with_file_name(format!("{name}.mdfuse.log"))
+}
+
+impl Drop for MountedArray {
+    fn drop(&mut self) {
+        let panicking = std::thread::panicking();
+        if panicking {
+            eprintln!(
+                "---- mdfuse daemon log {} ----\n{}\n---- end of log ----",
+                self.log.display(),
+                self.log()
+            );
+        }
+        if self.done && !is_mounted(&self.mnt) && !pid_alive(self.pid) {
+            return;
+        }
+        if is_mounted(&self.mnt) {
+            let o = mdfuse_with(&["stop", "--timeout", "20"], &[&self.mnt]);
+            if !o.status.success() {
+                eprintln!(
+                    "warning: mdfuse stop {}: {}",
+                    self.mnt.display(),
+                    stderr(&o)
+                );
+                umount_lazy(&self.mnt);
+            }
+        }
+        if !wait_pid_gone(self.pid, Duration::from_secs(20)) {
+            eprintln!("warning: killing mdfuse daemon {}", self.pid);
+            signal(self.pid, libc::SIGKILL);
+            wait_pid_gone(self.pid, Duration::from_secs(5));
+        }
+        for pid in daemons_for(&self.mnt) {
+            signal(pid, libc::SIGKILL);
+        }
+        if is_mounted(&self.mnt) {
+            umount_lazy(&self.mnt);
+        }
+    }
+}
+
+/// `mdfuse mount -f` as a child process (logs to `<mnt>.mdfuse.log`).
+pub struct ForegroundArray {
+    child: Child,
+    mnt: PathBuf,
+    log: PathBuf,
+}
+
+impl ForegroundArray {
+    /// Starts it and waits (up to 20 s) for the mount to appear.
+    pub fn start(legs: &Legs, mnt: &Path, extra_args: &[&str]) -> ForegroundArray {
+        std::fs::create_dir_all(mnt).expect("cannot create the mountpoint");
+        let log = log_path(mnt);
+        let log_file = std::fs::File::create(&log).expect("log file");
+        let mut cmd = Command::new(bin());
+        cmd.arg("mount")
+            .arg("-f")
+            .args(extra_args)
+            .args(&legs.paths)
+            .arg(mnt)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log_file.try_clone().expect("log fd")))
+            .stderr(Stdio::from(log_file));
+        let child = cmd.spawn().expect("spawn mdfuse mount -f");
+        let mut fg = ForegroundArray {
+            child,
+            mnt: mnt.to_owned(),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !is_mounted(mnt) {
+            if let Ok(Some(status)) = fg.child.try_wait() {
+                panic!(
+                    "mdfuse mount -f exited ({status}) before mounting:\n{}",
+                    std::fs::read_to_string(&fg.log).unwrap_or_default()
+                );
+            }
+            assert!(Instant::now() < deadline, "mount did not appear in 20 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        fg
+    }
+
+    pub fn image(&self) -> PathBuf {
+        self.mnt.join("array.img")
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// SIGTERM, then waits; returns the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        signal(self.pid(), libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "mdfuse -f still runs 30 s after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for ForegroundArray {
+    fn drop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            if is_mounted(&self.mnt) {
+                umount_lazy(&self.mnt);
+            }
+            return;
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "---- mdfuse -f log ----\n{}\n---- end ----",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+        }
+        signal(self.pid(), libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if is_mounted(&self.mnt) {
+            umount_lazy(&self.mnt);
+        }
+    }
+}
+
+/// A 4 KiB-aligned buffer for O_DIRECT.
+pub struct AlignedVec {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl AlignedVec {
+    pub fn zeroed(len: usize) -> AlignedVec {
+        let layout = std::alloc::Layout::from_size_align(len.max(4096), 4096).expect("layout");
+        // SAFETY: layout has non-zero size.
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        assert!(!ptr.is_null(), "allocation failed");
+        AlignedVec { ptr, len }
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: ptr holds len initialised bytes.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as above, uniquely borrowed.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+}
+
+impl Drop for AlignedVec {
+    fn drop(&mut self) {
+        let layout = std::alloc::Layout::from_size_align(self.len.max(4096), 4096).expect("layout");
+        // SAFETY: allocated with this layout.
+        unsafe { std::alloc::dealloc(self.ptr, layout) }
+    }
+}
+
+/// Opens `path` with O_DIRECT (read-write).
+pub fn open_direct(path: &Path, write: bool) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(write)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .unwrap_or_else(|e| panic!("open {} O_DIRECT: {e}", path.display()))
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            let v = self.next().to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+    }
+
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        let mut v = vec![0u8; n];
+        self.fill(&mut v);
+        v
+    }
+}
+
+/// The fixtures made by Linux md.
+pub fn fixture_dir(name: &str) -> PathBuf {
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/fixtures/kernel-md"
+    ))
+    .join(name)
+}
+
+/// Decompresses fixture `name`'s legs into `dir` (writable copies).
+pub fn fixture_legs(name: &str, dir: &Path) -> Legs {
+    let src = fixture_dir(name);
+    let mut paths = Vec::new();
+    for leg in ["leg0.img", "leg1.img"] {
+        let out = dir.join(leg);
+        let o = Command::new("zstd")
+            .args(["-d", "-q", "-f", "-o"])
+            .arg(&out)
+            .arg(src.join(format!("{leg}.zst")))
+            .output()
+            .expect("cannot run zstd");
+        assert_ok("zstd -d", &o);
+        paths.push(out);
+    }
+    Legs { paths }
+}
+
+/// The md0 hash from a fixture's MANIFEST ("md0 as read by the guest kernel").
+pub fn fixture_md0_sha256(name: &str) -> String {
+    let manifest = std::fs::read_to_string(fixture_dir(name).join("MANIFEST")).expect("MANIFEST");
+    manifest
+        .lines()
+        .find(|l| l.starts_with("md0 as read by the guest kernel"))
+        .and_then(|l| l.rsplit(':').next())
+        .map(|h| h.trim().to_string())
+        .filter(|h| h.len() == 64)
+        .expect("md0 sha256 in MANIFEST")
+}
+
+/// A loop device over `file`, writable. A loop device keeps a read-only
+/// flag set by `blockdev --setro` across detach and re-attach, so a device
+/// another test left read-only would otherwise refuse writes (EPERM); this
+/// one is ours now, so it is made writable.
+pub fn attach_loop_rw(file: &Path) -> super::loopdev::LoopDevice {
+    let lo = super::loopdev::LoopDevice::attach(file).expect("losetup");
+    let dev = lo.path().display().to_string();
+    let ro = super::loopdev::run("blockdev", &["--getro", &dev]).expect("blockdev --getro");
+    if ro.trim() != "0" {
+        eprintln!(
+            "note: {dev} was left read-only (blockdev --setro) by someone; making it writable"
+        );
+        super::loopdev::run("blockdev", &["--setrw", &dev]).expect("blockdev --setrw");
+    }
+    lo
+}
