@@ -103,10 +103,20 @@ pub fn serve<A: ServedArray>(
         .map_err(ServeError::Signals)?;
     log::info!("serving at {}", mountpoint.display());
     on_live();
-    let result = session.run().map_err(|source| ServeError::Session {
-        path: mountpoint.clone(),
-        source,
-    });
+    let result = match session.run() {
+        // The kernel ends a detached (lazily unmounted) connection this way.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ECONNABORTED | libc::ENODEV)) => {
+            log::info!(
+                "the FUSE connection at {} ended ({e})",
+                mountpoint.display()
+            );
+            Ok(())
+        }
+        other => other.map_err(|source| ServeError::Session {
+            path: mountpoint.clone(),
+            source,
+        }),
+    };
     signal_handle.close();
     let _ = signal_thread.join();
     result

@@ -346,8 +346,6 @@ fn create_with_one_leg_is_refused() {
 }
 
 #[test]
-#[ignore = "bug: the same leg given twice is reported as 'in use by another mdfuse' \
-            (create.rs opens and flocks each leg before its SameLeg check; assemble has no such check)"]
 fn the_same_leg_twice_is_named_as_such() {
     if !needs_root("the_same_leg_twice_is_named_as_such") {
         return;
@@ -417,9 +415,6 @@ fn detached_mount_with_relative_paths() {
 /// An option's value is not a path, even when a file of that name exists
 /// in the current directory.
 #[test]
-#[ignore = "bug: detached mount absolutizes every argument that names an existing file, \
-            option values included (src/cli/mod.rs mount_detached, cwd_args): \
-            `--threads 4` with a file ./4 becomes `--threads /cwd/4` and the daemon fails to parse it"]
 fn detached_mount_option_value_named_like_a_file() {
     if !needs_root("detached_mount_option_value_named_like_a_file") {
         return;
@@ -471,9 +466,6 @@ fn create_with_bad_size_or_name_is_refused() {
 }
 
 #[test]
-#[ignore = "bug: `create --size 1` (less than one 4 KiB block) says the size 'does not fit' the leg \
-            (src/array/create.rs: wanted == 0 reuses ArrayError::SizeTooLarge); it should say the \
-            size is below the 4 KiB minimum"]
 fn create_with_a_tiny_size_says_too_small() {
     if !needs_root("create_with_a_tiny_size_says_too_small") {
         return;

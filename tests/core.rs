@@ -683,9 +683,6 @@ fn harness_cleans_up_after_a_panicking_test() {
 /// A write at exactly the end of array.img fails like one at the end of a
 /// block device (ENOSPC), not with EIO; one past the end likewise.
 #[test]
-#[ignore = "bug: a write starting exactly at the end of array.img gets EIO, not ENOSPC \
-            (src/raid1/engine.rs clamp() returns Ok(0) for offset == size, and FUSE turns a \
-            0-byte write reply into EIO)"]
 fn write_at_the_end_is_enospc() {
     if !needs_root("write_at_the_end_is_enospc") {
         return;
@@ -721,9 +718,6 @@ fn write_at_the_end_is_enospc() {
 /// buffered write through the loop device, `sync`, SIGTERM, `losetup -d`),
 /// never yet in this test; kept ignored so the suite stays green.
 #[test]
-#[ignore = "bug: after a lazy detach the FUSE session sometimes ends with ECONNABORTED; \
-            src/serve.rs serve() returns it as ServeError::Session, so mount exits 1 and logs \
-            an error although the stop was clean"]
 fn sigterm_while_busy_stops_cleanly_when_released() {
     if !needs_root("sigterm_while_busy_stops_cleanly_when_released") {
         return;
@@ -924,9 +918,6 @@ fn stop_waits_for_the_daemon() {
 /// `mdfuse stop` waits even when the first leg given to `mount` was left
 /// out of the array (stale).
 #[test]
-#[ignore = "bug: mdfuse stop waits on the lock of the first leg given to mount (src/cli/mod.rs \
-            cmd_stop, via the mount source); a stale leg left out of the array is not locked, \
-            so stop returns before the array has stopped"]
 fn stop_waits_even_when_the_first_leg_was_left_out() {
     if !needs_root("stop_waits_even_when_the_first_leg_was_left_out") {
         return;

@@ -68,6 +68,7 @@ pub fn assemble(paths: &[PathBuf], opts: &AssembleOptions) -> Result<Assembly, A
     if paths.is_empty() {
         return Err(ArrayError::TooFewLegs(0));
     }
+    super::create::check_distinct(paths)?;
     let mut found: Vec<(PathBuf, Leg, Superblock)> = Vec::new();
     for p in paths {
         let leg = Leg::open(p, opts.io_mode, !opts.read_only, true)?;

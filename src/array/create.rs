@@ -45,6 +45,31 @@ pub(super) fn random_uuid() -> Result<[u8; 16], ArrayError> {
     Ok(b)
 }
 
+/// Refuses the same leg given twice (the same file, or the same device
+/// under two names), before anything is opened or locked.
+pub fn check_distinct(paths: &[PathBuf]) -> Result<(), ArrayError> {
+    let mut seen: Vec<((u64, u64, u64), &PathBuf)> = Vec::new();
+    for p in paths {
+        let m = std::fs::metadata(p).map_err(|source| crate::io::leg::LegError::Open {
+            path: p.clone(),
+            source,
+            hint: " (check the path; a leg must exist: create a file with `truncate -s SIZE FILE`)",
+        })?;
+        let id = (m.dev(), m.ino(), m.rdev());
+        if let Some((_, prev)) = seen
+            .iter()
+            .find(|(other, _)| (other.0, other.1) == (id.0, id.1) || (id.2 != 0 && other.2 == id.2))
+        {
+            return Err(ArrayError::SameLeg {
+                a: (*prev).clone(),
+                b: p.clone(),
+            });
+        }
+        seen.push((id, p));
+    }
+    Ok(())
+}
+
 /// Refuses a leg holding an md superblock or a known signature, unless forced.
 pub(super) fn check_blank(leg: &Leg, force: bool) -> Result<(), ArrayError> {
     if force {
@@ -82,26 +107,10 @@ pub fn create(paths: &[PathBuf], opts: &CreateOptions) -> Result<Created, ArrayE
             max: MAX_LEGS,
         });
     }
+    check_distinct(paths)?;
     let mut legs = Vec::with_capacity(paths.len());
-    let mut ids: Vec<(u64, u64, u64, PathBuf)> = Vec::new();
     for p in paths {
         let leg = Leg::open(p, IoMode::Direct, true, true)?;
-        let m = std::fs::metadata(p).map_err(|source| crate::io::leg::LegError::Open {
-            path: p.clone(),
-            source,
-            hint: "",
-        })?;
-        let id = (m.dev(), m.ino(), m.rdev());
-        if let Some(prev) = ids
-            .iter()
-            .find(|(d, i, r, _)| (*d, *i) == (id.0, id.1) || (id.2 != 0 && *r == id.2))
-        {
-            return Err(ArrayError::SameLeg {
-                a: prev.3.clone(),
-                b: p.clone(),
-            });
-        }
-        ids.push((id.0, id.1, id.2, p.clone()));
         let sectors = leg.size() / 512;
         if sectors < min_leg_sectors() {
             return Err(ArrayError::Geometry {
@@ -129,7 +138,10 @@ pub fn create(paths: &[PathBuf], opts: &CreateOptions) -> Result<Created, ArrayE
         Some(bytes) => {
             // Whole 4 KiB blocks, so direct I/O reaches the array's end.
             let wanted = bytes / 4096 * 8;
-            if wanted > available || wanted == 0 {
+            if wanted == 0 {
+                return Err(ArrayError::SizeTooSmall { size: bytes });
+            }
+            if wanted > available {
                 return Err(ArrayError::SizeTooLarge {
                     path: smallest.path().to_owned(),
                     size: bytes,

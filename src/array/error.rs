@@ -14,8 +14,10 @@ pub enum ArrayError {
     TooFewLegs(usize),
     #[error("at most {max} legs are supported, {given} given")]
     TooManyLegs { given: usize, max: usize },
-    #[error("{a} and {b} are the same leg")]
+    #[error("{a} and {b} are the same leg; give each leg once", a = .a.display(), b = .b.display())]
     SameLeg { a: PathBuf, b: PathBuf },
+    #[error("--size {size} bytes is below the smallest array, one 4 KiB block (4096 bytes)")]
+    SizeTooSmall { size: u64 },
     #[error("leg {path}: no valid md superblock: {source} (`mdfuse examine {path}` shows what it holds)", path = .path.display())]
     BadSuperblock {
         path: PathBuf,

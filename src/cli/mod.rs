@@ -288,7 +288,9 @@ fn split_mount_paths(m: &MountArgs) -> Result<(Vec<PathBuf>, PathBuf), String> {
     Ok((legs.to_vec(), mountpoint.clone()))
 }
 
-fn default_log_path(mountpoint: &Path) -> PathBuf {
+/// Where the daemon of `mountpoint` keeps its `ext` file (log, pid):
+/// /run/mdfuse/<mountpoint with / as _>.<ext>.
+fn run_file(mountpoint: &Path, ext: &str) -> PathBuf {
     let abs = mountpoint
         .canonicalize()
         .unwrap_or_else(|_| mountpoint.to_owned());
@@ -298,7 +300,94 @@ fn default_log_path(mountpoint: &Path) -> PathBuf {
         .chars()
         .map(|c| if c == '/' { '_' } else { c })
         .collect();
-    PathBuf::from("/run/mdfuse").join(format!("{name}.log"))
+    PathBuf::from("/run/mdfuse").join(format!("{name}.{ext}"))
+}
+
+fn absolute(p: &Path) -> String {
+    std::path::absolute(p)
+        .unwrap_or_else(|_| p.to_owned())
+        .display()
+        .to_string()
+}
+
+impl MountArgs {
+    /// The arguments of the same mount in the foreground, paths absolute.
+    fn foreground_args(&self, log: &Path) -> Vec<String> {
+        let mut a: Vec<String> = vec!["mount".into(), "--foreground".into()];
+        let flags = [
+            (self.ro, "--ro"),
+            (self.allow_other, "--allow-other"),
+            (self.buffered, "--buffered"),
+            (self.run, "--run"),
+            (self.bitmap_file_io, "--bitmap-file-io"),
+        ];
+        a.extend(flags.iter().filter(|f| f.0).map(|f| f.1.to_string()));
+        a.push(format!("--threads={}", self.threads));
+        a.push(format!("--log={}", log.display()));
+        if let Some(b) = &self.bitmap {
+            a.push(format!("--bitmap={}", absolute(b)));
+        }
+        if let Some(d) = self.delay {
+            a.push(format!("--delay={d}"));
+        }
+        a.push("--".into());
+        a.extend(self.paths.iter().map(|p| absolute(p)));
+        a
+    }
+}
+
+/// The daemon's pid file: written once the mount is live, removed at exit,
+/// so `mdfuse stop` can wait for the daemon itself.
+struct PidFile(Option<PathBuf>);
+
+impl PidFile {
+    fn create(mountpoint: &Path) -> PidFile {
+        let path = run_file(mountpoint, "pid");
+        let written = path
+            .parent()
+            .map(std::fs::create_dir_all)
+            .unwrap_or(Ok(()))
+            .and_then(|()| std::fs::write(&path, format!("{}\n", std::process::id())));
+        match written {
+            Ok(()) => PidFile(Some(path)),
+            Err(e) => {
+                log::debug!("no pid file {}: {e}", path.display());
+                PidFile(None)
+            }
+        }
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        if let Some(p) = &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// The live daemon serving `mountpoint`, from its pid file (checked against
+/// the process's command line, so a reused pid is not taken for it).
+fn daemon_pid(mountpoint: &Path) -> Option<u32> {
+    let pid: u32 = std::fs::read_to_string(run_file(mountpoint, "pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let mnt = absolute(mountpoint);
+    let ours = cmdline.split(|&b| b == 0).any(|arg| arg == mnt.as_bytes());
+    ours.then_some(pid)
+}
+
+/// A process that has exited (gone, or a zombie not yet reaped).
+fn process_gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+    }
 }
 
 fn mount_detached(m: &MountArgs) -> i32 {
@@ -312,25 +401,11 @@ fn mount_detached(m: &MountArgs) -> i32 {
     let log = m
         .log
         .clone()
-        .unwrap_or_else(|| default_log_path(&mountpoint));
+        .unwrap_or_else(|| run_file(&mountpoint, "log"));
     let log = std::path::absolute(&log).unwrap_or(log);
-    // The child runs the same command in the foreground.
-    let mut args: Vec<String> = std::env::args().skip(1).collect();
-    let pos = args.iter().position(|a| a == "mount").unwrap_or(0);
-    args.insert(pos + 1, "--foreground".into());
-    let cwd_args: Vec<String> = args
-        .into_iter()
-        .map(|a| {
-            let p = Path::new(&a);
-            if !a.starts_with('-') && p.exists() {
-                std::path::absolute(p)
-                    .map(|p| p.to_string_lossy().into_owned())
-                    .unwrap_or(a)
-            } else {
-                a
-            }
-        })
-        .collect();
+    // The child runs the same mount in the foreground, from the parsed
+    // options (paths made absolute: the child may run elsewhere).
+    let cwd_args = m.foreground_args(&log);
     println!("mdfuse: log: {}", log.display());
     detach::spawn_and_wait(&cwd_args, &log)
 }
@@ -397,6 +472,7 @@ pub fn mount_foreground(m: &MountArgs, ready: &mut detach::Ready) -> Result<(), 
                 .display()
         ),
     };
+    let mut pid_file = None;
     let served = serve::serve(array.clone(), &opts, || {
         let msg = format!(
             "mdfuse: array {name} ({uuid}) is live at {}: raid1 [{raid_disks}/{members}], image {}, pid {}",
@@ -405,9 +481,13 @@ pub fn mount_foreground(m: &MountArgs, ready: &mut detach::Ready) -> Result<(), 
             std::process::id()
         );
         log::info!("{msg}");
+        pid_file = Some(PidFile::create(&mountpoint));
         ready.live(&msg);
     });
     let stopped = array.stop();
+    // Close the legs before the pid file goes: `stop` waits for that.
+    drop(array);
+    drop(pid_file);
     served.map_err(|e| e.to_string())?;
     stopped.map_err(|e| e.to_string())
 }
@@ -439,6 +519,7 @@ fn unescape_mount_field(s: &str) -> String {
 fn cmd_stop(mountpoint: &Path, timeout_s: u64) -> Result<(), String> {
     let source = mdfuse_mount_source(mountpoint)
         .ok_or_else(|| format!("{}: no mdfuse array is mounted there", mountpoint.display()))?;
+    let pid = daemon_pid(mountpoint);
     let c = std::ffi::CString::new(mountpoint.as_os_str().as_encoded_bytes())
         .map_err(|e| e.to_string())?;
     // SAFETY: c is a valid C string.
@@ -453,23 +534,24 @@ fn cmd_stop(mountpoint: &Path, timeout_s: u64) -> Result<(), String> {
             format!("cannot unmount {}: {err}", mountpoint.display())
         });
     }
-    // The daemon holds its legs locked until its clean stop is written.
+    // Wait for the daemon itself (its clean stop is written before it
+    // exits); without a pid file, for the lock on its first leg.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(timeout_s);
-    loop {
-        match Leg::open(Path::new(&source), IoMode::Buffered, false, true) {
-            Ok(_) => return Ok(()),
+    let stopped = || match pid {
+        Some(pid) => process_gone(pid),
+        None => !matches!(
+            Leg::open(Path::new(&source), IoMode::Buffered, false, true),
             Err(mdfuse::io::leg::LegError::InUse { .. })
-                if std::time::Instant::now() < deadline =>
-            {
-                std::thread::sleep(std::time::Duration::from_millis(50));
-            }
-            Err(mdfuse::io::leg::LegError::InUse { .. }) => {
-                return Err(format!(
-                    "unmounted {}, but the array has not stopped within {timeout_s} s",
-                    mountpoint.display()
-                ))
-            }
-            Err(_) => return Ok(()),
+        ),
+    };
+    while !stopped() {
+        if std::time::Instant::now() >= deadline {
+            return Err(format!(
+                "unmounted {}, but the array has not stopped within {timeout_s} s",
+                mountpoint.display()
+            ));
         }
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
+    Ok(())
 }

@@ -459,16 +459,21 @@ impl Raid1 {
         (start, end)
     }
 
-    fn clamp(&self, offset: u64, len: u64) -> Result<u64, EngineError> {
+    /// Cuts a request at the array's end. A read at or past the end reads
+    /// nothing (end of file); a write there fails with ENOSPC, as on a disk.
+    fn clamp(&self, offset: u64, len: u64, writing: bool) -> Result<u64, EngineError> {
+        if len == 0 {
+            return Ok(0);
+        }
         if offset >= self.array_size {
-            return if len == 0 || offset == self.array_size {
-                Ok(0)
-            } else {
+            return if writing {
                 Err(EngineError::OutOfRange {
                     offset,
                     len,
                     size: self.array_size,
                 })
+            } else {
+                Ok(0)
             };
         }
         Ok(len.min(self.array_size - offset))
@@ -510,7 +515,7 @@ impl Raid1 {
         len: u64,
         f: impl FnOnce(&[u8]) -> R,
     ) -> Result<R, EngineError> {
-        let len = self.clamp(offset, len)?;
+        let len = self.clamp(offset, len, false)?;
         if len == 0 {
             return Ok(f(&[]));
         }
@@ -566,7 +571,7 @@ impl Raid1 {
     /// Writes `data` at `offset`; returns the bytes written (short only at
     /// the array's end). Returns once every in-sync leg has the data.
     pub fn write(&self, offset: u64, data: &[u8]) -> Result<usize, EngineError> {
-        let len = self.clamp(offset, data.len() as u64)?;
+        let len = self.clamp(offset, data.len() as u64, true)?;
         if len == 0 {
             return Ok(0);
         }
