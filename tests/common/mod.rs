@@ -1,1 +1,2 @@
+pub mod bitmap;
 pub mod loopdev;
