@@ -282,13 +282,51 @@ fn crash_mid_stream_keeps_bits_before_data() {
     if !needs_root("crash_mid_stream_keeps_bits_before_data") {
         return;
     }
+    crash_stream(ScratchFs::ext4(4096).unwrap(), 32 * MIB, 64 * 1024, false);
+}
+
+/// The same on a fragmented 4-page bitmap (1 KiB blocks, 512-byte chunks):
+/// every page flush goes to several separate device runs.
+#[test]
+fn crash_mid_stream_fragmented_multipage_bitmap() {
+    if !needs_root("crash_mid_stream_fragmented_multipage_bitmap") {
+        return;
+    }
+    crash_stream(ScratchFs::ext4(1024).unwrap(), 64 * MIB, 512, true);
+}
+
+/// A fresh array and bitmap (fragmented when asked: staged, then rewritten
+/// in interleaved 1 KiB pieces).
+fn fresh_array(
+    legs: &Legs,
+    fs: &ScratchFs,
+    bitmap: &Path,
+    chunk: u64,
+    fragment: bool,
+    n: u32,
+) -> Created {
+    let chunk_arg = chunk.to_string();
+    if fragment {
+        let staged = legs.dir.path().join("staged.bitmap");
+        let c = create_array(legs, Some(&staged), &["--bitmap-chunk", &chunk_arg]);
+        write_fragmented(&staged, bitmap, &fs.path(&format!("filler{n}")));
+        assert!(extents(bitmap).len() >= 3);
+        c
+    } else {
+        create_array(legs, Some(bitmap), &["--bitmap-chunk", &chunk_arg])
+    }
+}
+
+fn crash_stream(fs: ScratchFs, leg_size: u64, chunk: u64, fragment: bool) {
     let t0 = Instant::now();
-    let fs = ScratchFs::ext4(4096).unwrap();
-    let legs = Legs::new(32 * MIB);
+    let legs = Legs::new(leg_size);
     let bitmap = fs.path("md.bitmap");
-    let created = create_array(&legs, Some(&bitmap), &["--bitmap-chunk", "64K"]);
-    let chunk = 64 * 1024u64;
-    let nchunks = created.array_bytes.div_ceil(chunk);
+    let created = fresh_array(&legs, &fs, &bitmap, chunk, fragment, 0);
+    let file_len = std::fs::metadata(&bitmap).unwrap().len();
+    // Writes are 4 KiB at multiples of `stride` (chunk-aligned).
+    let stride = chunk.max(4096);
+    let slots = created.array_bytes / stride;
+    let piece = chunk.min(4096) as usize;
     let data_offset = created.data_offset_sectors * 512;
     let mut rng = Rng::seeded();
     let mnt = legs.mountpoint("mnt");
@@ -313,12 +351,11 @@ fn crash_mid_stream_keeps_bits_before_data() {
                 let mut rng = Rng::from_seed(rng.next());
                 let tag0 = tag_base + (w << 32);
                 std::thread::spawn(move || {
-                    // Writer w owns the chunks ≡ w (mod 2), so the last
+                    // Writer w owns the slots ≡ w (mod 2), so the last
                     // acknowledged write of each offset is well defined.
                     let mut tag = tag0;
                     while !stop.load(Ordering::Relaxed) {
-                        let c = rng.below(nchunks / 2) * 2 + w;
-                        let off = c * chunk;
+                        let off = (rng.below(slots / 2) * 2 + w) * stride;
                         tag += 1;
                         in_flight.lock().unwrap().insert(w, (off, tag));
                         if write_direct(&image, off, &pattern(off, tag)).is_err() {
@@ -340,7 +377,11 @@ fn crash_mid_stream_keeps_bits_before_data() {
 
         assert!(!is_mounted(&mnt));
         assert!(is_immutable(&bitmap), "a killed daemon leaves the flag");
-        let bits = read_direct(&bitmap, 0, 4096).unwrap();
+        let bits = read_direct(&bitmap, 0, file_len as usize).unwrap();
+        assert!(
+            bits == read_via_device(&bitmap, fs.device(), file_len),
+            "the bitmap read through the fs and from the device differ"
+        );
         let dirty: BTreeSet<u64> = dirty_in_image(&bits).into_iter().collect();
         let mut last: BTreeMap<u64, u64> = BTreeMap::new();
         let acked = acked.lock().unwrap();
@@ -360,29 +401,37 @@ fn crash_mid_stream_keeps_bits_before_data() {
             );
             v
         };
+        // Per chunk of each write: its bit is set, or both legs hold it.
         let (mut by_bit, mut by_data) = (0, 0);
         for (&off, &tag) in &last {
-            if dirty.contains(&(off / chunk)) {
-                by_bit += 1;
-                continue;
-            }
             let want = allowed(off, tag);
-            let on_leg0 = leg_bytes(&legs.paths[0], data_offset, off, 4096);
-            for leg in &legs.paths {
-                let got = leg_bytes(leg, data_offset, off, 4096);
-                assert!(
-                    want.contains(&got) && got == on_leg0,
-                    "iteration {iteration}: acknowledged write at {off} (chunk {}) is not on {} \
-                     and its bit is clear on disk",
-                    off / chunk,
-                    leg.display()
-                );
+            let on_legs: Vec<Vec<u8>> = legs
+                .paths
+                .iter()
+                .map(|leg| leg_bytes(leg, data_offset, off, 4096))
+                .collect();
+            for start in (0..4096).step_by(piece) {
+                let c = (off + start as u64) / chunk;
+                if dirty.contains(&c) {
+                    by_bit += 1;
+                    continue;
+                }
+                let r = start..start + piece;
+                let held = &on_legs[0][r.clone()];
+                for (i, got) in on_legs.iter().enumerate() {
+                    assert!(
+                        want.iter().any(|w| w[r.clone()] == got[r.clone()])
+                            && got[r.clone()] == *held,
+                        "iteration {iteration}: acknowledged write at {off} (chunk {c}) is not on \
+                         leg{i} and its bit is clear on disk"
+                    );
+                }
+                by_data += 1;
             }
-            by_data += 1;
         }
         eprintln!(
-            "crash {iteration}: {} writes acknowledged ({} offsets): {by_bit} covered by a set bit, \
-             {by_data} on both legs; {} bits set",
+            "crash {iteration}: {} writes acknowledged ({} offsets); chunks written: {by_bit} \
+             with their bit set, {by_data} clear and on both legs; {} bits set",
             acked.len(),
             last.len(),
             dirty.len()
@@ -406,7 +455,7 @@ fn crash_mid_stream_keeps_bits_before_data() {
         );
         // A fresh array and bitmap, so the next kill starts from clear bits
         // (the chunks dirty from this crash stay set until a resync).
-        create_array(&legs, Some(&bitmap), &["--bitmap-chunk", "64K"]);
+        fresh_array(&legs, &fs, &bitmap, chunk, fragment, iteration + 1);
     }
     eprintln!("crash test: {:?}", t0.elapsed());
 }
