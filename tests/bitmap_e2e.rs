@@ -136,6 +136,14 @@ fn bitmap_roundtrip(fs: ScratchFs, case: Case) {
     assert_eq!(dirty_in_image(&through_fs), want, "O_DIRECT read via fs");
     assert_eq!(dirty_in_image(&via_device), want, "raw read via device");
     assert_eq!(through_fs, via_device);
+    // The header follows the array's events (md_bitmap_update_sb).
+    let leg_examined = mdfuse(&["examine", s(&legs.paths[0])]);
+    assert_eq!(
+        field(&text, "Events"),
+        field(&leg_examined.stdout, "Events"),
+        "bitmap vs leg events while active:\n{text}\n{}",
+        leg_examined.stdout
+    );
     assert_eq!(
         dirty_count(&mdadm_active),
         dirty_count(&text),
@@ -929,4 +937,72 @@ fn read_only_filesystem_message_names_the_real_cause() {
         !text.contains("CAP_LINUX_IMMUTABLE"),
         "misleading hint: {text}"
     );
+}
+
+/// Linux md's degraded array with dirty bits: it mounts (--run) with its
+/// bitmap file, serves what md served, keeps md's dirty bits, and a chunk
+/// written while degraded stays dirty past its delay and the stop.
+#[test]
+fn kernel_fixture_b_degraded_keeps_its_dirty_bits() {
+    if !needs_root("kernel_fixture_b_degraded_keeps_its_dirty_bits") {
+        return;
+    }
+    let set = Path::new(FIXTURES).join("b-degraded-dirty");
+    if !set.exists() {
+        eprintln!("SKIPPED: no fixtures at {FIXTURES}");
+        return;
+    }
+    let manifest = std::fs::read_to_string(set.join("MANIFEST")).unwrap();
+    let want_sha = manifest
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("md0 as read by the guest kernel (sha256sum /dev/md0, while running):")
+        })
+        .expect("md0 sha line")
+        .trim()
+        .to_string();
+    let md_dirty = parse_ranges(
+        manifest
+            .lines()
+            .find_map(|l| l.strip_prefix("set in md0.bitmap (bit i of byte 256+i/8):"))
+            .expect("set in md0.bitmap line"),
+    );
+    let fs = ScratchFs::ext4(4096).unwrap();
+    let legs = Legs::new(0);
+    for (i, leg) in legs.paths.iter().enumerate() {
+        unzstd(&set.join(format!("leg{i}.img.zst")), leg);
+    }
+    let bitmap = fs.path("md0.bitmap");
+    unzstd(&set.join("md0.bitmap.zst"), &bitmap);
+    let mnt = legs.mountpoint("mnt");
+    let array = mount_array(
+        &legs.strs(),
+        &mnt,
+        &["--run", "--bitmap", s(&bitmap), "--delay", "0.3"],
+    )
+    .unwrap_or_else(|o| panic!("fixture mount failed: {}", o.text()));
+    let mdstat = array.mdstat();
+    assert!(mdstat.contains("[2/1] [U_]"), "{mdstat}");
+    let sum = run("sha256sum", &[s(&array.image())]).unwrap();
+    assert_eq!(sum.split_whitespace().next(), Some(want_sha.as_str()));
+    assert_eq!(examine_bitmap(&bitmap).1, md_dirty);
+    write_direct(&array.image(), 200 * 65536, &pattern(200, 1)).unwrap();
+    let mut want: Vec<u64> = md_dirty.clone();
+    want.push(200);
+    want.sort();
+    assert_eq!(examine_bitmap(&bitmap).1, want);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        examine_bitmap(&bitmap).1,
+        want,
+        "a degraded array cleared a bit"
+    );
+    array.stop();
+    let (text, dirty) = examine_bitmap(&bitmap);
+    assert_eq!(dirty, want, "{text}");
+    let x = run("mdadm", &["-X", s(&bitmap)]).unwrap();
+    let e = run("mdadm", &["-E", s(&legs.paths[0])]).unwrap();
+    assert_eq!(dirty_count(&x), want.len() as u64, "{x}");
+    assert_eq!(field(&x, "Events"), field(&e, "Events"), "{x}\n{e}");
+    assert!(!is_immutable(&bitmap));
 }
