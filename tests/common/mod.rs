@@ -1,2 +1,3 @@
+pub mod bitmap;
 pub mod loopdev;
 pub mod mdfuse;

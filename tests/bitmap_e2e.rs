@@ -1,0 +1,1008 @@
+//! The write-intent bitmap end to end, through the real `mdfuse` binary, on
+//! real loop-backed filesystems, checked with real `mdadm`: the bits on disk
+//! while writes run (read three ways: `mdfuse examine-bitmap`, O_DIRECT
+//! through the filesystem, and raw from the device at the FIEMAP address),
+//! clearing, protection (immutable flag, untouched mtime), crash ordering
+//! (SIGKILL mid-stream), refusals, and Linux md's own fixtures.
+
+mod common;
+
+use common::bitmap::*;
+use common::loopdev::{needs_root, run, LoopDevice, Mkfs, MountedFs, ScratchFs};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const MIB: u64 = 1 << 20;
+
+/// One write through array.img.
+#[derive(Clone, Copy)]
+enum How {
+    Direct,
+    BufferedFsync,
+}
+
+struct Case {
+    leg_size: u64,
+    bitmap_chunk: u64,
+    /// Rewrite the bitmap file in 1 KiB pieces interleaved with another file.
+    fragment: bool,
+    /// (array offset, length, how)
+    writes: Vec<(u64, u64, How)>,
+}
+
+fn expected_chunks(case: &Case) -> Vec<u64> {
+    let mut set = BTreeSet::new();
+    for &(off, len, _) in &case.writes {
+        set.extend(off / case.bitmap_chunk..=(off + len - 1) / case.bitmap_chunk);
+    }
+    set.into_iter().collect()
+}
+
+/// Copies `src` to `dest` in 1 KiB pieces, each followed by a 1 KiB piece of
+/// a filler file, both synced, so the filesystem interleaves their blocks.
+fn write_fragmented(src: &Path, dest: &Path, filler: &Path) {
+    let data = std::fs::read(src).expect("read bitmap");
+    let mut out = std::fs::File::create(dest).expect("create fragmented bitmap");
+    let mut fill = std::fs::File::create(filler).expect("create filler");
+    for piece in data.chunks(1024) {
+        out.write_all(piece).unwrap();
+        out.sync_all().unwrap();
+        fill.write_all(&[0xa5; 1024]).unwrap();
+        fill.sync_all().unwrap();
+    }
+}
+
+fn leg_bytes(leg: &Path, data_offset: u64, off: u64, len: usize) -> Vec<u8> {
+    read_direct(leg, data_offset + off, len).expect("read leg")
+}
+
+fn bitmap_roundtrip(fs: ScratchFs, case: Case) {
+    let t0 = Instant::now();
+    let legs = Legs::new(case.leg_size);
+    let chunk_arg = case.bitmap_chunk.to_string();
+    let bitmap = fs.path("md.bitmap");
+    let created = if case.fragment {
+        let staged = legs.dir.path().join("staged.bitmap");
+        let c = create_array(&legs, Some(&staged), &["--bitmap-chunk", &chunk_arg]);
+        write_fragmented(&staged, &bitmap, &fs.path("filler"));
+        assert_eq!(
+            std::fs::read(&staged).unwrap(),
+            std::fs::read(&bitmap).unwrap()
+        );
+        c
+    } else {
+        create_array(&legs, Some(&bitmap), &["--bitmap-chunk", &chunk_arg])
+    };
+    let file_len = std::fs::metadata(&bitmap).unwrap().len();
+    let exts = extents(&bitmap);
+    eprintln!(
+        "bitmap file {} bytes ({} page(s)), extents (logical, physical, len bytes): {:?}",
+        file_len,
+        file_len.div_ceil(4096),
+        exts.iter()
+            .map(|e| (e.logical, e.physical, e.len))
+            .collect::<Vec<_>>()
+    );
+    if case.fragment {
+        assert!(file_len > 3 * 4096, "the bitmap must span several pages");
+        assert!(exts.len() >= 3, "not fragmented enough: {exts:?}");
+        // Some 4 KiB page of the file maps to non-contiguous device blocks.
+        let split_page = (0..file_len.div_ceil(4096)).any(|p| {
+            exts.iter()
+                .any(|e| e.logical > p * 4096 && e.logical < (p + 1) * 4096)
+        });
+        assert!(split_page, "no page is split across extents: {exts:?}");
+    }
+    let mtime_before = mtime(&bitmap);
+    let head_before = read_direct(&bitmap, 0, file_len as usize).unwrap();
+    assert!(dirty_in_image(&head_before).is_empty());
+
+    let mnt = legs.mountpoint("mnt");
+    let array = mount_array(
+        &legs.strs(),
+        &mnt,
+        &["--bitmap", s(&bitmap), "--delay", "1"],
+    )
+    .unwrap_or_else(|o| panic!("mount failed: {}", o.text()));
+    assert!(is_immutable(&bitmap), "immutable flag not set while active");
+    let mdstat = array.mdstat();
+    assert!(mdstat.contains("bitmap:"), "{mdstat}");
+
+    let image = array.image();
+    for (i, &(off, len, how)) in case.writes.iter().enumerate() {
+        let data: Vec<u8> = (0..len / 4096)
+            .flat_map(|b| pattern(off + b * 4096, i as u64 + 1))
+            .collect();
+        match how {
+            How::Direct => write_direct(&image, off, &data).unwrap(),
+            How::BufferedFsync => write_buffered_fsync(&image, off, &data).unwrap(),
+        }
+    }
+    let written = Instant::now();
+    let want = expected_chunks(&case);
+
+    // While active (the bits are kept for the --delay of 1 s).
+    let (text, listed) = examine_bitmap(&bitmap);
+    let through_fs = read_direct(&bitmap, 0, file_len as usize).unwrap();
+    let via_device = read_via_device(&bitmap, fs.device(), file_len);
+    drop_file_cache(&bitmap);
+    let mdadm_active = run("mdadm", &["-X", s(&bitmap)]).expect("mdadm -X while active");
+    let checked_in = written.elapsed();
+    assert_eq!(listed, want, "examine-bitmap while active:\n{text}");
+    assert_eq!(dirty_in_image(&through_fs), want, "O_DIRECT read via fs");
+    assert_eq!(dirty_in_image(&via_device), want, "raw read via device");
+    assert_eq!(through_fs, via_device);
+    // The header follows the array's events (md_bitmap_update_sb).
+    let leg_examined = mdfuse(&["examine", s(&legs.paths[0])]);
+    assert_eq!(
+        field(&text, "Events"),
+        field(&leg_examined.stdout, "Events"),
+        "bitmap vs leg events while active:\n{text}\n{}",
+        leg_examined.stdout
+    );
+    assert_eq!(
+        dirty_count(&mdadm_active),
+        dirty_count(&text),
+        "mdadm -X vs examine-bitmap while active:\n{mdadm_active}\n{text}"
+    );
+    assert_eq!(dirty_count(&text), want.len() as u64);
+    assert!(
+        checked_in < Duration::from_secs(1),
+        "checks took {checked_in:?}, longer than --delay"
+    );
+    // Headers agree too (everything but the bits is as before, except events).
+    assert_eq!(through_fs[..8], head_before[..8]);
+
+    // Idle: every bit clears, on disk.
+    let cleared = poll(Duration::from_secs(12), || {
+        examine_bitmap(&bitmap).1.is_empty()
+    });
+    let clear_after = written.elapsed();
+    assert!(cleared, "bits not cleared: {:?}", examine_bitmap(&bitmap));
+    assert!(dirty_in_image(&read_via_device(&bitmap, fs.device(), file_len)).is_empty());
+    assert_eq!(
+        mtime(&bitmap),
+        mtime_before,
+        "the raw writes changed the mtime"
+    );
+    assert!(is_immutable(&bitmap));
+
+    array.stop();
+    assert!(!is_immutable(&bitmap), "immutable flag left after stop");
+    assert_eq!(mtime(&bitmap), mtime_before);
+    assert_eq!(
+        extents(&bitmap),
+        exts,
+        "the bitmap file's blocks moved while it was in use"
+    );
+
+    // Both legs got the data.
+    let off0 = created.data_offset_sectors * 512;
+    let (off, _, _) = case.writes[0];
+    for leg in &legs.paths {
+        assert_eq!(leg_bytes(leg, off0, off, 4096), pattern(off, 1));
+    }
+
+    // Real mdadm agrees.
+    let x = run("mdadm", &["--examine-bitmap", s(&bitmap)]).expect("mdadm -X");
+    let e = run("mdadm", &["--examine", s(&legs.paths[0])]).expect("mdadm -E");
+    assert_eq!(
+        field(&x, "UUID").as_deref(),
+        Some(created.uuid.as_str()),
+        "{x}"
+    );
+    let chunk_text = if case.bitmap_chunk >= 1024 {
+        format!("{} KB", case.bitmap_chunk / 1024)
+    } else {
+        format!("{} B", case.bitmap_chunk)
+    };
+    assert_eq!(field(&x, "Chunksize"), Some(chunk_text), "{x}");
+    assert_eq!(field(&x, "Events"), field(&e, "Events"), "{x}\n{e}");
+    assert_eq!(dirty_count(&x), 0, "{x}");
+    let (clean_text, clean) = examine_bitmap(&bitmap);
+    assert!(clean.is_empty(), "{clean_text}");
+    eprintln!(
+        "roundtrip: checks {checked_in:?} after the writes, clear after {clear_after:?}, total {:?}",
+        t0.elapsed()
+    );
+}
+
+#[test]
+fn bitmap_on_ext4_4k() {
+    if !needs_root("bitmap_on_ext4_4k") {
+        return;
+    }
+    let chunk = 64 * 1024;
+    bitmap_roundtrip(
+        ScratchFs::ext4(4096).unwrap(),
+        Case {
+            leg_size: 32 * MIB,
+            bitmap_chunk: chunk,
+            fragment: false,
+            writes: vec![
+                (3 * chunk + 8192, 4096, How::Direct),
+                (200 * chunk, 4096, How::BufferedFsync),
+                (101 * chunk - 4096, 8192, How::Direct), // chunks 100 and 101
+                (495 * chunk, 4096, How::Direct),        // the last chunk
+            ],
+        },
+    );
+}
+
+#[test]
+fn bitmap_fragmented_on_ext4_1k() {
+    if !needs_root("bitmap_fragmented_on_ext4_1k") {
+        return;
+    }
+    // 64 MiB legs, 512-byte chunks: 129024 chunks, a 16 KiB file (4 pages
+    // of 30720/32768/32768/32768 chunks), 16 blocks of 1 KiB.
+    let chunk = 512;
+    bitmap_roundtrip(
+        ScratchFs::ext4(1024).unwrap(),
+        Case {
+            leg_size: 64 * MIB,
+            bitmap_chunk: chunk,
+            fragment: true,
+            writes: vec![
+                (8 * chunk, 4096, How::Direct),            // page 0
+                (40000 * chunk, 4096, How::Direct),        // page 1
+                (31000 * chunk, 4096, How::BufferedFsync), // page 1
+                (63480 * chunk, 8192, How::Direct),        // pages 1 and 2
+                (70000 * chunk, 4096, How::BufferedFsync), // page 2
+                (128000 * chunk, 4096, How::Direct),       // page 3
+            ],
+        },
+    );
+}
+
+#[test]
+fn bitmap_on_xfs() {
+    if !needs_root("bitmap_on_xfs") {
+        return;
+    }
+    let chunk = 64 * 1024;
+    bitmap_roundtrip(
+        ScratchFs::xfs(&[]).unwrap(),
+        Case {
+            leg_size: 32 * MIB,
+            bitmap_chunk: chunk,
+            fragment: false,
+            writes: vec![
+                (0, 4096, How::Direct),
+                (17 * chunk + 4096, 4096, How::BufferedFsync),
+                (300 * chunk, 4096, How::Direct),
+            ],
+        },
+    );
+}
+
+// ---------------------------------------------------------------- crash
+
+/// SIGKILL the daemon in the middle of a stream of O_DIRECT writes; without
+/// remounting, every acknowledged write is either covered by its chunk's bit
+/// on disk or already on both legs.
+#[test]
+fn crash_mid_stream_keeps_bits_before_data() {
+    if !needs_root("crash_mid_stream_keeps_bits_before_data") {
+        return;
+    }
+    crash_stream(ScratchFs::ext4(4096).unwrap(), 32 * MIB, 64 * 1024, false);
+}
+
+/// The same on a fragmented 4-page bitmap (1 KiB blocks, 512-byte chunks):
+/// every page flush goes to several separate device runs.
+#[test]
+fn crash_mid_stream_fragmented_multipage_bitmap() {
+    if !needs_root("crash_mid_stream_fragmented_multipage_bitmap") {
+        return;
+    }
+    crash_stream(ScratchFs::ext4(1024).unwrap(), 64 * MIB, 512, true);
+}
+
+/// A fresh array and bitmap (fragmented when asked: staged, then rewritten
+/// in interleaved 1 KiB pieces).
+fn fresh_array(
+    legs: &Legs,
+    fs: &ScratchFs,
+    bitmap: &Path,
+    chunk: u64,
+    fragment: bool,
+    n: u32,
+) -> Created {
+    let chunk_arg = chunk.to_string();
+    if fragment {
+        let staged = legs.dir.path().join("staged.bitmap");
+        let c = create_array(legs, Some(&staged), &["--bitmap-chunk", &chunk_arg]);
+        write_fragmented(&staged, bitmap, &fs.path(&format!("filler{n}")));
+        assert!(extents(bitmap).len() >= 3);
+        c
+    } else {
+        create_array(legs, Some(bitmap), &["--bitmap-chunk", &chunk_arg])
+    }
+}
+
+fn crash_stream(fs: ScratchFs, leg_size: u64, chunk: u64, fragment: bool) {
+    let t0 = Instant::now();
+    let legs = Legs::new(leg_size);
+    let bitmap = fs.path("md.bitmap");
+    let created = fresh_array(&legs, &fs, &bitmap, chunk, fragment, 0);
+    let file_len = std::fs::metadata(&bitmap).unwrap().len();
+    // Writes are 4 KiB at multiples of `stride` (chunk-aligned).
+    let stride = chunk.max(4096);
+    let slots = created.array_bytes / stride;
+    let piece = chunk.min(4096) as usize;
+    let data_offset = created.data_offset_sectors * 512;
+    let mut rng = Rng::seeded();
+    let mnt = legs.mountpoint("mnt");
+    let mut tag_base = 0u64;
+    for iteration in 0..5 {
+        let array = mount_array(
+            &legs.strs(),
+            &mnt,
+            &["--bitmap", s(&bitmap), "--delay", "0.3", "--threads", "4"],
+        )
+        .unwrap_or_else(|o| panic!("mount (iteration {iteration}) failed: {}", o.text()));
+        let image = array.image();
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked: Arc<Mutex<Vec<(u64, u64)>>> = Arc::default();
+        // Each writer's write in flight at the kill (never acknowledged):
+        // it may have reached a leg, so the offset may hold it instead.
+        let in_flight: Arc<Mutex<BTreeMap<u64, (u64, u64)>>> = Arc::default();
+        let writers: Vec<_> = (0..2u64)
+            .map(|w| {
+                let (image, stop, acked) = (image.clone(), stop.clone(), acked.clone());
+                let in_flight = in_flight.clone();
+                let mut rng = Rng::from_seed(rng.next());
+                let tag0 = tag_base + (w << 32);
+                std::thread::spawn(move || {
+                    // Writer w owns the slots ≡ w (mod 2), so the last
+                    // acknowledged write of each offset is well defined.
+                    let mut tag = tag0;
+                    while !stop.load(Ordering::Relaxed) {
+                        let off = (rng.below(slots / 2) * 2 + w) * stride;
+                        tag += 1;
+                        in_flight.lock().unwrap().insert(w, (off, tag));
+                        if write_direct(&image, off, &pattern(off, tag)).is_err() {
+                            break;
+                        }
+                        acked.lock().unwrap().push((off, tag));
+                        in_flight.lock().unwrap().remove(&w);
+                    }
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(300 + rng.below(900)));
+        array.kill();
+        stop.store(true, Ordering::Relaxed);
+        for w in writers {
+            w.join().unwrap();
+        }
+        tag_base += 1 << 40;
+
+        assert!(!is_mounted(&mnt));
+        assert!(is_immutable(&bitmap), "a killed daemon leaves the flag");
+        let bits = read_direct(&bitmap, 0, file_len as usize).unwrap();
+        assert!(
+            bits == read_via_device(&bitmap, fs.device(), file_len),
+            "the bitmap read through the fs and from the device differ"
+        );
+        let dirty: BTreeSet<u64> = dirty_in_image(&bits).into_iter().collect();
+        let mut last: BTreeMap<u64, u64> = BTreeMap::new();
+        let acked = acked.lock().unwrap();
+        for &(off, tag) in acked.iter() {
+            last.insert(off, tag);
+        }
+        let in_flight = in_flight.lock().unwrap().clone();
+        // What offset `off` may hold now: its last acknowledged write, or a
+        // write to it still in flight at the kill.
+        let allowed = |off: u64, tag: u64| -> Vec<Vec<u8>> {
+            let mut v = vec![pattern(off, tag)];
+            v.extend(
+                in_flight
+                    .values()
+                    .filter(|f| f.0 == off)
+                    .map(|f| pattern(off, f.1)),
+            );
+            v
+        };
+        // Per chunk of each write: its bit is set, or both legs hold it.
+        let (mut by_bit, mut by_data) = (0, 0);
+        for (&off, &tag) in &last {
+            let want = allowed(off, tag);
+            let on_legs: Vec<Vec<u8>> = legs
+                .paths
+                .iter()
+                .map(|leg| leg_bytes(leg, data_offset, off, 4096))
+                .collect();
+            for start in (0..4096).step_by(piece) {
+                let c = (off + start as u64) / chunk;
+                if dirty.contains(&c) {
+                    by_bit += 1;
+                    continue;
+                }
+                let r = start..start + piece;
+                let held = &on_legs[0][r.clone()];
+                for (i, got) in on_legs.iter().enumerate() {
+                    assert!(
+                        want.iter().any(|w| w[r.clone()] == got[r.clone()])
+                            && got[r.clone()] == *held,
+                        "iteration {iteration}: acknowledged write at {off} (chunk {c}) is not on \
+                         leg{i} and its bit is clear on disk"
+                    );
+                }
+                by_data += 1;
+            }
+        }
+        eprintln!(
+            "crash {iteration}: {} writes acknowledged ({} offsets); chunks written: {by_bit} \
+             with their bit set, {by_data} clear and on both legs; {} bits set",
+            acked.len(),
+            last.len(),
+            dirty.len()
+        );
+        assert!(!acked.is_empty(), "no write acknowledged before the kill");
+
+        // The next mount takes the dead daemon's immutable flag over, and
+        // serves every acknowledged write.
+        let array = mount_array(&legs.strs(), &mnt, &["--bitmap", s(&bitmap)])
+            .unwrap_or_else(|o| panic!("remount after crash {iteration} failed: {}", o.text()));
+        for (&off, &tag) in &last {
+            assert!(
+                allowed(off, tag).contains(&read_direct(&array.image(), off, 4096).unwrap()),
+                "iteration {iteration}: acknowledged write at {off} lost"
+            );
+        }
+        array.stop();
+        assert!(
+            !is_immutable(&bitmap),
+            "flag left after the takeover's stop"
+        );
+        // A fresh array and bitmap, so the next kill starts from clear bits
+        // (the chunks dirty from this crash stay set until a resync).
+        fresh_array(&legs, &fs, &bitmap, chunk, fragment, iteration + 1);
+    }
+    eprintln!("crash test: {:?}", t0.elapsed());
+}
+
+// ---------------------------------------------------------------- refusals
+
+/// The state a refused mount must leave untouched.
+struct Untouched {
+    heads: Vec<Vec<u8>>,
+    bitmap: PathBuf,
+    bitmap_bytes: Vec<u8>,
+}
+
+impl Untouched {
+    fn record(legs: &Legs, bitmap: &Path) -> Untouched {
+        Untouched {
+            heads: legs.heads(8192),
+            bitmap: bitmap.to_path_buf(),
+            bitmap_bytes: std::fs::read(bitmap).unwrap(),
+        }
+    }
+
+    fn check(&self, legs: &Legs) {
+        assert!(
+            self.heads == legs.heads(8192),
+            "a leg superblock was written"
+        );
+        assert!(
+            self.bitmap_bytes == std::fs::read(&self.bitmap).unwrap(),
+            "the bitmap file was written"
+        );
+        assert!(
+            !is_immutable(&self.bitmap),
+            "a refused mount left the immutable flag"
+        );
+    }
+}
+
+/// Mounts and expects a refusal naming the file and saying `needles`.
+fn assert_refused(
+    legs: &Legs,
+    mnt: &Path,
+    extra: &[&str],
+    file: &Path,
+    needles: &[&str],
+) -> String {
+    match mount_array(&legs.strs(), mnt, extra) {
+        Ok(a) => {
+            let log = a.log_text();
+            a.stop();
+            panic!("mount should have been refused; log:\n{log}");
+        }
+        Err(o) => {
+            let text = o.text();
+            let name = file.file_name().unwrap().to_string_lossy();
+            assert!(
+                text.contains(&*name),
+                "message does not name {name}: {text}"
+            );
+            for n in needles {
+                assert!(text.contains(n), "message lacks {n:?}: {text}");
+            }
+            assert!(!is_mounted(mnt));
+            text
+        }
+    }
+}
+
+#[test]
+fn refuses_bitmap_with_a_hole() {
+    if !needs_root("refuses_bitmap_with_a_hole") {
+        return;
+    }
+    let fs = ScratchFs::ext4(4096).unwrap();
+    let legs = Legs::new(64 * MIB);
+    let staged = legs.dir.path().join("staged.bitmap");
+    create_array(&legs, Some(&staged), &["--bitmap-chunk", "512"]);
+    let bitmap = fs.path("holey.bitmap");
+    std::fs::copy(&staged, &bitmap).unwrap();
+    run("fallocate", &["-p", "-o", "4096", "-l", "8192", s(&bitmap)]).unwrap();
+    assert_eq!(
+        std::fs::read(&staged).unwrap(),
+        std::fs::read(&bitmap).unwrap()
+    );
+    let before = Untouched::record(&legs, &bitmap);
+    let text = assert_refused(
+        &legs,
+        &legs.mountpoint("mnt"),
+        &["--bitmap", s(&bitmap)],
+        &bitmap,
+        &["hole"],
+    );
+    eprintln!("hole: {text}");
+    before.check(&legs);
+}
+
+#[test]
+fn refuses_bitmap_on_tmpfs_unless_file_io() {
+    if !needs_root("refuses_bitmap_on_tmpfs_unless_file_io") {
+        return;
+    }
+    let legs = Legs::new(32 * MIB);
+    let tmp = MountedFs::tmpfs(&legs.dir.path().join("tmpfs"), 8).unwrap();
+    let bitmap = tmp.dir().join("md.bitmap");
+    create_array(&legs, Some(&bitmap), &[]);
+    let before = Untouched::record(&legs, &bitmap);
+    let mnt = legs.mountpoint("mnt");
+    let text = assert_refused(
+        &legs,
+        &mnt,
+        &["--bitmap", s(&bitmap)],
+        &bitmap,
+        &["tmpfs", "--bitmap-file-io"],
+    );
+    eprintln!("tmpfs: {text}");
+    before.check(&legs);
+
+    let array = mount_array(
+        &legs.strs(),
+        &mnt,
+        &["--bitmap", s(&bitmap), "--bitmap-file-io", "--delay", "0.3"],
+    )
+    .unwrap_or_else(|o| panic!("--bitmap-file-io mount failed: {}", o.text()));
+    let mdstat = array.mdstat();
+    assert!(mdstat.contains("file I/O"), "{mdstat}");
+    write_direct(&array.image(), 5 * 65536, &pattern(5, 1)).unwrap();
+    assert_eq!(examine_bitmap(&bitmap).1, vec![5]);
+    assert!(poll(Duration::from_secs(5), || examine_bitmap(&bitmap)
+        .1
+        .is_empty()));
+    array.stop();
+    let x = run("mdadm", &["-X", s(&bitmap)]).unwrap();
+    assert_eq!(dirty_count(&x), 0, "{x}");
+}
+
+#[test]
+fn refuses_bitmap_of_another_array() {
+    if !needs_root("refuses_bitmap_of_another_array") {
+        return;
+    }
+    let fs = ScratchFs::ext4(4096).unwrap();
+    let legs_a = Legs::new(32 * MIB);
+    let legs_b = Legs::new(32 * MIB);
+    let bitmap_a = fs.path("a.bitmap");
+    let bitmap_b = fs.path("b.bitmap");
+    create_array(&legs_a, Some(&bitmap_a), &[]);
+    let b = create_array(&legs_b, Some(&bitmap_b), &[]);
+    let before = Untouched::record(&legs_a, &bitmap_b);
+    let text = assert_refused(
+        &legs_a,
+        &legs_a.mountpoint("mnt"),
+        &["--bitmap", s(&bitmap_b)],
+        &bitmap_b,
+        &["belongs to array", &b.uuid],
+    );
+    eprintln!("other array: {text}");
+    before.check(&legs_a);
+}
+
+#[test]
+fn refuses_bitmap_inside_the_array() {
+    if !needs_root("refuses_bitmap_inside_the_array") {
+        return;
+    }
+    let legs = Legs::new(64 * MIB);
+    let staged = legs.dir.path().join("staged.bitmap");
+    let created = create_array(&legs, Some(&staged), &[]);
+    // A filesystem on leg0's data region: what the array itself serves.
+    let inner = OffsetLoop::attach(&legs.paths[0], created.data_offset_sectors * 512);
+    Mkfs::ext4(&inner.path, 4096).unwrap();
+    let inner_fs = MountedFs::mount(&inner.path, &legs.dir.path().join("inner")).unwrap();
+    let bitmap = inner_fs.dir().join("md.bitmap");
+    std::fs::copy(&staged, &bitmap).unwrap();
+    run("sync", &[]).unwrap();
+    let before = Untouched::record(&legs, &bitmap);
+    let text = assert_refused(
+        &legs,
+        &legs.mountpoint("mnt"),
+        &["--bitmap", s(&bitmap)],
+        &bitmap,
+        &["inside the array", "leg0"],
+    );
+    eprintln!("inside: {text}");
+    before.check(&legs);
+    drop(inner_fs);
+    drop(inner);
+}
+
+#[test]
+fn refuses_bitmap_on_read_only_device() {
+    if !needs_root("refuses_bitmap_on_read_only_device") {
+        return;
+    }
+    let legs = Legs::new(32 * MIB);
+    let image = legs.dir.path().join("ro-fs.img");
+    sparse_file_or_panic(&image, 16 * MIB);
+    let fs_dir = legs.dir.path().join("rofs");
+    let bitmap = fs_dir.join("md.bitmap");
+    {
+        let dev = LoopDevice::attach(&image).unwrap();
+        Mkfs::ext4(dev.path(), 4096).unwrap();
+        let _m = MountedFs::mount(dev.path(), &fs_dir).unwrap();
+        create_array(&legs, Some(&bitmap), &[]);
+    }
+    let dev = LoopDevice::attach_read_only(&image).unwrap();
+    let _m = MountedFs::mount_read_only(dev.path(), &fs_dir).unwrap();
+    let heads = legs.heads(8192);
+    let bytes = std::fs::read(&bitmap).unwrap();
+    let text = assert_refused(
+        &legs,
+        &legs.mountpoint("mnt"),
+        &["--bitmap", s(&bitmap)],
+        &bitmap,
+        &[],
+    );
+    eprintln!("read-only: {text}");
+    assert!(text.to_lowercase().contains("read-only"), "{text}");
+    assert!(heads == legs.heads(8192), "a leg superblock was written");
+    assert!(bytes == std::fs::read(&bitmap).unwrap());
+}
+
+fn sparse_file_or_panic(p: &Path, size: u64) {
+    common::loopdev::sparse_file(p, size).unwrap();
+}
+
+#[test]
+fn refuses_a_second_mount_in_use() {
+    if !needs_root("refuses_a_second_mount_in_use") {
+        return;
+    }
+    let fs = ScratchFs::ext4(4096).unwrap();
+    let legs = Legs::new(32 * MIB);
+    let bitmap = fs.path("md.bitmap");
+    create_array(&legs, Some(&bitmap), &[]);
+    // Copies of the legs: the same array (UUID), legs not locked, so only
+    // the bitmap file's lock can refuse them.
+    let copies = Legs::new(0);
+    for (src, dst) in legs.paths.iter().zip(&copies.paths) {
+        run("cp", &["--sparse=always", s(src), s(dst)]).unwrap();
+    }
+    let first = mount_array(
+        &legs.strs(),
+        &legs.mountpoint("mnt1"),
+        &["--bitmap", s(&bitmap)],
+    )
+    .unwrap_or_else(|o| panic!("first mount failed: {}", o.text()));
+    let heads = legs.heads(8192);
+    let copy_heads = copies.heads(8192);
+    let text = assert_refused(
+        &legs,
+        &legs.mountpoint("mnt2"),
+        &["--bitmap", s(&bitmap)],
+        &legs.paths[0],
+        &["in use"],
+    );
+    eprintln!("second mount, same legs: {text}");
+    let text = assert_refused(
+        &copies,
+        &copies.mountpoint("mnt3"),
+        &["--bitmap", s(&bitmap)],
+        &bitmap,
+        &["in use"],
+    );
+    eprintln!("second mount, copied legs, same bitmap: {text}");
+    assert!(copy_heads == copies.heads(8192), "a copied leg was written");
+    assert!(heads == legs.heads(8192));
+    assert!(is_immutable(&bitmap), "the first mount lost its protection");
+    first.stop();
+    assert!(!is_immutable(&bitmap));
+}
+
+// ---------------------------------------------------------------- fixtures
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/kernel-md");
+
+fn manifest_value(manifest: &str, key: &str) -> String {
+    manifest
+        .lines()
+        .find_map(|l| {
+            let l = l.trim_start();
+            l.strip_prefix(key)
+                .filter(|rest| rest.starts_with(' '))
+                .map(|rest| rest.trim().to_string())
+        })
+        .unwrap_or_else(|| panic!("{key} not in MANIFEST"))
+}
+
+#[test]
+fn kernel_fixtures_examine_bitmap_matches_manifest() {
+    let root = Path::new(FIXTURES);
+    if !root.exists() {
+        eprintln!("SKIPPED: no fixtures at {FIXTURES}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for set in ["a-clean", "b-degraded-dirty"] {
+        let manifest = std::fs::read_to_string(root.join(set).join("MANIFEST")).unwrap();
+        let file = dir.path().join(format!("{set}.bitmap"));
+        unzstd(&root.join(set).join("md0.bitmap.zst"), &file);
+        let (text, dirty) = examine_bitmap(&file);
+        let listed = manifest
+            .lines()
+            .find_map(|l| l.strip_prefix("set in md0.bitmap (bit i of byte 256+i/8):"))
+            .expect("set in md0.bitmap line");
+        assert_eq!(dirty, parse_ranges(listed), "{set}:\n{text}");
+        assert_eq!(
+            field(&text, "UUID"),
+            Some(manifest_value(&manifest, "uuid")),
+            "{set}"
+        );
+        assert_eq!(
+            field(&text, "Events"),
+            Some(manifest_value(&manifest, "events")),
+            "{set}"
+        );
+        assert_eq!(
+            field(&text, "Events Cleared"),
+            Some(manifest_value(&manifest, "events_cleared")),
+            "{set}"
+        );
+        let chunk: u64 = manifest_value(&manifest, "chunksize").parse().unwrap();
+        assert_eq!(
+            field(&text, "Chunksize"),
+            Some(format!("{} KB", chunk / 1024))
+        );
+        assert_eq!(
+            field(&text, "Daemon"),
+            Some(format!(
+                "{}s flush period",
+                manifest_value(&manifest, "daemon_sleep")
+            ))
+        );
+        let nchunks = manifest_value(&manifest, "nchunks");
+        assert!(
+            field(&text, "Bitmap")
+                .unwrap()
+                .starts_with(&format!("{nchunks} bits (chunks), {} dirty", dirty.len())),
+            "{text}"
+        );
+        // And mdfuse renders what mdadm renders.
+        if let Ok(x) = run("mdadm", &["-X", s(&file)]) {
+            for k in [
+                "UUID",
+                "Events",
+                "Events Cleared",
+                "Chunksize",
+                "Sync Size",
+                "Bitmap",
+            ] {
+                assert_eq!(field(&text, k), field(&x, k), "{set}: {k}");
+            }
+        }
+    }
+}
+
+#[test]
+fn kernel_fixture_a_clean_mounts_with_its_bitmap() {
+    if !needs_root("kernel_fixture_a_clean_mounts_with_its_bitmap") {
+        return;
+    }
+    let set = Path::new(FIXTURES).join("a-clean");
+    if !set.exists() {
+        eprintln!("SKIPPED: no fixtures at {FIXTURES}");
+        return;
+    }
+    let manifest = std::fs::read_to_string(set.join("MANIFEST")).unwrap();
+    let want_sha = manifest
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("md0 as read by the guest kernel (sha256sum /dev/md0, while running):")
+        })
+        .expect("md0 sha line")
+        .trim()
+        .to_string();
+    let fs = ScratchFs::ext4(4096).unwrap();
+    let legs = Legs::new(0);
+    for (i, leg) in legs.paths.iter().enumerate() {
+        unzstd(&set.join(format!("leg{i}.img.zst")), leg);
+    }
+    let bitmap = fs.path("md0.bitmap");
+    unzstd(&set.join("md0.bitmap.zst"), &bitmap);
+    let mnt = legs.mountpoint("mnt");
+    let array = mount_array(&legs.strs(), &mnt, &["--bitmap", s(&bitmap)])
+        .unwrap_or_else(|o| panic!("fixture mount failed: {}", o.text()));
+    assert!(array.mdstat().contains("64KB chunk"), "{}", array.mdstat());
+    let sum = run("sha256sum", &[s(&array.image())]).unwrap();
+    assert_eq!(sum.split_whitespace().next(), Some(want_sha.as_str()));
+    array.stop();
+    let (text, dirty) = examine_bitmap(&bitmap);
+    assert!(dirty.is_empty(), "{text}");
+    let x = run("mdadm", &["-X", s(&bitmap)]).unwrap();
+    assert_eq!(dirty_count(&x), 0, "{x}");
+    assert!(!is_immutable(&bitmap));
+}
+
+/// The filesystem is mounted read-write, but its block device was made
+/// read-only underneath (`blockdev --setro`): the raw writer cannot open it
+/// for writing, so the mount is refused.
+#[test]
+fn refuses_bitmap_on_device_set_read_only() {
+    if !needs_root("refuses_bitmap_on_device_set_read_only") {
+        return;
+    }
+    let fs = ScratchFs::ext4(4096).unwrap();
+    let legs = Legs::new(32 * MIB);
+    let bitmap = fs.path("md.bitmap");
+    create_array(&legs, Some(&bitmap), &[]);
+    run("sync", &[]).unwrap();
+    let before = Untouched::record(&legs, &bitmap);
+    let dev = s(fs.device()).to_string();
+    run("blockdev", &["--setro", &dev]).unwrap();
+    // Loop devices keep this policy after their detach: undo it even on a panic.
+    struct ReadWriteAgain(String);
+    impl Drop for ReadWriteAgain {
+        fn drop(&mut self) {
+            let _ = run("blockdev", &["--setrw", &self.0]);
+        }
+    }
+    let rw_again = ReadWriteAgain(dev.clone());
+    let refused = mount_array(
+        &legs.strs(),
+        &legs.mountpoint("mnt"),
+        &["--bitmap", s(&bitmap)],
+    );
+    drop(rw_again);
+    let text = match refused {
+        Ok(a) => {
+            a.stop();
+            panic!("a bitmap on a read-only device was accepted");
+        }
+        Err(o) => o.text(),
+    };
+    eprintln!("device set read-only: {text}");
+    assert!(text.contains("md.bitmap"), "{text}");
+    assert!(text.contains("read-only"), "{text}");
+    assert!(text.contains("--bitmap-file-io"), "{text}");
+    before.check(&legs);
+}
+
+/// A bitmap on a filesystem mounted read-only is refused (see
+/// `refuses_bitmap_on_read_only_device`), but the message blames a missing
+/// capability: guard.rs turns every chattr failure into ImmutableDenied,
+/// whose text says "needs CAP_LINUX_IMMUTABLE (run it as root)".
+#[test]
+#[ignore = "bug: EROFS from chattr +i reported as a missing CAP_LINUX_IMMUTABLE (src/blockmap/guard.rs protect, src/blockmap/error.rs ImmutableDenied)"]
+fn read_only_filesystem_message_names_the_real_cause() {
+    if !needs_root("read_only_filesystem_message_names_the_real_cause") {
+        return;
+    }
+    let legs = Legs::new(32 * MIB);
+    let image = legs.dir.path().join("ro-fs.img");
+    sparse_file_or_panic(&image, 16 * MIB);
+    let fs_dir = legs.dir.path().join("rofs");
+    let bitmap = fs_dir.join("md.bitmap");
+    {
+        let dev = LoopDevice::attach(&image).unwrap();
+        Mkfs::ext4(dev.path(), 4096).unwrap();
+        let _m = MountedFs::mount(dev.path(), &fs_dir).unwrap();
+        create_array(&legs, Some(&bitmap), &[]);
+    }
+    let dev = LoopDevice::attach_read_only(&image).unwrap();
+    let _m = MountedFs::mount_read_only(dev.path(), &fs_dir).unwrap();
+    let text = assert_refused(
+        &legs,
+        &legs.mountpoint("mnt"),
+        &["--bitmap", s(&bitmap)],
+        &bitmap,
+        &["Read-only"],
+    );
+    assert!(
+        !text.contains("CAP_LINUX_IMMUTABLE"),
+        "misleading hint: {text}"
+    );
+}
+
+/// Linux md's degraded array with dirty bits: it mounts (--run) with its
+/// bitmap file, serves what md served, keeps md's dirty bits, and a chunk
+/// written while degraded stays dirty past its delay and the stop.
+#[test]
+fn kernel_fixture_b_degraded_keeps_its_dirty_bits() {
+    if !needs_root("kernel_fixture_b_degraded_keeps_its_dirty_bits") {
+        return;
+    }
+    let set = Path::new(FIXTURES).join("b-degraded-dirty");
+    if !set.exists() {
+        eprintln!("SKIPPED: no fixtures at {FIXTURES}");
+        return;
+    }
+    let manifest = std::fs::read_to_string(set.join("MANIFEST")).unwrap();
+    let want_sha = manifest
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("md0 as read by the guest kernel (sha256sum /dev/md0, while running):")
+        })
+        .expect("md0 sha line")
+        .trim()
+        .to_string();
+    let md_dirty = parse_ranges(
+        manifest
+            .lines()
+            .find_map(|l| l.strip_prefix("set in md0.bitmap (bit i of byte 256+i/8):"))
+            .expect("set in md0.bitmap line"),
+    );
+    let fs = ScratchFs::ext4(4096).unwrap();
+    let legs = Legs::new(0);
+    for (i, leg) in legs.paths.iter().enumerate() {
+        unzstd(&set.join(format!("leg{i}.img.zst")), leg);
+    }
+    let bitmap = fs.path("md0.bitmap");
+    unzstd(&set.join("md0.bitmap.zst"), &bitmap);
+    let mnt = legs.mountpoint("mnt");
+    let array = mount_array(
+        &legs.strs(),
+        &mnt,
+        &["--run", "--bitmap", s(&bitmap), "--delay", "0.3"],
+    )
+    .unwrap_or_else(|o| panic!("fixture mount failed: {}", o.text()));
+    let mdstat = array.mdstat();
+    assert!(mdstat.contains("[2/1] [U_]"), "{mdstat}");
+    let sum = run("sha256sum", &[s(&array.image())]).unwrap();
+    assert_eq!(sum.split_whitespace().next(), Some(want_sha.as_str()));
+    assert_eq!(examine_bitmap(&bitmap).1, md_dirty);
+    write_direct(&array.image(), 200 * 65536, &pattern(200, 1)).unwrap();
+    let mut want: Vec<u64> = md_dirty.clone();
+    want.push(200);
+    want.sort();
+    assert_eq!(examine_bitmap(&bitmap).1, want);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        examine_bitmap(&bitmap).1,
+        want,
+        "a degraded array cleared a bit"
+    );
+    array.stop();
+    let (text, dirty) = examine_bitmap(&bitmap);
+    assert_eq!(dirty, want, "{text}");
+    let x = run("mdadm", &["-X", s(&bitmap)]).unwrap();
+    let e = run("mdadm", &["-E", s(&legs.paths[0])]).unwrap();
+    assert_eq!(dirty_count(&x), want.len() as u64, "{x}");
+    assert_eq!(field(&x, "Events"), field(&e, "Events"), "{x}\n{e}");
+    assert!(!is_immutable(&bitmap));
+}
