@@ -1,1 +1,2 @@
+pub mod kmd;
 pub mod loopdev;
