@@ -990,7 +990,7 @@ fn mdfuse_serves_every_md_fixture_set_with_md_hashes_and_dirty_chunks() {
 }
 
 #[test]
-#[ignore = "md disagrees: mdadm --assemble starts b-degraded-dirty without --run (its newest superblock already records leg1 missing); check whether mdfuse mount refuses it without --run"]
+#[ignore = "md disagrees: mdadm --assemble (no --run) starts b-degraded-dirty with 1 of 2 legs because its newest superblock already records slot 1 missing; mdfuse mount refuses without --run (src/array/assemble.rs: compare present legs with the newest superblock's active roles, not raid_disks)"]
 fn mdfuse_starts_an_array_md_left_degraded_without_run_as_mdadm_does() {
     let Some(_serial) = start("mdfuse_starts_an_array_md_left_degraded_without_run") else {
         return;

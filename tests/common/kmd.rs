@@ -87,7 +87,9 @@ pub struct VerifyRun {
     /// verify-foreign's exit status: 0 assembled (and sha matched with `-x`), 1 not, 2+ rig.
     pub rc: i32,
     /// console.log, summary.txt, md0.bitmap.after, leg*.img.after (with `keep_legs`).
-    pub out: tempfile::TempDir,
+    pub dir: PathBuf,
+    /// Removes `dir` on drop (None once kept).
+    guard: Option<tempfile::TempDir>,
     pub console: String,
     pub summary: String,
     pub wall: Duration,
@@ -99,8 +101,8 @@ impl VerifyRun {
         let prefix = format!("KMD-VAL {key}=");
         self.console
             .lines()
-            .filter_map(|l| l.strip_prefix(&prefix))
-            .last()
+            .rev()
+            .find_map(|l| l.strip_prefix(&prefix))
             .map(str::to_string)
     }
 
@@ -138,11 +140,11 @@ impl VerifyRun {
     }
 
     pub fn leg_after(&self, i: usize) -> PathBuf {
-        self.out.path().join(format!("leg{i}.img.after"))
+        self.dir.join(format!("leg{i}.img.after"))
     }
 
     pub fn bitmap_after(&self) -> PathBuf {
-        self.out.path().join("md0.bitmap.after")
+        self.dir.join("md0.bitmap.after")
     }
 
     /// For failure messages: the summary and where the full console log was kept.
@@ -156,8 +158,11 @@ impl VerifyRun {
     }
 
     /// Keeps the output directory (for a failed test's post-mortem); returns its path.
-    pub fn keep(self) -> PathBuf {
-        self.out.keep()
+    pub fn keep(mut self) -> PathBuf {
+        if let Some(g) = self.guard.take() {
+            let _ = g.keep();
+        }
+        self.dir.clone()
     }
 }
 
@@ -200,9 +205,18 @@ pub fn verify_foreign(
             String::from_utf8_lossy(&output.stderr)
         )
     });
+    // KMD_KEEP_RUNS=1 keeps every run's output directory (console logs as evidence).
+    let dir = out.path().to_path_buf();
+    let guard = if std::env::var_os("KMD_KEEP_RUNS").is_some() {
+        eprintln!("verify-foreign output kept in {}", out.keep().display());
+        None
+    } else {
+        Some(out)
+    };
     let run = VerifyRun {
         rc: output.status.code().unwrap_or(-1),
-        out,
+        dir,
+        guard,
         console,
         summary,
         wall,
