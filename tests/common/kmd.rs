@@ -28,7 +28,11 @@ pub fn rig_dir() -> PathBuf {
 }
 
 /// `../shared/fixtures/kernel-md`: one directory per fixture set, made by Linux md.
+/// `KMD_FIXTURES_DIR` points elsewhere (e.g. sets made with the rig's `make-fixtures.sh`).
 pub fn fixtures_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("KMD_FIXTURES_DIR") {
+        return PathBuf::from(dir);
+    }
     PathBuf::from(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../shared/fixtures/kernel-md"
