@@ -1,3 +1,4 @@
 pub mod bitmap;
+pub mod kmd;
 pub mod loopdev;
 pub mod mdfuse;

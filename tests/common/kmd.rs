@@ -1,0 +1,413 @@
+//! The kernel-md rig (`../shared/kernel-md-rig`) from the test suite: Linux md and the real
+//! mdadm booted under qemu, so what mdfuse writes is judged by md itself.
+//!
+//! - [`ensure_rig`] prepares the rig once per test binary (`scripts/kmd-rig-setup.sh`, which
+//!   installs from Debian's packages on a fresh machine and is a no-op when the cache is ready).
+//! - [`serial`] serialises the tests that use it: each boot takes one of the machine's cores
+//!   for ~10 s under TCG, and the loop devices and mounts of the tests add up.
+//! - [`verify_foreign`] runs `verify-foreign.sh` and parses what md said ([`VerifyRun`]).
+//! - The data pattern of the rig's `lib/pattern.py` ([`pattern`]) and an independent decoder
+//!   of md's bitmap file bits ([`bitmap_file_dirty`]), so a test needs no Python of its own.
+
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+pub const SECTOR: u64 = 512;
+
+/// `../shared/kernel-md-rig` beside the project (CI clones it there).
+pub fn rig_dir() -> PathBuf {
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/kernel-md-rig"
+    ))
+}
+
+/// `../shared/fixtures/kernel-md`: one directory per fixture set, made by Linux md.
+/// `KMD_FIXTURES_DIR` points elsewhere (e.g. sets made with the rig's `make-fixtures.sh`).
+pub fn fixtures_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("KMD_FIXTURES_DIR") {
+        return PathBuf::from(dir);
+    }
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/fixtures/kernel-md"
+    ))
+}
+
+/// Makes the rig ready, once per test binary; panics (failing the test) with the setup's
+/// output when it cannot be made ready: these tests are meant to run in CI, not to skip.
+pub fn ensure_rig() {
+    static READY: OnceLock<Result<(), String>> = OnceLock::new();
+    let ready = READY.get_or_init(|| {
+        let script = PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/kmd-rig-setup.sh"
+        ));
+        let t0 = Instant::now();
+        let out = Command::new(&script)
+            .env("KMD_RIG", rig_dir())
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        eprintln!(
+            "kmd rig setup ({:.1} s):\n{}",
+            t0.elapsed().as_secs_f64(),
+            text.trim_end()
+        );
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} failed ({}):\n{text}",
+                script.display(),
+                out.status
+            ))
+        }
+    });
+    if let Err(e) = ready {
+        panic!("the kernel-md rig is not ready: {e}");
+    }
+}
+
+/// One test at a time through the rig (and its loop devices and mounts). Poison-tolerant:
+/// a failed test must not fail the ones after it.
+pub fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What one `verify-foreign.sh` run reported.
+#[derive(Debug)]
+pub struct VerifyRun {
+    /// verify-foreign's exit status: 0 assembled (and sha matched with `-x`), 1 not, 2+ rig.
+    pub rc: i32,
+    /// console.log, summary.txt, md0.bitmap.after, leg*.img.after (with `keep_legs`).
+    pub dir: PathBuf,
+    /// Removes `dir` on drop (None once kept).
+    guard: Option<tempfile::TempDir>,
+    pub console: String,
+    pub summary: String,
+    pub wall: Duration,
+}
+
+impl VerifyRun {
+    /// The last `KMD-VAL key=...` the guest printed.
+    pub fn val(&self, key: &str) -> Option<String> {
+        let prefix = format!("KMD-VAL {key}=");
+        self.console
+            .lines()
+            .rev()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .map(str::to_string)
+    }
+
+    /// The output of a guest section (`KMD-SECTION name` .. `KMD-ENDSECTION name rc=N`),
+    /// without the command line.
+    pub fn section(&self, name: &str) -> Option<String> {
+        let begin = format!("KMD-SECTION {name}");
+        let end = format!("KMD-ENDSECTION {name} ");
+        let mut inside = false;
+        let mut found = false;
+        let mut text = String::new();
+        for line in self.console.lines() {
+            if line == begin {
+                inside = true;
+                found = true;
+                text.clear();
+            } else if inside && line.starts_with(&end) {
+                inside = false;
+            } else if inside && !line.starts_with("KMD-CMD ") {
+                text.push_str(line);
+                text.push('\n');
+            }
+        }
+        found.then_some(text)
+    }
+
+    /// `mdadm -E` / `-X` fields of a section (see [`mdadm_fields`]).
+    pub fn section_fields(&self, name: &str) -> BTreeMap<String, String> {
+        mdadm_fields(&self.section(name).unwrap_or_default())
+    }
+
+    /// The kernel's md lines (the `dmesg-md` section, printed after a successful run).
+    pub fn dmesg_md(&self) -> String {
+        self.section("dmesg-md").unwrap_or_default()
+    }
+
+    pub fn leg_after(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("leg{i}.img.after"))
+    }
+
+    pub fn bitmap_after(&self) -> PathBuf {
+        self.dir.join("md0.bitmap.after")
+    }
+
+    /// For failure messages: the summary and where the full console log was kept.
+    pub fn describe(&self) -> String {
+        format!(
+            "verify-foreign rc={} wall={:.1}s\n{}",
+            self.rc,
+            self.wall.as_secs_f64(),
+            self.summary
+        )
+    }
+
+    /// Keeps the output directory (for a failed test's post-mortem); returns its path.
+    pub fn keep(mut self) -> PathBuf {
+        if let Some(g) = self.guard.take() {
+            let _ = g.keep();
+        }
+        self.dir.clone()
+    }
+}
+
+/// `verify-foreign.sh [-x SHA] [-k] [-e K=V]... LEGS... BITMAP`: inputs are copied, never
+/// modified. `env` entries are `KEY=VAL` for the guest (e.g. `RE_ADD=1`).
+pub fn verify_foreign(
+    legs: &[&Path],
+    bitmap: &Path,
+    expected_sha: Option<&str>,
+    keep_legs: bool,
+    env: &[&str],
+) -> VerifyRun {
+    ensure_rig();
+    let out = tempfile::Builder::new()
+        .prefix("kmd-verify")
+        .tempdir()
+        .expect("tempdir for verify-foreign output");
+    let mut cmd = Command::new(rig_dir().join("verify-foreign.sh"));
+    cmd.arg("-o").arg(out.path());
+    if let Some(sha) = expected_sha {
+        cmd.arg("-x").arg(sha);
+    }
+    if keep_legs {
+        cmd.arg("-k");
+    }
+    for kv in env {
+        cmd.arg("-e").arg(kv);
+    }
+    cmd.args(legs).arg(bitmap);
+    let t0 = Instant::now();
+    let output = cmd.output().expect("run verify-foreign.sh");
+    let wall = t0.elapsed();
+    let console = std::fs::read_to_string(out.path().join("console.log"))
+        .map(|s| s.replace('\r', ""))
+        .unwrap_or_default();
+    let summary = std::fs::read_to_string(out.path().join("summary.txt")).unwrap_or_else(|_| {
+        format!(
+            "(no summary) stdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    // KMD_KEEP_RUNS=1 keeps every run's output directory (console logs as evidence).
+    let dir = out.path().to_path_buf();
+    let guard = if std::env::var_os("KMD_KEEP_RUNS").is_some() {
+        eprintln!("verify-foreign output kept in {}", out.keep().display());
+        None
+    } else {
+        Some(out)
+    };
+    let run = VerifyRun {
+        rc: output.status.code().unwrap_or(-1),
+        dir,
+        guard,
+        console,
+        summary,
+        wall,
+    };
+    eprintln!("{}", run.describe());
+    run
+}
+
+/// `key : value` lines of mdadm's `--examine` / `--examine-bitmap` / `--detail` layouts
+/// (and mdfuse's renderings of them), keys trimmed, values trimmed at the end.
+pub fn mdadm_fields(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(" : ")?;
+            Some((k.trim().to_string(), v.trim().to_string()))
+        })
+        .collect()
+}
+
+/// The rig's data pattern (`lib/pattern.py`): array sector `s` written with tag `t` holds LE
+/// u64 `(t << 48) | s` in bytes 0..8 and the byte `(s & 0xff) ^ (t & 0xff)` in 8..512.
+pub fn pattern(tag: u16, first_sector: u64, sectors: u64) -> Vec<u8> {
+    let mut out = vec![0u8; (sectors * SECTOR) as usize];
+    for (i, sector) in out.chunks_exact_mut(SECTOR as usize).enumerate() {
+        let s = first_sector + i as u64;
+        sector[..8].copy_from_slice(&((u64::from(tag) << 48) | s).to_le_bytes());
+        sector[8..].fill((s as u8) ^ (tag as u8));
+    }
+    out
+}
+
+/// The tag of a pattern sector at array sector `s`, if it is one.
+pub fn pattern_tag(sector: &[u8], s: u64) -> Option<u16> {
+    let word = u64::from_le_bytes(sector[..8].try_into().ok()?);
+    let tag = (word >> 48) as u16;
+    let ok =
+        word & ((1 << 48) - 1) == s && sector[8..].iter().all(|&b| b == (s as u8) ^ (tag as u8));
+    ok.then_some(tag)
+}
+
+/// sha256 of a file's bytes `[skip, skip + len)` (the `sha256sum` command).
+pub fn sha256_region(path: &Path, skip: u64, len: u64) -> String {
+    let script = format!("tail -c +{} \"$1\" | head -c {len} | sha256sum", skip + 1);
+    let out = Command::new("sh")
+        .args(["-c", &script, "sh"])
+        .arg(path)
+        .output()
+        .expect("run sha256sum");
+    assert!(out.status.success(), "sha256sum of {}", path.display());
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+pub fn sha256_bytes(bytes: &[u8]) -> String {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = dir.path().join("bytes");
+    std::fs::write(&p, bytes).expect("write bytes");
+    sha256_region(&p, 0, bytes.len() as u64)
+}
+
+/// Dirty chunks of an md bitmap FILE, decoded here independently of mdfuse (md's layout: a
+/// 256-byte header, sync_size u64 at 0x28, chunksize u32 at 0x34; chunk `i` is bit `i % 8`
+/// of byte `256 + i / 8`).
+pub fn bitmap_file_dirty(bytes: &[u8]) -> Vec<u64> {
+    let sync_sectors = u64::from_le_bytes(bytes[0x28..0x30].try_into().expect("header"));
+    let chunk = u64::from(u32::from_le_bytes(
+        bytes[0x34..0x38].try_into().expect("header"),
+    ));
+    let chunks = (sync_sectors * SECTOR).div_ceil(chunk);
+    (0..chunks)
+        .filter(|&i| {
+            bytes
+                .get(256 + (i / 8) as usize)
+                .is_some_and(|b| b >> (i % 8) & 1 == 1)
+        })
+        .collect()
+}
+
+/// "0,80-81,319-320,480" (or "-") as chunk numbers.
+pub fn parse_chunk_ranges(text: &str) -> Vec<u64> {
+    let text = text.trim();
+    if text == "-" || text.is_empty() {
+        return Vec::new();
+    }
+    text.split(',')
+        .flat_map(|part| {
+            let (a, b) = part.split_once('-').unwrap_or((part, part));
+            let (a, b): (u64, u64) = (
+                a.trim().parse().expect("chunk number"),
+                b.trim().parse().expect("chunk number"),
+            );
+            a..=b
+        })
+        .collect()
+}
+
+/// A fixture set's MANIFEST, the parts the tests check against.
+#[derive(Debug)]
+pub struct Manifest {
+    pub name: String,
+    pub text: String,
+    /// `md0 as read by the guest kernel (sha256sum /dev/md0, while running): SHA`
+    pub md0_sha: String,
+    /// `set in md0.bitmap (...): LIST`
+    pub dirty: Vec<u64>,
+    pub data_offset_sectors: u64,
+    pub array_bytes: u64,
+}
+
+impl Manifest {
+    pub fn load(set_dir: &Path) -> Manifest {
+        let text = std::fs::read_to_string(set_dir.join("MANIFEST")).expect("read MANIFEST");
+        let after = |prefix: &str| -> String {
+            text.lines()
+                .find_map(|l| l.trim_start().strip_prefix(prefix))
+                .and_then(|rest| rest.rsplit_once(':').map(|(_, v)| v).or(Some(rest)))
+                .unwrap_or_else(|| panic!("MANIFEST of {}: no `{prefix}` line", set_dir.display()))
+                .trim()
+                .to_string()
+        };
+        let md0_sha = after("md0 as read by the guest kernel");
+        let dirty = parse_chunk_ranges(&after("set in md0.bitmap"));
+        let first_number = |prefix: &str| -> u64 {
+            text.lines()
+                .find_map(|l| l.trim_start().strip_prefix(prefix))
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("MANIFEST: no `{prefix}` number"))
+        };
+        Manifest {
+            name: set_dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            md0_sha,
+            dirty,
+            data_offset_sectors: first_number("data_offset"),
+            array_bytes: first_number("array size"),
+            text,
+        }
+    }
+
+    /// The indented body of a `== title...` section whose title starts with `title`.
+    pub fn section(&self, title: &str) -> Option<String> {
+        let mut lines = self.text.lines();
+        lines.find(|l| l.starts_with(&format!("== {title}")))?;
+        Some(
+            lines
+                .take_while(|l| !l.starts_with("== "))
+                .map(|l| l.strip_prefix("  ").unwrap_or(l))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        )
+    }
+
+    /// True when the set left a leg failed/removed (md starts it degraded).
+    pub fn is_degraded(&self) -> bool {
+        self.text.contains("--fail ")
+    }
+}
+
+/// Every fixture set directory (those with a MANIFEST), sorted.
+pub fn fixture_sets() -> Vec<PathBuf> {
+    let mut sets: Vec<PathBuf> = std::fs::read_dir(fixtures_dir())
+        .expect("read ../shared/fixtures/kernel-md")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("MANIFEST").is_file())
+        .collect();
+    sets.sort();
+    sets
+}
+
+/// `zstd -d -c SRC > DST`.
+pub fn unzstd(src: &Path, dst: &Path) {
+    let out = Command::new("zstd")
+        .args(["-q", "-d", "-f", "-o"])
+        .arg(dst)
+        .arg(src)
+        .output()
+        .expect("run zstd");
+    assert!(
+        out.status.success(),
+        "zstd -d {}: {}",
+        src.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
