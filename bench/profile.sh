@@ -8,7 +8,7 @@
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
-MDFUSE=$REPO/target/release/mdfuse
+MDFUSE=${MDFUSE:-$REPO/target/release/mdfuse}
 WL=${1:?workload}
 TOOL=${2:-both}
 WORK=${WORK:-/var/tmp/mdfuse-profile}
@@ -42,6 +42,14 @@ RUST_LOG=info "$MDFUSE" mount -f $EXTRA_MOUNT_ARGS --bitmap "$WORK/bmfs/bm" "$WO
 PID=$!
 for _ in $(seq 100); do grep -q " $MNT fuse" /proc/mounts && break; sleep 0.1; done
 IMG=$MNT/array.img
+BDI=/sys/class/bdi/$(mountpoint -d "$MNT")
+# BDI_MAX_RATIO=N: let the FUSE mount's page cache use N% of the dirty limit
+# (FUSE mounts default to max_ratio 1 with strict limiting).
+if [ -n "${BDI_MAX_RATIO:-}" ]; then
+    echo "$BDI_MAX_RATIO" > "$BDI/max_ratio"
+    [ -e "$BDI/strict_limit" ] && echo 0 > "$BDI/strict_limit"
+fi
+grep . "$BDI"/* > "$OUTDIR/bdi.txt" 2>/dev/null || true
 fio_job() {
     local t=$1
     local common=(--name=p --filename="$IMG" --size=1000M --time_based --runtime="$t" --thread --norandommap --randrepeat=0)
@@ -49,6 +57,8 @@ fio_job() {
         seqwrite) fio "${common[@]}" --rw=write --bs=1M --direct=1 ;;
         seqread) fio "${common[@]}" --rw=read --bs=1M --direct=1 ;;
         randwrite) fio "${common[@]}" --rw=randwrite --bs=4k --direct=1 --ioengine=libaio --iodepth=16 ;;
+        randwrite_qd1) fio "${common[@]}" --rw=randwrite --bs=4k --direct=1 --ioengine=psync ;;
+        randwrite_jobs16) fio "${common[@]}" --rw=randwrite --bs=4k --direct=1 --ioengine=psync --numjobs=16 --group_reporting ;;
         randread) fio "${common[@]}" --rw=randread --bs=4k --direct=1 --ioengine=libaio --iodepth=16 ;;
         randrw) fio "${common[@]}" --rw=randrw --rwmixread=70 --bs=4k --direct=1 --ioengine=libaio --iodepth=16 ;;
         randwrite_buffered) fio "${common[@]}" --rw=randwrite --bs=4k --direct=0 --numjobs=16 --end_fsync=1 ;;
@@ -65,8 +75,8 @@ if [ "$TOOL" = perf ] || [ "$TOOL" = both ]; then
     PP=$!
     fio_job "$SECS" > "$OUTDIR/fio.perf.txt"
     wait $PP || true
-    perf report -i "$OUTDIR/perf.data" --no-children --sort symbol --stdio -g none 2>/dev/null | head -60 > "$OUTDIR/perf.flat.txt"
-    perf report -i "$OUTDIR/perf.data" --children --sort symbol --stdio -g none 2>/dev/null | head -80 > "$OUTDIR/perf.children.txt"
+    perf report -i "$OUTDIR/perf.data" --no-children --sort symbol --stdio -g none 2>/dev/null | head -60 > "$OUTDIR/perf.flat.txt" || true
+    perf report -i "$OUTDIR/perf.data" --children --sort symbol --stdio -g none 2>/dev/null | head -80 > "$OUTDIR/perf.children.txt" || true
 fi
 if [ "$TOOL" = strace ] || [ "$TOOL" = both ]; then
     timeout -s INT $((SECS)) strace -f -c -p "$PID" -o "$OUTDIR/strace.count.txt" &

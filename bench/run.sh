@@ -8,7 +8,10 @@
 # default /var/tmp/mdfuse-bench), LEG_SIZE (default 1G), IO_SIZE (the extent
 # fio uses, default 1000M: fits inside the array after md's data offset),
 # RUNTIME (seconds per job, default 8), THREADS (mdfuse --threads, default 16),
-# SKIP_BUILD=1, KEEP_OUTPUT=1 (keep the raw fio JSON in $WORK/out).
+# SKIP_BUILD=1, KEEP_OUTPUT=1 (keep the raw fio JSON in $WORK/out),
+# MDFUSE (another mdfuse binary, e.g. an experiment; implies nothing about
+# SKIP_BUILD), BDI_MAX_RATIO (experiment: raise the mdfuse mount's dirty-page
+# share, /sys/class/bdi/<dev>/max_ratio, and clear strict_limit).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -18,7 +21,7 @@ LEG_SIZE=${LEG_SIZE:-1G}
 IO_SIZE=${IO_SIZE:-1000M}
 RUNTIME=${RUNTIME:-8}
 THREADS=${THREADS:-16}
-MDFUSE=$REPO/target/release/mdfuse
+MDFUSE=${MDFUSE:-$REPO/target/release/mdfuse}
 OUT=$WORK/out
 STAMP=$(date -u +%Y-%m-%dT%H%MZ)
 RESULT=${RESULT:-$HERE/results/$STAMP.json}
@@ -187,6 +190,13 @@ mount_mdfuse() { # LOGFILE [--bitmap FILE] LEGS... MNT
     local pid
     pid=$(daemon_pid "$logf")
     [ -n "$pid" ] && PIDS+=("$pid")
+    local mnt=${*: -1}
+    local bdi=/sys/class/bdi/$(mountpoint -d "$mnt")
+    if [ -n "${BDI_MAX_RATIO:-}" ] && [ -d "$bdi" ]; then
+        echo "$BDI_MAX_RATIO" > "$bdi/max_ratio"
+        [ -e "$bdi/strict_limit" ] && echo 0 > "$bdi/strict_limit"
+    fi
+    grep . "$bdi"/max_ratio "$bdi"/strict_limit "$bdi"/read_ahead_kb > "$logf.bdi" 2>/dev/null || true
 }
 
 stop_mdfuse() { "$MDFUSE" stop "$1" >/dev/null || die "mdfuse stop $1"; }
