@@ -1,0 +1,281 @@
+#!/usr/bin/env bash
+# mdfuse benchmark: fio on the raw legs, mdfuse with and without its
+# write-intent bitmap, and qemu-storage-daemon's quorum over a FUSE export,
+# all in one run, each figure reported as a ratio to the raw legs of the same
+# run. See bench/METHOD.md. Runs as root; < 10 minutes on 2 cores.
+#
+# Knobs (environment): WORK (directory on a real disk, not tmpfs;
+# default /var/tmp/mdfuse-bench), LEG_SIZE (default 1G), IO_SIZE (the extent
+# fio uses, default 1000M: fits inside the array after md's data offset),
+# RUNTIME (seconds per job, default 8), THREADS (mdfuse --threads, default 16),
+# SKIP_BUILD=1, KEEP_OUTPUT=1 (keep the raw fio JSON in $WORK/out),
+# MDFUSE (another mdfuse binary, e.g. an experiment; implies nothing about
+# SKIP_BUILD), BDI_MAX_RATIO (experiment: raise the mdfuse mount's dirty-page
+# share, /sys/class/bdi/<dev>/max_ratio, and clear strict_limit).
+set -euo pipefail
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+REPO=$(cd "$HERE/.." && pwd)
+WORK=${WORK:-/var/tmp/mdfuse-bench}
+LEG_SIZE=${LEG_SIZE:-1G}
+IO_SIZE=${IO_SIZE:-1000M}
+RUNTIME=${RUNTIME:-8}
+THREADS=${THREADS:-16}
+MDFUSE=${MDFUSE:-$REPO/target/release/mdfuse}
+OUT=$WORK/out
+STAMP=$(date -u +%Y-%m-%dT%H%MZ)
+RESULT=${RESULT:-$HERE/results/$STAMP.json}
+
+log() { printf '[%s] %s\n' "$(date -u +%T)" "$*" >&2; }
+die() { log "FAILED: $*"; exit 1; }
+
+[ "$(id -u)" = 0 ] || die "run as root (loop devices, mounts)"
+
+# ---------------------------------------------------------------- cleanup
+# Everything this run creates is recorded here and undone on any exit.
+MOUNTS=()   # mdfuse mountpoints
+PIDS=()     # daemons we started (qemu-storage-daemon, mdfuse)
+LOOPS=()    # loop devices we attached
+FSMOUNTS=() # ext4 mounts
+cleanup() {
+    local rc=$?
+    set +e
+    for m in "${MOUNTS[@]}"; do
+        if mountpoint -q "$m" 2>/dev/null || grep -q " $m fuse" /proc/mounts; then
+            "$MDFUSE" stop --timeout 30 "$m" >/dev/null 2>&1 || umount -l "$m" 2>/dev/null
+        fi
+    done
+    for p in "${PIDS[@]}"; do
+        if kill -0 "$p" 2>/dev/null; then
+            kill "$p" 2>/dev/null
+            for _ in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$p" 2>/dev/null || break; sleep 0.3; done
+            kill -9 "$p" 2>/dev/null
+        fi
+    done
+    for f in "$WORK"/qemu.img; do grep -q " $f fuse" /proc/mounts 2>/dev/null && umount -l "$f"; done
+    for m in "${FSMOUNTS[@]}"; do umount "$m" 2>/dev/null || umount -l "$m"; done
+    for d in "${LOOPS[@]}"; do losetup -d "$d" 2>/dev/null; done
+    if [ "${KEEP_OUTPUT:-0}" = 1 ]; then
+        rm -f "$WORK"/*.img "$WORK"/big*.leg
+    else
+        rm -rf "$WORK"
+    fi
+    [ $rc -ne 0 ] && log "exit $rc; cleaned up"
+    exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ---------------------------------------------------------------- tools
+need=()
+command -v fio >/dev/null || need+=(fio)
+command -v qemu-storage-daemon >/dev/null || need+=(qemu-utils)
+command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
+command -v python3 >/dev/null || need+=(python3)
+if [ ${#need[@]} -gt 0 ]; then
+    log "installing ${need[*]}"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+if [ "${SKIP_BUILD:-0}" != 1 ]; then
+    log "cargo build --release"
+    (cd "$REPO" && cargo build --release -q) || die "build failed"
+fi
+[ -x "$MDFUSE" ] || die "$MDFUSE missing"
+
+rm -rf "$WORK"
+mkdir -p "$WORK" "$OUT"
+fstype=$(stat -f -c %T "$WORK")
+[ "$fstype" = tmpfs ] && die "$WORK is on tmpfs; set WORK to a directory on a real disk"
+
+# The legs: the same two files serve every target, so every target writes the
+# same blocks of the same disk. Written in full once so no target pays for
+# allocating them.
+LEG0=$WORK/leg0.img
+LEG1=$WORK/leg1.img
+log "legs: 2 x $LEG_SIZE in $WORK ($fstype)"
+for l in "$LEG0" "$LEG1"; do
+    fallocate -l "$LEG_SIZE" "$l"
+done
+dd if=/dev/zero of="$LEG0" bs=1M count=$(( $(stat -c %s "$LEG0") >> 20 )) oflag=direct conv=notrunc status=none
+dd if=/dev/zero of="$LEG1" bs=1M count=$(( $(stat -c %s "$LEG1") >> 20 )) oflag=direct conv=notrunc status=none
+
+# The bitmap's filesystem: ext4 on a loop device over a file on the same disk.
+BMIMG=$WORK/bitmap-fs.img
+BMFS=$WORK/bitmap-fs
+truncate -s 64M "$BMIMG"
+mkdir -p "$BMFS"
+BMLOOP=$(losetup -f --show "$BMIMG")
+LOOPS+=("$BMLOOP")
+mkfs.ext4 -q -F "$BMLOOP"
+mount "$BMLOOP" "$BMFS"
+FSMOUNTS+=("$BMFS")
+
+MNT=$WORK/mnt
+mkdir -p "$MNT"
+MOUNTS+=("$MNT")
+
+# ---------------------------------------------------------------- fio
+# Common options; a job's own options follow. Each job is time based over the
+# same IO_SIZE extent, after the image has been written in full.
+FIO_COMMON=(--output-format=json --size="$IO_SIZE" --randrepeat=0 --norandommap
+    --thread --allow_mounted_write=1)
+
+# workload name -> fio options (the mix: 70% reads)
+declare -A WL=(
+    [seqwrite_direct]="--rw=write --bs=1M --ioengine=psync --direct=1"
+    [seqread_direct]="--rw=read --bs=1M --ioengine=psync --direct=1"
+    [randwrite_direct]="--rw=randwrite --bs=4k --ioengine=libaio --iodepth=16 --direct=1"
+    [randread_direct]="--rw=randread --bs=4k --ioengine=libaio --iodepth=16 --direct=1"
+    [randrw_direct]="--rw=randrw --rwmixread=70 --bs=4k --ioengine=libaio --iodepth=16 --direct=1"
+    [seqwrite_buffered]="--rw=write --bs=1M --ioengine=psync --direct=0 --end_fsync=1"
+    [seqread_buffered]="--rw=read --bs=1M --ioengine=psync --direct=0"
+    [randwrite_buffered]="--rw=randwrite --bs=4k --ioengine=psync --numjobs=16 --direct=0 --end_fsync=1"
+    [randread_buffered]="--rw=randread --bs=4k --ioengine=psync --numjobs=16 --direct=0"
+    [randrw_buffered]="--rw=randrw --rwmixread=70 --bs=4k --ioengine=psync --numjobs=16 --direct=0 --end_fsync=1"
+)
+# Order: writes first on a filled image, reads after; buffered after direct.
+ORDER=(seqwrite_direct seqread_direct randwrite_direct randread_direct randrw_direct
+    seqwrite_buffered seqread_buffered randwrite_buffered randread_buffered randrw_buffered)
+
+drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches; }
+
+# fio_on TARGET WORKLOAD FILE... : one fio run, one job section per file
+# (several files only for the raw legs' writes: both legs at once).
+fio_on() {
+    local target=$1 wl=$2; shift 2
+    local args=() i=0
+    # shellcheck disable=SC2206
+    local opts=(${WL[$wl]})
+    for f in "$@"; do
+        args+=(--name="leg$i" --filename="$f" "${opts[@]}" --time_based --runtime="$RUNTIME")
+        i=$((i + 1))
+    done
+    drop_caches
+    fio "${FIO_COMMON[@]}" "${args[@]}" > "$OUT/$target.$wl.json" 2>"$OUT/$target.$wl.err" ||
+        die "fio $wl on $target: $(tail -3 "$OUT/$target.$wl.err")"
+}
+
+# fill TARGET FILE... : writes the whole extent once (1 MiB, O_DIRECT), so
+# reads read written data; also recorded (seq write of a full pass).
+fill() {
+    local target=$1; shift
+    local args=() i=0
+    for f in "$@"; do
+        args+=(--name="leg$i" --filename="$f" --rw=write --bs=1M --ioengine=psync --direct=1)
+        i=$((i + 1))
+    done
+    fio "${FIO_COMMON[@]}" "${args[@]}" > "$OUT/$target.fill.json" 2>"$OUT/$target.fill.err" ||
+        die "fill on $target: $(tail -3 "$OUT/$target.fill.err")"
+}
+
+run_target() {
+    local target=$1 read_file=$2; shift 2
+    local write_files=("$@")
+    log "$target: fill"
+    fill "$target" "${write_files[@]}"
+    for wl in "${ORDER[@]}"; do
+        log "$target: $wl"
+        case $wl in
+            *read_*) fio_on "$target" "$wl" "$read_file" ;;
+            *) fio_on "$target" "$wl" "${write_files[@]}" ;;
+        esac
+    done
+}
+
+daemon_pid() { sed -n 's/.*, pid \([0-9]*\)$/\1/p' "$1" | tail -1; }
+
+mount_mdfuse() { # LOGFILE [--bitmap FILE] LEGS... MNT
+    local logf=$1; shift
+    "$MDFUSE" mount --threads "$THREADS" --log "$logf" "$@" >/dev/null || die "mdfuse mount: $(tail -5 "$logf")"
+    local pid
+    pid=$(daemon_pid "$logf")
+    [ -n "$pid" ] && PIDS+=("$pid")
+    local mnt=${*: -1}
+    local bdi=/sys/class/bdi/$(mountpoint -d "$mnt")
+    if [ -n "${BDI_MAX_RATIO:-}" ] && [ -d "$bdi" ]; then
+        echo "$BDI_MAX_RATIO" > "$bdi/max_ratio"
+        [ -e "$bdi/strict_limit" ] && echo 0 > "$bdi/strict_limit"
+    fi
+    grep . "$bdi"/max_ratio "$bdi"/strict_limit "$bdi"/read_ahead_kb > "$logf.bdi" 2>/dev/null || true
+}
+
+stop_mdfuse() { "$MDFUSE" stop "$1" >/dev/null || die "mdfuse stop $1"; }
+
+# ---------------------------------------------------------------- raw
+run_target raw "$LEG0" "$LEG0" "$LEG1"
+
+# ---------------------------------------------------------------- mdfuse, bitmap on
+log "mdfuse create --bitmap"
+"$MDFUSE" create --force --bitmap "$BMFS/array.bitmap" "$LEG0" "$LEG1" > "$OUT/create.txt"
+mount_mdfuse "$OUT/mdfuse-bitmap.log" --bitmap "$BMFS/array.bitmap" "$LEG0" "$LEG1" "$MNT"
+run_target mdfuse_bitmap "$MNT/array.img" "$MNT/array.img"
+cat "$MNT/mdstat" > "$OUT/mdfuse_bitmap.mdstat" || true
+stop_mdfuse "$MNT"
+
+# ---------------------------------------------------------------- mdfuse, no bitmap
+log "mdfuse create (no bitmap)"
+"$MDFUSE" create --force "$LEG0" "$LEG1" >> "$OUT/create.txt"
+mount_mdfuse "$OUT/mdfuse-nobitmap.log" "$LEG0" "$LEG1" "$MNT"
+run_target mdfuse_nobitmap "$MNT/array.img" "$MNT/array.img"
+stop_mdfuse "$MNT"
+
+# ---------------------------------------------------------------- qemu-storage-daemon quorum
+QIMG=$WORK/qemu.img
+touch "$QIMG"
+AIO=io_uring
+qsd_start() {
+    local aio=$1
+    local child0 child1
+    child0="{\"driver\":\"file\",\"node-name\":\"leg0\",\"filename\":\"$LEG0\",\"cache\":{\"direct\":true},\"aio\":\"$aio\"}"
+    child1="{\"driver\":\"file\",\"node-name\":\"leg1\",\"filename\":\"$LEG1\",\"cache\":{\"direct\":true},\"aio\":\"$aio\"}"
+    qemu-storage-daemon \
+        --blockdev "{\"driver\":\"quorum\",\"node-name\":\"mirror\",\"vote-threshold\":1,\"read-pattern\":\"fifo\",\"children\":[$child0,$child1]}" \
+        --export "type=fuse,id=exp0,node-name=mirror,mountpoint=$QIMG,writable=on" \
+        > "$OUT/qsd.log" 2>&1 &
+    QSD_PID=$!
+    PIDS+=("$QSD_PID")
+    for _ in $(seq 50); do
+        grep -q " $QIMG fuse" /proc/mounts && return 0
+        kill -0 "$QSD_PID" 2>/dev/null || return 1
+        sleep 0.1
+    done
+    return 1
+}
+if ! qsd_start io_uring; then
+    log "qemu-storage-daemon with aio=io_uring failed ($(tail -1 "$OUT/qsd.log")); trying aio=threads"
+    kill "$QSD_PID" 2>/dev/null || true
+    AIO=threads
+    qsd_start threads || die "qemu-storage-daemon: $(cat "$OUT/qsd.log")"
+fi
+run_target qemu_quorum "$QIMG" "$QIMG"
+umount "$QIMG" 2>/dev/null || true
+kill "$QSD_PID" 2>/dev/null || true
+wait "$QSD_PID" 2>/dev/null || true
+
+# ---------------------------------------------------------------- start-up and memory, 1 TiB
+log "start-up: 1 TiB sparse array"
+BIG0=$WORK/big0.leg
+BIG1=$WORK/big1.leg
+truncate -s 1T "$BIG0" "$BIG1"
+"$MDFUSE" create --force --bitmap "$BMFS/big.bitmap" "$BIG0" "$BIG1" > "$OUT/big-create.txt"
+t0=$(date +%s.%N)
+mount_mdfuse "$OUT/mdfuse-big.log" --bitmap "$BMFS/big.bitmap" "$BIG0" "$BIG1" "$MNT"
+t1=$(date +%s.%N)
+BIGPID=$(daemon_pid "$OUT/mdfuse-big.log")
+grep -E 'Vm(RSS|HWM)' "/proc/$BIGPID/status" > "$OUT/big.mem.idle"
+threads_big=$(ls "/proc/$BIGPID/task" | wc -l)
+# Some I/O spread over the whole 1 TiB: 4 KiB random writes then reads.
+fio --output-format=json --name=big --filename="$MNT/array.img" --rw=randrw --rwmixread=50 --bs=4k \
+    --ioengine=libaio --iodepth=16 --direct=1 --time_based --runtime=5 --norandommap --randrepeat=0 \
+    --thread > "$OUT/big.fio.json" 2>"$OUT/big.fio.err" || die "fio on the 1 TiB array"
+grep -E 'Vm(RSS|HWM)' "/proc/$BIGPID/status" > "$OUT/big.mem.io"
+stop_mdfuse "$MNT"
+echo "$t0 $t1 $threads_big" > "$OUT/big.mount"
+
+# ---------------------------------------------------------------- report
+mkdir -p "$(dirname "$RESULT")"
+python3 "$HERE/report.py" "$OUT" "$RESULT" \
+    --runtime "$RUNTIME" --io-size "$IO_SIZE" --leg-size "$LEG_SIZE" --threads "$THREADS" \
+    --work "$WORK" --fstype "$fstype" --qemu-aio "$AIO" \
+    --mdfuse-rev "$(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+log "results: $RESULT"
