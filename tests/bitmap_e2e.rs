@@ -908,7 +908,6 @@ fn refuses_bitmap_on_device_set_read_only() {
 /// capability: guard.rs turns every chattr failure into ImmutableDenied,
 /// whose text says "needs CAP_LINUX_IMMUTABLE (run it as root)".
 #[test]
-#[ignore = "bug: EROFS from chattr +i reported as a missing CAP_LINUX_IMMUTABLE (src/blockmap/guard.rs protect, src/blockmap/error.rs ImmutableDenied)"]
 fn read_only_filesystem_message_names_the_real_cause() {
     if !needs_root("read_only_filesystem_message_names_the_real_cause") {
         return;

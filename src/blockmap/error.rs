@@ -148,6 +148,12 @@ pub enum BlockMapError {
     Locked { file: PathBuf },
 
     #[error(
+        "the filesystem holding {file} is read-only (Read-only file system: mounted ro, or on a read-only device): \
+         raw bitmap writes need it read-write: remount it read-write, or put the bitmap \
+         file on a writable filesystem", file = .file.display()
+    )]
+    ReadOnlyFilesystem { file: PathBuf },
+    #[error(
         "cannot make {file} immutable: {source}; mdfuse needs CAP_LINUX_IMMUTABLE \
          (run it as root) so nothing moves the file under raw writes"
     )]

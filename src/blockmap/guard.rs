@@ -61,6 +61,11 @@ pub fn protect(path: &Path) -> Result<FileGuard, BlockMapError> {
                 "{}: the filesystem cannot make it immutable ({e}); only the lock protects it",
                 path.display()
             ),
+            Err(e) if e.raw_os_error() == Some(libc::EROFS) => {
+                return Err(BlockMapError::ReadOnlyFilesystem {
+                    file: path.to_path_buf(),
+                })
+            }
             Err(e) => {
                 return Err(BlockMapError::ImmutableDenied {
                     file: path.to_path_buf(),
