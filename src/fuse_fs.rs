@@ -43,15 +43,17 @@ const TTL: Duration = Duration::from_secs(1);
 
 pub struct ArrayFs<A: ServedArray> {
     array: Arc<A>,
+    writeback_cache: bool,
     uid: u32,
     gid: u32,
     started: SystemTime,
 }
 
 impl<A: ServedArray> ArrayFs<A> {
-    pub fn new(array: Arc<A>, uid: u32, gid: u32) -> Self {
+    pub fn new(array: Arc<A>, uid: u32, gid: u32, writeback_cache: bool) -> Self {
         ArrayFs {
             array,
+            writeback_cache,
             uid,
             gid,
             started: SystemTime::now(),
@@ -106,7 +108,15 @@ impl<A: ServedArray> Filesystem for ArrayFs<A> {
         // More requests in flight: readahead and async direct I/O.
         let _ = config.set_max_background(64);
         let _ = config.set_congestion_threshold(48);
-        let wanted = InitFlags::FUSE_ASYNC_DIO | InitFlags::FUSE_ASYNC_READ;
+        let mut wanted = InitFlags::FUSE_ASYNC_DIO | InitFlags::FUSE_ASYNC_READ;
+        if self.writeback_cache {
+            // Buffered writes gather in the kernel's page cache and reach us
+            // in large batches; fsync and close still write them back and
+            // then flush the legs. But the kernel then owns the file's size:
+            // a buffered write past the end is accepted and fails only at
+            // writeback. Hence opt-in.
+            wanted |= InitFlags::FUSE_WRITEBACK_CACHE;
+        }
         let _ = config.add_capabilities(wanted & config.capabilities());
         Ok(())
     }
@@ -176,7 +186,14 @@ impl<A: ServedArray> Filesystem for ArrayFs<A> {
                     return reply.error(Errno::EROFS);
                 }
                 let fh = if writing { FH_WRITABLE } else { 0 };
-                reply.opened(FileHandle(fh), FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES)
+                // O_DIRECT opens bypass the page cache (and the inode lock
+                // the cached path holds), so direct writes run in parallel.
+                let open_flags = if flags.0 & libc::O_DIRECT != 0 {
+                    FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES
+                } else {
+                    FopenFlags::FOPEN_KEEP_CACHE
+                };
+                reply.opened(FileHandle(fh), open_flags)
             }
             MDSTAT => {
                 if writing {
@@ -313,12 +330,13 @@ impl<A: ServedArray> Filesystem for ArrayFs<A> {
         _size: u32,
         reply: fuser::ReplyXattr,
     ) {
-        // No extended attributes; ENOTSUP makes the kernel stop asking.
-        reply.error(Errno::ENOTSUP);
+        // No extended attributes. Only ENOSYS makes the kernel stop asking
+        // (ENOTSUP would cost a round trip before every write).
+        reply.error(Errno::ENOSYS);
     }
 
     fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: fuser::ReplyXattr) {
-        reply.error(Errno::ENOTSUP);
+        reply.error(Errno::ENOSYS);
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

@@ -21,6 +21,9 @@ pub struct ServeOptions {
     pub threads: usize,
     /// The source shown in /proc/mounts (e.g. the first leg).
     pub fsname: String,
+    /// The kernel's FUSE writeback cache for buffered writes (faster; but a
+    /// buffered write past the image's end then fails only at writeback).
+    pub writeback_cache: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,7 +66,7 @@ pub fn serve<A: ServedArray>(
     let mountpoint = check_mountpoint(&opts.mountpoint)?;
     // SAFETY: getuid/getgid cannot fail.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-    let fs = ArrayFs::new(array, uid, gid);
+    let fs = ArrayFs::new(array, uid, gid, opts.writeback_cache);
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::FSName(opts.fsname.clone()),
@@ -89,6 +92,7 @@ pub fn serve<A: ServedArray>(
             path: mountpoint.clone(),
             source,
         })?;
+    tune_bdi(&mountpoint);
     let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(ServeError::Signals)?;
     let signal_handle = signals.handle();
     let target = mountpoint.clone();
@@ -120,6 +124,42 @@ pub fn serve<A: ServedArray>(
     signal_handle.close();
     let _ = signal_thread.join();
     result
+}
+
+/// The kernel gives a FUSE mount a 1% share of dirty memory with a strict
+/// limit and 128 KiB readahead; lift them so buffered writes batch and
+/// sequential reads use the 1 MiB requests negotiated. Best effort: logged.
+fn tune_bdi(mountpoint: &Path) {
+    // Not stat(2): the mount would have to answer it, and its session loop
+    // has not started yet.
+    let Some(dev) = mount_device(mountpoint) else {
+        log::debug!("{}: not found in mountinfo", mountpoint.display());
+        return;
+    };
+    let bdi = PathBuf::from(format!("/sys/class/bdi/{dev}"));
+    for (file, value) in [
+        ("max_ratio", "50"),
+        ("strict_limit", "0"),
+        ("read_ahead_kb", "1024"),
+    ] {
+        if let Err(e) = std::fs::write(bdi.join(file), value) {
+            log::debug!("{}/{file} = {value}: {e}", bdi.display());
+        }
+    }
+}
+
+/// "MAJOR:MINOR" of the mount at `mountpoint`, from /proc/self/mountinfo
+/// (the last mount there wins, as in path lookup).
+fn mount_device(mountpoint: &Path) -> Option<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let wanted = mountpoint.as_os_str().as_encoded_bytes();
+    info.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            let point = f.get(4)?.replace("\\040", " ");
+            (point.as_bytes() == wanted).then(|| f.get(2).map(|d| d.to_string()))?
+        })
+        .next_back()
 }
 
 /// Unmounts; if the mount is busy (array.img held open, e.g. by a loop
