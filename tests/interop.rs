@@ -988,7 +988,6 @@ fn md_recovers_a_leg_left_out_of_an_mdfuse_session_from_the_bitmap_only() {
 /// leg0 Events 2 -> 4, Array State "A.". On mdfuse's output mdadm then says "assembled from
 /// 1 drive - need all 2 to start it (use --run to insist)".
 #[test]
-#[ignore = "md disagrees: md's first superblock update of a degraded array records the absent slot as not active (Array State 'A.'); mdfuse keeps 'AA', so mdadm needs --run later (src/array/superblocks.rs SuperblockKeeper / assemble: clear roles of slots not present)"]
 fn mdfuse_records_a_leg_absent_from_a_degraded_session_as_md_does() {
     let Some(_serial) = start("mdfuse_records_a_leg_absent_from_a_degraded_session") else {
         return;
@@ -1091,7 +1090,6 @@ fn mdfuse_serves_every_md_fixture_set_with_md_hashes_and_dirty_chunks() {
 }
 
 #[test]
-#[ignore = "md disagrees: mdadm --assemble (no --run) starts b-degraded-dirty with 1 of 2 legs because its newest superblock already records slot 1 missing; mdfuse mount refuses without --run (src/array/assemble.rs: compare present legs with the newest superblock's active roles, not raid_disks)"]
 fn mdfuse_starts_an_array_md_left_degraded_without_run_as_mdadm_does() {
     let Some(_serial) = start("mdfuse_starts_an_array_md_left_degraded_without_run") else {
         return;

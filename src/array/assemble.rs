@@ -161,8 +161,20 @@ pub fn assemble(paths: &[PathBuf], opts: &AssembleOptions) -> Result<Assembly, A
     members.sort_by_key(|m| m.slot);
     let raid_disks = freshest.raid_disks;
     let present: Vec<u16> = members.iter().map(|m| m.slot).collect();
-    if members.is_empty() || (present.len() < raid_disks as usize && !opts.run_degraded) {
-        let mut missing: Vec<String> = (0..raid_disks as u16)
+    // As mdadm: without --run, every slot the newest superblock still calls
+    // active must be here; an array that was already running degraded
+    // starts degraded.
+    let expected: Vec<u16> = (0..freshest.max_dev())
+        .filter_map(|d| match freshest.role_of(d) {
+            DevRole::Active(slot) if (slot as u32) < raid_disks => Some(slot),
+            _ => None,
+        })
+        .collect();
+    let wanted_missing = expected.iter().any(|s| !present.contains(s));
+    if members.is_empty() || (wanted_missing && !opts.run_degraded) {
+        let mut missing: Vec<String> = expected
+            .iter()
+            .copied()
             .filter(|s| !present.contains(s))
             .map(|s| format!("slot {s}"))
             .collect();

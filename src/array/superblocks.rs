@@ -126,8 +126,16 @@ impl SuperblockKeeper {
             .unwrap_or(0)
             + 1;
         let now = now_md_time();
+        // md (super_1_sync) rewrites the role table from the devices it has:
+        // an active role whose device is not with the array becomes empty.
+        let known: Vec<u32> = members.iter().flatten().map(|k| k.sb.dev_number).collect();
         let mut first_error = None;
         for k in members.iter_mut().flatten().filter(|k| k.present) {
+            for d in 0..k.sb.max_dev() {
+                if matches!(k.sb.role_of(d), DevRole::Active(_)) && !known.contains(&d) {
+                    let _ = k.sb.set_role(d, DevRole::Spare);
+                }
+            }
             change(&mut k.sb);
             k.sb.events = events;
             k.sb.utime = now;
