@@ -24,6 +24,20 @@ pub trait ServedArray: Send + Sync + 'static {
     fn flush(&self) -> Result<(), i32>;
     /// The status text of `mdstat`.
     fn mdstat(&self) -> String;
+    /// The control files, as paths from the mount's root ("md/sync_action",
+    /// "md/dev-leg0.img/state") with whether they may be written; their
+    /// directories are implied. The list may change (legs come and go).
+    fn control_files(&self) -> Vec<(String, bool)>;
+    /// A control file's content.
+    fn control_read(&self, path: &str) -> Result<String, i32>;
+    /// A write to a control file (the written text, trailing newline removed).
+    fn control_write(&self, path: &str, value: &str) -> Result<(), i32>;
+}
+
+/// What a control path is, now.
+enum ControlKind {
+    Dir,
+    File { writable: bool },
 }
 
 /// The largest request asked of the kernel (it may grant less).
@@ -35,6 +49,10 @@ const MDSTAT: u64 = 3;
 pub const IMAGE_NAME: &str = "array.img";
 pub const MDSTAT_NAME: &str = "mdstat";
 
+/// Control files and directories get inode numbers from here on, one per
+/// path, kept for the mount's life.
+const FIRST_CONTROL_INO: u64 = 16;
+
 /// File handles: bit 0 says the file was opened for writing (its close
 /// flushes the legs).
 const FH_WRITABLE: u64 = 1;
@@ -44,6 +62,8 @@ const TTL: Duration = Duration::from_secs(1);
 pub struct ArrayFs<A: ServedArray> {
     array: Arc<A>,
     writeback_cache: bool,
+    /// Control paths by inode (index + FIRST_CONTROL_INO).
+    control_inodes: parking_lot::Mutex<Vec<String>>,
     uid: u32,
     gid: u32,
     started: SystemTime,
@@ -54,6 +74,7 @@ impl<A: ServedArray> ArrayFs<A> {
         ArrayFs {
             array,
             writeback_cache,
+            control_inodes: parking_lot::Mutex::new(Vec::new()),
             uid,
             gid,
             started: SystemTime::now(),
@@ -71,7 +92,15 @@ impl<A: ServedArray> ArrayFs<A> {
             ),
             // Served with direct I/O, so the size is only a hint for tools.
             MDSTAT => (FileType::RegularFile, 0o444, 4096, 1),
-            _ => return None,
+            _ => match self.control_kind(&self.control_path(ino)?)? {
+                ControlKind::Dir => (FileType::Directory, 0o755, 0, 2),
+                ControlKind::File { writable } => (
+                    FileType::RegularFile,
+                    if writable { 0o644 } else { 0o444 },
+                    4096,
+                    1,
+                ),
+            },
         };
         Some(FileAttr {
             ino: INodeNo(ino),
@@ -91,6 +120,79 @@ impl<A: ServedArray> ArrayFs<A> {
             flags: 0,
         })
     }
+}
+
+impl<A: ServedArray> ArrayFs<A> {
+    fn control_path(&self, ino: u64) -> Option<String> {
+        let index = ino.checked_sub(FIRST_CONTROL_INO)? as usize;
+        self.control_inodes.lock().get(index).cloned()
+    }
+
+    fn control_ino(&self, path: &str) -> u64 {
+        let mut inodes = self.control_inodes.lock();
+        let index = match inodes.iter().position(|p| p == path) {
+            Some(i) => i,
+            None => {
+                inodes.push(path.to_string());
+                inodes.len() - 1
+            }
+        };
+        FIRST_CONTROL_INO + index as u64
+    }
+
+    fn control_kind(&self, path: &str) -> Option<ControlKind> {
+        let files = self.array.control_files();
+        if let Some((_, writable)) = files.iter().find(|(p, _)| p == path) {
+            return Some(ControlKind::File {
+                writable: *writable,
+            });
+        }
+        let dir = format!("{path}/");
+        files
+            .iter()
+            .any(|(p, _)| p.starts_with(&dir))
+            .then_some(ControlKind::Dir)
+    }
+
+    /// The entries of a control directory ("" is the root's control part).
+    fn control_children(&self, dir: &str) -> Vec<(String, FileType)> {
+        let prefix = if dir.is_empty() {
+            String::new()
+        } else {
+            format!("{dir}/")
+        };
+        let mut out: Vec<(String, FileType)> = Vec::new();
+        for (p, _) in self.array.control_files() {
+            let Some(rest) = p.strip_prefix(&prefix) else {
+                continue;
+            };
+            let (name, kind) = match rest.split_once('/') {
+                Some((d, _)) => (d, FileType::Directory),
+                None => (rest, FileType::RegularFile),
+            };
+            if !out.iter().any(|(n, _)| n == name) {
+                out.push((name.to_string(), kind));
+            }
+        }
+        out
+    }
+
+    /// The path of `name` in directory `parent`, if the parent is the root
+    /// or a control directory.
+    fn child_path(&self, parent: u64, name: &str) -> Option<String> {
+        if parent == ROOT {
+            return Some(name.to_string());
+        }
+        Some(format!("{}/{name}", self.control_path(parent)?))
+    }
+}
+
+/// Replies with the part of `text` at `offset`.
+fn reply_text(text: &str, offset: u64, size: u32, reply: ReplyData) {
+    let bytes = text.as_bytes();
+    let start = (offset as usize).min(bytes.len());
+    let end = (start + size as usize).min(bytes.len());
+    reply.data(&bytes[start..end]);
 }
 
 fn errno(e: i32) -> Errno {
@@ -125,6 +227,10 @@ impl<A: ServedArray> Filesystem for ArrayFs<A> {
         let ino = match (parent.0, name.to_str()) {
             (ROOT, Some(IMAGE_NAME)) => IMAGE,
             (ROOT, Some(MDSTAT_NAME)) => MDSTAT,
+            (parent, Some(name)) => match self.child_path(parent, name) {
+                Some(path) if self.control_kind(&path).is_some() => self.control_ino(&path),
+                _ => return reply.error(Errno::ENOENT),
+            },
             _ => return reply.error(Errno::ENOENT),
         };
         match self.attr(ino) {
@@ -161,7 +267,11 @@ impl<A: ServedArray> Filesystem for ArrayFs<A> {
         if mode.is_some() || uid.is_some() || gid.is_some() {
             return reply.error(Errno::EPERM);
         }
-        if let Some(size) = size {
+        let control_file = matches!(
+            self.control_path(ino.0).and_then(|p| self.control_kind(&p)),
+            Some(ControlKind::File { writable: true })
+        );
+        if let Some(size) = size.filter(|_| !control_file) {
             if ino.0 != IMAGE || size != self.array.size() {
                 log::warn!(
                     "refused to resize {IMAGE_NAME} to {size} bytes: it has the array's fixed size \
@@ -202,7 +312,17 @@ impl<A: ServedArray> Filesystem for ArrayFs<A> {
                 reply.opened(FileHandle(0), FopenFlags::FOPEN_DIRECT_IO)
             }
             ROOT => reply.error(Errno::EISDIR),
-            _ => reply.error(Errno::ENOENT),
+            _ => match self.control_path(ino.0).and_then(|p| self.control_kind(&p)) {
+                Some(ControlKind::File { writable }) => {
+                    if writing && !writable {
+                        return reply.error(Errno::EACCES);
+                    }
+                    let fh = if writing { FH_WRITABLE } else { 0 };
+                    reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO)
+                }
+                Some(ControlKind::Dir) => reply.error(Errno::EISDIR),
+                None => reply.error(Errno::ENOENT),
+            },
         }
     }
 
@@ -229,15 +349,15 @@ impl<A: ServedArray> Filesystem for ArrayFs<A> {
                     r.error(errno(e));
                 }
             }
-            MDSTAT => {
-                let text = self.array.mdstat();
-                let bytes = text.as_bytes();
-                let start = (offset as usize).min(bytes.len());
-                let end = (start + size as usize).min(bytes.len());
-                reply.data(&bytes[start..end]);
-            }
+            MDSTAT => reply_text(&self.array.mdstat(), offset, size, reply),
             ROOT => reply.error(Errno::EISDIR),
-            _ => reply.error(Errno::ENOENT),
+            other => match self.control_path(other) {
+                Some(path) => match self.array.control_read(&path) {
+                    Ok(text) => reply_text(&text, offset, size, reply),
+                    Err(e) => reply.error(errno(e)),
+                },
+                None => reply.error(Errno::ENOENT),
+            },
         }
     }
 
@@ -254,7 +374,17 @@ impl<A: ServedArray> Filesystem for ArrayFs<A> {
         reply: ReplyWrite,
     ) {
         if ino.0 != IMAGE {
-            return reply.error(Errno::EACCES);
+            let Some(path) = self.control_path(ino.0) else {
+                return reply.error(Errno::EACCES);
+            };
+            let Ok(text) = std::str::from_utf8(data) else {
+                log::warn!("{path}: refused a write that is not text");
+                return reply.error(Errno::EINVAL);
+            };
+            return match self.array.control_write(&path, text.trim_end_matches('\n')) {
+                Ok(()) => reply.written(data.len() as u32),
+                Err(e) => reply.error(errno(e)),
+            };
         }
         match self.array.write(offset, data) {
             Ok(n) => reply.written(n as u32),
@@ -305,17 +435,37 @@ impl<A: ServedArray> Filesystem for ArrayFs<A> {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        if ino.0 != ROOT {
-            return reply.error(Errno::ENOTDIR);
-        }
-        let entries = [
-            (ROOT, FileType::Directory, "."),
-            (ROOT, FileType::Directory, ".."),
-            (IMAGE, FileType::RegularFile, IMAGE_NAME),
-            (MDSTAT, FileType::RegularFile, MDSTAT_NAME),
+        let (dir, mut entries) = if ino.0 == ROOT {
+            (
+                String::new(),
+                vec![
+                    (IMAGE_NAME.to_string(), FileType::RegularFile),
+                    (MDSTAT_NAME.to_string(), FileType::RegularFile),
+                ],
+            )
+        } else {
+            match self.control_path(ino.0) {
+                Some(p) if matches!(self.control_kind(&p), Some(ControlKind::Dir)) => {
+                    (p, Vec::new())
+                }
+                _ => return reply.error(Errno::ENOTDIR),
+            }
+        };
+        entries.extend(self.control_children(&dir));
+        let mut all = vec![
+            (ino.0, FileType::Directory, ".".to_string()),
+            (ROOT, FileType::Directory, "..".to_string()),
         ];
-        for (i, (ino, kind, name)) in entries.iter().enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(*ino), (i + 1) as u64, *kind, name) {
+        for (name, kind) in entries {
+            let child = match name.as_str() {
+                IMAGE_NAME if ino.0 == ROOT => IMAGE,
+                MDSTAT_NAME if ino.0 == ROOT => MDSTAT,
+                _ => self.control_ino(&self.child_path(ino.0, &name).unwrap_or_default()),
+            };
+            all.push((child, kind, name));
+        }
+        for (i, (child, kind, name)) in all.iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(*child), (i + 1) as u64, *kind, name) {
                 break;
             }
         }

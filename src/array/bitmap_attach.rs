@@ -228,6 +228,15 @@ pub fn attach(opts: &BitmapAttachOptions, asm: &Assembly) -> Result<AttachedBitm
 }
 
 impl AttachedBitmap {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Set when pages go through ordinary file I/O ("file I/O").
+    pub fn note(&self) -> Option<&str> {
+        self.note.as_deref()
+    }
+
     pub fn service(&self) -> &Arc<WriteIntentBitmap> {
         &self.service
     }

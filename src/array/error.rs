@@ -100,3 +100,17 @@ pub enum ArrayError {
     #[error("cannot read random bytes for a UUID: {0}")]
     Random(std::io::Error),
 }
+
+impl ArrayError {
+    /// The errno a control-file write reports for this error.
+    pub fn errno(&self) -> i32 {
+        match self {
+            ArrayError::Busy(_) => libc::EBUSY,
+            ArrayError::Leg(e) => e.errno(),
+            ArrayError::Engine(e) => e.errno(),
+            ArrayError::HasSuperblock { .. } | ArrayError::HasSignature { .. } => libc::EEXIST,
+            ArrayError::LegTooSmall { .. } => libc::ENOSPC,
+            _ => libc::EINVAL,
+        }
+    }
+}

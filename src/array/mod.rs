@@ -3,6 +3,7 @@
 
 pub mod assemble;
 pub mod bitmap_attach;
+mod control;
 pub mod create;
 pub mod error;
 pub mod running;

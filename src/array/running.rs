@@ -117,22 +117,22 @@ impl SyncEvents for SyncSink {
 pub struct RunningArray {
     // Field order is drop order: the engine (and its legs' locks) goes last
     // but one, after the bitmap has been released by `stop`.
-    syncer: Mutex<Option<Syncer>>,
-    last_sync: Mutex<Option<Arc<SyncProgress>>>,
-    sync_limits: Arc<Mutex<SpeedLimits>>,
-    engine: Arc<Raid1>,
-    keeper: Arc<SuperblockKeeper>,
-    bitmap: Option<AttachedBitmap>,
-    name: String,
-    uuid: String,
-    raid_disks: usize,
-    read_only: bool,
+    pub(super) syncer: Mutex<Option<Syncer>>,
+    pub(super) last_sync: Mutex<Option<Arc<SyncProgress>>>,
+    pub(super) sync_limits: Arc<Mutex<SpeedLimits>>,
+    pub(super) engine: Arc<Raid1>,
+    pub(super) keeper: Arc<SuperblockKeeper>,
+    pub(super) bitmap: Option<AttachedBitmap>,
+    pub(super) name: String,
+    pub(super) uuid: String,
+    pub(super) raid_disks: usize,
+    pub(super) read_only: bool,
     /// Legs may differ where writes were in flight at an unclean stop; until
     /// a resync, the array must not be recorded clean.
-    needs_resync: Arc<AtomicBool>,
+    pub(super) needs_resync: Arc<AtomicBool>,
     /// Where an interrupted resync without a bitmap resumes (array bytes).
-    resync_from: u64,
-    stopped: AtomicBool,
+    pub(super) resync_from: u64,
+    pub(super) stopped: AtomicBool,
 }
 
 impl RunningArray {
@@ -673,5 +673,17 @@ impl ServedArray for RunningArray {
 
     fn mdstat(&self) -> String {
         render_mdstat(&self.mdstat_view())
+    }
+
+    fn control_files(&self) -> Vec<(String, bool)> {
+        self.control_file_list()
+    }
+
+    fn control_read(&self, path: &str) -> Result<String, i32> {
+        self.control_read_value(path).ok_or(libc::ENOENT)
+    }
+
+    fn control_write(&self, path: &str, value: &str) -> Result<(), i32> {
+        self.control_write_value(path, value)
     }
 }

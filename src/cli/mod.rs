@@ -52,6 +52,11 @@ enum Command {
         #[arg(long, default_value_t = 60)]
         timeout: u64,
     },
+    /// Fail, remove, re-add or add a leg of a running array (md's words),
+    /// through its md/ control files.
+    Manage(ManageArgs),
+    /// Wait until a resync, recovery, check or repair has ended.
+    Wait { mountpoint: PathBuf },
     /// Make a sandbox array in DIR (two leg files) and mount it at DIR/mnt.
     Sandbox(sandbox::SandboxArgs),
 }
@@ -81,6 +86,25 @@ struct CreateArgs {
     /// The legs: regular files or block devices (two or more).
     #[arg(required = true)]
     legs: Vec<PathBuf>,
+}
+
+#[derive(Args)]
+#[command(group = clap::ArgGroup::new("op").required(true).multiple(false))]
+struct ManageArgs {
+    mountpoint: PathBuf,
+    /// Mark a leg faulty: the array goes on degraded without it.
+    #[arg(long, value_name = "LEG", group = "op")]
+    fail: Option<PathBuf>,
+    /// Take a faulty leg out of the array (its file is released).
+    #[arg(long, value_name = "LEG", group = "op")]
+    remove: Option<PathBuf>,
+    /// Put a former member back; only the bitmap's dirty chunks are copied
+    /// when md's rule allows, else everything.
+    #[arg(long = "re-add", value_name = "LEG", group = "op")]
+    re_add: Option<PathBuf>,
+    /// Add a leg (a former member is re-added; a new one fully recovered).
+    #[arg(long, value_name = "LEG", group = "op")]
+    add: Option<PathBuf>,
 }
 
 #[derive(Args, Clone)]
@@ -143,6 +167,8 @@ pub fn main() -> i32 {
             mountpoint,
             timeout,
         } => cmd_stop(&mountpoint, timeout),
+        Command::Manage(a) => cmd_manage(&a),
+        Command::Wait { mountpoint } => cmd_wait(&mountpoint),
         Command::Sandbox(a) => sandbox::run(&a),
     };
     match result {
@@ -522,6 +548,126 @@ fn unescape_mount_field(s: &str) -> String {
         .replace("\\011", "\t")
         .replace("\\012", "\n")
         .replace("\\134", "\\")
+}
+
+/// Writes `value` to the control file `rel` of the array at `mountpoint`.
+fn control_write(mountpoint: &Path, rel: &str, value: &str) -> Result<(), String> {
+    let path = mountpoint.join(rel);
+    std::fs::write(&path, format!("{value}\n")).map_err(|e| {
+        format!(
+            "{value:?} > {}: {e} (the array's log says why)",
+            path.display()
+        )
+    })
+}
+
+fn control_read(mountpoint: &Path, rel: &str) -> Result<String, String> {
+    let path = mountpoint.join(rel);
+    std::fs::read_to_string(&path)
+        .map(|s| s.trim().to_string())
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn cmd_manage(a: &ManageArgs) -> Result<(), String> {
+    let mnt = &a.mountpoint;
+    if mdfuse_mount_source(mnt).is_none() {
+        return Err(format!(
+            "{}: no mdfuse array is mounted there",
+            mnt.display()
+        ));
+    }
+    let dev = |leg: &Path| {
+        let name = mdfuse::array::running::leg_name(leg);
+        let rel = format!("md/dev-{name}/state");
+        if mnt.join(&rel).exists() {
+            Ok(rel)
+        } else {
+            Err(format!(
+                "{}: not a leg of the array at {}",
+                leg.display(),
+                mnt.display()
+            ))
+        }
+    };
+    if let Some(leg) = &a.fail {
+        control_write(mnt, &dev(leg)?, "faulty")?;
+        println!("mdfuse: set {} faulty in {}", leg.display(), mnt.display());
+    } else if let Some(leg) = &a.remove {
+        control_write(mnt, &dev(leg)?, "remove")?;
+        println!(
+            "mdfuse: hot removed {} from {}",
+            leg.display(),
+            mnt.display()
+        );
+    } else if let Some(leg) = a.re_add.as_ref().or(a.add.as_ref()) {
+        let re_add = a.re_add.is_some();
+        match dev(leg) {
+            // Still listed (faulty): md's dev-*/state re-add.
+            Ok(rel) if re_add => control_write(mnt, &rel, "re-add")?,
+            _ => {
+                let path = absolute(leg);
+                let value = if re_add {
+                    format!("re-add {path}")
+                } else {
+                    path
+                };
+                control_write(mnt, "md/new_dev", &value)?;
+            }
+        }
+        let state = control_read(mnt, &dev(leg)?)?;
+        println!(
+            "mdfuse: {} {} ({state}); follow it in {}/mdstat or with `mdfuse wait {}`",
+            if re_add { "re-added" } else { "added" },
+            leg.display(),
+            mnt.display(),
+            mnt.display()
+        );
+    }
+    Ok(())
+}
+
+fn cmd_wait(mnt: &Path) -> Result<(), String> {
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let mut last_line = String::new();
+    loop {
+        let action = control_read(mnt, "md/sync_action")?;
+        if action == "idle" {
+            if tty {
+                println!();
+            }
+            println!(
+                "mdfuse: {}: no sync running (mismatch_cnt {})",
+                mnt.display(),
+                control_read(mnt, "md/mismatch_cnt")?
+            );
+            return Ok(());
+        }
+        let completed = control_read(mnt, "md/sync_completed")?;
+        let speed = control_read(mnt, "md/sync_speed")?;
+        let (done, total) = completed
+            .split_once(" / ")
+            .and_then(|(d, t)| Some((d.parse::<u64>().ok()?, t.parse::<u64>().ok()?)))
+            .unwrap_or((0, 1));
+        let pct = done as f64 * 100.0 / total.max(1) as f64;
+        let line = format!("{action}: {pct:5.1}% ({done}/{total} sectors) {speed} KiB/s");
+        if tty {
+            let filled = (pct / 5.0) as usize;
+            print!(
+                "\r[{}{}] {line}   ",
+                "=".repeat(filled),
+                " ".repeat(20 - filled.min(20))
+            );
+            let _ = std::io::Write::flush(&mut std::io::stdout());
+        } else if line != last_line {
+            println!("{line}");
+        }
+        last_line = line;
+        std::thread::sleep(std::time::Duration::from_millis(if tty {
+            200
+        } else {
+            1000
+        }));
+    }
 }
 
 fn cmd_stop(mountpoint: &Path, timeout_s: u64) -> Result<(), String> {

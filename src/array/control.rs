@@ -1,0 +1,258 @@
+//! The `md/` control files of a running array: md's sysfs attributes
+//! (`/sys/block/mdX/md/*`) in names, values and write semantics, so md habits
+//! carry over: `echo check > md/sync_action`, `cat md/mismatch_cnt`,
+//! `echo faulty > md/dev-leg1.img/state`.
+
+use super::error::ArrayError;
+use super::running::RunningArray;
+use crate::raid1::{LegState, SpeedLimits, SyncAction};
+use std::sync::atomic::Ordering;
+
+/// Attributes of the array (path under `md/`, writable).
+const ARRAY_FILES: &[(&str, bool)] = &[
+    ("array_state", false),
+    ("level", false),
+    ("raid_disks", false),
+    ("degraded", false),
+    ("metadata_version", false),
+    ("uuid", false),
+    ("component_size", false),
+    ("sync_action", true),
+    ("sync_completed", false),
+    ("sync_speed", false),
+    ("sync_speed_min", true),
+    ("sync_speed_max", true),
+    ("mismatch_cnt", false),
+    ("new_dev", true),
+];
+
+const BITMAP_FILES: &[&str] = &["location", "chunksize", "time_base", "metadata"];
+
+const DEV_FILES: &[(&str, bool)] = &[
+    ("state", true),
+    ("errors", false),
+    ("slot", false),
+    ("offset", false),
+    ("size", false),
+];
+
+/// Why a control write was refused: logged with the reason, answered with
+/// an errno (EINVAL for a bad value, as md's sysfs does).
+fn refuse(path: &str, value: &str, why: impl std::fmt::Display, errno: i32) -> i32 {
+    log::warn!("md control: refused {value:?} > {path}: {why}");
+    errno
+}
+
+impl RunningArray {
+    pub fn control_file_list(&self) -> Vec<(String, bool)> {
+        let mut out: Vec<(String, bool)> = ARRAY_FILES
+            .iter()
+            .map(|(n, w)| (format!("md/{n}"), *w && !self.read_only))
+            .collect();
+        if self.bitmap.is_some() {
+            out.extend(
+                BITMAP_FILES
+                    .iter()
+                    .map(|n| (format!("md/bitmap/{n}"), false)),
+            );
+        }
+        for name in self.leg_names().into_iter().flatten() {
+            out.extend(
+                DEV_FILES
+                    .iter()
+                    .map(|(n, w)| (format!("md/dev-{name}/{n}"), *w && !self.read_only)),
+            );
+        }
+        out
+    }
+
+    /// The slot whose leg is named `dev-NAME` in `md/`.
+    fn slot_of_dev(&self, dev: &str) -> Option<usize> {
+        let name = dev.strip_prefix("dev-")?;
+        self.leg_names()
+            .iter()
+            .position(|n| n.as_deref() == Some(name))
+    }
+
+    pub fn control_read_value(&self, path: &str) -> Option<String> {
+        let rel = path.strip_prefix("md/")?;
+        let engine = &self.engine;
+        let v = match rel {
+            "array_state" => if self.read_only {
+                "readonly"
+            } else if engine.is_active() {
+                "active"
+            } else {
+                "clean"
+            }
+            .to_string(),
+            "level" => "raid1".into(),
+            "raid_disks" => self.raid_disks.to_string(),
+            "degraded" => (self.raid_disks - engine.in_sync_count()).to_string(),
+            "metadata_version" => "1.2".into(),
+            "uuid" => self.uuid.clone(),
+            "component_size" => (engine.size() / 1024).to_string(),
+            "sync_action" => self
+                .sync_progress()
+                .map(|p| p.action.md_word())
+                .unwrap_or("idle")
+                .to_string(),
+            "sync_completed" => match self.sync_progress() {
+                Some(p) => format!(
+                    "{} / {}",
+                    p.done_bytes.load(Ordering::Relaxed) / 512,
+                    p.total_bytes / 512
+                ),
+                None => "none".into(),
+            },
+            "sync_speed" => self
+                .sync_progress()
+                .map(|p| p.speed_kib().to_string())
+                .unwrap_or_else(|| "none".into()),
+            "sync_speed_min" | "sync_speed_max" => {
+                let l = *self.sync_limits().lock();
+                let d = SpeedLimits::default();
+                let (v, default) = if rel == "sync_speed_min" {
+                    (l.min_kib, d.min_kib)
+                } else {
+                    (l.max_kib, d.max_kib)
+                };
+                format!("{v} ({})", if v == default { "system" } else { "local" })
+            }
+            "mismatch_cnt" => self.mismatch_cnt().to_string(),
+            "new_dev" => String::new(),
+            "bitmap/location" => "file".into(),
+            "bitmap/chunksize" => self.bitmap.as_ref()?.service().chunk_size().to_string(),
+            "bitmap/time_base" => self
+                .bitmap
+                .as_ref()?
+                .service()
+                .header()
+                .daemon_sleep
+                .to_string(),
+            "bitmap/metadata" => "internal".into(),
+            _ => {
+                let (dev, attr) = rel.split_once('/')?;
+                let slot = self.slot_of_dev(dev)?;
+                let s = &engine.slots()[slot];
+                let io = s.io()?;
+                match attr {
+                    "state" => s.state().md_word().to_string(),
+                    "errors" => s.errors().to_string(),
+                    "slot" => match s.state() {
+                        LegState::InSync => slot.to_string(),
+                        _ => "none".into(),
+                    },
+                    "offset" => (io.data_offset() / 512).to_string(),
+                    "size" => (engine.size() / 1024).to_string(),
+                    _ => return None,
+                }
+            }
+        };
+        Some(format!("{v}\n"))
+    }
+
+    /// A write to a control file; Err is the errno for the writer.
+    pub fn control_write_value(&self, path: &str, value: &str) -> Result<(), i32> {
+        let value = value.trim();
+        if self.read_only {
+            return Err(refuse(path, value, "the array is read-only", libc::EROFS));
+        }
+        let failed = |e: ArrayError| refuse(path, value, &e, e.errno());
+        let rel = path.strip_prefix("md/").unwrap_or(path);
+        match rel {
+            "sync_action" => match value {
+                "check" => self.start_scrub(SyncAction::Check).map_err(failed),
+                "repair" => self.start_scrub(SyncAction::Repair).map_err(failed),
+                "idle" | "frozen" => {
+                    self.stop_sync();
+                    Ok(())
+                }
+                _ => Err(refuse(
+                    path,
+                    value,
+                    "sync_action takes check, repair, idle or frozen",
+                    libc::EINVAL,
+                )),
+            },
+            "sync_speed_min" | "sync_speed_max" => {
+                let d = SpeedLimits::default();
+                let v = if value == "system" {
+                    if rel == "sync_speed_min" {
+                        d.min_kib
+                    } else {
+                        d.max_kib
+                    }
+                } else {
+                    value
+                        .parse::<u64>()
+                        .ok()
+                        .filter(|&v| v > 0)
+                        .ok_or_else(|| {
+                            refuse(path, value, "a speed in KiB/s, or system", libc::EINVAL)
+                        })?
+                };
+                let mut l = self.sync_limits().lock();
+                if rel == "sync_speed_min" {
+                    l.min_kib = v;
+                } else {
+                    l.max_kib = v;
+                }
+                Ok(())
+            }
+            "new_dev" => {
+                let (re_add_only, leg) = match value.strip_prefix("re-add ") {
+                    Some(p) => (true, p.trim()),
+                    None => (false, value),
+                };
+                if !leg.starts_with('/') {
+                    return Err(refuse(
+                        path,
+                        value,
+                        "new_dev takes a leg's absolute path",
+                        libc::EINVAL,
+                    ));
+                }
+                self.add_leg(std::path::Path::new(leg), re_add_only)
+                    .map(|_| ())
+                    .map_err(failed)
+            }
+            _ => {
+                let Some((dev, "state")) = rel.split_once('/') else {
+                    return Err(refuse(path, value, "not writable", libc::EACCES));
+                };
+                let slot = self
+                    .slot_of_dev(dev)
+                    .ok_or_else(|| refuse(path, value, "no such leg", libc::ENOENT))?;
+                match value {
+                    "faulty" => self.fail(slot).map_err(failed),
+                    "remove" => self.remove(slot).map_err(failed),
+                    "re-add" => {
+                        // A faulty leg goes out and comes back, recovered from
+                        // the bitmap where md's rule allows.
+                        let leg = self.engine.slots()[slot]
+                            .io()
+                            .map(|io| io.leg().path().to_path_buf())
+                            .ok_or_else(|| refuse(path, value, "no leg", libc::ENOENT))?;
+                        if self.engine.slots()[slot].state() != LegState::Faulty {
+                            return Err(refuse(
+                                path,
+                                value,
+                                "only a faulty leg can be re-added",
+                                libc::EBUSY,
+                            ));
+                        }
+                        self.remove(slot).map_err(failed)?;
+                        self.add_leg(&leg, true).map(|_| ()).map_err(failed)
+                    }
+                    _ => Err(refuse(
+                        path,
+                        value,
+                        "dev-*/state takes faulty, remove or re-add",
+                        libc::EINVAL,
+                    )),
+                }
+            }
+        }
+    }
+}
