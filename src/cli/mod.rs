@@ -55,6 +55,8 @@ enum Command {
     /// Fail, remove, re-add or add a leg of a running array (md's words),
     /// through its md/ control files.
     Manage(ManageArgs),
+    /// Print a running array's state, like `mdadm --detail`.
+    Detail { mountpoint: PathBuf },
     /// Wait until a resync, recovery, check or repair has ended.
     Wait { mountpoint: PathBuf },
     /// Make a sandbox array in DIR (two leg files) and mount it at DIR/mnt.
@@ -169,6 +171,7 @@ pub fn main() -> i32 {
         } => cmd_stop(&mountpoint, timeout),
         Command::Manage(a) => cmd_manage(&a),
         Command::Wait { mountpoint } => cmd_wait(&mountpoint),
+        Command::Detail { mountpoint } => cmd_detail(&mountpoint),
         Command::Sandbox(a) => sandbox::run(&a),
     };
     match result {
@@ -622,6 +625,97 @@ fn cmd_manage(a: &ManageArgs) -> Result<(), String> {
             mnt.display(),
             mnt.display()
         );
+    }
+    Ok(())
+}
+
+fn cmd_detail(mnt: &Path) -> Result<(), String> {
+    if mdfuse_mount_source(mnt).is_none() {
+        return Err(format!(
+            "{}: no mdfuse array is mounted there",
+            mnt.display()
+        ));
+    }
+    let get = |rel: &str| control_read(mnt, rel);
+    let raid_disks: usize = get("md/raid_disks")?.parse().unwrap_or(0);
+    let kib: u64 = get("md/component_size")?.parse().unwrap_or(0);
+    let mut legs = Vec::new();
+    for entry in std::fs::read_dir(mnt.join("md")).map_err(|e| e.to_string())? {
+        let name = entry.map_err(|e| e.to_string())?.file_name();
+        let name = name.to_string_lossy();
+        if let Some(leg) = name.strip_prefix("dev-") {
+            let state = get(&format!("md/{name}/state"))?;
+            let slot = get(&format!("md/{name}/slot"))?;
+            legs.push((leg.to_string(), state, slot));
+        }
+    }
+    legs.sort_by_key(|l| l.2.parse::<usize>().unwrap_or(usize::MAX));
+    let active = legs.iter().filter(|l| l.1 == "in_sync").count();
+    let failed = legs.iter().filter(|l| l.1 == "faulty").count();
+    let spare = legs.iter().filter(|l| l.1 == "spare").count();
+    let action = get("md/sync_action")?;
+    let mut state = get("md/array_state")?;
+    if active < raid_disks {
+        state.push_str(", degraded");
+    }
+    if action != "idle" {
+        state.push_str(&format!(
+            ", {}",
+            if action == "recover" {
+                "recovering"
+            } else {
+                &action
+            }
+        ));
+    }
+    let line = |k: &str, v: &str| println!("{k:>18} : {v}");
+    println!("{}:", mnt.display());
+    line("Version", &get("md/metadata_version")?);
+    line("Raid Level", &get("md/level")?);
+    line(
+        "Array Size",
+        &format!("{kib}{}", mdfuse::report::human_size(kib as u128 * 1024)),
+    );
+    line("Raid Devices", &raid_disks.to_string());
+    line("Total Devices", &legs.len().to_string());
+    if mnt.join("md/bitmap").exists() {
+        line(
+            "Intent Bitmap",
+            &format!("file, {} byte chunks", get("md/bitmap/chunksize")?),
+        );
+    }
+    println!();
+    line("State", &state);
+    line("Active Devices", &active.to_string());
+    line("Working Devices", &(legs.len() - failed).to_string());
+    line("Failed Devices", &failed.to_string());
+    line("Spare Devices", &spare.to_string());
+    if action != "idle" {
+        let completed = get("md/sync_completed")?;
+        let pct = completed
+            .split_once(" / ")
+            .and_then(|(d, t)| Some(d.parse::<f64>().ok()? * 100.0 / t.parse::<f64>().ok()?))
+            .unwrap_or(0.0);
+        let label = if action == "recover" {
+            "Rebuild Status"
+        } else {
+            "Resync Status"
+        };
+        line(label, &format!("{pct:.0}% complete"));
+    }
+    println!();
+    line("UUID", &get("md/uuid")?);
+    line("Mismatch Count", &get("md/mismatch_cnt")?);
+    println!();
+    println!("    Number   RaidDevice State");
+    for (i, (leg, st, slot)) in legs.iter().enumerate() {
+        let words = match st.as_str() {
+            "in_sync" => "active sync",
+            "spare" => "spare rebuilding",
+            "faulty" => "faulty",
+            other => other,
+        };
+        println!("    {i:>6}   {slot:>10} {words:<17} {leg}");
     }
     Ok(())
 }
