@@ -624,7 +624,7 @@ fn mdstat_readdir_and_image_size() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
-    assert_eq!(names, ["array.img", "mdstat"]);
+    assert_eq!(names, ["array.img", "md", "mdstat"]);
     assert_eq!(
         std::fs::metadata(array.image()).unwrap().len(),
         created.array_bytes
