@@ -410,17 +410,7 @@ impl Raid1 {
         offset: u64,
         buf: &mut [u8],
     ) -> Result<(), EngineError> {
-        let s = &self.slots[slot];
-        let io = s.io.load();
-        let io = io.as_ref().ok_or(EngineError::BadSlot {
-            slot,
-            why: "the slot has no leg",
-        })?;
-        io.leg.read_at(buf, io.data_offset + offset).map_err(|e| {
-            s.errors.fetch_add(1, Ordering::Relaxed);
-            self.fail_after_error(slot, &e.to_string());
-            EngineError::Leg(e)
-        })
+        self.on_leg(slot, |io| io.leg.read_at(buf, io.data_offset + offset))
     }
 
     /// Writes array bytes to one leg (for a sync); as `read_leg` for errors.
@@ -430,13 +420,20 @@ impl Raid1 {
         offset: u64,
         data: &[u8],
     ) -> Result<(), EngineError> {
+        self.on_leg(slot, |io| io.leg.write_at(data, io.data_offset + offset))
+    }
+
+    fn on_leg(
+        &self,
+        slot: usize,
+        op: impl FnOnce(&SlotIo) -> Result<(), LegError>,
+    ) -> Result<(), EngineError> {
         let s = &self.slots[slot];
-        let io = s.io.load();
-        let io = io.as_ref().ok_or(EngineError::BadSlot {
+        let io = s.io().ok_or(EngineError::BadSlot {
             slot,
             why: "the slot has no leg",
         })?;
-        io.leg.write_at(data, io.data_offset + offset).map_err(|e| {
+        op(&io).map_err(|e| {
             s.errors.fetch_add(1, Ordering::Relaxed);
             self.fail_after_error(slot, &e.to_string());
             EngineError::Leg(e)
