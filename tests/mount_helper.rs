@@ -150,6 +150,11 @@ fn pid_file(mnt: &Path) -> PathBuf {
     PathBuf::from("/run/mdfuse").join(format!("{name}.pid"))
 }
 
+/// The daemon's default log when detached (no `log=`): /run/mdfuse/<escaped>.log.
+fn default_log(mnt: &Path) -> PathBuf {
+    pid_file(mnt).with_extension("log")
+}
+
 /// Lines of libmount's userspace table naming `mnt`.
 fn utab_lines(mnt: &Path) -> Vec<String> {
     let abs = mnt.canonicalize().unwrap_or_else(|_| mnt.to_owned());
@@ -359,6 +364,15 @@ impl Array {
     }
 }
 
+impl Drop for Array {
+    fn drop(&mut self) {
+        // The default logs of this test's mounts (a daemon's log outlives it by design).
+        for mnt in [self.mnt.clone(), self.dir.path().join("mnt2")] {
+            let _ = std::fs::remove_file(default_log(&mnt));
+        }
+    }
+}
+
 /// A block of `tag` bytes written at `offset` through array.img and read back.
 fn write_read(image: &Path, offset: u64, tag: u8) {
     let data = vec![tag; 64 << 10];
@@ -394,10 +408,12 @@ fn mount_t_mdfuse_with_a_bitmap_is_live_on_return_and_umount_stops_it_clean() {
     }
     let _helper = HelperInstall::install();
     let arr = Array::create(true);
+    let log = arr.dir.path().join("daemon.log");
     let opts = format!(
-        "{},bitmap={}",
+        "{},bitmap={},log={}",
         arr.legs_opt(),
-        arr.bitmap.as_ref().expect("bitmap").display()
+        arr.bitmap.as_ref().expect("bitmap").display(),
+        log.display()
     );
     let started = Instant::now();
     let out = mount(&["-t", "mdfuse", "-o", &opts, "mirror", arr.mnt_str()]);
@@ -411,6 +427,16 @@ fn mount_t_mdfuse_with_a_bitmap_is_live_on_return_and_umount_stops_it_clean() {
     );
     write_read(&m.image(), 3 << 20, 0xa5);
     m.umount();
+    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        log_text.contains("live"),
+        "log= names the daemon's log file; it has:\n{log_text}"
+    );
+    assert!(
+        !default_log(&arr.mnt).exists(),
+        "with log=, nothing is logged to {}",
+        default_log(&arr.mnt).display()
+    );
     for l in &arr.legs {
         assert_eq!(
             leg_bytes(l, 3 << 20, 64 << 10),
@@ -544,6 +570,45 @@ fn the_ro_option_serves_a_read_only_image_and_leaves_the_legs_unchanged() {
     assert_eq!(back, vec![0x5a; 4096], "the ro image serves the data");
     m.umount();
     assert_eq!(arr.leg_hashes(), before, "a ro mount changed a leg");
+    arr.assert_legs_clean();
+    arr.assert_nothing_left();
+}
+
+#[test]
+fn legs_given_as_the_source_mount_and_a_second_mount_of_the_same_legs_is_refused() {
+    if !needs_root("legs_given_as_the_source_mount") {
+        return;
+    }
+    let _helper = HelperInstall::install();
+    let arr = Array::create(false);
+    let source = format!("{}:{}", arr.legs[0].display(), arr.legs[1].display());
+    let out = mount(&["-t", "mdfuse", &source, arr.mnt_str()]);
+    let m = LiveMount::after_mount(&arr.mnt, &out);
+    assert!(m.mdstat().contains("[2/2] [UU]"), "mdstat:\n{}", m.mdstat());
+
+    // The same legs elsewhere while the first array runs: refused by the legs' locks.
+    let other = arr.dir.path().join("mnt2");
+    std::fs::create_dir(&other).expect("second mountpoint");
+    let out2 = mount(&["-t", "mdfuse", &source, other.to_str().expect("UTF-8")]);
+    let _stray = out2.status.success().then(|| LiveMount {
+        mnt: other.clone(),
+        pid: std::fs::read_to_string(pid_file(&other))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0),
+        done: false,
+    });
+    assert!(
+        !out2.status.success(),
+        "a second mount of legs in use succeeded: {}",
+        text(&out2)
+    );
+    eprintln!("second mount refused: {}", text(&out2).trim());
+    assert!(!is_mounted(&other), "the second mountpoint is mounted");
+    assert!(common::mdfuse::daemons_for(&other).is_empty());
+    // The first goes on unharmed.
+    write_read(&m.image(), 7 << 20, 0x77);
+    m.umount();
     arr.assert_legs_clean();
     arr.assert_nothing_left();
 }
