@@ -612,3 +612,54 @@ fn legs_given_as_the_source_mount_and_a_second_mount_of_the_same_legs_is_refused
     arr.assert_legs_clean();
     arr.assert_nothing_left();
 }
+
+/// `cat FILE` as nobody (uid/gid 65534, no groups): Ok(contents) or Err(stderr).
+fn read_as_nobody(file: &Path) -> Result<String, String> {
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "cat"])
+        .arg(file)
+        .output()
+        .expect("run setpriv (util-linux)");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+#[test]
+fn other_users_see_the_mount_only_with_allow_other() {
+    if !needs_root("other_users_see_the_mount_only_with_allow_other") {
+        return;
+    }
+    let _helper = HelperInstall::install();
+    let arr = Array::create(false);
+    // The tempdir is root's 0700: let nobody reach the mountpoint itself.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(arr.dir.path(), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod tempdir");
+
+    let out = mount(&[
+        "-t",
+        "mdfuse",
+        "-o",
+        &arr.legs_opt(),
+        "mirror",
+        arr.mnt_str(),
+    ]);
+    let m = LiveMount::after_mount(&arr.mnt, &out);
+    let denied = read_as_nobody(&arr.mnt.join("mdstat"))
+        .expect_err("without allow_other another user read mdstat");
+    assert!(denied.contains("Permission denied"), "{denied}");
+    m.umount();
+
+    let opts = format!("{},allow_other", arr.legs_opt());
+    let out = mount(&["-t", "mdfuse", "-o", &opts, "mirror", arr.mnt_str()]);
+    let m = LiveMount::after_mount(&arr.mnt, &out);
+    let mdstat = read_as_nobody(&arr.mnt.join("mdstat"))
+        .unwrap_or_else(|e| panic!("allow_other: nobody cannot read mdstat: {e}"));
+    assert!(mdstat.contains("raid1"), "{mdstat}");
+    m.umount();
+    arr.assert_legs_clean();
+    arr.assert_nothing_left();
+}
