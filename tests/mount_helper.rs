@@ -663,3 +663,51 @@ fn other_users_see_the_mount_only_with_allow_other() {
     arr.assert_legs_clean();
     arr.assert_nothing_left();
 }
+
+#[test]
+fn a_missing_leg_is_refused_unless_the_run_option_starts_it_degraded() {
+    if !needs_root("a_missing_leg_is_refused_unless_run") {
+        return;
+    }
+    let _helper = HelperInstall::install();
+    let arr = Array::create(false);
+    let leg1_before = sha256_file(&arr.legs[1]);
+    let only_leg0 = format!("legs={}", arr.legs[0].display());
+
+    let out = mount(&["-t", "mdfuse", "-o", &only_leg0, "mirror", arr.mnt_str()]);
+    let _stray = out.status.success().then(|| LiveMount {
+        mnt: arr.mnt.clone(),
+        pid: std::fs::read_to_string(pid_file(&arr.mnt))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0),
+        done: false,
+    });
+    assert!(
+        !out.status.success(),
+        "one leg of two mounted without run: {}",
+        text(&out)
+    );
+    eprintln!("without run: {}", text(&out).trim());
+    arr.assert_nothing_left();
+
+    let opts = format!("{only_leg0},run");
+    let out = mount(&["-t", "mdfuse", "-o", &opts, "mirror", arr.mnt_str()]);
+    let m = LiveMount::after_mount(&arr.mnt, &out);
+    assert!(m.mdstat().contains("[2/1]"), "mdstat:\n{}", m.mdstat());
+    write_read(&m.image(), 0, 0x42);
+    m.umount();
+    assert_eq!(leg_bytes(&arr.legs[0], 0, 4096), vec![0x42; 4096]);
+    assert_eq!(
+        sha256_file(&arr.legs[1]),
+        leg1_before,
+        "the leg left out was written"
+    );
+    let e0 = common::mdfuse::mdadm_examine(&arr.legs[0]);
+    assert_eq!(
+        common::mdfuse::examine_field(&e0, "State").as_deref(),
+        Some("clean"),
+        "{e0}"
+    );
+    arr.assert_nothing_left();
+}
