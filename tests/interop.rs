@@ -823,7 +823,6 @@ fn md_resyncs_exactly_the_dirty_chunks_of_a_killed_mdfuse_and_keeps_acknowledged
 // ---------------------------------------------------------------- 3. mdfuse degraded -> md re-add
 
 #[test]
-#[ignore = "needs mdfuse manage (issue 4)"]
 fn md_starts_an_mdfuse_degraded_array_degraded_and_recovers_the_stale_leg_from_the_bitmap_only() {
     let Some(_serial) = start("md_recovers_an_mdfuse_degraded_array_from_the_bitmap") else {
         return;
@@ -1102,7 +1101,6 @@ fn mdfuse_starts_an_array_md_left_degraded_without_run_as_mdadm_does() {
 }
 
 #[test]
-#[ignore = "needs mdfuse manage (issue 4)"]
 fn mdfuse_re_adds_the_stale_leg_of_b_degraded_dirty_and_recovers_exactly_the_dirty_chunks() {
     let Some(_serial) = start("mdfuse_re_adds_the_stale_leg_of_b_degraded_dirty") else {
         return;
@@ -1115,23 +1113,36 @@ fn mdfuse_re_adds_the_stale_leg_of_b_degraded_dirty_and_recovers_exactly_the_dir
     assert!(!man.dirty.contains(&untouched));
     perturb_leg_chunk(&arr.legs[1], untouched, PERTURB_TAG);
     let m = arr.mount(&["--run"]);
+    let mdstat = || std::fs::read_to_string(m.mnt.join("mdstat")).unwrap_or_default();
+    assert!(
+        mdstat().contains("[2/1]"),
+        "b-degraded-dirty starts degraded:\n{}",
+        mdstat()
+    );
     mdfuse(&[
         OsStr::new("manage"),
         m.mnt.as_os_str(),
         OsStr::new("--re-add"),
         arr.legs[1].as_os_str(),
     ]);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let s = std::fs::read_to_string(m.mnt.join("mdstat")).unwrap_or_default();
-        if s.contains("[2/2]") && !s.contains("recovery") && !s.contains("resync") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no recovery end:\n{s}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    // `mdfuse wait` returns once md/sync_action is idle again: the recovery has ended.
+    let waited = mdfuse(&[OsStr::new("wait"), m.mnt.as_os_str()]);
+    let s = mdstat();
+    assert!(
+        s.contains("[2/2]") && s.contains("[UU]") && !s.contains("recovery"),
+        "after `mdfuse wait` ({waited}) the array is not whole:\n{s}\nlog:\n{}",
+        arr.log_text()
+    );
     assert_eq!(kmd::sha256_region(&m.image(), 0, ARRAY_BYTES), man.md0_sha);
     m.stop();
+    // The daemon names what it copied: the MANIFEST's dirty chunks, no more.
+    let log = arr.log_text();
+    let want = format!(
+        "re-added: bitmap-guided recovery of {} bytes",
+        man.dirty.len() as u64 * CHUNK
+    );
+    assert_eq!(man.dirty.len(), 6, "MANIFEST dirty chunks {:?}", man.dirty);
+    assert!(log.contains(&want), "the log does not say {want:?}:\n{log}");
     let (l0, l1) = (leg_data(&arr.legs[0]), leg_data(&arr.legs[1]));
     let differing: Vec<u64> = (0..ARRAY_BYTES.div_ceil(CHUNK))
         .filter(|&c| chunk_bytes(&l0, c) != chunk_bytes(&l1, c))

@@ -1,0 +1,713 @@
+//! `mount.mdfuse` driven by the real mount(8) and umount(8) (util-linux): `mount -t mdfuse`,
+//! an fstab line (a temporary fstab, `mount -T FILE MNT`), refused options, `ro`.
+//!
+//! Each test installs /sbin/mount.mdfuse as a symlink to the built helper for its duration
+//! ([`HelperInstall`], removed on drop) and holds a file lock meanwhile, so tests touching it
+//! (in this binary or another) never overlap. The helper is told where `mdfuse` is by the
+//! MDFUSE environment variable (mount(8) run by root passes its environment on).
+//!
+//! Needs root (mount, FUSE, a loop-backed ext4 for the bitmap file). Nothing is left behind:
+//! each mount is a guard that unmounts and waits for its daemon, even on a failed assertion.
+
+mod common;
+
+use common::loopdev::{needs_root, sparse_file, ScratchFs};
+use common::mdfuse::{pid_alive, sha256_file, wait_pid_gone};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant, SystemTime};
+
+const LEG_BYTES: u64 = 32 << 20;
+const HELPER_LINK: &str = "/sbin/mount.mdfuse";
+
+// ---------------------------------------------------------------- the helper, installed
+
+/// The `mount-mdfuse` binary built from this tree: beside `mdfuse` when the workspace was
+/// built (`cargo test --workspace` or `cargo build -p mount-mdfuse`) and newer than its
+/// sources; otherwise built here into a target dir of its own (the workspace's is locked
+/// by the running cargo).
+fn built_helper() -> PathBuf {
+    let mdfuse = Path::new(env!("CARGO_BIN_EXE_mdfuse"));
+    let profile_dir = mdfuse.parent().expect("mdfuse's directory");
+    let beside = profile_dir.join("mount-mdfuse");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("mount-helper");
+    let newest_source = ["Cargo.toml", "src/lib.rs", "src/main.rs"]
+        .iter()
+        .filter_map(|f| {
+            std::fs::metadata(src.join(f))
+                .and_then(|m| m.modified())
+                .ok()
+        })
+        .max()
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    let fresh = |p: &Path| {
+        std::fs::metadata(p)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t >= newest_source)
+    };
+    if fresh(&beside) {
+        return beside;
+    }
+    let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("mount-helper-target");
+    let release = profile_dir.file_name().is_some_and(|n| n == "release");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "-q", "-p", "mount-mdfuse", "--manifest-path"])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target);
+    if release {
+        cmd.arg("--release");
+    }
+    let out = cmd.output().expect("run cargo build -p mount-mdfuse");
+    assert!(
+        out.status.success(),
+        "cargo build -p mount-mdfuse failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let built = target
+        .join(if release { "release" } else { "debug" })
+        .join("mount-mdfuse");
+    assert!(built.is_file(), "no helper at {}", built.display());
+    built
+}
+
+/// /sbin/mount.mdfuse -> the built helper while held, under an exclusive file lock.
+/// Drop removes the link (restoring a link that was there before) and then unlocks.
+struct HelperInstall {
+    previous: Option<PathBuf>,
+    _lock: File,
+}
+
+impl HelperInstall {
+    fn install() -> HelperInstall {
+        let lock = File::create("/run/lock/mdfuse-mount-helper-tests.lock")
+            .or_else(|_| File::create(std::env::temp_dir().join("mdfuse-mount-helper-tests.lock")))
+            .expect("lock file");
+        // SAFETY: flock on a descriptor we own; blocks until the other holder is done.
+        let rc = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
+        assert_eq!(rc, 0, "flock: {}", std::io::Error::last_os_error());
+        let link = Path::new(HELPER_LINK);
+        let previous = match std::fs::symlink_metadata(link) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let to = std::fs::read_link(link).expect("read the existing link");
+                std::fs::remove_file(link).expect("remove the existing link");
+                // A link into some target dir is a leftover of a killed run; keep others.
+                (!to.to_string_lossy().contains("mount-mdfuse")).then_some(to)
+            }
+            Ok(_) => panic!(
+                "{HELPER_LINK} is an installed file, not a test link: refusing to replace it"
+            ),
+            Err(_) => None,
+        };
+        std::os::unix::fs::symlink(built_helper(), link).expect("install /sbin/mount.mdfuse");
+        HelperInstall {
+            previous,
+            _lock: lock,
+        }
+    }
+}
+
+impl Drop for HelperInstall {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(HELPER_LINK);
+        if let Some(to) = &self.previous {
+            let _ = std::os::unix::fs::symlink(to, HELPER_LINK);
+        }
+    }
+}
+
+// ---------------------------------------------------------------- mount(8), umount(8)
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// `mount ARGS` (util-linux) with MDFUSE naming the binary under test.
+fn mount(args: &[&str]) -> Output {
+    Command::new("mount")
+        .args(args)
+        .env("MDFUSE", env!("CARGO_BIN_EXE_mdfuse"))
+        .output()
+        .expect("run mount(8)")
+}
+
+fn is_mounted(mnt: &Path) -> bool {
+    common::mdfuse::is_mounted(mnt)
+}
+
+/// The daemon's pid file: /run/mdfuse/<absolute mountpoint, / as _>.pid.
+fn pid_file(mnt: &Path) -> PathBuf {
+    let abs = mnt.canonicalize().unwrap_or_else(|_| mnt.to_owned());
+    let name: String = abs.to_string_lossy().trim_matches('/').replace('/', "_");
+    PathBuf::from("/run/mdfuse").join(format!("{name}.pid"))
+}
+
+/// The daemon's default log when detached (no `log=`): /run/mdfuse/<escaped>.log.
+fn default_log(mnt: &Path) -> PathBuf {
+    pid_file(mnt).with_extension("log")
+}
+
+/// Lines of libmount's userspace table naming `mnt`.
+fn utab_lines(mnt: &Path) -> Vec<String> {
+    let abs = mnt.canonicalize().unwrap_or_else(|_| mnt.to_owned());
+    let want = format!("TARGET={}", abs.display());
+    std::fs::read_to_string("/run/mount/utab")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.split(' ').any(|f| f == want))
+        .map(String::from)
+        .collect()
+}
+
+/// A live mount made by mount(8). Drop unmounts it (umount, then lazily) and waits for the
+/// daemon; `umount()` does it the user's way and asserts the clean end.
+struct LiveMount {
+    mnt: PathBuf,
+    pid: i32,
+    done: bool,
+}
+
+impl LiveMount {
+    /// After a successful mount(8): it must be live at once (mdstat readable, pid file there).
+    fn after_mount(mnt: &Path, out: &Output) -> LiveMount {
+        assert!(out.status.success(), "mount failed: {}", text(out));
+        // Take the guard before asserting anything else, so a failure still cleans up.
+        let pid = std::fs::read_to_string(pid_file(mnt))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        let live = LiveMount {
+            mnt: mnt.to_owned(),
+            pid,
+            done: false,
+        };
+        assert!(
+            is_mounted(mnt),
+            "mount returned 0 but {} is not a mount",
+            mnt.display()
+        );
+        assert!(
+            pid > 0 && pid_alive(pid),
+            "no live daemon in {}",
+            pid_file(mnt).display()
+        );
+        let mdstat = std::fs::read_to_string(mnt.join("mdstat"))
+            .unwrap_or_else(|e| panic!("mdstat not readable right after mount returned: {e}"));
+        assert!(mdstat.contains("raid1"), "mdstat:\n{mdstat}");
+        live
+    }
+
+    fn image(&self) -> PathBuf {
+        self.mnt.join("array.img")
+    }
+
+    fn mdstat(&self) -> String {
+        std::fs::read_to_string(self.mnt.join("mdstat")).unwrap_or_default()
+    }
+
+    /// `umount MNT`: the mount goes, the daemon exits, its pid file with it.
+    fn umount(mut self) {
+        let out = Command::new("umount")
+            .arg(&self.mnt)
+            .output()
+            .expect("run umount(8)");
+        assert!(out.status.success(), "umount: {}", text(&out));
+        self.done = true;
+        assert!(
+            wait_pid_gone(self.pid, Duration::from_secs(30)),
+            "daemon {} still running 30 s after umount",
+            self.pid
+        );
+        assert!(!is_mounted(&self.mnt), "still mounted after umount");
+        assert!(
+            !pid_file(&self.mnt).exists(),
+            "pid file {} left behind",
+            pid_file(&self.mnt).display()
+        );
+    }
+}
+
+impl Drop for LiveMount {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        if is_mounted(&self.mnt) {
+            let ok = Command::new("umount")
+                .arg(&self.mnt)
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if !ok {
+                let _ = Command::new("umount").arg("-l").arg(&self.mnt).output();
+            }
+        }
+        if self.pid > 0 && !wait_pid_gone(self.pid, Duration::from_secs(20)) {
+            // SAFETY: kill has no memory preconditions; the pid is this test's daemon.
+            unsafe { libc::kill(self.pid, libc::SIGKILL) };
+            wait_pid_gone(self.pid, Duration::from_secs(5));
+        }
+    }
+}
+
+// ---------------------------------------------------------------- an array to mount
+
+/// Two 32 MiB leg files made by `mdfuse create` (optionally with a bitmap file on a
+/// loop-backed ext4 of its own: its block map must point at a device this test made),
+/// and an empty mountpoint. Field order is drop order: the ext4 goes first.
+struct Array {
+    _bitmap_fs: Option<ScratchFs>,
+    legs: [PathBuf; 2],
+    bitmap: Option<PathBuf>,
+    mnt: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl Array {
+    fn create(with_bitmap: bool) -> Array {
+        let dir = tempfile::Builder::new()
+            .prefix("mdfuse-mounthelper")
+            .tempdir()
+            .expect("tempdir");
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).expect("mountpoint");
+        let legs = [dir.path().join("leg0.img"), dir.path().join("leg1.img")];
+        for l in &legs {
+            sparse_file(l, LEG_BYTES).expect("leg file");
+        }
+        let bitmap_fs =
+            with_bitmap.then(|| ScratchFs::ext4(4096).expect("loop-backed ext4 for the bitmap"));
+        let bitmap = bitmap_fs.as_ref().map(|fs| fs.path("md0.bitmap"));
+        let mut args: Vec<String> = vec!["create".into(), "--name".into(), "mh".into()];
+        if let Some(b) = &bitmap {
+            args.extend([
+                "--bitmap".into(),
+                b.display().to_string(),
+                "--bitmap-chunk".into(),
+                "64K".into(),
+            ]);
+        }
+        args.extend(legs.iter().map(|l| l.display().to_string()));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = common::mdfuse::mdfuse(&refs);
+        assert!(out.status.success(), "mdfuse create: {}", text(&out));
+        Array {
+            _bitmap_fs: bitmap_fs,
+            legs,
+            bitmap,
+            mnt,
+            dir,
+        }
+    }
+
+    fn legs_opt(&self) -> String {
+        format!("legs={}:{}", self.legs[0].display(), self.legs[1].display())
+    }
+
+    fn mnt_str(&self) -> &str {
+        self.mnt.to_str().expect("UTF-8 tempdir")
+    }
+
+    fn leg_hashes(&self) -> Vec<String> {
+        self.legs.iter().map(|l| sha256_file(l)).collect()
+    }
+
+    /// Both legs' superblocks, by the real mdadm: clean, both active, same events.
+    fn assert_legs_clean(&self) {
+        let mut events = Vec::new();
+        for l in &self.legs {
+            let e = common::mdfuse::mdadm_examine(l);
+            let state = common::mdfuse::examine_field(&e, "State");
+            assert_eq!(state.as_deref(), Some("clean"), "{}:\n{e}", l.display());
+            let array_state = common::mdfuse::examine_field(&e, "Array State").unwrap_or_default();
+            assert!(array_state.starts_with("AA"), "{}:\n{e}", l.display());
+            events.push(common::mdfuse::examine_field(&e, "Events"));
+        }
+        assert_eq!(events[0], events[1], "legs' events differ");
+        if let Some(b) = &self.bitmap {
+            let out = Command::new("mdadm")
+                .arg("--examine-bitmap")
+                .arg(b)
+                .output()
+                .expect("mdadm --examine-bitmap");
+            let t = text(&out);
+            assert!(
+                t.contains(" 0 dirty"),
+                "bitmap not clean after umount:\n{t}"
+            );
+        }
+    }
+
+    /// Nothing of the array outlives it: no mount, no daemon on the mountpoint, no pid file,
+    /// no libmount utab entry.
+    fn assert_nothing_left(&self) {
+        assert!(
+            !is_mounted(&self.mnt),
+            "{} still mounted",
+            self.mnt.display()
+        );
+        let daemons = common::mdfuse::daemons_for(&self.mnt);
+        assert!(daemons.is_empty(), "mdfuse daemons left: {daemons:?}");
+        assert!(!pid_file(&self.mnt).exists(), "pid file left behind");
+        assert!(
+            utab_lines(&self.mnt).is_empty(),
+            "/run/mount/utab keeps {:?}",
+            utab_lines(&self.mnt)
+        );
+    }
+}
+
+impl Drop for Array {
+    fn drop(&mut self) {
+        // The default logs of this test's mounts (a daemon's log outlives it by design).
+        for mnt in [self.mnt.clone(), self.dir.path().join("mnt2")] {
+            let _ = std::fs::remove_file(default_log(&mnt));
+        }
+    }
+}
+
+/// A block of `tag` bytes written at `offset` through array.img and read back.
+fn write_read(image: &Path, offset: u64, tag: u8) {
+    let data = vec![tag; 64 << 10];
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(image)
+        .expect("open array.img rw");
+    f.write_all_at(&data, offset).expect("write array.img");
+    f.sync_all().expect("fsync array.img");
+    let mut back = vec![0u8; data.len()];
+    f.read_exact_at(&mut back, offset).expect("read array.img");
+    assert!(back == data, "read back differs at {offset}");
+}
+
+/// The leg's data region at array offset `offset` (mdfuse create: data at 1 MiB).
+fn leg_bytes(leg: &Path, offset: u64, len: usize) -> Vec<u8> {
+    let data_offset = common::mdfuse::data_offset(leg);
+    let mut buf = vec![0u8; len];
+    File::open(leg)
+        .expect("leg")
+        .read_exact_at(&mut buf, data_offset + offset)
+        .expect("read leg");
+    buf
+}
+
+// ---------------------------------------------------------------- the cases
+
+#[test]
+fn mount_t_mdfuse_with_a_bitmap_is_live_on_return_and_umount_stops_it_clean() {
+    if !needs_root("mount_t_mdfuse_with_a_bitmap") {
+        return;
+    }
+    let _helper = HelperInstall::install();
+    let arr = Array::create(true);
+    let log = arr.dir.path().join("daemon.log");
+    let opts = format!(
+        "{},bitmap={},log={}",
+        arr.legs_opt(),
+        arr.bitmap.as_ref().expect("bitmap").display(),
+        log.display()
+    );
+    let started = Instant::now();
+    let out = mount(&["-t", "mdfuse", "-o", &opts, "mirror", arr.mnt_str()]);
+    let m = LiveMount::after_mount(&arr.mnt, &out);
+    eprintln!("mount -t mdfuse returned live in {:?}", started.elapsed());
+    assert!(m.mdstat().contains("[2/2] [UU]"), "mdstat:\n{}", m.mdstat());
+    assert!(
+        m.mdstat().contains("bitmap"),
+        "the bitmap file is in use:\n{}",
+        m.mdstat()
+    );
+    write_read(&m.image(), 3 << 20, 0xa5);
+    m.umount();
+    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        log_text.contains("live"),
+        "log= names the daemon's log file; it has:\n{log_text}"
+    );
+    assert!(
+        !default_log(&arr.mnt).exists(),
+        "with log=, nothing is logged to {}",
+        default_log(&arr.mnt).display()
+    );
+    for l in &arr.legs {
+        assert_eq!(
+            leg_bytes(l, 3 << 20, 64 << 10),
+            vec![0xa5; 64 << 10],
+            "{} lacks the write",
+            l.display()
+        );
+    }
+    arr.assert_legs_clean();
+    arr.assert_nothing_left();
+}
+
+#[test]
+fn an_fstab_line_mounts_with_mount_t_fstab_and_umount_stops_it_clean() {
+    if !needs_root("an_fstab_line_mounts") {
+        return;
+    }
+    let _helper = HelperInstall::install();
+    let arr = Array::create(false);
+    let fstab = arr.dir.path().join("fstab");
+    std::fs::write(
+        &fstab,
+        format!(
+            "# a test fstab\nmirror {} mdfuse {},nofail 0 0\n",
+            arr.mnt.display(),
+            arr.legs_opt()
+        ),
+    )
+    .expect("write fstab");
+    let fstab_s = fstab.to_str().expect("UTF-8");
+    let out = mount(&["-T", fstab_s, arr.mnt_str()]);
+    let m = LiveMount::after_mount(&arr.mnt, &out);
+    assert!(m.mdstat().contains("[2/2] [UU]"), "mdstat:\n{}", m.mdstat());
+    write_read(&m.image(), 0, 0x3c);
+    m.umount();
+    assert_eq!(leg_bytes(&arr.legs[1], 0, 4096), vec![0x3c; 4096]);
+    arr.assert_legs_clean();
+    arr.assert_nothing_left();
+
+    // The long spelling too, and once more live.
+    let out = mount(&["--fstab", fstab_s, arr.mnt_str()]);
+    LiveMount::after_mount(&arr.mnt, &out).umount();
+    arr.assert_legs_clean();
+    arr.assert_nothing_left();
+}
+
+#[test]
+fn an_unknown_option_is_refused_and_nothing_is_mounted() {
+    if !needs_root("an_unknown_option_is_refused") {
+        return;
+    }
+    let _helper = HelperInstall::install();
+    let arr = Array::create(false);
+    let before = arr.leg_hashes();
+    let opts = format!("{},bogus", arr.legs_opt());
+    let out = mount(&["-t", "mdfuse", "-o", &opts, "mirror", arr.mnt_str()]);
+    // Should it mount after all, the guard takes it down.
+    let _stray = out.status.success().then(|| LiveMount {
+        mnt: arr.mnt.clone(),
+        pid: std::fs::read_to_string(pid_file(&arr.mnt))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0),
+        done: false,
+    });
+    assert!(
+        !out.status.success(),
+        "mount accepted bogus: {}",
+        text(&out)
+    );
+    let t = text(&out);
+    assert!(
+        t.contains("unknown option") && t.contains("bogus"),
+        "mount's error does not name the option:\n{t}"
+    );
+    eprintln!("refused as it should be: {}", t.trim());
+    arr.assert_nothing_left();
+    assert_eq!(arr.leg_hashes(), before, "a refused mount changed a leg");
+}
+
+#[test]
+fn the_ro_option_serves_a_read_only_image_and_leaves_the_legs_unchanged() {
+    if !needs_root("the_ro_option_serves_a_read_only_image") {
+        return;
+    }
+    let _helper = HelperInstall::install();
+    let arr = Array::create(false);
+    // Something to read: written through a rw mount first.
+    let out = mount(&[
+        "-t",
+        "mdfuse",
+        "-o",
+        &arr.legs_opt(),
+        "mirror",
+        arr.mnt_str(),
+    ]);
+    let m = LiveMount::after_mount(&arr.mnt, &out);
+    write_read(&m.image(), 1 << 20, 0x5a);
+    m.umount();
+    let before = arr.leg_hashes();
+
+    let opts = format!("ro,{}", arr.legs_opt());
+    let out = mount(&["-t", "mdfuse", "-o", &opts, "mirror", arr.mnt_str()]);
+    let m = LiveMount::after_mount(&arr.mnt, &out);
+    let open_rw = std::fs::OpenOptions::new().write(true).open(m.image());
+    match open_rw {
+        Ok(f) => {
+            let err = f
+                .write_all_at(&[0u8; 4096], 0)
+                .and_then(|_| f.sync_all())
+                .expect_err("a write to a ro array.img succeeded");
+            eprintln!("ro: open for writing allowed, the write refused: {err}");
+            assert!(
+                matches!(err.raw_os_error(), Some(libc::EROFS) | Some(libc::EACCES)),
+                "write: {err}"
+            );
+        }
+        Err(e) => {
+            eprintln!("ro: open for writing refused: {e}");
+            assert!(
+                matches!(e.raw_os_error(), Some(libc::EROFS) | Some(libc::EACCES)),
+                "open for writing: {e}"
+            )
+        }
+    }
+    let mut back = vec![0u8; 4096];
+    File::open(m.image())
+        .expect("open ro image")
+        .read_exact_at(&mut back, 1 << 20)
+        .expect("read the ro image");
+    assert_eq!(back, vec![0x5a; 4096], "the ro image serves the data");
+    m.umount();
+    assert_eq!(arr.leg_hashes(), before, "a ro mount changed a leg");
+    arr.assert_legs_clean();
+    arr.assert_nothing_left();
+}
+
+#[test]
+fn legs_given_as_the_source_mount_and_a_second_mount_of_the_same_legs_is_refused() {
+    if !needs_root("legs_given_as_the_source_mount") {
+        return;
+    }
+    let _helper = HelperInstall::install();
+    let arr = Array::create(false);
+    let source = format!("{}:{}", arr.legs[0].display(), arr.legs[1].display());
+    let out = mount(&["-t", "mdfuse", &source, arr.mnt_str()]);
+    let m = LiveMount::after_mount(&arr.mnt, &out);
+    assert!(m.mdstat().contains("[2/2] [UU]"), "mdstat:\n{}", m.mdstat());
+
+    // The same legs elsewhere while the first array runs: refused by the legs' locks.
+    let other = arr.dir.path().join("mnt2");
+    std::fs::create_dir(&other).expect("second mountpoint");
+    let out2 = mount(&["-t", "mdfuse", &source, other.to_str().expect("UTF-8")]);
+    let _stray = out2.status.success().then(|| LiveMount {
+        mnt: other.clone(),
+        pid: std::fs::read_to_string(pid_file(&other))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0),
+        done: false,
+    });
+    assert!(
+        !out2.status.success(),
+        "a second mount of legs in use succeeded: {}",
+        text(&out2)
+    );
+    eprintln!("second mount refused: {}", text(&out2).trim());
+    assert!(!is_mounted(&other), "the second mountpoint is mounted");
+    assert!(common::mdfuse::daemons_for(&other).is_empty());
+    // The first goes on unharmed.
+    write_read(&m.image(), 7 << 20, 0x77);
+    m.umount();
+    arr.assert_legs_clean();
+    arr.assert_nothing_left();
+}
+
+/// `cat FILE` as nobody (uid/gid 65534, no groups): Ok(contents) or Err(stderr).
+fn read_as_nobody(file: &Path) -> Result<String, String> {
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "cat"])
+        .arg(file)
+        .output()
+        .expect("run setpriv (util-linux)");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+#[test]
+fn other_users_see_the_mount_only_with_allow_other() {
+    if !needs_root("other_users_see_the_mount_only_with_allow_other") {
+        return;
+    }
+    let _helper = HelperInstall::install();
+    let arr = Array::create(false);
+    // The tempdir is root's 0700: let nobody reach the mountpoint itself.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(arr.dir.path(), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod tempdir");
+
+    let out = mount(&[
+        "-t",
+        "mdfuse",
+        "-o",
+        &arr.legs_opt(),
+        "mirror",
+        arr.mnt_str(),
+    ]);
+    let m = LiveMount::after_mount(&arr.mnt, &out);
+    let denied = read_as_nobody(&arr.mnt.join("mdstat"))
+        .expect_err("without allow_other another user read mdstat");
+    assert!(denied.contains("Permission denied"), "{denied}");
+    m.umount();
+
+    let opts = format!("{},allow_other", arr.legs_opt());
+    let out = mount(&["-t", "mdfuse", "-o", &opts, "mirror", arr.mnt_str()]);
+    let m = LiveMount::after_mount(&arr.mnt, &out);
+    let mdstat = read_as_nobody(&arr.mnt.join("mdstat"))
+        .unwrap_or_else(|e| panic!("allow_other: nobody cannot read mdstat: {e}"));
+    assert!(mdstat.contains("raid1"), "{mdstat}");
+    m.umount();
+    arr.assert_legs_clean();
+    arr.assert_nothing_left();
+}
+
+#[test]
+fn a_missing_leg_is_refused_unless_the_run_option_starts_it_degraded() {
+    if !needs_root("a_missing_leg_is_refused_unless_run") {
+        return;
+    }
+    let _helper = HelperInstall::install();
+    let arr = Array::create(false);
+    let leg1_before = sha256_file(&arr.legs[1]);
+    let only_leg0 = format!("legs={}", arr.legs[0].display());
+
+    let out = mount(&["-t", "mdfuse", "-o", &only_leg0, "mirror", arr.mnt_str()]);
+    let _stray = out.status.success().then(|| LiveMount {
+        mnt: arr.mnt.clone(),
+        pid: std::fs::read_to_string(pid_file(&arr.mnt))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0),
+        done: false,
+    });
+    assert!(
+        !out.status.success(),
+        "one leg of two mounted without run: {}",
+        text(&out)
+    );
+    eprintln!("without run: {}", text(&out).trim());
+    arr.assert_nothing_left();
+
+    let opts = format!("{only_leg0},run");
+    let out = mount(&["-t", "mdfuse", "-o", &opts, "mirror", arr.mnt_str()]);
+    let m = LiveMount::after_mount(&arr.mnt, &out);
+    assert!(m.mdstat().contains("[2/1]"), "mdstat:\n{}", m.mdstat());
+    write_read(&m.image(), 0, 0x42);
+    m.umount();
+    assert_eq!(leg_bytes(&arr.legs[0], 0, 4096), vec![0x42; 4096]);
+    assert_eq!(
+        sha256_file(&arr.legs[1]),
+        leg1_before,
+        "the leg left out was written"
+    );
+    let e0 = common::mdfuse::mdadm_examine(&arr.legs[0]);
+    assert_eq!(
+        common::mdfuse::examine_field(&e0, "State").as_deref(),
+        Some("clean"),
+        "{e0}"
+    );
+    arr.assert_nothing_left();
+}
