@@ -110,7 +110,7 @@ pub fn spawn_and_wait(args: &[String], log: &Path) -> i32 {
     let mut line = String::new();
     let _ = BufReader::new(std::fs::File::from(read_end)).read_line(&mut line);
     if let Some(msg) = line.strip_prefix("ok ") {
-        println!("{}", msg.trim_end());
+        println!("{}\nmdfuse: log: {}", msg.trim_end(), log.display());
         return 0;
     }
     if let Some(msg) = line.strip_prefix("error ") {

@@ -442,7 +442,6 @@ fn mount_detached(m: &MountArgs) -> i32 {
     // The child runs the same mount in the foreground, from the parsed
     // options (paths made absolute: the child may run elsewhere).
     let cwd_args = m.foreground_args(&log);
-    println!("mdfuse: log: {}", log.display());
     detach::spawn_and_wait(&cwd_args, &log)
 }
 
