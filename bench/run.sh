@@ -272,6 +272,53 @@ grep -E 'Vm(RSS|HWM)' "/proc/$BIGPID/status" > "$OUT/big.mem.io"
 stop_mdfuse "$MNT"
 echo "$t0 $t1 $threads_big" > "$OUT/big.mount"
 
+# ---------------------------------------------------------------- recovery
+# Re-add after 1% of the chunks went dirty (bitmap-guided) vs a full
+# recovery of the same array (no bitmap) vs a raw copy of one leg to the
+# other. md's sync_speed_max (200 MB/s) is lifted: nothing else runs.
+seconds_since() { awk -v a="$(date +%s.%N)" -v b="$1" 'BEGIN { printf "%.3f", a - b }'; }
+recover_leg1() { # MNT ADD_FLAG: fail, remove, (dirty 1% if bitmap), re-add; prints seconds of the recovery
+    local mnt=$1
+    echo 100000000 > "$mnt/md/sync_speed_max"
+    "$MDFUSE" manage "$mnt" --fail "$LEG1" >/dev/null || die "manage --fail"
+    "$MDFUSE" manage "$mnt" --remove "$LEG1" >/dev/null || die "manage --remove"
+    if [ -e "$mnt/md/bitmap/chunksize" ]; then
+        local chunk chunks n
+        chunk=$(cat "$mnt/md/bitmap/chunksize")
+        chunks=$(( $(stat -c %s "$mnt/array.img") / chunk ))
+        n=$(( chunks / 100 ))
+        # One 4 KiB write in every 100th chunk: 1% of the chunks dirty.
+        for i in $(seq 0 $((n - 1))); do
+            dd if=/dev/urandom of="$mnt/array.img" bs=4k count=1 seek=$(( i * 100 * chunk / 4096 )) \
+                conv=notrunc oflag=direct status=none
+        done
+        echo "$n $chunks $chunk" > "$OUT/recovery.dirty"
+    fi
+    local t0
+    t0=$(date +%s.%N)
+    "$MDFUSE" manage "$mnt" --re-add "$LEG1" >/dev/null || die "manage --re-add"
+    "$MDFUSE" wait "$mnt" >/dev/null || die "mdfuse wait"
+    seconds_since "$t0"
+}
+log "recovery: re-add with 1% of chunks dirty (bitmap)"
+"$MDFUSE" create --force --bitmap "$BMFS/rec.bitmap" "$LEG0" "$LEG1" >> "$OUT/create.txt"
+mount_mdfuse "$OUT/mdfuse-rec-bitmap.log" --bitmap "$BMFS/rec.bitmap" "$LEG0" "$LEG1" "$MNT"
+t_readd=$(recover_leg1 "$MNT")
+stop_mdfuse "$MNT"
+log "recovery: full recovery (no bitmap)"
+"$MDFUSE" create --force "$LEG0" "$LEG1" >> "$OUT/create.txt"
+mount_mdfuse "$OUT/mdfuse-rec-full.log" "$LEG0" "$LEG1" "$MNT"
+array_bytes=$(stat -c %s "$MNT/array.img")
+t_full=$(recover_leg1 "$MNT")
+stop_mdfuse "$MNT"
+log "recovery: raw copy of one leg to the other"
+drop_caches
+t0=$(date +%s.%N)
+dd if="$LEG0" of="$LEG1" bs=1M count=$(( array_bytes / 1048576 )) iflag=direct oflag=direct \
+    conv=notrunc,fsync status=none
+t_raw=$(seconds_since "$t0")
+echo "$t_readd $t_full $t_raw $array_bytes" > "$OUT/recovery.times"
+
 # ---------------------------------------------------------------- report
 mkdir -p "$(dirname "$RESULT")"
 python3 "$HERE/report.py" "$OUT" "$RESULT" \
