@@ -268,17 +268,36 @@ fn has_nonzero_err(out: &str) -> bool {
 }
 
 /// Parallel writers with verification (fio, crc32c), direct and buffered;
-/// afterwards the legs are identical.
+/// afterwards the legs are identical. Legs written through io_uring.
 #[test]
 fn fio_parallel_verified_writes() {
     if !needs_root("fio_parallel_verified_writes") {
         return;
     }
+    fio_parallel_verified_writes_with(&[]);
+}
+
+/// The same with io_uring turned off: the legs' worker threads write.
+#[test]
+fn fio_parallel_verified_writes_by_worker_threads() {
+    if !needs_root("fio_parallel_verified_writes_by_worker_threads") {
+        return;
+    }
+    let array = fio_parallel_verified_writes_with(&[("MDFUSE_IO_URING", "off")]);
+    assert!(
+        array.contains("io_uring is turned off"),
+        "the daemon did not say it used worker threads:\n{array}"
+    );
+}
+
+/// Runs the verified fio workloads on a fresh array mounted with `env`;
+/// returns the daemon's log.
+fn fio_parallel_verified_writes_with(env: &[(&str, &str)]) -> String {
     let dir = tempdir();
     let legs = Legs::new(dir.path(), 2, 112 * MIB);
     let created = create(&legs, &["--name", "fio"]);
     let mnt = dir.path().join("mnt");
-    let array = MountedArray::mount(&legs, &mnt, &[]);
+    let array = MountedArray::mount_env(&legs, &mnt, &[], env);
     let img = format!("--filename={}", array.image().display());
     // Four writers, each in its own 8 MiB region (fio verifies per job),
     // block sizes from 512 B to 64 KiB; then each reads back and checks.
@@ -345,6 +364,7 @@ fn fio_parallel_verified_writes() {
         ],
     );
     let image_hash = sha256_file(&array.image());
+    let log = array.log();
     array.stop();
     let len = created.array_bytes;
     let a = data_region(legs.path(0), MIB, len);
@@ -352,6 +372,7 @@ fn fio_parallel_verified_writes() {
     assert!(a == b, "legs differ after fio");
     assert_eq!(sha256_bytes(&a), image_hash, "legs differ from array.img");
     assert!(a.iter().any(|&x| x != 0), "fio wrote nothing?");
+    log
 }
 
 /// array.img as a disk: loop device, ext4, files; after a stop and a new

@@ -254,7 +254,8 @@ impl Leg {
         Ok(())
     }
 
-    fn io_error(
+    /// A failed read or write, named with the leg, offset and length.
+    pub(crate) fn io_error(
         &self,
         op: &'static str,
         offset: u64,
@@ -276,6 +277,12 @@ impl Leg {
             len,
             source,
         }
+    }
+}
+
+impl AsRawFd for Leg {
+    fn as_raw_fd(&self) -> std::os::unix::io::RawFd {
+        self.file.as_raw_fd()
     }
 }
 

@@ -1,6 +1,7 @@
 //! Thin I/O primitives shared by every layer: aligned buffers, refcounted
-//! completions, and the leg device.
+//! completions, the leg device, and parallel leg I/O through io_uring.
 
 pub mod aligned;
 pub mod completion;
 pub mod leg;
+pub mod uring;

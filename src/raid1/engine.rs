@@ -19,8 +19,10 @@ use crate::bitmap::{BitmapError, WriteIntent};
 use crate::io::aligned::with_scratch;
 use crate::io::completion::{Completion, OpFailure};
 use crate::io::leg::{IoMode, Leg, LegError};
+use crate::io::uring::{self, LegOp};
 use arc_swap::ArcSwapOption;
 use parking_lot::Mutex;
+use smallvec::SmallVec;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -180,6 +182,44 @@ pub struct LegSpec {
     pub state: LegState,
 }
 
+/// What a fan-out does on each leg.
+#[derive(Clone, Copy)]
+enum Share<'a> {
+    /// Write `buf` at array offset `at`.
+    Write {
+        buf: &'a [u8],
+        at: u64,
+    },
+    Flush,
+}
+
+impl<'a> Share<'a> {
+    /// This share on one leg, done from the calling thread.
+    fn op(self, io: &'a SlotIo) -> LegOp<'a> {
+        match self {
+            Share::Write { buf, at } => LegOp::Write {
+                leg: &io.leg,
+                buf,
+                offset: io.data_offset + at,
+            },
+            Share::Flush => LegOp::SyncData { leg: &io.leg },
+        }
+    }
+
+    /// This share on one leg, for the leg's worker threads. The caller waits
+    /// on `done` before the borrowed buffer goes away.
+    fn job(self, io: &SlotIo, done: Arc<Completion>) -> Job {
+        match self {
+            Share::Write { buf, at } => Job::Write {
+                buf: SharedBuf::new(buf),
+                offset: io.data_offset + at,
+                done,
+            },
+            Share::Flush => Job::Sync { done },
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
     /// I/O threads per leg (they carry the other legs' shares of writes).
@@ -281,8 +321,12 @@ impl Raid1 {
         leg: Arc<Leg>,
         data_offset: u64,
     ) -> Result<Arc<SlotIo>, EngineError> {
-        let workers = LegWorkers::start(leg.clone(), slot, self.workers_per_leg)
-            .map_err(EngineError::Threads)?;
+        let workers = if uring::available() {
+            LegWorkers::none(slot)
+        } else {
+            LegWorkers::start(leg.clone(), slot, self.workers_per_leg)
+                .map_err(EngineError::Threads)?
+        };
         Ok(Arc::new(SlotIo {
             leg,
             data_offset,
@@ -643,45 +687,30 @@ impl Raid1 {
     /// Ok(false): some slot did not (degraded, or a leg failed and was failed
     /// out); Err: no in-sync leg has it.
     fn fan_out_write(&self, start: u64, buf: &[u8]) -> Result<bool, EngineError> {
-        // The workers read `buf` only until `fan_out` returns.
-        self.fan_out(
-            "write",
-            start,
-            |io| io.leg.write_at(buf, io.data_offset + start),
-            |io, done| Job::Write {
-                buf: SharedBuf::new(buf),
-                offset: io.data_offset + start,
-                done,
-            },
-        )
+        self.fan_out("write", start, Share::Write { buf, at: start })
     }
 
     /// Makes every acknowledged write durable on every written leg.
     pub fn flush(&self) -> Result<(), EngineError> {
-        self.fan_out(
-            "flush",
-            0,
-            |io| io.leg.sync_data(),
-            |_, done| Job::Sync { done },
-        )
-        .map(|_| ())
+        self.fan_out("flush", 0, Share::Flush).map(|_| ())
     }
 
-    /// Runs one operation on every written leg at once: the calling thread
-    /// does the first (`inline`), the others' workers the rest (`job`), one
-    /// completion counts them. Legs that fail are failed out while an in-sync
-    /// leg succeeded; if every in-sync leg failed, the error goes to the
-    /// caller (and the last in-sync leg stays). Ok(true) when every slot of
-    /// the array took part and succeeded.
+    /// Runs one operation on every written leg at once: through this
+    /// thread's io_uring where the kernel allows it (one submission, one
+    /// wait), else the calling thread does the first leg's share and the
+    /// other legs' workers the rest, one completion counting them. Legs that
+    /// fail are failed out while an in-sync leg succeeded; if every in-sync
+    /// leg failed, the error goes to the caller (and the last in-sync leg
+    /// stays). Ok(true) when every slot of the array took part and succeeded.
     fn fan_out(
         &self,
         op: &'static str,
         offset: u64,
-        inline: impl Fn(&SlotIo) -> Result<(), LegError>,
-        job: impl Fn(&SlotIo, Arc<Completion>) -> Job,
+        share: Share<'_>,
     ) -> Result<bool, EngineError> {
-        // In-sync legs first, so the calling thread writes one of them.
-        let mut targets: Vec<(usize, Arc<SlotIo>, bool)> = self
+        // (slot, its I/O, in sync); in-sync legs first, so that without
+        // io_uring the calling thread does an in-sync leg's share.
+        let mut targets: SmallVec<[(usize, Arc<SlotIo>, bool); 4]> = self
             .slots
             .iter()
             .enumerate()
@@ -690,23 +719,37 @@ impl Raid1 {
             .collect();
         targets.sort_by_key(|t| !t.2);
         let in_sync = targets.iter().filter(|t| t.2).count();
-        let Some(((first, first_io, _), others)) = targets.split_first().filter(|_| in_sync > 0)
-        else {
+        if in_sync == 0 {
             return Err(EngineError::NoInSyncLeg);
-        };
-        let done = Completion::new(others.len());
-        for (_, io, _) in others {
-            io.workers.submit(job(io, done.clone()));
         }
         let mut failures = Vec::new();
-        if let Err(e) = inline(first_io) {
+        let note = |failures: &mut Vec<OpFailure>, slot: usize, e: LegError| {
             failures.push(OpFailure {
-                target: *first,
+                target: slot,
                 errno: e.errno(),
                 what: e.to_string(),
+            })
+        };
+        if uring::available() {
+            let ops: SmallVec<[LegOp<'_>; 4]> =
+                targets.iter().map(|(_, io, _)| share.op(io)).collect();
+            uring::run_all(&ops, |i, r| {
+                if let Err(e) = r {
+                    note(&mut failures, targets[i].0, e);
+                }
             });
+        } else {
+            let (first, others) = targets.split_first().expect("an in-sync target");
+            let done = Completion::new(others.len());
+            for (_, io, _) in others {
+                io.workers.submit(share.job(io, done.clone()));
+            }
+            if let Err(e) = share.op(&first.1).run_blocking() {
+                note(&mut failures, first.0, e);
+            }
+            // The workers read the shared buffer only until this returns.
+            failures.extend(done.wait());
         }
-        failures.extend(done.wait());
         for f in &failures {
             self.slots[f.target].errors.fetch_add(1, Ordering::Relaxed);
             log::error!("{f}");

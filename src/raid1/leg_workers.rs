@@ -49,6 +49,8 @@ pub enum Job {
 pub struct LegWorkers {
     tx: Option<Sender<Job>>,
     threads: Vec<JoinHandle<()>>,
+    /// The leg's slot, which names it in failures.
+    slot: usize,
 }
 
 impl LegWorkers {
@@ -72,7 +74,18 @@ impl LegWorkers {
         Ok(LegWorkers {
             tx: Some(tx),
             threads,
+            slot,
         })
+    }
+
+    /// No threads: for when every share is done through io_uring by the
+    /// request's own thread.
+    pub fn none(slot: usize) -> LegWorkers {
+        LegWorkers {
+            tx: None,
+            threads: Vec::new(),
+            slot,
+        }
     }
 
     pub fn submit(&self, job: Job) {
@@ -80,12 +93,10 @@ impl LegWorkers {
             Some(tx) => {
                 if let Err(e) = tx.send(job) {
                     // Only after shutdown; fail the job rather than lose it.
-                    fail_job(e.into_inner(), usize::MAX, "leg workers stopped");
+                    fail_job(e.into_inner(), self.slot, "leg workers stopped");
                 }
             }
-            None => {
-                log::error!("I/O submitted to a leg whose workers were stopped");
-            }
+            None => fail_job(job, self.slot, "the leg has no worker threads"),
         }
     }
 }

@@ -18,8 +18,15 @@ pub fn bin() -> &'static str {
 
 /// Runs `mdfuse ARGS` and returns its output, whatever the exit status.
 pub fn mdfuse(args: &[&str]) -> Output {
+    mdfuse_env(args, &[])
+}
+
+/// Runs `mdfuse ARGS` with extra environment variables (a daemon it starts
+/// inherits them).
+pub fn mdfuse_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(bin())
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .output()
         .expect("cannot run the mdfuse binary")
@@ -305,7 +312,17 @@ impl MountedArray {
     /// `mdfuse mount --log LOG EXTRA LEGS MNT`; asserts it went live. The
     /// log goes beside the mountpoint (`<mnt>.log`).
     pub fn mount(legs: &Legs, mnt: &Path, extra_args: &[&str]) -> MountedArray {
-        match Self::try_mount(legs, mnt, extra_args) {
+        Self::mount_env(legs, mnt, extra_args, &[])
+    }
+
+    /// [`MountedArray::mount`] with extra environment variables for the daemon.
+    pub fn mount_env(
+        legs: &Legs,
+        mnt: &Path,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> MountedArray {
+        match Self::try_mount_env(legs, mnt, extra_args, env) {
             Ok(m) => m,
             Err((o, log)) => panic!(
                 "mdfuse mount failed ({}):\nstdout: {}\nstderr: {}\nlog:\n{}",
@@ -323,6 +340,16 @@ impl MountedArray {
         mnt: &Path,
         extra_args: &[&str],
     ) -> Result<MountedArray, (Output, PathBuf)> {
+        Self::try_mount_env(legs, mnt, extra_args, &[])
+    }
+
+    /// [`MountedArray::try_mount`] with extra environment variables for the daemon.
+    pub fn try_mount_env(
+        legs: &Legs,
+        mnt: &Path,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<MountedArray, (Output, PathBuf)> {
         std::fs::create_dir_all(mnt).expect("cannot create the mountpoint");
         let log = log_path(mnt);
         let mut args = vec![
@@ -334,7 +361,7 @@ impl MountedArray {
         args.extend(legs.strs());
         args.push(mnt.display().to_string());
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        let o = mdfuse(&refs);
+        let o = mdfuse_env(&refs, env);
         if !o.status.success() {
             // Whatever happened, leave nothing behind.
             if is_mounted(mnt) {

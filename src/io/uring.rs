@@ -1,0 +1,290 @@
+//! Parallel leg I/O from the calling thread through io_uring: the shares of
+//! one request (a write to every leg, a flush of every leg) are submitted
+//! together and waited for with one system call, so no thread hand-off and
+//! no wake-up of a worker is paid per request.
+//!
+//! Each thread owns its ring (made on first use). Where io_uring is not
+//! available (an old kernel, `kernel.io_uring_disabled`, a container's
+//! seccomp filter), [`available`] says so once and callers use their worker
+//! threads instead. `MDFUSE_IO_URING=off` in the environment turns it off
+//! (to compare, or to test the worker threads).
+
+use super::leg::{Leg, LegError};
+use io_uring::{opcode, types, IoUring};
+use std::cell::RefCell;
+use std::os::unix::io::AsRawFd;
+use std::sync::OnceLock;
+
+/// Entries of each thread's ring: more than the legs of any array, so one
+/// request's shares always fit in one submission.
+const RING_ENTRIES: u32 = 64;
+
+/// One share of a request.
+pub enum LegOp<'a> {
+    /// Write all of `buf` at byte `offset` of the leg.
+    Write {
+        leg: &'a Leg,
+        buf: &'a [u8],
+        offset: u64,
+    },
+    /// fdatasync the leg.
+    SyncData { leg: &'a Leg },
+}
+
+impl LegOp<'_> {
+    fn leg(&self) -> &Leg {
+        match self {
+            LegOp::Write { leg, .. } | LegOp::SyncData { leg } => leg,
+        }
+    }
+
+    /// Does the operation with a plain system call (after a short write, or
+    /// when the ring cannot take it).
+    pub fn run_blocking(&self) -> Result<(), LegError> {
+        match *self {
+            LegOp::Write { leg, buf, offset } => leg.write_at(buf, offset),
+            LegOp::SyncData { leg } => leg.sync_data(),
+        }
+    }
+}
+
+thread_local! {
+    static RING: RefCell<Option<IoUring>> = const { RefCell::new(None) };
+}
+
+fn new_ring() -> std::io::Result<IoUring> {
+    // One thread submits and reaps: let the kernel run completions only
+    // when that thread waits (fewer interrupts), where it knows how.
+    IoUring::builder()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .build(RING_ENTRIES)
+        .or_else(|_| IoUring::new(RING_ENTRIES))
+}
+
+/// Whether this process can use io_uring; probed once (a ring is made and
+/// a no-op goes through it), the answer logged.
+pub fn available() -> bool {
+    static PROBE: OnceLock<bool> = OnceLock::new();
+    *PROBE.get_or_init(|| {
+        if std::env::var("MDFUSE_IO_URING").is_ok_and(|v| v == "off" || v == "0") {
+            log::info!(
+                "io_uring is turned off (MDFUSE_IO_URING); legs are written in parallel by worker threads"
+            );
+            return false;
+        }
+        let probe = || -> std::io::Result<()> {
+            let mut ring = new_ring()?;
+            let nop = opcode::Nop::new().build();
+            // SAFETY: a no-op references no memory.
+            unsafe { ring.submission().push(&nop) }
+                .map_err(|_| std::io::Error::other("submission queue full"))?;
+            ring.submit_and_wait(1)?;
+            Ok(())
+        };
+        match probe() {
+            Ok(()) => {
+                log::debug!("io_uring available: legs are written in parallel from each request's thread");
+                true
+            }
+            Err(e) => {
+                log::info!(
+                    "io_uring is not available ({e}); legs are written in parallel by worker threads"
+                );
+                false
+            }
+        }
+    })
+}
+
+/// Runs every operation of `ops` at once and calls `done(index, result)` for
+/// each when it has finished (in completion order). Returns only after every
+/// operation has finished, so the buffers the operations borrow are free
+/// again. Falls back to doing the operations one by one when the ring cannot
+/// be used (see [`available`]).
+pub fn run_all<'a>(ops: &[LegOp<'a>], mut done: impl FnMut(usize, Result<(), LegError>)) {
+    let ran = available()
+        && RING.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            if slot.is_none() {
+                match new_ring() {
+                    Ok(r) => *slot = Some(r),
+                    Err(e) => {
+                        log::warn!("cannot make an io_uring for this thread: {e}");
+                        return false;
+                    }
+                }
+            }
+            let ring = slot.as_mut().expect("ring just made");
+            run_in_ring(ring, ops, &mut done);
+            true
+        });
+    if !ran {
+        for (i, op) in ops.iter().enumerate() {
+            done(i, op.run_blocking());
+        }
+    }
+}
+
+fn run_in_ring<'a>(
+    ring: &mut IoUring,
+    ops: &[LegOp<'a>],
+    done: &mut impl FnMut(usize, Result<(), LegError>),
+) {
+    let mut in_flight = 0usize;
+    for (i, op) in ops.iter().enumerate() {
+        let fd = types::Fd(op.leg().as_raw_fd());
+        let entry = match *op {
+            LegOp::Write { buf, offset, .. } if buf.len() <= u32::MAX as usize => {
+                opcode::Write::new(fd, buf.as_ptr(), buf.len() as u32)
+                    .offset(offset)
+                    .build()
+            }
+            LegOp::Write { .. } => {
+                done(i, op.run_blocking());
+                continue;
+            }
+            LegOp::SyncData { .. } => opcode::Fsync::new(fd)
+                .flags(types::FsyncFlags::DATASYNC)
+                .build(),
+        }
+        .user_data(i as u64);
+        // SAFETY: the buffer a write points to is borrowed from `ops`, which
+        // outlives this function; we wait for every submitted entry below
+        // before returning.
+        if unsafe { ring.submission().push(&entry) }.is_err() {
+            // Queue full (more shares than entries): hand over what is
+            // queued, then this one fits.
+            submit(ring, 0);
+            // SAFETY: as above.
+            if unsafe { ring.submission().push(&entry) }.is_err() {
+                done(i, op.run_blocking());
+                continue;
+            }
+        }
+        in_flight += 1;
+    }
+    while in_flight > 0 {
+        // One wait for all of them: the shares take about as long each.
+        submit(ring, in_flight);
+        for cqe in ring.completion() {
+            in_flight -= 1;
+            let i = cqe.user_data() as usize;
+            let res = cqe.result();
+            let result = match (&ops[i], res) {
+                (_, r) if r < 0 => Err(failure(&ops[i], -r)),
+                (LegOp::Write { leg, buf, offset }, n) if (n as usize) < buf.len() => {
+                    // A short write (rare: a signal, a full filesystem):
+                    // finish it with a plain write, which names any error.
+                    let n = n as usize;
+                    leg.write_at(&buf[n..], offset + n as u64)
+                }
+                _ => Ok(()),
+            };
+            done(i, result);
+        }
+    }
+}
+
+/// Submits what is queued and waits for at least `want` completions,
+/// retrying when interrupted.
+fn submit(ring: &mut IoUring, want: usize) {
+    loop {
+        match ring.submit_and_wait(want) {
+            Ok(_) => return,
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)
+                ) =>
+            {
+                // EBUSY/EAGAIN: completions must be reaped first, or the
+                // kernel is short of memory; both pass.
+                if want == 0 || !ring.completion().is_empty() {
+                    return;
+                }
+                std::thread::yield_now();
+            }
+            Err(e) => {
+                // io_uring_enter itself failed (not an operation): nothing
+                // more can be learned here; retrying is all that is left,
+                // and a ring that never answers would hang the request, so
+                // say so loudly.
+                log::error!("io_uring_enter failed: {e}; retrying");
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+    }
+}
+
+fn failure(op: &LegOp<'_>, errno: i32) -> LegError {
+    let source = std::io::Error::from_raw_os_error(errno);
+    match *op {
+        LegOp::Write { leg, buf, offset } => leg.io_error("write", offset, buf.len(), source),
+        LegOp::SyncData { leg } => LegError::Sync {
+            path: leg.path().to_owned(),
+            source,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::aligned::AlignedBuf;
+    use crate::io::leg::IoMode;
+
+    #[test]
+    fn writes_and_syncs_reach_every_leg() {
+        let dir = tempfile::tempdir().unwrap();
+        let legs: Vec<Leg> = (0..3)
+            .map(|i| {
+                let p = dir.path().join(format!("leg{i}"));
+                std::fs::write(&p, vec![0u8; 1 << 20]).unwrap();
+                Leg::open(&p, IoMode::Direct, true, true).unwrap()
+            })
+            .collect();
+        let mut buf = AlignedBuf::new(8192);
+        buf.as_mut_slice().fill(0x5a);
+        let data = &buf.as_slice()[..8192];
+        let ops: Vec<LegOp> = legs
+            .iter()
+            .map(|leg| LegOp::Write {
+                leg,
+                buf: data,
+                offset: 4096,
+            })
+            .chain(legs.iter().map(|leg| LegOp::SyncData { leg }))
+            .collect();
+        let mut seen = vec![false; ops.len()];
+        run_all(&ops, |i, r| {
+            r.unwrap();
+            seen[i] = true;
+        });
+        assert!(seen.iter().all(|&s| s));
+        for leg in &legs {
+            let mut back = AlignedBuf::new(8192);
+            leg.read_at(&mut back.as_mut_slice()[..8192], 4096).unwrap();
+            assert!(back.as_slice()[..8192].iter().all(|&b| b == 0x5a));
+        }
+    }
+
+    #[test]
+    fn a_failed_share_is_reported_with_its_leg() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("leg");
+        std::fs::write(&p, vec![0u8; 8192]).unwrap();
+        // Opened read-only: the write fails with EBADF, named with the leg.
+        let leg = Leg::open(&p, IoMode::Buffered, false, false).unwrap();
+        let data = [1u8; 512];
+        let ops = [LegOp::Write {
+            leg: &leg,
+            buf: &data,
+            offset: 0,
+        }];
+        let mut err = None;
+        run_all(&ops, |_, r| err = r.err());
+        let msg = err.expect("the write must fail").to_string();
+        assert!(msg.contains(&p.display().to_string()), "{msg}");
+    }
+}
