@@ -387,6 +387,19 @@ impl<A: ServedArray> Filesystem for ArrayFs<A> {
             };
         }
         match self.array.write(offset, data) {
+            // The kernel's writeback ignores a short count and would drop
+            // the bytes past the image's end without a word: an error makes
+            // the next fsync or close report it (the bytes inside the image
+            // are written).
+            Ok(n) if n < data.len() && self.writeback_cache => {
+                log::warn!(
+                    "a written-back page reaches past the image's end ({} bytes at offset {offset}, \
+                     {} past the end): the excess is refused with ENOSPC",
+                    data.len(),
+                    data.len() - n
+                );
+                reply.error(Errno::ENOSPC)
+            }
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno(e)),
         }

@@ -710,13 +710,14 @@ fn write_at_the_end_is_enospc() {
     let dir = tempdir();
     let legs = Legs::new(dir.path(), 2, 32 * MIB);
     let created = create(&legs, &[]);
-    let array = MountedArray::mount(&legs, &dir.path().join("mnt"), &[]);
+    let size = created.array_bytes;
+    // Write-through: every buffered write is a request, refused at once.
+    let array = MountedArray::mount(&legs, &dir.path().join("mnt"), &["--write-through"]);
     let f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open(array.image())
         .unwrap();
-    let size = created.array_bytes;
     // Straddling the end: a short write.
     assert_eq!(f.write_at(&[1u8; 100], size - 10).unwrap(), 10);
     // Reads at the end: EOF.
@@ -727,6 +728,39 @@ fn write_at_the_end_is_enospc() {
     let at = f.write_at(&[1u8; 100], size).unwrap_err();
     assert_eq!(at.raw_os_error(), Some(libc::ENOSPC), "{at}");
     drop(f);
+    assert_eq!(std::fs::metadata(array.image()).unwrap().len(), size);
+    array.stop();
+
+    // The default (the kernel's writeback cache): the page cache takes the
+    // write past the end; fsync then reports the loss, the bytes inside the
+    // image are kept, and the image keeps its size.
+    let array = MountedArray::mount(&legs, &dir.path().join("mnt"), &[]);
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(array.image())
+        .unwrap();
+    f.write_at(&[2u8; 100], size - 10).unwrap();
+    let lost = f.sync_all().unwrap_err();
+    assert!(
+        matches!(lost.raw_os_error(), Some(libc::ENOSPC | libc::EIO)),
+        "{lost}"
+    );
+    drop(f);
+    let mut tail = [0u8; 10];
+    std::fs::File::open(array.image())
+        .unwrap()
+        .read_exact_at(&mut tail, size - 10)
+        .unwrap();
+    assert_eq!(tail, [2u8; 10]);
+    // The kernel owns the size under the writeback cache and still shows
+    // the refused bytes; truncating back to the array's size mends that.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(array.image())
+        .unwrap()
+        .set_len(size)
+        .unwrap();
     assert_eq!(std::fs::metadata(array.image()).unwrap().len(), size);
     array.stop();
 }

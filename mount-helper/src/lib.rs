@@ -8,7 +8,7 @@ pub struct MountRequest {
     pub allow_other: bool,
     pub run_degraded: bool,
     pub buffered: bool,
-    pub writeback_cache: bool,
+    pub write_through: bool,
     pub threads: Option<u32>,
     pub log: Option<String>,
     pub bitmap: Option<String>,
@@ -105,7 +105,7 @@ pub fn parse_mount_args(args: &[String]) -> Result<MountRequest, String> {
             "allow_other" => req.allow_other = true,
             "run" => req.run_degraded = true,
             "buffered" => req.buffered = true,
-            "writeback_cache" => req.writeback_cache = true,
+            "write_through" => req.write_through = true,
             "bitmap" => req.bitmap = Some(need(value)?),
             "bitmap_file_io" => req.bitmap_file_io = true,
             "threads" => {
@@ -127,7 +127,7 @@ pub fn parse_mount_args(args: &[String]) -> Result<MountRequest, String> {
             _ => {
                 return Err(format!(
                     "unknown option {opt:?} (known: legs=, bitmap=, bitmap_file_io, ro, rw, allow_other, \
-                     run, buffered, writeback_cache, threads=, delay=, log=)"
+                     run, buffered, write_through, threads=, delay=, log=)"
                 ))
             }
         }
@@ -164,8 +164,8 @@ impl MountRequest {
         if self.buffered {
             a.push("--buffered".into());
         }
-        if self.writeback_cache {
-            a.push("--writeback-cache".into());
+        if self.write_through {
+            a.push("--write-through".into());
         }
         if let Some(t) = self.threads {
             a.push(format!("--threads={t}"));

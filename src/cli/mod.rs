@@ -126,12 +126,14 @@ pub struct MountArgs {
     /// Start even with legs missing or stale (degraded), like mdadm --run.
     #[arg(long)]
     run: bool,
-    /// Let buffered writes gather in the kernel's page cache (FUSE
-    /// writeback cache): much faster small buffered writes, fsync still
-    /// durable; but a buffered write past the image's end is then accepted
-    /// and fails only at writeback (fsync reports it).
+    /// Send every buffered write to the legs at once, one request each,
+    /// instead of letting them gather in the kernel's page cache (the FUSE
+    /// writeback cache, the default: fsync and close still reach every
+    /// leg's stable storage). Much slower for small buffered writes; its
+    /// gain: a buffered write past the image's end fails at once (ENOSPC)
+    /// rather than at the next fsync or close.
     #[arg(long)]
-    writeback_cache: bool,
+    write_through: bool,
     /// FUSE threads (each with its own /dev/fuse fd); also I/O threads per leg.
     #[arg(long, default_value_t = 16)]
     threads: usize,
@@ -354,7 +356,7 @@ impl MountArgs {
             (self.allow_other, "--allow-other"),
             (self.buffered, "--buffered"),
             (self.run, "--run"),
-            (self.writeback_cache, "--writeback-cache"),
+            (self.write_through, "--write-through"),
             (self.bitmap_file_io, "--bitmap-file-io"),
         ];
         a.extend(flags.iter().filter(|f| f.0).map(|f| f.1.to_string()));
@@ -500,7 +502,7 @@ pub fn mount_foreground(m: &MountArgs, ready: &mut detach::Ready) -> Result<(), 
         read_only: m.ro,
         allow_other: m.allow_other,
         threads: m.threads,
-        writeback_cache: m.writeback_cache,
+        writeback_cache: !m.write_through,
         fsname: format!(
             "{MOUNT_SOURCE_PREFIX}{}",
             std::path::absolute(&legs[0])
