@@ -297,7 +297,9 @@ recover_leg1() { # MNT ADD_FLAG: fail, remove, (dirty 1% if bitmap), re-add; pri
     local t0
     t0=$(date +%s.%N)
     "$MDFUSE" manage "$mnt" --re-add "$LEG1" >/dev/null || die "manage --re-add"
-    "$MDFUSE" wait "$mnt" >/dev/null || die "mdfuse wait"
+    # Poll md's sync_action every 10 ms (mdfuse wait polls once a second,
+    # too coarse for a recovery of about a second).
+    while [ "$(cat "$mnt/md/sync_action")" != idle ]; do sleep 0.01; done
     seconds_since "$t0"
 }
 log "recovery: re-add with 1% of chunks dirty (bitmap)"
