@@ -5,9 +5,10 @@
 //! FUSE mount and passes reads, writes and fsyncs through to them, until the
 //! test says otherwise: [`FaultyFs::fail_reads`] and [`FaultyFs::fail_writes`]
 //! fail requests that touch a byte range with EIO, [`FaultyFs::fail_all`]
-//! fails every read, write and fsync of a file, [`FaultyFs::heal`] ends all
-//! of it, and [`FaultyFs::delay_writes`] makes a file a slow disk. Counters
-//! say what was seen.
+//! fails every read, write and fsync of a file,
+//! [`FaultyFs::fail_reads_until_written`] makes a bad sector that a write
+//! remaps, [`FaultyFs::heal`] ends all of it, and [`FaultyFs::delay_writes`]
+//! makes a file a slow disk. Counters say what was seen.
 //!
 //! Every open is answered with `FOPEN_DIRECT_IO`: no page cache sits between
 //! a client and the injector, so every request reaches it (and O_DIRECT opens,
@@ -89,6 +90,8 @@ impl AtomicCounters {
 #[derive(Debug, Default, Clone)]
 struct Faults {
     reads: Vec<Range<u64>>,
+    /// Read faults that a write covering the whole range ends.
+    reads_until_written: Vec<Range<u64>>,
     writes: Vec<Range<u64>>,
     all: bool,
     write_delay: Duration,
@@ -265,7 +268,9 @@ impl Filesystem for FaultyFsImpl {
         f.counters.reads.fetch_add(1, Ordering::Relaxed);
         let fail = {
             let faults = f.faults();
-            faults.all || overlaps(&faults.reads, offset, size as u64)
+            faults.all
+                || overlaps(&faults.reads, offset, size as u64)
+                || overlaps(&faults.reads_until_written, offset, size as u64)
         };
         if fail {
             f.counters.failed_reads.fetch_add(1, Ordering::Relaxed);
@@ -315,7 +320,13 @@ impl Filesystem for FaultyFsImpl {
             return reply.error(Errno::EIO);
         }
         match f.backing.write_all_at(data, offset) {
-            Ok(()) => reply.written(data.len() as u32),
+            Ok(()) => {
+                let end = offset + data.len() as u64;
+                f.faults()
+                    .reads_until_written
+                    .retain(|r| !(offset <= r.start && r.end <= end));
+                reply.written(data.len() as u32)
+            }
             Err(e) => reply.error(io_errno(&e)),
         }
     }
@@ -501,6 +512,26 @@ impl FaultyFs {
     /// Reads touching `range` (bytes of the file) fail with EIO.
     pub fn fail_reads(&self, name: &str, range: Range<u64>) {
         self.shared.by_name(name).faults().reads.push(range);
+    }
+
+    /// Reads touching `range` fail with EIO until a write covers all of it
+    /// (a bad sector that the disk remaps when it is written).
+    pub fn fail_reads_until_written(&self, name: &str, range: Range<u64>) {
+        self.shared
+            .by_name(name)
+            .faults()
+            .reads_until_written
+            .push(range);
+    }
+
+    /// The ranges of `name` armed by [`Self::fail_reads_until_written`] that
+    /// no write has covered yet.
+    pub fn unwritten_read_faults(&self, name: &str) -> Vec<Range<u64>> {
+        self.shared
+            .by_name(name)
+            .faults()
+            .reads_until_written
+            .clone()
     }
 
     /// Writes touching `range` fail with EIO (nothing is written).

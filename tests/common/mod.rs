@@ -3,3 +3,4 @@ pub mod faultyfs;
 pub mod kmd;
 pub mod loopdev;
 pub mod mdfuse;
+pub mod workload;
