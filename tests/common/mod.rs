@@ -1,4 +1,6 @@
 pub mod bitmap;
+pub mod faultyfs;
 pub mod kmd;
 pub mod loopdev;
 pub mod mdfuse;
+pub mod workload;

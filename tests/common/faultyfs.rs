@@ -1,0 +1,655 @@
+//! A fault-injecting FUSE filesystem for the tests, served by threads of the
+//! test process (the `fuser` crate, as mdfuse itself uses it).
+//!
+//! It exposes regular backing files (in a temporary directory) as files of a
+//! FUSE mount and passes reads, writes and fsyncs through to them, until the
+//! test says otherwise: [`FaultyFs::fail_reads`] and [`FaultyFs::fail_writes`]
+//! fail requests that touch a byte range with EIO, [`FaultyFs::fail_all`]
+//! fails every read, write and fsync of a file,
+//! [`FaultyFs::fail_reads_until_written`] makes a bad sector that a write
+//! remaps, [`FaultyFs::heal`] ends all of it, and [`FaultyFs::delay_writes`]
+//! makes a file a slow disk. Counters say what was seen.
+//!
+//! Every open is answered with `FOPEN_DIRECT_IO`: no page cache sits between
+//! a client and the injector, so every request reaches it (and O_DIRECT opens,
+//! which mdfuse's legs use, work as on a disk).
+//!
+//! A [`FaultyFs`] is an RAII guard: dropping it unmounts and joins the serving
+//! threads, also while the test panics. If the mount is still busy (a client
+//! keeps a file open), the FUSE connection is aborted first (fusectl), so the
+//! drop never hangs. Drop it after every client of it (declare it first).
+
+#![allow(dead_code)] // each test binary uses a different subset
+
+use fuser::{
+    Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    KernelConfig, LockOwner, MountOption, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, SessionACL, TimeOrNow,
+    WriteFlags,
+};
+use std::ffi::OsStr;
+use std::fs::File;
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+const ROOT: u64 = 1;
+const FIRST_FILE: u64 = 2;
+const TTL: Duration = Duration::from_secs(1);
+/// The largest request asked of the kernel (as mdfuse's own mount).
+const MAX_REQUEST: u32 = 1 << 20;
+const SERVING_THREADS: usize = 4;
+
+/// What one file has seen since the mount.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub opens: u64,
+    /// Opens with O_DIRECT.
+    pub direct_opens: u64,
+    pub reads: u64,
+    pub writes: u64,
+    pub fsyncs: u64,
+    pub failed_reads: u64,
+    pub failed_writes: u64,
+    pub failed_fsyncs: u64,
+}
+
+#[derive(Default)]
+struct AtomicCounters {
+    opens: AtomicU64,
+    direct_opens: AtomicU64,
+    reads: AtomicU64,
+    writes: AtomicU64,
+    fsyncs: AtomicU64,
+    failed_reads: AtomicU64,
+    failed_writes: AtomicU64,
+    failed_fsyncs: AtomicU64,
+}
+
+impl AtomicCounters {
+    fn snapshot(&self) -> Counters {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Counters {
+            opens: g(&self.opens),
+            direct_opens: g(&self.direct_opens),
+            reads: g(&self.reads),
+            writes: g(&self.writes),
+            fsyncs: g(&self.fsyncs),
+            failed_reads: g(&self.failed_reads),
+            failed_writes: g(&self.failed_writes),
+            failed_fsyncs: g(&self.failed_fsyncs),
+        }
+    }
+}
+
+/// The faults armed on one file.
+#[derive(Debug, Default, Clone)]
+struct Faults {
+    reads: Vec<Range<u64>>,
+    /// Read faults that a write covering the whole range ends.
+    reads_until_written: Vec<Range<u64>>,
+    writes: Vec<Range<u64>>,
+    all: bool,
+    write_delay: Duration,
+}
+
+fn overlaps(ranges: &[Range<u64>], offset: u64, len: u64) -> bool {
+    let end = offset.saturating_add(len.max(1));
+    ranges.iter().any(|r| r.start < end && offset < r.end)
+}
+
+struct FaultyFile {
+    name: String,
+    backing_path: PathBuf,
+    backing: File,
+    faults: Mutex<Faults>,
+    counters: AtomicCounters,
+}
+
+impl FaultyFile {
+    fn faults(&self) -> MutexGuard<'_, Faults> {
+        // A panicking test thread must not make the filesystem panic too.
+        self.faults.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+struct Shared {
+    files: Vec<FaultyFile>,
+    uid: u32,
+    gid: u32,
+    started: SystemTime,
+}
+
+impl Shared {
+    fn file(&self, ino: u64) -> Option<&FaultyFile> {
+        self.files.get(ino.checked_sub(FIRST_FILE)? as usize)
+    }
+
+    fn by_name(&self, name: &str) -> &FaultyFile {
+        self.files
+            .iter()
+            .find(|f| f.name == name)
+            .unwrap_or_else(|| panic!("faultyfs has no file {name:?}"))
+    }
+
+    fn attr(&self, ino: u64) -> Option<FileAttr> {
+        let (kind, perm, size, nlink) = if ino == ROOT {
+            (FileType::Directory, 0o755, 0, 2)
+        } else {
+            let f = self.file(ino)?;
+            let size = f.backing.metadata().map(|m| m.len()).unwrap_or(0);
+            (FileType::RegularFile, 0o600, size, 1)
+        };
+        Some(FileAttr {
+            ino: INodeNo(ino),
+            size,
+            blocks: size.div_ceil(512),
+            atime: self.started,
+            mtime: self.started,
+            ctime: self.started,
+            crtime: self.started,
+            kind,
+            perm,
+            nlink,
+            uid: self.uid,
+            gid: self.gid,
+            rdev: 0,
+            blksize: 4096,
+            flags: 0,
+        })
+    }
+}
+
+/// The fuser filesystem: translates requests into backing-file I/O unless a
+/// fault says otherwise.
+struct FaultyFsImpl(Arc<Shared>);
+
+impl Filesystem for FaultyFsImpl {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        if let Err(nearest) = config.set_max_write(MAX_REQUEST) {
+            let _ = config.set_max_write(nearest);
+        }
+        if let Err(nearest) = config.set_max_readahead(MAX_REQUEST) {
+            let _ = config.set_max_readahead(nearest);
+        }
+        let wanted = fuser::InitFlags::FUSE_ASYNC_DIO | fuser::InitFlags::FUSE_ASYNC_READ;
+        let _ = config.add_capabilities(wanted & config.capabilities());
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let found = (parent.0 == ROOT)
+            .then(|| {
+                self.0
+                    .files
+                    .iter()
+                    .position(|f| OsStr::new(&f.name) == name)
+            })
+            .flatten();
+        match found.and_then(|i| self.0.attr(FIRST_FILE + i as u64)) {
+            Some(a) => reply.entry(&TTL, &a, Generation(0)),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.0.attr(ino.0) {
+            Some(a) => reply.attr(&TTL, &a),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _mode: Option<u32>,
+        _uid: Option<u32>,
+        _gid: Option<u32>,
+        size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        _mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        if let (Some(size), Some(f)) = (size, self.0.file(ino.0)) {
+            if let Err(e) = f.backing.set_len(size) {
+                return reply.error(io_errno(&e));
+            }
+        }
+        match self.0.attr(ino.0) {
+            Some(a) => reply.attr(&TTL, &a),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let Some(f) = self.0.file(ino.0) else {
+            return reply.error(if ino.0 == ROOT {
+                Errno::EISDIR
+            } else {
+                Errno::ENOENT
+            });
+        };
+        f.counters.opens.fetch_add(1, Ordering::Relaxed);
+        if flags.0 & libc::O_DIRECT != 0 {
+            f.counters.direct_opens.fetch_add(1, Ordering::Relaxed);
+        }
+        // Direct I/O for every open: no cache hides a request from the faults.
+        reply.opened(
+            FileHandle(0),
+            FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES,
+        )
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let Some(f) = self.0.file(ino.0) else {
+            return reply.error(Errno::ENOENT);
+        };
+        f.counters.reads.fetch_add(1, Ordering::Relaxed);
+        let fail = {
+            let faults = f.faults();
+            faults.all
+                || overlaps(&faults.reads, offset, size as u64)
+                || overlaps(&faults.reads_until_written, offset, size as u64)
+        };
+        if fail {
+            f.counters.failed_reads.fetch_add(1, Ordering::Relaxed);
+            return reply.error(Errno::EIO);
+        }
+        let mut buf = vec![0u8; size as usize];
+        let mut done = 0;
+        while done < buf.len() {
+            match f.backing.read_at(&mut buf[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return reply.error(io_errno(&e)),
+            }
+        }
+        reply.data(&buf[..done])
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let Some(f) = self.0.file(ino.0) else {
+            return reply.error(Errno::ENOENT);
+        };
+        f.counters.writes.fetch_add(1, Ordering::Relaxed);
+        let (fail, delay) = {
+            let faults = f.faults();
+            (
+                faults.all || overlaps(&faults.writes, offset, data.len() as u64),
+                faults.write_delay,
+            )
+        };
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
+        }
+        if fail {
+            f.counters.failed_writes.fetch_add(1, Ordering::Relaxed);
+            return reply.error(Errno::EIO);
+        }
+        match f.backing.write_all_at(data, offset) {
+            Ok(()) => {
+                let end = offset + data.len() as u64;
+                f.faults()
+                    .reads_until_written
+                    .retain(|r| !(offset <= r.start && r.end <= end));
+                reply.written(data.len() as u32)
+            }
+            Err(e) => reply.error(io_errno(&e)),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok()
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let Some(f) = self.0.file(ino.0) else {
+            return reply.error(Errno::ENOENT);
+        };
+        f.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
+        if f.faults().all {
+            f.counters.failed_fsyncs.fetch_add(1, Ordering::Relaxed);
+            return reply.error(Errno::EIO);
+        }
+        let r = if datasync {
+            f.backing.sync_data()
+        } else {
+            f.backing.sync_all()
+        };
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(io_errno(&e)),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        if ino.0 != ROOT {
+            return reply.error(Errno::ENOTDIR);
+        }
+        let mut all = vec![
+            (ROOT, FileType::Directory, ".".to_string()),
+            (ROOT, FileType::Directory, "..".to_string()),
+        ];
+        for (i, f) in self.0.files.iter().enumerate() {
+            all.push((FIRST_FILE + i as u64, FileType::RegularFile, f.name.clone()));
+        }
+        for (i, (child, kind, name)) in all.iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(*child), (i + 1) as u64, *kind, name) {
+                break;
+            }
+        }
+        reply.ok()
+    }
+
+    fn getxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: fuser::ReplyXattr,
+    ) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        reply.statfs(1 << 20, 1 << 19, 1 << 19, 16, 0, 4096, 255, 4096);
+    }
+}
+
+fn io_errno(e: &std::io::Error) -> Errno {
+    Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+/// A mounted fault-injecting filesystem (see the module's documentation).
+pub struct FaultyFs {
+    shared: Arc<Shared>,
+    mountpoint: PathBuf,
+    /// "MAJOR:MINOR" of the mount, for aborting its connection.
+    device: Option<String>,
+    session: Option<JoinHandle<std::io::Result<()>>>,
+    dir: tempfile::TempDir,
+}
+
+impl FaultyFs {
+    /// Sparse backing files `name` of `size` bytes, mounted at a fresh
+    /// mountpoint. Panics if the mount fails.
+    pub fn new(files: &[(&str, u64)]) -> FaultyFs {
+        let dir = tempfile::Builder::new()
+            .prefix("mdfuse-faultyfs")
+            .tempdir()
+            .expect("tempdir for faultyfs");
+        let backing_dir = dir.path().join("backing");
+        let mountpoint = dir.path().join("mnt");
+        std::fs::create_dir_all(&backing_dir).expect("backing dir");
+        std::fs::create_dir_all(&mountpoint).expect("faultyfs mountpoint");
+        let mut entries = Vec::new();
+        for &(name, size) in files {
+            assert!(
+                !name.contains('/') && !name.is_empty(),
+                "bad faultyfs file name {name:?}"
+            );
+            let backing_path = backing_dir.join(name);
+            let backing = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&backing_path)
+                .unwrap_or_else(|e| panic!("backing file {}: {e}", backing_path.display()));
+            backing.set_len(size).expect("size the backing file");
+            entries.push(FaultyFile {
+                name: name.to_string(),
+                backing_path,
+                backing,
+                faults: Mutex::new(Faults::default()),
+                counters: AtomicCounters::default(),
+            });
+        }
+        // SAFETY: getuid/getgid cannot fail.
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        let shared = Arc::new(Shared {
+            files: entries,
+            uid,
+            gid,
+            started: SystemTime::now(),
+        });
+        let mut config = Config::default();
+        config.mount_options = vec![
+            MountOption::FSName("faultyfs".into()),
+            MountOption::Subtype("faultyfs".into()),
+            MountOption::RW,
+            MountOption::NoSuid,
+            MountOption::NoDev,
+        ];
+        config.acl = SessionACL::Owner;
+        config.n_threads = Some(SERVING_THREADS);
+        config.clone_fd = true;
+        let session = fuser::Session::new(FaultyFsImpl(shared.clone()), &mountpoint, &config)
+            .unwrap_or_else(|e| panic!("mounting faultyfs at {}: {e}", mountpoint.display()));
+        let device = mount_device(&mountpoint);
+        let session = std::thread::Builder::new()
+            .name("faultyfs".into())
+            .spawn(move || session.run())
+            .expect("faultyfs session thread");
+        FaultyFs {
+            shared,
+            mountpoint,
+            device,
+            session: Some(session),
+            dir,
+        }
+    }
+
+    /// The file `name` as seen through the mount (where faults apply).
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.shared.by_name(name);
+        self.mountpoint.join(name)
+    }
+
+    /// The regular file behind `name` (no faults; for checks).
+    pub fn backing(&self, name: &str) -> PathBuf {
+        self.shared.by_name(name).backing_path.clone()
+    }
+
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// Reads touching `range` (bytes of the file) fail with EIO.
+    pub fn fail_reads(&self, name: &str, range: Range<u64>) {
+        self.shared.by_name(name).faults().reads.push(range);
+    }
+
+    /// Reads touching `range` fail with EIO until a write covers all of it
+    /// (a bad sector that the disk remaps when it is written).
+    pub fn fail_reads_until_written(&self, name: &str, range: Range<u64>) {
+        self.shared
+            .by_name(name)
+            .faults()
+            .reads_until_written
+            .push(range);
+    }
+
+    /// The ranges of `name` armed by [`Self::fail_reads_until_written`] that
+    /// no write has covered yet.
+    pub fn unwritten_read_faults(&self, name: &str) -> Vec<Range<u64>> {
+        self.shared
+            .by_name(name)
+            .faults()
+            .reads_until_written
+            .clone()
+    }
+
+    /// Writes touching `range` fail with EIO (nothing is written).
+    pub fn fail_writes(&self, name: &str, range: Range<u64>) {
+        self.shared.by_name(name).faults().writes.push(range);
+    }
+
+    /// Every read, write and fsync of `name` fails with EIO.
+    pub fn fail_all(&self, name: &str) {
+        self.shared.by_name(name).faults().all = true;
+    }
+
+    /// Every write of `name` waits `delay` first (a slow disk); zero ends it.
+    pub fn delay_writes(&self, name: &str, delay: Duration) {
+        self.shared.by_name(name).faults().write_delay = delay;
+    }
+
+    /// Ends every fault and delay of `name`.
+    pub fn heal(&self, name: &str) {
+        *self.shared.by_name(name).faults() = Faults::default();
+    }
+
+    pub fn counters(&self, name: &str) -> Counters {
+        self.shared.by_name(name).counters.snapshot()
+    }
+
+    /// Tells the kernel to end the FUSE connection: every pending and
+    /// future request fails and the serving threads stop.
+    fn abort_connection(&self) {
+        let Some(minor) = self.device.as_deref().and_then(|d| d.split(':').nth(1)) else {
+            return;
+        };
+        let mut abort_file = PathBuf::from(format!("/sys/fs/fuse/connections/{minor}/abort"));
+        // fusectl may not be mounted on this host; mount a private instance.
+        let private = (!abort_file.exists()).then(|| {
+            let d = self.dir.path().join("fusectl");
+            let _ = std::fs::create_dir_all(&d);
+            let ok = std::process::Command::new("mount")
+                .args(["-t", "fusectl", "fusectl"])
+                .arg(&d)
+                .status()
+                .is_ok_and(|s| s.success());
+            abort_file = d.join(minor).join("abort");
+            (d, ok)
+        });
+        if let Err(e) = std::fs::write(&abort_file, "1") {
+            eprintln!(
+                "warning: faultyfs: cannot abort {}: {e}",
+                abort_file.display()
+            );
+        }
+        if let Some((d, true)) = private {
+            let _ = std::process::Command::new("umount").arg(&d).status();
+        }
+    }
+}
+
+/// "MAJOR:MINOR" of the mount at `mountpoint` (the last one there).
+fn mount_device(mountpoint: &Path) -> Option<String> {
+    let want = mountpoint.canonicalize().ok()?;
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            let point = f.get(4)?.replace("\\040", " ");
+            (Path::new(&point) == want).then(|| f.get(2).map(|d| d.to_string()))?
+        })
+        .next_back()
+}
+
+fn umount2(path: &Path, flags: i32) -> std::io::Result<()> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(std::io::Error::other)?;
+    // SAFETY: c is a valid C string.
+    if unsafe { libc::umount2(c.as_ptr(), flags) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+impl Drop for FaultyFs {
+    fn drop(&mut self) {
+        if let Err(e) = umount2(&self.mountpoint, 0) {
+            if e.raw_os_error() != Some(libc::EINVAL) {
+                // Busy (a client still has a file open): end the connection
+                // so nothing waits on us, then detach.
+                eprintln!(
+                    "warning: faultyfs at {} did not unmount ({e}); aborting it",
+                    self.mountpoint.display()
+                );
+                self.abort_connection();
+                let _ = umount2(&self.mountpoint, libc::MNT_DETACH);
+            }
+        }
+        let Some(session) = self.session.take() else {
+            return;
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !session.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if !session.is_finished() {
+            eprintln!("warning: faultyfs threads still run 10 s after the unmount; aborting");
+            self.abort_connection();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !session.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        if session.is_finished() {
+            match session.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => eprintln!("warning: faultyfs session ended with {e}"),
+                Err(_) => eprintln!("warning: a faultyfs thread panicked"),
+            }
+        } else {
+            eprintln!("warning: faultyfs threads left running");
+        }
+    }
+}
