@@ -9,6 +9,8 @@ use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
+use super::lock::{lock_exclusive, LockError};
+
 /// How a leg's data is read and written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IoMode {
@@ -28,8 +30,10 @@ pub enum LegError {
     },
     #[error("leg {path}: not a regular file or block device")]
     NotFileOrDevice { path: PathBuf },
-    #[error("leg {path} is in use by another mdfuse (it holds the lock); stop that one first")]
-    InUse { path: PathBuf },
+    #[error(
+        "leg {path} is in use by another mdfuse{holder} (it holds the lock); stop that one first"
+    )]
+    InUse { path: PathBuf, holder: String },
     #[error("leg {path}: cannot lock: {source}")]
     Lock {
         path: PathBuf,
@@ -130,20 +134,22 @@ impl Leg {
             source,
         })?;
         if lock {
-            // SAFETY: flock on a valid fd.
-            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-            if rc != 0 {
-                let err = std::io::Error::last_os_error();
-                return Err(if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                    LegError::InUse {
+            match lock_exclusive(&file) {
+                Ok(()) => {}
+                Err(LockError::Held { holder }) => {
+                    return Err(LegError::InUse {
                         path: path.to_owned(),
-                    }
-                } else {
-                    LegError::Lock {
+                        holder: holder
+                            .map(|p| format!(" (process {p})"))
+                            .unwrap_or_default(),
+                    })
+                }
+                Err(LockError::Io(source)) => {
+                    return Err(LegError::Lock {
                         path: path.to_owned(),
-                        source: err,
-                    }
-                });
+                        source,
+                    })
+                }
             }
         }
         let size = if is_block_device {

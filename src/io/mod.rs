@@ -4,4 +4,5 @@
 pub mod aligned;
 pub mod completion;
 pub mod leg;
+pub mod lock;
 pub mod uring;
