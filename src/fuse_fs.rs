@@ -25,19 +25,46 @@ pub trait ServedArray: Send + Sync + 'static {
     /// The status text of `mdstat`.
     fn mdstat(&self) -> String;
     /// The control files, as paths from the mount's root ("md/sync_action",
-    /// "md/dev-leg0.img/state") with whether they may be written; their
+    /// "md/dev-leg0.img/state") with how they may be used; their
     /// directories are implied. The list may change (legs come and go).
-    fn control_files(&self) -> Vec<(String, bool)>;
+    fn control_files(&self) -> Vec<(String, ControlAccess)>;
     /// A control file's content.
     fn control_read(&self, path: &str) -> Result<String, i32>;
     /// A write to a control file (the written text, trailing newline removed).
     fn control_write(&self, path: &str, value: &str) -> Result<(), i32>;
 }
 
+/// How a control file may be used, as md's sysfs modes say (0444, 0644,
+/// and 0200 for `new_dev`, which cannot be opened for reading).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlAccess {
+    Read,
+    ReadWrite,
+    Write,
+}
+
+impl ControlAccess {
+    fn perm(self) -> u16 {
+        match self {
+            ControlAccess::Read => 0o444,
+            ControlAccess::ReadWrite => 0o644,
+            ControlAccess::Write => 0o200,
+        }
+    }
+
+    fn readable(self) -> bool {
+        self != ControlAccess::Write
+    }
+
+    fn writable(self) -> bool {
+        self != ControlAccess::Read
+    }
+}
+
 /// What a control path is, now.
 enum ControlKind {
     Dir,
-    File { writable: bool },
+    File(ControlAccess),
 }
 
 /// The largest request asked of the kernel (it may grant less).
@@ -58,6 +85,17 @@ const FIRST_CONTROL_INO: u64 = 16;
 const FH_WRITABLE: u64 = 1;
 
 const TTL: Duration = Duration::from_secs(1);
+
+/// How long the kernel may keep what it learnt of `ino`. Control files and
+/// directories come and go with the legs (a removed leg's `dev-*` must be
+/// gone at once, as in md's sysfs): not cached.
+fn ttl(ino: u64) -> Duration {
+    if ino >= FIRST_CONTROL_INO {
+        Duration::ZERO
+    } else {
+        TTL
+    }
+}
 
 pub struct ArrayFs<A: ServedArray> {
     array: Arc<A>,
@@ -94,12 +132,7 @@ impl<A: ServedArray> ArrayFs<A> {
             MDSTAT => (FileType::RegularFile, 0o444, 4096, 1),
             _ => match self.control_kind(&self.control_path(ino)?)? {
                 ControlKind::Dir => (FileType::Directory, 0o755, 0, 2),
-                ControlKind::File { writable } => (
-                    FileType::RegularFile,
-                    if writable { 0o644 } else { 0o444 },
-                    4096,
-                    1,
-                ),
+                ControlKind::File(access) => (FileType::RegularFile, access.perm(), 4096, 1),
             },
         };
         Some(FileAttr {
@@ -142,10 +175,8 @@ impl<A: ServedArray> ArrayFs<A> {
 
     fn control_kind(&self, path: &str) -> Option<ControlKind> {
         let files = self.array.control_files();
-        if let Some((_, writable)) = files.iter().find(|(p, _)| p == path) {
-            return Some(ControlKind::File {
-                writable: *writable,
-            });
+        if let Some((_, access)) = files.iter().find(|(p, _)| p == path) {
+            return Some(ControlKind::File(*access));
         }
         let dir = format!("{path}/");
         files
@@ -234,14 +265,14 @@ impl<A: ServedArray> Filesystem for ArrayFs<A> {
             _ => return reply.error(Errno::ENOENT),
         };
         match self.attr(ino) {
-            Some(a) => reply.entry(&TTL, &a, Generation(0)),
+            Some(a) => reply.entry(&ttl(ino), &a, Generation(0)),
             None => reply.error(Errno::ENOENT),
         }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.attr(ino.0) {
-            Some(a) => reply.attr(&TTL, &a),
+            Some(a) => reply.attr(&ttl(ino.0), &a),
             None => reply.error(Errno::ENOENT),
         }
     }
@@ -269,7 +300,7 @@ impl<A: ServedArray> Filesystem for ArrayFs<A> {
         }
         let control_file = matches!(
             self.control_path(ino.0).and_then(|p| self.control_kind(&p)),
-            Some(ControlKind::File { writable: true })
+            Some(ControlKind::File(access)) if access.writable()
         );
         if let Some(size) = size.filter(|_| !control_file) {
             if ino.0 != IMAGE || size != self.array.size() {
@@ -283,7 +314,7 @@ impl<A: ServedArray> Filesystem for ArrayFs<A> {
         }
         // Times are not kept; accept touch-like updates.
         match self.attr(ino.0) {
-            Some(a) => reply.attr(&TTL, &a),
+            Some(a) => reply.attr(&ttl(ino.0), &a),
             None => reply.error(Errno::ENOENT),
         }
     }
@@ -313,8 +344,20 @@ impl<A: ServedArray> Filesystem for ArrayFs<A> {
             }
             ROOT => reply.error(Errno::EISDIR),
             _ => match self.control_path(ino.0).and_then(|p| self.control_kind(&p)) {
-                Some(ControlKind::File { writable }) => {
-                    if writing && !writable {
+                Some(ControlKind::File(access)) => {
+                    let reading = !matches!(flags.acc_mode(), OpenAccMode::O_WRONLY);
+                    let refused = if writing && !access.writable() {
+                        Some(("writing", "read-only"))
+                    } else if reading && !access.readable() {
+                        Some(("reading", "write-only"))
+                    } else {
+                        None
+                    };
+                    if let Some((how, what)) = refused {
+                        log::warn!(
+                            "md control: refused opening {} for {how}: it is {what}",
+                            self.control_path(ino.0).unwrap_or_default()
+                        );
                         return reply.error(Errno::EACCES);
                     }
                     let fh = if writing { FH_WRITABLE } else { 0 };

@@ -677,7 +677,7 @@ fn cmd_detail(mnt: &Path) -> Result<(), String> {
     );
     line("Raid Devices", &raid_disks.to_string());
     line("Total Devices", &legs.len().to_string());
-    if mnt.join("md/bitmap").exists() {
+    if get("md/bitmap/location")? != "none" {
         line(
             "Intent Bitmap",
             &format!("file, {} byte chunks", get("md/bitmap/chunksize")?),
@@ -695,15 +695,18 @@ fn cmd_detail(mnt: &Path) -> Result<(), String> {
             .split_once(" / ")
             .and_then(|(d, t)| Some(d.parse::<f64>().ok()? * 100.0 / t.parse::<f64>().ok()?))
             .unwrap_or(0.0);
-        let label = if action == "recover" {
-            "Rebuild Status"
-        } else {
-            "Resync Status"
+        // mdadm's words: Rebuild for a recovery, Check for a check.
+        let label = match action.as_str() {
+            "recover" => "Rebuild Status",
+            "check" => "Check Status",
+            _ => "Resync Status",
         };
         line(label, &format!("{pct:.0}% complete"));
     }
     println!();
-    line("UUID", &get("md/uuid")?);
+    line("Consistency Policy", &get("md/consistency_policy")?);
+    println!();
+    line("UUID", &mdadm_uuid(&get("md/uuid")?));
     line("Mismatch Count", &get("md/mismatch_cnt")?);
     println!();
     println!("    Number   RaidDevice State");
@@ -717,6 +720,16 @@ fn cmd_detail(mnt: &Path) -> Result<(), String> {
         println!("    {i:>6}   {slot:>10} {words:<17} {leg}");
     }
     Ok(())
+}
+
+/// md's sysfs UUID (8-4-4-4-12) in mdadm's words (four colon-separated
+/// groups of 8 hex digits).
+fn mdadm_uuid(sysfs: &str) -> String {
+    let hex: String = sysfs.chars().filter(|c| *c != '-').collect();
+    if hex.len() != 32 {
+        return sysfs.to_string();
+    }
+    [&hex[..8], &hex[8..16], &hex[16..24], &hex[24..]].join(":")
 }
 
 fn cmd_wait(mnt: &Path) -> Result<(), String> {
