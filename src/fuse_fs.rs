@@ -61,6 +61,15 @@ impl ControlAccess {
     }
 }
 
+/// Who may use `array.img`: its mode and owner. They start from the mount's
+/// options and follow chmod/chown for the mount's life (not kept on disk).
+#[derive(Debug, Clone, Copy)]
+pub struct ImageAccess {
+    pub mode: u16,
+    pub uid: u32,
+    pub gid: u32,
+}
+
 /// What a control path is, now.
 enum ControlKind {
     Dir,
@@ -104,30 +113,45 @@ pub struct ArrayFs<A: ServedArray> {
     control_inodes: parking_lot::Mutex<Vec<String>>,
     uid: u32,
     gid: u32,
+    image: parking_lot::Mutex<ImageAccess>,
     started: SystemTime,
 }
 
 impl<A: ServedArray> ArrayFs<A> {
-    pub fn new(array: Arc<A>, uid: u32, gid: u32, writeback_cache: bool) -> Self {
+    /// `uid`/`gid` own the mount's files; `image` is who may use `array.img`.
+    pub fn new(
+        array: Arc<A>,
+        uid: u32,
+        gid: u32,
+        image: ImageAccess,
+        writeback_cache: bool,
+    ) -> Self {
         ArrayFs {
             array,
             writeback_cache,
             control_inodes: parking_lot::Mutex::new(Vec::new()),
             uid,
             gid,
+            image: parking_lot::Mutex::new(image),
             started: SystemTime::now(),
         }
     }
 
     fn attr(&self, ino: u64) -> Option<FileAttr> {
+        let (mut uid, mut gid) = (self.uid, self.gid);
         let (kind, perm, size, nlink) = match ino {
             ROOT => (FileType::Directory, 0o755, 0, 2),
-            IMAGE => (
-                FileType::RegularFile,
-                if self.array.read_only() { 0o400 } else { 0o600 },
-                self.array.size(),
-                1,
-            ),
+            IMAGE => {
+                let image = *self.image.lock();
+                (uid, gid) = (image.uid, image.gid);
+                // A read-only array's image has no write bits, whatever its mode.
+                let mode = if self.array.read_only() {
+                    image.mode & !0o222
+                } else {
+                    image.mode
+                };
+                (FileType::RegularFile, mode, self.array.size(), 1)
+            }
             // Served with direct I/O, so the size is only a hint for tools.
             MDSTAT => (FileType::RegularFile, 0o444, 4096, 1),
             _ => match self.control_kind(&self.control_path(ino)?)? {
@@ -146,8 +170,8 @@ impl<A: ServedArray> ArrayFs<A> {
             kind,
             perm,
             nlink,
-            uid: self.uid,
-            gid: self.gid,
+            uid,
+            gid,
             rdev: 0,
             blksize: 4096,
             flags: 0,
@@ -296,7 +320,23 @@ impl<A: ServedArray> Filesystem for ArrayFs<A> {
         reply: ReplyAttr,
     ) {
         if mode.is_some() || uid.is_some() || gid.is_some() {
-            return reply.error(Errno::EPERM);
+            if ino.0 != IMAGE {
+                return reply.error(Errno::EPERM);
+            }
+            // The kernel has checked who may (default_permissions): the
+            // owner for chmod, root for chown.
+            let mut image = self.image.lock();
+            if let Some(m) = mode {
+                image.mode = (m & 0o7777) as u16;
+            }
+            image.uid = uid.unwrap_or(image.uid);
+            image.gid = gid.unwrap_or(image.gid);
+            log::info!(
+                "{IMAGE_NAME}: mode {:04o}, owner {}:{} (until the array stops)",
+                image.mode,
+                image.uid,
+                image.gid
+            );
         }
         let control_file = matches!(
             self.control_path(ino.0).and_then(|p| self.control_kind(&p)),

@@ -947,8 +947,8 @@ fn invalid_writes_are_refused_with_a_reason_in_the_log() {
 }
 
 /// With allow_other another user reads md/ and mdstat but writes no control file
-/// (EACCES), and array.img stays the mounting user's (0600). Without allow_other another
-/// user cannot even see the mount.
+/// (EACCES); array.img is the mounting user's (0600) unless --image-mode or chmod/chown
+/// open it. Without allow_other another user cannot even see the mount.
 #[test]
 fn other_users_read_but_cannot_write_control_files() {
     if !needs_root("other_users_read_but_cannot_write_control_files") {
@@ -963,9 +963,17 @@ fn other_users_read_but_cannot_write_control_files() {
     let o = as_nobody(&format!("cat {action}"));
     assert!(!o.status.success(), "nobody read md/ without allow_other");
     assert!(stderr(&o).contains("Permission denied"), "{}", out_text(&o));
+    // Whatever the image's mode, the kernel keeps others out.
+    std::fs::set_permissions(m.image(), std::fs::Permissions::from_mode(0o666)).expect("chmod");
+    let o = as_nobody(&format!("head -c 512 {img} >/dev/null"));
+    assert!(
+        !o.status.success(),
+        "nobody read array.img without allow_other"
+    );
     m.stop();
 
     let m = fx.mount(&["--allow-other"]);
+    // A new mount starts from the option's mode again: chmod lasts a mount's life.
     assert_eq!(mode_of(&m.image()), 0o600);
     let o = as_nobody(&format!("cat {action} {}", sh_quote(&mnt.join("mdstat"))));
     assert_ok(
@@ -979,9 +987,65 @@ fn other_users_read_but_cannot_write_control_files() {
     assert_eq!(md(&mnt, "sync_action"), "idle");
     let o = as_nobody(&format!("head -c 512 {img} >/dev/null"));
     assert!(stderr(&o).contains("Permission denied"), "{}", out_text(&o));
+    // Only the owner may chmod it.
+    let o = as_nobody(&format!("chmod 666 {img}"));
+    assert!(
+        stderr(&o).contains("Operation not permitted"),
+        "{}",
+        out_text(&o)
+    );
+    // chmod by its owner opens it for reading...
+    std::fs::set_permissions(m.image(), std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    assert_eq!(mode_of(&m.image()), 0o644);
+    let o = as_nobody(&format!("head -c 4096 {img} | wc -c"));
+    assert_ok("nobody reads a 0644 array.img", &o);
+    assert_eq!(stdout(&o).trim(), "4096");
+    let write = format!("printf x | dd of={img} conv=notrunc status=none");
+    let o = as_nobody(&write);
+    assert!(stderr(&o).contains("Permission denied"), "{}", out_text(&o));
+    // ... and chown gives it away.
+    std::os::unix::fs::chown(m.image(), Some(65534), Some(65534)).expect("chown array.img");
+    let meta = std::fs::metadata(m.image()).expect("stat");
+    assert_eq!(
+        (
+            std::os::unix::fs::MetadataExt::uid(&meta),
+            std::os::unix::fs::MetadataExt::gid(&meta)
+        ),
+        (65534, 65534)
+    );
+    let o = as_nobody(&write);
+    assert_ok("nobody writes an array.img of its own", &o);
+    let mut first = [0u8; 1];
+    std::fs::File::open(m.image())
+        .and_then(|f| f.read_exact_at(&mut first, 0))
+        .expect("read back");
+    assert_eq!(&first, b"x");
+    // Control files stay root's.
     assert_eq!(mode_of(&mnt.join("md/sync_action")), 0o644);
     m.stop();
     fx.assert_stopped_clean();
+
+    // --image-mode sets it at mount; a read-only mount never has write bits.
+    let m = fx.mount(&["--allow-other", "--image-mode", "0644"]);
+    assert_eq!(mode_of(&m.image()), 0o644);
+    let o = as_nobody(&format!("head -c 4096 {img} | wc -c"));
+    assert_ok("nobody reads array.img mounted with --image-mode 0644", &o);
+    m.stop();
+    let m = fx.mount(&["--ro", "--image-mode", "0666"]);
+    assert_eq!(mode_of(&m.image()), 0o444);
+    assert_eq!(mode_of(&mnt.join("md/sync_action")), 0o444);
+    assert!(
+        !mnt.join("md/new_dev").exists(),
+        "a read-only array takes no new_dev"
+    );
+    m.stop();
+    let o = mdfuse_with(
+        &["mount", "--image-mode", "0999"],
+        &[fx.legs.path(0), fx.legs.path(1), &mnt],
+    );
+    let err = assert_fails("mdfuse mount --image-mode 0999", &o);
+    assert!(err.contains("octal"), "{err}");
+    assert!(!is_mounted(&mnt));
 }
 
 /// `mdfuse stop` returns once the superblocks record clean, and SIGINT and SIGTERM to

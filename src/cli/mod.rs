@@ -117,9 +117,14 @@ pub struct MountArgs {
     /// Serve read-only.
     #[arg(long)]
     ro: bool,
-    /// Let other users reach the mount (subject to array.img's mode).
+    /// Let other users reach the mount: they read mdstat and md/; array.img
+    /// is theirs only as its mode says (--image-mode, or chmod/chown).
     #[arg(long)]
     allow_other: bool,
+    /// array.img's mode (octal) at mount; chmod and chown then change it
+    /// until the array stops. Other users need --allow-other as well.
+    #[arg(long, value_parser = parse_mode, default_value = "0600")]
+    image_mode: u16,
     /// Use the host's page cache for the legs instead of O_DIRECT.
     #[arg(long)]
     buffered: bool,
@@ -315,6 +320,14 @@ fn cmd_examine(legs: &[PathBuf]) -> Result<(), String> {
     }
 }
 
+/// An octal file mode (0600, 660): permission bits only.
+fn parse_mode(s: &str) -> Result<u16, String> {
+    u16::from_str_radix(s.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| format!("{s:?}: not an octal mode from 0000 to 0777 (e.g. 0660)"))
+}
+
 fn split_mount_paths(m: &MountArgs) -> Result<(Vec<PathBuf>, PathBuf), String> {
     let (mountpoint, legs) = m
         .paths
@@ -359,6 +372,7 @@ impl MountArgs {
         ];
         a.extend(flags.iter().filter(|f| f.0).map(|f| f.1.to_string()));
         a.push(format!("--threads={}", self.threads));
+        a.push(format!("--image-mode={:04o}", self.image_mode));
         a.push(format!("--log={}", log.display()));
         if let Some(b) = &self.bitmap {
             a.push(format!("--bitmap={}", absolute(b)));
@@ -499,6 +513,7 @@ pub fn mount_foreground(m: &MountArgs, ready: &mut detach::Ready) -> Result<(), 
         mountpoint: mountpoint.clone(),
         read_only: m.ro,
         allow_other: m.allow_other,
+        image_mode: m.image_mode,
         threads: m.threads,
         writeback_cache: m.writeback_cache,
         fsname: format!(
