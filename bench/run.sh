@@ -282,7 +282,7 @@ recover_leg1() { # MNT ADD_FLAG: fail, remove, (dirty 1% if bitmap), re-add; pri
     echo 100000000 > "$mnt/md/sync_speed_max"
     "$MDFUSE" manage "$mnt" --fail "$LEG1" >/dev/null || die "manage --fail"
     "$MDFUSE" manage "$mnt" --remove "$LEG1" >/dev/null || die "manage --remove"
-    if [ -e "$mnt/md/bitmap/chunksize" ]; then
+    if [ "$(cat "$mnt/md/bitmap/location")" != none ]; then
         local chunk chunks n
         chunk=$(cat "$mnt/md/bitmap/chunksize")
         chunks=$(( $(stat -c %s "$mnt/array.img") / chunk ))

@@ -25,19 +25,55 @@ pub trait ServedArray: Send + Sync + 'static {
     /// The status text of `mdstat`.
     fn mdstat(&self) -> String;
     /// The control files, as paths from the mount's root ("md/sync_action",
-    /// "md/dev-leg0.img/state") with whether they may be written; their
+    /// "md/dev-leg0.img/state") with how they may be used; their
     /// directories are implied. The list may change (legs come and go).
-    fn control_files(&self) -> Vec<(String, bool)>;
+    fn control_files(&self) -> Vec<(String, ControlAccess)>;
     /// A control file's content.
     fn control_read(&self, path: &str) -> Result<String, i32>;
     /// A write to a control file (the written text, trailing newline removed).
     fn control_write(&self, path: &str, value: &str) -> Result<(), i32>;
 }
 
+/// How a control file may be used, as md's sysfs modes say (0444, 0644,
+/// and 0200 for `new_dev`, which cannot be opened for reading).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlAccess {
+    Read,
+    ReadWrite,
+    Write,
+}
+
+impl ControlAccess {
+    fn perm(self) -> u16 {
+        match self {
+            ControlAccess::Read => 0o444,
+            ControlAccess::ReadWrite => 0o644,
+            ControlAccess::Write => 0o200,
+        }
+    }
+
+    fn readable(self) -> bool {
+        self != ControlAccess::Write
+    }
+
+    fn writable(self) -> bool {
+        self != ControlAccess::Read
+    }
+}
+
+/// Who may use `array.img`: its mode and owner. They start from the mount's
+/// options and follow chmod/chown for the mount's life (not kept on disk).
+#[derive(Debug, Clone, Copy)]
+pub struct ImageAccess {
+    pub mode: u16,
+    pub uid: u32,
+    pub gid: u32,
+}
+
 /// What a control path is, now.
 enum ControlKind {
     Dir,
-    File { writable: bool },
+    File(ControlAccess),
 }
 
 /// The largest request asked of the kernel (it may grant less).
@@ -59,6 +95,17 @@ const FH_WRITABLE: u64 = 1;
 
 const TTL: Duration = Duration::from_secs(1);
 
+/// How long the kernel may keep what it learnt of `ino`. Control files and
+/// directories come and go with the legs (a removed leg's `dev-*` must be
+/// gone at once, as in md's sysfs): not cached.
+fn ttl(ino: u64) -> Duration {
+    if ino >= FIRST_CONTROL_INO {
+        Duration::ZERO
+    } else {
+        TTL
+    }
+}
+
 pub struct ArrayFs<A: ServedArray> {
     array: Arc<A>,
     writeback_cache: bool,
@@ -66,40 +113,50 @@ pub struct ArrayFs<A: ServedArray> {
     control_inodes: parking_lot::Mutex<Vec<String>>,
     uid: u32,
     gid: u32,
+    image: parking_lot::Mutex<ImageAccess>,
     started: SystemTime,
 }
 
 impl<A: ServedArray> ArrayFs<A> {
-    pub fn new(array: Arc<A>, uid: u32, gid: u32, writeback_cache: bool) -> Self {
+    /// `uid`/`gid` own the mount's files; `image` is who may use `array.img`.
+    pub fn new(
+        array: Arc<A>,
+        uid: u32,
+        gid: u32,
+        image: ImageAccess,
+        writeback_cache: bool,
+    ) -> Self {
         ArrayFs {
             array,
             writeback_cache,
             control_inodes: parking_lot::Mutex::new(Vec::new()),
             uid,
             gid,
+            image: parking_lot::Mutex::new(image),
             started: SystemTime::now(),
         }
     }
 
     fn attr(&self, ino: u64) -> Option<FileAttr> {
+        let (mut uid, mut gid) = (self.uid, self.gid);
         let (kind, perm, size, nlink) = match ino {
             ROOT => (FileType::Directory, 0o755, 0, 2),
-            IMAGE => (
-                FileType::RegularFile,
-                if self.array.read_only() { 0o400 } else { 0o600 },
-                self.array.size(),
-                1,
-            ),
+            IMAGE => {
+                let image = *self.image.lock();
+                (uid, gid) = (image.uid, image.gid);
+                // A read-only array's image has no write bits, whatever its mode.
+                let mode = if self.array.read_only() {
+                    image.mode & !0o222
+                } else {
+                    image.mode
+                };
+                (FileType::RegularFile, mode, self.array.size(), 1)
+            }
             // Served with direct I/O, so the size is only a hint for tools.
             MDSTAT => (FileType::RegularFile, 0o444, 4096, 1),
             _ => match self.control_kind(&self.control_path(ino)?)? {
                 ControlKind::Dir => (FileType::Directory, 0o755, 0, 2),
-                ControlKind::File { writable } => (
-                    FileType::RegularFile,
-                    if writable { 0o644 } else { 0o444 },
-                    4096,
-                    1,
-                ),
+                ControlKind::File(access) => (FileType::RegularFile, access.perm(), 4096, 1),
             },
         };
         Some(FileAttr {
@@ -113,8 +170,8 @@ impl<A: ServedArray> ArrayFs<A> {
             kind,
             perm,
             nlink,
-            uid: self.uid,
-            gid: self.gid,
+            uid,
+            gid,
             rdev: 0,
             blksize: 4096,
             flags: 0,
@@ -142,10 +199,8 @@ impl<A: ServedArray> ArrayFs<A> {
 
     fn control_kind(&self, path: &str) -> Option<ControlKind> {
         let files = self.array.control_files();
-        if let Some((_, writable)) = files.iter().find(|(p, _)| p == path) {
-            return Some(ControlKind::File {
-                writable: *writable,
-            });
+        if let Some((_, access)) = files.iter().find(|(p, _)| p == path) {
+            return Some(ControlKind::File(*access));
         }
         let dir = format!("{path}/");
         files
@@ -234,14 +289,14 @@ impl<A: ServedArray> Filesystem for ArrayFs<A> {
             _ => return reply.error(Errno::ENOENT),
         };
         match self.attr(ino) {
-            Some(a) => reply.entry(&TTL, &a, Generation(0)),
+            Some(a) => reply.entry(&ttl(ino), &a, Generation(0)),
             None => reply.error(Errno::ENOENT),
         }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.attr(ino.0) {
-            Some(a) => reply.attr(&TTL, &a),
+            Some(a) => reply.attr(&ttl(ino.0), &a),
             None => reply.error(Errno::ENOENT),
         }
     }
@@ -265,11 +320,27 @@ impl<A: ServedArray> Filesystem for ArrayFs<A> {
         reply: ReplyAttr,
     ) {
         if mode.is_some() || uid.is_some() || gid.is_some() {
-            return reply.error(Errno::EPERM);
+            if ino.0 != IMAGE {
+                return reply.error(Errno::EPERM);
+            }
+            // The kernel has checked who may (default_permissions): the
+            // owner for chmod, root for chown.
+            let mut image = self.image.lock();
+            if let Some(m) = mode {
+                image.mode = (m & 0o7777) as u16;
+            }
+            image.uid = uid.unwrap_or(image.uid);
+            image.gid = gid.unwrap_or(image.gid);
+            log::info!(
+                "{IMAGE_NAME}: mode {:04o}, owner {}:{} (until the array stops)",
+                image.mode,
+                image.uid,
+                image.gid
+            );
         }
         let control_file = matches!(
             self.control_path(ino.0).and_then(|p| self.control_kind(&p)),
-            Some(ControlKind::File { writable: true })
+            Some(ControlKind::File(access)) if access.writable()
         );
         if let Some(size) = size.filter(|_| !control_file) {
             if ino.0 != IMAGE || size != self.array.size() {
@@ -283,7 +354,7 @@ impl<A: ServedArray> Filesystem for ArrayFs<A> {
         }
         // Times are not kept; accept touch-like updates.
         match self.attr(ino.0) {
-            Some(a) => reply.attr(&TTL, &a),
+            Some(a) => reply.attr(&ttl(ino.0), &a),
             None => reply.error(Errno::ENOENT),
         }
     }
@@ -313,8 +384,20 @@ impl<A: ServedArray> Filesystem for ArrayFs<A> {
             }
             ROOT => reply.error(Errno::EISDIR),
             _ => match self.control_path(ino.0).and_then(|p| self.control_kind(&p)) {
-                Some(ControlKind::File { writable }) => {
-                    if writing && !writable {
+                Some(ControlKind::File(access)) => {
+                    let reading = !matches!(flags.acc_mode(), OpenAccMode::O_WRONLY);
+                    let refused = if writing && !access.writable() {
+                        Some(("writing", "read-only"))
+                    } else if reading && !access.readable() {
+                        Some(("reading", "write-only"))
+                    } else {
+                        None
+                    };
+                    if let Some((how, what)) = refused {
+                        log::warn!(
+                            "md control: refused opening {} for {how}: it is {what}",
+                            self.control_path(ino.0).unwrap_or_default()
+                        );
                         return reply.error(Errno::EACCES);
                     }
                     let fh = if writing { FH_WRITABLE } else { 0 };

@@ -2,7 +2,7 @@
 //! stop it cleanly, and the moment the mount is live (so a caller that
 //! detached can return).
 
-use crate::fuse_fs::{ArrayFs, ServedArray};
+use crate::fuse_fs::{ArrayFs, ImageAccess, ServedArray};
 use fuser::{Config, MountOption, SessionACL};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
@@ -17,6 +17,9 @@ pub struct ServeOptions {
     pub read_only: bool,
     /// Let users other than the mounting one reach the mount.
     pub allow_other: bool,
+    /// `array.img`'s mode at mount (it then follows chmod): 0o600 keeps
+    /// the image the mounting user's even with `allow_other`.
+    pub image_mode: u16,
     /// FUSE threads, each with its own /dev/fuse fd.
     pub threads: usize,
     /// The source shown in /proc/mounts (e.g. the first leg).
@@ -66,7 +69,12 @@ pub fn serve<A: ServedArray>(
     let mountpoint = check_mountpoint(&opts.mountpoint)?;
     // SAFETY: getuid/getgid cannot fail.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-    let fs = ArrayFs::new(array, uid, gid, opts.writeback_cache);
+    let image = ImageAccess {
+        mode: opts.image_mode,
+        uid,
+        gid,
+    };
+    let fs = ArrayFs::new(array, uid, gid, image, opts.writeback_cache);
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::FSName(opts.fsname.clone()),

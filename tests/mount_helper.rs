@@ -1,5 +1,6 @@
 //! `mount.mdfuse` driven by the real mount(8) and umount(8) (util-linux): `mount -t mdfuse`,
-//! an fstab line (a temporary fstab, `mount -T FILE MNT`), refused options, `ro`.
+//! an fstab line (a temporary fstab with `mount -T FILE MNT`, and a line in the real
+//! /etc/fstab, restored by a guard), refused options, `ro`.
 //!
 //! Each test installs /sbin/mount.mdfuse as a symlink to the built helper for its duration
 //! ([`HelperInstall`], removed on drop) and holds a file lock meanwhile, so tests touching it
@@ -479,6 +480,113 @@ fn an_fstab_line_mounts_with_mount_t_fstab_and_umount_stops_it_clean() {
     // The long spelling too, and once more live.
     let out = mount(&["--fstab", fstab_s, arr.mnt_str()]);
     LiveMount::after_mount(&arr.mnt, &out).umount();
+    arr.assert_legs_clean();
+    arr.assert_nothing_left();
+}
+
+/// A line in the real /etc/fstab for the guard's life, after a marker comment. Drop puts
+/// the file back as it was (also when the test panics). Lines a killed run left (marker and
+/// line) are dropped first, and not restored.
+struct FstabLine {
+    restore: Vec<u8>,
+}
+
+const FSTAB: &str = "/etc/fstab";
+const FSTAB_MARK: &str =
+    "# mdfuse tests/mount_helper.rs: the next line goes at the end of the test";
+
+impl FstabLine {
+    fn add(line: &str) -> FstabLine {
+        let original = std::fs::read(FSTAB).unwrap_or_default();
+        let text = String::from_utf8(original.clone()).expect("/etc/fstab is not UTF-8");
+        let mut kept = String::new();
+        let mut skip_next = false;
+        for l in text.split_inclusive('\n') {
+            if skip_next {
+                skip_next = false;
+            } else if l.trim_end() == FSTAB_MARK {
+                skip_next = true;
+            } else {
+                kept.push_str(l);
+            }
+        }
+        let restore = if kept == text {
+            original
+        } else {
+            kept.into_bytes()
+        };
+        let mut with_line = restore.clone();
+        if !with_line.is_empty() && !with_line.ends_with(b"\n") {
+            with_line.push(b'\n');
+        }
+        with_line.extend_from_slice(format!("{FSTAB_MARK}\n{line}\n").as_bytes());
+        // Written in place: /etc/fstab may be a bind mount that a rename would not reach.
+        std::fs::write(FSTAB, &with_line).expect("write /etc/fstab");
+        FstabLine { restore }
+    }
+}
+
+impl Drop for FstabLine {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::write(FSTAB, &self.restore) {
+            eprintln!("warning: cannot restore {FSTAB}: {e}");
+        }
+    }
+}
+
+/// The fstab line for real: `mount MOUNTPOINT` finds it in /etc/fstab, the array (with its
+/// bitmap) serves the image, `umount MOUNTPOINT` stops it clean and leaves nothing behind.
+#[test]
+fn a_line_in_etc_fstab_mounts_by_its_mountpoint_and_umount_stops_it_clean() {
+    if !needs_root("a_line_in_etc_fstab_mounts") {
+        return;
+    }
+    let _helper = HelperInstall::install();
+    let arr = Array::create(true);
+    let before = std::fs::read(FSTAB).unwrap_or_default();
+    {
+        let line = format!(
+            "mirror {} mdfuse {},bitmap={},image_mode=0640,noauto,nofail 0 0",
+            arr.mnt.display(),
+            arr.legs_opt(),
+            arr.bitmap.as_ref().expect("bitmap").display()
+        );
+        let _fstab = FstabLine::add(&line);
+        let listed = Command::new("findmnt")
+            .args(["--fstab", "--noheadings", "-o", "TARGET,FSTYPE"])
+            .arg(&arr.mnt)
+            .output()
+            .expect("findmnt");
+        assert!(
+            text(&listed).contains("mdfuse"),
+            "findmnt --fstab does not see the line: {}",
+            text(&listed)
+        );
+        let out = mount(&[arr.mnt_str()]);
+        let m = LiveMount::after_mount(&arr.mnt, &out);
+        assert!(m.mdstat().contains("[2/2] [UU]"), "mdstat:\n{}", m.mdstat());
+        assert!(m.mdstat().contains("bitmap"), "mdstat:\n{}", m.mdstat());
+        let mode = std::fs::metadata(m.image())
+            .expect("stat array.img")
+            .permissions();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            mode.mode() & 0o777,
+            0o640,
+            "image_mode= from the fstab line"
+        );
+        write_read(&m.image(), 5 << 20, 0x5f);
+        // umount(8) by the mountpoint; the daemon exits after its clean stop.
+        m.umount();
+    }
+    assert_eq!(
+        std::fs::read(FSTAB).unwrap_or_default(),
+        before,
+        "/etc/fstab not restored"
+    );
+    for l in &arr.legs {
+        assert_eq!(leg_bytes(l, 5 << 20, 64 << 10), vec![0x5f; 64 << 10]);
+    }
     arr.assert_legs_clean();
     arr.assert_nothing_left();
 }

@@ -6,6 +6,8 @@ pub struct MountRequest {
     pub mountpoint: String,
     pub read_only: bool,
     pub allow_other: bool,
+    /// array.img's mode, octal as given (e.g. "0660").
+    pub image_mode: Option<String>,
     pub run_degraded: bool,
     pub buffered: bool,
     pub write_through: bool,
@@ -103,6 +105,16 @@ pub fn parse_mount_args(args: &[String]) -> Result<MountRequest, String> {
             "ro" => req.read_only = true,
             "rw" => req.read_only = false,
             "allow_other" => req.allow_other = true,
+            "image_mode" => {
+                let mode = need(value)?;
+                let octal = u16::from_str_radix(&mode, 8).ok().filter(|m| *m <= 0o777);
+                if octal.is_none() {
+                    return Err(format!(
+                        "image_mode={mode}: not an octal mode from 0000 to 0777 (e.g. 0660)"
+                    ));
+                }
+                req.image_mode = Some(mode);
+            }
             "run" => req.run_degraded = true,
             "buffered" => req.buffered = true,
             "write_through" => req.write_through = true,
@@ -127,7 +139,7 @@ pub fn parse_mount_args(args: &[String]) -> Result<MountRequest, String> {
             _ => {
                 return Err(format!(
                     "unknown option {opt:?} (known: legs=, bitmap=, bitmap_file_io, ro, rw, allow_other, \
-                     run, buffered, write_through, threads=, delay=, log=)"
+                     image_mode=, run, buffered, write_through, threads=, delay=, log=)"
                 ))
             }
         }
@@ -157,6 +169,9 @@ impl MountRequest {
         }
         if self.allow_other {
             a.push("--allow-other".into());
+        }
+        if let Some(m) = &self.image_mode {
+            a.push(format!("--image-mode={m}"));
         }
         if self.run_degraded {
             a.push("--run".into());
@@ -208,6 +223,24 @@ mod tests {
             r.mdfuse_args(),
             args("mount --allow-other /d/a.img /d/b.img /mnt/m")
         );
+    }
+
+    #[test]
+    fn image_mode_is_passed_on_and_checked() {
+        let r = parse_mount_args(&args("/d/a:/d/b /m -o allow_other,image_mode=0660")).unwrap();
+        assert_eq!(
+            r.mdfuse_args(),
+            args("mount --allow-other --image-mode=0660 /d/a /d/b /m")
+        );
+        for bad in [
+            "image_mode=0999",
+            "image_mode=rw",
+            "image_mode=01777",
+            "image_mode",
+        ] {
+            let opts = format!("/d/a:/d/b /m -o {bad}");
+            assert!(parse_mount_args(&args(&opts)).is_err(), "{bad} accepted");
+        }
     }
 
     #[test]

@@ -1,39 +1,56 @@
 //! The `md/` control files of a running array: md's sysfs attributes
-//! (`/sys/block/mdX/md/*`) in names, values and write semantics, so md habits
-//! carry over: `echo check > md/sync_action`, `cat md/mismatch_cnt`,
-//! `echo faulty > md/dev-leg1.img/state`.
+//! (`/sys/block/mdX/md/*`) in names, values, modes and write semantics, so
+//! md habits carry over: `echo check > md/sync_action`, `cat md/mismatch_cnt`,
+//! `echo faulty > md/dev-leg1.img/state`. Values follow the kernel's md.c and
+//! md-bitmap.c `*_show` functions; docs/design.md lists where mdfuse differs.
 
 use super::error::ArrayError;
 use super::running::RunningArray;
+use crate::fuse_fs::ControlAccess::{self, Read, ReadWrite, Write};
 use crate::raid1::{LegState, SpeedLimits, SyncAction};
 use std::sync::atomic::Ordering;
 
-/// Attributes of the array (path under `md/`, writable).
-const ARRAY_FILES: &[(&str, bool)] = &[
-    ("array_state", false),
-    ("level", false),
-    ("raid_disks", false),
-    ("degraded", false),
-    ("metadata_version", false),
-    ("uuid", false),
-    ("component_size", false),
-    ("sync_action", true),
-    ("sync_completed", false),
-    ("sync_speed", false),
-    ("sync_speed_min", true),
-    ("sync_speed_max", true),
-    ("mismatch_cnt", false),
-    ("new_dev", true),
+/// Attributes of the array, under `md/`.
+const ARRAY_FILES: &[(&str, ControlAccess)] = &[
+    ("array_state", Read),
+    ("level", Read),
+    ("raid_disks", Read),
+    ("degraded", Read),
+    ("metadata_version", Read),
+    ("uuid", Read),
+    ("component_size", Read),
+    ("array_size", Read),
+    ("consistency_policy", Read),
+    ("resync_start", Read),
+    ("sync_action", ReadWrite),
+    ("sync_completed", Read),
+    ("sync_speed", Read),
+    ("sync_speed_min", ReadWrite),
+    ("sync_speed_max", ReadWrite),
+    ("mismatch_cnt", Read),
+    ("new_dev", Write),
 ];
 
-const BITMAP_FILES: &[&str] = &["location", "chunksize", "time_base", "metadata"];
+/// md has `bitmap/` whether or not the array has a bitmap (`location` then
+/// reads `none`).
+const BITMAP_FILES: &[&str] = &[
+    "location",
+    "space",
+    "time_base",
+    "backlog",
+    "chunksize",
+    "metadata",
+    "can_clear",
+    "max_backlog_used",
+];
 
-const DEV_FILES: &[(&str, bool)] = &[
-    ("state", true),
-    ("errors", false),
-    ("slot", false),
-    ("offset", false),
-    ("size", false),
+const DEV_FILES: &[(&str, ControlAccess)] = &[
+    ("state", ReadWrite),
+    ("errors", Read),
+    ("slot", Read),
+    ("offset", Read),
+    ("size", Read),
+    ("recovery_start", Read),
 ];
 
 /// Why a control write was refused: logged with the reason, answered with
@@ -43,24 +60,38 @@ fn refuse(path: &str, value: &str, why: impl std::fmt::Display, errno: i32) -> i
     errno
 }
 
+/// md's `%pU`: the 16 UUID bytes as 8-4-4-4-12 lowercase hex.
+fn uuid_pu(bytes: &[u8; 16]) -> String {
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
+}
+
 impl RunningArray {
-    pub fn control_file_list(&self) -> Vec<(String, bool)> {
-        let mut out: Vec<(String, bool)> = ARRAY_FILES
+    pub fn control_file_list(&self) -> Vec<(String, ControlAccess)> {
+        // A read-only array takes no control writes.
+        let access = |a: ControlAccess| if self.read_only { Read } else { a };
+        let mut out: Vec<(String, ControlAccess)> = ARRAY_FILES
             .iter()
-            .map(|(n, w)| (format!("md/{n}"), *w && !self.read_only))
+            .filter(|(_, a)| !(self.read_only && *a == Write))
+            .map(|(n, a)| (format!("md/{n}"), access(*a)))
             .collect();
-        if self.bitmap.is_some() {
-            out.extend(
-                BITMAP_FILES
-                    .iter()
-                    .map(|n| (format!("md/bitmap/{n}"), false)),
-            );
-        }
+        out.extend(
+            BITMAP_FILES
+                .iter()
+                .map(|n| (format!("md/bitmap/{n}"), Read)),
+        );
         for name in self.leg_names().into_iter().flatten() {
             out.extend(
                 DEV_FILES
                     .iter()
-                    .map(|(n, w)| (format!("md/dev-{name}/{n}"), *w && !self.read_only)),
+                    .map(|(n, a)| (format!("md/dev-{name}/{n}"), access(*a))),
             );
         }
         out
@@ -74,6 +105,90 @@ impl RunningArray {
             .position(|n| n.as_deref() == Some(name))
     }
 
+    /// md's `resync_start` (`recovery_cp`): `none` once the legs are known in
+    /// sync, else the sector a resync has reached or resumes from.
+    fn resync_start(&self) -> String {
+        if !self.needs_resync() {
+            return "none".into();
+        }
+        let reached = self
+            .last_sync
+            .lock()
+            .as_ref()
+            .filter(|p| p.action == SyncAction::Resync)
+            .map(|p| p.done_bytes.load(Ordering::Relaxed));
+        (reached.unwrap_or(self.resync_from) / 512).to_string()
+    }
+
+    /// md's `dev-*/recovery_start`: `none` for an in-sync leg, the sector its
+    /// recovery has reached for a recovering one (md's `recovery_offset`,
+    /// which is 0 for a leg failed out of sync).
+    fn recovery_start(&self, slot: usize, state: LegState) -> String {
+        if state == LegState::InSync {
+            return "none".into();
+        }
+        let reached = self
+            .last_sync
+            .lock()
+            .as_ref()
+            .filter(|p| p.action == (SyncAction::Recover { target: slot }))
+            .filter(|_| state == LegState::Recovering)
+            .map(|p| p.done_bytes.load(Ordering::Relaxed) / 512);
+        reached.unwrap_or(0).to_string()
+    }
+
+    fn bitmap_value(&self, attr: &str) -> Option<String> {
+        let service = self.bitmap.as_ref().map(|b| b.service());
+        Some(match attr {
+            "location" => if service.is_some() { "file" } else { "none" }.into(),
+            // Sectors reserved for an internal bitmap: none with a file.
+            "space" => "0".into(),
+            "time_base" => service
+                .map(|s| s.header().daemon_sleep)
+                .unwrap_or(0)
+                .to_string(),
+            // Write-behind is not supported: no backlog, ever.
+            "backlog" | "max_backlog_used" => "0".into(),
+            "chunksize" => service.map(|s| s.chunk_size()).unwrap_or(0).to_string(),
+            "metadata" => "internal".into(),
+            "can_clear" => match service {
+                Some(s) if s.header_write_due() => "false".into(),
+                Some(_) => "true".into(),
+                None => String::new(),
+            },
+            _ => return None,
+        })
+    }
+
+    fn dev_value(&self, slot: usize, attr: &str) -> Option<String> {
+        let s = &self.engine.slots()[slot];
+        let io = s.io()?;
+        let state = s.state();
+        Some(match attr {
+            "state" => state.md_word().to_string(),
+            "errors" => s.errors().to_string(),
+            // md keeps a recovering spare in its slot; a faulty leg leaves it.
+            "slot" => match state {
+                LegState::InSync | LegState::Recovering => slot.to_string(),
+                _ => "none".into(),
+            },
+            "offset" => (io.data_offset() / 512).to_string(),
+            // The leg's data size in KiB (its superblock's data_size), not
+            // the array's.
+            "size" => {
+                let sectors = self
+                    .keeper
+                    .data_sectors(slot)
+                    .unwrap_or_else(|| io.leg().size().saturating_sub(io.data_offset()) / 512);
+                (sectors / 2).to_string()
+            }
+            "recovery_start" => self.recovery_start(slot, state),
+            _ => return None,
+        })
+    }
+
+    /// A control file's content; None for a path that is not one (or, like
+    /// `new_dev`, cannot be read).
     pub fn control_read_value(&self, path: &str) -> Option<String> {
         let rel = path.strip_prefix("md/")?;
         let engine = &self.engine;
@@ -90,8 +205,17 @@ impl RunningArray {
             "raid_disks" => self.raid_disks.to_string(),
             "degraded" => (self.raid_disks - engine.in_sync_count()).to_string(),
             "metadata_version" => "1.2".into(),
-            "uuid" => self.uuid.clone(),
+            "uuid" => uuid_pu(&self.keeper.current()?.set_uuid),
             "component_size" => (engine.size() / 1024).to_string(),
+            // md prints a size only when one was set through this file.
+            "array_size" => "default".into(),
+            "consistency_policy" => if self.bitmap.is_some() {
+                "bitmap"
+            } else {
+                "resync"
+            }
+            .into(),
+            "resync_start" => self.resync_start(),
             "sync_action" => self
                 .sync_progress()
                 .map(|p| p.action.md_word())
@@ -111,41 +235,18 @@ impl RunningArray {
                 .unwrap_or_else(|| "none".into()),
             "sync_speed_min" | "sync_speed_max" => {
                 let l = *self.sync_limits().lock();
-                let d = SpeedLimits::default();
-                let (v, default) = if rel == "sync_speed_min" {
-                    (l.min_kib, d.min_kib)
-                } else {
-                    (l.max_kib, d.max_kib)
-                };
-                format!("{v} ({})", if v == default { "system" } else { "local" })
+                let is_max = rel == "sync_speed_max";
+                let local = self.sync_limits_local.lock()[is_max as usize];
+                let v = if is_max { l.max_kib } else { l.min_kib };
+                format!("{v} ({})", if local { "local" } else { "system" })
             }
             "mismatch_cnt" => self.mismatch_cnt().to_string(),
-            "new_dev" => String::new(),
-            "bitmap/location" => "file".into(),
-            "bitmap/chunksize" => self.bitmap.as_ref()?.service().chunk_size().to_string(),
-            "bitmap/time_base" => self
-                .bitmap
-                .as_ref()?
-                .service()
-                .header()
-                .daemon_sleep
-                .to_string(),
-            "bitmap/metadata" => "internal".into(),
             _ => {
-                let (dev, attr) = rel.split_once('/')?;
-                let slot = self.slot_of_dev(dev)?;
-                let s = &engine.slots()[slot];
-                let io = s.io()?;
-                match attr {
-                    "state" => s.state().md_word().to_string(),
-                    "errors" => s.errors().to_string(),
-                    "slot" => match s.state() {
-                        LegState::InSync => slot.to_string(),
-                        _ => "none".into(),
-                    },
-                    "offset" => (io.data_offset() / 512).to_string(),
-                    "size" => (engine.size() / 1024).to_string(),
-                    _ => return None,
+                let (dir, attr) = rel.split_once('/')?;
+                if dir == "bitmap" {
+                    self.bitmap_value(attr)?
+                } else {
+                    self.dev_value(self.slot_of_dev(dir)?, attr)?
                 }
             }
         };
@@ -175,31 +276,7 @@ impl RunningArray {
                     libc::EINVAL,
                 )),
             },
-            "sync_speed_min" | "sync_speed_max" => {
-                let d = SpeedLimits::default();
-                let v = if value == "system" {
-                    if rel == "sync_speed_min" {
-                        d.min_kib
-                    } else {
-                        d.max_kib
-                    }
-                } else {
-                    value
-                        .parse::<u64>()
-                        .ok()
-                        .filter(|&v| v > 0)
-                        .ok_or_else(|| {
-                            refuse(path, value, "a speed in KiB/s, or system", libc::EINVAL)
-                        })?
-                };
-                let mut l = self.sync_limits().lock();
-                if rel == "sync_speed_min" {
-                    l.min_kib = v;
-                } else {
-                    l.max_kib = v;
-                }
-                Ok(())
-            }
+            "sync_speed_min" | "sync_speed_max" => self.set_speed_limit(path, rel, value),
             "new_dev" => {
                 let (re_add_only, leg) = match value.strip_prefix("re-add ") {
                     Some(p) => (true, p.trim()),
@@ -224,35 +301,105 @@ impl RunningArray {
                 let slot = self
                     .slot_of_dev(dev)
                     .ok_or_else(|| refuse(path, value, "no such leg", libc::ENOENT))?;
-                match value {
-                    "faulty" => self.fail(slot).map_err(failed),
-                    "remove" => self.remove(slot).map_err(failed),
-                    "re-add" => {
-                        // A faulty leg goes out and comes back, recovered from
-                        // the bitmap where md's rule allows.
-                        let leg = self.engine.slots()[slot]
-                            .io()
-                            .map(|io| io.leg().path().to_path_buf())
-                            .ok_or_else(|| refuse(path, value, "no leg", libc::ENOENT))?;
-                        if self.engine.slots()[slot].state() != LegState::Faulty {
-                            return Err(refuse(
-                                path,
-                                value,
-                                "only a faulty leg can be re-added",
-                                libc::EBUSY,
-                            ));
-                        }
-                        self.remove(slot).map_err(failed)?;
-                        self.add_leg(&leg, true).map(|_| ()).map_err(failed)
-                    }
-                    _ => Err(refuse(
-                        path,
-                        value,
-                        "dev-*/state takes faulty, remove or re-add",
-                        libc::EINVAL,
-                    )),
-                }
+                self.write_dev_state(path, slot, value)
             }
         }
+    }
+
+    /// `sync_speed_min`/`max`: KiB/s (a positive 32-bit number, "local"), or
+    /// `system` for md's default.
+    fn set_speed_limit(&self, path: &str, rel: &str, value: &str) -> Result<(), i32> {
+        let is_max = rel == "sync_speed_max";
+        let local = if value == "system" {
+            None
+        } else {
+            let kib = value
+                .parse::<u32>()
+                .ok()
+                .filter(|&v| v > 0)
+                .ok_or_else(|| {
+                    refuse(
+                        path,
+                        value,
+                        "a speed in KiB/s (1 to 4294967295), or system",
+                        libc::EINVAL,
+                    )
+                })?;
+            Some(u64::from(kib))
+        };
+        let d = SpeedLimits::default();
+        let mut l = self.sync_limits().lock();
+        if is_max {
+            l.max_kib = local.unwrap_or(d.max_kib);
+        } else {
+            l.min_kib = local.unwrap_or(d.min_kib);
+        }
+        self.sync_limits_local.lock()[is_max as usize] = local.is_some();
+        Ok(())
+    }
+
+    /// `dev-*/state`: md's `faulty`, `remove` and `re-add`.
+    fn write_dev_state(&self, path: &str, slot: usize, value: &str) -> Result<(), i32> {
+        let failed = |e: ArrayError| refuse(path, value, &e, e.errno());
+        let state = self.engine.slots()[slot].state();
+        match value {
+            "faulty" => self.fail(slot).map_err(failed),
+            "remove" => {
+                // md: no device leaves while a sync runs over it; a
+                // recovering leg is failed first (which ends its recovery).
+                let recovering = self
+                    .sync_progress()
+                    .is_some_and(|p| p.action == (SyncAction::Recover { target: slot }));
+                if state == LegState::Recovering && recovering {
+                    return Err(refuse(
+                        path,
+                        value,
+                        "the leg is being recovered; write faulty first, then remove",
+                        libc::EBUSY,
+                    ));
+                }
+                self.remove(slot).map_err(failed)
+            }
+            "re-add" => {
+                // A faulty leg goes out and comes back, recovered from the
+                // bitmap where md's rule allows.
+                if state != LegState::Faulty {
+                    return Err(refuse(
+                        path,
+                        value,
+                        "only a faulty leg can be re-added",
+                        libc::EBUSY,
+                    ));
+                }
+                let leg = self.engine.slots()[slot]
+                    .io()
+                    .map(|io| io.leg().path().to_path_buf())
+                    .ok_or_else(|| refuse(path, value, "no leg", libc::ENOENT))?;
+                self.remove(slot).map_err(failed)?;
+                self.add_leg(&leg, true).map(|_| ()).map_err(failed)
+            }
+            _ => Err(refuse(
+                path,
+                value,
+                "dev-*/state takes faulty, remove or re-add",
+                libc::EINVAL,
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::uuid_pu;
+
+    #[test]
+    fn uuid_as_md_prints_it() {
+        // From Linux md: uuid=b0e9c641-f061-3a9e-780b-dc019e4a5a83 for the
+        // array mdadm shows as b0e9c641:f0613a9e:780bdc01:9e4a5a83.
+        let bytes = [
+            0xb0, 0xe9, 0xc6, 0x41, 0xf0, 0x61, 0x3a, 0x9e, 0x78, 0x0b, 0xdc, 0x01, 0x9e, 0x4a,
+            0x5a, 0x83,
+        ];
+        assert_eq!(uuid_pu(&bytes), "b0e9c641-f061-3a9e-780b-dc019e4a5a83");
     }
 }

@@ -119,7 +119,13 @@ pub struct RunningArray {
     // but one, after the bitmap has been released by `stop`.
     pub(super) syncer: Mutex<Option<Syncer>>,
     pub(super) last_sync: Mutex<Option<Arc<SyncProgress>>>,
+    /// The last resync, check or repair: md resets `mismatch_cnt` when one
+    /// starts, not when a recovery does.
+    pub(super) last_scrub: Mutex<Option<Arc<SyncProgress>>>,
     pub(super) sync_limits: Arc<Mutex<SpeedLimits>>,
+    /// Whether sync_speed_min and sync_speed_max were set for this array
+    /// ("local") or are the defaults ("system"), as md tells them apart.
+    pub(super) sync_limits_local: Mutex<[bool; 2]>,
     pub(super) engine: Arc<Raid1>,
     pub(super) keeper: Arc<SuperblockKeeper>,
     pub(super) bitmap: Option<AttachedBitmap>,
@@ -194,7 +200,9 @@ impl RunningArray {
         let array = Arc::new(RunningArray {
             syncer: Mutex::new(None),
             last_sync: Mutex::new(None),
+            last_scrub: Mutex::new(None),
             sync_limits: Arc::new(Mutex::new(SpeedLimits::default())),
+            sync_limits_local: Mutex::new([false; 2]),
             engine,
             keeper,
             bitmap,
@@ -272,6 +280,9 @@ impl RunningArray {
         )
         .map_err(|e| ArrayError::Busy(format!("cannot start the {}: {e}", action.md_word())))?;
         *self.last_sync.lock() = Some(syncer.progress().clone());
+        if !matches!(action, SyncAction::Recover { .. }) {
+            *self.last_scrub.lock() = Some(syncer.progress().clone());
+        }
         *slot = Some(syncer);
         Ok(())
     }
@@ -498,9 +509,10 @@ impl RunningArray {
             .filter(|p| !p.finished.load(Ordering::Acquire))
     }
 
-    /// The last sync's mismatch count, in sectors (md's mismatch_cnt).
+    /// The mismatches the last resync, check or repair found so far, in
+    /// sectors (md's mismatch_cnt).
     pub fn mismatch_cnt(&self) -> u64 {
-        self.last_sync
+        self.last_scrub
             .lock()
             .as_ref()
             .map(|p| p.mismatch_sectors.load(Ordering::Relaxed))
@@ -675,7 +687,7 @@ impl ServedArray for RunningArray {
         render_mdstat(&self.mdstat_view())
     }
 
-    fn control_files(&self) -> Vec<(String, bool)> {
+    fn control_files(&self) -> Vec<(String, crate::fuse_fs::ControlAccess)> {
         self.control_file_list()
     }
 

@@ -205,6 +205,15 @@ impl SuperblockKeeper {
         })
     }
 
+    /// The data size (sectors) the superblock of the leg in `slot` records,
+    /// a faulty one's included (md's `dev-*/size` shows it, in KiB).
+    pub fn data_sectors(&self, slot: usize) -> Option<u64> {
+        self.members
+            .lock()
+            .get(slot)
+            .and_then(|k| k.as_ref().map(|k| k.sb.data_size))
+    }
+
     /// A dev_number no present member uses (md's role table index).
     pub fn free_dev_number(&self) -> u32 {
         let members = self.members.lock();

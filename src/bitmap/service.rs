@@ -399,6 +399,13 @@ impl WriteIntentBitmap {
         self.update_header(events)
     }
 
+    /// md's `need_sync` (`bitmap/can_clear` reads "false" while it holds):
+    /// events_cleared was raised and the header carrying it awaits the
+    /// daemon's next write.
+    pub fn header_write_due(&self) -> bool {
+        self.shared.pages[0].needs_write.load(Ordering::Acquire)
+    }
+
     /// The header as it is in memory (what the next page-0 write carries).
     pub fn header(&self) -> BitmapSuper {
         self.shared.header.lock().clone()

@@ -117,9 +117,14 @@ pub struct MountArgs {
     /// Serve read-only.
     #[arg(long)]
     ro: bool,
-    /// Let other users reach the mount (subject to array.img's mode).
+    /// Let other users reach the mount: they read mdstat and md/; array.img
+    /// is theirs only as its mode says (--image-mode, or chmod/chown).
     #[arg(long)]
     allow_other: bool,
+    /// array.img's mode (octal) at mount; chmod and chown then change it
+    /// until the array stops. Other users need --allow-other as well.
+    #[arg(long, value_parser = parse_mode, default_value = "0600")]
+    image_mode: u16,
     /// Use the host's page cache for the legs instead of O_DIRECT.
     #[arg(long)]
     buffered: bool,
@@ -317,6 +322,14 @@ fn cmd_examine(legs: &[PathBuf]) -> Result<(), String> {
     }
 }
 
+/// An octal file mode (0600, 660): permission bits only.
+fn parse_mode(s: &str) -> Result<u16, String> {
+    u16::from_str_radix(s.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| format!("{s:?}: not an octal mode from 0000 to 0777 (e.g. 0660)"))
+}
+
 fn split_mount_paths(m: &MountArgs) -> Result<(Vec<PathBuf>, PathBuf), String> {
     let (mountpoint, legs) = m
         .paths
@@ -361,6 +374,7 @@ impl MountArgs {
         ];
         a.extend(flags.iter().filter(|f| f.0).map(|f| f.1.to_string()));
         a.push(format!("--threads={}", self.threads));
+        a.push(format!("--image-mode={:04o}", self.image_mode));
         a.push(format!("--log={}", log.display()));
         if let Some(b) = &self.bitmap {
             a.push(format!("--bitmap={}", absolute(b)));
@@ -501,6 +515,7 @@ pub fn mount_foreground(m: &MountArgs, ready: &mut detach::Ready) -> Result<(), 
         mountpoint: mountpoint.clone(),
         read_only: m.ro,
         allow_other: m.allow_other,
+        image_mode: m.image_mode,
         threads: m.threads,
         writeback_cache: !m.write_through,
         fsname: format!(
@@ -679,7 +694,7 @@ fn cmd_detail(mnt: &Path) -> Result<(), String> {
     );
     line("Raid Devices", &raid_disks.to_string());
     line("Total Devices", &legs.len().to_string());
-    if mnt.join("md/bitmap").exists() {
+    if get("md/bitmap/location")? != "none" {
         line(
             "Intent Bitmap",
             &format!("file, {} byte chunks", get("md/bitmap/chunksize")?),
@@ -697,15 +712,18 @@ fn cmd_detail(mnt: &Path) -> Result<(), String> {
             .split_once(" / ")
             .and_then(|(d, t)| Some(d.parse::<f64>().ok()? * 100.0 / t.parse::<f64>().ok()?))
             .unwrap_or(0.0);
-        let label = if action == "recover" {
-            "Rebuild Status"
-        } else {
-            "Resync Status"
+        // mdadm's words: Rebuild for a recovery, Check for a check.
+        let label = match action.as_str() {
+            "recover" => "Rebuild Status",
+            "check" => "Check Status",
+            _ => "Resync Status",
         };
         line(label, &format!("{pct:.0}% complete"));
     }
     println!();
-    line("UUID", &get("md/uuid")?);
+    line("Consistency Policy", &get("md/consistency_policy")?);
+    println!();
+    line("UUID", &mdadm_uuid(&get("md/uuid")?));
     line("Mismatch Count", &get("md/mismatch_cnt")?);
     println!();
     println!("    Number   RaidDevice State");
@@ -719,6 +737,16 @@ fn cmd_detail(mnt: &Path) -> Result<(), String> {
         println!("    {i:>6}   {slot:>10} {words:<17} {leg}");
     }
     Ok(())
+}
+
+/// md's sysfs UUID (8-4-4-4-12) in mdadm's words (four colon-separated
+/// groups of 8 hex digits).
+fn mdadm_uuid(sysfs: &str) -> String {
+    let hex: String = sysfs.chars().filter(|c| *c != '-').collect();
+    if hex.len() != 32 {
+        return sysfs.to_string();
+    }
+    [&hex[..8], &hex[8..16], &hex[16..24], &hex[24..]].join(":")
 }
 
 fn cmd_wait(mnt: &Path) -> Result<(), String> {
