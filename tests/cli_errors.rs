@@ -293,6 +293,43 @@ fn create_over_a_superblock_needs_force() {
     assert_eq!(examine_field(&e, "Array UUID"), Some(second.uuid));
 }
 
+/// md superblocks of other versions (v0.90 and v1.0 near the end, where
+/// md's MD_NEW_SIZE_SECTORS and super_1_load put them) and a v1.2 one whose
+/// checksum is broken are somebody's array too: refused without --force.
+#[test]
+fn create_over_other_md_superblocks_is_refused() {
+    if !needs_root("create_over_other_md_superblocks_is_refused") {
+        return;
+    }
+    let dir = tempdir();
+    let size = 32 * MIB + 12 * 1024;
+    let sectors = size / 512;
+    let cases = [
+        (
+            "v0.90",
+            ((sectors & !127) - 128) * 512,
+            "md v0.90 superblock",
+        ),
+        ("v1.0", ((sectors - 16) & !7) * 512, "md v1.0 superblock"),
+        ("v1.2 with a bad checksum", 4096, "does not verify"),
+    ];
+    for (name, offset, needle) in cases {
+        let legs = Legs::new(dir.path(), 2, size);
+        let magic = [0xfcu8, 0x4e, 0x2b, 0xa9];
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(legs.path(1))
+            .unwrap()
+            .write_all_at(&magic, offset)
+            .unwrap();
+        let before = fingerprint(&legs.paths);
+        let o = try_create(&legs, &[]);
+        assert_refused(name, &o, &[&s(legs.path(1)), needle, "--force"]);
+        assert_unchanged(&legs.paths, &before, name);
+        create(&legs, &["--force"]);
+    }
+}
+
 #[test]
 fn create_over_ext4_is_refused() {
     if !needs_root("create_over_ext4_is_refused") {

@@ -1012,10 +1012,55 @@ fn block_device_legs() {
             .unwrap();
         array.stop();
     }
+    // While the array runs, its legs are held exclusively: mounting a
+    // filesystem on one is refused by the kernel.
+    {
+        let array = MountedArray::mount(&legs, &dir.path().join("mnt"), &[]);
+        let fsdir = dir.path().join("fs");
+        std::fs::create_dir_all(&fsdir).unwrap();
+        let mounted = std::process::Command::new("mount")
+            .arg(&legs.paths[1])
+            .arg(&fsdir)
+            .output()
+            .unwrap();
+        assert!(
+            !mounted.status.success(),
+            "mounted a leg of a running array"
+        );
+        array.stop();
+    }
     drop(loops);
     // The files under the loop devices hold the data and a clean superblock.
     for f in &files.paths {
         assert!(data_region(f, MIB + 4097, data.len() as u64) == data);
         assert_eq!(state_of(f), "clean");
     }
+}
+
+/// A block device with a mounted filesystem is busy: neither `create
+/// --force` nor `mount` may use it as a leg, and the message says so.
+#[test]
+fn a_block_device_in_use_is_refused_as_a_leg() {
+    if !needs_root("a_block_device_in_use_is_refused_as_a_leg") {
+        return;
+    }
+    let dir = tempdir();
+    let files = Legs::new(dir.path(), 2, 32 * MIB);
+    let loops: Vec<LoopDevice> = files.paths.iter().map(|p| attach_loop_rw(p)).collect();
+    let legs = Legs::from_paths(loops.iter().map(|l| l.path().to_owned()).collect());
+    create(&legs, &[]);
+    run(
+        "mkfs.ext4",
+        &["-F", "-q", &legs.paths[1].display().to_string()],
+    )
+    .unwrap();
+    let fs = MountedFs::mount(&legs.paths[1], &dir.path().join("fs")).unwrap();
+    let leg_refs: Vec<&Path> = legs.paths.iter().map(|p| p.as_path()).collect();
+    let o = mdfuse_with(&["create", "--force"], &leg_refs);
+    let err = assert_fails("create --force on a mounted device", &o);
+    assert!(
+        err.contains(&legs.paths[1].display().to_string()) && err.contains("busy"),
+        "{err}"
+    );
+    drop(fs);
 }

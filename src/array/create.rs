@@ -85,11 +85,28 @@ pub(super) fn check_blank(leg: &Leg, force: bool) -> Result<(), ArrayError> {
     let probe = (signatures::PROBE_BYTES as u64).min(leg.size() / 4096 * 4096) as usize;
     let mut head = AlignedBuf::new(signatures::PROBE_BYTES);
     leg.read_at(&mut head.as_mut_slice()[..probe], 0)?;
-    if let Some(what) = signatures::detect(&head.as_slice()[..probe]) {
-        return Err(ArrayError::HasSignature {
+    let refuse = |what| {
+        Err(ArrayError::HasSignature {
             path: leg.path().to_owned(),
             what,
-        });
+        })
+    };
+    if let Some(what) = signatures::detect(&head.as_slice()[..probe]) {
+        return refuse(what);
+    }
+    // A v1.2 superblock that does not parse (a bad checksum, a version we
+    // do not know) is still somebody's array.
+    if signatures::has_md_magic(head.as_slice().get(4096..probe).unwrap_or(&[])) {
+        return refuse("an md v1.2 superblock that does not verify");
+    }
+    for (offset, what) in signatures::md_tail_superblocks(leg.size()) {
+        let Some(offset) = offset.filter(|o| o + 4096 <= leg.size()) else {
+            continue;
+        };
+        leg.read_at(&mut head.as_mut_slice()[..4096], offset)?;
+        if signatures::has_md_magic(head.as_slice()) {
+            return refuse(what);
+        }
     }
     Ok(())
 }

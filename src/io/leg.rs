@@ -28,6 +28,11 @@ pub enum LegError {
         source: std::io::Error,
         hint: &'static str,
     },
+    #[error(
+        "leg {path} is busy: a filesystem is mounted on it, or md, dm or another program holds it \
+         (check with `lsblk {path}` and `fuser -v {path}`)"
+    )]
+    DeviceBusy { path: PathBuf },
     #[error("leg {path}: not a regular file or block device")]
     NotFileOrDevice { path: PathBuf },
     #[error(
@@ -63,7 +68,7 @@ impl LegError {
             | LegError::Io { source, .. }
             | LegError::Sync { source, .. } => source,
             LegError::NotFileOrDevice { .. } => return libc::ENODEV,
-            LegError::InUse { .. } => return libc::EBUSY,
+            LegError::InUse { .. } | LegError::DeviceBusy { .. } => return libc::EBUSY,
         };
         src.raw_os_error().unwrap_or(libc::EIO)
     }
@@ -102,11 +107,19 @@ impl Leg {
                 path: path.to_owned(),
             });
         }
+        // A block device we write is opened exclusively, as mdadm opens
+        // members: the kernel then refuses it while a filesystem is mounted
+        // on it or md, dm or another program holds it (and them while we do).
+        let exclusive = if is_block_device && writable && lock {
+            libc::O_EXCL
+        } else {
+            0
+        };
         let open_with = |flags: i32| {
             OpenOptions::new()
                 .read(true)
                 .write(writable)
-                .custom_flags(flags | libc::O_CLOEXEC)
+                .custom_flags(flags | exclusive | libc::O_CLOEXEC)
                 .open(path)
         };
         let (file, mode) = match mode {
@@ -122,16 +135,23 @@ impl Leg {
                 other => (other, IoMode::Direct),
             },
         };
-        let file = file.map_err(|source| LegError::Open {
-            path: path.to_owned(),
-            hint: if source.raw_os_error() == Some(libc::EACCES)
-                || source.raw_os_error() == Some(libc::EROFS)
-            {
-                " (mdfuse needs read-write access to every leg)"
-            } else {
-                ""
-            },
-            source,
+        let file = file.map_err(|source| {
+            if exclusive != 0 && source.raw_os_error() == Some(libc::EBUSY) {
+                return LegError::DeviceBusy {
+                    path: path.to_owned(),
+                };
+            }
+            LegError::Open {
+                path: path.to_owned(),
+                hint: if source.raw_os_error() == Some(libc::EACCES)
+                    || source.raw_os_error() == Some(libc::EROFS)
+                {
+                    " (mdfuse needs read-write access to every leg)"
+                } else {
+                    ""
+                },
+                source,
+            }
         })?;
         if lock {
             match lock_exclusive(&file) {
