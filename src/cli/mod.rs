@@ -750,13 +750,28 @@ fn mdadm_uuid(sysfs: &str) -> String {
 }
 
 fn cmd_wait(mnt: &Path) -> Result<(), String> {
+    use std::time::{Duration, Instant};
     let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    // On a terminal a bar (redrawn in place); otherwise a plain line when
+    // the progress changed, at most once a second.
+    let bar = tty.then(|| {
+        let bar = indicatif::ProgressBar::new(1);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{prefix:>8} [{bar:30}] {percent:>3}% {pos}/{len} sectors {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        bar
+    });
     let mut last_line = String::new();
+    let mut last_print = Instant::now() - Duration::from_secs(60);
     loop {
         let action = control_read(mnt, "md/sync_action")?;
         if action == "idle" {
-            if tty {
-                println!();
+            if let Some(bar) = &bar {
+                bar.finish_and_clear();
             }
             println!(
                 "mdfuse: {}: no sync running (mismatch_cnt {})",
@@ -771,25 +786,24 @@ fn cmd_wait(mnt: &Path) -> Result<(), String> {
             .split_once(" / ")
             .and_then(|(d, t)| Some((d.parse::<u64>().ok()?, t.parse::<u64>().ok()?)))
             .unwrap_or((0, 1));
-        let pct = done as f64 * 100.0 / total.max(1) as f64;
-        let line = format!("{action}: {pct:5.1}% ({done}/{total} sectors) {speed} KiB/s");
-        if tty {
-            let filled = (pct / 5.0) as usize;
-            print!(
-                "\r[{}{}] {line}   ",
-                "=".repeat(filled),
-                " ".repeat(20 - filled.min(20))
-            );
-            let _ = std::io::Write::flush(&mut std::io::stdout());
-        } else if line != last_line {
-            println!("{line}");
+        match &bar {
+            Some(bar) => {
+                bar.set_prefix(action.clone());
+                bar.set_length(total.max(1));
+                bar.set_position(done);
+                bar.set_message(format!("{speed} KiB/s"));
+            }
+            None => {
+                let pct = done as f64 * 100.0 / total.max(1) as f64;
+                let line = format!("{action}: {pct:5.1}% ({done}/{total} sectors) {speed} KiB/s");
+                if line != last_line && last_print.elapsed() >= Duration::from_secs(1) {
+                    println!("{line}");
+                    last_line = line;
+                    last_print = Instant::now();
+                }
+            }
         }
-        last_line = line;
-        std::thread::sleep(std::time::Duration::from_millis(if tty {
-            200
-        } else {
-            1000
-        }));
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
