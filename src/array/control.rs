@@ -23,6 +23,7 @@ const ARRAY_FILES: &[(&str, bool)] = &[
     ("sync_speed_min", true),
     ("sync_speed_max", true),
     ("mismatch_cnt", false),
+    ("max_read_errors", true),
     ("new_dev", true),
 ];
 
@@ -120,6 +121,7 @@ impl RunningArray {
                 format!("{v} ({})", if v == default { "system" } else { "local" })
             }
             "mismatch_cnt" => self.mismatch_cnt().to_string(),
+            "max_read_errors" => engine.max_read_errors().to_string(),
             "new_dev" => String::new(),
             "bitmap/location" => "file".into(),
             "bitmap/chunksize" => self.bitmap.as_ref()?.service().chunk_size().to_string(),
@@ -198,6 +200,14 @@ impl RunningArray {
                 } else {
                     l.max_kib = v;
                 }
+                Ok(())
+            }
+            "max_read_errors" => {
+                let n = value
+                    .parse::<u32>()
+                    .ok()
+                    .ok_or_else(|| refuse(path, value, "a count of read errors", libc::EINVAL))?;
+                self.engine.set_max_read_errors(n);
                 Ok(())
             }
             "new_dev" => {

@@ -180,6 +180,7 @@ impl RunningArray {
             sink,
             &opts.engine,
         )?);
+        engine.set_read_only(opts.read_only);
         if !asm.was_clean {
             log::warn!(
                 "array {}: it was not stopped cleanly; reads come from the first leg only \

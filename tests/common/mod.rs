@@ -1,4 +1,5 @@
 pub mod bitmap;
+pub mod faulty;
 pub mod kmd;
 pub mod loopdev;
 pub mod mdfuse;

@@ -1,0 +1,277 @@
+//! Failures and syncs as Linux md handles them, end to end on real mounts:
+//! read errors corrected from the other leg (md's fix_read_error), legs
+//! failed only when a rewrite fails or errors pile up, re-adds that copy
+//! what the bitmap says and no more, interrupted recoveries and diverged
+//! histories. Read errors are real EIOs from a leg served by a FUSE
+//! filesystem of the test (`common::faulty`).
+
+mod common;
+
+use common::faulty::FaultyLeg;
+use common::loopdev::needs_root;
+use common::mdfuse::{self as h, Legs, MountedArray, Rng};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+const MIB: u64 = 1 << 20;
+
+fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("mdfuse-engine-failures-")
+        .tempdir()
+        .expect("tempdir")
+}
+
+fn ctl(m: &MountedArray, file: &str) -> String {
+    std::fs::read_to_string(m.mountpoint().join("md").join(file))
+        .unwrap_or_else(|e| panic!("read md/{file}: {e}"))
+        .trim()
+        .to_string()
+}
+
+fn ctl_write(m: &MountedArray, file: &str, value: &str) -> std::io::Result<()> {
+    std::fs::write(m.mountpoint().join("md").join(file), value)
+}
+
+fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn wait_idle(m: &MountedArray) {
+    wait_for("the sync to end", Duration::from_secs(120), || {
+        ctl(m, "sync_action") == "idle"
+    });
+}
+
+fn open_image(m: &MountedArray) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.image())
+        .expect("open array.img")
+}
+
+/// Reads `len` bytes of array.img at `offset` with O_DIRECT (no page cache).
+fn read_direct(m: &MountedArray, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+    let f = h::open_direct(&m.image(), false);
+    let mut buf = h::AlignedVec::zeroed(len);
+    f.read_exact_at(buf.as_mut_slice(), offset)?;
+    Ok(buf.as_slice().to_vec())
+}
+
+/// A plain leg file `leg0.img` and a faulty leg `leg1.img`, made into an
+/// array (no bitmap).
+struct FaultyArray {
+    _dir: tempfile::TempDir,
+    dir: PathBuf,
+    legs: Legs,
+    // Declared last: the FUSE leg outlives the mount that uses it.
+    bad: FaultyLeg,
+}
+
+impl FaultyArray {
+    fn new(size: u64, create_args: &[&str]) -> FaultyArray {
+        let tmp = tempdir();
+        let dir = tmp.path().to_path_buf();
+        let good = dir.join("leg0.img");
+        common::loopdev::sparse_file(&good, size).expect("leg0");
+        let bad = FaultyLeg::new(&dir, "leg1.img", size);
+        let legs = Legs::from_paths(vec![good, bad.path()]);
+        h::create(&legs, create_args);
+        FaultyArray {
+            _dir: tmp,
+            dir,
+            legs,
+            bad,
+        }
+    }
+
+    fn mount(&self, extra: &[&str]) -> MountedArray {
+        MountedArray::mount(&self.legs, &self.dir.join("mnt"), extra)
+    }
+
+    /// Leg bytes of array offset `offset`.
+    fn leg_offset(&self, offset: u64) -> u64 {
+        h::data_offset(self.legs.path(0)) + offset
+    }
+}
+
+/// Writes `len` random bytes at `offset` through array.img and fsyncs.
+fn fill(m: &MountedArray, offset: u64, len: usize, seed: u64) -> Vec<u8> {
+    let data = Rng(seed).bytes(len);
+    let f = open_image(m);
+    f.write_all_at(&data, offset).expect("write array.img");
+    f.sync_all().expect("fsync array.img");
+    data
+}
+
+/// Reads the 4 KiB blocks of `[offset, offset+len)` one by one, last first,
+/// twice: no read continues the previous one, so reads alternate between
+/// the in-sync legs and every block is read from each leg.
+fn read_each_block_from_each_leg(m: &MountedArray, offset: u64, len: u64) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    for pass in 0..2 {
+        if pass == 1 {
+            // One read more shifts which leg each block goes to.
+            read_direct(m, offset + len, 4096).expect("read past the range");
+        }
+        let mut blocks = Vec::new();
+        for b in (0..len / 4096).rev() {
+            let r = read_direct(m, offset + b * 4096, 4096)
+                .unwrap_or_else(|e| panic!("read of block {b} failed: {e}\n{}", m.log()));
+            blocks.push(r);
+        }
+        blocks.reverse();
+        out.push(blocks.concat());
+    }
+    out
+}
+
+#[test]
+fn a_read_error_is_corrected_from_the_other_leg_and_the_leg_stays_in_sync() {
+    if !needs_root("a_read_error_is_corrected_from_the_other_leg_and_the_leg_stays_in_sync") {
+        return;
+    }
+    let a = FaultyArray::new(32 * MIB, &[]);
+    let m = a.mount(&[]);
+    let data = fill(&m, 0, 4 * MIB as usize, 1);
+    // 8 KiB unreadable on leg1, in the middle of the data.
+    let bad_at = a.leg_offset(MIB + 4096);
+    a.bad.faults.bad_range(bad_at, bad_at + 8192);
+    for copy in read_each_block_from_each_leg(&m, MIB - 16384, 64 * 1024) {
+        assert!(
+            copy == data[(MIB - 16384) as usize..(MIB - 16384 + 65536) as usize],
+            "a read returned wrong data"
+        );
+    }
+    assert!(
+        a.bad.faults.read_errors.load(Ordering::Relaxed) >= 1,
+        "no read reached the bad range on leg1: the test proves nothing"
+    );
+    assert_eq!(a.bad.faults.bad_bytes(), 0, "the bad range was rewritten");
+    assert_eq!(ctl(&m, "dev-leg1.img/state"), "in_sync", "{}", m.log());
+    let errors: u64 = ctl(&m, "dev-leg1.img/errors").parse().expect("errors");
+    assert!(errors >= 8, "errors counts the corrected sectors: {errors}");
+    assert_eq!(ctl(&m, "degraded"), "0");
+    assert!(m.log().contains("read error corrected"), "{}", m.log());
+    // The rewritten range holds the data, on the leg itself.
+    let on_leg = h::data_region(a.bad.backing(), bad_at, 8192);
+    assert!(on_leg == data[(MIB + 4096) as usize..(MIB + 4096 + 8192) as usize]);
+    m.stop();
+}
+
+#[test]
+fn a_leg_whose_rewrite_fails_is_failed_and_the_read_still_succeeds() {
+    if !needs_root("a_leg_whose_rewrite_fails_is_failed_and_the_read_still_succeeds") {
+        return;
+    }
+    let a = FaultyArray::new(32 * MIB, &[]);
+    let m = a.mount(&[]);
+    let data = fill(&m, 0, 2 * MIB as usize, 2);
+    let bad_at = a.leg_offset(MIB);
+    a.bad.faults.dead_range(bad_at, bad_at + 4096);
+    for copy in read_each_block_from_each_leg(&m, MIB - 8192, 16384) {
+        assert!(copy == data[(MIB - 8192) as usize..(MIB + 8192) as usize]);
+    }
+    assert!(a.bad.faults.write_errors.load(Ordering::Relaxed) >= 1);
+    assert_eq!(ctl(&m, "dev-leg1.img/state"), "faulty", "{}", m.log());
+    assert_eq!(ctl(&m, "degraded"), "1");
+    assert_eq!(ctl(&m, "dev-leg0.img/state"), "in_sync");
+    m.stop();
+}
+
+#[test]
+fn too_many_read_errors_fail_the_leg() {
+    if !needs_root("too_many_read_errors_fail_the_leg") {
+        return;
+    }
+    let a = FaultyArray::new(32 * MIB, &[]);
+    let m = a.mount(&[]);
+    assert_eq!(ctl(&m, "max_read_errors"), "20", "md's default");
+    ctl_write(&m, "max_read_errors", "2").expect("set max_read_errors");
+    assert_eq!(ctl(&m, "max_read_errors"), "2");
+    let data = fill(&m, 0, 2 * MIB as usize, 3);
+    // Three separate bad blocks: three corrections; the third exceeds 2.
+    for i in 0..3u64 {
+        let at = a.leg_offset(i * 256 * 1024);
+        a.bad.faults.bad_range(at, at + 4096);
+    }
+    for i in 0..3u64 {
+        for copy in read_each_block_from_each_leg(&m, i * 256 * 1024, 4096) {
+            assert!(copy == data[(i * 256 * 1024) as usize..(i * 256 * 1024 + 4096) as usize]);
+        }
+    }
+    assert_eq!(ctl(&m, "dev-leg1.img/state"), "faulty", "{}", m.log());
+    assert!(m.log().contains("max_read_errors"), "{}", m.log());
+    m.stop();
+}
+
+#[test]
+fn the_last_leg_is_never_failed_by_a_read_error() {
+    if !needs_root("the_last_leg_is_never_failed_by_a_read_error") {
+        return;
+    }
+    let a = FaultyArray::new(32 * MIB, &[]);
+    let m = a.mount(&[]);
+    fill(&m, 0, MIB as usize, 4);
+    ctl_write(&m, "dev-leg0.img/state", "faulty").expect("fail leg0");
+    let at = a.leg_offset(64 * 1024);
+    a.bad.faults.bad_range(at, at + 4096);
+    let err = read_direct(&m, 64 * 1024, 4096).expect_err("the only copy is unreadable");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert_eq!(ctl(&m, "dev-leg1.img/state"), "in_sync", "{}", m.log());
+    a.bad.faults.heal();
+    m.stop();
+}
+
+#[test]
+fn partial_block_writes_and_a_check_correct_read_errors_too() {
+    if !needs_root("partial_block_writes_and_a_check_correct_read_errors_too") {
+        return;
+    }
+    let a = FaultyArray::new(32 * MIB, &[]);
+    let m = a.mount(&[]);
+    let mut data = fill(&m, 0, 2 * MIB as usize, 5);
+    // Bad blocks, each given a partial write (O_DIRECT: no page cache
+    // read first): the read-modify-writes alternate between the legs, so
+    // some read leg1's bad block.
+    let blocks = [10u64, 20, 30];
+    for b in blocks {
+        let at = a.leg_offset(b * 4096);
+        a.bad.faults.bad_range(at, at + 4096);
+    }
+    let f = h::open_direct(&m.image(), true);
+    let mut patch = h::AlignedVec::zeroed(4096);
+    patch.as_mut_slice()[..7].copy_from_slice(b"partial");
+    for b in blocks {
+        let off = b * 4096 + 100;
+        f.write_all_at(&patch.as_slice()[..7], off)
+            .expect("partial write");
+        data[off as usize..off as usize + 7].copy_from_slice(b"partial");
+    }
+    f.sync_all().expect("fsync");
+    assert!(a.bad.faults.read_errors.load(Ordering::Relaxed) >= 1);
+    assert_eq!(ctl(&m, "dev-leg1.img/state"), "in_sync", "{}", m.log());
+    // A check reads every leg: a bad range on leg1 is corrected, no mismatch.
+    let at = a.leg_offset(MIB + 8192);
+    a.bad.faults.bad_range(at, at + 4096);
+    ctl_write(&m, "sync_action", "check").expect("check");
+    wait_idle(&m);
+    assert_eq!(ctl(&m, "mismatch_cnt"), "0");
+    assert_eq!(
+        a.bad.faults.bad_bytes(),
+        0,
+        "the check rewrote the bad range"
+    );
+    assert_eq!(ctl(&m, "dev-leg1.img/state"), "in_sync", "{}", m.log());
+    let all = read_direct(&m, 0, 2 * MIB as usize).expect("read back");
+    assert!(all == data, "the array holds every write");
+    drop(f);
+    m.stop();
+}
