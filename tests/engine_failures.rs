@@ -275,3 +275,124 @@ fn partial_block_writes_and_a_check_correct_read_errors_too() {
     drop(f);
     m.stop();
 }
+
+/// Two plain leg files and a bitmap file on a loop-backed ext4 (the bitmap
+/// is written raw to the block device under it: a loop device of the
+/// test's, never the host's disk).
+struct BitmapArray {
+    dir: tempfile::TempDir,
+    legs: Legs,
+    bitmap: PathBuf,
+    _bitmap_fs: common::loopdev::ScratchFs,
+}
+
+impl BitmapArray {
+    fn new(leg_size: u64) -> BitmapArray {
+        let dir = tempdir();
+        let fs = common::loopdev::ScratchFs::ext4(4096).expect("ext4 for the bitmap");
+        let legs = Legs::new(dir.path(), 2, leg_size);
+        let bitmap = fs.path("md.bitmap");
+        let bm = bitmap.display().to_string();
+        h::create(&legs, &["--bitmap", &bm, "--bitmap-chunk", "64K"]);
+        BitmapArray {
+            dir,
+            legs,
+            bitmap,
+            _bitmap_fs: fs,
+        }
+    }
+
+    fn mount(&self, extra: &[&str]) -> MountedArray {
+        let bm = self.bitmap.display().to_string();
+        let mut args = vec!["--bitmap", bm.as_str(), "--delay", "0.5"];
+        args.extend_from_slice(extra);
+        MountedArray::mount(&self.legs, &self.dir.path().join("mnt"), &args)
+    }
+
+    fn leg(&self, i: usize) -> String {
+        self.legs.path(i).display().to_string()
+    }
+}
+
+fn assert_legs_equal(legs: &Legs, len: u64) {
+    let off = h::data_offset(legs.path(0));
+    let a = h::data_region(legs.path(0), off, len);
+    let b = h::data_region(legs.path(1), h::data_offset(legs.path(1)), len);
+    if a != b {
+        let first = a.iter().zip(&b).position(|(x, y)| x != y).unwrap_or(0);
+        panic!("the legs differ, first at array byte {first}");
+    }
+}
+
+#[test]
+fn writes_racing_a_re_add_all_reach_the_returning_leg() {
+    if !needs_root("writes_racing_a_re_add_all_reach_the_returning_leg") {
+        return;
+    }
+    let a = BitmapArray::new(64 * MIB);
+    let m = a.mount(&[]);
+    fill(&m, 0, MIB as usize, 20);
+    ctl_write(&m, "dev-leg1.img/state", "faulty").expect("fail leg1");
+    ctl_write(&m, "dev-leg1.img/state", "remove").expect("remove leg1");
+    // Writers go on, all over the array, while the leg comes back.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (0..4u64)
+        .map(|t| {
+            let img = m.image();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let f = h::open_direct(&img, true);
+                let mut rng = Rng(100 + t);
+                let mut buf = h::AlignedVec::zeroed(65536);
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    rng.fill(buf.as_mut_slice());
+                    let off = (rng.next() % (32 * MIB / 65536)) * 65536;
+                    f.write_all_at(buf.as_slice(), off).expect("write");
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    ctl_write(&m, "new_dev", &format!("re-add {}", a.leg(1))).expect("re-add");
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let writes: u64 = writers.into_iter().map(|w| w.join().expect("writer")).sum();
+    assert!(writes > 10, "the writers ran ({writes} writes)");
+    wait_idle(&m);
+    assert_eq!(ctl(&m, "dev-leg1.img/state"), "in_sync", "{}", m.log());
+    m.stop();
+    assert_legs_equal(&a.legs, 32 * MIB);
+}
+
+#[test]
+fn a_refused_re_add_through_dev_state_leaves_the_leg_where_it_was() {
+    if !needs_root("a_refused_re_add_through_dev_state_leaves_the_leg_where_it_was") {
+        return;
+    }
+    let dir = tempdir();
+    let legs = Legs::new(dir.path(), 3, 64 * MIB);
+    h::create(&legs, &[]);
+    let m = MountedArray::mount(&legs, &dir.path().join("mnt"), &[]);
+    fill(&m, 0, MIB as usize, 30);
+    ctl_write(&m, "dev-leg2.img/state", "faulty").expect("fail leg2");
+    // A slow check keeps a sync running.
+    ctl_write(&m, "sync_speed_max", "1000").expect("slow");
+    ctl_write(&m, "sync_action", "check").expect("check");
+    assert_eq!(ctl(&m, "sync_action"), "check");
+    let err = ctl_write(&m, "dev-leg2.img/state", "re-add").expect_err("refused while a sync runs");
+    assert_eq!(err.raw_os_error(), Some(libc::EBUSY), "{err}");
+    assert_eq!(
+        ctl(&m, "dev-leg2.img/state"),
+        "faulty",
+        "the refused re-add removed nothing"
+    );
+    ctl_write(&m, "sync_action", "idle").expect("idle");
+    ctl_write(&m, "sync_speed_max", "system").expect("fast");
+    ctl_write(&m, "dev-leg2.img/state", "re-add").expect("re-add once idle");
+    wait_idle(&m);
+    assert_eq!(ctl(&m, "dev-leg2.img/state"), "in_sync", "{}", m.log());
+    m.stop();
+}

@@ -239,19 +239,9 @@ impl RunningArray {
                     "remove" => self.remove(slot).map_err(failed),
                     "re-add" => {
                         // A faulty leg goes out and comes back, recovered from
-                        // the bitmap where md's rule allows.
-                        let leg = self.engine.slots()[slot]
-                            .io()
-                            .map(|io| io.leg().path().to_path_buf())
-                            .ok_or_else(|| refuse(path, value, "no leg", libc::ENOENT))?;
-                        if self.engine.slots()[slot].state() != LegState::Faulty {
-                            return Err(refuse(
-                                path,
-                                value,
-                                "only a faulty leg can be re-added",
-                                libc::EBUSY,
-                            ));
-                        }
+                        // the bitmap where md's rule allows; checked first so
+                        // a refusal leaves it where it was.
+                        let leg = self.check_re_add(slot).map_err(failed)?;
                         self.remove(slot).map_err(failed)?;
                         self.add_leg(&leg, true).map(|_| ()).map_err(failed)
                     }

@@ -393,25 +393,18 @@ impl RunningArray {
                 )));
             }
         }
-        let (slot, sb, regions, how) = match former {
+        let (slot, sb, bitmap_guided, how) = match former {
             Some((slot, sb)) => {
-                let bitmap_ok = self
+                let bitmap_guided = self
                     .bitmap
                     .as_ref()
                     .is_some_and(|b| sb.events >= b.service().header().events_cleared);
-                let regions = match (&self.bitmap, bitmap_ok) {
-                    (Some(b), true) => self.dirty_regions(b),
-                    _ => vec![Region {
-                        offset: 0,
-                        len: self.engine.size(),
-                    }],
-                };
-                let how = if bitmap_ok {
+                let how = if bitmap_guided {
                     "re-added: bitmap-guided recovery"
                 } else {
                     "re-added: full recovery (its events are older than the bitmap's events_cleared, or no bitmap)"
                 };
-                (slot, sb, regions, how)
+                (slot, sb, bitmap_guided, how)
             }
             None => {
                 let slot = (0..self.raid_disks)
@@ -425,24 +418,24 @@ impl RunningArray {
                 let mut sb: Superblock = current.clone();
                 sb.dev_number = self.keeper.free_dev_number();
                 sb.device_uuid = super::create::random_uuid()?;
-                sb.data_size = leg.size() / 512 - sb.data_offset;
+                let needed = (sb.data_offset + sb.size) * 512;
+                let too_small = || ArrayError::LegTooSmall {
+                    path: path.to_owned(),
+                    size: leg.size(),
+                    needed,
+                };
+                sb.data_size = (leg.size() / 512)
+                    .checked_sub(sb.data_offset)
+                    .ok_or_else(too_small)?;
                 let _ = sb.set_role(sb.dev_number, DevRole::Spare);
                 if sb.data_size < sb.size {
-                    return Err(ArrayError::LegTooSmall {
-                        path: path.to_owned(),
-                        size: leg.size(),
-                        needed: (sb.data_offset + sb.size) * 512,
-                    });
+                    return Err(too_small());
                 }
                 super::create::check_blank(&leg, false)?;
                 // Written now as a spare, so it is never taken for a member
                 // before its recovery ends.
                 super::superblocks::write_superblock(&leg, &sb)?;
-                let regions = vec![Region {
-                    offset: 0,
-                    len: self.engine.size(),
-                }];
-                (slot, sb, regions, "added: full recovery")
+                (slot, sb, false, "added: full recovery")
             }
         };
         let leg = Arc::new(leg);
@@ -454,6 +447,18 @@ impl RunningArray {
                 state: LegState::Recovering,
             },
         )?;
+        // Writes that chose their legs before the attach do not reach the
+        // new leg: let them end (their bits are then set, and kept while
+        // degraded) before the dirty chunks are listed. Later writes reach
+        // the recovering leg.
+        self.engine.wait_for_writes_in_flight();
+        let regions = match (&self.bitmap, bitmap_guided) {
+            (Some(b), true) => self.dirty_regions(b),
+            _ => vec![Region {
+                offset: 0,
+                len: self.engine.size(),
+            }],
+        };
         if let Some(b) = &self.bitmap {
             b.service().set_degraded(self.engine.has_absent_leg());
         }
@@ -469,6 +474,59 @@ impl RunningArray {
             Some(Joining { slot, leg, sb }),
         )?;
         Ok(msg)
+    }
+
+    /// Checks, before anything is removed, that the faulty leg in `slot`
+    /// can go out and come back (`dev-*/state` = `re-add`): the array is
+    /// writable, no sync runs, and the leg's own superblock says it is this
+    /// array's member of this slot with no newer events than the array.
+    pub fn check_re_add(&self, slot: usize) -> Result<std::path::PathBuf, ArrayError> {
+        use crate::format::superblock::DevRole;
+        if self.read_only {
+            return Err(ArrayError::Busy("the array is read-only".into()));
+        }
+        if self.sync_progress().is_some() {
+            return Err(ArrayError::Busy(
+                "a sync is running; wait for it (mdfuse wait) or stop it (idle)".into(),
+            ));
+        }
+        let s = &self.engine.slots()[slot];
+        let io = s
+            .io()
+            .ok_or_else(|| ArrayError::Busy(format!("slot {slot} holds no leg")))?;
+        let path = io.leg().path().to_path_buf();
+        if s.state() != LegState::Faulty {
+            return Err(ArrayError::Busy(format!(
+                "{} is {}: only a faulty leg can be re-added",
+                path.display(),
+                s.state().md_word()
+            )));
+        }
+        let current = self
+            .keeper
+            .current()
+            .ok_or_else(|| ArrayError::Busy("the array has no member left".into()))?;
+        let sb = super::superblocks::read_superblock(io.leg())?.map_err(|source| {
+            ArrayError::BadSuperblock {
+                path: path.clone(),
+                source,
+            }
+        })?;
+        if sb.set_uuid != current.set_uuid || sb.own_role() != DevRole::Active(slot as u16) {
+            return Err(ArrayError::Busy(format!(
+                "{} is not this array's member of slot {slot} by its superblock",
+                path.display()
+            )));
+        }
+        if sb.events > current.events {
+            return Err(ArrayError::Busy(format!(
+                "{} has newer events ({}) than the array ({})",
+                path.display(),
+                sb.events,
+                current.events
+            )));
+        }
+        Ok(path)
     }
 
     /// A check or repair of the whole array.

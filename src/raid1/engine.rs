@@ -360,6 +360,15 @@ impl Raid1 {
         Ok(io.leg.clone())
     }
 
+    /// Returns once every write that took its range before this call has
+    /// ended (a barrier over the whole array; later writes wait only while
+    /// it is held, which is not at all once this returns).
+    pub fn wait_for_writes_in_flight(&self) {
+        if self.array_size > 0 {
+            drop(self.ranges.lock(0, self.array_size));
+        }
+    }
+
     /// A recovered leg becomes in sync: it is read from now on.
     pub fn set_in_sync(&self, slot: usize) -> Result<(), EngineError> {
         let _one = self.activating.lock();
