@@ -309,6 +309,14 @@ impl BitmapArray {
         MountedArray::mount(&self.legs, &self.dir.path().join("mnt"), &args)
     }
 
+    /// Waits until the bitmap file on disk has no dirty chunk.
+    fn wait_bitmap_clean(&self) {
+        wait_for("the bitmap to be clean", Duration::from_secs(20), || {
+            let o = h::mdfuse_with(&["examine-bitmap"], &[&self.bitmap]);
+            h::stdout(&o).contains(", 0 dirty")
+        });
+    }
+
     fn leg(&self, i: usize) -> String {
         self.legs.path(i).display().to_string()
     }
@@ -322,6 +330,41 @@ fn assert_legs_equal(legs: &Legs, len: u64) {
         let first = a.iter().zip(&b).position(|(x, y)| x != y).unwrap_or(0);
         panic!("the legs differ, first at array byte {first}");
     }
+}
+
+#[test]
+fn a_re_add_copies_what_was_written_while_degraded_and_no_more() {
+    if !needs_root("a_re_add_copies_what_was_written_while_degraded_and_no_more") {
+        return;
+    }
+    let a = BitmapArray::new(64 * MIB);
+    let m = a.mount(&[]);
+    fill(&m, 0, 8 * MIB as usize, 10);
+    a.wait_bitmap_clean();
+    ctl_write(&m, "dev-leg1.img/state", "faulty").expect("fail leg1");
+    ctl_write(&m, "dev-leg1.img/state", "remove").expect("remove leg1");
+    // 3 MiB written while degraded, 64 KiB-chunk aligned.
+    fill(&m, 16 * MIB, 3 * MIB as usize, 11);
+    ctl_write(&m, "new_dev", &format!("re-add {}", a.leg(1))).expect("re-add");
+    wait_idle(&m);
+    assert_eq!(ctl(&m, "dev-leg1.img/state"), "in_sync", "{}", m.log());
+    assert_eq!(ctl(&m, "last_sync_action"), "recover");
+    let copied: u64 = ctl(&m, "sync_copied").parse().expect("sync_copied");
+    assert_eq!(
+        copied,
+        3 * MIB,
+        "a bitmap-guided recovery copies the dirty chunks"
+    );
+    assert!(m.log().contains("sync_copied"), "{}", m.log());
+    let detail = h::mdfuse_with(&["detail"], &[m.mountpoint()]);
+    h::assert_ok("mdfuse detail", &detail);
+    assert!(
+        h::stdout(&detail).contains(&format!("Sync Copied : {} bytes (recover)", 3 * MIB)),
+        "{}",
+        h::stdout(&detail)
+    );
+    m.stop();
+    assert_legs_equal(&a.legs, 32 * MIB);
 }
 
 #[test]

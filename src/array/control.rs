@@ -23,6 +23,8 @@ const ARRAY_FILES: &[(&str, bool)] = &[
     ("sync_speed_min", true),
     ("sync_speed_max", true),
     ("mismatch_cnt", false),
+    ("last_sync_action", false),
+    ("sync_copied", false),
     ("max_read_errors", true),
     ("new_dev", true),
 ];
@@ -121,6 +123,18 @@ impl RunningArray {
                 format!("{v} ({})", if v == default { "system" } else { "local" })
             }
             "mismatch_cnt" => self.mismatch_cnt().to_string(),
+            "last_sync_action" => self
+                .last_sync_progress()
+                .map(|p| p.action.md_word())
+                .unwrap_or("none")
+                .to_string(),
+            // mdfuse's own: bytes the current (or last) sync read and wrote
+            // or compared; clean chunks skipped by the bitmap do not count.
+            "sync_copied" => self
+                .last_sync_progress()
+                .map(|p| p.worked_bytes.load(Ordering::Relaxed))
+                .unwrap_or(0)
+                .to_string(),
             "max_read_errors" => engine.max_read_errors().to_string(),
             "new_dev" => String::new(),
             "bitmap/location" => "file".into(),

@@ -557,6 +557,11 @@ impl RunningArray {
             .filter(|p| !p.finished.load(Ordering::Acquire))
     }
 
+    /// The running sync or, when none runs, the last one.
+    pub fn last_sync_progress(&self) -> Option<Arc<SyncProgress>> {
+        self.last_sync.lock().clone()
+    }
+
     /// The last sync's mismatch count, in sectors (md's mismatch_cnt).
     pub fn mismatch_cnt(&self) -> u64 {
         self.last_sync

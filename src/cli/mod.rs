@@ -705,6 +705,14 @@ fn cmd_detail(mnt: &Path) -> Result<(), String> {
     println!();
     line("UUID", &get("md/uuid")?);
     line("Mismatch Count", &get("md/mismatch_cnt")?);
+    let last = get("md/last_sync_action")?;
+    if last != "none" {
+        // mdfuse's own: what the current (or last) sync actually copied.
+        line(
+            "Sync Copied",
+            &format!("{} bytes ({last})", get("md/sync_copied")?),
+        );
+    }
     println!();
     println!("    Number   RaidDevice State");
     for (i, (leg, st, slot)) in legs.iter().enumerate() {

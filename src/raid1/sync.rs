@@ -336,7 +336,7 @@ fn run(
     }
     progress.finished.store(true, Ordering::Release);
     log::info!(
-        "{}: {} after {:.1} s ({} bytes worked, mismatch_cnt {})",
+        "{}: {} after {:.1} s (sync_copied {} bytes, mismatch_cnt {})",
         action.md_word(),
         if progress.interrupted.load(Ordering::Acquire) {
             "interrupted"
