@@ -95,6 +95,53 @@ impl SyncProgress {
     }
 }
 
+/// How long md's throttle sleeps at most before it looks again (md_do_sync
+/// sleeps 500 ms at a time).
+pub const PACE_SLICE: Duration = Duration::from_millis(500);
+/// The window the sync's speed is measured over: short, so a change of
+/// limit (min while users do I/O, max when idle) takes effect within it.
+pub const PACE_WINDOW: Duration = Duration::from_secs(1);
+
+/// Paces a sync against a rate over a short sliding window. The bytes of
+/// a window at max speed can never cost more than the window itself when
+/// the rate drops: the window rolls over and the debt is forgotten.
+#[derive(Debug, Clone)]
+pub struct Pacer {
+    start: Instant,
+    bytes: u64,
+}
+
+impl Pacer {
+    pub fn new(now: Instant) -> Pacer {
+        Pacer {
+            start: now,
+            bytes: 0,
+        }
+    }
+
+    /// `bytes` were synced by `now`.
+    pub fn record(&mut self, now: Instant, bytes: u64) {
+        self.roll(now);
+        self.bytes += bytes;
+    }
+
+    fn roll(&mut self, now: Instant) {
+        if now.saturating_duration_since(self.start) >= PACE_WINDOW {
+            self.start = now;
+            self.bytes = 0;
+        }
+    }
+
+    /// How long to sleep now so the window's speed is at most `rate`
+    /// bytes/s: zero when it already is, never more than [`PACE_SLICE`].
+    pub fn pause(&mut self, now: Instant, rate: u64) -> Duration {
+        self.roll(now);
+        let due = Duration::from_secs_f64(self.bytes as f64 / rate.max(1) as f64);
+        due.saturating_sub(now.saturating_duration_since(self.start))
+            .min(PACE_SLICE)
+    }
+}
+
 /// A region to sync, in array bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Region {
@@ -268,8 +315,7 @@ fn run(
         AlignedBuf::new(SYNC_STEP as usize),
         AlignedBuf::new(SYNC_STEP as usize),
     ];
-    let mut window_start = Instant::now();
-    let mut window_bytes = 0u64;
+    let mut pacer = Pacer::new(Instant::now());
     let mut last_user_io = engine.stats().total_requests();
     log::info!(
         "{}: started over {} region(s)",
@@ -305,24 +351,24 @@ fn run(
             }
             pos += step.len;
             progress.worked_bytes.fetch_add(step.len, Ordering::Relaxed);
-            window_bytes += step.len;
+            pacer.record(Instant::now(), step.len);
             // md's throttle: at most max; down to min while users do I/O.
-            let now_user_io = engine.stats().total_requests();
-            let busy = now_user_io != last_user_io;
-            last_user_io = now_user_io;
-            let l = *limits.lock();
-            let rate = if busy { l.min_kib } else { l.max_kib }.max(1) * 1024;
-            let due = Duration::from_secs_f64(window_bytes as f64 / rate as f64);
-            let elapsed = window_start.elapsed();
-            if due > elapsed {
-                let mut stopped = stop.0.lock();
-                if !*stopped {
-                    stop.1.wait_for(&mut stopped, due - elapsed);
+            // Looked at again after every slice of sleep, as md does.
+            loop {
+                let now_user_io = engine.stats().total_requests();
+                let busy = now_user_io != last_user_io;
+                last_user_io = now_user_io;
+                let l = *limits.lock();
+                let rate = if busy { l.min_kib } else { l.max_kib }.max(1) * 1024;
+                let pause = pacer.pause(Instant::now(), rate);
+                if pause.is_zero() {
+                    break;
                 }
-            }
-            if window_start.elapsed() > Duration::from_secs(1) {
-                window_start = Instant::now();
-                window_bytes = 0;
+                let mut stopped = stop.0.lock();
+                if *stopped {
+                    break;
+                }
+                stop.1.wait_for(&mut stopped, pause);
             }
             // md shows the array position reached (a bitmap-guided resync
             // jumps over clean chunks).
@@ -348,4 +394,60 @@ fn run(
         progress.mismatch_sectors.load(Ordering::Relaxed)
     );
     events.finished(progress);
+}
+
+#[cfg(test)]
+mod pacer_tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    /// Steps of 1 MiB at a rate, with the sleeps the pacer asks for:
+    /// returns the simulated time taken.
+    fn run(p: &mut Pacer, now: &mut Instant, steps: u64, rate: u64, longest: &mut Duration) {
+        for _ in 0..steps {
+            p.record(*now, MIB);
+            loop {
+                let d = p.pause(*now, rate);
+                if d.is_zero() {
+                    break;
+                }
+                *longest = (*longest).max(d);
+                *now += d;
+            }
+        }
+    }
+
+    #[test]
+    fn the_rate_is_kept_over_time() {
+        let t0 = Instant::now();
+        let mut now = t0;
+        let mut p = Pacer::new(now);
+        let mut longest = Duration::ZERO;
+        run(&mut p, &mut now, 20, 10 * MIB, &mut longest);
+        let secs = (now - t0).as_secs_f64();
+        assert!(
+            (1.7..2.3).contains(&secs),
+            "20 MiB at 10 MiB/s took {secs} s"
+        );
+        assert!(longest <= PACE_SLICE);
+    }
+
+    #[test]
+    fn dropping_from_max_to_min_never_stalls_for_long() {
+        let t0 = Instant::now();
+        let mut now = t0;
+        let mut p = Pacer::new(now);
+        let mut longest = Duration::ZERO;
+        // A burst at 200 MB/s (md's max), then users arrive: 1 MB/s (min).
+        run(&mut p, &mut now, 150, 200_000 * 1024, &mut longest);
+        let burst_end = now;
+        run(&mut p, &mut now, 1, 1000 * 1024, &mut longest);
+        let stall = now - burst_end;
+        assert!(
+            stall <= PACE_WINDOW + PACE_SLICE + Duration::from_millis(50),
+            "the first step at min speed waited {stall:?}"
+        );
+        assert!(longest <= PACE_SLICE, "no single sleep above the slice");
+    }
 }
