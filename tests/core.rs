@@ -180,6 +180,8 @@ fn mdadm_examine_reads_our_superblocks() {
     }
     let mnt = dir.path().join("mnt");
     let array = MountedArray::mount(&legs, &mnt, &[]);
+    // Safe mode would record an idle array clean after 0.2 s, as md does.
+    std::fs::write(mnt.join("md/safe_mode_delay"), "60").unwrap();
     std::fs::OpenOptions::new()
         .write(true)
         .open(array.image())
@@ -505,6 +507,8 @@ fn plain_umount_and_sigterm_stop_cleanly() {
     let data = Rng(7).bytes(300_000);
 
     let array = MountedArray::mount(&legs, &mnt, &[]);
+    // Safe mode would record an idle array clean after 0.2 s, as md does.
+    std::fs::write(mnt.join("md/safe_mode_delay"), "60").unwrap();
     std::fs::OpenOptions::new()
         .write(true)
         .open(array.image())
@@ -573,6 +577,9 @@ fn kill9_leaves_active_and_remount_serves_data() {
     let mnt = dir.path().join("mnt");
     let data = Rng(99).bytes(200_000);
     let array = MountedArray::mount(&legs, &mnt, &[]);
+    // A crash while writes are recent: safe mode (md's, 0.2 s) must not
+    // have recorded the array clean yet.
+    std::fs::write(mnt.join("md/safe_mode_delay"), "60").unwrap();
     let f = std::fs::OpenOptions::new()
         .write(true)
         .open(array.image())

@@ -439,3 +439,184 @@ fn a_refused_re_add_through_dev_state_leaves_the_leg_where_it_was() {
     assert_eq!(ctl(&m, "dev-leg2.img/state"), "in_sync", "{}", m.log());
     m.stop();
 }
+
+/// A little-endian u64 of a leg's v1.2 superblock (4 KiB into the leg).
+fn sb_u64(leg: &std::path::Path, field_offset: u64) -> u64 {
+    let b = h::data_region(leg, 4096 + field_offset, 8);
+    u64::from_le_bytes(b.try_into().expect("8 bytes"))
+}
+
+/// The superblock's resync_offset (sectors; u64::MAX when clean).
+fn resync_offset(leg: &std::path::Path) -> u64 {
+    sb_u64(leg, 208)
+}
+
+fn examine(leg: &std::path::Path, key: &str) -> Option<String> {
+    h::examine_field(&h::mdadm_examine(leg), key)
+}
+
+/// Sectors done of the running sync, from md/sync_completed ("none" = 0).
+fn sync_done(m: &MountedArray) -> u64 {
+    ctl(m, "sync_completed")
+        .split(" / ")
+        .next()
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A no-bitmap array of `leg_size` legs, written to and then killed: the
+/// next mount owes a whole-array resync.
+fn unclean_array(dir: &std::path::Path, leg_size: u64) -> Legs {
+    let legs = Legs::new(dir, 2, leg_size);
+    h::create(&legs, &[]);
+    let m = MountedArray::mount(&legs, &dir.join("mnt"), &[]);
+    ctl_write(&m, "safe_mode_delay", "60").expect("no safe mode");
+    fill(&m, 0, MIB as usize, 40);
+    m.kill9();
+    assert_eq!(examine(legs.path(0), "State").as_deref(), Some("active"));
+    legs
+}
+
+#[test]
+fn sync_action_idle_restarts_an_owed_resync_and_frozen_holds_it() {
+    if !needs_root("sync_action_idle_restarts_an_owed_resync_and_frozen_holds_it") {
+        return;
+    }
+    let dir = tempdir();
+    let legs = unclean_array(dir.path(), 512 * MIB);
+    let m = MountedArray::mount(&legs, &dir.path().join("mnt"), &[]);
+    ctl_write(&m, "sync_speed_max", "5000").expect("slow the resync");
+    assert_eq!(ctl(&m, "sync_action"), "resync", "{}", m.log());
+    // Refused while it runs, as md's action_store.
+    let busy = ctl_write(&m, "sync_action", "check").expect_err("check while resyncing");
+    assert_eq!(busy.raw_os_error(), Some(libc::EBUSY));
+    // frozen: stopped and held.
+    ctl_write(&m, "sync_action", "frozen").expect("frozen");
+    assert_eq!(ctl(&m, "sync_action"), "frozen");
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(
+        ctl(&m, "sync_action"),
+        "frozen",
+        "frozen holds the owed resync"
+    );
+    assert_eq!(ctl(&m, "sync_completed"), "none");
+    // idle: the owed resync starts again (md_check_recovery).
+    ctl_write(&m, "sync_action", "idle").expect("idle");
+    wait_for("the resync to restart", Duration::from_secs(5), || {
+        ctl(&m, "sync_action") == "resync"
+    });
+    // idle while it runs stops it; it is owed, so it comes back.
+    std::thread::sleep(Duration::from_millis(300));
+    let before = sync_done(&m);
+    assert!(before > 0, "the resync resumed and went on");
+    ctl_write(&m, "sync_action", "idle").expect("idle");
+    wait_for("the resync to restart", Duration::from_secs(5), || {
+        ctl(&m, "sync_action") == "resync"
+    });
+    assert!(
+        sync_done(&m) >= before,
+        "it resumed where it was, not from the start"
+    );
+    // resync/recover writes are accepted (md's words); nothing else runs.
+    ctl_write(&m, "sync_action", "frozen").expect("frozen");
+    ctl_write(&m, "sync_action", "resync").expect("resync unfreezes");
+    wait_for("the resync to restart", Duration::from_secs(5), || {
+        ctl(&m, "sync_action") == "resync"
+    });
+    let bad = ctl_write(&m, "sync_action", "scrub").expect_err("not md's word");
+    assert_eq!(bad.raw_os_error(), Some(libc::EINVAL));
+    m.stop();
+    let offset = resync_offset(legs.path(0));
+    assert!(
+        offset > 0 && offset < u64::MAX,
+        "a stop during a resync records where it resumes: {offset}"
+    );
+}
+
+#[test]
+fn a_resync_interrupted_by_a_crash_resumes_near_its_checkpoint() {
+    if !needs_root("a_resync_interrupted_by_a_crash_resumes_near_its_checkpoint") {
+        return;
+    }
+    let dir = tempdir();
+    let legs = unclean_array(dir.path(), 256 * MIB);
+    let m = MountedArray::mount(&legs, &dir.path().join("mnt"), &[]);
+    ctl_write(&m, "sync_speed_max", "40000").expect("slow the resync");
+    let total: u64 = ctl(&m, "sync_completed")
+        .split(" / ")
+        .nth(1)
+        .and_then(|t| t.parse().ok())
+        .expect("a resync runs");
+    // Past three of md's 1/16 checkpoints, then a crash.
+    wait_for("the resync to pass 3/16", Duration::from_secs(60), || {
+        sync_done(&m) > total * 3 / 16
+    });
+    m.kill9();
+    let offset = resync_offset(legs.path(0));
+    assert!(
+        offset >= total * 2 / 16,
+        "checkpoint {offset} of {total} sectors"
+    );
+    let m = MountedArray::mount(&legs, &dir.path().join("mnt"), &[]);
+    let resumed = m.log();
+    let want = format!("resyncing {} bytes", (total - offset) * 512);
+    assert!(resumed.contains(&want), "want {want:?} in:\n{resumed}");
+    ctl_write(&m, "sync_speed_max", "system").expect("fast");
+    wait_idle(&m);
+    m.stop();
+    assert_eq!(examine(legs.path(0), "State").as_deref(), Some("clean"));
+    assert_legs_equal(&legs, 8 * MIB);
+}
+
+#[test]
+fn safe_mode_records_an_idle_array_clean_so_a_crash_needs_no_resync() {
+    if !needs_root("safe_mode_records_an_idle_array_clean_so_a_crash_needs_no_resync") {
+        return;
+    }
+    let dir = tempdir();
+    let legs = Legs::new(dir.path(), 2, 32 * MIB);
+    h::create(&legs, &[]);
+    let mnt = dir.path().join("mnt");
+    let m = MountedArray::mount(&legs, &mnt, &[]);
+    assert_eq!(ctl(&m, "safe_mode_delay"), "0.200", "md's default");
+    ctl_write(&m, "safe_mode_delay", "3").expect("set safe_mode_delay");
+    assert_eq!(ctl(&m, "safe_mode_delay"), "3.000");
+    let data = fill(&m, 0, MIB as usize, 50);
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(ctl(&m, "array_state"), "active", "3 s have not passed");
+    assert_eq!(examine(legs.path(0), "State").as_deref(), Some("active"));
+    ctl_write(&m, "safe_mode_delay", "0.2").expect("md's default again");
+    wait_for("safe mode", Duration::from_secs(10), || {
+        ctl(&m, "array_state") == "clean"
+    });
+    let events: u64 = examine(legs.path(0), "Events")
+        .and_then(|e| e.parse().ok())
+        .expect("events");
+    for leg in &legs.paths {
+        assert_eq!(
+            examine(leg, "State").as_deref(),
+            Some("clean"),
+            "{}",
+            leg.display()
+        );
+    }
+    // The next write marks it active again (one superblock update).
+    let f = open_image(&m);
+    f.write_all_at(b"again", 3 * MIB).expect("write");
+    assert_eq!(examine(legs.path(0), "State").as_deref(), Some("active"));
+    assert_eq!(
+        examine(legs.path(0), "Events").and_then(|e| e.parse::<u64>().ok()),
+        Some(events + 1)
+    );
+    drop(f);
+    wait_for("safe mode again", Duration::from_secs(10), || {
+        ctl(&m, "array_state") == "clean"
+    });
+    m.kill9();
+    assert_eq!(examine(legs.path(0), "State").as_deref(), Some("clean"));
+    let m = MountedArray::mount(&legs, &mnt, &[]);
+    assert!(!m.log().contains("not stopped cleanly"), "{}", m.log());
+    assert_eq!(ctl(&m, "sync_action"), "idle");
+    assert!(read_direct(&m, 0, MIB as usize).expect("read") == data);
+    m.stop();
+}

@@ -26,6 +26,7 @@ const ARRAY_FILES: &[(&str, bool)] = &[
     ("last_sync_action", false),
     ("sync_copied", false),
     ("max_read_errors", true),
+    ("safe_mode_delay", true),
     ("new_dev", true),
 ];
 
@@ -95,11 +96,12 @@ impl RunningArray {
             "metadata_version" => "1.2".into(),
             "uuid" => self.uuid.clone(),
             "component_size" => (engine.size() / 1024).to_string(),
-            "sync_action" => self
-                .sync_progress()
-                .map(|p| p.action.md_word())
-                .unwrap_or("idle")
-                .to_string(),
+            "sync_action" => match self.sync_progress() {
+                Some(p) => p.action.md_word(),
+                None if self.is_frozen() => "frozen",
+                None => "idle",
+            }
+            .to_string(),
             "sync_completed" => match self.sync_progress() {
                 Some(p) => format!(
                     "{} / {}",
@@ -136,6 +138,9 @@ impl RunningArray {
                 .unwrap_or(0)
                 .to_string(),
             "max_read_errors" => engine.max_read_errors().to_string(),
+            "safe_mode_delay" => super::md_thread::format_delay(
+                self.control.safe_mode_delay_ms.load(Ordering::Relaxed),
+            ),
             "new_dev" => String::new(),
             "bitmap/location" => "file".into(),
             "bitmap/chunksize" => self.bitmap.as_ref()?.service().chunk_size().to_string(),
@@ -177,20 +182,41 @@ impl RunningArray {
         let failed = |e: ArrayError| refuse(path, value, &e, e.errno());
         let rel = path.strip_prefix("md/").unwrap_or(path);
         match rel {
+            // md's action_store: idle/frozen stop the running sync (idle
+            // lets an owed one restart); the others are refused (EBUSY)
+            // while a sync runs.
             "sync_action" => match value {
-                "check" => self.start_scrub(SyncAction::Check).map_err(failed),
-                "repair" => self.start_scrub(SyncAction::Repair).map_err(failed),
-                "idle" | "frozen" => {
-                    self.stop_sync();
+                "idle" => {
+                    self.set_sync_idle(false);
                     Ok(())
                 }
+                "frozen" => {
+                    self.set_sync_idle(true);
+                    Ok(())
+                }
+                "check" | "repair" if self.sync_progress().is_some() => Err(refuse(
+                    path,
+                    value,
+                    "a sync is already running",
+                    libc::EBUSY,
+                )),
+                "check" => self.start_scrub(SyncAction::Check).map_err(failed),
+                "repair" => self.start_scrub(SyncAction::Repair).map_err(failed),
+                "resync" | "recover" => self.request_owed_sync().map_err(failed),
                 _ => Err(refuse(
                     path,
                     value,
-                    "sync_action takes check, repair, idle or frozen",
+                    "sync_action takes idle, frozen, resync, recover, check or repair",
                     libc::EINVAL,
                 )),
             },
+            "safe_mode_delay" => {
+                let ms = super::md_thread::parse_delay(value).ok_or_else(|| {
+                    refuse(path, value, "a delay in seconds (e.g. 0.2)", libc::EINVAL)
+                })?;
+                self.control.safe_mode_delay_ms.store(ms, Ordering::Relaxed);
+                Ok(())
+            }
             "sync_speed_min" | "sync_speed_max" => {
                 let d = SpeedLimits::default();
                 let v = if value == "system" {

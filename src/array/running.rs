@@ -4,12 +4,14 @@
 use super::assemble::Assembly;
 use super::bitmap_attach::AttachedBitmap;
 use super::error::ArrayError;
+use super::md_thread::MdThread;
 use super::superblocks::SuperblockKeeper;
+use super::sync_control::{Joining, PendingRecovery, SyncControl};
 use crate::bitmap::{WriteIntent, WriteIntentBitmap};
 use crate::fuse_fs::ServedArray;
 use crate::raid1::{
     ArrayEvents, EngineOptions, LegSpec, LegState, Raid1, Region, SpeedLimits, SyncAction,
-    SyncEvents, SyncProgress, Syncer,
+    SyncProgress, Syncer,
 };
 use crate::report::mdstat::{render_mdstat, MdstatLeg, MdstatSync, MdstatView};
 use crate::report::uuid_string;
@@ -43,77 +45,6 @@ impl ArrayEvents for EventSink {
     }
 }
 
-/// What a sync reports back: chunks made identical (their bitmap bits may
-/// go), and the end of a resync (the legs are identical everywhere).
-struct SyncSink {
-    engine: Arc<Raid1>,
-    keeper: Arc<SuperblockKeeper>,
-    bitmap: Option<Arc<WriteIntentBitmap>>,
-    needs_resync: Arc<AtomicBool>,
-    /// For a recovery: the leg that joins the array when it completes.
-    joining: Option<Joining>,
-}
-
-/// A leg being recovered into `slot`, with the superblock it will carry.
-struct Joining {
-    slot: usize,
-    leg: Arc<crate::io::leg::Leg>,
-    sb: crate::format::superblock::Superblock,
-}
-
-impl SyncEvents for SyncSink {
-    fn region_synced(&self, region: Region) {
-        let Some(b) = &self.bitmap else { return };
-        if self.engine.has_absent_leg() {
-            // The bits are what a re-added leg will be recovered from.
-            return;
-        }
-        // Regions are worked through in order from a chunk's start, so a
-        // chunk whose end falls inside this step is now wholly in sync.
-        let chunk = b.chunk_size() as u64;
-        let first = region.offset / chunk;
-        let last = (region.offset + region.len - 1) / chunk;
-        for c in first..=last {
-            let end = ((c + 1) * chunk).min(self.engine.size());
-            if end > region.offset && end <= region.offset + region.len {
-                b.mark_chunk_synced(c);
-            }
-        }
-    }
-
-    fn finished(&self, p: &SyncProgress) {
-        let completed = !p.interrupted.load(Ordering::Acquire);
-        if let (Some(j), true) = (&self.joining, completed) {
-            match self.engine.set_in_sync(j.slot) {
-                Ok(()) => {
-                    if let Err(e) = self.keeper.join(j.slot, j.leg.clone(), j.sb.clone()) {
-                        log::error!("recording leg {} in sync: {e}", j.leg.path().display());
-                    }
-                    if let Some(b) = &self.bitmap {
-                        b.set_degraded(self.engine.has_absent_leg());
-                    }
-                    log::info!(
-                        "leg {} recovered: in sync in slot {}",
-                        j.leg.path().display(),
-                        j.slot
-                    );
-                }
-                Err(e) => log::error!("recovery of {}: {e}", j.leg.path().display()),
-            }
-        }
-        if p.action == SyncAction::Resync && completed {
-            self.needs_resync.store(false, Ordering::Release);
-            self.engine.read_from_first_only(false);
-            // As md: a finished resync on an idle array is recorded at once.
-            self.engine.if_idle(|| {
-                if let Err(e) = self.keeper.mark_clean() {
-                    log::error!("recording the resync done: {e}");
-                }
-            });
-        }
-    }
-}
-
 pub struct RunningArray {
     // Field order is drop order: the engine (and its legs' locks) goes last
     // but one, after the bitmap has been released by `stop`.
@@ -127,11 +58,9 @@ pub struct RunningArray {
     pub(super) uuid: String,
     pub(super) raid_disks: usize,
     pub(super) read_only: bool,
-    /// Legs may differ where writes were in flight at an unclean stop; until
-    /// a resync, the array must not be recorded clean.
-    pub(super) needs_resync: Arc<AtomicBool>,
-    /// Where an interrupted resync without a bitmap resumes (array bytes).
-    pub(super) resync_from: u64,
+    /// Frozen, owed resync and recovery, checkpoint, safe mode delay.
+    pub(super) control: Arc<SyncControl>,
+    pub(super) md_thread: Mutex<Option<MdThread>>,
     pub(super) stopped: AtomicBool,
 }
 
@@ -203,83 +132,29 @@ impl RunningArray {
             uuid: asm.uuid(),
             raid_disks: asm.raid_disks as usize,
             read_only: opts.read_only,
-            needs_resync: Arc::new(AtomicBool::new(!asm.was_clean)),
-            resync_from: asm.resync_from_sectors * 512,
+            control: Arc::new(SyncControl::new(
+                !asm.was_clean,
+                if asm.was_clean {
+                    asm.array_sectors * 512
+                } else {
+                    asm.resync_from_sectors * 512
+                },
+            )),
+            md_thread: Mutex::new(None),
             stopped: AtomicBool::new(false),
         });
-        if array.needs_resync.load(Ordering::Acquire) && !opts.read_only {
+        if array.needs_resync() && !opts.read_only {
             array.start_resync()?;
         }
+        let thread = MdThread::start(Arc::downgrade(&array))
+            .map_err(|e| ArrayError::Busy(format!("cannot start the array's thread: {e}")))?;
+        *array.md_thread.lock() = Some(thread);
         Ok(array)
-    }
-
-    /// After an unclean stop: copy from the first leg to the others what may
-    /// differ: the chunks whose bits are set, or (without a bitmap) the whole
-    /// array from where an interrupted resync stopped.
-    fn start_resync(&self) -> Result<(), ArrayError> {
-        let size = self.engine.size();
-        let regions = match &self.bitmap {
-            Some(b) => self.dirty_regions(b),
-            None => vec![Region {
-                offset: self.resync_from.min(size),
-                len: size - self.resync_from.min(size),
-            }],
-        };
-        let bytes: u64 = regions.iter().map(|r| r.len).sum();
-        log::warn!(
-            "array {}: not stopped cleanly: resyncing {bytes} bytes in {} region(s) from leg {}",
-            self.name,
-            regions.len(),
-            self.leg_names()
-                .into_iter()
-                .flatten()
-                .next()
-                .unwrap_or_default()
-        );
-        self.start_sync(SyncAction::Resync, regions)
-    }
-
-    /// Starts a sync in the background (one at a time, as md).
-    pub fn start_sync(&self, action: SyncAction, regions: Vec<Region>) -> Result<(), ArrayError> {
-        self.start_sync_joining(action, regions, None)
-    }
-
-    fn start_sync_joining(
-        &self,
-        action: SyncAction,
-        regions: Vec<Region>,
-        joining: Option<Joining>,
-    ) -> Result<(), ArrayError> {
-        let mut slot = self.syncer.lock();
-        if slot
-            .as_ref()
-            .is_some_and(|s| !s.progress().finished.load(Ordering::Acquire))
-        {
-            return Err(ArrayError::Busy("a sync is already running".into()));
-        }
-        let sink = Arc::new(SyncSink {
-            engine: self.engine.clone(),
-            keeper: self.keeper.clone(),
-            bitmap: self.bitmap.as_ref().map(|b| b.service().clone()),
-            needs_resync: self.needs_resync.clone(),
-            joining,
-        });
-        let syncer = Syncer::start(
-            self.engine.clone(),
-            action,
-            regions,
-            self.sync_limits.clone(),
-            sink,
-        )
-        .map_err(|e| ArrayError::Busy(format!("cannot start the {}: {e}", action.md_word())))?;
-        *self.last_sync.lock() = Some(syncer.progress().clone());
-        *slot = Some(syncer);
-        Ok(())
     }
 
     /// The bitmap's dirty chunks as regions (what a bitmap-guided resync or
     /// recovery copies).
-    fn dirty_regions(&self, b: &AttachedBitmap) -> Vec<Region> {
+    pub(super) fn dirty_regions(&self, b: &AttachedBitmap) -> Vec<Region> {
         let size = self.engine.size();
         let chunk = b.service().chunk_size() as u64;
         let mut regions: Vec<Region> = Vec::new();
@@ -468,11 +343,13 @@ impl RunningArray {
             path.display()
         );
         log::info!("{msg}");
-        self.start_sync_joining(
-            SyncAction::Recover { target: slot },
-            regions,
-            Some(Joining { slot, leg, sb }),
-        )?;
+        let joining = Joining { slot, leg, sb };
+        if self.is_frozen() {
+            // md: nothing starts while frozen; `idle` lets it run.
+            *self.control.pending_recovery.lock() = Some(PendingRecovery { joining, regions });
+            return Ok(format!("{msg} (held: sync_action is frozen)"));
+        }
+        self.start_sync_joining(SyncAction::Recover { target: slot }, regions, Some(joining))?;
         Ok(msg)
     }
 
@@ -532,6 +409,8 @@ impl RunningArray {
     /// A check or repair of the whole array.
     pub fn start_scrub(&self, action: SyncAction) -> Result<(), ArrayError> {
         let size = self.engine.size();
+        // md: a requested check or repair unfreezes.
+        self.control.frozen.store(false, Ordering::Release);
         self.start_sync(
             action,
             vec![Region {
@@ -577,7 +456,7 @@ impl RunningArray {
 
     /// True until a resync owed since an unclean stop has completed.
     pub fn needs_resync(&self) -> bool {
-        self.needs_resync.load(Ordering::Acquire)
+        self.control.needs_resync.load(Ordering::Acquire)
     }
 
     pub fn engine(&self) -> &Arc<Raid1> {
@@ -599,14 +478,15 @@ impl RunningArray {
         if self.stopped.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        let interrupted = self.sync_progress();
+        if let Some(mut t) = self.md_thread.lock().take() {
+            t.stop();
+        }
         self.stop_sync();
         let mut first_error = None;
         if let Err(e) = self.engine.flush() {
             log::error!("array {}: final flush: {e}", self.name);
             first_error.get_or_insert(ArrayError::from(e));
         }
-        let in_sync = !self.needs_resync.load(Ordering::Acquire) && first_error.is_none();
         if let Some(b) = &self.bitmap {
             if let Err(e) = b.write_clean() {
                 log::error!("array {}: {e}", self.name);
@@ -614,7 +494,12 @@ impl RunningArray {
             }
         }
         if !self.read_only {
-            if in_sync {
+            if first_error.is_some() {
+                log::warn!(
+                    "array {}: stopped, but left marked active: the final flush failed",
+                    self.name
+                );
+            } else if !self.needs_resync() {
                 // Also brings the bitmap header's events along (md_update_sb order).
                 match self.keeper.mark_clean() {
                     Ok(events) => {
@@ -624,22 +509,14 @@ impl RunningArray {
                         first_error.get_or_insert(e);
                     }
                 }
-            } else if let (None, Some(p)) = (
-                &self.bitmap,
-                interrupted.filter(|p| p.action == SyncAction::Resync),
-            ) {
-                // Everything below the point reached is in sync: resume there.
-                let sectors = p.done_bytes.load(Ordering::Relaxed) / 512;
+            } else {
+                // Below the checkpoint the legs are in sync: resume there.
+                let sectors = self.control.resync_cp.load(Ordering::Acquire) / 512;
                 if let Err(e) = self.keeper.record_resync_offset(sectors) {
                     first_error.get_or_insert(e);
                 }
                 log::warn!(
-                    "array {}: stopped during resync; it resumes at sector {sectors}",
-                    self.name
-                );
-            } else {
-                log::warn!(
-                    "array {}: stopped, but left marked active: a resync is owed",
+                    "array {}: stopped with a resync owed; it resumes at sector {sectors}",
                     self.name
                 );
             }

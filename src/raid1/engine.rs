@@ -603,11 +603,13 @@ impl Raid1 {
             return Ok(0);
         }
         let data = &data[..len as usize];
-        self.ensure_active()?;
         let (start, end) = self.aligned(offset, len);
         let span = (end - start) as usize;
         let head = (offset - start) as usize;
         let _range = self.ranges.lock(start, end);
+        // Under the range lock, so safe mode's barrier (all ranges) either
+        // sees this write end or comes first and this write marks active.
+        self.ensure_active()?;
         with_scratch(span, |buf| {
             let buf = &mut buf.as_mut_slice()[..span];
             if self.block > 1 {
@@ -766,10 +768,25 @@ impl Raid1 {
         true
     }
 
-    /// Forgets that the array was written: the array layer has recorded it
-    /// clean (after a flush, with no write in flight).
-    pub fn note_clean(&self) {
+    /// md's safe mode: with every write ended and new ones held back (a
+    /// range lock over the whole array), flushes the legs and runs `record`
+    /// (which records the superblocks clean); when both succeed the array
+    /// is no longer active, so the next write marks it active again.
+    /// Returns whether the array was recorded clean.
+    pub fn mark_clean_when_quiet(&self, record: impl FnOnce() -> bool) -> bool {
+        if !self.is_active() || self.array_size == 0 {
+            return false;
+        }
+        let _all = self.ranges.lock(0, self.array_size);
+        if self.flush().is_err() {
+            return false;
+        }
+        let _one = self.activating.lock();
+        if !self.active.load(Ordering::Acquire) || !record() {
+            return false;
+        }
         self.active.store(false, Ordering::Release);
+        true
     }
 
     /// Fails leg `slot` after an I/O error, unless it is the last in-sync leg

@@ -86,6 +86,8 @@ pub struct SyncProgress {
     pub started: Instant,
     pub finished: AtomicBool,
     pub interrupted: AtomicBool,
+    /// Ended by an error (not by a stop request).
+    pub failed: AtomicBool,
 }
 
 impl SyncProgress {
@@ -256,12 +258,14 @@ impl Syncer {
         let progress = Arc::new(SyncProgress {
             action,
             total_bytes: engine.size(),
-            done_bytes: AtomicU64::new(0),
+            // md shows a resumed sync from where it resumes.
+            done_bytes: AtomicU64::new(regions.first().map_or(0, |r| r.offset)),
             worked_bytes: AtomicU64::new(0),
             mismatch_sectors: AtomicU64::new(0),
             started: Instant::now(),
             finished: AtomicBool::new(false),
             interrupted: AtomicBool::new(false),
+            failed: AtomicBool::new(false),
         });
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let thread = {
@@ -345,6 +349,7 @@ fn run(
                 }
                 Err(e) => {
                     log::error!("{}: stopped at array offset {pos}: {e}", action.md_word());
+                    progress.failed.store(true, Ordering::Release);
                     progress.interrupted.store(true, Ordering::Release);
                     break 'regions;
                 }
