@@ -110,6 +110,16 @@ impl RunningArray {
             &opts.engine,
         )?);
         engine.set_read_only(opts.read_only);
+        if let Some(b) = &bitmap {
+            // A bit is cleared only once its chunk's writes are on the legs'
+            // stable storage (the bitmap knows nothing of legs: a hook).
+            let weak = Arc::downgrade(&engine);
+            b.service()
+                .set_durability_hook(Arc::new(move || match weak.upgrade() {
+                    Some(engine) => engine.flush().map_err(|e| e.to_string()),
+                    None => Err("the array has stopped".into()),
+                }));
+        }
         if !asm.was_clean {
             log::warn!(
                 "array {}: it was not stopped cleanly; reads come from the first leg only \
