@@ -620,3 +620,125 @@ fn safe_mode_records_an_idle_array_clean_so_a_crash_needs_no_resync() {
     assert!(read_direct(&m, 0, MIB as usize).expect("read") == data);
     m.stop();
 }
+
+#[test]
+fn legs_with_the_same_file_name_are_refused_and_a_tiny_leg_is_too_small() {
+    if !needs_root("legs_with_the_same_file_name_are_refused_and_a_tiny_leg_is_too_small") {
+        return;
+    }
+    let dir = tempdir();
+    for sub in ["a", "b"] {
+        std::fs::create_dir(dir.path().join(sub)).expect("dir");
+    }
+    let same = Legs::from_paths(vec![
+        dir.path().join("a/leg.img"),
+        dir.path().join("b/leg.img"),
+    ]);
+    for p in &same.paths {
+        common::loopdev::sparse_file(p, 32 * MIB).expect("leg");
+    }
+    let err = h::assert_fails("create with two leg.img", &h::try_create(&same, &[]));
+    assert!(err.contains("same file name"), "{err}");
+    // A leg named apart (a symlink will do) is fine.
+    std::os::unix::fs::symlink(dir.path().join("b/leg.img"), dir.path().join("b/other.img"))
+        .expect("symlink");
+    let legs = Legs::from_paths(vec![
+        dir.path().join("a/leg.img"),
+        dir.path().join("b/other.img"),
+    ]);
+    h::create(&legs, &[]);
+    let m = MountedArray::mount(&legs, &dir.path().join("mnt"), &[]);
+    ctl_write(&m, "dev-other.img/state", "faulty").expect("fail");
+    ctl_write(&m, "dev-other.img/state", "remove").expect("remove");
+    // A new leg named like the remaining one is refused.
+    std::fs::create_dir(dir.path().join("c")).expect("dir");
+    let clash = dir.path().join("c/leg.img");
+    common::loopdev::sparse_file(&clash, 32 * MIB).expect("leg");
+    let e = ctl_write(&m, "new_dev", &clash.display().to_string()).expect_err("name clash");
+    assert_eq!(e.raw_os_error(), Some(libc::EEXIST), "{e}");
+    // A leg too small to hold the superblock's data offset: a clear error,
+    // nothing written to it.
+    let tiny = dir.path().join("tiny.img");
+    common::loopdev::sparse_file(&tiny, 512 * 1024).expect("tiny");
+    let e = ctl_write(&m, "new_dev", &tiny.display().to_string()).expect_err("too small");
+    assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+    assert_eq!(std::fs::metadata(&tiny).expect("tiny").len(), 512 * 1024);
+    assert!(m.log().contains("smaller"), "{}", m.log());
+    m.stop();
+}
+
+#[test]
+fn a_spare_is_left_out_of_assembly_and_a_recovering_leg_shows_its_slot() {
+    if !needs_root("a_spare_is_left_out_of_assembly_and_a_recovering_leg_shows_its_slot") {
+        return;
+    }
+    let dir = tempdir();
+    let all = Legs::new(dir.path(), 3, 128 * MIB);
+    let pair = Legs::from_paths(all.paths[..2].to_vec());
+    h::create(&pair, &[]);
+    let mnt = dir.path().join("mnt");
+    let m = MountedArray::mount(&pair, &mnt, &[]);
+    ctl_write(&m, "dev-leg1.img/state", "faulty").expect("fail");
+    ctl_write(&m, "dev-leg1.img/state", "remove").expect("remove");
+    ctl_write(&m, "sync_speed_max", "2000").expect("slow");
+    ctl_write(&m, "new_dev", &all.path(2).display().to_string()).expect("add leg2");
+    assert_eq!(ctl(&m, "dev-leg2.img/state"), "spare");
+    assert_eq!(
+        ctl(&m, "dev-leg2.img/slot"),
+        "1",
+        "md shows a recovering leg's slot"
+    );
+    // A crash mid-recovery: leg2's own superblock says spare.
+    m.kill9();
+    let m = MountedArray::mount(
+        &Legs::from_paths(vec![all.paths[0].clone(), all.paths[2].clone()]),
+        &mnt,
+        &[],
+    );
+    assert!(
+        m.log().contains("leg2.img left out: a spare"),
+        "{}",
+        m.log()
+    );
+    assert_eq!(ctl(&m, "degraded"), "1");
+    m.stop();
+}
+
+#[test]
+fn a_resync_goes_on_past_a_leg_that_fails_under_it() {
+    if !needs_root("a_resync_goes_on_past_a_leg_that_fails_under_it") {
+        return;
+    }
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let size = 32 * MIB;
+    for name in ["leg0.img", "leg2.img"] {
+        common::loopdev::sparse_file(&dir.join(name), size).expect("leg");
+    }
+    let bad = FaultyLeg::new(dir, "leg1.img", size);
+    let legs = Legs::from_paths(vec![dir.join("leg0.img"), bad.path(), dir.join("leg2.img")]);
+    h::create(&legs, &[]);
+    let mnt = dir.join("mnt");
+    let m = MountedArray::mount(&legs, &mnt, &[]);
+    ctl_write(&m, "safe_mode_delay", "60").expect("no safe mode");
+    let data = fill(&m, 0, 4 * MIB as usize, 60);
+    m.kill9();
+    // The resync after the crash writes leg1, which now fails writes.
+    let off = h::data_offset(legs.path(0));
+    bad.faults.dead_range(off + 8 * MIB, off + 8 * MIB + 4096);
+    let m = MountedArray::mount(&legs, &mnt, &[]);
+    wait_idle(&m);
+    assert_eq!(ctl(&m, "dev-leg1.img/state"), "faulty", "{}", m.log());
+    assert_eq!(ctl(&m, "last_sync_action"), "resync");
+    assert_eq!(
+        ctl(&m, "sync_copied").parse::<u64>().ok(),
+        Some(size - off),
+        "the resync went to the end: {}",
+        m.log()
+    );
+    assert!(m.log().contains("resync: done"), "{}", m.log());
+    assert!(read_direct(&m, 0, 4 * MIB as usize).expect("read") == data);
+    m.stop();
+    assert_eq!(examine(legs.path(0), "State").as_deref(), Some("clean"));
+    drop(bad);
+}

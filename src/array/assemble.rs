@@ -107,10 +107,14 @@ pub fn assemble(paths: &[PathBuf], opts: &AssembleOptions) -> Result<Assembly, A
         let slot = match sb.own_role() {
             DevRole::Active(slot) => slot,
             DevRole::Spare => {
-                return Err(ArrayError::NotActive {
+                // As mdadm, a spare is no data member: it is left out (mdfuse
+                // keeps no spares; `mdfuse manage --add` puts it to use).
+                left_out.push(Left {
+                    reason: "a spare by its own superblock; add it with `mdfuse manage --add`"
+                        .into(),
                     path,
-                    what: "a spare",
-                })
+                });
+                continue;
             }
             DevRole::Faulty => {
                 return Err(ArrayError::NotActive {

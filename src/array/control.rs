@@ -160,8 +160,9 @@ impl RunningArray {
                 match attr {
                     "state" => s.state().md_word().to_string(),
                     "errors" => s.errors().to_string(),
+                    // md shows the slot of a leg being recovered too.
                     "slot" => match s.state() {
-                        LegState::InSync => slot.to_string(),
+                        LegState::InSync | LegState::Recovering => slot.to_string(),
                         _ => "none".into(),
                     },
                     "offset" => (io.data_offset() / 512).to_string(),

@@ -16,6 +16,16 @@ pub enum ArrayError {
     TooManyLegs { given: usize, max: usize },
     #[error("{a} and {b} are the same leg; give each leg once", a = .a.display(), b = .b.display())]
     SameLeg { a: PathBuf, b: PathBuf },
+    #[error(
+        "legs {a} and {b} have the same file name {name:?}: md/ names a leg dev-<file name>, \
+         so give one of them another name (a symlink with another name will do)",
+        a = .a.display(), b = .b.display()
+    )]
+    SameName {
+        a: PathBuf,
+        b: PathBuf,
+        name: String,
+    },
     #[error("--size {size} bytes is below the smallest array, one 4 KiB block (4096 bytes)")]
     SizeTooSmall { size: u64 },
     #[error("leg {path}: no valid md superblock: {source} (`mdfuse examine {path}` shows what it holds)", path = .path.display())]
@@ -108,7 +118,9 @@ impl ArrayError {
             ArrayError::Busy(_) => libc::EBUSY,
             ArrayError::Leg(e) => e.errno(),
             ArrayError::Engine(e) => e.errno(),
-            ArrayError::HasSuperblock { .. } | ArrayError::HasSignature { .. } => libc::EEXIST,
+            ArrayError::HasSuperblock { .. }
+            | ArrayError::HasSignature { .. }
+            | ArrayError::SameName { .. } => libc::EEXIST,
             ArrayError::LegTooSmall { .. } => libc::ENOSPC,
             _ => libc::EINVAL,
         }

@@ -236,6 +236,13 @@ impl RunningArray {
             .find_map(|s| s.io().map(|io| io.leg().mode()))
             .unwrap_or(IoMode::Direct);
         let leg = Leg::open(path, mode, true, true)?;
+        let others: Vec<std::path::PathBuf> = self
+            .engine
+            .slots()
+            .iter()
+            .filter_map(|s| s.io().map(|io| io.leg().path().to_path_buf()))
+            .collect();
+        super::create::check_unique_names(others.iter().map(|p| p.as_path()).chain([path]))?;
         let current = self
             .keeper
             .current()

@@ -179,7 +179,8 @@ impl Raid1 {
         match action {
             SyncAction::Resync => {
                 for &t in others {
-                    self.write_leg(t, offset, &src.as_slice()[..n])?;
+                    let r = self.write_leg(t, offset, &src.as_slice()[..n]);
+                    self.past_a_failed_target(t, r)?;
                 }
                 Ok(0)
             }
@@ -196,18 +197,24 @@ impl Raid1 {
             SyncAction::Check | SyncAction::Repair => {
                 let mut mismatched = 0;
                 for &t in others {
-                    self.read_leg(t, offset, &mut cmp.as_mut_slice()[..n])?;
+                    let r = self.read_leg(t, offset, &mut cmp.as_mut_slice()[..n]);
+                    self.past_a_failed_target(t, r)?;
+                    if self.is_failed(t) {
+                        // md goes on with the legs that remain.
+                        continue;
+                    }
                     let mut unit = 0;
                     while unit < n {
                         let end = (unit + MISMATCH_UNIT as usize).min(n);
                         if src.as_slice()[unit..end] != cmp.as_slice()[unit..end] {
                             mismatched += ((end - unit) / 512) as u64;
                             if action == SyncAction::Repair {
-                                self.repair_unit(
+                                let r = self.repair_unit(
                                     t,
                                     offset + unit as u64,
                                     &src.as_slice()[unit..end],
-                                )?;
+                                );
+                                self.past_a_failed_target(t, r)?;
                             }
                         }
                         unit = end;
@@ -216,6 +223,27 @@ impl Raid1 {
                 Ok(mismatched)
             }
         }
+    }
+
+    /// A sync goes on past an error on one target leg once that leg has
+    /// been failed (others remain); any other error stops it.
+    fn past_a_failed_target(
+        &self,
+        target: usize,
+        r: Result<(), super::EngineError>,
+    ) -> Result<(), super::EngineError> {
+        match r {
+            Err(e) if !self.is_failed(target) => Err(e),
+            Err(e) => {
+                log::warn!("sync: leg {target} failed ({e}); going on with the others");
+                Ok(())
+            }
+            Ok(()) => Ok(()),
+        }
+    }
+
+    fn is_failed(&self, slot: usize) -> bool {
+        self.slots()[slot].state() == LegState::Faulty
     }
 
     /// Rewrites one leg's unit from the source's bytes; the bitmap bit is on
