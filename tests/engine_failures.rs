@@ -742,3 +742,87 @@ fn a_resync_goes_on_past_a_leg_that_fails_under_it() {
     assert_eq!(examine(legs.path(0), "State").as_deref(), Some("clean"));
     drop(bad);
 }
+
+fn sb_u32(leg: &std::path::Path, field_offset: u64) -> u32 {
+    let b = h::data_region(leg, 4096 + field_offset, 4);
+    u32::from_le_bytes(b.try_into().expect("4 bytes"))
+}
+
+/// md's MD_FEATURE_RECOVERY_OFFSET in the leg's own superblock.
+fn marked_recovering(leg: &std::path::Path) -> bool {
+    sb_u32(leg, 8) & 2 != 0
+}
+
+#[test]
+fn a_re_added_leg_is_marked_recovering_on_its_disk_and_an_interrupted_recovery_resumes() {
+    if !needs_root(
+        "a_re_added_leg_is_marked_recovering_on_its_disk_and_an_interrupted_recovery_resumes",
+    ) {
+        return;
+    }
+    let dir = tempdir();
+    let legs = Legs::new(dir.path(), 2, 128 * MIB);
+    h::create(&legs, &[]);
+    let mnt = dir.path().join("mnt");
+    let m = MountedArray::mount(&legs, &mnt, &[]);
+    fill(&m, 0, 2 * MIB as usize, 70);
+    ctl_write(&m, "dev-leg1.img/state", "faulty").expect("fail");
+    ctl_write(&m, "dev-leg1.img/state", "remove").expect("remove");
+    fill(&m, 4 * MIB, MIB as usize, 71);
+    wait_for("safe mode", Duration::from_secs(10), || {
+        ctl(&m, "array_state") == "clean"
+    });
+    assert!(!marked_recovering(legs.path(1)));
+    ctl_write(&m, "sync_speed_max", "20000").expect("slow");
+    ctl_write(&m, "new_dev", &format!("re-add {}", a_path(&legs, 1))).expect("re-add");
+    assert!(
+        marked_recovering(legs.path(1)),
+        "recovering on its own disk before the copy"
+    );
+    let total: u64 = ctl(&m, "sync_completed")
+        .split(" / ")
+        .nth(1)
+        .and_then(|t| t.parse().ok())
+        .expect("a recovery runs");
+    wait_for("the recovery to pass 3/16", Duration::from_secs(60), || {
+        sync_done(&m) > total * 3 / 16
+    });
+    m.kill9();
+    let offset = sb_u64(legs.path(1), 152);
+    assert!(
+        marked_recovering(legs.path(1)) && offset >= total * 2 / 16 && offset < total,
+        "recovery_offset {offset} of {total}"
+    );
+    // Alone, the half-copied leg is never taken for a copy of the array.
+    let alone = Legs::from_paths(vec![legs.paths[1].clone()]);
+    let (o, _) = MountedArray::try_mount(&alone, &mnt, &["--run"]).expect_err("refused");
+    assert!(
+        h::stderr(&o).contains("half-recovered"),
+        "{}",
+        h::stderr(&o)
+    );
+    // With the in-sync leg, it joins as recovering and resumes.
+    let m = MountedArray::mount(&legs, &mnt, &[]);
+    wait_for("the recovery to resume", Duration::from_secs(10), || {
+        m.log().contains("resumes")
+    });
+    assert_eq!(ctl(&m, "degraded"), "1");
+    wait_idle(&m);
+    assert_eq!(ctl(&m, "dev-leg1.img/state"), "in_sync", "{}", m.log());
+    let copied: u64 = ctl(&m, "sync_copied").parse().expect("sync_copied");
+    assert_eq!(
+        copied,
+        (total - offset) * 512,
+        "resumed at its recovery_offset"
+    );
+    m.stop();
+    assert!(
+        !marked_recovering(legs.path(1)),
+        "in sync: the mark is gone"
+    );
+    assert_legs_equal(&legs, 8 * MIB);
+}
+
+fn a_path(legs: &Legs, i: usize) -> String {
+    legs.path(i).display().to_string()
+}

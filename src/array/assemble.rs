@@ -2,7 +2,7 @@
 //! which legs are current, and open them for the engine.
 
 use super::error::ArrayError;
-use super::superblocks::read_superblock;
+use super::superblocks::{is_recovering, read_superblock};
 use crate::format::superblock::{DevRole, Superblock, LEVEL_RAID1};
 use crate::io::leg::{IoMode, Leg};
 use crate::report::uuid_string;
@@ -163,6 +163,25 @@ pub fn assemble(paths: &[PathBuf], opts: &AssembleOptions) -> Result<Assembly, A
         });
     }
     members.sort_by_key(|m| m.slot);
+    // A member whose recovery was interrupted (MD_FEATURE_RECOVERY_OFFSET)
+    // holds no complete copy: it is assembled recovering, never in sync,
+    // and at least one in-sync member must be there to recover it from.
+    if !members.is_empty() && members.iter().all(|m| is_recovering(&m.sb)) {
+        return Err(ArrayError::OnlyRecovering {
+            legs: members
+                .iter()
+                .map(|m| m.path.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    }
+    for m in members.iter().filter(|m| is_recovering(&m.sb)) {
+        log::warn!(
+            "leg {}: its recovery was interrupted at sector {}: it joins as recovering",
+            m.path.display(),
+            m.sb.recovery_offset
+        );
+    }
     let raid_disks = freshest.raid_disks;
     let present: Vec<u16> = members.iter().map(|m| m.slot).collect();
     // As mdadm: without --run, every slot the newest superblock still calls

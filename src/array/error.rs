@@ -84,6 +84,11 @@ pub enum ArrayError {
         present: Vec<u16>,
         raid_disks: u32,
     },
+    #[error(
+        "leg(s) {legs} are half-recovered (their recovery was interrupted) and hold no \
+         complete copy of the array; give an in-sync leg too"
+    )]
+    OnlyRecovering { legs: String },
     #[error("leg {path} is smaller ({size} bytes) than its superblock says the array needs ({needed} bytes)", path = .path.display())]
     LegTooSmall {
         path: PathBuf,

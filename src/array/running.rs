@@ -5,9 +5,11 @@ use super::assemble::Assembly;
 use super::bitmap_attach::AttachedBitmap;
 use super::error::ArrayError;
 use super::md_thread::MdThread;
+use super::superblocks::is_recovering;
 use super::superblocks::SuperblockKeeper;
-use super::sync_control::{Joining, PendingRecovery, SyncControl};
+use super::sync_control::{regions_from, Joining, PendingRecovery, SyncControl};
 use crate::bitmap::{WriteIntent, WriteIntentBitmap};
+use crate::format::superblock::FEATURE_RECOVERY_BITMAP;
 use crate::fuse_fs::ServedArray;
 use crate::raid1::{
     ArrayEvents, EngineOptions, LegSpec, LegState, Raid1, Region, SpeedLimits, SyncAction,
@@ -99,7 +101,11 @@ impl RunningArray {
             legs[m.slot as usize] = Some(LegSpec {
                 leg: m.leg.clone(),
                 data_offset: m.sb.data_offset * 512,
-                state: LegState::InSync,
+                state: if is_recovering(&m.sb) {
+                    LegState::Recovering
+                } else {
+                    LegState::InSync
+                },
             });
         }
         let engine = Arc::new(Raid1::new(
@@ -153,6 +159,7 @@ impl RunningArray {
             md_thread: Mutex::new(None),
             stopped: AtomicBool::new(false),
         });
+        array.resume_recoveries(&asm);
         if array.needs_resync() && !opts.read_only {
             array.start_resync()?;
         }
@@ -285,12 +292,15 @@ impl RunningArray {
                 )));
             }
         }
+        let tracked = former.is_some();
         let (slot, sb, bitmap_guided, how) = match former {
             Some((slot, sb)) => {
-                let bitmap_guided = self
-                    .bitmap
-                    .as_ref()
-                    .is_some_and(|b| sb.events >= b.service().header().events_cleared);
+                // md's rule; a leg whose own earlier recovery was a full one
+                // (no MD_FEATURE_RECOVERY_BITMAP) is not guided by the bitmap.
+                let bitmap_guided = self.bitmap.as_ref().is_some_and(|b| {
+                    sb.events >= b.service().header().events_cleared
+                        && (!is_recovering(&sb) || sb.has_feature(FEATURE_RECOVERY_BITMAP))
+                });
                 let how = if bitmap_guided {
                     "re-added: bitmap-guided recovery"
                 } else {
@@ -351,6 +361,17 @@ impl RunningArray {
                 len: self.engine.size(),
             }],
         };
+        if tracked {
+            // Recorded recovering on its own disk before anything is copied.
+            if let Err(e) = self
+                .keeper
+                .begin_recovery(slot, leg.clone(), sb.clone(), bitmap_guided)
+            {
+                let _ = self.engine.detach(slot);
+                let _ = self.keeper.remove(slot);
+                return Err(e);
+            }
+        }
         if let Some(b) = &self.bitmap {
             b.service().set_degraded(self.engine.has_absent_leg());
         }
@@ -360,14 +381,53 @@ impl RunningArray {
             path.display()
         );
         log::info!("{msg}");
-        let joining = Joining { slot, leg, sb };
+        let joining = Joining {
+            slot,
+            leg,
+            sb,
+            tracked,
+        };
         if self.is_frozen() {
             // md: nothing starts while frozen; `idle` lets it run.
-            *self.control.pending_recovery.lock() = Some(PendingRecovery { joining, regions });
+            self.control
+                .pending_recovery
+                .lock()
+                .push(PendingRecovery { joining, regions });
             return Ok(format!("{msg} (held: sync_action is frozen)"));
         }
         self.start_sync_joining(SyncAction::Recover { target: slot }, regions, Some(joining))?;
         Ok(msg)
+    }
+
+    /// Members assembled half-recovered resume their recovery (once a
+    /// resync owed runs, by the array's thread): from their recovery_offset
+    /// when the array was stopped clean, else from the start (writes in
+    /// flight at the crash may have missed them below it).
+    fn resume_recoveries(&self, asm: &Assembly) {
+        let size = self.engine.size();
+        for m in asm.members.iter().filter(|m| is_recovering(&m.sb)) {
+            let from = if asm.was_clean {
+                (m.sb.recovery_offset * 512).min(size)
+            } else {
+                0
+            };
+            let regions = match (&self.bitmap, m.sb.has_feature(FEATURE_RECOVERY_BITMAP)) {
+                (Some(b), true) => regions_from(&self.dirty_regions(b), from),
+                _ => vec![Region {
+                    offset: from,
+                    len: size - from,
+                }],
+            };
+            self.control.pending_recovery.lock().push(PendingRecovery {
+                joining: Joining {
+                    slot: m.slot as usize,
+                    leg: m.leg.clone(),
+                    sb: m.sb.clone(),
+                    tracked: true,
+                },
+                regions,
+            });
+        }
     }
 
     /// Checks, before anything is removed, that the faulty leg in `slot`

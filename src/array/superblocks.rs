@@ -3,7 +3,10 @@
 //! change bumps `events` and is written to every member still in the array.
 
 use super::error::ArrayError;
-use crate::format::superblock::{DevRole, MdTime, Superblock, SuperblockError, MAX_SECTOR};
+use crate::format::superblock::{
+    DevRole, MdTime, Superblock, SuperblockError, FEATURE_RECOVERY_BITMAP, FEATURE_RECOVERY_OFFSET,
+    MAX_SECTOR,
+};
 use crate::io::aligned::AlignedBuf;
 use crate::io::leg::{Leg, LegError};
 use crate::raid1::ArrayEvents;
@@ -101,14 +104,15 @@ impl SuperblockKeeper {
             .unwrap_or(0)
     }
 
-    /// A copy of the freshest present member's superblock.
+    /// A copy of the freshest present member's superblock (an in-sync
+    /// member's rather than a recovering one's, whose own fields differ).
     pub fn current(&self) -> Option<Superblock> {
         self.members
             .lock()
             .iter()
             .flatten()
             .filter(|k| k.present)
-            .max_by_key(|k| k.sb.events)
+            .max_by_key(|k| (k.sb.events, !is_recovering(&k.sb)))
             .map(|k| k.sb.clone())
     }
 
@@ -218,10 +222,77 @@ impl SuperblockKeeper {
             .unwrap_or(0)
     }
 
+    /// A former member starts its recovery (md's super_1_sync for a device
+    /// with a raid_disk but not In_sync): it is kept as a member from now
+    /// on, every superblock records it active in `slot`, and its own says
+    /// MD_FEATURE_RECOVERY_OFFSET with recovery_offset 0 (and
+    /// MD_FEATURE_RECOVERY_BITMAP when the bitmap guides it), so it is never
+    /// assembled as in sync before its recovery ends.
+    pub fn begin_recovery(
+        &self,
+        slot: usize,
+        leg: Arc<Leg>,
+        mut sb: Superblock,
+        bitmap_guided: bool,
+    ) -> Result<u64, ArrayError> {
+        let dev_number = sb.dev_number;
+        if let Some(current) = self.current() {
+            sb.dev_roles_from(&current);
+            sb.resync_offset = current.resync_offset;
+            sb.events = current.events;
+        }
+        sb.feature_map |= FEATURE_RECOVERY_OFFSET;
+        if bitmap_guided {
+            sb.feature_map |= FEATURE_RECOVERY_BITMAP;
+        } else {
+            sb.feature_map &= !FEATURE_RECOVERY_BITMAP;
+        }
+        sb.recovery_offset = 0;
+        if let Some(k) = self.members.lock().get_mut(slot) {
+            *k = Some(Kept {
+                leg,
+                sb,
+                present: true,
+            });
+        }
+        self.update(|sb| {
+            let _ = sb.set_role(dev_number, DevRole::Active(slot as u16));
+        })
+    }
+
+    /// Records how far the recovery of the leg in `slot` got (sectors): its
+    /// own superblock only, without a new event (the others are unchanged).
+    pub fn record_recovery_offset(&self, slot: usize, sectors: u64) -> Result<(), ArrayError> {
+        let mut members = self.members.lock();
+        let Some(Some(k)) = members.get_mut(slot) else {
+            return Ok(());
+        };
+        if !k.present || !is_recovering(&k.sb) {
+            return Ok(());
+        }
+        k.sb.recovery_offset = sectors;
+        write_superblock(&k.leg, &k.sb)
+    }
+
     /// A recovered leg joins: its superblock (`sb`, with its dev_number) is
-    /// kept from now on, and every member records it active in `slot`.
+    /// kept from now on, and every member records it active in `slot`. A
+    /// leg whose recovery began with [`begin_recovery`](Self::begin_recovery)
+    /// keeps the superblock it has, without the recovery fields.
     pub fn join(&self, slot: usize, leg: Arc<Leg>, mut sb: Superblock) -> Result<u64, ArrayError> {
         let dev_number = sb.dev_number;
+        {
+            let mut members = self.members.lock();
+            if let Some(Some(k)) = members.get_mut(slot) {
+                if k.present && Arc::ptr_eq(&k.leg, &leg) {
+                    k.sb.feature_map &= !(FEATURE_RECOVERY_OFFSET | FEATURE_RECOVERY_BITMAP);
+                    k.sb.recovery_offset = 0;
+                    drop(members);
+                    return self.update(|sb| {
+                        let _ = sb.set_role(dev_number, DevRole::Active(slot as u16));
+                    });
+                }
+            }
+        }
         if let Some(current) = self.current() {
             // Its view of the array is the array's, from now on.
             sb.dev_roles_from(&current);
@@ -238,6 +309,12 @@ impl SuperblockKeeper {
             let _ = sb.set_role(dev_number, DevRole::Active(slot as u16));
         })
     }
+}
+
+/// The superblock is a member's whose recovery has not ended (md's
+/// MD_FEATURE_RECOVERY_OFFSET).
+pub fn is_recovering(sb: &Superblock) -> bool {
+    sb.has_feature(FEATURE_RECOVERY_OFFSET)
 }
 
 impl ArrayEvents for SuperblockKeeper {

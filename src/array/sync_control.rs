@@ -27,6 +27,8 @@ pub(super) struct Joining {
     pub slot: usize,
     pub leg: Arc<crate::io::leg::Leg>,
     pub sb: crate::format::superblock::Superblock,
+    /// A former member whose own superblock records its recovery_offset.
+    pub tracked: bool,
 }
 
 /// A recovery that was stopped (idle, frozen) and is owed.
@@ -44,7 +46,7 @@ pub(super) struct SyncControl {
     pub needs_resync: AtomicBool,
     /// md's recovery_cp, in bytes: below it the legs are known in sync.
     pub resync_cp: AtomicU64,
-    pub pending_recovery: Mutex<Option<PendingRecovery>>,
+    pub pending_recovery: Mutex<Vec<PendingRecovery>>,
     pub last_failure: Mutex<Option<Instant>>,
     /// md's safe_mode_delay, in milliseconds.
     pub safe_mode_delay_ms: AtomicU64,
@@ -56,7 +58,7 @@ impl SyncControl {
             frozen: AtomicBool::new(false),
             needs_resync: AtomicBool::new(needs_resync),
             resync_cp: AtomicU64::new(resync_cp),
-            pending_recovery: Mutex::new(None),
+            pending_recovery: Mutex::new(Vec::new()),
             last_failure: Mutex::new(None),
             safe_mode_delay_ms: AtomicU64::new(super::md_thread::DEFAULT_SAFE_MODE_DELAY_MS),
         }
@@ -113,10 +115,28 @@ impl SyncSink {
     }
 }
 
+impl SyncSink {
+    /// md_update_sb's recovery_offset: how far a former member's recovery
+    /// got is written to its own superblock every 1/16 of the array.
+    fn recovery_reached(&self, j: &Joining, end: u64) {
+        let every = (self.engine.size() / CHECKPOINTS).max(1);
+        if end < self.checkpoint.load(Ordering::Acquire) + every {
+            return;
+        }
+        self.checkpoint.store(end, Ordering::Release);
+        if let Err(e) = self.keeper.record_recovery_offset(j.slot, end / 512) {
+            log::error!("recording the recovery offset: {e}");
+        }
+    }
+}
+
 impl SyncEvents for SyncSink {
     fn region_synced(&self, region: Region) {
         if self.action == SyncAction::Resync && self.bitmap.is_none() {
             self.resync_reached(region.offset + region.len);
+        }
+        if let Some(j) = self.joining.as_ref().filter(|j| j.tracked) {
+            self.recovery_reached(j, region.offset + region.len);
         }
         let Some(b) = &self.bitmap else { return };
         if self.engine.has_absent_leg() {
@@ -145,10 +165,16 @@ impl SyncEvents for SyncSink {
             if completed {
                 self.join(j);
             } else if self.engine.slots()[j.slot].state() == LegState::Recovering {
+                let done = p.done_bytes.load(Ordering::Acquire);
+                if j.tracked {
+                    if let Err(e) = self.keeper.record_recovery_offset(j.slot, done / 512) {
+                        log::error!("recording the recovery offset: {e}");
+                    }
+                }
                 // Owed: md_check_recovery starts it again (unless frozen).
-                *self.control.pending_recovery.lock() = Some(PendingRecovery {
+                self.control.pending_recovery.lock().push(PendingRecovery {
                     joining: j.clone(),
-                    regions: regions_from(&self.regions, p.done_bytes.load(Ordering::Acquire)),
+                    regions: regions_from(&self.regions, done),
                 });
             }
         }
@@ -274,7 +300,8 @@ impl RunningArray {
         {
             return;
         }
-        if let Some(p) = c.pending_recovery.lock().take() {
+        let pending = c.pending_recovery.lock().pop();
+        if let Some(p) = pending {
             let slot = &self.engine.slots()[p.joining.slot];
             let same_leg = slot
                 .io()
