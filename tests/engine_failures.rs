@@ -826,3 +826,58 @@ fn a_re_added_leg_is_marked_recovering_on_its_disk_and_an_interrupted_recovery_r
 fn a_path(legs: &Legs, i: usize) -> String {
     legs.path(i).display().to_string()
 }
+
+#[test]
+fn diverged_histories_are_refused_unless_one_is_chosen_and_the_other_is_fully_recovered() {
+    if !needs_root(
+        "diverged_histories_are_refused_unless_one_is_chosen_and_the_other_is_fully_recovered",
+    ) {
+        return;
+    }
+    let dir = tempdir();
+    let legs = Legs::new(dir.path(), 2, 32 * MIB);
+    h::create(&legs, &[]);
+    let mnt = dir.path().join("mnt");
+    let m = MountedArray::mount(&legs, &mnt, &[]);
+    fill(&m, 0, MIB as usize, 80);
+    m.stop();
+    // Each leg runs alone and is written: two histories.
+    let only = |i: usize| Legs::from_paths(vec![legs.paths[i].clone()]);
+    let m = MountedArray::mount(&only(0), &mnt, &["--run"]);
+    fill(&m, 0, MIB as usize, 81);
+    m.stop();
+    let m = MountedArray::mount(&only(1), &mnt, &["--run"]);
+    let b_data = fill(&m, 0, MIB as usize, 82);
+    m.stop();
+    // Together: refused, each leg's history named.
+    let (o, _) = MountedArray::try_mount(&legs, &mnt, &[]).expect_err("diverged");
+    let err = h::stderr(&o);
+    for leg in &legs.paths {
+        assert!(err.contains(&leg.display().to_string()), "{err}");
+    }
+    assert!(
+        err.contains("diverged") && err.contains("events") && err.contains("last updated"),
+        "{err}"
+    );
+    assert!(err.contains("--force-from"), "{err}");
+    // --run does not override it.
+    MountedArray::try_mount(&legs, &mnt, &["--run"]).expect_err("still diverged");
+    // Keep leg1's history: leg0 is left out.
+    let keep = a_path(&legs, 1);
+    let m = MountedArray::mount(&legs, &mnt, &["--force-from", &keep]);
+    assert!(m.log().contains("diverged"), "{}", m.log());
+    assert_eq!(ctl(&m, "degraded"), "1");
+    assert!(read_direct(&m, 0, MIB as usize).expect("read") == b_data);
+    // Its re-add is a full recovery, never a bitmap-guided one.
+    ctl_write(&m, "new_dev", &format!("re-add {}", a_path(&legs, 0))).expect("re-add");
+    wait_idle(&m);
+    assert!(
+        m.log().contains("full recovery (its history diverged"),
+        "{}",
+        m.log()
+    );
+    assert_eq!(ctl(&m, "dev-leg0.img/state"), "in_sync", "{}", m.log());
+    m.stop();
+    assert_legs_equal(&legs, 2 * MIB);
+    assert!(h::data_region(legs.path(0), h::data_offset(legs.path(0)), MIB) == b_data);
+}

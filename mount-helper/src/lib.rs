@@ -7,6 +7,7 @@ pub struct MountRequest {
     pub read_only: bool,
     pub allow_other: bool,
     pub run_degraded: bool,
+    pub force_from: Option<String>,
     pub buffered: bool,
     pub writeback_cache: bool,
     pub threads: Option<u32>,
@@ -104,6 +105,7 @@ pub fn parse_mount_args(args: &[String]) -> Result<MountRequest, String> {
             "rw" => req.read_only = false,
             "allow_other" => req.allow_other = true,
             "run" => req.run_degraded = true,
+            "force_from" => req.force_from = Some(need(value)?),
             "buffered" => req.buffered = true,
             "writeback_cache" => req.writeback_cache = true,
             "bitmap" => req.bitmap = Some(need(value)?),
@@ -127,7 +129,7 @@ pub fn parse_mount_args(args: &[String]) -> Result<MountRequest, String> {
             _ => {
                 return Err(format!(
                     "unknown option {opt:?} (known: legs=, bitmap=, bitmap_file_io, ro, rw, allow_other, \
-                     run, buffered, writeback_cache, threads=, delay=, log=)"
+                     run, force_from=, buffered, writeback_cache, threads=, delay=, log=)"
                 ))
             }
         }
@@ -160,6 +162,9 @@ impl MountRequest {
         }
         if self.run_degraded {
             a.push("--run".into());
+        }
+        if let Some(leg) = &self.force_from {
+            a.push(format!("--force-from={leg}"));
         }
         if self.buffered {
             a.push("--buffered".into());
@@ -208,6 +213,18 @@ mod tests {
             r.mdfuse_args(),
             args("mount --allow-other /d/a.img /d/b.img /mnt/m")
         );
+    }
+
+    #[test]
+    fn force_from_names_the_leg_to_keep() {
+        let r = parse_mount_args(&args("/d/a:/d/b /m -o force_from=/d/b")).unwrap();
+        assert_eq!(
+            r.mdfuse_args(),
+            args("mount --force-from=/d/b /d/a /d/b /m")
+        );
+        assert!(parse_mount_args(&args("/d/a:/d/b /m -o force_from"))
+            .unwrap_err()
+            .contains("needs a value"));
     }
 
     #[test]

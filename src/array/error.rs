@@ -89,6 +89,14 @@ pub enum ArrayError {
          complete copy of the array; give an in-sync leg too"
     )]
     OnlyRecovering { legs: String },
+    #[error(
+        "the legs' histories diverged (each was written while the other was away): {histories}. \
+         Choose the history to keep with --force-from LEG (mount.mdfuse: force_from=LEG); \
+         the other legs are then left out and need a full recovery"
+    )]
+    Diverged { histories: String },
+    #[error("--force-from {path}: that leg is not among the legs given", path = .path.display())]
+    ForceFromNotGiven { path: PathBuf },
     #[error("leg {path} is smaller ({size} bytes) than its superblock says the array needs ({needed} bytes)", path = .path.display())]
     LegTooSmall {
         path: PathBuf,

@@ -297,12 +297,18 @@ impl RunningArray {
             Some((slot, sb)) => {
                 // md's rule; a leg whose own earlier recovery was a full one
                 // (no MD_FEATURE_RECOVERY_BITMAP) is not guided by the bitmap.
-                let bitmap_guided = self.bitmap.as_ref().is_some_and(|b| {
-                    sb.events >= b.service().header().events_cleared
-                        && (!is_recovering(&sb) || sb.has_feature(FEATURE_RECOVERY_BITMAP))
-                });
+                // A leg that went on apart from the array (each records
+                // the other gone) shares no history the bitmap describes.
+                let apart = super::assemble::diverged(&sb, &current);
+                let bitmap_guided = !apart
+                    && self.bitmap.as_ref().is_some_and(|b| {
+                        sb.events >= b.service().header().events_cleared
+                            && (!is_recovering(&sb) || sb.has_feature(FEATURE_RECOVERY_BITMAP))
+                    });
                 let how = if bitmap_guided {
                     "re-added: bitmap-guided recovery"
+                } else if apart {
+                    "re-added: full recovery (its history diverged from the array's)"
                 } else {
                     "re-added: full recovery (its events are older than the bitmap's events_cleared, or no bitmap)"
                 };

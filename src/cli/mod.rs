@@ -126,6 +126,11 @@ pub struct MountArgs {
     /// Start even with legs missing or stale (degraded), like mdadm --run.
     #[arg(long)]
     run: bool,
+    /// When the legs' histories diverged (each was written while the other
+    /// was away), keep this leg's; the others are left out and need a full
+    /// recovery.
+    #[arg(long, value_name = "LEG")]
+    force_from: Option<PathBuf>,
     /// Let buffered writes gather in the kernel's page cache (FUSE
     /// writeback cache): much faster small buffered writes, fsync still
     /// durable; but a buffered write past the image's end is then accepted
@@ -366,6 +371,9 @@ impl MountArgs {
         if let Some(d) = self.delay {
             a.push(format!("--delay={d}"));
         }
+        if let Some(leg) = &self.force_from {
+            a.push(format!("--force-from={}", absolute(leg)));
+        }
         a.push("--".into());
         a.extend(self.paths.iter().map(|p| absolute(p)));
         a
@@ -459,6 +467,7 @@ pub fn mount_foreground(m: &MountArgs, ready: &mut detach::Ready) -> Result<(), 
             },
             read_only: m.ro,
             run_degraded: m.run,
+            force_from: m.force_from.clone(),
         },
     )
     .map_err(|e| e.to_string())?;
