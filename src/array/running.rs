@@ -401,6 +401,15 @@ impl RunningArray {
                 .push(PendingRecovery { joining, regions });
             return Ok(format!("{msg} (held: sync_action is frozen)"));
         }
+        if self.sync_progress().is_some() {
+            // The array's thread started an owed sync meanwhile: the
+            // recovery follows it.
+            self.control
+                .pending_recovery
+                .lock()
+                .push(PendingRecovery { joining, regions });
+            return Ok(format!("{msg} (after the sync running now)"));
+        }
         self.start_sync_joining(SyncAction::Recover { target: slot }, regions, Some(joining))?;
         Ok(msg)
     }
