@@ -180,6 +180,8 @@ fn mdadm_examine_reads_our_superblocks() {
     }
     let mnt = dir.path().join("mnt");
     let array = MountedArray::mount(&legs, &mnt, &[]);
+    // Safe mode would record an idle array clean after 0.2 s, as md does.
+    std::fs::write(mnt.join("md/safe_mode_delay"), "60").unwrap();
     std::fs::OpenOptions::new()
         .write(true)
         .open(array.image())
@@ -513,6 +515,45 @@ fn kernel_fixture_degraded_starts_degraded_and_serves_current_leg() {
     assert_eq!(sha256_file(legs.path(1)), before[1]);
 }
 
+/// As md: assembling and stopping an array without writing it writes no
+/// superblock (events stay), and after writes the superblocks say clean.
+#[test]
+fn a_mount_without_writes_changes_no_superblock() {
+    if !needs_root("a_mount_without_writes_changes_no_superblock") {
+        return;
+    }
+    let dir = tempdir();
+    let legs = Legs::new(dir.path(), 2, 32 * MIB);
+    create(&legs, &[]);
+    let mnt = dir.path().join("mnt");
+    let before: Vec<String> = legs.paths.iter().map(|p| sha256_file(p)).collect();
+    for _ in 0..2 {
+        let array = MountedArray::mount(&legs, &mnt, &[]);
+        let _ = std::fs::read(array.image()).unwrap();
+        array.stop();
+    }
+    let after: Vec<String> = legs.paths.iter().map(|p| sha256_file(p)).collect();
+    assert_eq!(before, after, "a mount that only read changed the legs");
+    let array = MountedArray::mount(&legs, &mnt, &[]);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(array.image())
+        .unwrap()
+        .write_all_at(b"x", 0)
+        .unwrap();
+    array.stop();
+    let events = events_of(legs.path(0));
+    assert!(events > 0, "a write left events at 0");
+    assert_eq!(state_of(legs.path(0)), "clean");
+    let array = MountedArray::mount(&legs, &mnt, &[]);
+    array.stop();
+    assert_eq!(
+        events_of(legs.path(0)),
+        events,
+        "a mount without writes bumped events"
+    );
+}
+
 /// `umount MNT` (umount(8)) stops the array cleanly, and so does SIGTERM.
 #[test]
 fn plain_umount_and_sigterm_stop_cleanly() {
@@ -526,6 +567,8 @@ fn plain_umount_and_sigterm_stop_cleanly() {
     let data = Rng(7).bytes(300_000);
 
     let array = MountedArray::mount(&legs, &mnt, &[]);
+    // Safe mode would record an idle array clean after 0.2 s, as md does.
+    std::fs::write(mnt.join("md/safe_mode_delay"), "60").unwrap();
     std::fs::OpenOptions::new()
         .write(true)
         .open(array.image())
@@ -594,6 +637,9 @@ fn kill9_leaves_active_and_remount_serves_data() {
     let mnt = dir.path().join("mnt");
     let data = Rng(99).bytes(200_000);
     let array = MountedArray::mount(&legs, &mnt, &[]);
+    // A crash while writes are recent: safe mode (md's, 0.2 s) must not
+    // have recorded the array clean yet.
+    std::fs::write(mnt.join("md/safe_mode_delay"), "60").unwrap();
     let f = std::fs::OpenOptions::new()
         .write(true)
         .open(array.image())

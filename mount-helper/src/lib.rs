@@ -9,6 +9,7 @@ pub struct MountRequest {
     /// array.img's mode, octal as given (e.g. "0660").
     pub image_mode: Option<String>,
     pub run_degraded: bool,
+    pub force_from: Option<String>,
     pub buffered: bool,
     pub write_through: bool,
     pub threads: Option<u32>,
@@ -116,6 +117,7 @@ pub fn parse_mount_args(args: &[String]) -> Result<MountRequest, String> {
                 req.image_mode = Some(mode);
             }
             "run" => req.run_degraded = true,
+            "force_from" => req.force_from = Some(need(value)?),
             "buffered" => req.buffered = true,
             "write_through" => req.write_through = true,
             "bitmap" => req.bitmap = Some(need(value)?),
@@ -139,7 +141,7 @@ pub fn parse_mount_args(args: &[String]) -> Result<MountRequest, String> {
             _ => {
                 return Err(format!(
                     "unknown option {opt:?} (known: legs=, bitmap=, bitmap_file_io, ro, rw, allow_other, \
-                     image_mode=, run, buffered, write_through, threads=, delay=, log=)"
+                     image_mode=, run, force_from=, buffered, write_through, threads=, delay=, log=)"
                 ))
             }
         }
@@ -175,6 +177,9 @@ impl MountRequest {
         }
         if self.run_degraded {
             a.push("--run".into());
+        }
+        if let Some(leg) = &self.force_from {
+            a.push(format!("--force-from={leg}"));
         }
         if self.buffered {
             a.push("--buffered".into());
@@ -241,6 +246,18 @@ mod tests {
             let opts = format!("/d/a:/d/b /m -o {bad}");
             assert!(parse_mount_args(&args(&opts)).is_err(), "{bad} accepted");
         }
+    }
+
+    #[test]
+    fn force_from_names_the_leg_to_keep() {
+        let r = parse_mount_args(&args("/d/a:/d/b /m -o force_from=/d/b")).unwrap();
+        assert_eq!(
+            r.mdfuse_args(),
+            args("mount --force-from=/d/b /d/a /d/b /m")
+        );
+        assert!(parse_mount_args(&args("/d/a:/d/b /m -o force_from"))
+            .unwrap_err()
+            .contains("needs a value"));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! which legs are current, and open them for the engine.
 
 use super::error::ArrayError;
-use super::superblocks::read_superblock;
+use super::superblocks::{is_recovering, read_superblock};
 use crate::format::superblock::{DevRole, Superblock, LEVEL_RAID1};
 use crate::io::leg::{IoMode, Leg};
 use crate::report::uuid_string;
@@ -15,6 +15,9 @@ pub struct AssembleOptions {
     pub read_only: bool,
     /// Start even when legs are missing or stale (mdadm's --run).
     pub run_degraded: bool,
+    /// Legs whose histories diverged: keep this one's (a path as given);
+    /// the others are left out and need a full recovery.
+    pub force_from: Option<PathBuf>,
 }
 
 /// A leg that takes part in the running array.
@@ -94,6 +97,51 @@ pub fn assemble(paths: &[PathBuf], opts: &AssembleOptions) -> Result<Assembly, A
         }
         found.push((p.clone(), leg, sb));
     }
+    let mut left_out = Vec::new();
+    let sbs: Vec<&Superblock> = found.iter().map(|f| &f.2).collect();
+    let pairs = diverged_pairs(&sbs);
+    if !pairs.is_empty() {
+        let keep = match &opts.force_from {
+            None => {
+                let paths: Vec<PathBuf> = found.iter().map(|f| f.0.clone()).collect();
+                return Err(ArrayError::Diverged {
+                    histories: describe_histories(&paths, &sbs, &pairs),
+                });
+            }
+            Some(keep) => found
+                .iter()
+                .position(|f| same_path(&f.0, keep))
+                .ok_or_else(|| ArrayError::ForceFromNotGiven { path: keep.clone() })?,
+        };
+        let dropped: Vec<usize> = pairs
+            .iter()
+            .filter_map(|&(a, b)| match (a == keep, b == keep) {
+                (true, _) => Some(b),
+                (_, true) => Some(a),
+                _ => None,
+            })
+            .collect();
+        let kept_path = found[keep].0.display().to_string();
+        let mut i = 0;
+        found.retain(|f| {
+            let drop = dropped.contains(&i);
+            i += 1;
+            if drop {
+                log::warn!(
+                    "leg {}: its history diverged from {kept_path}'s, which --force-from keeps; \
+                     it is left out and needs a full recovery",
+                    f.0.display()
+                );
+                left_out.push(Left {
+                    path: f.0.clone(),
+                    reason: format!(
+                        "diverged from {kept_path} (kept by --force-from): it needs a full recovery"
+                    ),
+                });
+            }
+            !drop
+        });
+    }
     // md trusts the freshest superblock for the array's roles.
     let events = found.iter().map(|f| f.2.events).max().unwrap_or(0);
     let freshest = found
@@ -102,15 +150,18 @@ pub fn assemble(paths: &[PathBuf], opts: &AssembleOptions) -> Result<Assembly, A
         .map(|f| f.2.clone())
         .expect("at least one leg");
     let mut members: Vec<Opened> = Vec::new();
-    let mut left_out = Vec::new();
     for (path, leg, sb) in found {
         let slot = match sb.own_role() {
             DevRole::Active(slot) => slot,
             DevRole::Spare => {
-                return Err(ArrayError::NotActive {
+                // As mdadm, a spare is no data member: it is left out (mdfuse
+                // keeps no spares; `mdfuse manage --add` puts it to use).
+                left_out.push(Left {
+                    reason: "a spare by its own superblock; add it with `mdfuse manage --add`"
+                        .into(),
                     path,
-                    what: "a spare",
-                })
+                });
+                continue;
             }
             DevRole::Faulty => {
                 return Err(ArrayError::NotActive {
@@ -159,6 +210,25 @@ pub fn assemble(paths: &[PathBuf], opts: &AssembleOptions) -> Result<Assembly, A
         });
     }
     members.sort_by_key(|m| m.slot);
+    // A member whose recovery was interrupted (MD_FEATURE_RECOVERY_OFFSET)
+    // holds no complete copy: it is assembled recovering, never in sync,
+    // and at least one in-sync member must be there to recover it from.
+    if !members.is_empty() && members.iter().all(|m| is_recovering(&m.sb)) {
+        return Err(ArrayError::OnlyRecovering {
+            legs: members
+                .iter()
+                .map(|m| m.path.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    }
+    for m in members.iter().filter(|m| is_recovering(&m.sb)) {
+        log::warn!(
+            "leg {}: its recovery was interrupted at sector {}: it joins as recovering",
+            m.path.display(),
+            m.sb.recovery_offset
+        );
+    }
     let raid_disks = freshest.raid_disks;
     let present: Vec<u16> = members.iter().map(|m| m.slot).collect();
     // As mdadm: without --run, every slot the newest superblock still calls
@@ -236,4 +306,111 @@ pub fn assemble(paths: &[PathBuf], opts: &AssembleOptions) -> Result<Assembly, A
         events,
         io_mode,
     })
+}
+
+/// Whether two legs' histories diverged: each one's superblock records the
+/// other as gone (faulty or removed) while calling itself active. Each was
+/// then updated (written) while apart from the other, so neither is a
+/// stale copy of the other; md would silently keep the freshest.
+pub fn diverged(a: &Superblock, b: &Superblock) -> bool {
+    let active = |sb: &Superblock| matches!(sb.own_role(), DevRole::Active(_));
+    let dropped = |by: &Superblock, who: &Superblock| {
+        by.dev_number != who.dev_number && !matches!(by.role_of(who.dev_number), DevRole::Active(_))
+    };
+    active(a) && active(b) && dropped(a, b) && dropped(b, a)
+}
+
+/// The pairs (by index) of legs whose histories diverged.
+pub fn diverged_pairs(sbs: &[&Superblock]) -> Vec<(usize, usize)> {
+    let mut pairs = Vec::new();
+    for i in 0..sbs.len() {
+        for j in i + 1..sbs.len() {
+            if diverged(sbs[i], sbs[j]) {
+                pairs.push((i, j));
+            }
+        }
+    }
+    pairs
+}
+
+/// Each leg's history, for the refusal: events, last update, and which
+/// legs it records as gone.
+fn describe_histories(paths: &[PathBuf], sbs: &[&Superblock], pairs: &[(usize, usize)]) -> String {
+    let mut lines = Vec::new();
+    for (i, sb) in sbs.iter().enumerate() {
+        let gone: Vec<String> = pairs
+            .iter()
+            .filter_map(|&(a, b)| match (a == i, b == i) {
+                (true, _) => Some(b),
+                (_, true) => Some(a),
+                _ => None,
+            })
+            .map(|o| paths[o].display().to_string())
+            .collect();
+        if gone.is_empty() {
+            continue;
+        }
+        lines.push(format!(
+            "{}: events {}, last updated {} UTC, records {} as gone",
+            paths[i].display(),
+            sb.events,
+            crate::report::examine::ctime_utc(sb.utime.seconds()),
+            gone.join(", ")
+        ));
+    }
+    lines.join("; ")
+}
+
+fn same_path(a: &std::path::Path, b: &std::path::Path) -> bool {
+    a == b || matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::superblock::{NewMember, Superblock};
+
+    fn member(dev_number: u32) -> Superblock {
+        let mut sb = Superblock::new_raid1_member(&NewMember {
+            set_uuid: [7; 16],
+            name: "t",
+            raid_disks: 2,
+            dev_number,
+            device_uuid: [dev_number as u8; 16],
+            device_sectors: 1 << 16,
+            array_sectors: 1 << 15,
+            data_offset: None,
+            ctime: Default::default(),
+        })
+        .expect("superblock");
+        sb.events = 10;
+        sb
+    }
+
+    #[test]
+    fn divergence_needs_each_leg_to_have_dropped_the_other() {
+        let a = member(0);
+        let b = member(1);
+        assert!(!diverged(&a, &b), "both list each other active");
+        // a failed b (normal degradation): b is merely stale.
+        let mut a_alone = a.clone();
+        a_alone.set_role(1, DevRole::Faulty).unwrap();
+        a_alone.events = 12;
+        assert!(!diverged(&a_alone, &b));
+        // b also went on alone, recording a as removed: split brain.
+        let mut b_alone = b.clone();
+        b_alone.set_role(0, DevRole::Spare).unwrap();
+        b_alone.events = 11;
+        assert!(diverged(&a_alone, &b_alone));
+        assert_eq!(diverged_pairs(&[&a_alone, &b_alone, &a]), vec![(0, 1)]);
+        let text = describe_histories(
+            &[PathBuf::from("/x/a"), PathBuf::from("/x/b")],
+            &[&a_alone, &b_alone],
+            &[(0, 1)],
+        );
+        assert!(
+            text.contains("/x/a: events 12") && text.contains("records /x/b as gone"),
+            "{text}"
+        );
+    }
 }

@@ -28,6 +28,10 @@ const ARRAY_FILES: &[(&str, ControlAccess)] = &[
     ("sync_speed_min", ReadWrite),
     ("sync_speed_max", ReadWrite),
     ("mismatch_cnt", Read),
+    ("last_sync_action", Read),
+    ("sync_copied", Read),
+    ("max_read_errors", ReadWrite),
+    ("safe_mode_delay", ReadWrite),
     ("new_dev", Write),
 ];
 
@@ -117,7 +121,7 @@ impl RunningArray {
             .as_ref()
             .filter(|p| p.action == SyncAction::Resync)
             .map(|p| p.done_bytes.load(Ordering::Relaxed));
-        (reached.unwrap_or(self.resync_from) / 512).to_string()
+        (reached.unwrap_or(self.control.resync_cp.load(Ordering::Acquire)) / 512).to_string()
     }
 
     /// md's `dev-*/recovery_start`: `none` for an in-sync leg, the sector its
@@ -216,11 +220,12 @@ impl RunningArray {
             }
             .into(),
             "resync_start" => self.resync_start(),
-            "sync_action" => self
-                .sync_progress()
-                .map(|p| p.action.md_word())
-                .unwrap_or("idle")
-                .to_string(),
+            "sync_action" => match self.sync_progress() {
+                Some(p) => p.action.md_word(),
+                None if self.is_frozen() => "frozen",
+                None => "idle",
+            }
+            .to_string(),
             "sync_completed" => match self.sync_progress() {
                 Some(p) => format!(
                     "{} / {}",
@@ -241,6 +246,22 @@ impl RunningArray {
                 format!("{v} ({})", if local { "local" } else { "system" })
             }
             "mismatch_cnt" => self.mismatch_cnt().to_string(),
+            "last_sync_action" => self
+                .last_sync_progress()
+                .map(|p| p.action.md_word())
+                .unwrap_or("none")
+                .to_string(),
+            // mdfuse's own: bytes the current (or last) sync read and wrote
+            // or compared; clean chunks skipped by the bitmap do not count.
+            "sync_copied" => self
+                .last_sync_progress()
+                .map(|p| p.worked_bytes.load(Ordering::Relaxed))
+                .unwrap_or(0)
+                .to_string(),
+            "max_read_errors" => engine.max_read_errors().to_string(),
+            "safe_mode_delay" => super::md_thread::format_delay(
+                self.control.safe_mode_delay_ms.load(Ordering::Relaxed),
+            ),
             _ => {
                 let (dir, attr) = rel.split_once('/')?;
                 if dir == "bitmap" {
@@ -262,21 +283,50 @@ impl RunningArray {
         let failed = |e: ArrayError| refuse(path, value, &e, e.errno());
         let rel = path.strip_prefix("md/").unwrap_or(path);
         match rel {
+            // md's action_store: idle/frozen stop the running sync (idle
+            // lets an owed one restart); the others are refused (EBUSY)
+            // while a sync runs.
             "sync_action" => match value {
-                "check" => self.start_scrub(SyncAction::Check).map_err(failed),
-                "repair" => self.start_scrub(SyncAction::Repair).map_err(failed),
-                "idle" | "frozen" => {
-                    self.stop_sync();
+                "idle" => {
+                    self.set_sync_idle(false);
                     Ok(())
                 }
+                "frozen" => {
+                    self.set_sync_idle(true);
+                    Ok(())
+                }
+                "check" | "repair" if self.sync_progress().is_some() => Err(refuse(
+                    path,
+                    value,
+                    "a sync is already running",
+                    libc::EBUSY,
+                )),
+                "check" => self.start_scrub(SyncAction::Check).map_err(failed),
+                "repair" => self.start_scrub(SyncAction::Repair).map_err(failed),
+                "resync" | "recover" => self.request_owed_sync().map_err(failed),
                 _ => Err(refuse(
                     path,
                     value,
-                    "sync_action takes check, repair, idle or frozen",
+                    "sync_action takes idle, frozen, resync, recover, check or repair",
                     libc::EINVAL,
                 )),
             },
             "sync_speed_min" | "sync_speed_max" => self.set_speed_limit(path, rel, value),
+            "safe_mode_delay" => {
+                let ms = super::md_thread::parse_delay(value).ok_or_else(|| {
+                    refuse(path, value, "a delay in seconds (e.g. 0.2)", libc::EINVAL)
+                })?;
+                self.control.safe_mode_delay_ms.store(ms, Ordering::Relaxed);
+                Ok(())
+            }
+            "max_read_errors" => {
+                let n = value
+                    .parse::<u32>()
+                    .ok()
+                    .ok_or_else(|| refuse(path, value, "a count of read errors", libc::EINVAL))?;
+                self.engine.set_max_read_errors(n);
+                Ok(())
+            }
             "new_dev" => {
                 let (re_add_only, leg) = match value.strip_prefix("re-add ") {
                     Some(p) => (true, p.trim()),
@@ -363,18 +413,8 @@ impl RunningArray {
             "re-add" => {
                 // A faulty leg goes out and comes back, recovered from the
                 // bitmap where md's rule allows.
-                if state != LegState::Faulty {
-                    return Err(refuse(
-                        path,
-                        value,
-                        "only a faulty leg can be re-added",
-                        libc::EBUSY,
-                    ));
-                }
-                let leg = self.engine.slots()[slot]
-                    .io()
-                    .map(|io| io.leg().path().to_path_buf())
-                    .ok_or_else(|| refuse(path, value, "no leg", libc::ENOENT))?;
+                // Checked first, so a refusal leaves the leg where it was.
+                let leg = self.check_re_add(slot).map_err(failed)?;
                 self.remove(slot).map_err(failed)?;
                 self.add_leg(&leg, true).map(|_| ()).map_err(failed)
             }

@@ -67,6 +67,26 @@ pub fn check_distinct(paths: &[PathBuf]) -> Result<(), ArrayError> {
         }
         seen.push((id, p));
     }
+    check_unique_names(paths.iter().map(PathBuf::as_path))
+}
+
+/// md/ names a leg `dev-<its file name>` (md: dev-<kernel name>), so two
+/// legs of one array may not share a file name.
+pub fn check_unique_names<'a>(
+    paths: impl IntoIterator<Item = &'a std::path::Path>,
+) -> Result<(), ArrayError> {
+    let mut seen: Vec<(String, &std::path::Path)> = Vec::new();
+    for p in paths {
+        let name = super::running::leg_name(p);
+        if let Some((_, prev)) = seen.iter().find(|(n, _)| *n == name) {
+            return Err(ArrayError::SameName {
+                a: prev.to_path_buf(),
+                b: p.to_path_buf(),
+                name,
+            });
+        }
+        seen.push((name, p));
+    }
     Ok(())
 }
 

@@ -16,6 +16,16 @@ pub enum ArrayError {
     TooManyLegs { given: usize, max: usize },
     #[error("{a} and {b} are the same leg; give each leg once", a = .a.display(), b = .b.display())]
     SameLeg { a: PathBuf, b: PathBuf },
+    #[error(
+        "legs {a} and {b} have the same file name {name:?}: md/ names a leg dev-<file name>, \
+         so give one of them another name (a symlink with another name will do)",
+        a = .a.display(), b = .b.display()
+    )]
+    SameName {
+        a: PathBuf,
+        b: PathBuf,
+        name: String,
+    },
     #[error("--size {size} bytes is below the smallest array, one 4 KiB block (4096 bytes)")]
     SizeTooSmall { size: u64 },
     #[error("leg {path}: no valid md superblock: {source} (`mdfuse examine {path}` shows what it holds)", path = .path.display())]
@@ -74,6 +84,19 @@ pub enum ArrayError {
         present: Vec<u16>,
         raid_disks: u32,
     },
+    #[error(
+        "leg(s) {legs} are half-recovered (their recovery was interrupted) and hold no \
+         complete copy of the array; give an in-sync leg too"
+    )]
+    OnlyRecovering { legs: String },
+    #[error(
+        "the legs' histories diverged (each was written while the other was away): {histories}. \
+         Choose the history to keep with --force-from LEG (mount.mdfuse: force_from=LEG); \
+         the other legs are then left out and need a full recovery"
+    )]
+    Diverged { histories: String },
+    #[error("--force-from {path}: that leg is not among the legs given", path = .path.display())]
+    ForceFromNotGiven { path: PathBuf },
     #[error("leg {path} is smaller ({size} bytes) than its superblock says the array needs ({needed} bytes)", path = .path.display())]
     LegTooSmall {
         path: PathBuf,
@@ -108,7 +131,9 @@ impl ArrayError {
             ArrayError::Busy(_) => libc::EBUSY,
             ArrayError::Leg(e) => e.errno(),
             ArrayError::Engine(e) => e.errno(),
-            ArrayError::HasSuperblock { .. } | ArrayError::HasSignature { .. } => libc::EEXIST,
+            ArrayError::HasSuperblock { .. }
+            | ArrayError::HasSignature { .. }
+            | ArrayError::SameName { .. } => libc::EEXIST,
             ArrayError::LegTooSmall { .. } => libc::ENOSPC,
             _ => libc::EINVAL,
         }

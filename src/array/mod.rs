@@ -6,8 +6,10 @@ pub mod bitmap_attach;
 mod control;
 pub mod create;
 pub mod error;
+pub mod md_thread;
 pub mod running;
 pub mod superblocks;
+pub mod sync_control;
 
 pub use assemble::{assemble, AssembleOptions, Assembly};
 pub use bitmap_attach::{attach as attach_bitmap, AttachedBitmap, BitmapAttachOptions, BitmapIo};

@@ -4,12 +4,16 @@
 use super::assemble::Assembly;
 use super::bitmap_attach::AttachedBitmap;
 use super::error::ArrayError;
+use super::md_thread::MdThread;
+use super::superblocks::is_recovering;
 use super::superblocks::SuperblockKeeper;
+use super::sync_control::{regions_from, Joining, PendingRecovery, SyncControl};
 use crate::bitmap::{WriteIntent, WriteIntentBitmap};
+use crate::format::superblock::FEATURE_RECOVERY_BITMAP;
 use crate::fuse_fs::ServedArray;
 use crate::raid1::{
     ArrayEvents, EngineOptions, LegSpec, LegState, Raid1, Region, SpeedLimits, SyncAction,
-    SyncEvents, SyncProgress, Syncer,
+    SyncProgress, Syncer,
 };
 use crate::report::mdstat::{render_mdstat, MdstatLeg, MdstatSync, MdstatView};
 use crate::report::uuid_string;
@@ -41,76 +45,9 @@ impl ArrayEvents for EventSink {
         }
         self.keeper.leg_failed(slot, reason);
     }
-}
 
-/// What a sync reports back: chunks made identical (their bitmap bits may
-/// go), and the end of a resync (the legs are identical everywhere).
-struct SyncSink {
-    engine: Arc<Raid1>,
-    keeper: Arc<SuperblockKeeper>,
-    bitmap: Option<Arc<WriteIntentBitmap>>,
-    needs_resync: Arc<AtomicBool>,
-    /// For a recovery: the leg that joins the array when it completes.
-    joining: Option<Joining>,
-}
-
-/// A leg being recovered into `slot`, with the superblock it will carry.
-struct Joining {
-    slot: usize,
-    leg: Arc<crate::io::leg::Leg>,
-    sb: crate::format::superblock::Superblock,
-}
-
-impl SyncEvents for SyncSink {
-    fn region_synced(&self, region: Region) {
-        let Some(b) = &self.bitmap else { return };
-        if self.engine.has_absent_leg() {
-            // The bits are what a re-added leg will be recovered from.
-            return;
-        }
-        // Regions are worked through in order from a chunk's start, so a
-        // chunk whose end falls inside this step is now wholly in sync.
-        let chunk = b.chunk_size() as u64;
-        let first = region.offset / chunk;
-        let last = (region.offset + region.len - 1) / chunk;
-        for c in first..=last {
-            let end = ((c + 1) * chunk).min(self.engine.size());
-            if end > region.offset && end <= region.offset + region.len {
-                b.mark_chunk_synced(c);
-            }
-        }
-    }
-
-    fn finished(&self, p: &SyncProgress) {
-        let completed = !p.interrupted.load(Ordering::Acquire);
-        if let (Some(j), true) = (&self.joining, completed) {
-            match self.engine.set_in_sync(j.slot) {
-                Ok(()) => {
-                    if let Err(e) = self.keeper.join(j.slot, j.leg.clone(), j.sb.clone()) {
-                        log::error!("recording leg {} in sync: {e}", j.leg.path().display());
-                    }
-                    if let Some(b) = &self.bitmap {
-                        b.set_degraded(self.engine.has_absent_leg());
-                    }
-                    log::info!(
-                        "leg {} recovered: in sync in slot {}",
-                        j.leg.path().display(),
-                        j.slot
-                    );
-                }
-                Err(e) => log::error!("recovery of {}: {e}", j.leg.path().display()),
-            }
-        }
-        if p.action == SyncAction::Resync && completed {
-            self.needs_resync.store(false, Ordering::Release);
-            self.engine.read_from_first_only(false);
-            // As md: a finished resync on an idle array is recorded at once.
-            self.engine.if_idle(|| {
-                if let Err(e) = self.keeper.mark_clean() {
-                    log::error!("recording the resync done: {e}");
-                }
-            });
-        }
+    fn take_unwritten(&self) -> Vec<(usize, String)> {
+        self.keeper.take_unwritten()
     }
 }
 
@@ -133,11 +70,9 @@ pub struct RunningArray {
     pub(super) uuid: String,
     pub(super) raid_disks: usize,
     pub(super) read_only: bool,
-    /// Legs may differ where writes were in flight at an unclean stop; until
-    /// a resync, the array must not be recorded clean.
-    pub(super) needs_resync: Arc<AtomicBool>,
-    /// Where an interrupted resync without a bitmap resumes (array bytes).
-    pub(super) resync_from: u64,
+    /// Frozen, owed resync and recovery, checkpoint, safe mode delay.
+    pub(super) control: Arc<SyncControl>,
+    pub(super) md_thread: Mutex<Option<MdThread>>,
     pub(super) stopped: AtomicBool,
 }
 
@@ -176,7 +111,11 @@ impl RunningArray {
             legs[m.slot as usize] = Some(LegSpec {
                 leg: m.leg.clone(),
                 data_offset: m.sb.data_offset * 512,
-                state: LegState::InSync,
+                state: if is_recovering(&m.sb) {
+                    LegState::Recovering
+                } else {
+                    LegState::InSync
+                },
             });
         }
         let engine = Arc::new(Raid1::new(
@@ -186,6 +125,17 @@ impl RunningArray {
             sink,
             &opts.engine,
         )?);
+        engine.set_read_only(opts.read_only);
+        if let Some(b) = &bitmap {
+            // A bit is cleared only once its chunk's writes are on the legs'
+            // stable storage (the bitmap knows nothing of legs: a hook).
+            let weak = Arc::downgrade(&engine);
+            b.service()
+                .set_durability_hook(Arc::new(move || match weak.upgrade() {
+                    Some(engine) => engine.flush().map_err(|e| e.to_string()),
+                    None => Err("the array has stopped".into()),
+                }));
+        }
         if !asm.was_clean {
             log::warn!(
                 "array {}: it was not stopped cleanly; reads come from the first leg only \
@@ -210,86 +160,30 @@ impl RunningArray {
             uuid: asm.uuid(),
             raid_disks: asm.raid_disks as usize,
             read_only: opts.read_only,
-            needs_resync: Arc::new(AtomicBool::new(!asm.was_clean)),
-            resync_from: asm.resync_from_sectors * 512,
+            control: Arc::new(SyncControl::new(
+                !asm.was_clean,
+                if asm.was_clean {
+                    asm.array_sectors * 512
+                } else {
+                    asm.resync_from_sectors * 512
+                },
+            )),
+            md_thread: Mutex::new(None),
             stopped: AtomicBool::new(false),
         });
-        if array.needs_resync.load(Ordering::Acquire) && !opts.read_only {
+        array.resume_recoveries(&asm);
+        if array.needs_resync() && !opts.read_only {
             array.start_resync()?;
         }
+        let thread = MdThread::start(Arc::downgrade(&array))
+            .map_err(|e| ArrayError::Busy(format!("cannot start the array's thread: {e}")))?;
+        *array.md_thread.lock() = Some(thread);
         Ok(array)
-    }
-
-    /// After an unclean stop: copy from the first leg to the others what may
-    /// differ: the chunks whose bits are set, or (without a bitmap) the whole
-    /// array from where an interrupted resync stopped.
-    fn start_resync(&self) -> Result<(), ArrayError> {
-        let size = self.engine.size();
-        let regions = match &self.bitmap {
-            Some(b) => self.dirty_regions(b),
-            None => vec![Region {
-                offset: self.resync_from.min(size),
-                len: size - self.resync_from.min(size),
-            }],
-        };
-        let bytes: u64 = regions.iter().map(|r| r.len).sum();
-        log::warn!(
-            "array {}: not stopped cleanly: resyncing {bytes} bytes in {} region(s) from leg {}",
-            self.name,
-            regions.len(),
-            self.leg_names()
-                .into_iter()
-                .flatten()
-                .next()
-                .unwrap_or_default()
-        );
-        self.start_sync(SyncAction::Resync, regions)
-    }
-
-    /// Starts a sync in the background (one at a time, as md).
-    pub fn start_sync(&self, action: SyncAction, regions: Vec<Region>) -> Result<(), ArrayError> {
-        self.start_sync_joining(action, regions, None)
-    }
-
-    fn start_sync_joining(
-        &self,
-        action: SyncAction,
-        regions: Vec<Region>,
-        joining: Option<Joining>,
-    ) -> Result<(), ArrayError> {
-        let mut slot = self.syncer.lock();
-        if slot
-            .as_ref()
-            .is_some_and(|s| !s.progress().finished.load(Ordering::Acquire))
-        {
-            return Err(ArrayError::Busy("a sync is already running".into()));
-        }
-        let sink = Arc::new(SyncSink {
-            engine: self.engine.clone(),
-            keeper: self.keeper.clone(),
-            bitmap: self.bitmap.as_ref().map(|b| b.service().clone()),
-            needs_resync: self.needs_resync.clone(),
-            joining,
-        });
-        let syncer = Syncer::start(
-            self.engine.clone(),
-            action,
-            regions,
-            self.sync_limits.clone(),
-            sink,
-        )
-        .map_err(|e| ArrayError::Busy(format!("cannot start the {}: {e}", action.md_word())))?;
-        *self.last_sync.lock() = Some(syncer.progress().clone());
-        if !matches!(action, SyncAction::Recover { .. }) {
-            *self.last_scrub.lock() = Some(syncer.progress().clone());
-        }
-        *slot = Some(syncer);
-        Ok(())
     }
 
     /// The bitmap's dirty chunks as regions (what a bitmap-guided resync or
     /// recovery copies).
-    fn dirty_regions(&self, b: &AttachedBitmap) -> Vec<Region> {
+    pub(super) fn dirty_regions(&self, b: &AttachedBitmap) -> Vec<Region> {
         let size = self.engine.size();
         let chunk = b.service().chunk_size() as u64;
         let mut regions: Vec<Region> = Vec::new();
@@ -361,6 +255,13 @@ impl RunningArray {
             .find_map(|s| s.io().map(|io| io.leg().mode()))
             .unwrap_or(IoMode::Direct);
         let leg = Leg::open(path, mode, true, true)?;
+        let others: Vec<std::path::PathBuf> = self
+            .engine
+            .slots()
+            .iter()
+            .filter_map(|s| s.io().map(|io| io.leg().path().to_path_buf()))
+            .collect();
+        super::create::check_unique_names(others.iter().map(|p| p.as_path()).chain([path]))?;
         let current = self
             .keeper
             .current()
@@ -403,25 +304,27 @@ impl RunningArray {
                 )));
             }
         }
-        let (slot, sb, regions, how) = match former {
+        let tracked = former.is_some();
+        let (slot, sb, bitmap_guided, how) = match former {
             Some((slot, sb)) => {
-                let bitmap_ok = self
-                    .bitmap
-                    .as_ref()
-                    .is_some_and(|b| sb.events >= b.service().header().events_cleared);
-                let regions = match (&self.bitmap, bitmap_ok) {
-                    (Some(b), true) => self.dirty_regions(b),
-                    _ => vec![Region {
-                        offset: 0,
-                        len: self.engine.size(),
-                    }],
-                };
-                let how = if bitmap_ok {
+                // md's rule; a leg whose own earlier recovery was a full one
+                // (no MD_FEATURE_RECOVERY_BITMAP) is not guided by the bitmap.
+                // A leg that went on apart from the array (each records
+                // the other gone) shares no history the bitmap describes.
+                let apart = super::assemble::diverged(&sb, &current);
+                let bitmap_guided = !apart
+                    && self.bitmap.as_ref().is_some_and(|b| {
+                        sb.events >= b.service().header().events_cleared
+                            && (!is_recovering(&sb) || sb.has_feature(FEATURE_RECOVERY_BITMAP))
+                    });
+                let how = if bitmap_guided {
                     "re-added: bitmap-guided recovery"
+                } else if apart {
+                    "re-added: full recovery (its history diverged from the array's)"
                 } else {
                     "re-added: full recovery (its events are older than the bitmap's events_cleared, or no bitmap)"
                 };
-                (slot, sb, regions, how)
+                (slot, sb, bitmap_guided, how)
             }
             None => {
                 let slot = (0..self.raid_disks)
@@ -435,24 +338,24 @@ impl RunningArray {
                 let mut sb: Superblock = current.clone();
                 sb.dev_number = self.keeper.free_dev_number();
                 sb.device_uuid = super::create::random_uuid()?;
-                sb.data_size = leg.size() / 512 - sb.data_offset;
+                let needed = (sb.data_offset + sb.size) * 512;
+                let too_small = || ArrayError::LegTooSmall {
+                    path: path.to_owned(),
+                    size: leg.size(),
+                    needed,
+                };
+                sb.data_size = (leg.size() / 512)
+                    .checked_sub(sb.data_offset)
+                    .ok_or_else(too_small)?;
                 let _ = sb.set_role(sb.dev_number, DevRole::Spare);
                 if sb.data_size < sb.size {
-                    return Err(ArrayError::LegTooSmall {
-                        path: path.to_owned(),
-                        size: leg.size(),
-                        needed: (sb.data_offset + sb.size) * 512,
-                    });
+                    return Err(too_small());
                 }
                 super::create::check_blank(&leg, false)?;
                 // Written now as a spare, so it is never taken for a member
                 // before its recovery ends.
                 super::superblocks::write_superblock(&leg, &sb)?;
-                let regions = vec![Region {
-                    offset: 0,
-                    len: self.engine.size(),
-                }];
-                (slot, sb, regions, "added: full recovery")
+                (slot, sb, false, "added: full recovery")
             }
         };
         let leg = Arc::new(leg);
@@ -464,6 +367,29 @@ impl RunningArray {
                 state: LegState::Recovering,
             },
         )?;
+        // Writes that chose their legs before the attach do not reach the
+        // new leg: let them end (their bits are then set, and kept while
+        // degraded) before the dirty chunks are listed. Later writes reach
+        // the recovering leg.
+        self.engine.wait_for_writes_in_flight();
+        let regions = match (&self.bitmap, bitmap_guided) {
+            (Some(b), true) => self.dirty_regions(b),
+            _ => vec![Region {
+                offset: 0,
+                len: self.engine.size(),
+            }],
+        };
+        if tracked {
+            // Recorded recovering on its own disk before anything is copied.
+            if let Err(e) = self
+                .keeper
+                .begin_recovery(slot, leg.clone(), sb.clone(), bitmap_guided)
+            {
+                let _ = self.engine.detach(slot);
+                let _ = self.keeper.remove(slot);
+                return Err(e);
+            }
+        }
         if let Some(b) = &self.bitmap {
             b.service().set_degraded(self.engine.has_absent_leg());
         }
@@ -473,17 +399,122 @@ impl RunningArray {
             path.display()
         );
         log::info!("{msg}");
-        self.start_sync_joining(
-            SyncAction::Recover { target: slot },
-            regions,
-            Some(Joining { slot, leg, sb }),
-        )?;
+        let joining = Joining {
+            slot,
+            leg,
+            sb,
+            tracked,
+        };
+        if self.is_frozen() {
+            // md: nothing starts while frozen; `idle` lets it run.
+            self.control
+                .pending_recovery
+                .lock()
+                .push(PendingRecovery { joining, regions });
+            return Ok(format!("{msg} (held: sync_action is frozen)"));
+        }
+        if self.sync_progress().is_some() {
+            // The array's thread started an owed sync meanwhile: the
+            // recovery follows it.
+            self.control
+                .pending_recovery
+                .lock()
+                .push(PendingRecovery { joining, regions });
+            return Ok(format!("{msg} (after the sync running now)"));
+        }
+        self.start_sync_joining(SyncAction::Recover { target: slot }, regions, Some(joining))?;
         Ok(msg)
+    }
+
+    /// Members assembled half-recovered resume their recovery (once a
+    /// resync owed runs, by the array's thread): from their recovery_offset
+    /// when the array was stopped clean, else from the start (writes in
+    /// flight at the crash may have missed them below it).
+    fn resume_recoveries(&self, asm: &Assembly) {
+        let size = self.engine.size();
+        for m in asm.members.iter().filter(|m| is_recovering(&m.sb)) {
+            let from = if asm.was_clean {
+                (m.sb.recovery_offset * 512).min(size)
+            } else {
+                0
+            };
+            let regions = match (&self.bitmap, m.sb.has_feature(FEATURE_RECOVERY_BITMAP)) {
+                (Some(b), true) => regions_from(&self.dirty_regions(b), from),
+                _ => vec![Region {
+                    offset: from,
+                    len: size - from,
+                }],
+            };
+            self.control.pending_recovery.lock().push(PendingRecovery {
+                joining: Joining {
+                    slot: m.slot as usize,
+                    leg: m.leg.clone(),
+                    sb: m.sb.clone(),
+                    tracked: true,
+                },
+                regions,
+            });
+        }
+    }
+
+    /// Checks, before anything is removed, that the faulty leg in `slot`
+    /// can go out and come back (`dev-*/state` = `re-add`): the array is
+    /// writable, no sync runs, and the leg's own superblock says it is this
+    /// array's member of this slot with no newer events than the array.
+    pub fn check_re_add(&self, slot: usize) -> Result<std::path::PathBuf, ArrayError> {
+        use crate::format::superblock::DevRole;
+        if self.read_only {
+            return Err(ArrayError::Busy("the array is read-only".into()));
+        }
+        if self.sync_progress().is_some() {
+            return Err(ArrayError::Busy(
+                "a sync is running; wait for it (mdfuse wait) or stop it (idle)".into(),
+            ));
+        }
+        let s = &self.engine.slots()[slot];
+        let io = s
+            .io()
+            .ok_or_else(|| ArrayError::Busy(format!("slot {slot} holds no leg")))?;
+        let path = io.leg().path().to_path_buf();
+        if s.state() != LegState::Faulty {
+            return Err(ArrayError::Busy(format!(
+                "{} is {}: only a faulty leg can be re-added",
+                path.display(),
+                s.state().md_word()
+            )));
+        }
+        let current = self
+            .keeper
+            .current()
+            .ok_or_else(|| ArrayError::Busy("the array has no member left".into()))?;
+        let sb = super::superblocks::read_superblock(io.leg())?.map_err(|source| {
+            ArrayError::BadSuperblock {
+                path: path.clone(),
+                source,
+            }
+        })?;
+        if sb.set_uuid != current.set_uuid || sb.own_role() != DevRole::Active(slot as u16) {
+            return Err(ArrayError::Busy(format!(
+                "{} is not this array's member of slot {slot} by its superblock",
+                path.display()
+            )));
+        }
+        if sb.events > current.events {
+            return Err(ArrayError::Busy(format!(
+                "{} has newer events ({}) than the array ({})",
+                path.display(),
+                sb.events,
+                current.events
+            )));
+        }
+        Ok(path)
     }
 
     /// A check or repair of the whole array.
     pub fn start_scrub(&self, action: SyncAction) -> Result<(), ArrayError> {
         let size = self.engine.size();
+        // md: a requested check or repair unfreezes.
+        self.control.frozen.store(false, Ordering::Release);
         self.start_sync(
             action,
             vec![Region {
@@ -509,8 +540,13 @@ impl RunningArray {
             .filter(|p| !p.finished.load(Ordering::Acquire))
     }
 
+    /// The running sync or, when none runs, the last one.
+    pub fn last_sync_progress(&self) -> Option<Arc<SyncProgress>> {
+        self.last_sync.lock().clone()
+    }
+
     /// The mismatches the last resync, check or repair found so far, in
-    /// sectors (md's mismatch_cnt).
+    /// sectors (md's mismatch_cnt; a recovery leaves it).
     pub fn mismatch_cnt(&self) -> u64 {
         self.last_scrub
             .lock()
@@ -525,7 +561,7 @@ impl RunningArray {
 
     /// True until a resync owed since an unclean stop has completed.
     pub fn needs_resync(&self) -> bool {
-        self.needs_resync.load(Ordering::Acquire)
+        self.control.needs_resync.load(Ordering::Acquire)
     }
 
     pub fn engine(&self) -> &Arc<Raid1> {
@@ -547,14 +583,15 @@ impl RunningArray {
         if self.stopped.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        let interrupted = self.sync_progress();
+        if let Some(mut t) = self.md_thread.lock().take() {
+            t.stop();
+        }
         self.stop_sync();
         let mut first_error = None;
         if let Err(e) = self.engine.flush() {
             log::error!("array {}: final flush: {e}", self.name);
             first_error.get_or_insert(ArrayError::from(e));
         }
-        let in_sync = !self.needs_resync.load(Ordering::Acquire) && first_error.is_none();
         if let Some(b) = &self.bitmap {
             if let Err(e) = b.write_clean() {
                 log::error!("array {}: {e}", self.name);
@@ -562,7 +599,21 @@ impl RunningArray {
             }
         }
         if !self.read_only {
-            if in_sync {
+            if first_error.is_some() {
+                log::warn!(
+                    "array {}: stopped, but left marked active: the final flush failed",
+                    self.name
+                );
+            } else if !self.needs_resync() && self.recorded_clean() {
+                // md writes no superblock at a stop when nothing changed
+                // since they last said clean (no write, or safe mode came
+                // first).
+                log::info!(
+                    "array {}: stopped clean (events {})",
+                    self.name,
+                    self.keeper.events()
+                );
+            } else if !self.needs_resync() {
                 // Also brings the bitmap header's events along (md_update_sb order).
                 match self.keeper.mark_clean() {
                     Ok(events) => {
@@ -572,22 +623,14 @@ impl RunningArray {
                         first_error.get_or_insert(e);
                     }
                 }
-            } else if let (None, Some(p)) = (
-                &self.bitmap,
-                interrupted.filter(|p| p.action == SyncAction::Resync),
-            ) {
-                // Everything below the point reached is in sync: resume there.
-                let sectors = p.done_bytes.load(Ordering::Relaxed) / 512;
+            } else {
+                // Below the checkpoint the legs are in sync: resume there.
+                let sectors = self.control.resync_cp.load(Ordering::Acquire) / 512;
                 if let Err(e) = self.keeper.record_resync_offset(sectors) {
                     first_error.get_or_insert(e);
                 }
                 log::warn!(
-                    "array {}: stopped during resync; it resumes at sector {sectors}",
-                    self.name
-                );
-            } else {
-                log::warn!(
-                    "array {}: stopped, but left marked active: a resync is owed",
+                    "array {}: stopped with a resync owed; it resumes at sector {sectors}",
                     self.name
                 );
             }
@@ -599,6 +642,15 @@ impl RunningArray {
             }
         }
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// The superblocks already say clean and nothing was written since.
+    fn recorded_clean(&self) -> bool {
+        !self.engine.is_active()
+            && self
+                .keeper
+                .current()
+                .is_some_and(|sb| sb.resync_offset == crate::format::superblock::MAX_SECTOR)
     }
 
     /// Each slot's leg name (its file name, as md shows a device's kernel

@@ -3,7 +3,10 @@
 //! change bumps `events` and is written to every member still in the array.
 
 use super::error::ArrayError;
-use crate::format::superblock::{DevRole, MdTime, Superblock, SuperblockError, MAX_SECTOR};
+use crate::format::superblock::{
+    DevRole, MdTime, Superblock, SuperblockError, FEATURE_RECOVERY_BITMAP, FEATURE_RECOVERY_OFFSET,
+    MAX_SECTOR,
+};
 use crate::io::aligned::AlignedBuf;
 use crate::io::leg::{Leg, LegError};
 use crate::raid1::ArrayEvents;
@@ -65,6 +68,10 @@ pub struct SuperblockKeeper {
     /// Called with the new event count after each update (the bitmap's
     /// header follows the array's events, as md_bitmap_update_sb does).
     on_events: Mutex<Option<EventsHook>>,
+    /// One update at a time (events are counted from the members).
+    updating: Mutex<()>,
+    /// Members whose superblock write failed, to be failed by the engine.
+    unwritten: Mutex<Vec<(usize, String)>>,
 }
 
 impl SuperblockKeeper {
@@ -83,6 +90,8 @@ impl SuperblockKeeper {
         SuperblockKeeper {
             members: Mutex::new(slots),
             on_events: Mutex::new(None),
+            updating: Mutex::new(()),
+            unwritten: Mutex::new(Vec::new()),
         }
     }
 
@@ -101,36 +110,41 @@ impl SuperblockKeeper {
             .unwrap_or(0)
     }
 
-    /// A copy of the freshest present member's superblock.
+    /// A copy of the freshest present member's superblock (an in-sync
+    /// member's rather than a recovering one's, whose own fields differ).
     pub fn current(&self) -> Option<Superblock> {
         self.members
             .lock()
             .iter()
             .flatten()
             .filter(|k| k.present)
-            .max_by_key(|k| k.sb.events)
+            .max_by_key(|k| (k.sb.events, !is_recovering(&k.sb)))
             .map(|k| k.sb.clone())
     }
 
     /// Applies `change` to every present member's superblock, bumps events,
-    /// and writes them all. A member whose write fails is reported in the
-    /// result; the others are still written.
+    /// writes the bitmap header (through the events hook) and then every
+    /// member, in md's order (md_update_sb writes the bitmap first). A
+    /// member whose write fails is queued for [`SuperblockKeeper::take_unwritten`]
+    /// (md fails such a member: `super_written` → `md_error`) and the others
+    /// are still written; the update fails only when no member took it.
     fn update(&self, change: impl Fn(&mut Superblock)) -> Result<u64, ArrayError> {
+        let _one = self.updating.lock();
+        let events = self.events() + 1;
+        if let Some(f) = self.on_events.lock().as_ref() {
+            f(events);
+        }
         let mut members = self.members.lock();
-        let events = members
-            .iter()
-            .flatten()
-            .filter(|k| k.present)
-            .map(|k| k.sb.events)
-            .max()
-            .unwrap_or(0)
-            + 1;
         let now = now_md_time();
         // md (super_1_sync) rewrites the role table from the devices it has:
         // an active role whose device is not with the array becomes empty.
         let known: Vec<u32> = members.iter().flatten().map(|k| k.sb.dev_number).collect();
         let mut first_error = None;
-        for k in members.iter_mut().flatten().filter(|k| k.present) {
+        let mut written = 0;
+        for (slot, k) in members.iter_mut().enumerate() {
+            let Some(k) = k.as_mut().filter(|k| k.present) else {
+                continue;
+            };
             for d in 0..k.sb.max_dev() {
                 if matches!(k.sb.role_of(d), DevRole::Active(_)) && !known.contains(&d) {
                     let _ = k.sb.set_role(d, DevRole::Spare);
@@ -139,19 +153,25 @@ impl SuperblockKeeper {
             change(&mut k.sb);
             k.sb.events = events;
             k.sb.utime = now;
-            if let Err(e) = write_superblock(&k.leg, &k.sb) {
-                log::error!("{e}");
-                first_error.get_or_insert(e);
+            match write_superblock(&k.leg, &k.sb) {
+                Ok(()) => written += 1,
+                Err(e) => {
+                    log::error!("{e}");
+                    self.unwritten.lock().push((slot, e.to_string()));
+                    first_error.get_or_insert(e);
+                }
             }
         }
-        drop(members);
-        if let Some(f) = self.on_events.lock().as_ref() {
-            f(events);
-        }
         match first_error {
-            Some(e) => Err(e),
-            None => Ok(events),
+            Some(e) if written == 0 => Err(e),
+            _ => Ok(events),
         }
+    }
+
+    /// The members whose superblock could not be written since the last
+    /// call, with why: they are to be failed.
+    pub fn take_unwritten(&self) -> Vec<(usize, String)> {
+        std::mem::take(&mut *self.unwritten.lock())
     }
 
     /// The array is about to be written: record it active (md: in_sync = 0,
@@ -227,10 +247,77 @@ impl SuperblockKeeper {
             .unwrap_or(0)
     }
 
+    /// A former member starts its recovery (md's super_1_sync for a device
+    /// with a raid_disk but not In_sync): it is kept as a member from now
+    /// on, every superblock records it active in `slot`, and its own says
+    /// MD_FEATURE_RECOVERY_OFFSET with recovery_offset 0 (and
+    /// MD_FEATURE_RECOVERY_BITMAP when the bitmap guides it), so it is never
+    /// assembled as in sync before its recovery ends.
+    pub fn begin_recovery(
+        &self,
+        slot: usize,
+        leg: Arc<Leg>,
+        mut sb: Superblock,
+        bitmap_guided: bool,
+    ) -> Result<u64, ArrayError> {
+        let dev_number = sb.dev_number;
+        if let Some(current) = self.current() {
+            sb.dev_roles_from(&current);
+            sb.resync_offset = current.resync_offset;
+            sb.events = current.events;
+        }
+        sb.feature_map |= FEATURE_RECOVERY_OFFSET;
+        if bitmap_guided {
+            sb.feature_map |= FEATURE_RECOVERY_BITMAP;
+        } else {
+            sb.feature_map &= !FEATURE_RECOVERY_BITMAP;
+        }
+        sb.recovery_offset = 0;
+        if let Some(k) = self.members.lock().get_mut(slot) {
+            *k = Some(Kept {
+                leg,
+                sb,
+                present: true,
+            });
+        }
+        self.update(|sb| {
+            let _ = sb.set_role(dev_number, DevRole::Active(slot as u16));
+        })
+    }
+
+    /// Records how far the recovery of the leg in `slot` got (sectors): its
+    /// own superblock only, without a new event (the others are unchanged).
+    pub fn record_recovery_offset(&self, slot: usize, sectors: u64) -> Result<(), ArrayError> {
+        let mut members = self.members.lock();
+        let Some(Some(k)) = members.get_mut(slot) else {
+            return Ok(());
+        };
+        if !k.present || !is_recovering(&k.sb) {
+            return Ok(());
+        }
+        k.sb.recovery_offset = sectors;
+        write_superblock(&k.leg, &k.sb)
+    }
+
     /// A recovered leg joins: its superblock (`sb`, with its dev_number) is
-    /// kept from now on, and every member records it active in `slot`.
+    /// kept from now on, and every member records it active in `slot`. A
+    /// leg whose recovery began with [`begin_recovery`](Self::begin_recovery)
+    /// keeps the superblock it has, without the recovery fields.
     pub fn join(&self, slot: usize, leg: Arc<Leg>, mut sb: Superblock) -> Result<u64, ArrayError> {
         let dev_number = sb.dev_number;
+        {
+            let mut members = self.members.lock();
+            if let Some(Some(k)) = members.get_mut(slot) {
+                if k.present && Arc::ptr_eq(&k.leg, &leg) {
+                    k.sb.feature_map &= !(FEATURE_RECOVERY_OFFSET | FEATURE_RECOVERY_BITMAP);
+                    k.sb.recovery_offset = 0;
+                    drop(members);
+                    return self.update(|sb| {
+                        let _ = sb.set_role(dev_number, DevRole::Active(slot as u16));
+                    });
+                }
+            }
+        }
         if let Some(current) = self.current() {
             // Its view of the array is the array's, from now on.
             sb.dev_roles_from(&current);
@@ -249,6 +336,12 @@ impl SuperblockKeeper {
     }
 }
 
+/// The superblock is a member's whose recovery has not ended (md's
+/// MD_FEATURE_RECOVERY_OFFSET).
+pub fn is_recovering(sb: &Superblock) -> bool {
+    sb.has_feature(FEATURE_RECOVERY_OFFSET)
+}
+
 impl ArrayEvents for SuperblockKeeper {
     fn mark_active(&self) -> Result<(), String> {
         SuperblockKeeper::mark_active(self)
@@ -260,5 +353,9 @@ impl ArrayEvents for SuperblockKeeper {
         if let Err(e) = self.mark_faulty(slot) {
             log::error!("recording leg {slot} faulty ({reason}) failed: {e}");
         }
+    }
+
+    fn take_unwritten(&self) -> Vec<(usize, String)> {
+        SuperblockKeeper::take_unwritten(self)
     }
 }

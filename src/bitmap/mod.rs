@@ -20,7 +20,7 @@ pub mod store;
 
 pub use create::{create_bitmap_file, load_bitmap_file};
 pub use raw_store::RawPageStore;
-pub use service::{BitmapOptions, BitmapStats, WriteIntentBitmap};
+pub use service::{BitmapOptions, BitmapStats, DurabilityHook, WriteIntentBitmap};
 pub use store::{FilePageStore, MemPageStore};
 
 /// Errors of the write-intent service; they carry the file and what was being done.

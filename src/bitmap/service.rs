@@ -110,6 +110,11 @@ impl BitmapOptions {
     }
 }
 
+/// Makes every data write that has ended durable on the legs (their
+/// volatile caches flushed). The array layer provides it; the bitmap knows
+/// nothing of legs.
+pub type DurabilityHook = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
 /// Counters for mdstat and monitoring.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BitmapStats {
@@ -183,6 +188,10 @@ struct Shared {
     flush_failures: AtomicU64,
     epoch: Instant,
     opts: BitmapOptions,
+    /// Called before bits are cleared: a bit may go only once its chunk's
+    /// writes are on stable storage, or a power loss could lose a leg's
+    /// cached write with no bit left to say so.
+    durability: Mutex<Option<DurabilityHook>>,
     stop: Mutex<bool>,
     stop_wake: Condvar,
 }
@@ -279,6 +288,7 @@ impl WriteIntentBitmap {
             epoch: Instant::now(),
             header: Mutex::new(sb),
             opts,
+            durability: Mutex::new(None),
             stop: Mutex::new(false),
             stop_wake: Condvar::new(),
         });
@@ -308,6 +318,11 @@ impl WriteIntentBitmap {
 
     pub fn chunks(&self) -> u64 {
         self.shared.chunks
+    }
+
+    /// Sets what makes ended writes durable before their bits are cleared.
+    pub fn set_durability_hook(&self, hook: DurabilityHook) {
+        *self.shared.durability.lock() = Some(hook);
     }
 
     /// While degraded no bit is ever cleared (md keeps them for a re-add).
@@ -692,6 +707,31 @@ impl Shared {
         self.flush_until(0, st, required)
     }
 
+    /// Runs the durability hook if some page may have bits to clear;
+    /// returns the time (ms) before which ended writes are durable: zero
+    /// when the hook failed (nothing may be cleared), u64::MAX without a
+    /// hook.
+    fn make_ended_writes_durable(&self, stopping: bool) -> u64 {
+        let hook = self.durability.lock().clone();
+        let Some(hook) = hook else {
+            return u64::MAX;
+        };
+        if !stopping && !self.pages.iter().any(|p| p.pending.load(Ordering::Acquire)) {
+            return 0;
+        }
+        let started = self.now_ms();
+        match hook() {
+            Ok(()) => started,
+            Err(e) => {
+                log::warn!(
+                    "{}: no bit cleared: the legs could not be flushed: {e}",
+                    self.store.describe()
+                );
+                0
+            }
+        }
+    }
+
     fn daemon_loop(&self) {
         let tick = self.opts.tick();
         loop {
@@ -715,6 +755,13 @@ impl Shared {
             return;
         }
         let degraded = self.degraded.load(Ordering::Acquire);
+        // Chunks idle since before the legs were flushed may be cleared:
+        // their writes ended before the flush began.
+        let durable_before = if degraded {
+            0
+        } else {
+            self.make_ended_writes_durable(stopping)
+        };
         let now = self.now_ms();
         let delay = self.opts.clear_delay.as_millis() as u64;
         for (p, page) in self.pages.iter().enumerate() {
@@ -737,9 +784,9 @@ impl Shared {
                     if v & (COUNT_MASK | NEEDED) != 0 {
                         continue;
                     }
-                    let idle_for =
-                        now.saturating_sub(self.idle_since_ms[c as usize].load(Ordering::Acquire));
-                    if !stopping && idle_for < delay {
+                    let idle_since = self.idle_since_ms[c as usize].load(Ordering::Acquire);
+                    let idle_for = now.saturating_sub(idle_since);
+                    if (!stopping && idle_for < delay) || idle_since >= durable_before {
                         keep_pending = true;
                         continue;
                     }

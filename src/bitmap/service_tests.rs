@@ -207,6 +207,56 @@ fn bits_clear_only_after_idle_delay_and_the_page_is_written() {
 }
 
 #[test]
+fn bits_clear_only_for_writes_the_durability_hook_covered() {
+    let (bm, store) = build(small_super(), opts(0));
+    let bm = Arc::new(bm);
+    bm.start_write(10 * K64, 1).unwrap();
+    bm.start_write(20 * K64, 1).unwrap();
+    bm.end_write(10 * K64, 1, true);
+    std::thread::sleep(Duration::from_millis(5));
+    let calls = Arc::new(AtomicU64::new(0));
+    // Chunk 20's write ends while the legs are being flushed: the flush
+    // may have missed it, so its bit must stay for this pass.
+    let hook: DurabilityHook = {
+        let (bm, calls) = (Arc::downgrade(&bm), calls.clone());
+        Arc::new(move || {
+            if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                std::thread::sleep(Duration::from_millis(5));
+                if let Some(bm) = bm.upgrade() {
+                    bm.end_write(20 * K64, 1, true);
+                }
+            }
+            Ok(())
+        })
+    };
+    bm.set_durability_hook(hook);
+    bm.run_daemon_pass();
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "the legs were flushed first"
+    );
+    assert!(!on_disk(&store, 10), "idle before the flush: cleared");
+    assert!(on_disk(&store, 20), "ended during the flush: kept");
+    std::thread::sleep(Duration::from_millis(5));
+    bm.run_daemon_pass();
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert!(!on_disk(&store, 20), "covered by the second flush");
+}
+
+#[test]
+fn a_failed_durability_hook_clears_nothing() {
+    let (bm, store) = build(small_super(), opts(0));
+    bm.set_durability_hook(Arc::new(|| Err("leg flush failed".into())));
+    bm.start_write(7 * K64, 1).unwrap();
+    bm.end_write(7 * K64, 1, true);
+    std::thread::sleep(Duration::from_millis(5));
+    bm.run_daemon_pass();
+    assert!(on_disk(&store, 7), "no bit cleared without durable data");
+    assert_eq!(bm.dirty_chunks(), vec![7]);
+}
+
+#[test]
 fn outstanding_write_keeps_its_bit() {
     let (bm, store) = build(small_super(), opts(0));
     bm.start_write(0, K64).unwrap();

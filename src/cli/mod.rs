@@ -131,6 +131,11 @@ pub struct MountArgs {
     /// Start even with legs missing or stale (degraded), like mdadm --run.
     #[arg(long)]
     run: bool,
+    /// When the legs' histories diverged (each was written while the other
+    /// was away), keep this leg's; the others are left out and need a full
+    /// recovery.
+    #[arg(long, value_name = "LEG")]
+    force_from: Option<PathBuf>,
     /// Send every buffered write to the legs at once, one request each,
     /// instead of letting them gather in the kernel's page cache (the FUSE
     /// writeback cache, the default: fsync and close still reach every
@@ -382,6 +387,9 @@ impl MountArgs {
         if let Some(d) = self.delay {
             a.push(format!("--delay={d}"));
         }
+        if let Some(leg) = &self.force_from {
+            a.push(format!("--force-from={}", absolute(leg)));
+        }
         a.push("--".into());
         a.extend(self.paths.iter().map(|p| absolute(p)));
         a
@@ -475,6 +483,7 @@ pub fn mount_foreground(m: &MountArgs, ready: &mut detach::Ready) -> Result<(), 
             },
             read_only: m.ro,
             run_degraded: m.run,
+            force_from: m.force_from.clone(),
         },
     )
     .map_err(|e| e.to_string())?;
@@ -725,6 +734,14 @@ fn cmd_detail(mnt: &Path) -> Result<(), String> {
     println!();
     line("UUID", &mdadm_uuid(&get("md/uuid")?));
     line("Mismatch Count", &get("md/mismatch_cnt")?);
+    let last = get("md/last_sync_action")?;
+    if last != "none" {
+        // mdfuse's own: what the current (or last) sync actually copied.
+        line(
+            "Sync Copied",
+            &format!("{} bytes ({last})", get("md/sync_copied")?),
+        );
+    }
     println!();
     println!("    Number   RaidDevice State");
     for (i, (leg, st, slot)) in legs.iter().enumerate() {

@@ -15,6 +15,7 @@
 
 use super::leg_workers::{Job, LegWorkers, SharedBuf};
 use super::range_lock::RangeLock;
+use super::read_fix::{RangeHeld, ReadErrors, DEFAULT_MAX_READ_ERRORS};
 use crate::bitmap::{BitmapError, WriteIntent};
 use crate::io::aligned::with_scratch;
 use crate::io::completion::{Completion, OpFailure};
@@ -78,6 +79,12 @@ pub trait ArrayEvents: Send + Sync {
     fn mark_active(&self) -> Result<(), String>;
     /// A leg was failed (an I/O error, or an operator's request).
     fn leg_failed(&self, slot: usize, reason: &str);
+    /// Legs whose superblock could not be written since the last call, with
+    /// why: the engine fails them (md: a superblock write error fails its
+    /// member, not the update).
+    fn take_unwritten(&self) -> Vec<(usize, String)> {
+        Vec::new()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -154,7 +161,11 @@ pub struct LegSlot {
     /// End of the last read sent here: a read starting there is sequential.
     next_read: AtomicU64,
     pending_reads: AtomicU32,
-    errors: AtomicU64,
+    /// md's corrected_errors: sectors of read errors corrected (or met
+    /// while read-only) without failing the leg.
+    pub(super) errors: AtomicU64,
+    /// md's read_errors, checked against max_read_errors.
+    pub(super) read_errors: ReadErrors,
     reads: AtomicU64,
 }
 
@@ -166,6 +177,7 @@ impl LegSlot {
     pub fn io(&self) -> Option<Arc<SlotIo>> {
         self.io.load_full()
     }
+    /// Sectors of read errors corrected on this leg (md's `errors`).
     pub fn errors(&self) -> u64 {
         self.errors.load(Ordering::Relaxed)
     }
@@ -265,6 +277,9 @@ pub struct Raid1 {
     /// read only the first in-sync leg until they are resynced (md does the
     /// same for the region not yet resynced).
     first_only: AtomicBool,
+    /// md does not rewrite a read-only array's legs to correct read errors.
+    read_only: AtomicBool,
+    pub(super) max_read_errors: AtomicU32,
     stats: EngineStats,
 }
 
@@ -292,6 +307,8 @@ impl Raid1 {
             activating: Mutex::new(()),
             rotate: AtomicUsize::new(0),
             first_only: AtomicBool::new(false),
+            read_only: AtomicBool::new(false),
+            max_read_errors: AtomicU32::new(DEFAULT_MAX_READ_ERRORS),
             workers_per_leg: opts.workers_per_leg,
             stats: EngineStats::default(),
         };
@@ -309,6 +326,7 @@ impl Raid1 {
                 next_read: AtomicU64::new(u64::MAX),
                 pending_reads: AtomicU32::new(0),
                 errors: AtomicU64::new(0),
+                read_errors: ReadErrors::default(),
                 reads: AtomicU64::new(0),
             });
         }
@@ -356,6 +374,7 @@ impl Raid1 {
         }
         s.io.store(Some(self.slot_io(slot, spec.leg, spec.data_offset)?));
         s.errors.store(0, Ordering::Relaxed);
+        s.read_errors.reset();
         s.state.store(spec.state as u8, Ordering::Release);
         Ok(())
     }
@@ -389,6 +408,15 @@ impl Raid1 {
             why: "the slot has no leg",
         })?;
         Ok(io.leg.clone())
+    }
+
+    /// Returns once every write that took its range before this call has
+    /// ended (a barrier over the whole array; later writes wait only while
+    /// it is held, which is not at all once this returns).
+    pub fn wait_for_writes_in_flight(&self) {
+        if self.array_size > 0 {
+            drop(self.ranges.lock(0, self.array_size));
+        }
     }
 
     /// A recovered leg becomes in sync: it is read from now on.
@@ -446,42 +474,59 @@ impl Raid1 {
         self.intent.as_ref()
     }
 
-    /// Reads array bytes from one leg (for a sync); an error fails the leg
-    /// unless it is the last in-sync one.
+    /// Reads array bytes from one leg for a sync, under the sync's range
+    /// lock; a read error is corrected from another in-sync leg (md's
+    /// fix_read_error), so `buf` then holds the good data.
     pub(super) fn read_leg(
         &self,
         slot: usize,
         offset: u64,
         buf: &mut [u8],
     ) -> Result<(), EngineError> {
-        self.on_leg(slot, |io| io.leg.read_at(buf, io.data_offset + offset))
+        let io = self.slot_io_of(slot)?;
+        match io.leg.read_at(buf, io.data_offset + offset) {
+            Ok(()) => Ok(()),
+            Err(e) => self.fix_read_error(slot, offset, buf, e, RangeHeld::Yes),
+        }
     }
 
-    /// Writes array bytes to one leg (for a sync); as `read_leg` for errors.
+    /// Writes array bytes to one leg (for a sync); an error fails the leg
+    /// unless it is the last in-sync one.
     pub(super) fn write_leg(
         &self,
         slot: usize,
         offset: u64,
         data: &[u8],
     ) -> Result<(), EngineError> {
-        self.on_leg(slot, |io| io.leg.write_at(data, io.data_offset + offset))
-    }
-
-    fn on_leg(
-        &self,
-        slot: usize,
-        op: impl FnOnce(&SlotIo) -> Result<(), LegError>,
-    ) -> Result<(), EngineError> {
-        let s = &self.slots[slot];
-        let io = s.io().ok_or(EngineError::BadSlot {
-            slot,
-            why: "the slot has no leg",
-        })?;
-        op(&io).map_err(|e| {
-            s.errors.fetch_add(1, Ordering::Relaxed);
+        let io = self.slot_io_of(slot)?;
+        io.leg.write_at(data, io.data_offset + offset).map_err(|e| {
             self.fail_after_error(slot, &e.to_string());
             EngineError::Leg(e)
         })
+    }
+
+    fn slot_io_of(&self, slot: usize) -> Result<Arc<SlotIo>, EngineError> {
+        self.slots[slot].io().ok_or(EngineError::BadSlot {
+            slot,
+            why: "the slot has no leg",
+        })
+    }
+
+    /// The leg's path, for log lines.
+    pub(super) fn leg_label(&self, slot: usize) -> String {
+        self.slots[slot]
+            .io()
+            .map(|io| io.leg.path().display().to_string())
+            .unwrap_or_else(|| format!("in slot {slot}"))
+    }
+
+    /// A read-only array corrects no read error (it is not written).
+    pub fn set_read_only(&self, on: bool) {
+        self.read_only.store(on, Ordering::Release);
+    }
+
+    pub fn is_read_only(&self) -> bool {
+        self.read_only.load(Ordering::Acquire)
     }
 
     /// Reads go to the first in-sync leg only (until a resync), or are balanced again.
@@ -534,9 +579,10 @@ impl Raid1 {
                 tried & (1 << i) == 0 && self.slots[i].state() == LegState::InSync
             })
         };
-        if let Some(i) =
-            candidates().find(|&i| self.slots[i].next_read.load(Ordering::Relaxed) == offset)
-        {
+        // u64::MAX: no stream to continue (it is also a fresh leg's next_read).
+        if let Some(i) = candidates().find(|&i| {
+            offset != u64::MAX && self.slots[i].next_read.load(Ordering::Relaxed) == offset
+        }) {
             return Some(i);
         }
         let start = self.rotate.fetch_add(1, Ordering::Relaxed);
@@ -565,18 +611,9 @@ impl Raid1 {
         let head = (offset - start) as usize;
         with_scratch(span, |buf| {
             let mut tried = 0u64;
-            let mut failures = Vec::new();
             loop {
                 let Some(i) = self.choose_read_leg(offset, tried) else {
-                    return Err(if failures.is_empty() {
-                        EngineError::NoInSyncLeg
-                    } else {
-                        EngineError::AllLegsFailed {
-                            op: "read",
-                            offset,
-                            failures,
-                        }
-                    });
+                    return Err(EngineError::NoInSyncLeg);
                 };
                 tried |= 1 << i;
                 let slot = &self.slots[i];
@@ -595,14 +632,13 @@ impl Raid1 {
                         return Ok(f(&buf.as_slice()[head..head + len as usize]));
                     }
                     Err(e) => {
-                        slot.errors.fetch_add(1, Ordering::Relaxed);
-                        log::error!("{e}");
-                        failures.push(OpFailure {
-                            target: i,
-                            errno: e.errno(),
-                            what: e.to_string(),
-                        });
-                        self.fail_after_error(i, &e.to_string());
+                        // md's fix_read_error: the good copy comes from
+                        // another leg and is written back over the bad range.
+                        let span_buf = &mut buf.as_mut_slice()[..span];
+                        self.fix_read_error(i, start, span_buf, e, RangeHeld::No)?;
+                        self.stats.reads.fetch_add(1, Ordering::Relaxed);
+                        self.stats.read_bytes.fetch_add(len, Ordering::Relaxed);
+                        return Ok(f(&buf.as_slice()[head..head + len as usize]));
                     }
                 }
             }
@@ -617,11 +653,13 @@ impl Raid1 {
             return Ok(0);
         }
         let data = &data[..len as usize];
-        self.ensure_active()?;
         let (start, end) = self.aligned(offset, len);
         let span = (end - start) as usize;
         let head = (offset - start) as usize;
         let _range = self.ranges.lock(start, end);
+        // Under the range lock, so safe mode's barrier (all ranges) either
+        // sees this write end or comes first and this write marks active.
+        self.ensure_active()?;
         with_scratch(span, |buf| {
             let buf = &mut buf.as_mut_slice()[..span];
             if self.block > 1 {
@@ -651,35 +689,20 @@ impl Raid1 {
     }
 
     /// Reads one block for a read-modify-write, under the caller's range lock.
+    /// A read error is corrected from another leg, as for any read.
     fn read_block_for_merge(&self, array_offset: u64, out: &mut [u8]) -> Result<(), EngineError> {
         let mut tried = 0u64;
-        let mut failures = Vec::new();
         while let Some(i) = self.choose_read_leg(u64::MAX, tried) {
             tried |= 1 << i;
-            let slot = &self.slots[i];
-            let Some(io) = slot.io() else { continue };
-            match io.leg.read_at(out, io.data_offset + array_offset) {
-                Ok(()) => return Ok(()),
-                Err(e) => {
-                    slot.errors.fetch_add(1, Ordering::Relaxed);
-                    failures.push(OpFailure {
-                        target: i,
-                        errno: e.errno(),
-                        what: e.to_string(),
-                    });
-                    self.fail_after_error(i, &e.to_string());
-                }
-            }
+            let Some(io) = self.slots[i].io() else {
+                continue;
+            };
+            return match io.leg.read_at(out, io.data_offset + array_offset) {
+                Ok(()) => Ok(()),
+                Err(e) => self.fix_read_error(i, array_offset, out, e, RangeHeld::Yes),
+            };
         }
-        Err(if failures.is_empty() {
-            EngineError::NoInSyncLeg
-        } else {
-            EngineError::AllLegsFailed {
-                op: "read (for a partial-block write)",
-                offset: array_offset,
-                failures,
-            }
-        })
+        Err(EngineError::NoInSyncLeg)
     }
 
     /// Writes `buf` at array offset `start` on every written leg (in sync or
@@ -751,7 +774,6 @@ impl Raid1 {
             failures.extend(done.wait());
         }
         for f in &failures {
-            self.slots[f.target].errors.fetch_add(1, Ordering::Relaxed);
             log::error!("{f}");
         }
         let in_sync_failed = failures
@@ -775,12 +797,29 @@ impl Raid1 {
         if self.active.load(Ordering::Acquire) {
             return Ok(());
         }
-        let _one = self.activating.lock();
-        if !self.active.load(Ordering::Acquire) {
-            self.events.mark_active().map_err(EngineError::MarkActive)?;
-            self.active.store(true, Ordering::Release);
+        {
+            let _one = self.activating.lock();
+            if !self.active.load(Ordering::Acquire) {
+                self.events.mark_active().map_err(EngineError::MarkActive)?;
+                self.active.store(true, Ordering::Release);
+            }
         }
+        self.fail_unwritten();
         Ok(())
+    }
+
+    /// Fails the legs whose superblock could not be written (each failure
+    /// records itself in the others' superblocks, which may queue more).
+    pub fn fail_unwritten(&self) {
+        loop {
+            let unwritten = self.events.take_unwritten();
+            if unwritten.is_empty() {
+                return;
+            }
+            for (slot, why) in unwritten {
+                self.fail_after_error(slot, &format!("its superblock cannot be written: {why}"));
+            }
+        }
     }
 
     /// Runs `f` if the array has not been written since it was last
@@ -795,15 +834,35 @@ impl Raid1 {
         true
     }
 
-    /// Forgets that the array was written: the array layer has recorded it
-    /// clean (after a flush, with no write in flight).
-    pub fn note_clean(&self) {
-        self.active.store(false, Ordering::Release);
+    /// md's safe mode: with every write ended and new ones held back (a
+    /// range lock over the whole array), flushes the legs and runs `record`
+    /// (which records the superblocks clean); when both succeed the array
+    /// is no longer active, so the next write marks it active again.
+    /// Returns whether the array was recorded clean.
+    pub fn mark_clean_when_quiet(&self, record: impl FnOnce() -> bool) -> bool {
+        if !self.is_active() || self.array_size == 0 {
+            return false;
+        }
+        let _all = self.ranges.lock(0, self.array_size);
+        if self.flush().is_err() {
+            return false;
+        }
+        let recorded = {
+            let _one = self.activating.lock();
+            if !self.active.load(Ordering::Acquire) || !record() {
+                false
+            } else {
+                self.active.store(false, Ordering::Release);
+                true
+            }
+        };
+        self.fail_unwritten();
+        recorded
     }
 
     /// Fails leg `slot` after an I/O error, unless it is the last in-sync leg
     /// (then the error goes to the user instead, as md does).
-    fn fail_after_error(&self, slot: usize, reason: &str) {
+    pub(super) fn fail_after_error(&self, slot: usize, reason: &str) {
         if let Err(e) = self.fail_leg(slot, reason) {
             log::warn!("{e}; the error goes to the caller");
         }
@@ -816,7 +875,7 @@ impl Raid1 {
             why: "no such leg",
         })?;
         // Serialize failures so two racing errors cannot fail the last two legs.
-        let _one = self.activating.lock();
+        let one = self.activating.lock();
         match s.state() {
             LegState::InSync if self.in_sync_count() <= 1 => {
                 return Err(EngineError::CannotFail {
@@ -836,6 +895,8 @@ impl Raid1 {
                 .unwrap_or_default()
         );
         self.events.leg_failed(slot, reason);
+        drop(one);
+        self.fail_unwritten();
         Ok(())
     }
 }

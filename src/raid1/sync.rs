@@ -86,12 +86,61 @@ pub struct SyncProgress {
     pub started: Instant,
     pub finished: AtomicBool,
     pub interrupted: AtomicBool,
+    /// Ended by an error (not by a stop request).
+    pub failed: AtomicBool,
 }
 
 impl SyncProgress {
     pub fn speed_kib(&self) -> u64 {
         let secs = self.started.elapsed().as_secs_f64().max(0.001);
         (self.worked_bytes.load(Ordering::Relaxed) as f64 / 1024.0 / secs) as u64
+    }
+}
+
+/// How long md's throttle sleeps at most before it looks again (md_do_sync
+/// sleeps 500 ms at a time).
+pub const PACE_SLICE: Duration = Duration::from_millis(500);
+/// The window the sync's speed is measured over: short, so a change of
+/// limit (min while users do I/O, max when idle) takes effect within it.
+pub const PACE_WINDOW: Duration = Duration::from_secs(1);
+
+/// Paces a sync against a rate over a short sliding window. The bytes of
+/// a window at max speed can never cost more than the window itself when
+/// the rate drops: the window rolls over and the debt is forgotten.
+#[derive(Debug, Clone)]
+pub struct Pacer {
+    start: Instant,
+    bytes: u64,
+}
+
+impl Pacer {
+    pub fn new(now: Instant) -> Pacer {
+        Pacer {
+            start: now,
+            bytes: 0,
+        }
+    }
+
+    /// `bytes` were synced by `now`.
+    pub fn record(&mut self, now: Instant, bytes: u64) {
+        self.roll(now);
+        self.bytes += bytes;
+    }
+
+    fn roll(&mut self, now: Instant) {
+        if now.saturating_duration_since(self.start) >= PACE_WINDOW {
+            self.start = now;
+            self.bytes = 0;
+        }
+    }
+
+    /// How long to sleep now so the window's speed is at most `rate`
+    /// bytes/s: zero when it already is, never more than [`PACE_SLICE`].
+    pub fn pause(&mut self, now: Instant, rate: u64) -> Duration {
+        self.roll(now);
+        let due = Duration::from_secs_f64(self.bytes as f64 / rate.max(1) as f64);
+        due.saturating_sub(now.saturating_duration_since(self.start))
+            .min(PACE_SLICE)
     }
 }
 
@@ -130,7 +179,8 @@ impl Raid1 {
         match action {
             SyncAction::Resync => {
                 for &t in others {
-                    self.write_leg(t, offset, &src.as_slice()[..n])?;
+                    let r = self.write_leg(t, offset, &src.as_slice()[..n]);
+                    self.past_a_failed_target(t, r)?;
                 }
                 Ok(0)
             }
@@ -147,18 +197,24 @@ impl Raid1 {
             SyncAction::Check | SyncAction::Repair => {
                 let mut mismatched = 0;
                 for &t in others {
-                    self.read_leg(t, offset, &mut cmp.as_mut_slice()[..n])?;
+                    let r = self.read_leg(t, offset, &mut cmp.as_mut_slice()[..n]);
+                    self.past_a_failed_target(t, r)?;
+                    if self.is_failed(t) {
+                        // md goes on with the legs that remain.
+                        continue;
+                    }
                     let mut unit = 0;
                     while unit < n {
                         let end = (unit + MISMATCH_UNIT as usize).min(n);
                         if src.as_slice()[unit..end] != cmp.as_slice()[unit..end] {
                             mismatched += ((end - unit) / 512) as u64;
                             if action == SyncAction::Repair {
-                                self.repair_unit(
+                                let r = self.repair_unit(
                                     t,
                                     offset + unit as u64,
                                     &src.as_slice()[unit..end],
-                                )?;
+                                );
+                                self.past_a_failed_target(t, r)?;
                             }
                         }
                         unit = end;
@@ -167,6 +223,27 @@ impl Raid1 {
                 Ok(mismatched)
             }
         }
+    }
+
+    /// A sync goes on past an error on one target leg once that leg has
+    /// been failed (others remain); any other error stops it.
+    fn past_a_failed_target(
+        &self,
+        target: usize,
+        r: Result<(), super::EngineError>,
+    ) -> Result<(), super::EngineError> {
+        match r {
+            Err(e) if !self.is_failed(target) => Err(e),
+            Err(e) => {
+                log::warn!("sync: leg {target} failed ({e}); going on with the others");
+                Ok(())
+            }
+            Ok(()) => Ok(()),
+        }
+    }
+
+    fn is_failed(&self, slot: usize) -> bool {
+        self.slots()[slot].state() == LegState::Faulty
     }
 
     /// Rewrites one leg's unit from the source's bytes; the bitmap bit is on
@@ -209,12 +286,14 @@ impl Syncer {
         let progress = Arc::new(SyncProgress {
             action,
             total_bytes: engine.size(),
-            done_bytes: AtomicU64::new(0),
+            // md shows a resumed sync from where it resumes.
+            done_bytes: AtomicU64::new(regions.first().map_or(0, |r| r.offset)),
             worked_bytes: AtomicU64::new(0),
             mismatch_sectors: AtomicU64::new(0),
             started: Instant::now(),
             finished: AtomicBool::new(false),
             interrupted: AtomicBool::new(false),
+            failed: AtomicBool::new(false),
         });
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let thread = {
@@ -268,8 +347,7 @@ fn run(
         AlignedBuf::new(SYNC_STEP as usize),
         AlignedBuf::new(SYNC_STEP as usize),
     ];
-    let mut window_start = Instant::now();
-    let mut window_bytes = 0u64;
+    let mut pacer = Pacer::new(Instant::now());
     let mut last_user_io = engine.stats().total_requests();
     log::info!(
         "{}: started over {} region(s)",
@@ -299,30 +377,31 @@ fn run(
                 }
                 Err(e) => {
                     log::error!("{}: stopped at array offset {pos}: {e}", action.md_word());
+                    progress.failed.store(true, Ordering::Release);
                     progress.interrupted.store(true, Ordering::Release);
                     break 'regions;
                 }
             }
             pos += step.len;
             progress.worked_bytes.fetch_add(step.len, Ordering::Relaxed);
-            window_bytes += step.len;
+            pacer.record(Instant::now(), step.len);
             // md's throttle: at most max; down to min while users do I/O.
-            let now_user_io = engine.stats().total_requests();
-            let busy = now_user_io != last_user_io;
-            last_user_io = now_user_io;
-            let l = *limits.lock();
-            let rate = if busy { l.min_kib } else { l.max_kib }.max(1) * 1024;
-            let due = Duration::from_secs_f64(window_bytes as f64 / rate as f64);
-            let elapsed = window_start.elapsed();
-            if due > elapsed {
-                let mut stopped = stop.0.lock();
-                if !*stopped {
-                    stop.1.wait_for(&mut stopped, due - elapsed);
+            // Looked at again after every slice of sleep, as md does.
+            loop {
+                let now_user_io = engine.stats().total_requests();
+                let busy = now_user_io != last_user_io;
+                last_user_io = now_user_io;
+                let l = *limits.lock();
+                let rate = if busy { l.min_kib } else { l.max_kib }.max(1) * 1024;
+                let pause = pacer.pause(Instant::now(), rate);
+                if pause.is_zero() {
+                    break;
                 }
-            }
-            if window_start.elapsed() > Duration::from_secs(1) {
-                window_start = Instant::now();
-                window_bytes = 0;
+                let mut stopped = stop.0.lock();
+                if *stopped {
+                    break;
+                }
+                stop.1.wait_for(&mut stopped, pause);
             }
             // md shows the array position reached (a bitmap-guided resync
             // jumps over clean chunks).
@@ -336,7 +415,7 @@ fn run(
     }
     progress.finished.store(true, Ordering::Release);
     log::info!(
-        "{}: {} after {:.1} s ({} bytes worked, mismatch_cnt {})",
+        "{}: {} after {:.1} s (sync_copied {} bytes, mismatch_cnt {})",
         action.md_word(),
         if progress.interrupted.load(Ordering::Acquire) {
             "interrupted"
@@ -348,4 +427,60 @@ fn run(
         progress.mismatch_sectors.load(Ordering::Relaxed)
     );
     events.finished(progress);
+}
+
+#[cfg(test)]
+mod pacer_tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    /// Steps of 1 MiB at a rate, with the sleeps the pacer asks for:
+    /// returns the simulated time taken.
+    fn run(p: &mut Pacer, now: &mut Instant, steps: u64, rate: u64, longest: &mut Duration) {
+        for _ in 0..steps {
+            p.record(*now, MIB);
+            loop {
+                let d = p.pause(*now, rate);
+                if d.is_zero() {
+                    break;
+                }
+                *longest = (*longest).max(d);
+                *now += d;
+            }
+        }
+    }
+
+    #[test]
+    fn the_rate_is_kept_over_time() {
+        let t0 = Instant::now();
+        let mut now = t0;
+        let mut p = Pacer::new(now);
+        let mut longest = Duration::ZERO;
+        run(&mut p, &mut now, 20, 10 * MIB, &mut longest);
+        let secs = (now - t0).as_secs_f64();
+        assert!(
+            (1.7..2.3).contains(&secs),
+            "20 MiB at 10 MiB/s took {secs} s"
+        );
+        assert!(longest <= PACE_SLICE);
+    }
+
+    #[test]
+    fn dropping_from_max_to_min_never_stalls_for_long() {
+        let t0 = Instant::now();
+        let mut now = t0;
+        let mut p = Pacer::new(now);
+        let mut longest = Duration::ZERO;
+        // A burst at 200 MB/s (md's max), then users arrive: 1 MB/s (min).
+        run(&mut p, &mut now, 150, 200_000 * 1024, &mut longest);
+        let burst_end = now;
+        run(&mut p, &mut now, 1, 1000 * 1024, &mut longest);
+        let stall = now - burst_end;
+        assert!(
+            stall <= PACE_WINDOW + PACE_SLICE + Duration::from_millis(50),
+            "the first step at min speed waited {stall:?}"
+        );
+        assert!(longest <= PACE_SLICE, "no single sleep above the slice");
+    }
 }

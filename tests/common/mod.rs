@@ -1,4 +1,5 @@
 pub mod bitmap;
+pub mod faulty;
 pub mod faultyfs;
 pub mod kmd;
 pub mod loopdev;
