@@ -69,6 +69,9 @@ impl Rng {
         self.0 ^= self.0 << 17;
         self.0
     }
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
 }
 
 fn unaligned_writes_read_back(mode: IoMode) {
@@ -171,4 +174,38 @@ fn sequential_reads_stay_on_one_leg_and_parallel_reads_spread() {
         random.iter().all(|&n| n >= 100),
         "random reads spread over legs: {random:?}"
     );
+}
+
+/// A large read is split over both legs, each reading its own piece, and
+/// the pieces come back in order; an unaligned large read too.
+#[test]
+fn large_reads_are_split_over_the_legs_and_come_back_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, _rec, _paths) = make_engine(dir.path(), IoMode::Direct);
+    let data = Rng(0x5711).bytes(3 << 20);
+    engine.write(8192, &data).unwrap();
+    let reads = |e: &Raid1| e.slots().iter().map(|s| s.reads()).collect::<Vec<_>>();
+    let before = reads(&engine);
+    let got = engine
+        .read(8192, 1 << 20, |b| b.to_vec())
+        .expect("a 1 MiB read");
+    assert!(
+        got == data[..1 << 20],
+        "the pieces of a split read out of order"
+    );
+    let after = reads(&engine);
+    assert!(
+        after.iter().zip(&before).all(|(a, b)| a - b == 1),
+        "a 1 MiB read reads each leg once: {before:?} -> {after:?}"
+    );
+    let got = engine
+        .read(8192 + 1000, (2 << 20) + 12345, |b| b.to_vec())
+        .expect("an unaligned 2 MiB read");
+    assert!(got == data[1000..1000 + (2 << 20) + 12345]);
+    // Small reads are not split: one leg each.
+    let before = reads(&engine);
+    engine.read(0, 64 << 10, |_| ()).unwrap();
+    let after = reads(&engine);
+    let total: u64 = after.iter().zip(&before).map(|(a, b)| a - b).sum();
+    assert_eq!(total, 1, "a 64 KiB read went to {total} legs");
 }

@@ -166,6 +166,33 @@ fn a_read_error_is_corrected_from_the_other_leg_and_the_leg_stays_in_sync() {
     m.stop();
 }
 
+/// A large O_DIRECT read is split over the legs (each reads a piece); a
+/// bad range in leg1's piece is corrected the same way.
+#[test]
+fn a_read_error_in_a_split_read_is_corrected_too() {
+    if !needs_root("a_read_error_in_a_split_read_is_corrected_too") {
+        return;
+    }
+    let a = FaultyArray::new(32 * MIB, &[]);
+    let m = a.mount(&[]);
+    let data = fill(&m, 0, 4 * MIB as usize, 3);
+    // leg1 reads the second half of a 1 MiB read at 2 MiB.
+    let bad_at = a.leg_offset(2 * MIB + 768 * 1024);
+    a.bad.faults.bad_range(bad_at, bad_at + 4096);
+    let got = read_direct(&m, 2 * MIB, MIB as usize).expect("the split read");
+    assert!(
+        got == data[(2 * MIB) as usize..(3 * MIB) as usize],
+        "a split read returned wrong data"
+    );
+    assert!(
+        a.bad.faults.read_errors.load(Ordering::Relaxed) >= 1,
+        "leg1 was not asked for its piece: the read was not split"
+    );
+    assert_eq!(a.bad.faults.bad_bytes(), 0, "the bad range was rewritten");
+    assert_eq!(ctl(&m, "dev-leg1.img/state"), "in_sync", "{}", m.log());
+    m.stop();
+}
+
 #[test]
 fn a_leg_whose_rewrite_fails_is_failed_and_the_read_still_succeeds() {
     if !needs_root("a_leg_whose_rewrite_fails_is_failed_and_the_read_still_succeeds") {

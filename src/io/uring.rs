@@ -27,22 +27,55 @@ pub enum LegOp<'a> {
         buf: &'a [u8],
         offset: u64,
     },
+    /// Fill `buf` from byte `offset` of the leg (see [`LegOp::read`]).
+    Read {
+        leg: &'a Leg,
+        buf: ReadBuf<'a>,
+        offset: u64,
+    },
     /// fdatasync the leg.
     SyncData { leg: &'a Leg },
 }
 
-impl LegOp<'_> {
-    fn leg(&self) -> &Leg {
-        match self {
-            LegOp::Write { leg, .. } | LegOp::SyncData { leg } => leg,
+/// The buffer a read fills: the unique borrow of `&'a mut [u8]`, kept as a
+/// pointer so that a list of operations can be handed over as `&[LegOp]`.
+pub struct ReadBuf<'a> {
+    ptr: *mut u8,
+    len: usize,
+    _borrow: std::marker::PhantomData<&'a mut [u8]>,
+}
+
+impl<'a> LegOp<'a> {
+    /// A read of `buf.len()` bytes at `offset` into `buf`.
+    pub fn read(leg: &'a Leg, buf: &'a mut [u8], offset: u64) -> LegOp<'a> {
+        LegOp::Read {
+            leg,
+            buf: ReadBuf {
+                ptr: buf.as_mut_ptr(),
+                len: buf.len(),
+                _borrow: std::marker::PhantomData,
+            },
+            offset,
         }
     }
 
-    /// Does the operation with a plain system call (after a short write, or
-    /// when the ring cannot take it).
+    fn leg(&self) -> &Leg {
+        match self {
+            LegOp::Write { leg, .. } | LegOp::Read { leg, .. } | LegOp::SyncData { leg } => leg,
+        }
+    }
+
+    /// Does the operation with a plain system call (after a short transfer,
+    /// or when the ring cannot take it).
     pub fn run_blocking(&self) -> Result<(), LegError> {
-        match *self {
-            LegOp::Write { leg, buf, offset } => leg.write_at(buf, offset),
+        match self {
+            LegOp::Write { leg, buf, offset } => leg.write_at(buf, *offset),
+            LegOp::Read { leg, buf, offset } => {
+                // SAFETY: the operation holds the only borrow of this
+                // buffer for 'a (see ReadBuf), and nothing else runs on it.
+                let slice = unsafe { std::slice::from_raw_parts_mut(buf.ptr, buf.len) };
+                leg.read_at(slice, *offset)
+            }
             LegOp::SyncData { leg } => leg.sync_data(),
         }
     }
@@ -140,7 +173,12 @@ fn run_in_ring<'a>(
                     .offset(offset)
                     .build()
             }
-            LegOp::Write { .. } => {
+            LegOp::Read {
+                ref buf, offset, ..
+            } if buf.len <= u32::MAX as usize => opcode::Read::new(fd, buf.ptr, buf.len as u32)
+                .offset(offset)
+                .build(),
+            LegOp::Write { .. } | LegOp::Read { .. } => {
                 done(i, op.run_blocking());
                 continue;
             }
@@ -178,6 +216,15 @@ fn run_in_ring<'a>(
                     // finish it with a plain write, which names any error.
                     let n = n as usize;
                     leg.write_at(&buf[n..], offset + n as u64)
+                }
+                (LegOp::Read { leg, buf, offset }, n) if (n as usize) < buf.len => {
+                    // A short read: the rest with a plain read, which names
+                    // the end of the leg if that is what it met.
+                    let n = n as usize;
+                    // SAFETY: as in run_blocking; the kernel is done with it.
+                    let rest =
+                        unsafe { std::slice::from_raw_parts_mut(buf.ptr.add(n), buf.len - n) };
+                    leg.read_at(rest, offset + n as u64)
                 }
                 _ => Ok(()),
             };
@@ -221,6 +268,11 @@ fn failure(op: &LegOp<'_>, errno: i32) -> LegError {
     let source = std::io::Error::from_raw_os_error(errno);
     match *op {
         LegOp::Write { leg, buf, offset } => leg.io_error("write", offset, buf.len(), source),
+        LegOp::Read {
+            leg,
+            ref buf,
+            offset,
+        } => leg.io_error("read", offset, buf.len, source),
         LegOp::SyncData { leg } => LegError::Sync {
             path: leg.path().to_owned(),
             source,

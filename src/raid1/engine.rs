@@ -31,6 +31,10 @@ use std::sync::Arc;
 /// 512-byte and 4 KiB devices alike.
 pub const DIRECT_BLOCK: u64 = 4096;
 
+/// Reads at least this large are split over the in-sync legs (each piece at
+/// least half of it).
+pub const SPLIT_READ_MIN: u64 = 256 * 1024;
+
 /// A slot's state, in md's words (`dev-*/state`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -610,6 +614,12 @@ impl Raid1 {
         let span = (end - start) as usize;
         let head = (offset - start) as usize;
         with_scratch(span, |buf| {
+            if let Some(split) = self.read_split(start, &mut buf.as_mut_slice()[..span]) {
+                split?;
+                self.stats.reads.fetch_add(1, Ordering::Relaxed);
+                self.stats.read_bytes.fetch_add(len, Ordering::Relaxed);
+                return Ok(f(&buf.as_slice()[head..head + len as usize]));
+            }
             let mut tried = 0u64;
             loop {
                 let Some(i) = self.choose_read_leg(offset, tried) else {
@@ -643,6 +653,79 @@ impl Raid1 {
                 }
             }
         })
+    }
+
+    /// A large read (at least [`SPLIT_READ_MIN`]) from direct-mode legs is
+    /// split into one contiguous piece per in-sync leg, all read at once
+    /// through io_uring: a mirror has every leg's bandwidth to offer, and a
+    /// single large request would use one. A piece that fails is corrected
+    /// as any read error. None: not split (too small, one leg, buffered
+    /// legs whose readahead wants whole streams, reads held to the first
+    /// leg after an unclean stop, or no io_uring).
+    fn read_split(&self, start: u64, buf: &mut [u8]) -> Option<Result<(), EngineError>> {
+        if (buf.len() as u64) < SPLIT_READ_MIN
+            || self.block == 1
+            || self.first_only.load(Ordering::Relaxed)
+            || !uring::available()
+        {
+            return None;
+        }
+        let legs: SmallVec<[(usize, Arc<SlotIo>); 4]> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.state() == LegState::InSync)
+            .filter_map(|(i, s)| s.io().map(|io| (i, io)))
+            .collect();
+        if legs.len() < 2 {
+            return None;
+        }
+        let block = self.block as usize;
+        let pieces = legs.len().min(buf.len() / (SPLIT_READ_MIN as usize / 2));
+        let piece = buf.len().div_ceil(pieces).div_ceil(block) * block;
+        let mut failed: SmallVec<[(usize, LegError); 2]> = SmallVec::new();
+        {
+            let ops: SmallVec<[LegOp<'_>; 4]> = buf
+                .chunks_mut(piece)
+                .zip(&legs)
+                .enumerate()
+                .map(|(k, (p, (_, io)))| {
+                    LegOp::read(&io.leg, p, io.data_offset + start + (k * piece) as u64)
+                })
+                .collect();
+            for (i, _) in legs.iter().take(ops.len()) {
+                self.slots[*i].pending_reads.fetch_add(1, Ordering::Relaxed);
+            }
+            uring::run_all(&ops, |k, r| {
+                if let Err(e) = r {
+                    failed.push((k, e));
+                }
+            });
+            for (k, (i, _)) in legs.iter().take(ops.len()).enumerate() {
+                let slot = &self.slots[*i];
+                slot.pending_reads.fetch_sub(1, Ordering::Relaxed);
+                slot.reads.fetch_add(1, Ordering::Relaxed);
+                // Where this leg's piece ended: a stream continuing there
+                // finds it.
+                slot.next_read
+                    .store(start + ((k + 1) * piece) as u64, Ordering::Relaxed);
+            }
+        }
+        for (k, err) in failed {
+            let from = k * piece;
+            let to = (from + piece).min(buf.len());
+            let r = self.fix_read_error(
+                legs[k].0,
+                start + from as u64,
+                &mut buf[from..to],
+                err,
+                RangeHeld::No,
+            );
+            if let Err(e) = r {
+                return Some(Err(e));
+            }
+        }
+        Some(Ok(()))
     }
 
     /// Writes `data` at `offset`; returns the bytes written (short only at
