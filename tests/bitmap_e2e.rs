@@ -470,34 +470,84 @@ fn crash_stream(fs: ScratchFs, leg_size: u64, chunk: u64, fragment: bool) {
 
 // ---------------------------------------------------------------- refusals
 
-/// The state a refused mount must leave untouched.
+/// The state a refused mount must leave untouched: every byte of every leg,
+/// and the bitmap file's bytes, attributes (`lsattr`) and ctime (which any
+/// change of its flags, even one undone, moves).
 struct Untouched {
-    heads: Vec<Vec<u8>>,
+    leg_hashes: Vec<String>,
     bitmap: PathBuf,
     bitmap_bytes: Vec<u8>,
+    bitmap_attrs: String,
+    bitmap_ctime: (i64, i64),
+}
+
+fn leg_hashes(legs: &Legs) -> Vec<String> {
+    legs.paths
+        .iter()
+        .map(|p| {
+            run("sha256sum", &[s(p)])
+                .expect("sha256sum")
+                .split_whitespace()
+                .next()
+                .expect("sha256sum output")
+                .to_string()
+        })
+        .collect()
+}
+
+/// The whole file, read with O_DIRECT (what is on disk, not a cache).
+fn read_whole_direct(path: &Path) -> Vec<u8> {
+    let len = std::fs::metadata(path).expect("stat").len() as usize;
+    read_direct(path, 0, len).expect("read")
+}
+
+fn attrs(path: &Path) -> String {
+    let out = run("lsattr", &[s(path)]).expect("lsattr");
+    out.split_whitespace().next().unwrap_or("").to_string()
+}
+
+fn ctime(path: &Path) -> (i64, i64) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).expect("stat");
+    (m.ctime(), m.ctime_nsec())
 }
 
 impl Untouched {
     fn record(legs: &Legs, bitmap: &Path) -> Untouched {
         Untouched {
-            heads: legs.heads(8192),
+            leg_hashes: leg_hashes(legs),
             bitmap: bitmap.to_path_buf(),
-            bitmap_bytes: std::fs::read(bitmap).unwrap(),
+            bitmap_bytes: read_whole_direct(bitmap),
+            bitmap_attrs: attrs(bitmap),
+            bitmap_ctime: ctime(bitmap),
         }
     }
 
     fn check(&self, legs: &Legs) {
+        // Whatever a filesystem holds dirty (a filesystem on a leg, say)
+        // reaches the legs first.
+        run("sync", &[]).expect("sync");
         assert!(
-            self.heads == legs.heads(8192),
-            "a leg superblock was written"
+            self.leg_hashes == leg_hashes(legs),
+            "a leg was written (its sha256 changed)"
         );
         assert!(
-            self.bitmap_bytes == std::fs::read(&self.bitmap).unwrap(),
+            self.bitmap_bytes == read_whole_direct(&self.bitmap),
             "the bitmap file was written"
         );
         assert!(
             !is_immutable(&self.bitmap),
             "a refused mount left the immutable flag"
+        );
+        assert_eq!(
+            self.bitmap_attrs,
+            attrs(&self.bitmap),
+            "the bitmap file's attributes changed"
+        );
+        assert_eq!(
+            self.bitmap_ctime,
+            ctime(&self.bitmap),
+            "the bitmap file's ctime changed: its inode was modified (flags set and cleared?)"
         );
     }
 }
@@ -633,8 +683,28 @@ fn refuses_bitmap_inside_the_array() {
     let created = create_array(&legs, Some(&staged), &[]);
     // A filesystem on leg0's data region: what the array itself serves.
     let inner = OffsetLoop::attach(&legs.paths[0], created.data_offset_sectors * 512);
-    Mkfs::ext4(&inner.path, 4096).unwrap();
-    let inner_fs = MountedFs::mount(&inner.path, &legs.dir.path().join("inner")).unwrap();
+    // No lazy initialisation and no atime updates: an idle inner filesystem
+    // writes nothing to leg0, so the leg's hash shows any change we make.
+    run(
+        "mkfs.ext4",
+        &[
+            "-F",
+            "-q",
+            "-b",
+            "4096",
+            "-E",
+            "lazy_itable_init=0,lazy_journal_init=0",
+            s(&inner.path),
+        ],
+    )
+    .unwrap();
+    let inner_fs = MountedFs::mount_with(
+        s(&inner.path),
+        &legs.dir.path().join("inner"),
+        None,
+        Some("noatime"),
+    )
+    .unwrap();
     let bitmap = inner_fs.dir().join("md.bitmap");
     std::fs::copy(&staged, &bitmap).unwrap();
     run("sync", &[]).unwrap();
@@ -670,8 +740,7 @@ fn refuses_bitmap_on_read_only_device() {
     }
     let dev = LoopDevice::attach_read_only(&image).unwrap();
     let _m = MountedFs::mount_read_only(dev.path(), &fs_dir).unwrap();
-    let heads = legs.heads(8192);
-    let bytes = std::fs::read(&bitmap).unwrap();
+    let before = Untouched::record(&legs, &bitmap);
     let text = assert_refused(
         &legs,
         &legs.mountpoint("mnt"),
@@ -681,8 +750,7 @@ fn refuses_bitmap_on_read_only_device() {
     );
     eprintln!("read-only: {text}");
     assert!(text.to_lowercase().contains("read-only"), "{text}");
-    assert!(heads == legs.heads(8192), "a leg superblock was written");
-    assert!(bytes == std::fs::read(&bitmap).unwrap());
+    before.check(&legs);
 }
 
 fn sparse_file_or_panic(p: &Path, size: u64) {

@@ -19,6 +19,19 @@ pub struct FileGuard {
     released: bool,
 }
 
+/// A read-only check, for before [`protect`]: the file is a regular file
+/// on a filesystem mounted read-write (else setting the immutable flag, and
+/// raw writes, would fail). Changes nothing.
+pub fn check_protectable(path: &Path) -> Result<(), BlockMapError> {
+    let (file, _) = super::resolve::open_regular(path, libc::O_NOFOLLOW)?;
+    if sys::is_read_only_mount(&file).map_err(|e| BlockMapError::io(path, "cannot statvfs", e))? {
+        return Err(BlockMapError::ReadOnlyFilesystem {
+            file: path.to_path_buf(),
+        });
+    }
+    Ok(())
+}
+
 /// Locks `path` exclusively (non-blocking) and makes it immutable.
 /// Call this before [`super::resolve`] so the map cannot change after it is
 /// verified.

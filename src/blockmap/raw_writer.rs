@@ -103,25 +103,7 @@ impl RawWriter {
     }
 
     pub fn open_with_threads(map: BlockMap, threads: usize) -> Result<RawWriter, BlockMapError> {
-        let not_writable = |source| BlockMapError::DeviceNotWritable {
-            file: map.file().to_path_buf(),
-            device: map.device().to_path_buf(),
-            source,
-        };
-        // O_DSYNC: a write returns once it is on stable media (FUA or flush),
-        // which is when the bitmap bit may be relied upon.
-        let fd = File::options()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_DIRECT | libc::O_DSYNC | libc::O_CLOEXEC)
-            .open(map.device())
-            .map_err(not_writable)?;
-        match sys::is_read_only(&fd) {
-            Ok(true) => return Err(not_writable(std::io::Error::from_raw_os_error(libc::EROFS))),
-            Ok(false) => {}
-            Err(e) => return Err(BlockMapError::io(map.device(), "cannot query", e)),
-        }
-        check_same_device(&map, &fd)?;
+        let fd = open_device_for_writing(&map)?;
         verify(&map)?;
         RawWriter::start(fd, map, threads)
     }
@@ -279,6 +261,38 @@ impl RawWriter {
         let skip = (file_offset - first) as usize;
         Ok(bytes[skip..skip + len as usize].to_vec())
     }
+}
+
+/// Opens the map's device as the raw writer does (read-write, O_DIRECT,
+/// O_DSYNC), refusing a read-only device or one that is no longer the
+/// file's. Writes nothing.
+fn open_device_for_writing(map: &BlockMap) -> Result<File, BlockMapError> {
+    let not_writable = |source| BlockMapError::DeviceNotWritable {
+        file: map.file().to_path_buf(),
+        device: map.device().to_path_buf(),
+        source,
+    };
+    // O_DSYNC: a write returns once it is on stable media (FUA or flush),
+    // which is when the bitmap bit may be relied upon.
+    let fd = File::options()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_DIRECT | libc::O_DSYNC | libc::O_CLOEXEC)
+        .open(map.device())
+        .map_err(not_writable)?;
+    match sys::is_read_only(&fd) {
+        Ok(true) => return Err(not_writable(std::io::Error::from_raw_os_error(libc::EROFS))),
+        Ok(false) => {}
+        Err(e) => return Err(BlockMapError::io(map.device(), "cannot query", e)),
+    }
+    check_same_device(map, &fd)?;
+    Ok(fd)
+}
+
+/// A read-only check, for before the file is protected: raw writes to the
+/// map's device would be possible. Writes nothing.
+pub fn check_device_writable(map: &BlockMap) -> Result<(), BlockMapError> {
+    open_device_for_writing(map).map(drop)
 }
 
 fn device_path(writer: &RawWriter) -> &Path {

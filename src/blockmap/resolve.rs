@@ -503,18 +503,24 @@ impl BlockMap {
     /// first: the loop holding the file's filesystem, then, if that loop's
     /// file itself lives on a loop device, that one, and so on.
     pub fn backing_chain(&self) -> Vec<BackingFile> {
-        let mut chain = Vec::new();
-        let mut dev = self.device_rdev;
-        // A loop cannot (usefully) nest deeper; the bound stops cycles.
-        for _ in 0..16 {
-            let Some(link) = loop_backing(dev) else {
-                break;
-            };
-            dev = link.st_dev;
-            chain.push(link);
-        }
-        chain
+        backing_chain(self.device_rdev)
     }
+}
+
+/// The files backing the loop device(s) under block device `dev` (a file's
+/// `st_dev`), outermost first; empty when `dev` is no loop device.
+pub fn backing_chain(dev: u64) -> Vec<BackingFile> {
+    let mut chain = Vec::new();
+    let mut dev = dev;
+    // A loop cannot (usefully) nest deeper; the bound stops cycles.
+    for _ in 0..16 {
+        let Some(link) = loop_backing(dev) else {
+            break;
+        };
+        dev = link.st_dev;
+        chain.push(link);
+    }
+    chain
 }
 
 /// The file behind block device `dev` if it is a loop device or a partition

@@ -194,6 +194,17 @@ pub fn fstatfs(file: &File) -> io::Result<libc::statfs> {
     }
 }
 
+/// True when the file's filesystem is mounted read-only.
+pub fn is_read_only_mount(file: &File) -> io::Result<bool> {
+    // SAFETY: statvfs is plain data; fstatvfs fills it.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::fstatvfs(file.as_raw_fd(), &mut st) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st.f_flag & libc::ST_RDONLY != 0)
+}
+
 /// Drops the file's clean page-cache pages.
 pub fn drop_page_cache(file: &File) -> io::Result<()> {
     // SAFETY: plain syscall on an owned fd.
