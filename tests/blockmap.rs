@@ -347,6 +347,61 @@ fn refuses_a_file_on_tmpfs() {
     drop(mnt);
 }
 
+/// A block filesystem outside the allowlist (ext2/3/4, xfs) is refused by
+/// name, pointing to --bitmap-file-io. erofs stands in for f2fs, nilfs2 and
+/// vfat, which this kernel lacks: all map files to device blocks, none is
+/// known to keep them in place.
+#[test]
+fn refuses_a_filesystem_outside_the_allowlist() {
+    if !needs_root("refuses_a_filesystem_outside_the_allowlist") {
+        return;
+    }
+    if run("which", &["mkfs.erofs"]).is_err() {
+        eprintln!(
+            "SKIPPED refuses_a_filesystem_outside_the_allowlist: no mkfs.erofs (erofs-utils)"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    write_synced(&src.join("md0.bitmap"), &pattern(13, 3 * 4096));
+    let image = dir.path().join("erofs.img");
+    run(
+        "mkfs.erofs",
+        &[image.to_str().unwrap(), src.to_str().unwrap()],
+    )
+    .unwrap();
+    let lo = LoopDevice::attach_read_only(&image).unwrap();
+    let mnt = match MountedFs::mount_with(
+        lo.path().to_str().unwrap(),
+        &dir.path().join("mnt"),
+        Some("erofs"),
+        Some("ro"),
+    ) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!(
+                "SKIPPED refuses_a_filesystem_outside_the_allowlist: cannot mount erofs: {e}"
+            );
+            return;
+        }
+    };
+    let path = mnt.dir().join("md0.bitmap");
+    let err = resolve(&path).unwrap_err();
+    assert!(
+        matches!(&err, BlockMapError::BlocksMayMove { fs_type, .. } if fs_type == "erofs"),
+        "{err}"
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.contains("md0.bitmap") && msg.contains("erofs") && msg.contains("--bitmap-file-io"),
+        "{msg}"
+    );
+    drop(mnt);
+    drop(lo);
+}
+
 #[test]
 fn refuses_reflinked_file_on_xfs() {
     if !needs_root("refuses_reflinked_file_on_xfs") {

@@ -32,7 +32,8 @@ pub fn check_protectable(path: &Path) -> Result<(), BlockMapError> {
     Ok(())
 }
 
-/// Locks `path` exclusively (non-blocking) and makes it immutable.
+/// Locks `path` exclusively (non-blocking) and makes it immutable. A file
+/// that cannot be made immutable is refused: its blocks could move.
 /// Call this before [`super::resolve`] so the map cannot change after it is
 /// verified.
 pub fn protect(path: &Path) -> Result<FileGuard, BlockMapError> {
@@ -52,13 +53,12 @@ pub fn protect(path: &Path) -> Result<FileGuard, BlockMapError> {
         was_immutable: false,
         released: false,
     };
+    let unsupported = |source| BlockMapError::ImmutableUnsupported {
+        file: path.to_path_buf(),
+        source,
+    };
     match sys::get_flags(&guard.file) {
-        Err(e) if sys::is_unsupported(&e) => {
-            log::warn!(
-                "{}: the filesystem has no immutable attribute ({e}); only the lock protects it",
-                path.display()
-            );
-        }
+        Err(e) if sys::is_unsupported(&e) => return Err(unsupported(e)),
         Err(e) => return Err(BlockMapError::io(path, "cannot read the attributes of", e)),
         Ok(flags) if flags & sys::FS_IMMUTABLE_FL != 0 => {
             // Ours from a run that crashed, or the administrator's: leave it.
@@ -70,10 +70,7 @@ pub fn protect(path: &Path) -> Result<FileGuard, BlockMapError> {
         }
         Ok(flags) => match sys::set_flags(&guard.file, flags | sys::FS_IMMUTABLE_FL) {
             Ok(()) => guard.set_immutable = true,
-            Err(e) if sys::is_unsupported(&e) => log::warn!(
-                "{}: the filesystem cannot make it immutable ({e}); only the lock protects it",
-                path.display()
-            ),
+            Err(e) if sys::is_unsupported(&e) => return Err(unsupported(e)),
             Err(e) if e.raw_os_error() == Some(libc::EROFS) => {
                 return Err(BlockMapError::ReadOnlyFilesystem {
                     file: path.to_path_buf(),

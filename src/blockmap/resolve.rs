@@ -61,8 +61,8 @@ enum Method {
 
 /// Resolves `path` to its device extents with FIEMAP (FIBMAP if the
 /// filesystem lacks FIEMAP). Refuses anything raw writes could not safely
-/// address: holes, unwritten/shared/inline/encoded extents, non-block
-/// filesystems, blocks over 4 KiB.
+/// address: holes, unwritten/shared/inline/encoded extents, filesystems
+/// other than ext2/3/4 and xfs, blocks over 4 KiB.
 pub fn resolve(path: &Path) -> Result<BlockMap, BlockMapError> {
     resolve_using(path, Method::Fiemap)
 }
@@ -101,12 +101,18 @@ fn resolve_using(path: &Path, method: Method) -> Result<BlockMap, BlockMapError>
     let major = libc::major(st_dev);
     let minor = libc::minor(st_dev);
     let sysfs = PathBuf::from(format!("/sys/dev/block/{major}:{minor}"));
-    if sys::fs_refused(fs_magic) || !sysfs.exists() {
+    if sys::fs_without_device_addresses(fs_magic) || !sysfs.exists() {
         return Err(BlockMapError::NotOnBlockDevice {
             file: path.to_path_buf(),
             fs_type: sys::fs_type_name(fs_magic),
             major,
             minor,
+        });
+    }
+    if !sys::fs_keeps_blocks_in_place(fs_magic) {
+        return Err(BlockMapError::BlocksMayMove {
+            file: path.to_path_buf(),
+            fs_type: sys::fs_type_name(fs_magic),
         });
     }
     let device = device_node(path, &sysfs, st_dev)?;
