@@ -105,11 +105,24 @@ impl RawWriter {
     pub fn open_with_threads(map: BlockMap, threads: usize) -> Result<RawWriter, BlockMapError> {
         let fd = open_device_for_writing(&map)?;
         verify(&map)?;
-        RawWriter::start(fd, map, threads)
+        // Raw writes bypass the file's page cache: each written range is
+        // dropped from it, so buffered readers (mdadm -X) see the disk.
+        let cache = File::options()
+            .read(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(map.file())
+            .map_err(|e| BlockMapError::io(map.file(), "cannot open", e))?;
+        RawWriter::start(fd, map, threads, Some(cache))
     }
 
-    fn start(fd: File, map: BlockMap, threads: usize) -> Result<RawWriter, BlockMapError> {
+    fn start(
+        fd: File,
+        map: BlockMap,
+        threads: usize,
+        cache: Option<File>,
+    ) -> Result<RawWriter, BlockMapError> {
         let device = Arc::new(ConfinedDevice::new(fd, map));
+        let cache = Arc::new(cache);
         let (tx, rx) = crossbeam_channel::unbounded::<Job>();
         // Built first so a failed spawn still stops and joins the others.
         let mut writer = RawWriter {
@@ -119,12 +132,13 @@ impl RawWriter {
         };
         for i in 0..threads.max(1) {
             let device = device.clone();
+            let cache = cache.clone();
             let rx: Receiver<Job> = rx.clone();
             let worker = std::thread::Builder::new()
                 .name(format!("bitmap-io-{i}"))
                 .spawn(move || {
                     for job in rx {
-                        run_job(&device, job);
+                        run_job(&device, cache.as_ref().as_ref(), job);
                     }
                 })
                 .map_err(|e| {
@@ -299,7 +313,7 @@ fn device_path(writer: &RawWriter) -> &Path {
     writer.device.map().device()
 }
 
-fn run_job(device: &ConfinedDevice, job: Job) {
+fn run_job(device: &ConfinedDevice, cache: Option<&File>, job: Job) {
     let what = || {
         format!(
             "raw write of {} bytes {}..{} to {} sector {}",
@@ -328,6 +342,18 @@ fn run_job(device: &ConfinedDevice, job: Job) {
             errno: libc::EFAULT,
         }),
     };
+    // Before the page's completion fires: once its waiter returns, a
+    // buffered read of the range reads what is on disk.
+    if let (Some(file), Ok(())) = (cache, &result) {
+        if let Err(e) = sys::drop_page_cache_range(file, job.file_offset, job.len as u64) {
+            log::warn!(
+                "{}: cannot drop bytes {}..{} from its page cache: {e}",
+                device.map().file().display(),
+                job.file_offset,
+                job.file_offset + job.len as u64
+            );
+        }
+    }
     job.completion.finish(result);
 }
 
@@ -421,7 +447,7 @@ mod tests {
             ],
         );
         let fd = File::options().read(true).write(true).open(&dev).unwrap();
-        (RawWriter::start(fd, map, 2).unwrap(), dev)
+        (RawWriter::start(fd, map, 2, None).unwrap(), dev)
     }
 
     #[test]

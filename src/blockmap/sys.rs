@@ -207,8 +207,18 @@ pub fn is_read_only_mount(file: &File) -> io::Result<bool> {
 
 /// Drops the file's clean page-cache pages.
 pub fn drop_page_cache(file: &File) -> io::Result<()> {
+    drop_page_cache_range(file, 0, 0)
+}
+
+/// Drops the clean page-cache pages of file bytes `[offset, offset+len)`
+/// (`len` 0: to the end).
+pub fn drop_page_cache_range(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    let (Ok(offset), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    };
     // SAFETY: plain syscall on an owned fd.
-    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    let rc =
+        unsafe { libc::posix_fadvise(file.as_raw_fd(), offset, len, libc::POSIX_FADV_DONTNEED) };
     if rc != 0 {
         Err(io::Error::from_raw_os_error(rc))
     } else {
