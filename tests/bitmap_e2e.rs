@@ -836,6 +836,51 @@ fn refuses_bitmap_inside_the_array() {
     drop(inner);
 }
 
+/// A bitmap file on a filesystem made on a loop device over a running
+/// mdfuse's `MOUNT/array.img` lives inside a FUSE-served image: a second
+/// array's mount with it is refused, raw or with --bitmap-file-io, and
+/// nothing is written.
+#[test]
+fn refuses_bitmap_inside_a_mounted_mdfuse_image() {
+    if !needs_root("refuses_bitmap_inside_a_mounted_mdfuse_image") {
+        return;
+    }
+    let legs_a = Legs::new(64 * MIB);
+    create_array(&legs_a, None, &[]);
+    let mnt_a = legs_a.mountpoint("a");
+    let array_a = mount_array(&legs_a.strs(), &mnt_a, &[])
+        .unwrap_or_else(|o| panic!("mount of array A failed: {}", o.text()));
+    let lo = LoopDevice::attach(&array_a.image()).unwrap();
+    Mkfs::ext4(lo.path(), 4096).unwrap();
+    let inner = MountedFs::mount(lo.path(), &legs_a.dir.path().join("inner")).unwrap();
+    let legs_b = Legs::new(32 * MIB);
+    let bitmap = inner.dir().join("b.bitmap");
+    create_array(&legs_b, Some(&bitmap), &[]);
+    run("sync", &[]).unwrap();
+    let before = Untouched::record(&legs_b, &bitmap);
+    for extra in [&[][..], &["--bitmap-file-io"][..]] {
+        let mut args = vec!["--bitmap", s(&bitmap)];
+        args.extend_from_slice(extra);
+        let text = assert_refused(
+            &legs_b,
+            &legs_b.mountpoint("b"),
+            &args,
+            &bitmap,
+            &["FUSE-served image", "array.img"],
+        );
+        eprintln!("inside a mounted image {extra:?}: {text}");
+        before.check(&legs_b);
+    }
+    drop(inner);
+    drop(lo);
+    // The loop device lets go of array.img shortly after its detach.
+    assert!(
+        poll(Duration::from_secs(10), || mdfuse(&["stop", s(&mnt_a)]).ok),
+        "array A did not stop"
+    );
+    drop(array_a);
+}
+
 #[test]
 fn refuses_bitmap_on_read_only_device() {
     if !needs_root("refuses_bitmap_on_read_only_device") {

@@ -172,12 +172,14 @@ pub fn attach(opts: &BitmapAttachOptions, asm: &Assembly) -> Result<AttachedBitm
     // was (bytes, attributes, ctime), and protecting it changes its flags.
     let (sb, _) = load_bitmap_file(path)?;
     check_belongs(path, &sb, asm)?;
+    // With ordinary file I/O too: a bitmap inside the array would be written
+    // through the array it describes.
+    let st_dev = std::fs::metadata(path)
+        .map_err(|e| bitmap_error(path, format!("cannot stat: {e}")))?
+        .dev();
+    check_not_on_array(path, st_dev, asm)?;
     let planned = match opts.io {
         BitmapIo::Raw => {
-            let st_dev = std::fs::metadata(path)
-                .map_err(|e| bitmap_error(path, format!("cannot stat: {e}")))?
-                .dev();
-            check_not_on_array(path, st_dev, asm)?;
             let map = resolve(path)?;
             check_protectable(path)?;
             check_device_writable(&map)?;
