@@ -12,7 +12,7 @@ use crate::bitmap::{
 use crate::blockmap::{
     backing_chain, check_device_writable, check_protectable, protect, resolve, FileGuard, RawWriter,
 };
-use crate::format::bitmap::BitmapSuper;
+use crate::format::bitmap::{BitmapSuper, BITMAP_SUPER_SIZE};
 use crate::report::mdstat::MdstatBitmap;
 use crate::report::uuid_string;
 use parking_lot::Mutex;
@@ -219,7 +219,13 @@ pub fn attach(opts: &BitmapAttachOptions, asm: &Assembly) -> Result<AttachedBitm
                     "its blocks moved while it was being checked; stop whatever rewrites it and retry",
                 ));
             }
-            let writer = RawWriter::open(map)?;
+            // The proof by markers keeps the header: a crash in it leaves
+            // only extra dirty bits.
+            let writer = RawWriter::open_keeping(
+                map,
+                BITMAP_SUPER_SIZE as u64,
+                crate::blockmap::DEFAULT_IO_THREADS,
+            )?;
             let map = writer.map();
             log::info!(
                 "bitmap {}: {} bytes in {} extent(s) on {}, verified; pages are written raw",

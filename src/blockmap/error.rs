@@ -121,6 +121,19 @@ pub enum BlockMapError {
         offset: u64,
     },
 
+    #[error(
+        "the block map of {file} is wrong: a marker written to {device} at sector {sector} is \
+         not what the filesystem reads at file offset {offset}, so raw writes would land \
+         elsewhere; the original bytes were written back; refusing raw writes: check the \
+         filesystem, or {RECREATE_HINT}"
+    )]
+    MarkerMissing {
+        file: PathBuf,
+        device: PathBuf,
+        sector: u64,
+        offset: u64,
+    },
+
     #[error("{file} changed while it was being checked ({detail}): stop whatever else writes it and retry")]
     FileChanged { file: PathBuf, detail: String },
 

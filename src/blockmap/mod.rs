@@ -6,7 +6,8 @@
 //! [`resolve`], [`check_protectable`] and [`check_device_writable`] as
 //! read-only checks →
 //! [`protect`] (flock + immutable) → [`resolve`] again, the map used →
-//! [`RawWriter::open`] (verifies, then writes only inside the map).
+//! [`RawWriter::open`] (verifies, proves the map with markers written raw
+//! and read back through the filesystem, then writes only inside the map).
 
 mod error;
 mod guard;

@@ -42,6 +42,10 @@ mod confined {
             &self.map
         }
 
+        pub(super) fn into_parts(self) -> (File, BlockMap) {
+            (self.fd, self.map)
+        }
+
         /// Reads the block-aligned file range from the mapped sectors.
         pub(super) fn read_blocks(
             &self,
@@ -97,14 +101,33 @@ pub struct RawWriter {
 
 impl RawWriter {
     /// Opens the map's device for raw writes with [`DEFAULT_IO_THREADS`]
-    /// threads. Verifies the map first: no unverified map is ever written.
+    /// threads. Verifies and proves the map first (see
+    /// [`RawWriter::open_keeping`]): no unverified map is ever used.
     pub fn open(map: BlockMap) -> Result<RawWriter, BlockMapError> {
-        RawWriter::open_with_threads(map, DEFAULT_IO_THREADS)
+        RawWriter::open_keeping(map, 0, DEFAULT_IO_THREADS)
     }
 
-    pub fn open_with_threads(map: BlockMap, threads: usize) -> Result<RawWriter, BlockMapError> {
+    /// Opens the map's device for raw writes with `threads` I/O threads,
+    /// after two checks: [`verify`] (the file's bytes and the mapped sectors
+    /// are equal) and a proof by markers, which also holds where both are
+    /// zeros: every mapped block gets a marker written raw, the file read
+    /// back through its filesystem (O_DIRECT) must show each marker in its
+    /// place, then the original bytes are written back and verified again.
+    ///
+    /// The marker only sets bits (original OR pseudo-random bytes) and leaves
+    /// the first `keep_prefix` bytes as they are, so a crash in the middle
+    /// leaves a file whose content only has more bits set (for a bitmap file
+    /// with its header kept: more dirty chunks, which is safe).
+    pub fn open_keeping(
+        map: BlockMap,
+        keep_prefix: u64,
+        threads: usize,
+    ) -> Result<RawWriter, BlockMapError> {
         let fd = open_device_for_writing(&map)?;
         verify(&map)?;
+        let device = ConfinedDevice::new(fd, map);
+        prove_with_markers(&device, keep_prefix)?;
+        let (fd, map) = device.into_parts();
         // Raw writes bypass the file's page cache: each written range is
         // dropped from it, so buffered readers (mdadm -X) see the disk.
         let cache = File::options()
@@ -275,6 +298,120 @@ impl RawWriter {
         let skip = (file_offset - first) as usize;
         Ok(bytes[skip..skip + len as usize].to_vec())
     }
+}
+
+/// Writes `content` (the whole mapped range, `mapped_len` bytes) to the
+/// mapped sectors, run by run, through the confined device.
+fn write_mapped(device: &ConfinedDevice, content: &[u8]) -> Result<(), BlockMapError> {
+    let map = device.map();
+    for run in map.device_runs(0, map.mapped_len())? {
+        let len = run.len as usize;
+        let mut buf = AlignedBuf::new(len);
+        let start = run.file_offset as usize;
+        buf.as_mut_slice()[..len].copy_from_slice(&content[start..start + len]);
+        device
+            .write_at(run.device_offset, &buf.as_slice()[..len])
+            .map_err(|errno| BlockMapError::WriteFailed {
+                file: map.file().to_path_buf(),
+                device: map.device().to_path_buf(),
+                failures: format!(
+                    "{} bytes at sector {}: {}",
+                    len,
+                    run.device_offset / SECTOR,
+                    std::io::Error::from_raw_os_error(errno)
+                ),
+            })?;
+    }
+    Ok(())
+}
+
+/// Pseudo-random bytes, different at each mount (a wrong map cannot match
+/// them by chance, nor by an earlier run's leftovers).
+fn marker_bytes(len: usize) -> Vec<u8> {
+    let mut seed = [0u8; 8];
+    // SAFETY: getrandom writes at most 8 bytes into seed.
+    let got = unsafe { libc::getrandom(seed.as_mut_ptr().cast(), seed.len(), 0) };
+    let mut x = if got == 8 {
+        u64::from_le_bytes(seed)
+    } else {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0x9E37_79B9_7F4A_7C15)
+    } | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// See [`RawWriter::open_keeping`]. Costs two raw writes and three reads of
+/// the file (an md bitmap of 2^20 chunks is 128 KiB and a header).
+fn prove_with_markers(device: &ConfinedDevice, keep_prefix: u64) -> Result<(), BlockMapError> {
+    let map = device.map();
+    let path = map.file();
+    let file_len = map.file_len() as usize;
+    let original = device.read_blocks(0, map.mapped_len())?;
+    let mut marked = original.clone();
+    let first = (keep_prefix as usize).min(file_len);
+    for (byte, noise) in marked[first..file_len]
+        .iter_mut()
+        .zip(marker_bytes(file_len - first))
+    {
+        *byte |= noise;
+    }
+    let bs = map.fs_block_size() as usize;
+    // A block whose visible bytes already have every bit set cannot carry a
+    // marker; verify() has compared its bytes, which is all we can do.
+    let unmarkable = (0..file_len.div_ceil(bs))
+        .filter(|b| {
+            let r = b * bs..((b + 1) * bs).min(file_len);
+            marked[r.clone()] == original[r]
+        })
+        .count();
+    if unmarkable > 0 {
+        log::warn!(
+            "{}: {unmarkable} block(s) hold only set bits (or the kept head) and cannot carry a \
+             marker; they were checked by content only",
+            path.display()
+        );
+    }
+    write_mapped(device, &marked)?;
+    let seen = read_file_direct(path);
+    // Whatever was seen, the original bytes go back first.
+    let restored = write_mapped(device, &original);
+    let seen = seen?;
+    restored?;
+    if seen.len() != file_len {
+        return Err(BlockMapError::FileChanged {
+            file: path.to_path_buf(),
+            detail: format!("length {file_len} when mapped, {} now", seen.len()),
+        });
+    }
+    if let Some(offset) = seen.iter().zip(&marked).position(|(a, b)| a != b) {
+        let offset = offset as u64;
+        let block = offset / bs as u64 * bs as u64;
+        let sector = map
+            .device_runs(block, bs as u64)
+            .ok()
+            .and_then(|r| {
+                r.first()
+                    .map(|r| (r.device_offset + offset - block) / SECTOR)
+            })
+            .unwrap_or(0);
+        return Err(BlockMapError::MarkerMissing {
+            file: path.to_path_buf(),
+            device: map.device().to_path_buf(),
+            sector,
+            offset,
+        });
+    }
+    verify(map)
 }
 
 /// Opens the map's device as the raw writer does (read-write, O_DIRECT,

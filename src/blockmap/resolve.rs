@@ -493,6 +493,17 @@ impl BlockMap {
         Ok(runs)
     }
 
+    /// A copy with other extents, as no filesystem reported them: for tests
+    /// that a wrong map is caught ([`super::RawWriter::open`] proves a map
+    /// before any use).
+    #[doc(hidden)]
+    pub fn with_extents_unchecked(&self, extents: Vec<Extent>) -> BlockMap {
+        BlockMap {
+            extents,
+            ..self.clone()
+        }
+    }
+
     /// True when `[dev_off, dev_off+len)` lies inside one extent of the map.
     pub fn contains_device_range(&self, dev_off: u64, len: u64) -> bool {
         let Some(end) = dev_off.checked_add(len) else {
