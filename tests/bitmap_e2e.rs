@@ -912,6 +912,81 @@ fn refuses_bitmap_on_read_only_device() {
     before.check(&legs);
 }
 
+/// `mdfuse create --bitmap` makes (and syncs) the bitmap file before it
+/// writes any leg: when the bitmap cannot be made, in a missing directory,
+/// on a read-only filesystem, or over a file an mdfuse uses, the create
+/// fails and no leg and no file is changed.
+#[test]
+fn a_failed_create_changes_nothing() {
+    if !needs_root("a_failed_create_changes_nothing") {
+        return;
+    }
+    let fs = ScratchFs::ext4(4096).unwrap();
+    let legs = Legs::new(32 * MIB);
+    let bitmap = fs.path("md.bitmap");
+    // The legs of an existing array: a rewrite of their superblocks shows.
+    create_array(&legs, Some(&bitmap), &[]);
+    let refused = |legs: &Legs, path: &Path, needle: &str| {
+        let mut args = vec!["create", "--force", "--bitmap", s(path)];
+        args.extend(legs.strs());
+        let hashes = leg_hashes(legs);
+        let out = mdfuse(&args);
+        assert!(!out.ok, "create with bitmap {} succeeded", path.display());
+        assert!(
+            out.text().contains(needle),
+            "message lacks {needle:?}: {}",
+            out.text()
+        );
+        assert!(hashes == leg_hashes(legs), "a failed create wrote a leg");
+        out.text()
+    };
+
+    let missing = fs.path("no-such-dir").join("md.bitmap");
+    let text = refused(&legs, &missing, "no-such-dir");
+    eprintln!("missing directory: {text}");
+    assert!(!missing.exists());
+
+    let image = legs.dir.path().join("ro-fs.img");
+    sparse_file_or_panic(&image, 16 * MIB);
+    let ro_dev = LoopDevice::attach(&image).unwrap();
+    Mkfs::ext4(ro_dev.path(), 4096).unwrap();
+    let ro = MountedFs::mount_read_only(ro_dev.path(), &legs.dir.path().join("ro")).unwrap();
+    let text = refused(&legs, &ro.dir().join("md.bitmap"), "Read-only");
+    eprintln!("read-only filesystem: {text}");
+    assert_eq!(
+        std::fs::read_dir(ro.dir()).unwrap().count(),
+        1,
+        "lost+found only"
+    );
+    drop(ro);
+    drop(ro_dev);
+
+    // The bitmap of a running array, over which other legs are created.
+    let array = mount_array(
+        &legs.strs(),
+        &legs.mountpoint("mnt"),
+        &["--bitmap", s(&bitmap)],
+    )
+    .unwrap_or_else(|o| panic!("mount failed: {}", o.text()));
+    let other = Legs::new(32 * MIB);
+    let before = read_whole_direct(&bitmap);
+    let text = refused(&other, &bitmap, "immutable");
+    eprintln!("bitmap in use: {text}");
+    assert!(
+        before == read_whole_direct(&bitmap),
+        "the bitmap in use was written"
+    );
+    assert_eq!(
+        std::fs::read_dir(fs.mount_dir()).unwrap().count(),
+        2,
+        "a staged file was left: {:?}",
+        std::fs::read_dir(fs.mount_dir())
+            .unwrap()
+            .collect::<Vec<_>>()
+    );
+    array.stop();
+}
+
 fn sparse_file_or_panic(p: &Path, size: u64) {
     common::loopdev::sparse_file(p, size).unwrap();
 }
