@@ -41,7 +41,8 @@
 //! - `events_cleared` is the array's events at the time bits were last allowed
 //!   to be cleared: when a write ends on all legs of a non-degraded array and
 //!   `events_cleared < events`, md sets `events_cleared = events` and marks the
-//!   header for the next daemon write. A device re-added with events >=
+//!   header for the next daemon write. md's "degraded" there counts a leg
+//!   still recovering ([`WriteIntentBitmap::set_recovering`]). A device re-added with events >=
 //!   events_cleared can be resynced from the bitmap alone, since no bit for a
 //!   write it missed has been cleared since.
 //! - When the array's events roll back below `events_cleared` (md lowers
@@ -187,6 +188,9 @@ struct Shared {
     pages: Vec<Page>,
     store: Arc<dyn PageStore>,
     degraded: AtomicBool,
+    /// A leg is being recovered: md counts it in `mddev->degraded`, which
+    /// holds events_cleared back (bits still clear: the leg gets the writes).
+    recovering: AtomicBool,
     events: AtomicU64,
     events_cleared: AtomicU64,
     faulty: AtomicBool,
@@ -282,6 +286,7 @@ impl WriteIntentBitmap {
             pages,
             store,
             degraded: AtomicBool::new(false),
+            recovering: AtomicBool::new(false),
             events: AtomicU64::new(sb.events),
             events_cleared: AtomicU64::new(sb.events_cleared),
             faulty: AtomicBool::new(false),
@@ -334,6 +339,14 @@ impl WriteIntentBitmap {
 
     pub fn is_degraded(&self) -> bool {
         self.shared.degraded.load(Ordering::SeqCst)
+    }
+
+    /// While a leg is recovering, events_cleared does not advance: md's
+    /// md_bitmap_endwrite requires `!mddev->degraded`, and md counts a leg
+    /// that is not yet in sync as degraded. Bits of writes that reached
+    /// every leg, the recovering one included, still clear, as in md.
+    pub fn set_recovering(&self, recovering: bool) {
+        self.shared.recovering.store(recovering, Ordering::SeqCst);
     }
 
     /// Chunks whose bit is set in memory (what a resync must copy).
@@ -530,7 +543,8 @@ impl WriteIntent for WriteIntentBitmap {
         // write that ends while a leg is missing must survive for its re-add.
         let in_sync = all_legs_in_sync && !s.degraded.load(Ordering::Acquire);
         s.release(range, in_sync);
-        if in_sync && s.events_cleared.load(Ordering::Acquire) < s.events.load(Ordering::Acquire) {
+        let whole = in_sync && !s.recovering.load(Ordering::Acquire);
+        if whole && s.events_cleared.load(Ordering::Acquire) < s.events.load(Ordering::Acquire) {
             let mut h = s.header.lock();
             if h.events_cleared < h.events {
                 h.events_cleared = h.events;

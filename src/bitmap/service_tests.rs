@@ -458,6 +458,30 @@ fn events_cleared_follows_md_rules() {
 }
 
 #[test]
+fn events_cleared_waits_while_a_leg_recovers() {
+    let (bm, store) = build(small_super(), opts(0));
+    let header = |s: &MemPageStore| BitmapSuper::parse(&s.image()).unwrap();
+    bm.set_recovering(true);
+    bm.start_write(K64, 1).unwrap();
+    bm.end_write(K64, 1, true);
+    bm.run_daemon_pass();
+    assert_eq!(
+        header(&store).events_cleared,
+        3,
+        "advanced while recovering"
+    );
+    assert!(
+        !on_disk(&store, 1),
+        "md clears bits of writes every leg got"
+    );
+    bm.set_recovering(false);
+    bm.start_write(K64, 1).unwrap();
+    bm.end_write(K64, 1, true);
+    bm.run_daemon_pass();
+    assert_eq!(header(&store).events_cleared, 5);
+}
+
+#[test]
 fn out_of_range_write_is_refused_without_side_effects() {
     let (bm, _store) = build(small_super(), opts(0));
     assert!(bm.start_write(496 * K64, 1).is_err());
