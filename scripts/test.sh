@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 need_pkgs=()
 for tool in mdadm:mdadm fio:fio mkfs.ext4:e2fsprogs mkfs.xfs:xfsprogs zstd:zstd \
-            losetup:mount sha256sum:coreutils filefrag:e2fsprogs; do
+            losetup:mount sha256sum:coreutils filefrag:e2fsprogs mkfs.erofs:erofs-utils; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || need_pkgs+=("${tool##*:}")
 done
 if [ "${#need_pkgs[@]}" -gt 0 ]; then

@@ -6,7 +6,7 @@ mod common;
 use common::loopdev::{needs_root, run, LoopDevice, MountedFs, ScratchFs};
 use mdfuse::blockmap::{
     protect, read_file_direct, resolve, resolve_with_fibmap, verify, BlockMap, BlockMapError,
-    RawWriter,
+    Extent, RawWriter,
 };
 use mdfuse::io::aligned::AlignedBuf;
 use std::fs::File;
@@ -347,6 +347,61 @@ fn refuses_a_file_on_tmpfs() {
     drop(mnt);
 }
 
+/// A block filesystem outside the allowlist (ext2/3/4, xfs) is refused by
+/// name, pointing to --bitmap-file-io. erofs stands in for f2fs, nilfs2 and
+/// vfat, which this kernel lacks: all map files to device blocks, none is
+/// known to keep them in place.
+#[test]
+fn refuses_a_filesystem_outside_the_allowlist() {
+    if !needs_root("refuses_a_filesystem_outside_the_allowlist") {
+        return;
+    }
+    if run("which", &["mkfs.erofs"]).is_err() {
+        eprintln!(
+            "SKIPPED refuses_a_filesystem_outside_the_allowlist: no mkfs.erofs (erofs-utils)"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    write_synced(&src.join("md0.bitmap"), &pattern(13, 3 * 4096));
+    let image = dir.path().join("erofs.img");
+    run(
+        "mkfs.erofs",
+        &[image.to_str().unwrap(), src.to_str().unwrap()],
+    )
+    .unwrap();
+    let lo = LoopDevice::attach_read_only(&image).unwrap();
+    let mnt = match MountedFs::mount_with(
+        lo.path().to_str().unwrap(),
+        &dir.path().join("mnt"),
+        Some("erofs"),
+        Some("ro"),
+    ) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!(
+                "SKIPPED refuses_a_filesystem_outside_the_allowlist: cannot mount erofs: {e}"
+            );
+            return;
+        }
+    };
+    let path = mnt.dir().join("md0.bitmap");
+    let err = resolve(&path).unwrap_err();
+    assert!(
+        matches!(&err, BlockMapError::BlocksMayMove { fs_type, .. } if fs_type == "erofs"),
+        "{err}"
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.contains("md0.bitmap") && msg.contains("erofs") && msg.contains("--bitmap-file-io"),
+        "{msg}"
+    );
+    drop(mnt);
+    drop(lo);
+}
+
 #[test]
 fn refuses_reflinked_file_on_xfs() {
     if !needs_root("refuses_reflinked_file_on_xfs") {
@@ -402,6 +457,64 @@ fn a_stale_map_fails_verification() {
     assert!(err.to_string().contains("refusing raw writes"), "{err}");
     assert!(RawWriter::open(map).is_err());
     verify(&fresh).unwrap();
+}
+
+/// Most of a fresh bitmap is zeros, so comparing the file with its mapped
+/// sectors proves nothing for zero blocks: a map that sends them into
+/// another file's zeroed blocks passes verify(). The markers catch it, and
+/// both files are left as they were.
+#[test]
+fn a_wrong_map_of_zero_blocks_is_caught_by_markers() {
+    if !needs_root("a_wrong_map_of_zero_blocks_is_caught_by_markers") {
+        return;
+    }
+    let fs = ScratchFs::ext4(4096).unwrap();
+    let path = fs.path("md0.bitmap");
+    let mut content = vec![0u8; 4 * 4096 - 100];
+    content[..256].copy_from_slice(&pattern(14, 256));
+    write_synced(&path, &content);
+    let other = fs.path("zeros");
+    let zeros = vec![0u8; 8 * 4096];
+    write_synced(&other, &zeros);
+    let map = resolve(&path).unwrap();
+    let theirs = resolve(&other)
+        .unwrap()
+        .device_runs(4096, 3 * 4096)
+        .unwrap();
+    assert_eq!(theirs.len(), 1, "the other file is fragmented: {theirs:?}");
+    // Block 0 (the header) where it is; blocks 1..3 in the other file.
+    let wrong = map.with_extents_unchecked(vec![
+        Extent {
+            file_offset: 0,
+            device_offset: map.device_runs(0, 4096).unwrap()[0].device_offset,
+            len: 4096,
+        },
+        Extent {
+            file_offset: 4096,
+            device_offset: theirs[0].device_offset,
+            len: 3 * 4096,
+        },
+    ]);
+    verify(&wrong).expect("zeros compare equal: content alone cannot tell");
+    let err = RawWriter::open(wrong)
+        .err()
+        .expect("a wrong map was accepted");
+    assert!(
+        matches!(err, BlockMapError::MarkerMissing { offset, .. } if offset >= 4096),
+        "{err}"
+    );
+    assert!(err.to_string().contains("md0.bitmap"), "{err}");
+    assert_eq!(
+        read_file_direct(&other).unwrap(),
+        zeros,
+        "the other file kept a marker"
+    );
+    assert_eq!(read_file_direct(&path).unwrap(), content);
+    // The right map is proved and used.
+    let writer = RawWriter::open(map).unwrap();
+    writer.submit_and_wait(4096, &[0xAB; 4096]).unwrap();
+    assert_eq!(read_file_direct(&path).unwrap()[4096..8192], [0xAB; 4096]);
+    assert_eq!(read_file_direct(&other).unwrap(), zeros);
 }
 
 #[test]

@@ -1,14 +1,18 @@
-//! Attaching the write-intent bitmap file to an assembled array: checks that
-//! it belongs to the array and does not live on it, protects it, resolves and
-//! verifies its block map, and starts the service over raw device writes
-//! (or, only when asked, over ordinary file I/O).
+//! Attaching the write-intent bitmap file to an assembled array: checks,
+//! reading only, that it belongs to the array, does not live on it and can
+//! be written raw; then protects it, resolves and verifies its block map, and
+//! starts the service over raw device writes (or, only when asked, over
+//! ordinary file I/O). A refused attach leaves the file as it was.
 
 use super::assemble::Assembly;
 use super::error::ArrayError;
 use crate::bitmap::{
     load_bitmap_file, BitmapOptions, FilePageStore, PageStore, RawPageStore, WriteIntentBitmap,
 };
-use crate::blockmap::{protect, resolve, FileGuard, RawWriter};
+use crate::blockmap::{
+    backing_chain, check_device_writable, check_protectable, protect, resolve, FileGuard, RawWriter,
+};
+use crate::format::bitmap::{BitmapSuper, BITMAP_SUPER_SIZE};
 use crate::report::mdstat::MdstatBitmap;
 use crate::report::uuid_string;
 use parking_lot::Mutex;
@@ -59,13 +63,10 @@ fn bitmap_error(path: &Path, what: impl Into<String>) -> ArrayError {
 }
 
 /// Refuses a bitmap file that lives on the array itself: on a filesystem
-/// whose device is backed (through loop devices) by one of the legs, or by a
-/// file served by FUSE (an mdfuse image).
-fn check_not_on_array(
-    path: &Path,
-    map: &crate::blockmap::BlockMap,
-    asm: &Assembly,
-) -> Result<(), ArrayError> {
+/// whose device (`st_dev`) is one of the legs or is backed (through loop
+/// devices) by one of the legs, or by a file served by FUSE (an mdfuse
+/// image). Reads only.
+fn check_not_on_array(path: &Path, st_dev: u64, asm: &Assembly) -> Result<(), ArrayError> {
     let legs: Vec<(PathBuf, u64, u64, u64)> = asm
         .members
         .iter()
@@ -75,7 +76,7 @@ fn check_not_on_array(
                 .map(|md| (m.path.clone(), md.dev(), md.ino(), md.rdev()))
         })
         .collect();
-    if let Some(leg) = legs.iter().find(|l| l.3 != 0 && l.3 == map.device_rdev()) {
+    if let Some(leg) = legs.iter().find(|l| l.3 != 0 && l.3 == st_dev) {
         return Err(bitmap_error(
             path,
             format!(
@@ -84,7 +85,7 @@ fn check_not_on_array(
             ),
         ));
     }
-    for backing in map.backing_chain() {
+    for backing in backing_chain(st_dev) {
         if let Some(leg) = legs.iter().find(|l| {
             (l.1, l.2) == (backing.st_dev, backing.st_ino) || (l.3 != 0 && l.3 == backing.st_dev)
         }) {
@@ -109,6 +110,30 @@ fn check_not_on_array(
                 ),
             ));
         }
+    }
+    Ok(())
+}
+
+/// The header must be this array's: its UUID and its size.
+fn check_belongs(path: &Path, sb: &BitmapSuper, asm: &Assembly) -> Result<(), ArrayError> {
+    if sb.uuid != asm.set_uuid {
+        return Err(bitmap_error(
+            path,
+            format!(
+                "it belongs to array {}, not to this array ({}); give this array's bitmap file",
+                uuid_string(&sb.uuid),
+                asm.uuid()
+            ),
+        ));
+    }
+    if sb.sync_size != asm.array_sectors {
+        return Err(bitmap_error(
+            path,
+            format!(
+                "it covers {} sectors but the array has {}; it was made for another size",
+                sb.sync_size, asm.array_sectors
+            ),
+        ));
     }
     Ok(())
 }
@@ -143,7 +168,27 @@ fn lock_only(path: &Path) -> Result<std::fs::File, ArrayError> {
 
 pub fn attach(opts: &BitmapAttachOptions, asm: &Assembly) -> Result<AttachedBitmap, ArrayError> {
     let path = &opts.path;
-    // Protect first, so the map cannot change once verified.
+    // Every read-only check first: a refused mount must leave the file as it
+    // was (bytes, attributes, ctime), and protecting it changes its flags.
+    let (sb, _) = load_bitmap_file(path)?;
+    check_belongs(path, &sb, asm)?;
+    // With ordinary file I/O too: a bitmap inside the array would be written
+    // through the array it describes.
+    let st_dev = std::fs::metadata(path)
+        .map_err(|e| bitmap_error(path, format!("cannot stat: {e}")))?
+        .dev();
+    check_not_on_array(path, st_dev, asm)?;
+    let planned = match opts.io {
+        BitmapIo::Raw => {
+            let map = resolve(path)?;
+            check_protectable(path)?;
+            check_device_writable(&map)?;
+            Some(map)
+        }
+        BitmapIo::FileIo => None,
+    };
+    // Then protect, so the map cannot change once verified, and read the
+    // file again: what is used is what the protected file holds.
     let protection = match opts.io {
         BitmapIo::Raw => {
             let mut guard = protect(path)?;
@@ -160,33 +205,28 @@ pub fn attach(opts: &BitmapAttachOptions, asm: &Assembly) -> Result<AttachedBitm
         BitmapIo::FileIo => Protection::Lock(lock_only(path)?),
     };
     let (sb, bits) = load_bitmap_file(path)?;
-    if sb.uuid != asm.set_uuid {
-        return Err(bitmap_error(
-            path,
-            format!(
-                "it belongs to array {}, not to this array ({}); give this array's bitmap file",
-                uuid_string(&sb.uuid),
-                asm.uuid()
-            ),
-        ));
-    }
-    if sb.sync_size != asm.array_sectors {
-        return Err(bitmap_error(
-            path,
-            format!(
-                "it covers {} sectors but the array has {}; it was made for another size",
-                sb.sync_size, asm.array_sectors
-            ),
-        ));
-    }
+    check_belongs(path, &sb, asm)?;
     let (store, raw, note): (
         Arc<dyn PageStore>,
         Option<Arc<RawPageStore>>,
         Option<String>,
-    ) = match opts.io {
-        BitmapIo::Raw => {
+    ) = match planned {
+        Some(planned) => {
             let map = resolve(path)?;
-            check_not_on_array(path, &map, asm)?;
+            if map != planned {
+                return Err(bitmap_error(
+                    path,
+                    "its blocks moved while it was being checked; stop whatever rewrites it and retry",
+                ));
+            }
+            // The proof by markers keeps the header: a crash in it leaves
+            // only extra dirty bits.
+            let writer = RawWriter::open_keeping(
+                map,
+                BITMAP_SUPER_SIZE as u64,
+                crate::blockmap::DEFAULT_IO_THREADS,
+            )?;
+            let map = writer.map();
             log::info!(
                 "bitmap {}: {} bytes in {} extent(s) on {}, verified; pages are written raw",
                 path.display(),
@@ -194,10 +234,10 @@ pub fn attach(opts: &BitmapAttachOptions, asm: &Assembly) -> Result<AttachedBitm
                 map.extents().len(),
                 map.device().display()
             );
-            let raw = Arc::new(RawPageStore::new(RawWriter::open(map)?));
+            let raw = Arc::new(RawPageStore::new(writer));
             (raw.clone(), Some(raw), None)
         }
-        BitmapIo::FileIo => {
+        None => {
             log::warn!(
                 "bitmap {}: using ordinary file I/O (--bitmap-file-io), not raw device writes",
                 path.display()

@@ -1,8 +1,15 @@
 //! `mdfuse create`: md v1.2 superblocks on every leg, as
-//! `mdadm --create --metadata=1.2 --level=1` writes them.
+//! `mdadm --create --metadata=1.2 --level=1` writes them, and optionally the
+//! write-intent bitmap file.
+//!
+//! Order: every check first; then the bitmap file is written and synced
+//! beside its final name; then the legs; then the bitmap is renamed into
+//! place. A create that fails before the legs are written changes nothing.
 
 use super::error::ArrayError;
 use super::superblocks::{now_md_time, read_superblock_block, write_superblock};
+use crate::bitmap::stage_bitmap_file;
+use crate::format::bitmap::{default_chunk_size, BitmapSuper};
 use crate::format::signatures;
 use crate::format::superblock::{
     mdadm_default_data_offset, mdadm_raid1_array_sectors, min_leg_sectors, NewMember, Superblock,
@@ -22,8 +29,21 @@ pub struct CreateOptions {
     pub name: String,
     /// Array size in bytes; default: all the smallest leg offers.
     pub size: Option<u64>,
-    /// Overwrite legs that hold a superblock or a filesystem.
+    /// Overwrite legs that hold a superblock or a filesystem (and an
+    /// existing bitmap file no mdfuse uses).
     pub force: bool,
+    /// The write-intent bitmap file to create with the array.
+    pub bitmap: Option<NewBitmap>,
+}
+
+/// A bitmap file to create with the array.
+#[derive(Debug, Clone)]
+pub struct NewBitmap {
+    pub path: PathBuf,
+    /// Bytes of array per bit; `None`: the default for the array's size.
+    pub chunk: Option<u32>,
+    /// The header's daemon_sleep, seconds.
+    pub daemon_sleep: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -33,6 +53,8 @@ pub struct Created {
     pub array_sectors: u64,
     pub data_offset_sectors: u64,
     pub legs: Vec<PathBuf>,
+    /// The bitmap file's header, when one was created.
+    pub bitmap: Option<BitmapSuper>,
 }
 
 pub(super) fn random_uuid() -> Result<[u8; 16], ArrayError> {
@@ -209,6 +231,19 @@ pub fn create(paths: &[PathBuf], opts: &CreateOptions) -> Result<Created, ArrayE
         })?;
         superblocks.push(sb);
     }
+    // The bitmap before the legs: if it cannot be made (missing directory,
+    // read-only filesystem, file in use), no leg has been touched. Dropped
+    // uncommitted (a leg write failed), it is removed.
+    let bitmap = match &opts.bitmap {
+        None => None,
+        Some(b) => {
+            let chunk = b
+                .chunk
+                .unwrap_or_else(|| default_chunk_size(array_sectors * 512));
+            let sb = BitmapSuper::new_for_array(set_uuid, array_sectors, chunk, b.daemon_sleep, 0);
+            Some((stage_bitmap_file(&b.path, &sb, opts.force)?, sb))
+        }
+    };
     for (leg, sb) in legs.iter().zip(&superblocks) {
         leg.zero_range(data_offset * 512, array_sectors * 512)
             .map_err(|source| ArrayError::Zero {
@@ -217,11 +252,19 @@ pub fn create(paths: &[PathBuf], opts: &CreateOptions) -> Result<Created, ArrayE
             })?;
         write_superblock(leg, sb)?;
     }
+    let bitmap = match bitmap {
+        None => None,
+        Some((staged, sb)) => {
+            staged.commit()?;
+            Some(sb)
+        }
+    };
     Ok(Created {
         uuid: set_uuid,
         name: opts.name.clone(),
         array_sectors,
         data_offset_sectors: data_offset,
         legs: paths.to_vec(),
+        bitmap,
     })
 }

@@ -13,6 +13,6 @@ pub mod sync_control;
 
 pub use assemble::{assemble, AssembleOptions, Assembly};
 pub use bitmap_attach::{attach as attach_bitmap, AttachedBitmap, BitmapAttachOptions, BitmapIo};
-pub use create::{create, CreateOptions, Created};
+pub use create::{create, CreateOptions, Created, NewBitmap};
 pub use error::ArrayError;
 pub use running::{RunOptions, RunningArray};

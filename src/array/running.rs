@@ -227,6 +227,7 @@ impl RunningArray {
         self.keeper.remove(slot)?;
         if let Some(b) = &self.bitmap {
             b.service().set_degraded(true);
+            b.service().set_recovering(self.engine.has_recovering_leg());
         }
         log::info!("leg {} removed from slot {slot}", leg.path().display());
         Ok(())
@@ -392,6 +393,7 @@ impl RunningArray {
         }
         if let Some(b) = &self.bitmap {
             b.service().set_degraded(self.engine.has_absent_leg());
+            b.service().set_recovering(self.engine.has_recovering_leg());
         }
         let bytes: u64 = regions.iter().map(|r| r.len).sum();
         let msg = format!(

@@ -203,6 +203,7 @@ impl SyncSink {
                 }
                 if let Some(b) = &self.bitmap {
                     b.set_degraded(self.engine.has_absent_leg());
+                    b.set_recovering(self.engine.has_recovering_leg());
                 }
                 log::info!(
                     "leg {} recovered: in sync in slot {}",

@@ -4,7 +4,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::BitmapError;
 use crate::format::bitmap::{BitmapSuper, BITMAP_SUPER_SIZE};
@@ -42,13 +42,135 @@ pub fn create_bitmap_file(path: &Path, sb: &BitmapSuper, force: bool) -> Result<
                 e,
             )
         })?;
+    sync_parent(path)
+}
+
+/// A new bitmap file written and synced beside its final name
+/// (`.NAME.mdfuse-new`), not yet in place: [`StagedBitmapFile::commit`]
+/// renames it over the final name; dropping it uncommitted removes it.
+/// So a create that fails before the commit leaves no bitmap file changed.
+#[derive(Debug)]
+pub struct StagedBitmapFile {
+    staged: PathBuf,
+    path: PathBuf,
+    committed: bool,
+}
+
+/// Stages a new bitmap file for `path` (see [`StagedBitmapFile`]). An
+/// existing `path` is refused unless `force`, and even then when it is in
+/// use: immutable (a running mdfuse, or one that crashed: `chattr -i`) or
+/// locked (a running mdfuse with `--bitmap-file-io`). Nothing at `path` is
+/// changed.
+pub fn stage_bitmap_file(
+    path: &Path,
+    sb: &BitmapSuper,
+    force: bool,
+) -> Result<StagedBitmapFile, BitmapError> {
+    let shown = path.display();
+    if std::fs::symlink_metadata(path).is_ok() {
+        if !force {
+            return Err(BitmapError::msg(format!(
+                "bitmap FILE {shown} already exists; use --force to overwrite it"
+            )));
+        }
+        check_replaceable(path)?;
+    }
+    let name = path
+        .file_name()
+        .ok_or_else(|| BitmapError::msg(format!("bitmap FILE {shown}: not a file name")))?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut staged_name = std::ffi::OsString::from(".");
+    staged_name.push(name);
+    staged_name.push(".mdfuse-new");
+    let staged = StagedBitmapFile {
+        staged: dir.join(staged_name),
+        path: path.to_path_buf(),
+        committed: false,
+    };
+    // A leftover of an interrupted create is ours to replace.
+    let _ = std::fs::remove_file(&staged.staged);
+    create_bitmap_file(&staged.staged, sb, false).map_err(|e| {
+        let context = format!(
+            "bitmap FILE {shown}: cannot create it (staged as {})",
+            staged.staged.display()
+        );
+        match e.source {
+            Some(source) => BitmapError::io(context, source),
+            None => BitmapError::msg(format!("{context}: {}", e.context)),
+        }
+    })?;
+    Ok(staged)
+}
+
+/// An existing bitmap file may be overwritten only when no mdfuse uses it.
+fn check_replaceable(path: &Path) -> Result<(), BitmapError> {
+    let shown = path.display();
+    // Opening for writing changes nothing (no truncation) and fails on an
+    // immutable file, which is what a running mdfuse makes it.
+    let file = OpenOptions::new().write(true).open(path).map_err(|e| {
+        let why = if e.raw_os_error() == Some(libc::EPERM) {
+            " (it is immutable: an mdfuse is using it, or one crashed; stop that array, or `chattr -i` it)"
+        } else {
+            ""
+        };
+        BitmapError::io(format!("bitmap FILE {shown}: cannot overwrite{why}"), e)
+    })?;
+    // SAFETY: flock on a valid fd; the lock is dropped with the fd.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(BitmapError::msg(format!(
+            "bitmap FILE {shown} is in use by another mdfuse (locked); stop that array first"
+        )));
+    }
+    Ok(())
+}
+
+impl StagedBitmapFile {
+    /// The final name.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Puts the staged file in place (rename, then fsync of the directory).
+    pub fn commit(mut self) -> Result<(), BitmapError> {
+        let shown = self.path.display();
+        std::fs::rename(&self.staged, &self.path).map_err(|e| {
+            BitmapError::io(
+                format!(
+                    "bitmap FILE {shown}: cannot rename {} into place",
+                    self.staged.display()
+                ),
+                e,
+            )
+        })?;
+        self.committed = true;
+        sync_parent(&self.path)
+    }
+}
+
+impl Drop for StagedBitmapFile {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.staged);
+            let _ = sync_parent(&self.staged);
+        }
+    }
+}
+
+fn sync_parent(path: &Path) -> Result<(), BitmapError> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
     File::open(dir).and_then(|d| d.sync_all()).map_err(|e| {
         BitmapError::io(
-            format!("bitmap FILE {shown}: fsync of directory {}", dir.display()),
+            format!(
+                "bitmap FILE {}: fsync of directory {}",
+                path.display(),
+                dir.display()
+            ),
             e,
         )
     })
@@ -111,6 +233,37 @@ mod tests {
         let err = create_bitmap_file(&path, &sb, false).unwrap_err();
         assert!(err.to_string().contains("--force"), "{err}");
         create_bitmap_file(&path, &sb, true).unwrap();
+    }
+
+    #[test]
+    fn a_staged_file_appears_only_when_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("md0.bitmap");
+        let sb = BitmapSuper::new_for_array([3; 16], 63488, 65536, 5, 4);
+        let staged = stage_bitmap_file(&path, &sb, false).unwrap();
+        assert!(!path.exists());
+        drop(staged);
+        assert!(!path.exists());
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "staged file left"
+        );
+        stage_bitmap_file(&path, &sb, false)
+            .unwrap()
+            .commit()
+            .unwrap();
+        assert_eq!(load_bitmap_file(&path).unwrap().0, sb);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        // Existing: refused without force; with force, replaced only at commit.
+        assert!(stage_bitmap_file(&path, &sb, false).is_err());
+        let other = BitmapSuper::new_for_array([4; 16], 63488, 65536, 5, 4);
+        let staged = stage_bitmap_file(&path, &other, true).unwrap();
+        assert_eq!(load_bitmap_file(&path).unwrap().0, sb);
+        staged.commit().unwrap();
+        assert_eq!(load_bitmap_file(&path).unwrap().0, other);
+        let missing = dir.path().join("no-such-dir").join("md0.bitmap");
+        assert!(stage_bitmap_file(&missing, &sb, false).is_err());
     }
 
     #[test]

@@ -2,10 +2,11 @@
 //!
 //! Per chunk, one `AtomicU32` holds the number of writes in flight plus two
 //! flags (md keeps a 16-bit counter with NEEDED/RESYNC flags):
-//! - `DURABLE`: the chunk's bit is set both in memory and in the last image of
-//!   its page that reached disk. It is cleared only by a compare-and-swap that
-//!   expects a zero write count, under the page lock, just before the bit is
-//!   cleared in memory. So a writer whose `fetch_add` returned a value with
+//! - `DURABLE`: the chunk's bit is on disk and no page image being written
+//!   clears it. It is set only by a writer that holds a count on the chunk and
+//!   has just proved that (see below), and cleared only by a compare-and-swap
+//!   that expects a zero write count, under the page lock, just before the bit
+//!   is cleared in memory. So a writer whose `fetch_add` returned a value with
 //!   `DURABLE` knows its bit is on disk and stays there until it ends: the
 //!   common case costs one atomic add per chunk and takes no lock.
 //! - `NEEDED`: some leg missed a write to the chunk (md's NEEDED_MASK); the
@@ -14,7 +15,12 @@
 //! Each 4096-byte file page has an in-memory image with a generation number
 //! (bumped by every change), the generation that last reached disk, and a
 //! "flush in flight" flag: writers needing a page on disk share flushes
-//! (group commit), and no lock is held while a flush waits for I/O.
+//! (group commit), and no lock is held while a flush waits for I/O. The page
+//! also keeps its *settled* bits: those of the last image that landed, minus
+//! every bit cleared since that image was taken. A bit that is on disk is not
+//! proof enough, because the daemon may have a flush in flight that clears it;
+//! a writer that finds its bit set in memory but not settled waits for a flush
+//! of the current generation, i.e. one that starts after its bit was set.
 //!
 //! Clearing (md_bitmap_daemon_work): md decrements an idle chunk's counter
 //! from 2 to 1 on one daemon pass and clears the bit on the next, so a bit is
@@ -35,7 +41,8 @@
 //! - `events_cleared` is the array's events at the time bits were last allowed
 //!   to be cleared: when a write ends on all legs of a non-degraded array and
 //!   `events_cleared < events`, md sets `events_cleared = events` and marks the
-//!   header for the next daemon write. A device re-added with events >=
+//!   header for the next daemon write. md's "degraded" there counts a leg
+//!   still recovering ([`WriteIntentBitmap::set_recovering`]). A device re-added with events >=
 //!   events_cleared can be resynced from the bitmap alone, since no bit for a
 //!   write it missed has been cleared since.
 //! - When the array's events roll back below `events_cleared` (md lowers
@@ -153,9 +160,15 @@ impl BitmapStats {
 struct PageState {
     /// The page as it should be on disk (page 0 starts with the header).
     bytes: Vec<u8>,
-    /// The last image known to be on disk.
-    durable: Vec<u8>,
+    /// The bits that are on disk and that no image already being written will
+    /// clear: the last image that landed, minus every bit cleared in `bytes`
+    /// since that image was taken (a clear may be in flight). A bit set here
+    /// stays set on disk while its chunk has a write in flight, because the
+    /// daemon clears no bit of a busy chunk.
+    settled: Vec<u8>,
+    /// Bumped by every change of `bytes`.
     gen: u64,
+    /// The generation of the last image that landed.
     durable_gen: u64,
     flushing: bool,
 }
@@ -180,6 +193,9 @@ struct Shared {
     pages: Vec<Page>,
     store: Arc<dyn PageStore>,
     degraded: AtomicBool,
+    /// A leg is being recovered: md counts it in `mddev->degraded`, which
+    /// holds events_cleared back (bits still clear: the leg gets the writes).
+    recovering: AtomicBool,
     events: AtomicU64,
     events_cleared: AtomicU64,
     faulty: AtomicBool,
@@ -248,7 +264,7 @@ impl WriteIntentBitmap {
                 let bytes = image[start..start + page_len(file_len, p)].to_vec();
                 Page {
                     state: Mutex::new(PageState {
-                        durable: bytes.clone(),
+                        settled: bytes.clone(),
                         bytes,
                         gen: 0,
                         durable_gen: 0,
@@ -279,6 +295,7 @@ impl WriteIntentBitmap {
             pages,
             store,
             degraded: AtomicBool::new(false),
+            recovering: AtomicBool::new(false),
             events: AtomicU64::new(sb.events),
             events_cleared: AtomicU64::new(sb.events_cleared),
             faulty: AtomicBool::new(false),
@@ -337,6 +354,14 @@ impl WriteIntentBitmap {
 
     pub fn is_degraded(&self) -> bool {
         self.shared.degraded.load(Ordering::SeqCst)
+    }
+
+    /// While a leg is recovering, events_cleared does not advance: md's
+    /// md_bitmap_endwrite requires `!mddev->degraded`, and md counts a leg
+    /// that is not yet in sync as degraded. Bits of writes that reached
+    /// every leg, the recovering one included, still clear, as in md.
+    pub fn set_recovering(&self, recovering: bool) {
+        self.shared.recovering.store(recovering, Ordering::SeqCst);
     }
 
     /// Chunks whose bit is set in memory (what a resync must copy).
@@ -540,7 +565,8 @@ impl WriteIntent for WriteIntentBitmap {
         // write that ends while a leg is missing must survive for its re-add.
         let in_sync = all_legs_in_sync && !s.degraded.load(Ordering::Acquire);
         s.release(range, in_sync);
-        if in_sync && s.events_cleared.load(Ordering::Acquire) < s.events.load(Ordering::Acquire) {
+        let whole = in_sync && !s.recovering.load(Ordering::Acquire);
+        if whole && s.events_cleared.load(Ordering::Acquire) < s.events.load(Ordering::Acquire) {
             let mut h = s.header.lock();
             if h.events_cleared < h.events {
                 h.events_cleared = h.events;
@@ -627,6 +653,9 @@ impl Shared {
             let group = &chunks[i..j];
             let page = &self.pages[page_idx];
             let mut st = page.state.lock();
+            // We hold a count on each chunk, so from here on no bit of the
+            // group is cleared in `bytes`: every image taken from now on
+            // carries them all.
             let mut required = st.durable_gen;
             for &c in group {
                 let bit = chunk_to_page_and_bit(c).1 as u64;
@@ -634,8 +663,10 @@ impl Shared {
                     set_bit(&mut st.bytes, bit);
                     st.gen += 1;
                     required = st.gen;
-                } else if !test_bit(&st.durable, bit) {
-                    // Set by a writer whose flush is pending or in flight.
+                } else if !test_bit(&st.settled, bit) {
+                    // Set by another writer whose flush is pending or in
+                    // flight, or on disk but about to be overwritten by a
+                    // clear in flight: only an image taken now is proof.
                     required = required.max(st.gen);
                 }
             }
@@ -677,11 +708,22 @@ impl Shared {
                     .wait()
             });
             st.flushing = false;
+            let landed = &buf.as_slice()[..len];
             if failures.is_empty() {
                 st.durable_gen = gen;
-                st.durable.copy_from_slice(&buf.as_slice()[..len]);
+                // Bits cleared in `bytes` during the flight are not settled:
+                // the next image will clear them on disk.
+                let PageState { bytes, settled, .. } = &mut *st;
+                for ((s, &l), &b) in settled.iter_mut().zip(landed).zip(bytes.iter()) {
+                    *s = l & b;
+                }
                 self.page_flushes.fetch_add(1, Ordering::Relaxed);
             } else {
+                // Some runs may have landed: only bits in both the old and
+                // the new image are surely on disk.
+                for (s, &l) in st.settled.iter_mut().zip(landed) {
+                    *s &= l;
+                }
                 self.flush_failures.fetch_add(1, Ordering::Relaxed);
                 let what: Vec<String> = failures.iter().map(|f| f.to_string()).collect();
                 self.mark_faulty(format!(
@@ -796,6 +838,9 @@ impl Shared {
                         .is_ok()
                     {
                         clear_bit(&mut st.bytes, bit);
+                        // Unsettled from now: the image about to be written
+                        // clears it on disk.
+                        clear_bit(&mut st.settled, bit);
                         changed = true;
                     } else {
                         keep_pending = true;

@@ -3,6 +3,7 @@ use crate::bitmap::store::MemPageStore;
 use crate::format::bitmap::{test_bit, BITMAP_SUPER_SIZE};
 use proptest::prelude::*;
 use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::AtomicBool;
 use std::sync::Barrier;
 
 const K64: u64 = 65536;
@@ -103,6 +104,68 @@ fn writer_arriving_during_a_flush_waits_for_the_next_one() {
     );
     assert_eq!(store.submits(), 2);
     first.join().unwrap();
+}
+
+/// The reviewer's sequence, made deterministic by a slow store: the daemon
+/// clears chunk 6 and starts writing the page with its bit clear; writer B
+/// sets the bit again and waits for the next flush; writer C finds the bit set
+/// in memory and in the last image that reached disk. C must not return before
+/// a flush that started after the bit was set has landed, or the daemon's
+/// in-flight image clears the bit under C's data write.
+#[test]
+fn writer_waits_out_a_clear_in_flight() {
+    let (bm, store) = build(small_super(), opts(0));
+    bm.start_write(6 * K64, 1).unwrap();
+    bm.end_write(6 * K64, 1, true);
+    assert!(on_disk(&store, 6));
+    store.set_delay(Duration::from_millis(300));
+    let c_returned = Arc::new(AtomicBool::new(false));
+    let landed_clear_after_c: Arc<Mutex<Vec<usize>>> = Arc::default();
+    {
+        let (c_returned, landed) = (c_returned.clone(), landed_clear_after_c.clone());
+        store.set_on_complete(move |page, image| {
+            if c_returned.load(Ordering::SeqCst) && !test_bit(&image[BITMAP_SUPER_SIZE..], 6) {
+                landed.lock().push(page);
+            }
+        });
+    }
+    let bm = Arc::new(bm);
+    let daemon = {
+        let bm = bm.clone();
+        std::thread::spawn(move || bm.run_daemon_pass())
+    };
+    // The daemon has cleared the bit in memory and its write is in flight.
+    std::thread::sleep(Duration::from_millis(60));
+    assert!(
+        bm.dirty_chunks().is_empty(),
+        "the daemon did not clear chunk 6"
+    );
+    let writer_b = {
+        let bm = bm.clone();
+        std::thread::spawn(move || bm.start_write(6 * K64 + 512, 1).unwrap())
+    };
+    std::thread::sleep(Duration::from_millis(60));
+    assert_eq!(
+        bm.dirty_chunks(),
+        vec![6],
+        "writer B did not set the bit again"
+    );
+    // Writer C: the bit is set in memory and in the last durable image.
+    bm.start_write(6 * K64 + 1024, 1).unwrap();
+    c_returned.store(true, Ordering::SeqCst);
+    assert!(on_disk(&store, 6), "C returned with its bit clear on disk");
+    // A writer after C takes the fast path (DURABLE); it must be as safe.
+    bm.start_write(6 * K64 + 2048, 1).unwrap();
+    daemon.join().unwrap();
+    writer_b.join().unwrap();
+    assert!(
+        landed_clear_after_c.lock().is_empty(),
+        "a page image with chunk 6 clear landed while C's write was in flight"
+    );
+    assert!(on_disk(&store, 6));
+    for off in [512, 1024, 2048] {
+        bm.end_write(6 * K64 + off, 1, true);
+    }
 }
 
 #[test]
@@ -442,6 +505,30 @@ fn events_cleared_follows_md_rules() {
     bm.update_header(4).unwrap();
     let h = header(&store);
     assert_eq!((h.events, h.events_cleared), (4, 4));
+}
+
+#[test]
+fn events_cleared_waits_while_a_leg_recovers() {
+    let (bm, store) = build(small_super(), opts(0));
+    let header = |s: &MemPageStore| BitmapSuper::parse(&s.image()).unwrap();
+    bm.set_recovering(true);
+    bm.start_write(K64, 1).unwrap();
+    bm.end_write(K64, 1, true);
+    bm.run_daemon_pass();
+    assert_eq!(
+        header(&store).events_cleared,
+        3,
+        "advanced while recovering"
+    );
+    assert!(
+        !on_disk(&store, 1),
+        "md clears bits of writes every leg got"
+    );
+    bm.set_recovering(false);
+    bm.start_write(K64, 1).unwrap();
+    bm.end_write(K64, 1, true);
+    bm.run_daemon_pass();
+    assert_eq!(header(&store).events_cleared, 5);
 }
 
 #[test]

@@ -39,6 +39,26 @@ pub enum BlockMapError {
     },
 
     #[error(
+        "{file} lives on a {fs_type} filesystem: mdfuse writes bitmap pages raw only on \
+         ext2/ext3/ext4 and xfs, where a file's blocks stay where they are while it is \
+         immutable and not written; elsewhere (copy-on-write, log-structured or garbage-collected \
+         filesystems, or ones without the immutable attribute) they could move and raw writes \
+         would land on other data: put the bitmap file on ext4 or xfs, or use --bitmap-file-io"
+    )]
+    BlocksMayMove { file: PathBuf, fs_type: String },
+
+    #[error(
+        "cannot make {file} immutable ({source}): without the flag its filesystem could move \
+         or rewrite its blocks under raw writes; put the bitmap file on ext4 or xfs, or use \
+         --bitmap-file-io"
+    )]
+    ImmutableUnsupported {
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error(
         "{file} is on block device {major}:{minor} but {device} {problem}: \
          make the device node available (udev, or mknod) or {BLOCK_FS_HINT}"
     )]
@@ -95,6 +115,19 @@ pub enum BlockMapError {
          or {RECREATE_HINT}"
     )]
     Mismatch {
+        file: PathBuf,
+        device: PathBuf,
+        sector: u64,
+        offset: u64,
+    },
+
+    #[error(
+        "the block map of {file} is wrong: a marker written to {device} at sector {sector} is \
+         not what the filesystem reads at file offset {offset}, so raw writes would land \
+         elsewhere; the original bytes were written back; refusing raw writes: check the \
+         filesystem, or {RECREATE_HINT}"
+    )]
+    MarkerMissing {
         file: PathBuf,
         device: PathBuf,
         sector: u64,

@@ -19,7 +19,21 @@ pub struct FileGuard {
     released: bool,
 }
 
-/// Locks `path` exclusively (non-blocking) and makes it immutable.
+/// A read-only check, for before [`protect`]: the file is a regular file
+/// on a filesystem mounted read-write (else setting the immutable flag, and
+/// raw writes, would fail). Changes nothing.
+pub fn check_protectable(path: &Path) -> Result<(), BlockMapError> {
+    let (file, _) = super::resolve::open_regular(path, libc::O_NOFOLLOW)?;
+    if sys::is_read_only_mount(&file).map_err(|e| BlockMapError::io(path, "cannot statvfs", e))? {
+        return Err(BlockMapError::ReadOnlyFilesystem {
+            file: path.to_path_buf(),
+        });
+    }
+    Ok(())
+}
+
+/// Locks `path` exclusively (non-blocking) and makes it immutable. A file
+/// that cannot be made immutable is refused: its blocks could move.
 /// Call this before [`super::resolve`] so the map cannot change after it is
 /// verified.
 pub fn protect(path: &Path) -> Result<FileGuard, BlockMapError> {
@@ -39,13 +53,12 @@ pub fn protect(path: &Path) -> Result<FileGuard, BlockMapError> {
         was_immutable: false,
         released: false,
     };
+    let unsupported = |source| BlockMapError::ImmutableUnsupported {
+        file: path.to_path_buf(),
+        source,
+    };
     match sys::get_flags(&guard.file) {
-        Err(e) if sys::is_unsupported(&e) => {
-            log::warn!(
-                "{}: the filesystem has no immutable attribute ({e}); only the lock protects it",
-                path.display()
-            );
-        }
+        Err(e) if sys::is_unsupported(&e) => return Err(unsupported(e)),
         Err(e) => return Err(BlockMapError::io(path, "cannot read the attributes of", e)),
         Ok(flags) if flags & sys::FS_IMMUTABLE_FL != 0 => {
             // Ours from a run that crashed, or the administrator's: leave it.
@@ -57,10 +70,7 @@ pub fn protect(path: &Path) -> Result<FileGuard, BlockMapError> {
         }
         Ok(flags) => match sys::set_flags(&guard.file, flags | sys::FS_IMMUTABLE_FL) {
             Ok(()) => guard.set_immutable = true,
-            Err(e) if sys::is_unsupported(&e) => log::warn!(
-                "{}: the filesystem cannot make it immutable ({e}); only the lock protects it",
-                path.display()
-            ),
+            Err(e) if sys::is_unsupported(&e) => return Err(unsupported(e)),
             Err(e) if e.raw_os_error() == Some(libc::EROFS) => {
                 return Err(BlockMapError::ReadOnlyFilesystem {
                     file: path.to_path_buf(),

@@ -1,9 +1,13 @@
 //! A host file resolved to the device sectors that hold it, verified, and a
 //! raw O_DIRECT writer that can only address those sectors.
 //!
-//! Order of use at mount (the map must not change once verified):
-//! [`protect`] (flock + immutable) → [`resolve`] (FIEMAP, FIBMAP fallback) →
-//! [`RawWriter::open`] (verifies, then writes only inside the map).
+//! Order of use at mount (nothing changes the file before every read-only
+//! check has passed, and the map must not change once verified):
+//! [`resolve`], [`check_protectable`] and [`check_device_writable`] as
+//! read-only checks →
+//! [`protect`] (flock + immutable) → [`resolve`] again, the map used →
+//! [`RawWriter::open`] (verifies, proves the map with markers written raw
+//! and read back through the filesystem, then writes only inside the map).
 
 mod error;
 mod guard;
@@ -13,7 +17,11 @@ mod sys;
 mod verify;
 
 pub use error::BlockMapError;
-pub use guard::{protect, FileGuard};
-pub use raw_writer::{read_file_direct, RawWriter, DEFAULT_IO_THREADS, PAGE_SIZE};
-pub use resolve::{resolve, resolve_with_fibmap, BackingFile, BlockMap, DeviceRun, Extent};
+pub use guard::{check_protectable, protect, FileGuard};
+pub use raw_writer::{
+    check_device_writable, read_file_direct, RawWriter, DEFAULT_IO_THREADS, PAGE_SIZE,
+};
+pub use resolve::{
+    backing_chain, resolve, resolve_with_fibmap, BackingFile, BlockMap, DeviceRun, Extent,
+};
 pub use verify::verify;

@@ -42,6 +42,10 @@ mod confined {
             &self.map
         }
 
+        pub(super) fn into_parts(self) -> (File, BlockMap) {
+            (self.fd, self.map)
+        }
+
         /// Reads the block-aligned file range from the mapped sectors.
         pub(super) fn read_blocks(
             &self,
@@ -97,37 +101,51 @@ pub struct RawWriter {
 
 impl RawWriter {
     /// Opens the map's device for raw writes with [`DEFAULT_IO_THREADS`]
-    /// threads. Verifies the map first: no unverified map is ever written.
+    /// threads. Verifies and proves the map first (see
+    /// [`RawWriter::open_keeping`]): no unverified map is ever used.
     pub fn open(map: BlockMap) -> Result<RawWriter, BlockMapError> {
-        RawWriter::open_with_threads(map, DEFAULT_IO_THREADS)
+        RawWriter::open_keeping(map, 0, DEFAULT_IO_THREADS)
     }
 
-    pub fn open_with_threads(map: BlockMap, threads: usize) -> Result<RawWriter, BlockMapError> {
-        let not_writable = |source| BlockMapError::DeviceNotWritable {
-            file: map.file().to_path_buf(),
-            device: map.device().to_path_buf(),
-            source,
-        };
-        // O_DSYNC: a write returns once it is on stable media (FUA or flush),
-        // which is when the bitmap bit may be relied upon.
-        let fd = File::options()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_DIRECT | libc::O_DSYNC | libc::O_CLOEXEC)
-            .open(map.device())
-            .map_err(not_writable)?;
-        match sys::is_read_only(&fd) {
-            Ok(true) => return Err(not_writable(std::io::Error::from_raw_os_error(libc::EROFS))),
-            Ok(false) => {}
-            Err(e) => return Err(BlockMapError::io(map.device(), "cannot query", e)),
-        }
-        check_same_device(&map, &fd)?;
+    /// Opens the map's device for raw writes with `threads` I/O threads,
+    /// after two checks: [`verify`] (the file's bytes and the mapped sectors
+    /// are equal) and a proof by markers, which also holds where both are
+    /// zeros: every mapped block gets a marker written raw, the file read
+    /// back through its filesystem (O_DIRECT) must show each marker in its
+    /// place, then the original bytes are written back and verified again.
+    ///
+    /// The marker only sets bits (original OR pseudo-random bytes) and leaves
+    /// the first `keep_prefix` bytes as they are, so a crash in the middle
+    /// leaves a file whose content only has more bits set (for a bitmap file
+    /// with its header kept: more dirty chunks, which is safe).
+    pub fn open_keeping(
+        map: BlockMap,
+        keep_prefix: u64,
+        threads: usize,
+    ) -> Result<RawWriter, BlockMapError> {
+        let fd = open_device_for_writing(&map)?;
         verify(&map)?;
-        RawWriter::start(fd, map, threads)
+        let device = ConfinedDevice::new(fd, map);
+        prove_with_markers(&device, keep_prefix)?;
+        let (fd, map) = device.into_parts();
+        // Raw writes bypass the file's page cache: each written range is
+        // dropped from it, so buffered readers (mdadm -X) see the disk.
+        let cache = File::options()
+            .read(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(map.file())
+            .map_err(|e| BlockMapError::io(map.file(), "cannot open", e))?;
+        RawWriter::start(fd, map, threads, Some(cache))
     }
 
-    fn start(fd: File, map: BlockMap, threads: usize) -> Result<RawWriter, BlockMapError> {
+    fn start(
+        fd: File,
+        map: BlockMap,
+        threads: usize,
+        cache: Option<File>,
+    ) -> Result<RawWriter, BlockMapError> {
         let device = Arc::new(ConfinedDevice::new(fd, map));
+        let cache = Arc::new(cache);
         let (tx, rx) = crossbeam_channel::unbounded::<Job>();
         // Built first so a failed spawn still stops and joins the others.
         let mut writer = RawWriter {
@@ -137,12 +155,13 @@ impl RawWriter {
         };
         for i in 0..threads.max(1) {
             let device = device.clone();
+            let cache = cache.clone();
             let rx: Receiver<Job> = rx.clone();
             let worker = std::thread::Builder::new()
                 .name(format!("bitmap-io-{i}"))
                 .spawn(move || {
                     for job in rx {
-                        run_job(&device, job);
+                        run_job(&device, cache.as_ref().as_ref(), job);
                     }
                 })
                 .map_err(|e| {
@@ -281,11 +300,157 @@ impl RawWriter {
     }
 }
 
+/// Writes `content` (the whole mapped range, `mapped_len` bytes) to the
+/// mapped sectors, run by run, through the confined device.
+fn write_mapped(device: &ConfinedDevice, content: &[u8]) -> Result<(), BlockMapError> {
+    let map = device.map();
+    for run in map.device_runs(0, map.mapped_len())? {
+        let len = run.len as usize;
+        let mut buf = AlignedBuf::new(len);
+        let start = run.file_offset as usize;
+        buf.as_mut_slice()[..len].copy_from_slice(&content[start..start + len]);
+        device
+            .write_at(run.device_offset, &buf.as_slice()[..len])
+            .map_err(|errno| BlockMapError::WriteFailed {
+                file: map.file().to_path_buf(),
+                device: map.device().to_path_buf(),
+                failures: format!(
+                    "{} bytes at sector {}: {}",
+                    len,
+                    run.device_offset / SECTOR,
+                    std::io::Error::from_raw_os_error(errno)
+                ),
+            })?;
+    }
+    Ok(())
+}
+
+/// Pseudo-random bytes, different at each mount (a wrong map cannot match
+/// them by chance, nor by an earlier run's leftovers).
+fn marker_bytes(len: usize) -> Vec<u8> {
+    let mut seed = [0u8; 8];
+    // SAFETY: getrandom writes at most 8 bytes into seed.
+    let got = unsafe { libc::getrandom(seed.as_mut_ptr().cast(), seed.len(), 0) };
+    let mut x = if got == 8 {
+        u64::from_le_bytes(seed)
+    } else {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0x9E37_79B9_7F4A_7C15)
+    } | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// See [`RawWriter::open_keeping`]. Costs two raw writes and three reads of
+/// the file (an md bitmap of 2^20 chunks is 128 KiB and a header).
+fn prove_with_markers(device: &ConfinedDevice, keep_prefix: u64) -> Result<(), BlockMapError> {
+    let map = device.map();
+    let path = map.file();
+    let file_len = map.file_len() as usize;
+    let original = device.read_blocks(0, map.mapped_len())?;
+    let mut marked = original.clone();
+    let first = (keep_prefix as usize).min(file_len);
+    for (byte, noise) in marked[first..file_len]
+        .iter_mut()
+        .zip(marker_bytes(file_len - first))
+    {
+        *byte |= noise;
+    }
+    let bs = map.fs_block_size() as usize;
+    // A block whose visible bytes already have every bit set cannot carry a
+    // marker; verify() has compared its bytes, which is all we can do.
+    let unmarkable = (0..file_len.div_ceil(bs))
+        .filter(|b| {
+            let r = b * bs..((b + 1) * bs).min(file_len);
+            marked[r.clone()] == original[r]
+        })
+        .count();
+    if unmarkable > 0 {
+        log::warn!(
+            "{}: {unmarkable} block(s) hold only set bits (or the kept head) and cannot carry a \
+             marker; they were checked by content only",
+            path.display()
+        );
+    }
+    write_mapped(device, &marked)?;
+    let seen = read_file_direct(path);
+    // Whatever was seen, the original bytes go back first.
+    let restored = write_mapped(device, &original);
+    let seen = seen?;
+    restored?;
+    if seen.len() != file_len {
+        return Err(BlockMapError::FileChanged {
+            file: path.to_path_buf(),
+            detail: format!("length {file_len} when mapped, {} now", seen.len()),
+        });
+    }
+    if let Some(offset) = seen.iter().zip(&marked).position(|(a, b)| a != b) {
+        let offset = offset as u64;
+        let block = offset / bs as u64 * bs as u64;
+        let sector = map
+            .device_runs(block, bs as u64)
+            .ok()
+            .and_then(|r| {
+                r.first()
+                    .map(|r| (r.device_offset + offset - block) / SECTOR)
+            })
+            .unwrap_or(0);
+        return Err(BlockMapError::MarkerMissing {
+            file: path.to_path_buf(),
+            device: map.device().to_path_buf(),
+            sector,
+            offset,
+        });
+    }
+    verify(map)
+}
+
+/// Opens the map's device as the raw writer does (read-write, O_DIRECT,
+/// O_DSYNC), refusing a read-only device or one that is no longer the
+/// file's. Writes nothing.
+fn open_device_for_writing(map: &BlockMap) -> Result<File, BlockMapError> {
+    let not_writable = |source| BlockMapError::DeviceNotWritable {
+        file: map.file().to_path_buf(),
+        device: map.device().to_path_buf(),
+        source,
+    };
+    // O_DSYNC: a write returns once it is on stable media (FUA or flush),
+    // which is when the bitmap bit may be relied upon.
+    let fd = File::options()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_DIRECT | libc::O_DSYNC | libc::O_CLOEXEC)
+        .open(map.device())
+        .map_err(not_writable)?;
+    match sys::is_read_only(&fd) {
+        Ok(true) => return Err(not_writable(std::io::Error::from_raw_os_error(libc::EROFS))),
+        Ok(false) => {}
+        Err(e) => return Err(BlockMapError::io(map.device(), "cannot query", e)),
+    }
+    check_same_device(map, &fd)?;
+    Ok(fd)
+}
+
+/// A read-only check, for before the file is protected: raw writes to the
+/// map's device would be possible. Writes nothing.
+pub fn check_device_writable(map: &BlockMap) -> Result<(), BlockMapError> {
+    open_device_for_writing(map).map(drop)
+}
+
 fn device_path(writer: &RawWriter) -> &Path {
     writer.device.map().device()
 }
 
-fn run_job(device: &ConfinedDevice, job: Job) {
+fn run_job(device: &ConfinedDevice, cache: Option<&File>, job: Job) {
     let what = || {
         format!(
             "raw write of {} bytes {}..{} to {} sector {}",
@@ -314,6 +479,18 @@ fn run_job(device: &ConfinedDevice, job: Job) {
             errno: libc::EFAULT,
         }),
     };
+    // Before the page's completion fires: once its waiter returns, a
+    // buffered read of the range reads what is on disk.
+    if let (Some(file), Ok(())) = (cache, &result) {
+        if let Err(e) = sys::drop_page_cache_range(file, job.file_offset, job.len as u64) {
+            log::warn!(
+                "{}: cannot drop bytes {}..{} from its page cache: {e}",
+                device.map().file().display(),
+                job.file_offset,
+                job.file_offset + job.len as u64
+            );
+        }
+    }
     job.completion.finish(result);
 }
 
@@ -407,7 +584,7 @@ mod tests {
             ],
         );
         let fd = File::options().read(true).write(true).open(&dev).unwrap();
-        (RawWriter::start(fd, map, 2).unwrap(), dev)
+        (RawWriter::start(fd, map, 2, None).unwrap(), dev)
     }
 
     #[test]

@@ -61,8 +61,8 @@ enum Method {
 
 /// Resolves `path` to its device extents with FIEMAP (FIBMAP if the
 /// filesystem lacks FIEMAP). Refuses anything raw writes could not safely
-/// address: holes, unwritten/shared/inline/encoded extents, non-block
-/// filesystems, blocks over 4 KiB.
+/// address: holes, unwritten/shared/inline/encoded extents, filesystems
+/// other than ext2/3/4 and xfs, blocks over 4 KiB.
 pub fn resolve(path: &Path) -> Result<BlockMap, BlockMapError> {
     resolve_using(path, Method::Fiemap)
 }
@@ -101,12 +101,18 @@ fn resolve_using(path: &Path, method: Method) -> Result<BlockMap, BlockMapError>
     let major = libc::major(st_dev);
     let minor = libc::minor(st_dev);
     let sysfs = PathBuf::from(format!("/sys/dev/block/{major}:{minor}"));
-    if sys::fs_refused(fs_magic) || !sysfs.exists() {
+    if sys::fs_without_device_addresses(fs_magic) || !sysfs.exists() {
         return Err(BlockMapError::NotOnBlockDevice {
             file: path.to_path_buf(),
             fs_type: sys::fs_type_name(fs_magic),
             major,
             minor,
+        });
+    }
+    if !sys::fs_keeps_blocks_in_place(fs_magic) {
+        return Err(BlockMapError::BlocksMayMove {
+            file: path.to_path_buf(),
+            fs_type: sys::fs_type_name(fs_magic),
         });
     }
     let device = device_node(path, &sysfs, st_dev)?;
@@ -487,6 +493,17 @@ impl BlockMap {
         Ok(runs)
     }
 
+    /// A copy with other extents, as no filesystem reported them: for tests
+    /// that a wrong map is caught ([`super::RawWriter::open`] proves a map
+    /// before any use).
+    #[doc(hidden)]
+    pub fn with_extents_unchecked(&self, extents: Vec<Extent>) -> BlockMap {
+        BlockMap {
+            extents,
+            ..self.clone()
+        }
+    }
+
     /// True when `[dev_off, dev_off+len)` lies inside one extent of the map.
     pub fn contains_device_range(&self, dev_off: u64, len: u64) -> bool {
         let Some(end) = dev_off.checked_add(len) else {
@@ -503,18 +520,24 @@ impl BlockMap {
     /// first: the loop holding the file's filesystem, then, if that loop's
     /// file itself lives on a loop device, that one, and so on.
     pub fn backing_chain(&self) -> Vec<BackingFile> {
-        let mut chain = Vec::new();
-        let mut dev = self.device_rdev;
-        // A loop cannot (usefully) nest deeper; the bound stops cycles.
-        for _ in 0..16 {
-            let Some(link) = loop_backing(dev) else {
-                break;
-            };
-            dev = link.st_dev;
-            chain.push(link);
-        }
-        chain
+        backing_chain(self.device_rdev)
     }
+}
+
+/// The files backing the loop device(s) under block device `dev` (a file's
+/// `st_dev`), outermost first; empty when `dev` is no loop device.
+pub fn backing_chain(dev: u64) -> Vec<BackingFile> {
+    let mut chain = Vec::new();
+    let mut dev = dev;
+    // A loop cannot (usefully) nest deeper; the bound stops cycles.
+    for _ in 0..16 {
+        let Some(link) = loop_backing(dev) else {
+            break;
+        };
+        dev = link.st_dev;
+        chain.push(link);
+    }
+    chain
 }
 
 /// The file behind block device `dev` if it is a loop device or a partition

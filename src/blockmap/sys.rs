@@ -17,7 +17,7 @@ const LOOP_GET_STATUS64: u64 = 0x4C05;
 
 pub const FS_IMMUTABLE_FL: i32 = 0x10;
 pub const FS_JOURNAL_DATA_FL: i32 = 0x4000;
-pub const EXT4_SUPER_MAGIC: u32 = 0xEF53;
+pub const EXT4_SUPER_MAGIC: u32 = EXT_MAGIC;
 
 pub const FIEMAP_FLAG_SYNC: u32 = 0x1;
 pub const FIEMAP_EXTENT_LAST: u32 = 0x1;
@@ -194,10 +194,31 @@ pub fn fstatfs(file: &File) -> io::Result<libc::statfs> {
     }
 }
 
+/// True when the file's filesystem is mounted read-only.
+pub fn is_read_only_mount(file: &File) -> io::Result<bool> {
+    // SAFETY: statvfs is plain data; fstatvfs fills it.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::fstatvfs(file.as_raw_fd(), &mut st) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st.f_flag & libc::ST_RDONLY != 0)
+}
+
 /// Drops the file's clean page-cache pages.
 pub fn drop_page_cache(file: &File) -> io::Result<()> {
+    drop_page_cache_range(file, 0, 0)
+}
+
+/// Drops the clean page-cache pages of file bytes `[offset, offset+len)`
+/// (`len` 0: to the end).
+pub fn drop_page_cache_range(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    let (Ok(offset), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    };
     // SAFETY: plain syscall on an owned fd.
-    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    let rc =
+        unsafe { libc::posix_fadvise(file.as_raw_fd(), offset, len, libc::POSIX_FADV_DONTNEED) };
     if rc != 0 {
         Err(io::Error::from_raw_os_error(rc))
     } else {
@@ -219,8 +240,10 @@ pub fn flock(file: &File, op: libc::c_int) -> io::Result<()> {
     }
 }
 
-/// Magic numbers of filesystems a bitmap file must not be raw-written on,
-/// and of a few common ones, for messages.
+const EXT_MAGIC: u32 = 0xEF53;
+const XFS_MAGIC: u32 = 0x5846_5342;
+
+/// Names of filesystem magic numbers, for messages.
 pub fn fs_type_name(magic: i64) -> String {
     let name = match magic as u32 {
         0x0102_1994 => "tmpfs",
@@ -235,19 +258,31 @@ pub fn fs_type_name(magic: i64) -> String {
         0x0102_1997 => "9p",
         0x00c3_6400 => "ceph",
         0x7371_7368 => "squashfs",
-        0xEF53 => "ext2/3/4",
-        0x5846_5342 => "xfs",
+        EXT_MAGIC => "ext2/3/4",
+        XFS_MAGIC => "xfs",
         0xF2F5_2010 => "f2fs",
+        0x3434 => "nilfs2",
         0x4d44 => "vfat",
+        0x2011_BAB0 => "exfat",
+        0x5346_544e => "ntfs",
+        0xca45_1a4e => "bcachefs",
+        0x5265_4973 => "reiserfs",
+        0x3153_464a => "jfs",
+        0x482b => "hfsplus",
+        0x1501_3346 => "udf",
+        0x7461_636f => "ocfs2",
+        0x0116_1970 => "gfs2",
+        0xE0F5_E1E2 => "erofs",
+        0x9660 => "iso9660",
         0x6264_6576 => "bdev",
         _ => return format!("unknown (f_type 0x{:x})", magic as u32),
     };
     name.to_string()
 }
 
-/// Filesystems whose FIEMAP addresses are not offsets on st_dev's device, or
-/// that write the file themselves: never raw-write under them.
-pub fn fs_refused(magic: i64) -> bool {
+/// Filesystems whose FIEMAP addresses are not offsets on st_dev's device:
+/// their refusal says "no block device".
+pub fn fs_without_device_addresses(magic: i64) -> bool {
     matches!(
         magic as u32,
         0x0102_1994
@@ -263,4 +298,51 @@ pub fn fs_refused(magic: i64) -> bool {
             | 0x00c3_6400
             | 0x7371_7368
     )
+}
+
+/// The filesystems under which a bitmap file may be written raw: those whose
+/// file blocks stay put while the file is immutable and not written, so the
+/// addresses read once at mount stay the file's.
+///
+/// - ext2, ext3, ext4: data is overwritten in place; blocks are allocated or
+///   freed only by writes and truncation, and moved only by online defrag
+///   (EXT4_IOC_MOVE_EXT), which needs the file open for writing, which an
+///   immutable file refuses. No copy-on-write, no garbage collection.
+///   (`data=journal` is refused separately: the journal rewrites data.)
+/// - xfs: data is overwritten in place; copy-on-write happens only for
+///   shared (reflinked) extents, which are refused; online defrag (xfs_fsr's
+///   extent swap, exchange-range) needs the file open for writing too.
+///
+/// Everything else is refused: copy-on-write (btrfs, bcachefs, zfs),
+/// log-structured or garbage-collected (f2fs's GC moves any file's blocks,
+/// nilfs2), no immutable attribute (vfat, exfat), or simply not examined.
+pub fn fs_keeps_blocks_in_place(magic: i64) -> bool {
+    matches!(magic as u32, EXT_MAGIC | XFS_MAGIC)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_ext_and_xfs_are_allowed() {
+        for (magic, name) in [(0xEF53i64, "ext2/3/4"), (0x5846_5342, "xfs")] {
+            assert!(fs_keeps_blocks_in_place(magic), "{name}");
+            assert_eq!(fs_type_name(magic), name);
+        }
+        for (magic, name) in [
+            (0xF2F5_2010i64, "f2fs"),
+            (0x3434, "nilfs2"),
+            (0x4d44, "vfat"),
+            (0x2011_BAB0, "exfat"),
+            (0x9123_683E, "btrfs"),
+            (0xca45_1a4e, "bcachefs"),
+            (0xE0F5_E1E2, "erofs"),
+            (0x0102_1994, "tmpfs"),
+            (0x1234_5678, "unknown (f_type 0x12345678)"),
+        ] {
+            assert!(!fs_keeps_blocks_in_place(magic), "{name} allowed");
+            assert_eq!(fs_type_name(magic), name);
+        }
+    }
 }

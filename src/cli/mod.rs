@@ -231,6 +231,11 @@ fn cmd_create(a: CreateArgs) -> Result<(), String> {
             name: a.name,
             size: a.size,
             force: a.force,
+            bitmap: a.bitmap.as_ref().map(|path| array::NewBitmap {
+                path: path.clone(),
+                chunk: a.bitmap_chunk.map(|c| c as u32),
+                daemon_sleep: a.delay,
+            }),
         },
     )
     .map_err(|e| e.to_string())?;
@@ -243,23 +248,12 @@ fn cmd_create(a: CreateArgs) -> Result<(), String> {
         created.data_offset_sectors,
         mdfuse::report::uuid_string(&created.uuid)
     );
-    if let Some(path) = &a.bitmap {
-        let chunk = a.bitmap_chunk.map(|c| c as u32).unwrap_or_else(|| {
-            mdfuse::format::bitmap::default_chunk_size(created.array_sectors * 512)
-        });
-        let sb = mdfuse::format::bitmap::BitmapSuper::new_for_array(
-            created.uuid,
-            created.array_sectors,
-            chunk,
-            a.delay,
-            0,
-        );
-        mdfuse::bitmap::create_bitmap_file(path, &sb, a.force).map_err(|e| e.to_string())?;
+    if let (Some(path), Some(sb)) = (&a.bitmap, &created.bitmap) {
         println!(
             "mdfuse: bitmap {} created: {} chunks of {}",
             path.display(),
             sb.chunks(),
-            mdfuse::report::examine_bitmap::human_chunksize(chunk)
+            mdfuse::report::examine_bitmap::human_chunksize(sb.chunksize)
         );
     }
     Ok(())

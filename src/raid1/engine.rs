@@ -464,6 +464,12 @@ impl Raid1 {
         self.in_sync_count() < self.slots.len()
     }
 
+    /// Some slot holds a leg being recovered (md counts it as degraded for
+    /// the bitmap's events_cleared).
+    pub fn has_recovering_leg(&self) -> bool {
+        self.slots.iter().any(|s| s.state() == LegState::Recovering)
+    }
+
     /// Some slot has no working leg at all (missing or faulty): writes miss
     /// it, so the write-intent bitmap must keep their bits.
     pub fn has_absent_leg(&self) -> bool {

@@ -29,8 +29,15 @@ impl Outcome {
 }
 
 pub fn mdfuse(args: &[&str]) -> Outcome {
+    mdfuse_env(args, &[])
+}
+
+/// [`mdfuse`] with extra environment variables (a daemon it starts
+/// inherits them).
+pub fn mdfuse_env(args: &[&str], env: &[(&str, &str)]) -> Outcome {
     let out = Command::new(MDFUSE)
         .args(args)
+        .envs(env.iter().copied())
         .output()
         .expect("cannot run the mdfuse binary");
     Outcome {
@@ -150,12 +157,22 @@ pub fn mount_array(
     mountpoint: &Path,
     extra: &[&str],
 ) -> Result<MountedArray, Outcome> {
+    mount_array_env(legs, mountpoint, extra, &[])
+}
+
+/// [`mount_array`] with extra environment variables for the daemon.
+pub fn mount_array_env(
+    legs: &[&str],
+    mountpoint: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Result<MountedArray, Outcome> {
     let log = mountpoint.with_extension("log");
     let mut args = vec!["mount", "--log", s(&log)];
     args.extend_from_slice(extra);
     args.extend_from_slice(legs);
     args.push(s(mountpoint));
-    let out = mdfuse(&args);
+    let out = mdfuse_env(&args, env);
     if !out.ok {
         return Err(out);
     }
