@@ -18,7 +18,7 @@ use common::loopdev::{needs_root, ScratchFs};
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::fs::OpenOptions;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -413,6 +413,9 @@ fn write_then_kill(
     kill_after: Option<usize>,
 ) -> KillOutcome {
     let m = arr.mount(&["--delay", "600"]);
+    // No safe mode: a pause in the writes (a loaded machine) must not let
+    // the array be recorded clean before the kill finds it active.
+    std::fs::write(m.mnt.join("md/safe_mode_delay"), "60").expect("set safe_mode_delay");
     let image = m.image();
     let acks = Arc::new(AtomicUsize::new(0));
     let acked = Arc::new(Mutex::new(Vec::new()));
@@ -428,8 +431,11 @@ fn write_then_kill(
                 writes.clone(),
             );
             std::thread::spawn(move || {
+                // O_DIRECT: a write that returns has reached the legs (a
+                // buffered one would sit in the kernel's writeback cache).
                 let f = OpenOptions::new()
                     .write(true)
+                    .custom_flags(libc::O_DIRECT)
                     .open(&image)
                     .expect("open array.img");
                 for &(off, len) in writes.iter().skip(t).step_by(threads) {
