@@ -4,8 +4,10 @@
 
 mod common;
 
+use common::io::{open_direct, AlignedVec};
 use common::loopdev::{needs_root, run, LoopDevice, Mkfs, MountedFs};
 use common::mdfuse::*;
+use common::rng::Rng;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::Command;
@@ -941,7 +943,7 @@ fn three_legs_degraded_run_then_the_missing_leg_is_stale() {
     let mnt = dir.path().join("mnt");
     let err = match MountedArray::try_mount(&two, &mnt, &[]) {
         Ok(_) => panic!("a degraded array started without --run"),
-        Err((o, _)) => stderr(&o),
+        Err(o) => stderr(&o),
     };
     assert!(err.contains("slot 2") && err.contains("--run"), "{err}");
     let data = Rng(3).bytes(123_457);

@@ -13,14 +13,16 @@
 
 mod common;
 
+use common::bitmap::examine_bitmap;
 use common::kmd::{self, Manifest, VerifyRun, SECTOR};
 use common::loopdev::{needs_root, ScratchFs};
+use common::mdfuse::{create, log_path, mdfuse_stdout, path_str, text, Legs, MountedArray};
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -36,43 +38,15 @@ const ARRAY_BYTES: u64 = 31744 * 1024;
 
 // ---------------------------------------------------------------- mdfuse, the command
 
-fn mdfuse_output<S: AsRef<OsStr>>(args: &[S]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mdfuse"))
-        .args(args)
-        .output()
-        .expect("run the mdfuse binary")
-}
-
-/// Runs mdfuse; panics with its output unless it succeeds; returns stdout.
-fn mdfuse<S: AsRef<OsStr>>(args: &[S]) -> String {
-    let out = mdfuse_output(args);
-    let line: Vec<String> = args
-        .iter()
-        .map(|a| a.as_ref().to_string_lossy().into_owned())
-        .collect();
-    assert!(
-        out.status.success(),
-        "mdfuse {} failed ({}):\n{}{}",
-        line.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// `mdfuse examine-bitmap --chunks FILE`: (fields, dirty chunks).
 fn mdfuse_bitmap(file: &Path) -> (std::collections::BTreeMap<String, String>, Vec<u64>) {
-    let text = mdfuse(&[
-        OsStr::new("examine-bitmap"),
-        OsStr::new("--chunks"),
-        file.as_os_str(),
-    ]);
-    let fields = kmd::mdadm_fields(&text);
-    let list = fields
-        .get("Dirty Chunks")
-        .unwrap_or_else(|| panic!("no Dirty Chunks line in:\n{text}"));
-    (fields.clone(), kmd::parse_chunk_ranges(list))
+    let (text, dirty) = examine_bitmap(file);
+    (kmd::mdadm_fields(&text), dirty)
+}
+
+/// `mdfuse examine LEG`.
+fn mdfuse_examine(leg: &Path) -> String {
+    mdfuse_stdout(&["examine", path_str(leg)])
 }
 
 /// A leg, a bitmap file on an ext4 of its own (a loop device), and a mountpoint.
@@ -80,10 +54,9 @@ fn mdfuse_bitmap(file: &Path) -> (std::collections::BTreeMap<String, String>, Ve
 struct TestArray {
     /// Held for its Drop: unmount, detach, remove.
     _bitmap_fs: ScratchFs,
-    legs: Vec<PathBuf>,
+    legs: Legs,
     bitmap: PathBuf,
     mnt: PathBuf,
-    log: PathBuf,
     uuid: String,
     dir: tempfile::TempDir,
 }
@@ -102,41 +75,31 @@ impl TestArray {
     /// `mdfuse create --bitmap BM --bitmap-chunk 64K` on two zero 32 MiB leg files.
     fn create(name: &str) -> TestArray {
         let (dir, bitmap_fs) = Self::scratch();
-        let legs: Vec<PathBuf> = (0..2)
-            .map(|i| dir.path().join(format!("leg{i}.img")))
-            .collect();
-        for l in &legs {
-            common::loopdev::sparse_file(l, LEG_BYTES).expect("leg file");
-        }
+        let legs = Legs::new(dir.path(), 2, LEG_BYTES);
         let bitmap = bitmap_fs.path("md0.bitmap");
-        let mut args: Vec<&OsStr> = vec![
-            "create".as_ref(),
-            "--name".as_ref(),
-            name.as_ref(),
-            "--bitmap".as_ref(),
-            bitmap.as_os_str(),
-            "--bitmap-chunk".as_ref(),
-            "64K".as_ref(),
-        ];
-        args.extend(legs.iter().map(|l| l.as_os_str()));
-        let out = mdfuse(&args);
-        let uuid = out
-            .split("UUID ")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .unwrap_or_else(|| panic!("no UUID in create's output:\n{out}"))
-            .to_string();
+        let created = create(
+            &legs,
+            &[
+                "--name",
+                name,
+                "--bitmap",
+                path_str(&bitmap),
+                "--bitmap-chunk",
+                "64K",
+            ],
+        );
         assert!(
-            out.contains(&format!("{ARRAY_BYTES} bytes")) && out.contains("data offset 2048"),
-            "unexpected geometry:\n{out}"
+            created.array_bytes == ARRAY_BYTES
+                && created.data_offset_sectors * SECTOR == DATA_OFFSET,
+            "unexpected geometry:\n{}",
+            created.stdout
         );
         TestArray {
             mnt: dir.path().join("mnt"),
-            log: dir.path().join("mdfuse.log"),
             _bitmap_fs: bitmap_fs,
             legs,
             bitmap,
-            uuid,
+            uuid: created.uuid,
             dir,
         }
     }
@@ -145,7 +108,7 @@ impl TestArray {
     /// no holes) onto the loop-backed ext4.
     fn from_fixture(set: &Path) -> TestArray {
         let (dir, bitmap_fs) = Self::scratch();
-        let legs: Vec<PathBuf> = (0..)
+        let legs = (0..)
             .map(|i| set.join(format!("leg{i}.img.zst")))
             .take_while(|p| p.exists())
             .enumerate()
@@ -155,6 +118,7 @@ impl TestArray {
                 leg
             })
             .collect();
+        let legs = Legs::from_paths(legs);
         let plain = dir.path().join("md0.bitmap");
         kmd::unzstd(&set.join("md0.bitmap.zst"), &plain);
         let bitmap = bitmap_fs.path("md0.bitmap");
@@ -162,7 +126,6 @@ impl TestArray {
         sync_file(&bitmap);
         TestArray {
             mnt: dir.path().join("mnt"),
-            log: dir.path().join("mdfuse.log"),
             _bitmap_fs: bitmap_fs,
             legs,
             bitmap,
@@ -172,49 +135,38 @@ impl TestArray {
     }
 
     /// `mdfuse mount [extra] --bitmap BM LEGS MNT` (detached); Err with its output if refused.
-    fn try_mount(&self, extra: &[&str]) -> Result<Mounted, String> {
+    fn try_mount(&self, extra: &[&str]) -> Result<MountedArray, String> {
         self.try_mount_legs(&self.legs, extra)
     }
 
     /// A session on some of the legs only (the others left out, as if missing).
-    fn try_mount_legs(&self, legs: &[PathBuf], extra: &[&str]) -> Result<Mounted, String> {
-        let mut args: Vec<&OsStr> = vec!["mount".as_ref(), "--log".as_ref(), self.log.as_os_str()];
-        args.extend(extra.iter().map(OsStr::new));
-        args.extend(["--bitmap".as_ref(), self.bitmap.as_os_str()]);
-        args.extend(legs.iter().map(|l| l.as_os_str()));
-        args.push(self.mnt.as_os_str());
-        let out = mdfuse_output(&args);
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        if !out.status.success() {
-            return Err(text);
-        }
-        let pid = text
-            .split("pid ")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("no pid in mount's output:\n{text}"));
-        Ok(Mounted {
-            mnt: self.mnt.clone(),
-            pid,
-        })
+    fn try_mount_legs(&self, legs: &Legs, extra: &[&str]) -> Result<MountedArray, String> {
+        let mut args = extra.to_vec();
+        args.extend(["--bitmap", path_str(&self.bitmap)]);
+        MountedArray::try_mount(legs, &self.mnt, &args).map_err(|o| text(&o))
     }
 
-    fn mount(&self, extra: &[&str]) -> Mounted {
+    fn mount(&self, extra: &[&str]) -> MountedArray {
         self.try_mount(extra)
             .unwrap_or_else(|e| panic!("mdfuse mount failed:\n{e}\nlog:\n{}", self.log_text()))
     }
 
+    /// The daemon's log, of every mount of this array so far.
     fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        std::fs::read_to_string(log_path(&self.mnt)).unwrap_or_default()
     }
 
     fn leg_refs(&self) -> Vec<&Path> {
-        self.legs.iter().map(PathBuf::as_path).collect()
+        self.legs.paths.iter().map(PathBuf::as_path).collect()
+    }
+
+    /// A mount of leg0 alone (`--run`): leg1 is left out, as if missing.
+    fn mount_leg0_alone(&self) -> MountedArray {
+        self.try_mount_legs(
+            &Legs::from_paths(vec![self.legs.paths[0].clone()]),
+            &["--run"],
+        )
+        .unwrap_or_else(|e| panic!("mount --run with leg0 only: {e}\n{}", self.log_text()))
     }
 
     /// A copy of the bitmap file outside the ext4 (for verify-foreign and for breaking it).
@@ -227,7 +179,7 @@ impl TestArray {
     /// A copy of a leg (to break or perturb without touching the original).
     fn leg_copy(&self, i: usize, name: &str) -> PathBuf {
         let p = self.dir.path().join(name);
-        std::fs::copy(&self.legs[i], &p).expect("copy leg");
+        std::fs::copy(self.legs.path(i), &p).expect("copy leg");
         p
     }
 }
@@ -238,91 +190,6 @@ fn sync_file(p: &Path) {
         .open(p)
         .and_then(|f| f.sync_all())
         .expect("fsync");
-}
-
-/// A live mdfuse mount. Dropping it stops the array (or unmounts what a killed daemon left).
-struct Mounted {
-    mnt: PathBuf,
-    pid: u32,
-}
-
-impl Mounted {
-    fn image(&self) -> PathBuf {
-        self.mnt.join("array.img")
-    }
-
-    fn is_mounted(&self) -> bool {
-        let Ok(abs) = self.mnt.canonicalize() else {
-            return false;
-        };
-        std::fs::read_to_string("/proc/self/mounts")
-            .unwrap_or_default()
-            .lines()
-            .any(|l| l.split(' ').nth(1) == Some(&*abs.to_string_lossy()))
-    }
-
-    fn daemon_alive(&self) -> bool {
-        std::fs::read_to_string(format!("/proc/{}/stat", self.pid))
-            .map(|s| {
-                !s.rsplit(')')
-                    .next()
-                    .unwrap_or("")
-                    .trim_start()
-                    .starts_with('Z')
-            })
-            .unwrap_or(false)
-    }
-
-    /// `mdfuse stop MNT`: unmount and wait for the clean stop.
-    fn stop(self) {
-        mdfuse(&[OsStr::new("stop"), self.mnt.as_os_str()]);
-        // Drop finds nothing left to do.
-    }
-
-    /// SIGKILL the daemon (no clean stop, like a crash of the process), wait for it to be
-    /// gone, and unmount the dead FUSE mount.
-    fn kill(&self) {
-        // SAFETY: kill has no memory preconditions; the pid is the daemon this test started.
-        unsafe { libc::kill(self.pid as i32, libc::SIGKILL) };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while self.daemon_alive() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        assert!(
-            !self.daemon_alive(),
-            "mdfuse daemon {} survived SIGKILL",
-            self.pid
-        );
-        self.unmount_dead();
-    }
-
-    fn unmount_dead(&self) {
-        if self.is_mounted() {
-            let m = self.mnt.to_string_lossy().into_owned();
-            if common::loopdev::run("umount", &[&m]).is_err() {
-                let _ = common::loopdev::run("umount", &["-l", &m]);
-            }
-        }
-    }
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        if self.is_mounted() && self.daemon_alive() {
-            let out = mdfuse_output(&[OsStr::new("stop"), self.mnt.as_os_str()]);
-            if !out.status.success() {
-                eprintln!(
-                    "warning: mdfuse stop: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
-        }
-        self.unmount_dead();
-        if self.daemon_alive() {
-            // SAFETY: as in kill(); last resort so no daemon outlives the test.
-            unsafe { libc::kill(self.pid as i32, libc::SIGKILL) };
-        }
-    }
 }
 
 // ---------------------------------------------------------------- data through array.img
@@ -451,7 +318,7 @@ fn write_then_kill(
             while acks.load(Ordering::SeqCst) < n && Instant::now() < deadline {
                 std::thread::yield_now();
             }
-            m.kill();
+            m.kill9();
         }
         None => {
             for h in handles.iter() {
@@ -459,7 +326,7 @@ fn write_then_kill(
                     std::thread::sleep(Duration::from_millis(5));
                 }
             }
-            m.kill();
+            m.kill9();
         }
     }
     for h in handles {
@@ -697,7 +564,7 @@ fn md_resyncs_exactly_the_dirty_chunks_of_a_killed_mdfuse_and_keeps_acknowledged
     assert!(out.acked.len() >= 40);
 
     // What mdfuse left: superblocks active, the bits of every write that may be anywhere.
-    let examine = mdfuse(&[OsStr::new("examine"), arr.legs[0].as_os_str()]);
+    let examine = mdfuse_examine(arr.legs.path(0));
     assert_eq!(
         kmd::mdadm_fields(&examine).get("State").map(String::as_str),
         Some("active")
@@ -836,11 +703,11 @@ fn md_starts_an_mdfuse_degraded_array_degraded_and_recovers_the_stale_leg_from_t
         (31457280, 65536),
     ];
     let m = arr.mount(&[]);
-    mdfuse(&[
-        OsStr::new("manage"),
-        m.mnt.as_os_str(),
-        OsStr::new("--fail"),
-        arr.legs[1].as_os_str(),
+    mdfuse_stdout(&[
+        "manage",
+        path_str(m.mountpoint()),
+        "--fail",
+        path_str(arr.legs.path(1)),
     ]);
     for &(off, len) in &overlays {
         write_pattern(&m.image(), off, len, OVERLAY_TAG).expect("write while degraded");
@@ -851,8 +718,8 @@ fn md_starts_an_mdfuse_degraded_array_degraded_and_recovers_the_stale_leg_from_t
     assert_eq!(served, expected);
 
     // mdfuse's record: leg0 newer and naming leg1 faulty; the bits of the degraded writes kept.
-    let e0 = kmd::mdadm_fields(&mdfuse(&[OsStr::new("examine"), arr.legs[0].as_os_str()]));
-    let e1 = kmd::mdadm_fields(&mdfuse(&[OsStr::new("examine"), arr.legs[1].as_os_str()]));
+    let e0 = kmd::mdadm_fields(&mdfuse_examine(arr.legs.path(0)));
+    let e1 = kmd::mdadm_fields(&mdfuse_examine(arr.legs.path(1)));
     let ev =
         |f: &std::collections::BTreeMap<String, String>| -> u64 { f["Events"].parse().unwrap() };
     assert!(
@@ -938,9 +805,7 @@ fn md_recovers_a_leg_left_out_of_an_mdfuse_session_from_the_bitmap_only() {
         (20967424, 8192),
         (31457280, 65536),
     ];
-    let m = arr
-        .try_mount_legs(&arr.legs[..1], &["--run"])
-        .unwrap_or_else(|e| panic!("mount --run with leg0 only: {e}\n{}", arr.log_text()));
+    let m = arr.mount_leg0_alone();
     for &(off, len) in &overlays {
         write_pattern(&m.image(), off, len, OVERLAY_TAG).expect("write while degraded");
     }
@@ -951,11 +816,11 @@ fn md_recovers_a_leg_left_out_of_an_mdfuse_session_from_the_bitmap_only() {
 
     let e0 = kmd::mdadm_fields(&host_mdadm(&[
         OsStr::new("--examine"),
-        arr.legs[0].as_os_str(),
+        arr.legs.path(0).as_os_str(),
     ]));
     let e1 = kmd::mdadm_fields(&host_mdadm(&[
         OsStr::new("--examine"),
-        arr.legs[1].as_os_str(),
+        arr.legs.path(1).as_os_str(),
     ]));
     let ev =
         |f: &std::collections::BTreeMap<String, String>| -> u64 { f["Events"].parse().unwrap() };
@@ -993,14 +858,12 @@ fn mdfuse_records_a_leg_absent_from_a_degraded_session_as_md_does() {
     };
     let arr = TestArray::create("interop");
     fill_base(&arr);
-    let m = arr
-        .try_mount_legs(&arr.legs[..1], &["--run"])
-        .unwrap_or_else(|e| panic!("mount --run with leg0 only: {e}\n{}", arr.log_text()));
+    let m = arr.mount_leg0_alone();
     write_pattern(&m.image(), 0, 4096, OVERLAY_TAG).expect("write while degraded");
     m.stop();
     let e0 = kmd::mdadm_fields(&host_mdadm(&[
         OsStr::new("--examine"),
-        arr.legs[0].as_os_str(),
+        arr.legs.path(0).as_os_str(),
     ]));
     assert!(
         e0["Array State"].starts_with("A. "),
@@ -1046,10 +909,10 @@ fn serve_fixture(set: &Path) {
     };
     // An unclean set is resynced from its bitmap first (mdstat shows it until done).
     let deadline = Instant::now() + Duration::from_secs(120);
-    while std::fs::read_to_string(m.mnt.join("mdstat"))
-        .is_ok_and(|s| s.contains("resync") || s.contains("recovery"))
-        && Instant::now() < deadline
-    {
+    while Instant::now() < deadline && {
+        let mdstat = m.mdstat();
+        mdstat.contains("resync") || mdstat.contains("recovery")
+    } {
         std::thread::sleep(Duration::from_millis(100));
     }
     let sha = kmd::sha256_region(&m.image(), 0, ARRAY_BYTES);
@@ -1111,22 +974,22 @@ fn mdfuse_re_adds_the_stale_leg_of_b_degraded_dirty_and_recovers_exactly_the_dir
     // A clean chunk of the stale leg perturbed: a recovery from the bitmap leaves it alone.
     let untouched = 200;
     assert!(!man.dirty.contains(&untouched));
-    perturb_leg_chunk(&arr.legs[1], untouched, PERTURB_TAG);
+    perturb_leg_chunk(arr.legs.path(1), untouched, PERTURB_TAG);
     let m = arr.mount(&["--run"]);
-    let mdstat = || std::fs::read_to_string(m.mnt.join("mdstat")).unwrap_or_default();
+    let mdstat = || m.mdstat();
     assert!(
         mdstat().contains("[2/1]"),
         "b-degraded-dirty starts degraded:\n{}",
         mdstat()
     );
-    mdfuse(&[
-        OsStr::new("manage"),
-        m.mnt.as_os_str(),
-        OsStr::new("--re-add"),
-        arr.legs[1].as_os_str(),
+    mdfuse_stdout(&[
+        "manage",
+        path_str(m.mountpoint()),
+        "--re-add",
+        path_str(arr.legs.path(1)),
     ]);
     // `mdfuse wait` returns once md/sync_action is idle again: the recovery has ended.
-    let waited = mdfuse(&[OsStr::new("wait"), m.mnt.as_os_str()]);
+    let waited = mdfuse_stdout(&["wait", path_str(m.mountpoint())]);
     let s = mdstat();
     assert!(
         s.contains("[2/2]") && s.contains("[UU]") && !s.contains("recovery"),
@@ -1135,7 +998,7 @@ fn mdfuse_re_adds_the_stale_leg_of_b_degraded_dirty_and_recovers_exactly_the_dir
     );
     // What the array serves (read with O_DIRECT, so from the legs now);
     // compared chunk by chunk below, once the legs can be read too.
-    let served = common::bitmap::read_direct(&m.image(), 0, ARRAY_BYTES as usize)
+    let served = common::io::read_direct(&m.image(), 0, ARRAY_BYTES as usize)
         .expect("read the image with O_DIRECT");
     m.stop();
     // The daemon names what it copied: the MANIFEST's dirty chunks, no more.
@@ -1146,7 +1009,7 @@ fn mdfuse_re_adds_the_stale_leg_of_b_degraded_dirty_and_recovers_exactly_the_dir
     );
     assert_eq!(man.dirty.len(), 6, "MANIFEST dirty chunks {:?}", man.dirty);
     assert!(log.contains(&want), "the log does not say {want:?}:\n{log}");
-    let (l0, l1) = (leg_data(&arr.legs[0]), leg_data(&arr.legs[1]));
+    let (l0, l1) = (leg_data(arr.legs.path(0)), leg_data(arr.legs.path(1)));
     let differing: Vec<u64> = (0..ARRAY_BYTES.div_ceil(CHUNK))
         .filter(|&c| chunk_bytes(&l0, c) != chunk_bytes(&l1, c))
         .collect();
@@ -1159,7 +1022,7 @@ fn mdfuse_re_adds_the_stale_leg_of_b_degraded_dirty_and_recovers_exactly_the_dir
     let (_, after) = mdfuse_bitmap(&arr.bitmap);
     assert!(after.is_empty(), "bits left after the recovery: {after:?}");
     assert_eq!(
-        kmd::sha256_region(&arr.legs[0], DATA_OFFSET, ARRAY_BYTES),
+        kmd::sha256_region(arr.legs.path(0), DATA_OFFSET, ARRAY_BYTES),
         man.md0_sha
     );
     // The array served md's data everywhere but the chunk this test made
@@ -1217,7 +1080,7 @@ fn real_mdadm_reads_mdfuse_legs_and_bitmaps_as_mdfuse_meant() {
     let arr = TestArray::create("interop");
     fill_base(&arr);
     let check = |state: &str, dirty: usize, events: Option<u64>| {
-        for (i, leg) in arr.legs.iter().enumerate() {
+        for (i, leg) in arr.legs.paths.iter().enumerate() {
             let md = host_mdadm(&[OsStr::new("--examine"), leg.as_os_str()]);
             let f = kmd::mdadm_fields(&md);
             let get = |k: &str| {
@@ -1240,7 +1103,7 @@ fn real_mdadm_reads_mdfuse_legs_and_bitmaps_as_mdfuse_meant() {
             if let Some(e) = events {
                 assert_eq!(get("Events"), e.to_string());
             }
-            let ours = mdfuse(&[OsStr::new("examine"), leg.as_os_str()]);
+            let ours = mdfuse_examine(leg);
             same_fields(&format!("leg{i}"), &md, &ours, &[]);
         }
         let md = host_mdadm(&[OsStr::new("--examine-bitmap"), arr.bitmap.as_os_str()]);
@@ -1258,7 +1121,7 @@ fn real_mdadm_reads_mdfuse_legs_and_bitmaps_as_mdfuse_meant() {
         );
         let leg_events = kmd::mdadm_fields(&host_mdadm(&[
             OsStr::new("--examine"),
-            arr.legs[0].as_os_str(),
+            arr.legs.path(0).as_os_str(),
         ]))["Events"]
             .clone();
         assert_eq!(
@@ -1295,7 +1158,7 @@ fn mdfuse_examine_prints_what_mdadm_printed_for_the_md_fixtures() {
             let md = man
                 .section(&format!("final on-disk state: mdadm -E /dev/{dev}"))
                 .unwrap_or_else(|| panic!("{}: no mdadm -E /dev/{dev} section", man.name));
-            let ours = mdfuse(&[OsStr::new("examine"), leg.as_os_str()]);
+            let ours = mdfuse_examine(&leg);
             // Name carries "(local to host kmdrig)" only on the rig's host.
             same_fields(&format!("{} leg{i}", man.name), &md, &ours, &["Name"]);
             let name = |t: &str| {
@@ -1342,7 +1205,7 @@ fn md_side_checks_catch_a_broken_superblock_checksum() {
     f.read_exact_at(&mut b, 4096 + 32).unwrap();
     f.write_all_at(&[b[0] ^ 0x01], 4096 + 32).unwrap();
     f.sync_all().unwrap();
-    let run = kmd::verify_foreign(&[&leg0, &arr.legs[1]], &bm, Some(&served), false, &[]);
+    let run = kmd::verify_foreign(&[&leg0, arr.legs.path(1)], &bm, Some(&served), false, &[]);
     let verdict = md_accepts_clean(&run, &served);
     assert!(
         verdict.is_err(),
