@@ -3,11 +3,11 @@
 //! failed only when a rewrite fails or errors pile up, re-adds that copy
 //! what the bitmap says and no more, interrupted recoveries and diverged
 //! histories. Read errors are real EIOs from a leg served by a FUSE
-//! filesystem of the test (`common::faulty`).
+//! filesystem of the test (`common::faultyfs`).
 
 mod common;
 
-use common::faulty::FaultyLeg;
+use common::faultyfs::FaultyFs;
 use common::io::{open_direct, read_direct, AlignedVec};
 use common::loopdev::needs_root;
 use common::mdfuse::{self as h, wait_for, Legs, MountedArray};
@@ -34,14 +34,17 @@ fn open_image(m: &MountedArray) -> std::fs::File {
         .expect("open array.img")
 }
 
-/// A plain leg file `leg0.img` and a faulty leg `leg1.img`, made into an
-/// array (no bitmap).
+/// The faulty leg's file name on its [`FaultyFs`].
+const BAD_LEG: &str = "leg1.img";
+
+/// A plain leg file `leg0.img` and a faulty leg `leg1.img` (on a
+/// [`FaultyFs`]), made into an array (no bitmap).
 struct FaultyArray {
     _dir: tempfile::TempDir,
     dir: PathBuf,
     legs: Legs,
     // Declared last: the FUSE leg outlives the mount that uses it.
-    bad: FaultyLeg,
+    faulty: FaultyFs,
 }
 
 impl FaultyArray {
@@ -50,15 +53,31 @@ impl FaultyArray {
         let dir = tmp.path().to_path_buf();
         let good = dir.join("leg0.img");
         common::loopdev::sparse_file(&good, size).expect("leg0");
-        let bad = FaultyLeg::new(&dir, "leg1.img", size);
-        let legs = Legs::from_paths(vec![good, bad.path()]);
+        let faulty = FaultyFs::new(&[(BAD_LEG, size)]);
+        let legs = Legs::from_paths(vec![good, faulty.path(BAD_LEG)]);
         h::create(&legs, create_args);
         FaultyArray {
             _dir: tmp,
             dir,
             legs,
-            bad,
+            faulty,
         }
+    }
+
+    /// Bad sectors on leg1 at leg bytes `[at, at + len)`: reads fail until
+    /// they are rewritten.
+    fn bad_range(&self, at: u64, len: u64) {
+        self.faulty.fail_reads_until_written(BAD_LEG, at..at + len);
+    }
+
+    /// Reads of leg1 that failed (EIO) so far.
+    fn failed_reads(&self) -> u64 {
+        self.faulty.counters(BAD_LEG).failed_reads
+    }
+
+    /// Bytes of leg1's bad ranges not rewritten yet.
+    fn bad_bytes_left(&self) -> u64 {
+        self.faulty.bad_bytes_left(BAD_LEG)
     }
 
     fn mount(&self, extra: &[&str]) -> MountedArray {
@@ -112,7 +131,7 @@ fn a_read_error_is_corrected_from_the_other_leg_and_the_leg_stays_in_sync() {
     let data = fill(&m, 0, 4 * MIB as usize, 1);
     // 8 KiB unreadable on leg1, in the middle of the data.
     let bad_at = a.leg_offset(MIB + 4096);
-    a.bad.faults.bad_range(bad_at, bad_at + 8192);
+    a.bad_range(bad_at, 8192);
     for copy in read_each_block_from_each_leg(&m, MIB - 16384, 64 * 1024) {
         assert!(
             copy == data[(MIB - 16384) as usize..(MIB - 16384 + 65536) as usize],
@@ -120,17 +139,17 @@ fn a_read_error_is_corrected_from_the_other_leg_and_the_leg_stays_in_sync() {
         );
     }
     assert!(
-        a.bad.faults.read_errors.load(Ordering::Relaxed) >= 1,
+        a.failed_reads() >= 1,
         "no read reached the bad range on leg1: the test proves nothing"
     );
-    assert_eq!(a.bad.faults.bad_bytes(), 0, "the bad range was rewritten");
+    assert_eq!(a.bad_bytes_left(), 0, "the bad range was rewritten");
     assert_eq!(m.md("dev-leg1.img/state"), "in_sync", "{}", m.log());
     let errors: u64 = m.md("dev-leg1.img/errors").parse().expect("errors");
     assert!(errors >= 8, "errors counts the corrected sectors: {errors}");
     assert_eq!(m.md("degraded"), "0");
     assert!(m.log().contains("read error corrected"), "{}", m.log());
     // The rewritten range holds the data, on the leg itself.
-    let on_leg = h::data_region(a.bad.backing(), bad_at, 8192);
+    let on_leg = h::data_region(&a.faulty.backing(BAD_LEG), bad_at, 8192);
     assert!(on_leg == data[(MIB + 4096) as usize..(MIB + 4096 + 8192) as usize]);
     m.stop();
 }
@@ -147,17 +166,17 @@ fn a_read_error_in_a_split_read_is_corrected_too() {
     let data = fill(&m, 0, 4 * MIB as usize, 3);
     // leg1 reads the second half of a 1 MiB read at 2 MiB.
     let bad_at = a.leg_offset(2 * MIB + 768 * 1024);
-    a.bad.faults.bad_range(bad_at, bad_at + 4096);
+    a.bad_range(bad_at, 4096);
     let got = read_direct(&m.image(), 2 * MIB, MIB as usize).expect("the split read");
     assert!(
         got == data[(2 * MIB) as usize..(3 * MIB) as usize],
         "a split read returned wrong data"
     );
     assert!(
-        a.bad.faults.read_errors.load(Ordering::Relaxed) >= 1,
+        a.failed_reads() >= 1,
         "leg1 was not asked for its piece: the read was not split"
     );
-    assert_eq!(a.bad.faults.bad_bytes(), 0, "the bad range was rewritten");
+    assert_eq!(a.bad_bytes_left(), 0, "the bad range was rewritten");
     assert_eq!(m.md("dev-leg1.img/state"), "in_sync", "{}", m.log());
     m.stop();
 }
@@ -171,11 +190,13 @@ fn a_leg_whose_rewrite_fails_is_failed_and_the_read_still_succeeds() {
     let m = a.mount(&[]);
     let data = fill(&m, 0, 2 * MIB as usize, 2);
     let bad_at = a.leg_offset(MIB);
-    a.bad.faults.dead_range(bad_at, bad_at + 4096);
+    // Dead sectors: reads and their rewrite fail.
+    a.faulty.fail_reads(BAD_LEG, bad_at..bad_at + 4096);
+    a.faulty.fail_writes(BAD_LEG, bad_at..bad_at + 4096);
     for copy in read_each_block_from_each_leg(&m, MIB - 8192, 16384) {
         assert!(copy == data[(MIB - 8192) as usize..(MIB + 8192) as usize]);
     }
-    assert!(a.bad.faults.write_errors.load(Ordering::Relaxed) >= 1);
+    assert!(a.faulty.counters(BAD_LEG).failed_writes >= 1);
     assert_eq!(m.md("dev-leg1.img/state"), "faulty", "{}", m.log());
     assert_eq!(m.md("degraded"), "1");
     assert_eq!(m.md("dev-leg0.img/state"), "in_sync");
@@ -197,7 +218,7 @@ fn too_many_read_errors_fail_the_leg() {
     // Three separate bad blocks: three corrections; the third exceeds 2.
     for i in 0..3u64 {
         let at = a.leg_offset(i * 256 * 1024);
-        a.bad.faults.bad_range(at, at + 4096);
+        a.bad_range(at, 4096);
     }
     for i in 0..3u64 {
         for copy in read_each_block_from_each_leg(&m, i * 256 * 1024, 4096) {
@@ -220,11 +241,11 @@ fn the_last_leg_is_never_failed_by_a_read_error() {
     m.write_md("dev-leg0.img/state", "faulty")
         .expect("fail leg0");
     let at = a.leg_offset(64 * 1024);
-    a.bad.faults.bad_range(at, at + 4096);
+    a.bad_range(at, 4096);
     let err = read_direct(&m.image(), 64 * 1024, 4096).expect_err("the only copy is unreadable");
     assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
     assert_eq!(m.md("dev-leg1.img/state"), "in_sync", "{}", m.log());
-    a.bad.faults.heal();
+    a.faulty.heal(BAD_LEG);
     m.stop();
 }
 
@@ -242,7 +263,7 @@ fn partial_block_writes_and_a_check_correct_read_errors_too() {
     let blocks = [10u64, 20, 30];
     for b in blocks {
         let at = a.leg_offset(b * 4096);
-        a.bad.faults.bad_range(at, at + 4096);
+        a.bad_range(at, 4096);
     }
     let f = open_direct(&m.image(), true);
     let mut patch = AlignedVec::zeroed(4096);
@@ -254,19 +275,15 @@ fn partial_block_writes_and_a_check_correct_read_errors_too() {
         data[off as usize..off as usize + 7].copy_from_slice(b"partial");
     }
     f.sync_all().expect("fsync");
-    assert!(a.bad.faults.read_errors.load(Ordering::Relaxed) >= 1);
+    assert!(a.failed_reads() >= 1);
     assert_eq!(m.md("dev-leg1.img/state"), "in_sync", "{}", m.log());
     // A check reads every leg: a bad range on leg1 is corrected, no mismatch.
     let at = a.leg_offset(MIB + 8192);
-    a.bad.faults.bad_range(at, at + 4096);
+    a.bad_range(at, 4096);
     m.write_md("sync_action", "check").expect("check");
     m.wait_sync_idle(Duration::from_secs(120));
     assert_eq!(m.md("mismatch_cnt"), "0");
-    assert_eq!(
-        a.bad.faults.bad_bytes(),
-        0,
-        "the check rewrote the bad range"
-    );
+    assert_eq!(a.bad_bytes_left(), 0, "the check rewrote the bad range");
     assert_eq!(m.md("dev-leg1.img/state"), "in_sync", "{}", m.log());
     let all = read_direct(&m.image(), 0, 2 * MIB as usize).expect("read back");
     assert!(all == data, "the array holds every write");
@@ -728,8 +745,12 @@ fn a_resync_goes_on_past_a_leg_that_fails_under_it() {
     for name in ["leg0.img", "leg2.img"] {
         common::loopdev::sparse_file(&dir.join(name), size).expect("leg");
     }
-    let bad = FaultyLeg::new(dir, "leg1.img", size);
-    let legs = Legs::from_paths(vec![dir.join("leg0.img"), bad.path(), dir.join("leg2.img")]);
+    let faulty = FaultyFs::new(&[("leg1.img", size)]);
+    let legs = Legs::from_paths(vec![
+        dir.join("leg0.img"),
+        faulty.path("leg1.img"),
+        dir.join("leg2.img"),
+    ]);
     h::create(&legs, &[]);
     let mnt = dir.join("mnt");
     let m = MountedArray::mount(&legs, &mnt, &[]);
@@ -738,7 +759,9 @@ fn a_resync_goes_on_past_a_leg_that_fails_under_it() {
     m.kill9();
     // The resync after the crash writes leg1, which now fails writes.
     let off = h::data_offset(legs.path(0));
-    bad.faults.dead_range(off + 8 * MIB, off + 8 * MIB + 4096);
+    let dead = off + 8 * MIB..off + 8 * MIB + 4096;
+    faulty.fail_reads("leg1.img", dead.clone());
+    faulty.fail_writes("leg1.img", dead);
     let m = MountedArray::mount(&legs, &mnt, &[]);
     m.wait_sync_idle(Duration::from_secs(120));
     assert_eq!(m.md("dev-leg1.img/state"), "faulty", "{}", m.log());
@@ -753,7 +776,7 @@ fn a_resync_goes_on_past_a_leg_that_fails_under_it() {
     assert!(read_direct(&m.image(), 0, 4 * MIB as usize).expect("read") == data);
     m.stop();
     assert_eq!(examine(legs.path(0), "State").as_deref(), Some("clean"));
-    drop(bad);
+    drop(faulty);
 }
 
 fn sb_u32(leg: &std::path::Path, field_offset: u64) -> u32 {

@@ -289,13 +289,15 @@ fn faultyfs_injects_eio_into_a_plain_reader_and_unmounts_on_drop() {
     assert_eio("fsync under fail_all", f.sync_all());
     assert_eio("a read under fail_all", f.read_exact_at(&mut one, 0));
 
-    // A bad sector that a write remaps: partial writes leave it bad.
+    // Bad sectors that a write remaps: a sector written in part stays bad,
+    // one written whole is good again, the others stay bad.
     let other = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open(ffs.path("other"))
         .expect("open other");
     ffs.fail_reads_until_written("other", 4096..8192);
+    assert_eq!(ffs.bad_bytes_left("other"), 4096);
     assert_eio(
         "a read of the bad sector",
         other.read_exact_at(&mut one, 4096),
@@ -307,13 +309,30 @@ fn faultyfs_injects_eio_into_a_plain_reader_and_unmounts_on_drop() {
         "a read after a partial write",
         other.read_exact_at(&mut one, 4096),
     );
+    assert_eq!(
+        ffs.bad_bytes_left("other"),
+        4096,
+        "a partial write remapped"
+    );
+    other
+        .write_all_at(&data[..512], 4096)
+        .expect("a write of one whole sector");
+    assert_eq!(ffs.unwritten_read_faults("other"), vec![4608..8192]);
+    other
+        .read_exact_at(&mut one[..512], 4096)
+        .expect("the rewritten sector reads");
+    assert_eio(
+        "a read of the sectors not rewritten",
+        other.read_exact_at(&mut one[..512], 4608),
+    );
     other
         .write_all_at(&data[..8192], 0)
         .expect("a covering write");
     other
         .read_exact_at(&mut one, 4096)
-        .expect("the rewritten sector reads");
+        .expect("the rewritten sectors read");
     assert!(ffs.unwritten_read_faults("other").is_empty());
+    assert_eq!(ffs.bad_bytes_left("other"), 0);
     drop(other);
 
     ffs.heal("disk");

@@ -1,5 +1,4 @@
 pub mod bitmap;
-pub mod faulty;
 pub mod faultyfs;
 pub mod io;
 pub mod kmd;
