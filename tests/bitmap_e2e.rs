@@ -9,7 +9,7 @@ mod common;
 
 use common::bitmap::*;
 use common::io::{read_direct, write_buffered_fsync, write_direct};
-use common::kmd::unzstd;
+use common::kmd::{self, unzstd, Manifest};
 use common::loopdev::{needs_root, run, LoopDevice, Mkfs, MountedFs, ScratchFs};
 use common::mdfuse::{
     create, examine_field, is_mounted, mdfuse, mdfuse_stdout, path_str, poll, text, try_create,
@@ -1052,66 +1052,65 @@ fn refuses_a_second_mount_in_use() {
 
 // ---------------------------------------------------------------- fixtures
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/kernel-md");
+/// Linux md's fixture set `name` (see `common::kmd`), when the fixtures are
+/// there: its MANIFEST and its directory.
+fn fixture(name: &str) -> Option<(Manifest, PathBuf)> {
+    let set = kmd::fixture_set(name);
+    if !set.exists() {
+        eprintln!("SKIPPED: no fixtures at {}", set.display());
+        return None;
+    }
+    Some((Manifest::load(&set), set))
+}
 
-fn manifest_value(manifest: &str, key: &str) -> String {
-    manifest
-        .lines()
-        .find_map(|l| {
-            let l = l.trim_start();
-            l.strip_prefix(key)
-                .filter(|rest| rest.starts_with(' '))
-                .map(|rest| rest.trim().to_string())
-        })
-        .unwrap_or_else(|| panic!("{key} not in MANIFEST"))
+/// A fixture set's legs (copies, in a temporary directory of their own) and
+/// its bitmap file, copied onto `fs`.
+fn fixture_array(set: &Path, fs: &ScratchFs) -> (Legs, PathBuf) {
+    let legs = Legs::temp(0);
+    for (i, leg) in legs.paths.iter().enumerate() {
+        unzstd(&set.join(format!("leg{i}.img.zst")), leg);
+    }
+    let bitmap = fs.path("md0.bitmap");
+    unzstd(&set.join("md0.bitmap.zst"), &bitmap);
+    (legs, bitmap)
 }
 
 #[test]
 fn kernel_fixtures_examine_bitmap_matches_manifest() {
-    let root = Path::new(FIXTURES);
-    if !root.exists() {
-        eprintln!("SKIPPED: no fixtures at {FIXTURES}");
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
     for set in ["a-clean", "b-degraded-dirty"] {
-        let manifest = std::fs::read_to_string(root.join(set).join("MANIFEST")).unwrap();
+        let Some((manifest, set_dir)) = fixture(set) else {
+            return;
+        };
         let file = dir.path().join(format!("{set}.bitmap"));
-        unzstd(&root.join(set).join("md0.bitmap.zst"), &file);
+        unzstd(&set_dir.join("md0.bitmap.zst"), &file);
         let (text, dirty) = examine_bitmap(&file);
-        let listed = manifest
-            .lines()
-            .find_map(|l| l.strip_prefix("set in md0.bitmap (bit i of byte 256+i/8):"))
-            .expect("set in md0.bitmap line");
-        assert_eq!(dirty, parse_ranges(listed), "{set}:\n{text}");
+        assert_eq!(dirty, manifest.dirty, "{set}:\n{text}");
         assert_eq!(
             examine_field(&text, "UUID"),
-            Some(manifest_value(&manifest, "uuid")),
+            Some(manifest.value("uuid")),
             "{set}"
         );
         assert_eq!(
             examine_field(&text, "Events"),
-            Some(manifest_value(&manifest, "events")),
+            Some(manifest.value("events")),
             "{set}"
         );
         assert_eq!(
             examine_field(&text, "Events Cleared"),
-            Some(manifest_value(&manifest, "events_cleared")),
+            Some(manifest.value("events_cleared")),
             "{set}"
         );
-        let chunk: u64 = manifest_value(&manifest, "chunksize").parse().unwrap();
+        let chunk: u64 = manifest.value("chunksize").parse().unwrap();
         assert_eq!(
             examine_field(&text, "Chunksize"),
             Some(format!("{} KB", chunk / 1024))
         );
         assert_eq!(
             examine_field(&text, "Daemon"),
-            Some(format!(
-                "{}s flush period",
-                manifest_value(&manifest, "daemon_sleep")
-            ))
+            Some(format!("{}s flush period", manifest.value("daemon_sleep")))
         );
-        let nchunks = manifest_value(&manifest, "nchunks");
+        let nchunks = manifest.value("nchunks");
         assert!(
             examine_field(&text, "Bitmap")
                 .unwrap()
@@ -1139,32 +1138,19 @@ fn kernel_fixture_a_clean_mounts_with_its_bitmap() {
     if !needs_root("kernel_fixture_a_clean_mounts_with_its_bitmap") {
         return;
     }
-    let set = Path::new(FIXTURES).join("a-clean");
-    if !set.exists() {
-        eprintln!("SKIPPED: no fixtures at {FIXTURES}");
+    let Some((manifest, set)) = fixture("a-clean") else {
         return;
-    }
-    let manifest = std::fs::read_to_string(set.join("MANIFEST")).unwrap();
-    let want_sha = manifest
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("md0 as read by the guest kernel (sha256sum /dev/md0, while running):")
-        })
-        .expect("md0 sha line")
-        .trim()
-        .to_string();
+    };
     let fs = ScratchFs::ext4(4096).unwrap();
-    let legs = Legs::temp(0);
-    for (i, leg) in legs.paths.iter().enumerate() {
-        unzstd(&set.join(format!("leg{i}.img.zst")), leg);
-    }
-    let bitmap = fs.path("md0.bitmap");
-    unzstd(&set.join("md0.bitmap.zst"), &bitmap);
+    let (legs, bitmap) = fixture_array(&set, &fs);
     let mnt = legs.mountpoint("mnt");
     let array = MountedArray::mount(&legs, &mnt, &["--bitmap", path_str(&bitmap)]);
     assert!(array.mdstat().contains("64KB chunk"), "{}", array.mdstat());
     let sum = run("sha256sum", &[path_str(&array.image())]).unwrap();
-    assert_eq!(sum.split_whitespace().next(), Some(want_sha.as_str()));
+    assert_eq!(
+        sum.split_whitespace().next(),
+        Some(manifest.md0_sha.as_str())
+    );
     array.stop();
     let (text, dirty) = examine_bitmap(&bitmap);
     assert!(dirty.is_empty(), "{text}");
@@ -1260,33 +1246,12 @@ fn kernel_fixture_b_degraded_keeps_its_dirty_bits() {
     if !needs_root("kernel_fixture_b_degraded_keeps_its_dirty_bits") {
         return;
     }
-    let set = Path::new(FIXTURES).join("b-degraded-dirty");
-    if !set.exists() {
-        eprintln!("SKIPPED: no fixtures at {FIXTURES}");
+    let Some((manifest, set)) = fixture("b-degraded-dirty") else {
         return;
-    }
-    let manifest = std::fs::read_to_string(set.join("MANIFEST")).unwrap();
-    let want_sha = manifest
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("md0 as read by the guest kernel (sha256sum /dev/md0, while running):")
-        })
-        .expect("md0 sha line")
-        .trim()
-        .to_string();
-    let md_dirty = parse_ranges(
-        manifest
-            .lines()
-            .find_map(|l| l.strip_prefix("set in md0.bitmap (bit i of byte 256+i/8):"))
-            .expect("set in md0.bitmap line"),
-    );
+    };
+    let md_dirty = manifest.dirty.clone();
     let fs = ScratchFs::ext4(4096).unwrap();
-    let legs = Legs::temp(0);
-    for (i, leg) in legs.paths.iter().enumerate() {
-        unzstd(&set.join(format!("leg{i}.img.zst")), leg);
-    }
-    let bitmap = fs.path("md0.bitmap");
-    unzstd(&set.join("md0.bitmap.zst"), &bitmap);
+    let (legs, bitmap) = fixture_array(&set, &fs);
     let mnt = legs.mountpoint("mnt");
     let array = MountedArray::mount(
         &legs,
@@ -1296,7 +1261,10 @@ fn kernel_fixture_b_degraded_keeps_its_dirty_bits() {
     let mdstat = array.mdstat();
     assert!(mdstat.contains("[2/1] [U_]"), "{mdstat}");
     let sum = run("sha256sum", &[path_str(&array.image())]).unwrap();
-    assert_eq!(sum.split_whitespace().next(), Some(want_sha.as_str()));
+    assert_eq!(
+        sum.split_whitespace().next(),
+        Some(manifest.md0_sha.as_str())
+    );
     assert_eq!(examine_bitmap(&bitmap).1, md_dirty);
     write_direct(&array.image(), 200 * 65536, &pattern(200, 1)).unwrap();
     let mut want: Vec<u64> = md_dirty.clone();

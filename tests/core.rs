@@ -5,6 +5,7 @@
 mod common;
 
 use common::io::{open_direct, AlignedVec};
+use common::kmd;
 use common::loopdev::{needs_root, run, LoopDevice, Mkfs, MountedFs};
 use common::mdfuse::*;
 use common::rng::Rng;
@@ -460,8 +461,8 @@ fn kernel_fixture_clean_reads_as_the_kernel_did() {
         return;
     }
     let dir = tempdir();
-    let legs = fixture_legs("a-clean", dir.path());
-    let want = fixture_md0_sha256("a-clean");
+    let legs = kmd::fixture_legs(&kmd::fixture_set("a-clean"), dir.path());
+    let want = kmd::Manifest::load(&kmd::fixture_set("a-clean")).md0_sha;
     let mnt = dir.path().join("mnt");
     let array = MountedArray::mount(&legs, &mnt, &["--ro"]);
     assert_eq!(sha256_file(&array.image()), want, "read-only mount");
@@ -490,8 +491,8 @@ fn kernel_fixture_degraded_starts_degraded_and_serves_current_leg() {
         return;
     }
     let dir = tempdir();
-    let legs = fixture_legs("b-degraded-dirty", dir.path());
-    let want = fixture_md0_sha256("b-degraded-dirty");
+    let legs = kmd::fixture_legs(&kmd::fixture_set("b-degraded-dirty"), dir.path());
+    let want = kmd::Manifest::load(&kmd::fixture_set("b-degraded-dirty")).md0_sha;
     let mnt = dir.path().join("mnt");
     let before: Vec<String> = legs.paths.iter().map(|p| sha256_file(p)).collect();
     let array = MountedArray::mount(&legs, &mnt, &["--ro"]);
@@ -1024,7 +1025,7 @@ fn stop_waits_even_when_the_first_leg_was_left_out() {
         return;
     }
     let dir = tempdir();
-    let fixture = fixture_legs("b-degraded-dirty", dir.path());
+    let fixture = kmd::fixture_legs(&kmd::fixture_set("b-degraded-dirty"), dir.path());
     // The stale leg first.
     let legs = Legs::from_paths(fixture.paths.iter().rev().cloned().collect());
     stop_while_daemon_frozen(&legs, fixture.path(0), &dir.path().join("mnt"));

@@ -13,10 +13,13 @@
 
 mod common;
 
-use common::bitmap::examine_bitmap;
+use common::bitmap::{dirty_in_image, examine_bitmap};
 use common::kmd::{self, Manifest, VerifyRun, SECTOR};
 use common::loopdev::{needs_root, ScratchFs};
-use common::mdfuse::{create, log_path, mdfuse_stdout, path_str, text, Legs, MountedArray};
+use common::mdfuse::{
+    create, log_path, mdfuse_stdout, path_str, sha256_bytes, sha256_region, text, Legs,
+    MountedArray,
+};
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::fs::OpenOptions;
@@ -108,17 +111,7 @@ impl TestArray {
     /// no holes) onto the loop-backed ext4.
     fn from_fixture(set: &Path) -> TestArray {
         let (dir, bitmap_fs) = Self::scratch();
-        let legs = (0..)
-            .map(|i| set.join(format!("leg{i}.img.zst")))
-            .take_while(|p| p.exists())
-            .enumerate()
-            .map(|(i, zst)| {
-                let leg = dir.path().join(format!("leg{i}.img"));
-                kmd::unzstd(&zst, &leg);
-                leg
-            })
-            .collect();
-        let legs = Legs::from_paths(legs);
+        let legs = kmd::fixture_legs(set, dir.path());
         let plain = dir.path().join("md0.bitmap");
         kmd::unzstd(&set.join("md0.bitmap.zst"), &plain);
         let bitmap = bitmap_fs.path("md0.bitmap");
@@ -258,7 +251,7 @@ fn chunk_bytes(data: &[u8], chunk: u64) -> &[u8] {
 fn fill_base(arr: &TestArray) -> String {
     let m = arr.mount(&[]);
     write_pattern(&m.image(), 0, ARRAY_BYTES, BASE_TAG).expect("write through array.img");
-    let served = kmd::sha256_region(&m.image(), 0, ARRAY_BYTES);
+    let served = sha256_region(&m.image(), 0, ARRAY_BYTES);
     m.stop();
     served
 }
@@ -485,7 +478,7 @@ fn start(test: &str) -> Option<std::sync::MutexGuard<'static, ()>> {
 
 #[test]
 fn pattern_matches_the_rig_generator_and_the_fixtures() {
-    let sha = kmd::sha256_bytes(&expected_image(&[]));
+    let sha = sha256_bytes(&expected_image(&[]));
     let a = Manifest::load(&kmd::fixtures_dir().join("a-clean"));
     assert_eq!(sha, a.md0_sha, "base pattern vs a-clean MANIFEST");
     let b = Manifest::load(&kmd::fixtures_dir().join("b-degraded-dirty"));
@@ -503,7 +496,7 @@ fn pattern_matches_the_rig_generator_and_the_fixtures() {
         let img = expected_image(&[(0, 4096)]);
         assert_eq!(
             String::from_utf8_lossy(&py.stdout).trim(),
-            kmd::sha256_bytes(&img)
+            sha256_bytes(&img)
         );
     }
 }
@@ -528,10 +521,10 @@ fn md_assembles_a_cleanly_stopped_mdfuse_array_clean_with_the_served_data() {
     for &(off, len) in &overlays {
         write_pattern(&m.image(), off, len, OVERLAY_TAG).expect("overlay");
     }
-    let served2 = kmd::sha256_region(&m.image(), 0, ARRAY_BYTES);
+    let served2 = sha256_region(&m.image(), 0, ARRAY_BYTES);
     m.stop();
-    assert_eq!(served, kmd::sha256_bytes(&expected_image(&[])));
-    let expected = kmd::sha256_bytes(&expected_image(&overlays));
+    assert_eq!(served, sha256_bytes(&expected_image(&[])));
+    let expected = sha256_bytes(&expected_image(&overlays));
     assert_eq!(served2, expected, "what mdfuse served after the overlays");
     let (_, dirty) = mdfuse_bitmap(&arr.bitmap);
     assert!(
@@ -581,10 +574,7 @@ fn md_resyncs_exactly_the_dirty_chunks_of_a_killed_mdfuse_and_keeps_acknowledged
         got.is_subset(&may),
         "dirty chunks {got:?} beyond the writes issued {may:?}"
     );
-    assert_eq!(
-        kmd::bitmap_file_dirty(&std::fs::read(&arr.bitmap).unwrap()),
-        dirty
-    );
+    assert_eq!(dirty_in_image(&std::fs::read(&arr.bitmap).unwrap()), dirty);
 
     // md on the legs as mdfuse left them: the acknowledged data, legs identical after.
     let bm = arr.bitmap_copy("md0.bitmap");
@@ -656,7 +646,7 @@ fn md_resyncs_exactly_the_dirty_chunks_of_a_killed_mdfuse_and_keeps_acknowledged
                 bad += 1;
             }
         }
-        let leg_sha = kmd::sha256_bytes(&l0);
+        let leg_sha = sha256_bytes(&l0);
         if run.val("md0_sha256").as_deref() != Some(&leg_sha) {
             p.push(format!(
                 "md0 sha {:?} vs its legs {leg_sha}",
@@ -664,7 +654,7 @@ fn md_resyncs_exactly_the_dirty_chunks_of_a_killed_mdfuse_and_keeps_acknowledged
             ));
         }
         if let Ok(after) = std::fs::read(run.bitmap_after()) {
-            let left = kmd::bitmap_file_dirty(&after);
+            let left = dirty_in_image(&after);
             if !left.is_empty() {
                 p.push(format!("md left dirty bits after its resync: {left:?}"));
             }
@@ -712,9 +702,9 @@ fn md_starts_an_mdfuse_degraded_array_degraded_and_recovers_the_stale_leg_from_t
     for &(off, len) in &overlays {
         write_pattern(&m.image(), off, len, OVERLAY_TAG).expect("write while degraded");
     }
-    let served = kmd::sha256_region(&m.image(), 0, ARRAY_BYTES);
+    let served = sha256_region(&m.image(), 0, ARRAY_BYTES);
     m.stop();
-    let expected = kmd::sha256_bytes(&expected_image(&overlays));
+    let expected = sha256_bytes(&expected_image(&overlays));
     assert_eq!(served, expected);
 
     // mdfuse's record: leg0 newer and naming leg1 faulty; the bits of the degraded writes kept.
@@ -774,7 +764,7 @@ fn md_re_adds_the_stale_leg_from_the_bitmap_only(arr: &TestArray, dirty: &[u64],
         if differing != [untouched] {
             p.push(format!("legs differ in {differing:?} after recovery; want only {untouched} (not in the bitmap)"));
         }
-        if kmd::sha256_bytes(&l0) != expected {
+        if sha256_bytes(&l0) != expected {
             p.push("leg0 data is not what mdfuse acknowledged".into());
         }
         if p.is_empty() {
@@ -809,9 +799,9 @@ fn md_recovers_a_leg_left_out_of_an_mdfuse_session_from_the_bitmap_only() {
     for &(off, len) in &overlays {
         write_pattern(&m.image(), off, len, OVERLAY_TAG).expect("write while degraded");
     }
-    let served = kmd::sha256_region(&m.image(), 0, ARRAY_BYTES);
+    let served = sha256_region(&m.image(), 0, ARRAY_BYTES);
     m.stop();
-    let expected = kmd::sha256_bytes(&expected_image(&overlays));
+    let expected = sha256_bytes(&expected_image(&overlays));
     assert_eq!(served, expected);
 
     let e0 = kmd::mdadm_fields(&host_mdadm(&[
@@ -915,7 +905,7 @@ fn serve_fixture(set: &Path) {
     } {
         std::thread::sleep(Duration::from_millis(100));
     }
-    let sha = kmd::sha256_region(&m.image(), 0, ARRAY_BYTES);
+    let sha = sha256_region(&m.image(), 0, ARRAY_BYTES);
     m.stop();
     assert_eq!(
         sha, man.md0_sha,
@@ -1022,7 +1012,7 @@ fn mdfuse_re_adds_the_stale_leg_of_b_degraded_dirty_and_recovers_exactly_the_dir
     let (_, after) = mdfuse_bitmap(&arr.bitmap);
     assert!(after.is_empty(), "bits left after the recovery: {after:?}");
     assert_eq!(
-        kmd::sha256_region(arr.legs.path(0), DATA_OFFSET, ARRAY_BYTES),
+        sha256_region(arr.legs.path(0), DATA_OFFSET, ARRAY_BYTES),
         man.md0_sha
     );
     // The array served md's data everywhere but the chunk this test made

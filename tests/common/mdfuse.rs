@@ -358,6 +358,22 @@ pub fn sha256_file(path: &Path) -> String {
         .to_string()
 }
 
+/// sha256 of a file's bytes `[skip, skip + len)` (the `sha256sum` command).
+pub fn sha256_region(path: &Path, skip: u64, len: u64) -> String {
+    let script = format!("tail -c +{} \"$1\" | head -c {len} | sha256sum", skip + 1);
+    let out = Command::new("sh")
+        .args(["-c", &script, "sh"])
+        .arg(path)
+        .output()
+        .expect("run sha256sum");
+    assert!(out.status.success(), "sha256sum of {}", path.display());
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
 /// sha256 (hex) of bytes, by `sha256sum` reading stdin.
 pub fn sha256_bytes(data: &[u8]) -> String {
     let mut child = Command::new("sha256sum")
@@ -864,45 +880,6 @@ impl Drop for ForegroundArray {
             umount_lazy(&self.mnt);
         }
     }
-}
-
-/// The fixtures made by Linux md.
-pub fn fixture_dir(name: &str) -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../shared/fixtures/kernel-md"
-    ))
-    .join(name)
-}
-
-/// Decompresses fixture `name`'s legs into `dir` (writable copies).
-pub fn fixture_legs(name: &str, dir: &Path) -> Legs {
-    let src = fixture_dir(name);
-    let mut paths = Vec::new();
-    for leg in ["leg0.img", "leg1.img"] {
-        let out = dir.join(leg);
-        let o = Command::new("zstd")
-            .args(["-d", "-q", "-f", "-o"])
-            .arg(&out)
-            .arg(src.join(format!("{leg}.zst")))
-            .output()
-            .expect("cannot run zstd");
-        assert_ok("zstd -d", &o);
-        paths.push(out);
-    }
-    Legs::from_paths(paths)
-}
-
-/// The md0 hash from a fixture's MANIFEST ("md0 as read by the guest kernel").
-pub fn fixture_md0_sha256(name: &str) -> String {
-    let manifest = std::fs::read_to_string(fixture_dir(name).join("MANIFEST")).expect("MANIFEST");
-    manifest
-        .lines()
-        .find(|l| l.starts_with("md0 as read by the guest kernel"))
-        .and_then(|l| l.rsplit(':').next())
-        .map(|h| h.trim().to_string())
-        .filter(|h| h.len() == 64)
-        .expect("md0 sha256 in MANIFEST")
 }
 
 /// A loop device over `file`, writable. A loop device keeps a read-only
