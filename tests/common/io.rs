@@ -1,6 +1,7 @@
-//! Direct I/O for tests: a 4 KiB-aligned buffer and O_DIRECT reads and
+//! File I/O for tests: a 4 KiB-aligned buffer and O_DIRECT reads and
 //! writes, so a test sees what is on the device or leg, not a page cache
-//! (and array.img's requests reach mdfuse as they were issued).
+//! (and array.img's requests reach mdfuse as they were issued); and plain
+//! positioned reads and writes that panic, saying where, when they fail.
 
 #![allow(dead_code)] // each test binary uses a different subset
 
@@ -99,4 +100,30 @@ pub fn write_buffered_fsync(path: &Path, offset: u64, data: &[u8]) -> io::Result
     let f = std::fs::File::options().write(true).open(path)?;
     f.write_all_at(data, offset)?;
     f.sync_all()
+}
+
+/// Writes `data` at `offset` of `path` through the page cache (no fsync);
+/// panics if it cannot.
+pub fn write_at(path: &Path, offset: u64, data: &[u8]) {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .and_then(|f| f.write_all_at(data, offset))
+        .unwrap_or_else(|e| {
+            panic!(
+                "write {} bytes at {offset} of {}: {e}",
+                data.len(),
+                path.display()
+            )
+        });
+}
+
+/// `len` bytes of `path` at `offset`, read through the page cache; panics
+/// if it cannot.
+pub fn read_at(path: &Path, offset: u64, len: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; len];
+    std::fs::File::open(path)
+        .and_then(|f| f.read_exact_at(&mut buf, offset))
+        .unwrap_or_else(|e| panic!("read {len} bytes at {offset} of {}: {e}", path.display()));
+    buf
 }
