@@ -14,7 +14,6 @@ mod common;
 use common::io::{open_direct, AlignedVec};
 use common::loopdev::{needs_root, ScratchFs};
 use common::mdfuse::*;
-use common::rng::Rng;
 use std::collections::BTreeSet;
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -478,16 +477,7 @@ fn check_counts_mismatches_in_md_units_and_repair_fixes_them() {
     }
     let fx = Fixture::new(true);
     let m = fx.mount(&[]);
-    let mut rng = Rng(0x5eed_c0de);
-    let data = rng.bytes(ARRAY_BYTES as usize);
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(m.image())
-        .and_then(|f| {
-            f.write_all_at(&data, 0)?;
-            f.sync_all()
-        })
-        .expect("fill array.img");
+    let data = m.fill_random(0, ARRAY_BYTES as usize, 0x5eed_c0de);
     m.stop();
     fx.assert_stopped_clean();
     fx.assert_legs_identical();
@@ -748,16 +738,7 @@ fn a_full_recovery_shows_as_md_shows_it() {
     let mnt = m.mountpoint().to_path_buf();
     let (l0, l1) = (fx.leg_name(0), fx.leg_name(1));
     let legs = [l0.clone(), l1.clone()];
-    let mut rng = Rng(42);
-    let data = rng.bytes(ARRAY_BYTES as usize);
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(m.image())
-        .and_then(|f| {
-            f.write_all_at(&data, 0)?;
-            f.sync_all()
-        })
-        .expect("fill array.img");
+    m.fill_random(0, ARRAY_BYTES as usize, 42);
     m.set_md(&format!("dev-{l1}/state"), "faulty");
     m.set_md(&format!("dev-{l1}/state"), "remove");
     m.set_md("sync_speed_max", "2000");

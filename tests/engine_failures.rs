@@ -90,15 +90,6 @@ impl FaultyArray {
     }
 }
 
-/// Writes `len` random bytes at `offset` through array.img and fsyncs.
-fn fill(m: &MountedArray, offset: u64, len: usize, seed: u64) -> Vec<u8> {
-    let data = Rng(seed).bytes(len);
-    let f = open_image(m);
-    f.write_all_at(&data, offset).expect("write array.img");
-    f.sync_all().expect("fsync array.img");
-    data
-}
-
 /// Reads the 4 KiB blocks of `[offset, offset+len)` one by one, last first,
 /// twice: no read continues the previous one, so reads alternate between
 /// the in-sync legs and every block is read from each leg.
@@ -128,7 +119,7 @@ fn a_read_error_is_corrected_from_the_other_leg_and_the_leg_stays_in_sync() {
     }
     let a = FaultyArray::new(32 * MIB, &[]);
     let m = a.mount(&[]);
-    let data = fill(&m, 0, 4 * MIB as usize, 1);
+    let data = m.fill_random(0, 4 * MIB as usize, 1);
     // 8 KiB unreadable on leg1, in the middle of the data.
     let bad_at = a.leg_offset(MIB + 4096);
     a.bad_range(bad_at, 8192);
@@ -163,7 +154,7 @@ fn a_read_error_in_a_split_read_is_corrected_too() {
     }
     let a = FaultyArray::new(32 * MIB, &[]);
     let m = a.mount(&[]);
-    let data = fill(&m, 0, 4 * MIB as usize, 3);
+    let data = m.fill_random(0, 4 * MIB as usize, 3);
     // leg1 reads the second half of a 1 MiB read at 2 MiB.
     let bad_at = a.leg_offset(2 * MIB + 768 * 1024);
     a.bad_range(bad_at, 4096);
@@ -188,7 +179,7 @@ fn a_leg_whose_rewrite_fails_is_failed_and_the_read_still_succeeds() {
     }
     let a = FaultyArray::new(32 * MIB, &[]);
     let m = a.mount(&[]);
-    let data = fill(&m, 0, 2 * MIB as usize, 2);
+    let data = m.fill_random(0, 2 * MIB as usize, 2);
     let bad_at = a.leg_offset(MIB);
     // Dead sectors: reads and their rewrite fail.
     a.faulty.fail_reads(BAD_LEG, bad_at..bad_at + 4096);
@@ -214,7 +205,7 @@ fn too_many_read_errors_fail_the_leg() {
     m.write_md("max_read_errors", "2")
         .expect("set max_read_errors");
     assert_eq!(m.md("max_read_errors"), "2");
-    let data = fill(&m, 0, 2 * MIB as usize, 3);
+    let data = m.fill_random(0, 2 * MIB as usize, 3);
     // Three separate bad blocks: three corrections; the third exceeds 2.
     for i in 0..3u64 {
         let at = a.leg_offset(i * 256 * 1024);
@@ -237,7 +228,7 @@ fn the_last_leg_is_never_failed_by_a_read_error() {
     }
     let a = FaultyArray::new(32 * MIB, &[]);
     let m = a.mount(&[]);
-    fill(&m, 0, MIB as usize, 4);
+    m.fill_random(0, MIB as usize, 4);
     m.write_md("dev-leg0.img/state", "faulty")
         .expect("fail leg0");
     let at = a.leg_offset(64 * 1024);
@@ -256,7 +247,7 @@ fn partial_block_writes_and_a_check_correct_read_errors_too() {
     }
     let a = FaultyArray::new(32 * MIB, &[]);
     let m = a.mount(&[]);
-    let mut data = fill(&m, 0, 2 * MIB as usize, 5);
+    let mut data = m.fill_random(0, 2 * MIB as usize, 5);
     // Bad blocks, each given a partial write (O_DIRECT: no page cache
     // read first): the read-modify-writes alternate between the legs, so
     // some read leg1's bad block.
@@ -344,14 +335,14 @@ fn a_re_add_copies_what_was_written_while_degraded_and_no_more() {
     }
     let a = BitmapArray::new(64 * MIB);
     let m = a.mount(&[]);
-    fill(&m, 0, 8 * MIB as usize, 10);
+    m.fill_random(0, 8 * MIB as usize, 10);
     a.wait_bitmap_clean();
     m.write_md("dev-leg1.img/state", "faulty")
         .expect("fail leg1");
     m.write_md("dev-leg1.img/state", "remove")
         .expect("remove leg1");
     // 3 MiB written while degraded, 64 KiB-chunk aligned.
-    fill(&m, 16 * MIB, 3 * MIB as usize, 11);
+    m.fill_random(16 * MIB, 3 * MIB as usize, 11);
     m.write_md("new_dev", &format!("re-add {}", a.leg(1)))
         .expect("re-add");
     m.wait_sync_idle(Duration::from_secs(120));
@@ -382,7 +373,7 @@ fn writes_racing_a_re_add_all_reach_the_returning_leg() {
     }
     let a = BitmapArray::new(64 * MIB);
     let m = a.mount(&[]);
-    fill(&m, 0, MIB as usize, 20);
+    m.fill_random(0, MIB as usize, 20);
     m.write_md("dev-leg1.img/state", "faulty")
         .expect("fail leg1");
     m.write_md("dev-leg1.img/state", "remove")
@@ -430,7 +421,7 @@ fn a_refused_re_add_through_dev_state_leaves_the_leg_where_it_was() {
     let legs = Legs::new(dir.path(), 3, 64 * MIB);
     h::create(&legs, &[]);
     let m = MountedArray::mount(&legs, &dir.path().join("mnt"), &[]);
-    fill(&m, 0, MIB as usize, 30);
+    m.fill_random(0, MIB as usize, 30);
     m.write_md("dev-leg2.img/state", "faulty")
         .expect("fail leg2");
     // A slow check keeps a sync running.
@@ -486,7 +477,7 @@ fn unclean_array(dir: &std::path::Path, leg_size: u64) -> Legs {
     h::create(&legs, &[]);
     let m = MountedArray::mount(&legs, &dir.join("mnt"), &[]);
     m.write_md("safe_mode_delay", "60").expect("no safe mode");
-    fill(&m, 0, MIB as usize, 40);
+    m.fill_random(0, MIB as usize, 40);
     m.kill9();
     assert_eq!(examine(legs.path(0), "State").as_deref(), Some("active"));
     legs
@@ -605,7 +596,7 @@ fn safe_mode_records_an_idle_array_clean_so_a_crash_needs_no_resync() {
     m.write_md("safe_mode_delay", "3")
         .expect("set safe_mode_delay");
     assert_eq!(m.md("safe_mode_delay"), "3.000");
-    let data = fill(&m, 0, MIB as usize, 50);
+    let data = m.fill_random(0, MIB as usize, 50);
     std::thread::sleep(Duration::from_millis(1000));
     assert_eq!(m.md("array_state"), "active", "3 s have not passed");
     assert_eq!(examine(legs.path(0), "State").as_deref(), Some("active"));
@@ -755,7 +746,7 @@ fn a_resync_goes_on_past_a_leg_that_fails_under_it() {
     let mnt = dir.join("mnt");
     let m = MountedArray::mount(&legs, &mnt, &[]);
     m.write_md("safe_mode_delay", "60").expect("no safe mode");
-    let data = fill(&m, 0, 4 * MIB as usize, 60);
+    let data = m.fill_random(0, 4 * MIB as usize, 60);
     m.kill9();
     // The resync after the crash writes leg1, which now fails writes.
     let off = h::data_offset(legs.path(0));
@@ -801,10 +792,10 @@ fn a_re_added_leg_is_marked_recovering_on_its_disk_and_an_interrupted_recovery_r
     h::create(&legs, &[]);
     let mnt = dir.path().join("mnt");
     let m = MountedArray::mount(&legs, &mnt, &[]);
-    fill(&m, 0, 2 * MIB as usize, 70);
+    m.fill_random(0, 2 * MIB as usize, 70);
     m.write_md("dev-leg1.img/state", "faulty").expect("fail");
     m.write_md("dev-leg1.img/state", "remove").expect("remove");
-    fill(&m, 4 * MIB, MIB as usize, 71);
+    m.fill_random(4 * MIB, MIB as usize, 71);
     wait_for("safe mode", Duration::from_secs(10), || {
         m.md("array_state") == "clean"
     });
@@ -877,15 +868,15 @@ fn diverged_histories_are_refused_unless_one_is_chosen_and_the_other_is_fully_re
     h::create(&legs, &[]);
     let mnt = dir.path().join("mnt");
     let m = MountedArray::mount(&legs, &mnt, &[]);
-    fill(&m, 0, MIB as usize, 80);
+    m.fill_random(0, MIB as usize, 80);
     m.stop();
     // Each leg runs alone and is written: two histories.
     let only = |i: usize| Legs::from_paths(vec![legs.paths[i].clone()]);
     let m = MountedArray::mount(&only(0), &mnt, &["--run"]);
-    fill(&m, 0, MIB as usize, 81);
+    m.fill_random(0, MIB as usize, 81);
     m.stop();
     let m = MountedArray::mount(&only(1), &mnt, &["--run"]);
-    let b_data = fill(&m, 0, MIB as usize, 82);
+    let b_data = m.fill_random(0, MIB as usize, 82);
     m.stop();
     // Together: refused, each leg's history named.
     let o = MountedArray::try_mount(&legs, &mnt, &[]).expect_err("diverged");

@@ -693,6 +693,22 @@ impl MountedArray {
         &self.legs
     }
 
+    /// Writes `len` pseudo-random bytes (from `seed`) at `offset` of
+    /// array.img and fsyncs; returns them.
+    pub fn fill_random(&self, offset: u64, len: usize, seed: u64) -> Vec<u8> {
+        use std::os::unix::fs::FileExt;
+        let data = super::rng::Rng(seed).bytes(len);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(self.image())
+            .and_then(|f| {
+                f.write_all_at(&data, offset)?;
+                f.sync_all()
+            })
+            .unwrap_or_else(|e| panic!("fill {len} bytes at {offset} of array.img: {e}"));
+        data
+    }
+
     /// `MNT/md/REL`, which must be one line ending in a newline (as md's
     /// attributes are); returned without the newline.
     pub fn md(&self, rel: &str) -> String {
