@@ -54,6 +54,23 @@ fn sparse(path: PathBuf, size: u64) -> PathBuf {
     path
 }
 
+/// leg0.img, a sparse file in `dir`, and leg1.img on a fresh [`FaultyFs`]
+/// (bind the FaultyFs before any mount of the legs: it must outlive them).
+fn leg1_on_faultyfs(dir: &Path) -> (FaultyFs, Legs) {
+    let faulty = FaultyFs::new(&[("leg1.img", LEG_SIZE)]);
+    let leg0 = sparse(dir.join("leg0.img"), LEG_SIZE);
+    let legs = Legs::from_paths(vec![leg0, faulty.path("leg1.img")]);
+    (faulty, legs)
+}
+
+/// A loop-backed ext4 of the test's own and the path of a bitmap file on it
+/// (the raw writer may only write a device the test made).
+fn bitmap_on_ext4() -> (ScratchFs, PathBuf) {
+    let fs = ScratchFs::ext4(4096).expect("ext4 for the bitmap");
+    let bitmap = fs.path("md.bitmap");
+    (fs, bitmap)
+}
+
 /// The array bytes a workload may use: whole 64 KiB stripes.
 fn stripes_of(array_bytes: u64) -> u64 {
     array_bytes / (workload::STRIPE_BLOCKS * BLOCK) * (workload::STRIPE_BLOCKS * BLOCK)
@@ -181,6 +198,20 @@ fn read_block(image: &Path, offset: u64) -> std::io::Result<Found> {
     let mut buf = AlignedVec::zeroed(BLOCK as usize);
     f.read_exact_at(buf.as_mut_slice(), offset)?;
     Ok(decode(buf.as_slice()))
+}
+
+/// Asserts the block at `offset` reads back (O_DIRECT) as written in
+/// generation `g`; `what` says which read it was.
+fn assert_block(image: &Path, offset: u64, g: u64, what: &str) {
+    let found = read_block(image, offset).unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert_eq!(
+        found,
+        Found::Block {
+            offset,
+            generation: g
+        },
+        "{what}"
+    );
 }
 
 fn fsync_image(image: &Path) -> std::io::Result<()> {
@@ -390,7 +421,7 @@ enum FailBy {
 fn fail_a_leg_under_a_verified_workload(test: &str, by: FailBy) {
     let Some(_serial) = serial(test) else { return };
     let dir = tempdir("mdfuse-failures");
-    let bitmap_fs = ScratchFs::ext4(4096).expect("ext4 for the bitmap");
+    let (_bitmap_fs, bitmap) = bitmap_on_ext4();
     let faulty = FaultyFs::new(&[("leg1.img", LEG_SIZE)]);
     let leg0 = sparse(dir.path().join("leg0.img"), LEG_SIZE);
     let (leg1, leg1_backing) = match by {
@@ -401,7 +432,6 @@ fn fail_a_leg_under_a_verified_workload(test: &str, by: FailBy) {
         }
     };
     let legs = Legs::from_paths(vec![leg0.clone(), leg1.clone()]);
-    let bitmap = bitmap_fs.path("md.bitmap");
     let created = h::create(&legs, &["--bitmap", path_str(&bitmap)]);
     let m = MountedArray::mount(
         &legs,
@@ -563,13 +593,7 @@ fn the_last_in_sync_leg_returns_its_errors_to_the_user_and_is_not_failed() {
     let mdstat = m.mdstat();
     assert!(mdstat.contains("[2/1] [U_]"), "mdstat:\n{mdstat}");
     write_block(&img, 16 * MIB, 1).expect("a write elsewhere still works");
-    assert_eq!(
-        read_block(&img, MIB).expect("a read still works"),
-        Found::Block {
-            offset: MIB,
-            generation: 1
-        }
-    );
+    assert_block(&img, MIB, 1, "a read still works");
 
     // Every request fails: reads and flushes report it too.
     faulty.fail_all("leg0.img");
@@ -591,13 +615,7 @@ fn the_last_in_sync_leg_returns_its_errors_to_the_user_and_is_not_failed() {
     write_block(&img, bad + 4 * KIB, 3).expect("a write after healing");
     fsync_image(&img).expect("fsync after healing");
     for (off, g) in [(MIB, 1), (2 * MIB, 1), (bad + 4 * KIB, 3), (16 * MIB, 1)] {
-        assert_eq!(
-            read_block(&img, off).expect("read after healing"),
-            Found::Block {
-                offset: off,
-                generation: g
-            }
-        );
+        assert_block(&img, off, g, "read after healing");
     }
     assert_eq!(m.md("degraded"), "1");
     m.stop();
@@ -615,9 +633,8 @@ fn a_leg_failing_the_first_write_after_a_clean_start_is_failed_out_unseen() {
         return;
     };
     let dir = tempdir("mdfuse-failures");
-    let faulty = FaultyFs::new(&[("leg1.img", LEG_SIZE)]);
-    let leg0 = sparse(dir.path().join("leg0.img"), LEG_SIZE);
-    let legs = Legs::from_paths(vec![leg0.clone(), faulty.path("leg1.img")]);
+    let (faulty, legs) = leg1_on_faultyfs(dir.path());
+    let leg0 = legs.paths[0].clone();
     h::create(&legs, &[]);
     let m = MountedArray::mount(&legs, &dir.path().join("mnt"), &[]);
     assert_eq!(m.md("array_state"), "clean");
@@ -626,13 +643,7 @@ fn a_leg_failing_the_first_write_after_a_clean_start_is_failed_out_unseen() {
     fsync_image(&m.image()).expect("fsync");
     assert_eq!(dev_state(&m, "leg1.img"), "faulty");
     assert_eq!(m.md("degraded"), "1");
-    assert_eq!(
-        read_block(&m.image(), MIB).expect("read"),
-        Found::Block {
-            offset: MIB,
-            generation: 1
-        }
-    );
+    assert_block(&m.image(), MIB, 1, "read");
     let sb = raw_superblock(&leg0);
     let failed = raw_superblock(&faulty.backing("leg1.img"));
     assert_eq!(sb.resync_offset, 0, "leg0 records the array active");
@@ -652,9 +663,8 @@ fn a_read_error_is_corrected_from_the_other_leg_and_the_leg_stays_in_sync() {
         return;
     };
     let dir = tempdir("mdfuse-failures");
-    let faulty = FaultyFs::new(&[("leg1.img", LEG_SIZE)]);
-    let leg0 = sparse(dir.path().join("leg0.img"), LEG_SIZE);
-    let legs = Legs::from_paths(vec![leg0.clone(), faulty.path("leg1.img")]);
+    let (faulty, legs) = leg1_on_faultyfs(dir.path());
+    let leg0 = legs.paths[0].clone();
     let created = h::create(&legs, &[]);
     let data_offset = created.data_offset_sectors * 512;
     let m = MountedArray::mount(&legs, &dir.path().join("mnt"), &[]);
@@ -671,13 +681,7 @@ fn a_read_error_is_corrected_from_the_other_leg_and_the_leg_stays_in_sync() {
     for _ in 0..64 {
         for b in [16, 17] {
             let off = base + b * BLOCK;
-            assert_eq!(
-                read_block(&img, off).expect("no read error reaches the user"),
-                Found::Block {
-                    offset: off,
-                    generation: 1
-                }
-            );
+            assert_block(&img, off, 1, "no read error reaches the user");
         }
         if faulty.counters("leg1.img").failed_reads > 0 {
             break;
@@ -719,11 +723,9 @@ fn re_add_after_degraded_writes_copies_only_the_chunks_written() {
         return;
     };
     let dir = tempdir("mdfuse-failures");
-    let bitmap_fs = ScratchFs::ext4(4096).expect("ext4 for the bitmap");
-    let faulty = FaultyFs::new(&[("leg1.img", LEG_SIZE)]);
-    let leg0 = sparse(dir.path().join("leg0.img"), LEG_SIZE);
-    let legs = Legs::from_paths(vec![leg0.clone(), faulty.path("leg1.img")]);
-    let bitmap = bitmap_fs.path("md.bitmap");
+    let (_bitmap_fs, bitmap) = bitmap_on_ext4();
+    let (faulty, legs) = leg1_on_faultyfs(dir.path());
+    let leg0 = legs.paths[0].clone();
     let created = h::create(&legs, &["--bitmap", path_str(&bitmap)]);
     let size = created.array_bytes;
     let data_offset = created.data_offset_sectors * 512;
@@ -800,13 +802,7 @@ fn re_add_after_degraded_writes_copies_only_the_chunks_written() {
     for &off in &writes {
         for b in [0, MIB / BLOCK - 1] {
             let o = off + b * BLOCK;
-            assert_eq!(
-                read_block(&img, o).expect("read"),
-                Found::Block {
-                    offset: o,
-                    generation: 7
-                }
-            );
+            assert_block(&img, o, 7, "read");
         }
     }
     m.stop();
@@ -846,11 +842,9 @@ fn kill9_crashes_keep_every_fsynced_write_and_resync_only_dirty_chunks() {
         .unwrap_or(50);
     let t0 = Instant::now();
     let dir = tempdir("mdfuse-failures");
-    let bitmap_fs = ScratchFs::ext4(4096).expect("ext4 for the bitmap");
-    let leg0 = sparse(dir.path().join("leg0.img"), LEG_SIZE);
-    let leg1 = sparse(dir.path().join("leg1.img"), LEG_SIZE);
-    let legs = Legs::from_paths(vec![leg0.clone(), leg1.clone()]);
-    let bitmap = bitmap_fs.path("md.bitmap");
+    let (_bitmap_fs, bitmap) = bitmap_on_ext4();
+    let legs = Legs::new(dir.path(), 2, LEG_SIZE);
+    let (leg0, leg1) = (legs.paths[0].clone(), legs.paths[1].clone());
     let created = h::create(&legs, &["--bitmap", path_str(&bitmap)]);
     let (size, data_offset) = (created.array_bytes, created.data_offset_sectors * 512);
     let chunk = bitmap_chunk(&bitmap);
@@ -958,11 +952,9 @@ fn check_counts_known_mismatches_and_repair_fixes_them_under_user_io() {
         return;
     };
     let dir = tempdir("mdfuse-failures");
-    let bitmap_fs = ScratchFs::ext4(4096).expect("ext4 for the bitmap");
-    let leg0 = sparse(dir.path().join("leg0.img"), LEG_SIZE);
-    let leg1 = sparse(dir.path().join("leg1.img"), LEG_SIZE);
-    let legs = Legs::from_paths(vec![leg0.clone(), leg1.clone()]);
-    let bitmap = bitmap_fs.path("md.bitmap");
+    let (_bitmap_fs, bitmap) = bitmap_on_ext4();
+    let legs = Legs::new(dir.path(), 2, LEG_SIZE);
+    let (leg0, leg1) = (legs.paths[0].clone(), legs.paths[1].clone());
     let created = h::create(&legs, &["--bitmap", path_str(&bitmap)]);
     let (size, data_offset) = (created.array_bytes, created.data_offset_sectors * 512);
     let half = stripes_of(size / 2);
@@ -1089,9 +1081,8 @@ fn a_resync_without_bitmap_stopped_partway_resumes_where_it_stopped() {
     };
     let dir = tempdir("mdfuse-failures");
     // leg1 on faultyfs: slowed down, so the resync can be caught partway.
-    let faulty = FaultyFs::new(&[("leg1.img", LEG_SIZE)]);
-    let leg0 = sparse(dir.path().join("leg0.img"), LEG_SIZE);
-    let legs = Legs::from_paths(vec![leg0.clone(), faulty.path("leg1.img")]);
+    let (faulty, legs) = leg1_on_faultyfs(dir.path());
+    let leg0 = legs.paths[0].clone();
     let created = h::create(&legs, &[]);
     let (size, data_offset) = (created.array_bytes, created.data_offset_sectors * 512);
     let region = 0..stripes_of(size);
