@@ -246,6 +246,58 @@ fn chunk_bytes(data: &[u8], chunk: u64) -> &[u8] {
     &data[off..(off + CHUNK as usize).min(data.len())]
 }
 
+/// What a later session writes over the base pattern (array offset, length).
+const OVERLAYS: [(u64, u64); 4] = [
+    (0, 4096),
+    (5 << 20, 128 << 10),
+    (20967424, 8192),
+    (31457280, 65536),
+];
+
+/// Writes [`OVERLAYS`] (OVERLAY_TAG) through the mount `m`, checks what it serves then,
+/// and stops it cleanly. Returns the sha of what was served.
+fn write_overlays(m: MountedArray) -> String {
+    for &(off, len) in &OVERLAYS {
+        write_pattern(&m.image(), off, len, OVERLAY_TAG).expect("write an overlay");
+    }
+    let served = sha256_region(&m.image(), 0, ARRAY_BYTES);
+    m.stop();
+    assert_eq!(
+        served,
+        sha256_bytes(&expected_image(&OVERLAYS)),
+        "what mdfuse served after the overlays"
+    );
+    served
+}
+
+/// After [`write_overlays`] with leg1 failed or left out: leg1 is stale (leg0's events,
+/// as `examine` prints them, are newer), the overlays' chunks are dirty in the bitmap and
+/// its events_cleared lets md re-add leg1 from it. Returns the dirty chunks.
+fn assert_leg1_stale_with_the_overlays_dirty(
+    arr: &TestArray,
+    examine: impl Fn(&Path) -> String,
+) -> Vec<u64> {
+    let events = |i: usize| -> u64 {
+        kmd::mdadm_fields(&examine(arr.legs.path(i)))["Events"]
+            .parse()
+            .expect("Events")
+    };
+    let (e0, e1) = (events(0), events(1));
+    assert!(e0 > e1, "leg0 events {e0} must pass stale leg1's {e1}");
+    let (bfields, dirty) = mdfuse_bitmap(&arr.bitmap);
+    let want: Vec<u64> = chunks_of(&OVERLAYS).into_iter().collect();
+    assert_eq!(
+        dirty, want,
+        "degraded: the bits of every write stay until a recovery"
+    );
+    let cleared: u64 = bfields["Events Cleared"].parse().unwrap();
+    assert!(
+        cleared <= e1,
+        "events_cleared {cleared} > stale leg1's events {e1}: md would refuse a bitmap re-add"
+    );
+    dirty
+}
+
 /// Fills the whole array with the base pattern through a first mount, checks what mdfuse
 /// serves, and stops cleanly. Returns the sha of what was served.
 fn fill_base(arr: &TestArray) -> String {
@@ -353,42 +405,95 @@ fn shuffled_slots() -> Vec<(u64, u64)> {
 
 // ---------------------------------------------------------------- what md must say
 
+/// What md did, against what a check wants of it: a line per miss; none is a pass.
+#[derive(Default)]
+struct Problems(Vec<String>);
+
+impl Problems {
+    fn push(&mut self, problem: impl Into<String>) {
+        self.0.push(problem.into());
+    }
+
+    /// The run's `KMD-VAL key=value` lines must say these values.
+    fn want_vals(&mut self, run: &VerifyRun, wanted: &[(&str, &str)]) {
+        for &(key, value) in wanted {
+            let got = run.val(key);
+            if got.as_deref() != Some(value) {
+                self.push(format!("{key}={got:?}, want {value}"));
+            }
+        }
+    }
+
+    /// Both legs' State, by md's `mdadm -E` before the assembly.
+    fn want_leg_states(&mut self, run: &VerifyRun, state: &str) {
+        for i in 0..2 {
+            let got = run
+                .section_fields(&format!("examine-leg{i}-before"))
+                .get("State")
+                .cloned();
+            if got.as_deref() != Some(state) {
+                self.push(format!("leg{i} State before = {got:?}, want {state}"));
+            }
+        }
+    }
+
+    /// md's `mdadm -X` before the assembly counts `dirty` dirty bits.
+    fn want_dirty_before(&mut self, run: &VerifyRun, dirty: usize) {
+        let bitmap = run
+            .section_fields("examine-bitmap-before")
+            .get("Bitmap")
+            .cloned();
+        let want = format!(" {dirty} dirty");
+        if !bitmap.as_deref().is_some_and(|b| b.contains(&want)) {
+            self.push(format!(
+                "md's mdadm -X before assembly: {bitmap:?}, want{want}"
+            ));
+        }
+    }
+
+    fn verdict(self) -> Result<(), String> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(self.0.join("\n"))
+        }
+    }
+}
+
+/// Panics with what was wrong unless `verdict` is a pass, keeping md's run (its console
+/// log and the legs after it) for a post-mortem.
+fn assert_md_agrees(run: VerifyRun, verdict: Result<(), String>) {
+    if let Err(e) = verdict {
+        panic!("{e}\n{}\nkept in {}", run.describe(), run.keep().display());
+    }
+}
+
+/// The chunks in which two images of the array's data differ.
+fn differing_chunks(a: &[u8], b: &[u8]) -> Vec<u64> {
+    (0..ARRAY_BYTES.div_ceil(CHUNK))
+        .filter(|&c| chunk_bytes(a, c) != chunk_bytes(b, c))
+        .collect()
+}
+
 /// md started the legs + bitmap clean: both legs, no resync, no dirty bits, the hash.
 fn md_accepts_clean(run: &VerifyRun, expected_sha: &str) -> Result<(), String> {
-    let mut problems = Vec::new();
-    let mut want = |key: &str, value: &str| {
-        let got = run.val(key);
-        if got.as_deref() != Some(value) {
-            problems.push(format!("{key}={got:?}, want {value}"));
-        }
-    };
-    want("assembled", "yes");
-    want("assemble_mode", "plain");
-    want("degraded", "0");
-    want("degraded_after_sync", "0");
-    want("mismatch_cnt", "0");
-    want("md0_sha256", expected_sha);
+    let mut problems = Problems::default();
+    problems.want_vals(
+        run,
+        &[
+            ("assembled", "yes"),
+            ("assemble_mode", "plain"),
+            ("degraded", "0"),
+            ("degraded_after_sync", "0"),
+            ("mismatch_cnt", "0"),
+            ("md0_sha256", expected_sha),
+        ],
+    );
     if run.rc != 0 {
         problems.push(format!("verify-foreign exit {}", run.rc));
     }
-    for i in 0..2 {
-        let state = run
-            .section_fields(&format!("examine-leg{i}-before"))
-            .get("State")
-            .cloned();
-        if state.as_deref() != Some("clean") {
-            problems.push(format!("leg{i} State before = {state:?}, want clean"));
-        }
-    }
-    let bitmap = run
-        .section_fields("examine-bitmap-before")
-        .get("Bitmap")
-        .cloned();
-    if !bitmap.as_deref().is_some_and(|b| b.contains(" 0 dirty")) {
-        problems.push(format!(
-            "md's bitmap before assembly: {bitmap:?}, want 0 dirty"
-        ));
-    }
+    problems.want_leg_states(run, "clean");
+    problems.want_dirty_before(run, 0);
     let dmesg = run.dmesg_md();
     if dmesg.contains("resync of RAID array") || dmesg.contains("recovery of RAID array") {
         problems.push(format!("md synced:\n{dmesg}"));
@@ -397,57 +502,32 @@ fn md_accepts_clean(run: &VerifyRun, expected_sha: &str) -> Result<(), String> {
         .section("mdstat-assembled")
         .is_some_and(|s| s.contains("resync") || s.contains("recovery"))
     {
-        problems.push("mdstat shows a resync/recovery after assembly".into());
+        problems.push("mdstat shows a resync/recovery after assembly");
     }
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(problems.join("\n"))
-    }
+    problems.verdict()
 }
 
 /// md saw `dirty` (as many dirty bits as mdfuse's bitmap holds) and resynced those chunks
 /// only: the legs kept after the run agree on every dirty chunk, and `untouched` (a clean
 /// chunk perturbed on leg1 before the run) was left as it was.
 fn md_resynced_exactly(run: &VerifyRun, dirty: &[u64], untouched: u64) -> Result<(), String> {
-    let mut problems = Vec::new();
-    if run.val("assembled").as_deref() != Some("yes") || run.val("degraded").as_deref() != Some("0")
-    {
-        problems.push(format!(
-            "assembled={:?} degraded={:?}",
-            run.val("assembled"),
-            run.val("degraded")
-        ));
-    }
-    let md_bitmap = run
-        .section_fields("examine-bitmap-before")
-        .get("Bitmap")
-        .cloned()
-        .unwrap_or_default();
-    let want = format!(" {} dirty", dirty.len());
-    if !md_bitmap.contains(&want) {
-        problems.push(format!("md's mdadm -X before: {md_bitmap:?}, want{want}"));
-    }
+    let mut problems = Problems::default();
+    problems.want_vals(run, &[("assembled", "yes"), ("degraded", "0")]);
+    problems.want_dirty_before(run, dirty.len());
     if !dirty.is_empty() && !run.dmesg_md().contains("resync of RAID array md0") {
-        problems.push("md did not resync".into());
+        problems.push("md did not resync");
     }
-    if !problems.is_empty() {
-        return Err(problems.join("\n"));
+    if !problems.0.is_empty() {
+        return problems.verdict();
     }
     let (l0, l1) = (leg_data(&run.leg_after(0)), leg_data(&run.leg_after(1)));
-    let differing: Vec<u64> = (0..ARRAY_BYTES.div_ceil(CHUNK))
-        .filter(|&c| chunk_bytes(&l0, c) != chunk_bytes(&l1, c))
-        .collect();
+    let differing = differing_chunks(&l0, &l1);
     if differing != [untouched] {
         problems.push(format!(
             "after md, the legs differ in chunks {differing:?}; want only the clean, perturbed chunk {untouched} (dirty: {dirty:?})"
         ));
     }
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(problems.join("\n"))
-    }
+    problems.verdict()
 }
 
 /// Copies the legs, perturbs leg1 in every dirty chunk (as writes that reached leg0 only
@@ -511,21 +591,8 @@ fn md_assembles_a_cleanly_stopped_mdfuse_array_clean_with_the_served_data() {
     let arr = TestArray::create("interop");
     let served = fill_base(&arr);
     // Overlays through a second mount, as a user's later session would.
-    let overlays = [
-        (0, 4096),
-        (5 << 20, 128 << 10),
-        (20967424, 8192),
-        (31457280, 65536),
-    ];
-    let m = arr.mount(&[]);
-    for &(off, len) in &overlays {
-        write_pattern(&m.image(), off, len, OVERLAY_TAG).expect("overlay");
-    }
-    let served2 = sha256_region(&m.image(), 0, ARRAY_BYTES);
-    m.stop();
     assert_eq!(served, sha256_bytes(&expected_image(&[])));
-    let expected = sha256_bytes(&expected_image(&overlays));
-    assert_eq!(served2, expected, "what mdfuse served after the overlays");
+    let served2 = write_overlays(arr.mount(&[]));
     let (_, dirty) = mdfuse_bitmap(&arr.bitmap);
     assert!(
         dirty.is_empty(),
@@ -534,13 +601,8 @@ fn md_assembles_a_cleanly_stopped_mdfuse_array_clean_with_the_served_data() {
 
     let bm = arr.bitmap_copy("md0.bitmap");
     let run = kmd::verify_foreign(&arr.leg_refs(), &bm, Some(&served2), false, &[]);
-    if let Err(e) = md_accepts_clean(&run, &served2) {
-        panic!(
-            "{e}\n{}\nconsole kept in {}",
-            run.describe(),
-            run.keep().display()
-        );
-    }
+    let verdict = md_accepts_clean(&run, &served2);
+    assert_md_agrees(run, verdict);
 }
 
 // ---------------------------------------------------------------- 2. mdfuse -> md, unclean
@@ -580,42 +642,23 @@ fn md_resyncs_exactly_the_dirty_chunks_of_a_killed_mdfuse_and_keeps_acknowledged
     let bm = arr.bitmap_copy("md0.bitmap");
     let run = kmd::verify_foreign(&arr.leg_refs(), &bm, None, true, &[]);
     let check = || -> Result<(), String> {
-        let mut p = Vec::new();
-        for (k, v) in [
-            ("assembled", "yes"),
-            ("degraded", "0"),
-            ("degraded_after_sync", "0"),
-        ] {
-            if run.val(k).as_deref() != Some(v) {
-                p.push(format!("{k}={:?} want {v}", run.val(k)));
-            }
-        }
-        let md_x = run.section_fields("examine-bitmap-before");
-        if !md_x
-            .get("Bitmap")
-            .is_some_and(|b| b.contains(&format!(" {} dirty", dirty.len())))
-        {
-            p.push(format!(
-                "md's -X before: {:?}, mdfuse's dirty count {}",
-                md_x.get("Bitmap"),
-                dirty.len()
-            ));
-        }
-        for i in 0..2 {
-            let st = run
-                .section_fields(&format!("examine-leg{i}-before"))
-                .get("State")
-                .cloned();
-            if st.as_deref() != Some("active") {
-                p.push(format!("leg{i} State before {st:?}, want active"));
-            }
-        }
+        let mut p = Problems::default();
+        p.want_vals(
+            &run,
+            &[
+                ("assembled", "yes"),
+                ("degraded", "0"),
+                ("degraded_after_sync", "0"),
+            ],
+        );
+        p.want_dirty_before(&run, dirty.len());
+        p.want_leg_states(&run, "active");
         if !run.dmesg_md().contains("resync of RAID array md0") {
-            p.push("md did not resync".into());
+            p.push("md did not resync");
         }
         let (l0, l1) = (leg_data(&run.leg_after(0)), leg_data(&run.leg_after(1)));
         if l0 != l1 {
-            p.push("legs differ after md's resync".into());
+            p.push("legs differ after md's resync");
         }
         // Every sector: acknowledged -> overlay; failed -> old or new; else base.
         let acked_sectors: BTreeSet<u64> = out
@@ -659,22 +702,16 @@ fn md_resyncs_exactly_the_dirty_chunks_of_a_killed_mdfuse_and_keeps_acknowledged
                 p.push(format!("md left dirty bits after its resync: {left:?}"));
             }
         }
-        if p.is_empty() {
-            Ok(())
-        } else {
-            Err(p.join("\n"))
-        }
+        p.verdict()
     };
-    if let Err(e) = check() {
-        panic!("{e}\n{}\nkept in {}", run.describe(), run.keep().display());
-    }
+    let verdict = check();
+    assert_md_agrees(run, verdict);
 
     // Exactly those chunks: leg1 perturbed in every dirty chunk and one clean chunk.
     let (leg0, leg1, untouched) = perturbed_copies(&arr, &dirty, "exact");
     let run = kmd::verify_foreign(&[&leg0, &leg1], &bm, None, true, &[]);
-    if let Err(e) = md_resynced_exactly(&run, &dirty, untouched) {
-        panic!("{e}\n{}\nkept in {}", run.describe(), run.keep().display());
-    }
+    let verdict = md_resynced_exactly(&run, &dirty, untouched);
+    assert_md_agrees(run, verdict);
 }
 
 // ---------------------------------------------------------------- 3. mdfuse degraded -> md re-add
@@ -686,12 +723,6 @@ fn md_starts_an_mdfuse_degraded_array_degraded_and_recovers_the_stale_leg_from_t
     };
     let arr = TestArray::create("interop");
     fill_base(&arr);
-    let overlays = [
-        (0, 4096),
-        (5 << 20, 128 << 10),
-        (20967424, 8192),
-        (31457280, 65536),
-    ];
     let m = arr.mount(&[]);
     mdfuse_stdout(&[
         "manage",
@@ -699,34 +730,9 @@ fn md_starts_an_mdfuse_degraded_array_degraded_and_recovers_the_stale_leg_from_t
         "--fail",
         path_str(arr.legs.path(1)),
     ]);
-    for &(off, len) in &overlays {
-        write_pattern(&m.image(), off, len, OVERLAY_TAG).expect("write while degraded");
-    }
-    let served = sha256_region(&m.image(), 0, ARRAY_BYTES);
-    m.stop();
-    let expected = sha256_bytes(&expected_image(&overlays));
-    assert_eq!(served, expected);
-
+    let expected = write_overlays(m);
     // mdfuse's record: leg0 newer and naming leg1 faulty; the bits of the degraded writes kept.
-    let e0 = kmd::mdadm_fields(&mdfuse_examine(arr.legs.path(0)));
-    let e1 = kmd::mdadm_fields(&mdfuse_examine(arr.legs.path(1)));
-    let ev =
-        |f: &std::collections::BTreeMap<String, String>| -> u64 { f["Events"].parse().unwrap() };
-    assert!(
-        ev(&e0) > ev(&e1),
-        "leg0 events {} must pass stale leg1's {}",
-        ev(&e0),
-        ev(&e1)
-    );
-    let (bfields, dirty) = mdfuse_bitmap(&arr.bitmap);
-    let want: Vec<u64> = chunks_of(&overlays).into_iter().collect();
-    assert_eq!(dirty, want, "bits of the writes made while degraded");
-    let cleared: u64 = bfields["Events Cleared"].parse().unwrap();
-    assert!(
-        cleared <= ev(&e1),
-        "events_cleared {cleared} > stale leg's events: md would refuse a bitmap re-add"
-    );
-
+    let dirty = assert_leg1_stale_with_the_overlays_dirty(&arr, mdfuse_examine);
     md_re_adds_the_stale_leg_from_the_bitmap_only(&arr, &dirty, &expected);
 }
 
@@ -744,38 +750,30 @@ fn md_re_adds_the_stale_leg_from_the_bitmap_only(arr: &TestArray, dirty: &[u64],
     perturb_leg_chunk(&leg1, untouched, PERTURB_TAG);
     let run = kmd::verify_foreign(&[&leg0, &leg1], &bm, None, true, &["RE_ADD=1"]);
     let check = || -> Result<(), String> {
-        let mut p = Vec::new();
-        for (k, v) in [
-            ("assembled", "yes"),
-            ("degraded", "1"),
-            ("degraded_after_sync", "0"),
-        ] {
-            if run.val(k).as_deref() != Some(v) {
-                p.push(format!("{k}={:?} want {v}", run.val(k)));
-            }
-        }
+        let mut p = Problems::default();
+        p.want_vals(
+            &run,
+            &[
+                ("assembled", "yes"),
+                ("degraded", "1"),
+                ("degraded_after_sync", "0"),
+            ],
+        );
         if !run.dmesg_md().contains("recovery of RAID array md0") {
-            p.push("no recovery".into());
+            p.push("no recovery");
         }
         let (l0, l1) = (leg_data(&run.leg_after(0)), leg_data(&run.leg_after(1)));
-        let differing: Vec<u64> = (0..ARRAY_BYTES.div_ceil(CHUNK))
-            .filter(|&c| chunk_bytes(&l0, c) != chunk_bytes(&l1, c))
-            .collect();
+        let differing = differing_chunks(&l0, &l1);
         if differing != [untouched] {
             p.push(format!("legs differ in {differing:?} after recovery; want only {untouched} (not in the bitmap)"));
         }
         if sha256_bytes(&l0) != expected {
-            p.push("leg0 data is not what mdfuse acknowledged".into());
+            p.push("leg0 data is not what mdfuse acknowledged");
         }
-        if p.is_empty() {
-            Ok(())
-        } else {
-            Err(p.join("\n"))
-        }
+        p.verdict()
     };
-    if let Err(e) = check() {
-        panic!("{e}\n{}\nkept in {}", run.describe(), run.keep().display());
-    }
+    let verdict = check();
+    assert_md_agrees(run, verdict);
 }
 
 /// The degraded case with what mdfuse has today: leg1 is left out of a session
@@ -789,49 +787,11 @@ fn md_recovers_a_leg_left_out_of_an_mdfuse_session_from_the_bitmap_only() {
     };
     let arr = TestArray::create("interop");
     fill_base(&arr);
-    let overlays = [
-        (0, 4096),
-        (5 << 20, 128 << 10),
-        (20967424, 8192),
-        (31457280, 65536),
-    ];
-    let m = arr.mount_leg0_alone();
-    for &(off, len) in &overlays {
-        write_pattern(&m.image(), off, len, OVERLAY_TAG).expect("write while degraded");
-    }
-    let served = sha256_region(&m.image(), 0, ARRAY_BYTES);
-    m.stop();
-    let expected = sha256_bytes(&expected_image(&overlays));
-    assert_eq!(served, expected);
-
-    let e0 = kmd::mdadm_fields(&host_mdadm(&[
-        OsStr::new("--examine"),
-        arr.legs.path(0).as_os_str(),
-    ]));
-    let e1 = kmd::mdadm_fields(&host_mdadm(&[
-        OsStr::new("--examine"),
-        arr.legs.path(1).as_os_str(),
-    ]));
-    let ev =
-        |f: &std::collections::BTreeMap<String, String>| -> u64 { f["Events"].parse().unwrap() };
-    assert!(
-        ev(&e0) > ev(&e1),
-        "leg0 events {} must pass left-out leg1's {}",
-        ev(&e0),
-        ev(&e1)
-    );
-    let (bfields, dirty) = mdfuse_bitmap(&arr.bitmap);
-    let want: Vec<u64> = chunks_of(&overlays).into_iter().collect();
-    assert_eq!(
-        dirty, want,
-        "degraded: the bits of every write stay until a recovery"
-    );
-    let cleared: u64 = bfields["Events Cleared"].parse().unwrap();
-    assert!(
-        cleared <= ev(&e1),
-        "events_cleared {cleared} > leg1's events {}",
-        ev(&e1)
-    );
+    let expected = write_overlays(arr.mount_leg0_alone());
+    // By the host's mdadm this time.
+    let dirty = assert_leg1_stale_with_the_overlays_dirty(&arr, |leg| {
+        host_mdadm(&[OsStr::new("--examine"), leg.as_os_str()])
+    });
     md_re_adds_the_stale_leg_from_the_bitmap_only(&arr, &dirty, &expected);
 }
 
@@ -1000,9 +960,7 @@ fn mdfuse_re_adds_the_stale_leg_of_b_degraded_dirty_and_recovers_exactly_the_dir
     assert_eq!(man.dirty.len(), 6, "MANIFEST dirty chunks {:?}", man.dirty);
     assert!(log.contains(&want), "the log does not say {want:?}:\n{log}");
     let (l0, l1) = (leg_data(arr.legs.path(0)), leg_data(arr.legs.path(1)));
-    let differing: Vec<u64> = (0..ARRAY_BYTES.div_ceil(CHUNK))
-        .filter(|&c| chunk_bytes(&l0, c) != chunk_bytes(&l1, c))
-        .collect();
+    let differing = differing_chunks(&l0, &l1);
     assert_eq!(
         differing,
         vec![untouched],
@@ -1233,13 +1191,8 @@ fn md_side_checks_catch_a_bitmap_written_msb_first() {
     // Control: the bitmap as mdfuse wrote it passes.
     let good = arr.bitmap_copy("good.bitmap");
     let run = kmd::verify_foreign(&[&leg0, &leg1], &good, None, true, &[]);
-    if let Err(e) = md_resynced_exactly(&run, &dirty, untouched) {
-        panic!(
-            "control failed: {e}\n{}\nkept in {}",
-            run.describe(),
-            run.keep().display()
-        );
-    }
+    let verdict = md_resynced_exactly(&run, &dirty, untouched);
+    assert_md_agrees(run, verdict.map_err(|e| format!("control failed: {e}")));
     // The same bits MSB-first: md resyncs the wrong chunks; the check must say so.
     let msb = arr.bitmap_copy("msb.bitmap");
     let mut bytes = std::fs::read(&msb).unwrap();
