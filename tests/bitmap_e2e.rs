@@ -298,10 +298,7 @@ fn buffered_reads_of_the_bitmap_follow_raw_writes() {
     if !needs_root("buffered_reads_of_the_bitmap_follow_raw_writes") {
         return;
     }
-    let fs = ScratchFs::ext4(4096).unwrap();
-    let legs = Legs::temp(32 * MIB);
-    let bitmap = fs.path("md.bitmap");
-    create_with_bitmap(&legs, &bitmap, &[]);
+    let (_fs, legs, bitmap) = array_with_bitmap();
     let array = MountedArray::mount(
         &legs,
         &legs.mountpoint("mnt"),
@@ -382,6 +379,16 @@ fn fresh_array(
     } else {
         create_with_bitmap(legs, bitmap, &["--bitmap-chunk", &chunk_arg])
     }
+}
+
+/// An ext4 on a loop device of the test's and two 32 MiB legs made into an
+/// array with a bitmap file on it.
+fn array_with_bitmap() -> (ScratchFs, Legs, PathBuf) {
+    let fs = ScratchFs::ext4(4096).unwrap();
+    let legs = Legs::temp(32 * MIB);
+    let bitmap = fs.path("md.bitmap");
+    create_with_bitmap(&legs, &bitmap, &[]);
+    (fs, legs, bitmap)
 }
 
 /// The 4 KiB blocks (array offsets) where the legs' data regions differ,
@@ -669,6 +676,25 @@ impl Untouched {
     }
 }
 
+/// A mount of `legs` with `bitmap` (and `extra` options) must be refused,
+/// naming the bitmap file and saying `needles`, and must leave the legs and
+/// the bitmap file untouched; returns the message.
+fn refused_untouched(
+    what: &str,
+    legs: &Legs,
+    bitmap: &Path,
+    extra: &[&str],
+    needles: &[&str],
+) -> String {
+    let before = Untouched::record(legs, bitmap);
+    let mut args = vec!["--bitmap", path_str(bitmap)];
+    args.extend_from_slice(extra);
+    let text = assert_refused(legs, &legs.mountpoint("mnt"), &args, bitmap, needles);
+    eprintln!("{what}: {text}");
+    before.check(legs);
+    text
+}
+
 /// Mounts and expects a refusal naming the file and saying `needles`.
 fn assert_refused(
     legs: &Legs,
@@ -719,16 +745,7 @@ fn refuses_bitmap_with_a_hole() {
         std::fs::read(&staged).unwrap(),
         std::fs::read(&bitmap).unwrap()
     );
-    let before = Untouched::record(&legs, &bitmap);
-    let text = assert_refused(
-        &legs,
-        &legs.mountpoint("mnt"),
-        &["--bitmap", path_str(&bitmap)],
-        &bitmap,
-        &["hole"],
-    );
-    eprintln!("hole: {text}");
-    before.check(&legs);
+    refused_untouched("hole", &legs, &bitmap, &[], &["hole"]);
 }
 
 #[test]
@@ -740,17 +757,8 @@ fn refuses_bitmap_on_tmpfs_unless_file_io() {
     let tmp = MountedFs::tmpfs(&legs.dir().join("tmpfs"), 8).unwrap();
     let bitmap = tmp.dir().join("md.bitmap");
     create_with_bitmap(&legs, &bitmap, &[]);
-    let before = Untouched::record(&legs, &bitmap);
     let mnt = legs.mountpoint("mnt");
-    let text = assert_refused(
-        &legs,
-        &mnt,
-        &["--bitmap", path_str(&bitmap)],
-        &bitmap,
-        &["tmpfs", "--bitmap-file-io"],
-    );
-    eprintln!("tmpfs: {text}");
-    before.check(&legs);
+    refused_untouched("tmpfs", &legs, &bitmap, &[], &["tmpfs", "--bitmap-file-io"]);
 
     let array = MountedArray::mount(
         &legs,
@@ -787,16 +795,13 @@ fn refuses_bitmap_of_another_array() {
     let bitmap_b = fs.path("b.bitmap");
     create_with_bitmap(&legs_a, &bitmap_a, &[]);
     let b = create_with_bitmap(&legs_b, &bitmap_b, &[]);
-    let before = Untouched::record(&legs_a, &bitmap_b);
-    let text = assert_refused(
+    refused_untouched(
+        "other array",
         &legs_a,
-        &legs_a.mountpoint("mnt"),
-        &["--bitmap", path_str(&bitmap_b)],
         &bitmap_b,
+        &[],
         &["belongs to array", &b.uuid],
     );
-    eprintln!("other array: {text}");
-    before.check(&legs_a);
 }
 
 #[test]
@@ -834,16 +839,7 @@ fn refuses_bitmap_inside_the_array() {
     let bitmap = inner_fs.dir().join("md.bitmap");
     std::fs::copy(&staged, &bitmap).unwrap();
     run("sync", &[]).unwrap();
-    let before = Untouched::record(&legs, &bitmap);
-    let text = assert_refused(
-        &legs,
-        &legs.mountpoint("mnt"),
-        &["--bitmap", path_str(&bitmap)],
-        &bitmap,
-        &["inside the array", "leg0"],
-    );
-    eprintln!("inside: {text}");
-    before.check(&legs);
+    refused_untouched("inside", &legs, &bitmap, &[], &["inside the array", "leg0"]);
     drop(inner_fs);
     drop(inner);
 }
@@ -868,19 +864,14 @@ fn refuses_bitmap_inside_a_mounted_mdfuse_image() {
     let bitmap = inner.dir().join("b.bitmap");
     create_with_bitmap(&legs_b, &bitmap, &[]);
     run("sync", &[]).unwrap();
-    let before = Untouched::record(&legs_b, &bitmap);
     for extra in [&[][..], &["--bitmap-file-io"][..]] {
-        let mut args = vec!["--bitmap", path_str(&bitmap)];
-        args.extend_from_slice(extra);
-        let text = assert_refused(
+        refused_untouched(
+            &format!("inside a mounted image {extra:?}"),
             &legs_b,
-            &legs_b.mountpoint("b"),
-            &args,
             &bitmap,
+            extra,
             &["FUSE-served image", "array.img"],
         );
-        eprintln!("inside a mounted image {extra:?}: {text}");
-        before.check(&legs_b);
     }
     drop(inner);
     drop(lo);
@@ -903,29 +894,9 @@ fn refuses_bitmap_on_read_only_device() {
         return;
     }
     let legs = Legs::temp(32 * MIB);
-    let image = legs.dir().join("ro-fs.img");
-    sparse_file_or_panic(&image, 16 * MIB);
-    let fs_dir = legs.dir().join("rofs");
-    let bitmap = fs_dir.join("md.bitmap");
-    {
-        let dev = LoopDevice::attach(&image).unwrap();
-        Mkfs::ext4(dev.path(), 4096).unwrap();
-        let _m = MountedFs::mount(dev.path(), &fs_dir).unwrap();
-        create_with_bitmap(&legs, &bitmap, &[]);
-    }
-    let dev = LoopDevice::attach_read_only(&image).unwrap();
-    let _m = MountedFs::mount_read_only(dev.path(), &fs_dir).unwrap();
-    let before = Untouched::record(&legs, &bitmap);
-    let text = assert_refused(
-        &legs,
-        &legs.mountpoint("mnt"),
-        &["--bitmap", path_str(&bitmap)],
-        &bitmap,
-        &[],
-    );
-    eprintln!("read-only: {text}");
+    let (_ro_fs, bitmap) = bitmap_on_a_read_only_fs(&legs);
+    let text = refused_untouched("read-only", &legs, &bitmap, &[], &[]);
     assert!(text.to_lowercase().contains("read-only"), "{text}");
-    before.check(&legs);
 }
 
 /// `mdfuse create --bitmap` makes (and syncs) the bitmap file before it
@@ -1001,6 +972,25 @@ fn a_failed_create_changes_nothing() {
     array.stop();
 }
 
+/// The legs made into an array with a bitmap file on an ext4 (on a loop
+/// device of the test's) that is then mounted read-only, from a read-only
+/// loop device. Returns what keeps it mounted, and the bitmap file.
+fn bitmap_on_a_read_only_fs(legs: &Legs) -> ((LoopDevice, MountedFs), PathBuf) {
+    let image = legs.dir().join("ro-fs.img");
+    sparse_file_or_panic(&image, 16 * MIB);
+    let fs_dir = legs.dir().join("rofs");
+    let bitmap = fs_dir.join("md.bitmap");
+    {
+        let dev = LoopDevice::attach(&image).unwrap();
+        Mkfs::ext4(dev.path(), 4096).unwrap();
+        let _m = MountedFs::mount(dev.path(), &fs_dir).unwrap();
+        create_with_bitmap(legs, &bitmap, &[]);
+    }
+    let dev = LoopDevice::attach_read_only(&image).unwrap();
+    let mount = MountedFs::mount_read_only(dev.path(), &fs_dir).unwrap();
+    ((dev, mount), bitmap)
+}
+
 fn sparse_file_or_panic(p: &Path, size: u64) {
     common::loopdev::sparse_file(p, size).unwrap();
 }
@@ -1010,10 +1000,7 @@ fn refuses_a_second_mount_in_use() {
     if !needs_root("refuses_a_second_mount_in_use") {
         return;
     }
-    let fs = ScratchFs::ext4(4096).unwrap();
-    let legs = Legs::temp(32 * MIB);
-    let bitmap = fs.path("md.bitmap");
-    create_with_bitmap(&legs, &bitmap, &[]);
+    let (_fs, legs, bitmap) = array_with_bitmap();
     // Copies of the legs: the same array (UUID), legs not locked, so only
     // the bitmap file's lock can refuse them.
     let copies = Legs::temp(0);
@@ -1167,10 +1154,7 @@ fn refuses_bitmap_on_device_set_read_only() {
     if !needs_root("refuses_bitmap_on_device_set_read_only") {
         return;
     }
-    let fs = ScratchFs::ext4(4096).unwrap();
-    let legs = Legs::temp(32 * MIB);
-    let bitmap = fs.path("md.bitmap");
-    create_with_bitmap(&legs, &bitmap, &[]);
+    let (fs, legs, bitmap) = array_with_bitmap();
     run("sync", &[]).unwrap();
     let before = Untouched::record(&legs, &bitmap);
     let dev = path_str(fs.device()).to_string();
@@ -1213,18 +1197,7 @@ fn read_only_filesystem_message_names_the_real_cause() {
         return;
     }
     let legs = Legs::temp(32 * MIB);
-    let image = legs.dir().join("ro-fs.img");
-    sparse_file_or_panic(&image, 16 * MIB);
-    let fs_dir = legs.dir().join("rofs");
-    let bitmap = fs_dir.join("md.bitmap");
-    {
-        let dev = LoopDevice::attach(&image).unwrap();
-        Mkfs::ext4(dev.path(), 4096).unwrap();
-        let _m = MountedFs::mount(dev.path(), &fs_dir).unwrap();
-        create_with_bitmap(&legs, &bitmap, &[]);
-    }
-    let dev = LoopDevice::attach_read_only(&image).unwrap();
-    let _m = MountedFs::mount_read_only(dev.path(), &fs_dir).unwrap();
+    let (_ro_fs, bitmap) = bitmap_on_a_read_only_fs(&legs);
     let text = assert_refused(
         &legs,
         &legs.mountpoint("mnt"),
