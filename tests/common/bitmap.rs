@@ -79,11 +79,28 @@ pub fn parse_ranges(list: &str) -> Vec<u64> {
         .collect()
 }
 
+/// Whether the file's immutable flag (`chattr +i`) is set (FS_IOC_GETFLAGS).
 pub fn is_immutable(path: &Path) -> bool {
-    let out = run("lsattr", &[path_str(path)]).expect("lsattr");
-    out.split_whitespace()
-        .next()
-        .is_some_and(|flags| flags.contains('i'))
+    const FS_IOC_GETFLAGS: u64 = 0x8008_6601;
+    const FS_IMMUTABLE_FL: i32 = 0x10;
+    let f = std::fs::File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    let mut flags: libc::c_int = 0;
+    // SAFETY: FS_IOC_GETFLAGS writes one int.
+    let rc = unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(&f),
+            FS_IOC_GETFLAGS as _,
+            &mut flags,
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "FS_IOC_GETFLAGS {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
+    flags & FS_IMMUTABLE_FL != 0
 }
 
 /// One extent from `filefrag -v`, in bytes.
@@ -152,6 +169,7 @@ pub fn pattern(offset: u64, tag: u64) -> Vec<u8> {
     v
 }
 
+/// The file's modification time (to show that raw writes leave it alone).
 pub fn mtime(path: &Path) -> std::time::SystemTime {
     std::fs::metadata(path)
         .and_then(|m| m.modified())
