@@ -11,13 +11,6 @@ use std::process::Output;
 
 const MIB: u64 = 1 << 20;
 
-fn tempdir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("mdfuse-cli")
-        .tempdir()
-        .expect("tempdir")
-}
-
 /// sha256 of every leg that exists, to show a refusal changed nothing.
 fn fingerprint(paths: &[PathBuf]) -> Vec<Option<String>> {
     paths
@@ -191,7 +184,7 @@ fn mount_with_a_bad_magic_is_refused() {
     }
     let _ = corrupt_superblock_is_refused(0, "magic");
     // examine names the leg and the cause as well.
-    let dir = tempdir();
+    let dir = tempdir("mdfuse-cli");
     let leg = dir.path().join("zeros.img");
     sparse_file(&leg, MIB).unwrap();
     let o = mdfuse_with(&["examine"], &[&leg]);
@@ -301,7 +294,7 @@ fn create_over_other_md_superblocks_is_refused() {
     if !needs_root("create_over_other_md_superblocks_is_refused") {
         return;
     }
-    let dir = tempdir();
+    let dir = tempdir("mdfuse-cli");
     let size = 32 * MIB + 12 * 1024;
     let sectors = size / 512;
     let cases = [
@@ -352,7 +345,7 @@ fn create_on_a_too_small_leg_is_refused() {
     if !needs_root("create_on_a_too_small_leg_is_refused") {
         return;
     }
-    let dir = tempdir();
+    let dir = tempdir("mdfuse-cli");
     let big = dir.path().join("big.img");
     let small = dir.path().join("small.img");
     sparse_file(&big, 32 * MIB).unwrap();
@@ -371,7 +364,7 @@ fn create_with_one_leg_is_refused() {
     if !needs_root("create_with_one_leg_is_refused") {
         return;
     }
-    let dir = tempdir();
+    let dir = tempdir("mdfuse-cli");
     let legs = Legs::new(dir.path(), 1, 32 * MIB);
     create_refused("create with one leg", &legs, &[], &["at least 2 legs"]);
 }
@@ -406,7 +399,7 @@ fn stop_without_a_mount_is_refused() {
     if !needs_root("stop_without_a_mount_is_refused") {
         return;
     }
-    let dir = tempdir();
+    let dir = tempdir("mdfuse-cli");
     let o = mdfuse_with(&["stop"], &[dir.path()]);
     assert_refused(
         "stop on a plain directory",
@@ -422,7 +415,7 @@ fn detached_mount_with_relative_paths() {
     if !needs_root("detached_mount_with_relative_paths") {
         return;
     }
-    let dir = tempdir();
+    let dir = tempdir("mdfuse-cli");
     let legs = Legs::new(dir.path(), 2, 32 * MIB);
     create(&legs, &[]);
     std::fs::create_dir(dir.path().join("m")).unwrap();
@@ -447,7 +440,7 @@ fn detached_mount_option_value_named_like_a_file() {
     if !needs_root("detached_mount_option_value_named_like_a_file") {
         return;
     }
-    let dir = tempdir();
+    let dir = tempdir("mdfuse-cli");
     let legs = Legs::new(dir.path(), 2, 32 * MIB);
     create(&legs, &[]);
     std::fs::create_dir(dir.path().join("m")).unwrap();

@@ -739,8 +739,7 @@ fn a_full_recovery_shows_as_md_shows_it() {
     let (l0, l1) = (fx.leg_name(0), fx.leg_name(1));
     let legs = [l0.clone(), l1.clone()];
     m.fill_random(0, ARRAY_BYTES as usize, 42);
-    m.set_md(&format!("dev-{l1}/state"), "faulty");
-    m.set_md(&format!("dev-{l1}/state"), "remove");
+    m.fail_and_remove(&l1);
     m.set_md("sync_speed_max", "2000");
     m.set_md("new_dev", &format!("re-add {}", fx.legs.path(1).display()));
     let mut reached = BTreeSet::new();

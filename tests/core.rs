@@ -15,13 +15,6 @@ use std::process::Command;
 
 const MIB: u64 = 1 << 20;
 
-fn tempdir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("mdfuse-core")
-        .tempdir()
-        .expect("tempdir")
-}
-
 /// Asserts every leg's data region equals `expected`.
 fn assert_legs_hold(legs: &Legs, expected: &[u8]) {
     let want = sha256_bytes(expected);
@@ -178,7 +171,7 @@ fn mdadm_examine_reads_our_superblocks() {
     if !needs_root("mdadm_examine_reads_our_superblocks") {
         return;
     }
-    let dir = tempdir();
+    let dir = tempdir("mdfuse-core");
     let legs = Legs::new(dir.path(), 2, 32 * MIB);
     let created = create(&legs, &["--name", "examined"]);
     let mut events_before = Vec::new();
@@ -223,7 +216,7 @@ fn mdadm_examine_reads_our_superblocks() {
     assert_eq!(events_of(legs.path(0)), events_of(legs.path(1)));
 
     // Three legs.
-    let dir3 = tempdir();
+    let dir3 = tempdir("mdfuse-core");
     let legs3 = Legs::new(dir3.path(), 3, 32 * MIB);
     let c3 = create(&legs3, &["--name", "three"]);
     for (slot, leg) in legs3.paths.iter().enumerate() {
@@ -463,7 +456,7 @@ fn kernel_fixture_clean_reads_as_the_kernel_did() {
     if !needs_root("kernel_fixture_clean_reads_as_the_kernel_did") {
         return;
     }
-    let dir = tempdir();
+    let dir = tempdir("mdfuse-core");
     let (legs, want) = md_fixture("a-clean", dir.path());
     let mnt = dir.path().join("mnt");
     let array = MountedArray::mount(&legs, &mnt, &["--ro"]);
@@ -492,7 +485,7 @@ fn kernel_fixture_degraded_starts_degraded_and_serves_current_leg() {
     if !needs_root("kernel_fixture_degraded_starts_degraded_and_serves_current_leg") {
         return;
     }
-    let dir = tempdir();
+    let dir = tempdir("mdfuse-core");
     let (legs, want) = md_fixture("b-degraded-dirty", dir.path());
     let mnt = dir.path().join("mnt");
     let before = legs.sha256s();
@@ -880,7 +873,7 @@ fn three_legs_degraded_run_then_the_missing_leg_is_stale() {
     if !needs_root("three_legs_degraded_run_then_the_missing_leg_is_stale") {
         return;
     }
-    let dir = tempdir();
+    let dir = tempdir("mdfuse-core");
     let legs = Legs::new(dir.path(), 3, 32 * MIB);
     create(&legs, &["--name", "three"]);
     let two = Legs::from_paths(legs.paths[..2].to_vec());
@@ -952,7 +945,7 @@ fn stop_waits_even_when_the_first_leg_was_left_out() {
     if !needs_root("stop_waits_even_when_the_first_leg_was_left_out") {
         return;
     }
-    let dir = tempdir();
+    let dir = tempdir("mdfuse-core");
     let (fixture, _) = md_fixture("b-degraded-dirty", dir.path());
     // The stale leg first.
     let legs = Legs::from_paths(fixture.paths.iter().rev().cloned().collect());
@@ -965,7 +958,7 @@ fn block_device_legs() {
     if !needs_root("block_device_legs") {
         return;
     }
-    let dir = tempdir();
+    let dir = tempdir("mdfuse-core");
     let files = Legs::new(dir.path(), 2, 32 * MIB);
     let loops: Vec<LoopDevice> = files.paths.iter().map(|p| attach_loop_rw(p)).collect();
     let legs = Legs::from_paths(loops.iter().map(|l| l.path().to_owned()).collect());
@@ -1016,7 +1009,7 @@ fn a_block_device_in_use_is_refused_as_a_leg() {
     if !needs_root("a_block_device_in_use_is_refused_as_a_leg") {
         return;
     }
-    let dir = tempdir();
+    let dir = tempdir("mdfuse-core");
     let files = Legs::new(dir.path(), 2, 32 * MIB);
     let loops: Vec<LoopDevice> = files.paths.iter().map(|p| attach_loop_rw(p)).collect();
     let legs = Legs::from_paths(loops.iter().map(|l| l.path().to_owned()).collect());

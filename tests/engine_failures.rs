@@ -10,7 +10,7 @@ mod common;
 use common::faultyfs::FaultyFs;
 use common::io::{open_direct, read_direct, AlignedVec};
 use common::loopdev::needs_root;
-use common::mdfuse::{self as h, wait_for, Legs, MountedArray};
+use common::mdfuse::{self as h, tempdir, wait_for, Legs, MountedArray};
 use common::rng::Rng;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
@@ -18,13 +18,6 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 const MIB: u64 = 1 << 20;
-
-fn tempdir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("mdfuse-engine-failures-")
-        .tempdir()
-        .expect("tempdir")
-}
 
 fn open_image(m: &MountedArray) -> std::fs::File {
     std::fs::OpenOptions::new()
@@ -49,7 +42,7 @@ struct FaultyArray {
 
 impl FaultyArray {
     fn new(size: u64, create_args: &[&str]) -> FaultyArray {
-        let tmp = tempdir();
+        let tmp = tempdir("mdfuse-engine-failures-");
         let dir = tmp.path().to_path_buf();
         let good = dir.join("leg0.img");
         common::loopdev::sparse_file(&good, size).expect("leg0");
@@ -78,6 +71,15 @@ impl FaultyArray {
     /// Bytes of leg1's bad ranges not rewritten yet.
     fn bad_bytes_left(&self) -> u64 {
         self.faulty.bad_bytes_left(BAD_LEG)
+    }
+
+    /// After reads over leg1's bad range: a read failed there (`unseen`
+    /// says why the test proves nothing otherwise), md rewrote the range
+    /// from leg0, and leg1 stays in sync.
+    fn assert_corrected(&self, m: &MountedArray, unseen: &str) {
+        assert!(self.failed_reads() >= 1, "{unseen}");
+        assert_eq!(self.bad_bytes_left(), 0, "the bad range was rewritten");
+        assert_eq!(m.md("dev-leg1.img/state"), "in_sync", "{}", m.log());
     }
 
     fn mount(&self, extra: &[&str]) -> MountedArray {
@@ -129,12 +131,10 @@ fn a_read_error_is_corrected_from_the_other_leg_and_the_leg_stays_in_sync() {
             "a read returned wrong data"
         );
     }
-    assert!(
-        a.failed_reads() >= 1,
-        "no read reached the bad range on leg1: the test proves nothing"
+    a.assert_corrected(
+        &m,
+        "no read reached the bad range on leg1: the test proves nothing",
     );
-    assert_eq!(a.bad_bytes_left(), 0, "the bad range was rewritten");
-    assert_eq!(m.md("dev-leg1.img/state"), "in_sync", "{}", m.log());
     let errors: u64 = m.md("dev-leg1.img/errors").parse().expect("errors");
     assert!(errors >= 8, "errors counts the corrected sectors: {errors}");
     assert_eq!(m.md("degraded"), "0");
@@ -163,12 +163,10 @@ fn a_read_error_in_a_split_read_is_corrected_too() {
         got == data[(2 * MIB) as usize..(3 * MIB) as usize],
         "a split read returned wrong data"
     );
-    assert!(
-        a.failed_reads() >= 1,
-        "leg1 was not asked for its piece: the read was not split"
+    a.assert_corrected(
+        &m,
+        "leg1 was not asked for its piece: the read was not split",
     );
-    assert_eq!(a.bad_bytes_left(), 0, "the bad range was rewritten");
-    assert_eq!(m.md("dev-leg1.img/state"), "in_sync", "{}", m.log());
     m.stop();
 }
 
@@ -294,7 +292,7 @@ struct BitmapArray {
 
 impl BitmapArray {
     fn new(leg_size: u64) -> BitmapArray {
-        let dir = tempdir();
+        let dir = tempdir("mdfuse-engine-failures-");
         let fs = common::loopdev::ScratchFs::ext4(4096).expect("ext4 for the bitmap");
         let legs = Legs::new(dir.path(), 2, leg_size);
         let bitmap = fs.path("md.bitmap");
@@ -337,10 +335,7 @@ fn a_re_add_copies_what_was_written_while_degraded_and_no_more() {
     let m = a.mount(&[]);
     m.fill_random(0, 8 * MIB as usize, 10);
     a.wait_bitmap_clean();
-    m.write_md("dev-leg1.img/state", "faulty")
-        .expect("fail leg1");
-    m.write_md("dev-leg1.img/state", "remove")
-        .expect("remove leg1");
+    m.fail_and_remove("leg1.img");
     // 3 MiB written while degraded, 64 KiB-chunk aligned.
     m.fill_random(16 * MIB, 3 * MIB as usize, 11);
     m.write_md("new_dev", &format!("re-add {}", a.leg(1)))
@@ -374,10 +369,7 @@ fn writes_racing_a_re_add_all_reach_the_returning_leg() {
     let a = BitmapArray::new(64 * MIB);
     let m = a.mount(&[]);
     m.fill_random(0, MIB as usize, 20);
-    m.write_md("dev-leg1.img/state", "faulty")
-        .expect("fail leg1");
-    m.write_md("dev-leg1.img/state", "remove")
-        .expect("remove leg1");
+    m.fail_and_remove("leg1.img");
     // Writers go on, all over the array, while the leg comes back.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writers: Vec<_> = (0..4u64)
@@ -417,7 +409,7 @@ fn a_refused_re_add_through_dev_state_leaves_the_leg_where_it_was() {
     if !needs_root("a_refused_re_add_through_dev_state_leaves_the_leg_where_it_was") {
         return;
     }
-    let dir = tempdir();
+    let dir = tempdir("mdfuse-engine-failures-");
     let legs = Legs::new(dir.path(), 3, 64 * MIB);
     h::create(&legs, &[]);
     let m = MountedArray::mount(&legs, &dir.path().join("mnt"), &[]);
@@ -463,11 +455,7 @@ fn examine(leg: &std::path::Path, key: &str) -> Option<String> {
 
 /// Sectors done of the running sync, from md/sync_completed ("none" = 0).
 fn sync_done(m: &MountedArray) -> u64 {
-    m.md("sync_completed")
-        .split(" / ")
-        .next()
-        .and_then(|d| d.parse().ok())
-        .unwrap_or(0)
+    m.sync_completed().map_or(0, |(done, _)| done)
 }
 
 /// A no-bitmap array of `leg_size` legs, written to and then killed: the
@@ -488,7 +476,7 @@ fn sync_action_idle_restarts_an_owed_resync_and_frozen_holds_it() {
     if !needs_root("sync_action_idle_restarts_an_owed_resync_and_frozen_holds_it") {
         return;
     }
-    let dir = tempdir();
+    let dir = tempdir("mdfuse-engine-failures-");
     let legs = unclean_array(dir.path(), 512 * MIB);
     let m = MountedArray::mount(&legs, &dir.path().join("mnt"), &[]);
     m.write_md("sync_speed_max", "5000")
@@ -550,17 +538,12 @@ fn a_resync_interrupted_by_a_crash_resumes_near_its_checkpoint() {
     if !needs_root("a_resync_interrupted_by_a_crash_resumes_near_its_checkpoint") {
         return;
     }
-    let dir = tempdir();
+    let dir = tempdir("mdfuse-engine-failures-");
     let legs = unclean_array(dir.path(), 256 * MIB);
     let m = MountedArray::mount(&legs, &dir.path().join("mnt"), &[]);
     m.write_md("sync_speed_max", "40000")
         .expect("slow the resync");
-    let total: u64 = m
-        .md("sync_completed")
-        .split(" / ")
-        .nth(1)
-        .and_then(|t| t.parse().ok())
-        .expect("a resync runs");
+    let (_, total) = m.sync_completed().expect("a resync runs");
     // Past three of md's 1/16 checkpoints, then a crash.
     wait_for("the resync to pass 3/16", Duration::from_secs(60), || {
         sync_done(&m) > total * 3 / 16
@@ -587,10 +570,9 @@ fn safe_mode_records_an_idle_array_clean_so_a_crash_needs_no_resync() {
     if !needs_root("safe_mode_records_an_idle_array_clean_so_a_crash_needs_no_resync") {
         return;
     }
-    let dir = tempdir();
-    let legs = Legs::new(dir.path(), 2, 32 * MIB);
+    let legs = Legs::temp(32 * MIB);
     h::create(&legs, &[]);
-    let mnt = dir.path().join("mnt");
+    let mnt = legs.mountpoint("mnt");
     let m = MountedArray::mount(&legs, &mnt, &[]);
     assert_eq!(m.md("safe_mode_delay"), "0.200", "md's default");
     m.write_md("safe_mode_delay", "3")
@@ -642,7 +624,7 @@ fn legs_with_the_same_file_name_are_refused_and_a_tiny_leg_is_too_small() {
     if !needs_root("legs_with_the_same_file_name_are_refused_and_a_tiny_leg_is_too_small") {
         return;
     }
-    let dir = tempdir();
+    let dir = tempdir("mdfuse-engine-failures-");
     for sub in ["a", "b"] {
         std::fs::create_dir(dir.path().join(sub)).expect("dir");
     }
@@ -664,8 +646,7 @@ fn legs_with_the_same_file_name_are_refused_and_a_tiny_leg_is_too_small() {
     ]);
     h::create(&legs, &[]);
     let m = MountedArray::mount(&legs, &dir.path().join("mnt"), &[]);
-    m.write_md("dev-other.img/state", "faulty").expect("fail");
-    m.write_md("dev-other.img/state", "remove").expect("remove");
+    m.fail_and_remove("other.img");
     // A new leg named like the remaining one is refused.
     std::fs::create_dir(dir.path().join("c")).expect("dir");
     let clash = dir.path().join("c/leg.img");
@@ -692,14 +673,13 @@ fn a_spare_is_left_out_of_assembly_and_a_recovering_leg_shows_its_slot() {
     if !needs_root("a_spare_is_left_out_of_assembly_and_a_recovering_leg_shows_its_slot") {
         return;
     }
-    let dir = tempdir();
+    let dir = tempdir("mdfuse-engine-failures-");
     let all = Legs::new(dir.path(), 3, 128 * MIB);
     let pair = Legs::from_paths(all.paths[..2].to_vec());
     h::create(&pair, &[]);
     let mnt = dir.path().join("mnt");
     let m = MountedArray::mount(&pair, &mnt, &[]);
-    m.write_md("dev-leg1.img/state", "faulty").expect("fail");
-    m.write_md("dev-leg1.img/state", "remove").expect("remove");
+    m.fail_and_remove("leg1.img");
     m.write_md("sync_speed_max", "2000").expect("slow");
     m.write_md("new_dev", &all.path(2).display().to_string())
         .expect("add leg2");
@@ -730,7 +710,7 @@ fn a_resync_goes_on_past_a_leg_that_fails_under_it() {
     if !needs_root("a_resync_goes_on_past_a_leg_that_fails_under_it") {
         return;
     }
-    let tmp = tempdir();
+    let tmp = tempdir("mdfuse-engine-failures-");
     let dir = tmp.path();
     let size = 32 * MIB;
     for name in ["leg0.img", "leg2.img"] {
@@ -787,14 +767,12 @@ fn a_re_added_leg_is_marked_recovering_on_its_disk_and_an_interrupted_recovery_r
     ) {
         return;
     }
-    let dir = tempdir();
-    let legs = Legs::new(dir.path(), 2, 128 * MIB);
+    let legs = Legs::temp(128 * MIB);
     h::create(&legs, &[]);
-    let mnt = dir.path().join("mnt");
+    let mnt = legs.mountpoint("mnt");
     let m = MountedArray::mount(&legs, &mnt, &[]);
     m.fill_random(0, 2 * MIB as usize, 70);
-    m.write_md("dev-leg1.img/state", "faulty").expect("fail");
-    m.write_md("dev-leg1.img/state", "remove").expect("remove");
+    m.fail_and_remove("leg1.img");
     m.fill_random(4 * MIB, MIB as usize, 71);
     wait_for("safe mode", Duration::from_secs(10), || {
         m.md("array_state") == "clean"
@@ -807,12 +785,7 @@ fn a_re_added_leg_is_marked_recovering_on_its_disk_and_an_interrupted_recovery_r
         marked_recovering(legs.path(1)),
         "recovering on its own disk before the copy"
     );
-    let total: u64 = m
-        .md("sync_completed")
-        .split(" / ")
-        .nth(1)
-        .and_then(|t| t.parse().ok())
-        .expect("a recovery runs");
+    let (_, total) = m.sync_completed().expect("a recovery runs");
     wait_for("the recovery to pass 3/16", Duration::from_secs(60), || {
         sync_done(&m) > total * 3 / 16
     });
@@ -863,10 +836,9 @@ fn diverged_histories_are_refused_unless_one_is_chosen_and_the_other_is_fully_re
     ) {
         return;
     }
-    let dir = tempdir();
-    let legs = Legs::new(dir.path(), 2, 32 * MIB);
+    let legs = Legs::temp(32 * MIB);
     h::create(&legs, &[]);
-    let mnt = dir.path().join("mnt");
+    let mnt = legs.mountpoint("mnt");
     let m = MountedArray::mount(&legs, &mnt, &[]);
     m.fill_random(0, MIB as usize, 80);
     m.stop();

@@ -15,7 +15,8 @@ use common::faultyfs::FaultyFs;
 use common::io::{read_direct, AlignedVec};
 use common::loopdev::{needs_root, sparse_file, ScratchFs};
 use common::mdfuse::{
-    self as h, assert_legs_identical, path_str, wait_for, Legs, MountedArray, MD_RESYNC_BLOCK,
+    self as h, assert_legs_identical, path_str, tempdir, wait_for, Legs, MountedArray,
+    MD_RESYNC_BLOCK,
 };
 use common::rng::Rng;
 use common::workload::{self, decode, Found, Spec, Workload, BLOCK};
@@ -40,13 +41,6 @@ fn serial(test: &str) -> Option<MutexGuard<'static, ()>> {
     }
     static LOCK: Mutex<()> = Mutex::new(());
     Some(LOCK.lock().unwrap_or_else(|p| p.into_inner()))
-}
-
-fn tempdir(prefix: &str) -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix(prefix)
-        .tempdir()
-        .expect("tempdir")
 }
 
 fn sparse(path: PathBuf, size: u64) -> PathBuf {
@@ -78,13 +72,6 @@ fn stripes_of(array_bytes: u64) -> u64 {
 
 fn dev_state(m: &MountedArray, leg: &str) -> String {
     m.md(&format!("dev-{leg}/state"))
-}
-
-/// `(done, total)` sectors from md/sync_completed, None when no sync runs.
-fn sync_completed(m: &MountedArray) -> Option<(u64, u64)> {
-    let v = m.md("sync_completed");
-    let (d, t) = v.split_once(" / ")?;
-    Some((d.parse().ok()?, t.parse().ok()?))
 }
 
 /// Syncs that have ended (their log line) in the log of the mount at `m`.
@@ -1112,9 +1099,10 @@ fn a_resync_without_bitmap_stopped_partway_resumes_where_it_stopped() {
     m.set_md("sync_speed_max", "2000");
     faulty.delay_writes("leg1.img", Duration::ZERO);
     wait_for("the resync to pass 8 MiB", Duration::from_secs(60), || {
-        sync_completed(&m).is_some_and(|(done, _)| done >= 8 * MIB / 512)
+        m.sync_completed()
+            .is_some_and(|(done, _)| done >= 8 * MIB / 512)
     });
-    let (done, total) = sync_completed(&m).expect("the resync still runs");
+    let (done, total) = m.sync_completed().expect("the resync still runs");
     assert!(done < total / 2, "the resync ran too fast: {done}/{total}");
     assert!(m.mdstat().contains("resync ="), "mdstat:\n{}", m.mdstat());
     m.stop();
@@ -1153,9 +1141,9 @@ fn a_resync_without_bitmap_stopped_partway_resumes_where_it_stopped() {
     wait_for(
         "the resumed resync's first step",
         Duration::from_secs(30),
-        || sync_completed(&m).is_some_and(|(d, _)| d > 0),
+        || m.sync_completed().is_some_and(|(d, _)| d > 0),
     );
-    let (first, _) = sync_completed(&m).expect("the resync runs");
+    let (first, _) = m.sync_completed().expect("the resync runs");
     assert!(
         first >= offset && first <= offset + 8 * MIB / 512,
         "the resumed resync's progress starts at {first} sectors, not near {offset}"

@@ -88,6 +88,14 @@ pub fn assert_fails(what: &str, o: &Output) -> String {
     stderr(o)
 }
 
+/// A fresh temporary directory for a test (removed when dropped).
+pub fn tempdir(prefix: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .expect("tempdir")
+}
+
 /// Leg files: in a directory the caller owns, or in a temporary directory of
 /// their own (removed with the last clone of them).
 #[derive(Debug, Clone)]
@@ -109,10 +117,7 @@ impl Legs {
     /// Two sparse legs of `size` bytes in a fresh temporary directory, which
     /// also takes the test's mountpoints and scratch files ([`Legs::dir`]).
     pub fn temp(size: u64) -> Legs {
-        let temp = tempfile::Builder::new()
-            .prefix("mdfuse-legs")
-            .tempdir()
-            .expect("tempdir for the legs");
+        let temp = tempdir("mdfuse-legs");
         let legs = Legs::new(temp.path(), 2, size);
         Legs {
             temp: Some(Arc::new(temp)),
@@ -738,6 +743,20 @@ impl MountedArray {
     pub fn set_md(&self, rel: &str, value: &str) {
         self.write_md(rel, value)
             .unwrap_or_else(|e| panic!("{value:?} > md/{rel}: {e}\nlog:\n{}", self.log()));
+    }
+
+    /// md's way out for a leg: `faulty`, then `remove`, through
+    /// `md/dev-LEG/state` (LEG is the leg's file name).
+    pub fn fail_and_remove(&self, leg: &str) {
+        self.set_md(&format!("dev-{leg}/state"), "faulty");
+        self.set_md(&format!("dev-{leg}/state"), "remove");
+    }
+
+    /// md/sync_completed as (done, total) sectors; None when no sync runs.
+    pub fn sync_completed(&self) -> Option<(u64, u64)> {
+        let v = self.md("sync_completed");
+        let (done, total) = v.split_once(" / ")?;
+        Some((done.parse().ok()?, total.parse().ok()?))
     }
 
     /// Waits until no sync runs (md/sync_action reads idle); then `mdfuse
