@@ -2,7 +2,8 @@
 //! commands, leg files, created arrays, and mounted arrays as RAII guards. A
 //! [`MountedArray`] never leaves a mount or a daemon behind, even when the
 //! test panics, and prints the daemon's log when it does; it also reads and
-//! writes the array's `md/` control files.
+//! writes the array's `md/` control files. Then the checks tests make on
+//! legs: mdadm's view of their superblocks, their data regions, hashes.
 
 #![allow(dead_code)] // each test binary uses a different subset
 
