@@ -8,7 +8,14 @@
 mod common;
 
 use common::bitmap::*;
+use common::io::{read_direct, write_buffered_fsync, write_direct};
+use common::kmd::{self, unzstd, Manifest};
 use common::loopdev::{needs_root, run, LoopDevice, Mkfs, MountedFs, ScratchFs};
+use common::mdfuse::{
+    create, examine_field, is_mounted, mdfuse, mdfuse_stdout, path_str, poll, text, try_create,
+    Created, Legs, MountedArray,
+};
+use common::rng::Rng;
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -62,12 +69,12 @@ fn leg_bytes(leg: &Path, data_offset: u64, off: u64, len: usize) -> Vec<u8> {
 
 fn bitmap_roundtrip(fs: ScratchFs, case: Case) {
     let t0 = Instant::now();
-    let legs = Legs::new(case.leg_size);
+    let legs = Legs::temp(case.leg_size);
     let chunk_arg = case.bitmap_chunk.to_string();
     let bitmap = fs.path("md.bitmap");
     let created = if case.fragment {
-        let staged = legs.dir.path().join("staged.bitmap");
-        let c = create_array(&legs, Some(&staged), &["--bitmap-chunk", &chunk_arg]);
+        let staged = legs.dir().join("staged.bitmap");
+        let c = create_with_bitmap(&legs, &staged, &["--bitmap-chunk", &chunk_arg]);
         write_fragmented(&staged, &bitmap, &fs.path("filler"));
         assert_eq!(
             std::fs::read(&staged).unwrap(),
@@ -75,7 +82,7 @@ fn bitmap_roundtrip(fs: ScratchFs, case: Case) {
         );
         c
     } else {
-        create_array(&legs, Some(&bitmap), &["--bitmap-chunk", &chunk_arg])
+        create_with_bitmap(&legs, &bitmap, &["--bitmap-chunk", &chunk_arg])
     };
     let file_len = std::fs::metadata(&bitmap).unwrap().len();
     let exts = extents(&bitmap);
@@ -102,12 +109,11 @@ fn bitmap_roundtrip(fs: ScratchFs, case: Case) {
     assert!(dirty_in_image(&head_before).is_empty());
 
     let mnt = legs.mountpoint("mnt");
-    let array = mount_array(
-        &legs.strs(),
+    let array = MountedArray::mount(
+        &legs,
         &mnt,
-        &["--bitmap", s(&bitmap), "--delay", "1"],
-    )
-    .unwrap_or_else(|o| panic!("mount failed: {}", o.text()));
+        &["--bitmap", path_str(&bitmap), "--delay", "1"],
+    );
     assert!(is_immutable(&bitmap), "immutable flag not set while active");
     let mdstat = array.mdstat();
     assert!(mdstat.contains("bitmap:"), "{mdstat}");
@@ -130,19 +136,18 @@ fn bitmap_roundtrip(fs: ScratchFs, case: Case) {
     let through_fs = read_direct(&bitmap, 0, file_len as usize).unwrap();
     let via_device = read_via_device(&bitmap, fs.device(), file_len);
     // No cache dropping: raw writes drop their range from the page cache.
-    let mdadm_active = run("mdadm", &["-X", s(&bitmap)]).expect("mdadm -X while active");
+    let mdadm_active = run("mdadm", &["-X", path_str(&bitmap)]).expect("mdadm -X while active");
     let checked_in = written.elapsed();
     assert_eq!(listed, want, "examine-bitmap while active:\n{text}");
     assert_eq!(dirty_in_image(&through_fs), want, "O_DIRECT read via fs");
     assert_eq!(dirty_in_image(&via_device), want, "raw read via device");
     assert_eq!(through_fs, via_device);
     // The header follows the array's events (md_bitmap_update_sb).
-    let leg_examined = mdfuse(&["examine", s(&legs.paths[0])]);
+    let leg_examined = mdfuse_stdout(&["examine", path_str(&legs.paths[0])]);
     assert_eq!(
-        field(&text, "Events"),
-        field(&leg_examined.stdout, "Events"),
-        "bitmap vs leg events while active:\n{text}\n{}",
-        leg_examined.stdout
+        examine_field(&text, "Events"),
+        examine_field(&leg_examined, "Events"),
+        "bitmap vs leg events while active:\n{text}\n{leg_examined}"
     );
     assert_eq!(
         dirty_count(&mdadm_active),
@@ -188,10 +193,10 @@ fn bitmap_roundtrip(fs: ScratchFs, case: Case) {
     }
 
     // Real mdadm agrees.
-    let x = run("mdadm", &["--examine-bitmap", s(&bitmap)]).expect("mdadm -X");
-    let e = run("mdadm", &["--examine", s(&legs.paths[0])]).expect("mdadm -E");
+    let x = run("mdadm", &["--examine-bitmap", path_str(&bitmap)]).expect("mdadm -X");
+    let e = run("mdadm", &["--examine", path_str(&legs.paths[0])]).expect("mdadm -E");
     assert_eq!(
-        field(&x, "UUID").as_deref(),
+        examine_field(&x, "UUID").as_deref(),
         Some(created.uuid.as_str()),
         "{x}"
     );
@@ -200,8 +205,12 @@ fn bitmap_roundtrip(fs: ScratchFs, case: Case) {
     } else {
         format!("{} B", case.bitmap_chunk)
     };
-    assert_eq!(field(&x, "Chunksize"), Some(chunk_text), "{x}");
-    assert_eq!(field(&x, "Events"), field(&e, "Events"), "{x}\n{e}");
+    assert_eq!(examine_field(&x, "Chunksize"), Some(chunk_text), "{x}");
+    assert_eq!(
+        examine_field(&x, "Events"),
+        examine_field(&e, "Events"),
+        "{x}\n{e}"
+    );
     assert_eq!(dirty_count(&x), 0, "{x}");
     let (clean_text, clean) = examine_bitmap(&bitmap);
     assert!(clean.is_empty(), "{clean_text}");
@@ -289,19 +298,15 @@ fn buffered_reads_of_the_bitmap_follow_raw_writes() {
     if !needs_root("buffered_reads_of_the_bitmap_follow_raw_writes") {
         return;
     }
-    let fs = ScratchFs::ext4(4096).unwrap();
-    let legs = Legs::new(32 * MIB);
-    let bitmap = fs.path("md.bitmap");
-    create_array(&legs, Some(&bitmap), &[]);
-    let array = mount_array(
-        &legs.strs(),
+    let (_fs, legs, bitmap) = array_with_bitmap();
+    let array = MountedArray::mount(
+        &legs,
         &legs.mountpoint("mnt"),
-        &["--bitmap", s(&bitmap), "--delay", "0.5"],
-    )
-    .unwrap_or_else(|o| panic!("mount failed: {}", o.text()));
+        &["--bitmap", path_str(&bitmap), "--delay", "0.5"],
+    );
     // Plain reads through the page cache, no cache dropping anywhere.
     let buffered = || dirty_in_image(&std::fs::read(&bitmap).expect("read bitmap"));
-    let mdadm_dirty = || dirty_count(&run("mdadm", &["-X", s(&bitmap)]).expect("mdadm -X"));
+    let mdadm_dirty = || dirty_count(&run("mdadm", &["-X", path_str(&bitmap)]).expect("mdadm -X"));
     assert!(buffered().is_empty());
     assert_eq!(mdadm_dirty(), 0);
     write_direct(&array.image(), 5 * 65536, &pattern(5, 1)).unwrap();
@@ -366,14 +371,24 @@ fn fresh_array(
 ) -> Created {
     let chunk_arg = chunk.to_string();
     if fragment {
-        let staged = legs.dir.path().join("staged.bitmap");
-        let c = create_array(legs, Some(&staged), &["--bitmap-chunk", &chunk_arg]);
+        let staged = legs.dir().join("staged.bitmap");
+        let c = create_with_bitmap(legs, &staged, &["--bitmap-chunk", &chunk_arg]);
         write_fragmented(&staged, bitmap, &fs.path(&format!("filler{n}")));
         assert!(extents(bitmap).len() >= 3);
         c
     } else {
-        create_array(legs, Some(bitmap), &["--bitmap-chunk", &chunk_arg])
+        create_with_bitmap(legs, bitmap, &["--bitmap-chunk", &chunk_arg])
     }
+}
+
+/// An ext4 on a loop device of the test's and two 32 MiB legs made into an
+/// array with a bitmap file on it.
+fn array_with_bitmap() -> (ScratchFs, Legs, PathBuf) {
+    let fs = ScratchFs::ext4(4096).unwrap();
+    let legs = Legs::temp(32 * MIB);
+    let bitmap = fs.path("md.bitmap");
+    create_with_bitmap(&legs, &bitmap, &[]);
+    (fs, legs, bitmap)
 }
 
 /// The 4 KiB blocks (array offsets) where the legs' data regions differ,
@@ -469,34 +484,40 @@ const CRASH_WRITERS: u64 = 6;
 
 fn crash_stream(fs: ScratchFs, leg_size: u64, chunk: u64, fragment: bool) {
     let t0 = Instant::now();
-    let legs = Legs::new(leg_size);
+    let legs = Legs::temp(leg_size);
     let bitmap = fs.path("md.bitmap");
     let mut created = fresh_array(&legs, &fs, &bitmap, chunk, fragment, 0);
     let file_len = std::fs::metadata(&bitmap).unwrap().len();
     let data_offset = created.data_offset_sectors * 512;
-    let seed = Rng::seeded().next();
+    let seed = Rng::clock_seed();
     eprintln!("crash test seed {seed:#x}");
-    let mut rng = Rng::from_seed(seed);
+    let mut rng = Rng::new(seed);
     let mnt = legs.mountpoint("mnt");
     for iteration in 0..CRASH_ITERATIONS {
         // Worker threads, not io_uring, carry the legs' shares here, so
         // leg1's can be stopped (ptrace) while leg0's go on. Bits come
         // first the same way in both (start_write returns before either
         // fan-out begins).
-        let array = mount_array_env(
-            &legs.strs(),
+        let array = MountedArray::mount_env(
+            &legs,
             &mnt,
-            &["--bitmap", s(&bitmap), "--delay", "0.2", "--threads", "8"],
+            &[
+                "--bitmap",
+                path_str(&bitmap),
+                "--delay",
+                "0.2",
+                "--threads",
+                "8",
+            ],
             &[("MDFUSE_IO_URING", "off")],
-        )
-        .unwrap_or_else(|o| panic!("mount (iteration {iteration}) failed: {}", o.text()));
+        );
         let image = array.image();
         let stop = Arc::new(AtomicBool::new(false));
         let blocks = created.array_bytes / 4096;
         let writers: Vec<_> = (0..CRASH_WRITERS)
             .map(|_| {
                 let (image, stop) = (image.clone(), stop.clone());
-                let mut rng = Rng::from_seed(rng.next());
+                let mut rng = Rng::new(rng.next());
                 std::thread::spawn(move || {
                     let mut writes = 0u64;
                     while !stop.load(Ordering::Relaxed) {
@@ -518,10 +539,10 @@ fn crash_stream(fs: ScratchFs, leg_size: u64, chunk: u64, fragment: bool) {
             .collect();
         std::thread::sleep(Duration::from_millis(300 + rng.below(600)));
         // Writes now reach leg0 and wait for leg1 ...
-        let frozen = FrozenThreads::freeze(array.pid, "leg1-io");
+        let frozen = FrozenThreads::freeze(array.pid(), "leg1-io");
         std::thread::sleep(Duration::from_millis(100 + rng.below(200)));
         // ... where the kill finds them.
-        array.kill();
+        array.kill9();
         drop(frozen);
         stop.store(true, Ordering::Relaxed);
         let writes: u64 = writers.into_iter().map(|w| w.join().unwrap()).sum();
@@ -565,10 +586,8 @@ fn crash_stream(fs: ScratchFs, leg_size: u64, chunk: u64, fragment: bool) {
 
         // The next mount takes the dead daemon's flag over and resyncs the
         // dirty chunks: then the legs are identical.
-        let array = mount_array(&legs.strs(), &mnt, &["--bitmap", s(&bitmap)])
-            .unwrap_or_else(|o| panic!("remount after crash {iteration} failed: {}", o.text()));
-        let waited = mdfuse(&["wait", s(&mnt)]);
-        assert!(waited.ok, "mdfuse wait: {}", waited.text());
+        let array = MountedArray::mount(&legs, &mnt, &["--bitmap", path_str(&bitmap)]);
+        mdfuse_stdout(&["wait", path_str(&mnt)]);
         array.stop();
         assert!(
             !is_immutable(&bitmap),
@@ -600,20 +619,6 @@ struct Untouched {
     bitmap_ctime: (i64, i64),
 }
 
-fn leg_hashes(legs: &Legs) -> Vec<String> {
-    legs.paths
-        .iter()
-        .map(|p| {
-            run("sha256sum", &[s(p)])
-                .expect("sha256sum")
-                .split_whitespace()
-                .next()
-                .expect("sha256sum output")
-                .to_string()
-        })
-        .collect()
-}
-
 /// The whole file, read with O_DIRECT (what is on disk, not a cache).
 fn read_whole_direct(path: &Path) -> Vec<u8> {
     let len = std::fs::metadata(path).expect("stat").len() as usize;
@@ -621,7 +626,7 @@ fn read_whole_direct(path: &Path) -> Vec<u8> {
 }
 
 fn attrs(path: &Path) -> String {
-    let out = run("lsattr", &[s(path)]).expect("lsattr");
+    let out = run("lsattr", &[path_str(path)]).expect("lsattr");
     out.split_whitespace().next().unwrap_or("").to_string()
 }
 
@@ -634,7 +639,7 @@ fn ctime(path: &Path) -> (i64, i64) {
 impl Untouched {
     fn record(legs: &Legs, bitmap: &Path) -> Untouched {
         Untouched {
-            leg_hashes: leg_hashes(legs),
+            leg_hashes: legs.sha256s(),
             bitmap: bitmap.to_path_buf(),
             bitmap_bytes: read_whole_direct(bitmap),
             bitmap_attrs: attrs(bitmap),
@@ -647,7 +652,7 @@ impl Untouched {
         // reaches the legs first.
         run("sync", &[]).expect("sync");
         assert!(
-            self.leg_hashes == leg_hashes(legs),
+            self.leg_hashes == legs.sha256s(),
             "a leg was written (its sha256 changed)"
         );
         assert!(
@@ -671,6 +676,25 @@ impl Untouched {
     }
 }
 
+/// A mount of `legs` with `bitmap` (and `extra` options) must be refused,
+/// naming the bitmap file and saying `needles`, and must leave the legs and
+/// the bitmap file untouched; returns the message.
+fn refused_untouched(
+    what: &str,
+    legs: &Legs,
+    bitmap: &Path,
+    extra: &[&str],
+    needles: &[&str],
+) -> String {
+    let before = Untouched::record(legs, bitmap);
+    let mut args = vec!["--bitmap", path_str(bitmap)];
+    args.extend_from_slice(extra);
+    let text = assert_refused(legs, &legs.mountpoint("mnt"), &args, bitmap, needles);
+    eprintln!("{what}: {text}");
+    before.check(legs);
+    text
+}
+
 /// Mounts and expects a refusal naming the file and saying `needles`.
 fn assert_refused(
     legs: &Legs,
@@ -679,14 +703,14 @@ fn assert_refused(
     file: &Path,
     needles: &[&str],
 ) -> String {
-    match mount_array(&legs.strs(), mnt, extra) {
+    match MountedArray::try_mount(legs, mnt, extra) {
         Ok(a) => {
-            let log = a.log_text();
+            let log = a.log();
             a.stop();
             panic!("mount should have been refused; log:\n{log}");
         }
         Err(o) => {
-            let text = o.text();
+            let text = text(&o);
             let name = file.file_name().unwrap().to_string_lossy();
             assert!(
                 text.contains(&*name),
@@ -707,26 +731,21 @@ fn refuses_bitmap_with_a_hole() {
         return;
     }
     let fs = ScratchFs::ext4(4096).unwrap();
-    let legs = Legs::new(64 * MIB);
-    let staged = legs.dir.path().join("staged.bitmap");
-    create_array(&legs, Some(&staged), &["--bitmap-chunk", "512"]);
+    let legs = Legs::temp(64 * MIB);
+    let staged = legs.dir().join("staged.bitmap");
+    create_with_bitmap(&legs, &staged, &["--bitmap-chunk", "512"]);
     let bitmap = fs.path("holey.bitmap");
     std::fs::copy(&staged, &bitmap).unwrap();
-    run("fallocate", &["-p", "-o", "4096", "-l", "8192", s(&bitmap)]).unwrap();
+    run(
+        "fallocate",
+        &["-p", "-o", "4096", "-l", "8192", path_str(&bitmap)],
+    )
+    .unwrap();
     assert_eq!(
         std::fs::read(&staged).unwrap(),
         std::fs::read(&bitmap).unwrap()
     );
-    let before = Untouched::record(&legs, &bitmap);
-    let text = assert_refused(
-        &legs,
-        &legs.mountpoint("mnt"),
-        &["--bitmap", s(&bitmap)],
-        &bitmap,
-        &["hole"],
-    );
-    eprintln!("hole: {text}");
-    before.check(&legs);
+    refused_untouched("hole", &legs, &bitmap, &[], &["hole"]);
 }
 
 #[test]
@@ -734,28 +753,24 @@ fn refuses_bitmap_on_tmpfs_unless_file_io() {
     if !needs_root("refuses_bitmap_on_tmpfs_unless_file_io") {
         return;
     }
-    let legs = Legs::new(32 * MIB);
-    let tmp = MountedFs::tmpfs(&legs.dir.path().join("tmpfs"), 8).unwrap();
+    let legs = Legs::temp(32 * MIB);
+    let tmp = MountedFs::tmpfs(&legs.dir().join("tmpfs"), 8).unwrap();
     let bitmap = tmp.dir().join("md.bitmap");
-    create_array(&legs, Some(&bitmap), &[]);
-    let before = Untouched::record(&legs, &bitmap);
+    create_with_bitmap(&legs, &bitmap, &[]);
     let mnt = legs.mountpoint("mnt");
-    let text = assert_refused(
+    refused_untouched("tmpfs", &legs, &bitmap, &[], &["tmpfs", "--bitmap-file-io"]);
+
+    let array = MountedArray::mount(
         &legs,
         &mnt,
-        &["--bitmap", s(&bitmap)],
-        &bitmap,
-        &["tmpfs", "--bitmap-file-io"],
+        &[
+            "--bitmap",
+            path_str(&bitmap),
+            "--bitmap-file-io",
+            "--delay",
+            "0.3",
+        ],
     );
-    eprintln!("tmpfs: {text}");
-    before.check(&legs);
-
-    let array = mount_array(
-        &legs.strs(),
-        &mnt,
-        &["--bitmap", s(&bitmap), "--bitmap-file-io", "--delay", "0.3"],
-    )
-    .unwrap_or_else(|o| panic!("--bitmap-file-io mount failed: {}", o.text()));
     let mdstat = array.mdstat();
     assert!(mdstat.contains("file I/O"), "{mdstat}");
     write_direct(&array.image(), 5 * 65536, &pattern(5, 1)).unwrap();
@@ -764,7 +779,7 @@ fn refuses_bitmap_on_tmpfs_unless_file_io() {
         .1
         .is_empty()));
     array.stop();
-    let x = run("mdadm", &["-X", s(&bitmap)]).unwrap();
+    let x = run("mdadm", &["-X", path_str(&bitmap)]).unwrap();
     assert_eq!(dirty_count(&x), 0, "{x}");
 }
 
@@ -774,22 +789,19 @@ fn refuses_bitmap_of_another_array() {
         return;
     }
     let fs = ScratchFs::ext4(4096).unwrap();
-    let legs_a = Legs::new(32 * MIB);
-    let legs_b = Legs::new(32 * MIB);
+    let legs_a = Legs::temp(32 * MIB);
+    let legs_b = Legs::temp(32 * MIB);
     let bitmap_a = fs.path("a.bitmap");
     let bitmap_b = fs.path("b.bitmap");
-    create_array(&legs_a, Some(&bitmap_a), &[]);
-    let b = create_array(&legs_b, Some(&bitmap_b), &[]);
-    let before = Untouched::record(&legs_a, &bitmap_b);
-    let text = assert_refused(
+    create_with_bitmap(&legs_a, &bitmap_a, &[]);
+    let b = create_with_bitmap(&legs_b, &bitmap_b, &[]);
+    refused_untouched(
+        "other array",
         &legs_a,
-        &legs_a.mountpoint("mnt"),
-        &["--bitmap", s(&bitmap_b)],
         &bitmap_b,
+        &[],
         &["belongs to array", &b.uuid],
     );
-    eprintln!("other array: {text}");
-    before.check(&legs_a);
 }
 
 #[test]
@@ -797,11 +809,11 @@ fn refuses_bitmap_inside_the_array() {
     if !needs_root("refuses_bitmap_inside_the_array") {
         return;
     }
-    let legs = Legs::new(64 * MIB);
-    let staged = legs.dir.path().join("staged.bitmap");
-    let created = create_array(&legs, Some(&staged), &[]);
+    let legs = Legs::temp(64 * MIB);
+    let staged = legs.dir().join("staged.bitmap");
+    let created = create_with_bitmap(&legs, &staged, &[]);
     // A filesystem on leg0's data region: what the array itself serves.
-    let inner = OffsetLoop::attach(&legs.paths[0], created.data_offset_sectors * 512);
+    let inner = LoopDevice::attach_at(&legs.paths[0], created.data_offset_sectors * 512).unwrap();
     // No lazy initialisation and no atime updates: an idle inner filesystem
     // writes nothing to leg0, so the leg's hash shows any change we make.
     run(
@@ -813,13 +825,13 @@ fn refuses_bitmap_inside_the_array() {
             "4096",
             "-E",
             "lazy_itable_init=0,lazy_journal_init=0",
-            s(&inner.path),
+            path_str(inner.path()),
         ],
     )
     .unwrap();
     let inner_fs = MountedFs::mount_with(
-        s(&inner.path),
-        &legs.dir.path().join("inner"),
+        path_str(inner.path()),
+        &legs.dir().join("inner"),
         None,
         Some("noatime"),
     )
@@ -827,16 +839,7 @@ fn refuses_bitmap_inside_the_array() {
     let bitmap = inner_fs.dir().join("md.bitmap");
     std::fs::copy(&staged, &bitmap).unwrap();
     run("sync", &[]).unwrap();
-    let before = Untouched::record(&legs, &bitmap);
-    let text = assert_refused(
-        &legs,
-        &legs.mountpoint("mnt"),
-        &["--bitmap", s(&bitmap)],
-        &bitmap,
-        &["inside the array", "leg0"],
-    );
-    eprintln!("inside: {text}");
-    before.check(&legs);
+    refused_untouched("inside", &legs, &bitmap, &[], &["inside the array", "leg0"]);
     drop(inner_fs);
     drop(inner);
 }
@@ -850,37 +853,36 @@ fn refuses_bitmap_inside_a_mounted_mdfuse_image() {
     if !needs_root("refuses_bitmap_inside_a_mounted_mdfuse_image") {
         return;
     }
-    let legs_a = Legs::new(64 * MIB);
-    create_array(&legs_a, None, &[]);
+    let legs_a = Legs::temp(64 * MIB);
+    create(&legs_a, &[]);
     let mnt_a = legs_a.mountpoint("a");
-    let array_a = mount_array(&legs_a.strs(), &mnt_a, &[])
-        .unwrap_or_else(|o| panic!("mount of array A failed: {}", o.text()));
+    let array_a = MountedArray::mount(&legs_a, &mnt_a, &[]);
     let lo = LoopDevice::attach(&array_a.image()).unwrap();
     Mkfs::ext4(lo.path(), 4096).unwrap();
-    let inner = MountedFs::mount(lo.path(), &legs_a.dir.path().join("inner")).unwrap();
-    let legs_b = Legs::new(32 * MIB);
+    let inner = MountedFs::mount(lo.path(), &legs_a.dir().join("inner")).unwrap();
+    let legs_b = Legs::temp(32 * MIB);
     let bitmap = inner.dir().join("b.bitmap");
-    create_array(&legs_b, Some(&bitmap), &[]);
+    create_with_bitmap(&legs_b, &bitmap, &[]);
     run("sync", &[]).unwrap();
-    let before = Untouched::record(&legs_b, &bitmap);
     for extra in [&[][..], &["--bitmap-file-io"][..]] {
-        let mut args = vec!["--bitmap", s(&bitmap)];
-        args.extend_from_slice(extra);
-        let text = assert_refused(
+        refused_untouched(
+            &format!("inside a mounted image {extra:?}"),
             &legs_b,
-            &legs_b.mountpoint("b"),
-            &args,
             &bitmap,
+            extra,
             &["FUSE-served image", "array.img"],
         );
-        eprintln!("inside a mounted image {extra:?}: {text}");
-        before.check(&legs_b);
     }
     drop(inner);
     drop(lo);
     // The loop device lets go of array.img shortly after its detach.
     assert!(
-        poll(Duration::from_secs(10), || mdfuse(&["stop", s(&mnt_a)]).ok),
+        poll(Duration::from_secs(10), || mdfuse(&[
+            "stop",
+            path_str(&mnt_a)
+        ])
+        .status
+        .success()),
         "array A did not stop"
     );
     drop(array_a);
@@ -891,30 +893,10 @@ fn refuses_bitmap_on_read_only_device() {
     if !needs_root("refuses_bitmap_on_read_only_device") {
         return;
     }
-    let legs = Legs::new(32 * MIB);
-    let image = legs.dir.path().join("ro-fs.img");
-    sparse_file_or_panic(&image, 16 * MIB);
-    let fs_dir = legs.dir.path().join("rofs");
-    let bitmap = fs_dir.join("md.bitmap");
-    {
-        let dev = LoopDevice::attach(&image).unwrap();
-        Mkfs::ext4(dev.path(), 4096).unwrap();
-        let _m = MountedFs::mount(dev.path(), &fs_dir).unwrap();
-        create_array(&legs, Some(&bitmap), &[]);
-    }
-    let dev = LoopDevice::attach_read_only(&image).unwrap();
-    let _m = MountedFs::mount_read_only(dev.path(), &fs_dir).unwrap();
-    let before = Untouched::record(&legs, &bitmap);
-    let text = assert_refused(
-        &legs,
-        &legs.mountpoint("mnt"),
-        &["--bitmap", s(&bitmap)],
-        &bitmap,
-        &[],
-    );
-    eprintln!("read-only: {text}");
+    let legs = Legs::temp(32 * MIB);
+    let (_ro_fs, bitmap) = bitmap_on_a_read_only_fs(&legs);
+    let text = refused_untouched("read-only", &legs, &bitmap, &[], &[]);
     assert!(text.to_lowercase().contains("read-only"), "{text}");
-    before.check(&legs);
 }
 
 /// `mdfuse create --bitmap` makes (and syncs) the bitmap file before it
@@ -927,23 +909,22 @@ fn a_failed_create_changes_nothing() {
         return;
     }
     let fs = ScratchFs::ext4(4096).unwrap();
-    let legs = Legs::new(32 * MIB);
+    let legs = Legs::temp(32 * MIB);
     let bitmap = fs.path("md.bitmap");
     // The legs of an existing array: a rewrite of their superblocks shows.
-    create_array(&legs, Some(&bitmap), &[]);
+    create_with_bitmap(&legs, &bitmap, &[]);
     let refused = |legs: &Legs, path: &Path, needle: &str| {
-        let mut args = vec!["create", "--force", "--bitmap", s(path)];
-        args.extend(legs.strs());
-        let hashes = leg_hashes(legs);
-        let out = mdfuse(&args);
-        assert!(!out.ok, "create with bitmap {} succeeded", path.display());
+        let hashes = legs.sha256s();
+        let out = try_create(legs, &["--force", "--bitmap", path_str(path)]);
         assert!(
-            out.text().contains(needle),
-            "message lacks {needle:?}: {}",
-            out.text()
+            !out.status.success(),
+            "create with bitmap {} succeeded",
+            path.display()
         );
-        assert!(hashes == leg_hashes(legs), "a failed create wrote a leg");
-        out.text()
+        let out = text(&out);
+        assert!(out.contains(needle), "message lacks {needle:?}: {out}");
+        assert!(hashes == legs.sha256s(), "a failed create wrote a leg");
+        out
     };
 
     let missing = fs.path("no-such-dir").join("md.bitmap");
@@ -951,11 +932,11 @@ fn a_failed_create_changes_nothing() {
     eprintln!("missing directory: {text}");
     assert!(!missing.exists());
 
-    let image = legs.dir.path().join("ro-fs.img");
+    let image = legs.dir().join("ro-fs.img");
     sparse_file_or_panic(&image, 16 * MIB);
     let ro_dev = LoopDevice::attach(&image).unwrap();
     Mkfs::ext4(ro_dev.path(), 4096).unwrap();
-    let ro = MountedFs::mount_read_only(ro_dev.path(), &legs.dir.path().join("ro")).unwrap();
+    let ro = MountedFs::mount_read_only(ro_dev.path(), &legs.dir().join("ro")).unwrap();
     let text = refused(&legs, &ro.dir().join("md.bitmap"), "Read-only");
     eprintln!("read-only filesystem: {text}");
     assert_eq!(
@@ -967,13 +948,12 @@ fn a_failed_create_changes_nothing() {
     drop(ro_dev);
 
     // The bitmap of a running array, over which other legs are created.
-    let array = mount_array(
-        &legs.strs(),
+    let array = MountedArray::mount(
+        &legs,
         &legs.mountpoint("mnt"),
-        &["--bitmap", s(&bitmap)],
-    )
-    .unwrap_or_else(|o| panic!("mount failed: {}", o.text()));
-    let other = Legs::new(32 * MIB);
+        &["--bitmap", path_str(&bitmap)],
+    );
+    let other = Legs::temp(32 * MIB);
     let before = read_whole_direct(&bitmap);
     let text = refused(&other, &bitmap, "immutable");
     eprintln!("bitmap in use: {text}");
@@ -992,6 +972,25 @@ fn a_failed_create_changes_nothing() {
     array.stop();
 }
 
+/// The legs made into an array with a bitmap file on an ext4 (on a loop
+/// device of the test's) that is then mounted read-only, from a read-only
+/// loop device. Returns what keeps it mounted, and the bitmap file.
+fn bitmap_on_a_read_only_fs(legs: &Legs) -> ((LoopDevice, MountedFs), PathBuf) {
+    let image = legs.dir().join("ro-fs.img");
+    sparse_file_or_panic(&image, 16 * MIB);
+    let fs_dir = legs.dir().join("rofs");
+    let bitmap = fs_dir.join("md.bitmap");
+    {
+        let dev = LoopDevice::attach(&image).unwrap();
+        Mkfs::ext4(dev.path(), 4096).unwrap();
+        let _m = MountedFs::mount(dev.path(), &fs_dir).unwrap();
+        create_with_bitmap(legs, &bitmap, &[]);
+    }
+    let dev = LoopDevice::attach_read_only(&image).unwrap();
+    let mount = MountedFs::mount_read_only(dev.path(), &fs_dir).unwrap();
+    ((dev, mount), bitmap)
+}
+
 fn sparse_file_or_panic(p: &Path, size: u64) {
     common::loopdev::sparse_file(p, size).unwrap();
 }
@@ -1001,28 +1000,24 @@ fn refuses_a_second_mount_in_use() {
     if !needs_root("refuses_a_second_mount_in_use") {
         return;
     }
-    let fs = ScratchFs::ext4(4096).unwrap();
-    let legs = Legs::new(32 * MIB);
-    let bitmap = fs.path("md.bitmap");
-    create_array(&legs, Some(&bitmap), &[]);
+    let (_fs, legs, bitmap) = array_with_bitmap();
     // Copies of the legs: the same array (UUID), legs not locked, so only
     // the bitmap file's lock can refuse them.
-    let copies = Legs::new(0);
+    let copies = Legs::temp(0);
     for (src, dst) in legs.paths.iter().zip(&copies.paths) {
-        run("cp", &["--sparse=always", s(src), s(dst)]).unwrap();
+        run("cp", &["--sparse=always", path_str(src), path_str(dst)]).unwrap();
     }
-    let first = mount_array(
-        &legs.strs(),
+    let first = MountedArray::mount(
+        &legs,
         &legs.mountpoint("mnt1"),
-        &["--bitmap", s(&bitmap)],
-    )
-    .unwrap_or_else(|o| panic!("first mount failed: {}", o.text()));
+        &["--bitmap", path_str(&bitmap)],
+    );
     let heads = legs.heads(8192);
     let copy_heads = copies.heads(8192);
     let text = assert_refused(
         &legs,
         &legs.mountpoint("mnt2"),
-        &["--bitmap", s(&bitmap)],
+        &["--bitmap", path_str(&bitmap)],
         &legs.paths[0],
         &["in use"],
     );
@@ -1030,7 +1025,7 @@ fn refuses_a_second_mount_in_use() {
     let text = assert_refused(
         &copies,
         &copies.mountpoint("mnt3"),
-        &["--bitmap", s(&bitmap)],
+        &["--bitmap", path_str(&bitmap)],
         &bitmap,
         &["in use"],
     );
@@ -1044,74 +1039,73 @@ fn refuses_a_second_mount_in_use() {
 
 // ---------------------------------------------------------------- fixtures
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/kernel-md");
+/// Linux md's fixture set `name` (see `common::kmd`), when the fixtures are
+/// there: its MANIFEST and its directory.
+fn fixture(name: &str) -> Option<(Manifest, PathBuf)> {
+    let set = kmd::fixture_set(name);
+    if !set.exists() {
+        eprintln!("SKIPPED: no fixtures at {}", set.display());
+        return None;
+    }
+    Some((Manifest::load(&set), set))
+}
 
-fn manifest_value(manifest: &str, key: &str) -> String {
-    manifest
-        .lines()
-        .find_map(|l| {
-            let l = l.trim_start();
-            l.strip_prefix(key)
-                .filter(|rest| rest.starts_with(' '))
-                .map(|rest| rest.trim().to_string())
-        })
-        .unwrap_or_else(|| panic!("{key} not in MANIFEST"))
+/// A fixture set's legs (copies, in a temporary directory of their own) and
+/// its bitmap file, copied onto `fs`.
+fn fixture_array(set: &Path, fs: &ScratchFs) -> (Legs, PathBuf) {
+    let legs = Legs::temp(0);
+    for (i, leg) in legs.paths.iter().enumerate() {
+        unzstd(&set.join(format!("leg{i}.img.zst")), leg);
+    }
+    let bitmap = fs.path("md0.bitmap");
+    unzstd(&set.join("md0.bitmap.zst"), &bitmap);
+    (legs, bitmap)
 }
 
 #[test]
 fn kernel_fixtures_examine_bitmap_matches_manifest() {
-    let root = Path::new(FIXTURES);
-    if !root.exists() {
-        eprintln!("SKIPPED: no fixtures at {FIXTURES}");
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
     for set in ["a-clean", "b-degraded-dirty"] {
-        let manifest = std::fs::read_to_string(root.join(set).join("MANIFEST")).unwrap();
+        let Some((manifest, set_dir)) = fixture(set) else {
+            return;
+        };
         let file = dir.path().join(format!("{set}.bitmap"));
-        unzstd(&root.join(set).join("md0.bitmap.zst"), &file);
+        unzstd(&set_dir.join("md0.bitmap.zst"), &file);
         let (text, dirty) = examine_bitmap(&file);
-        let listed = manifest
-            .lines()
-            .find_map(|l| l.strip_prefix("set in md0.bitmap (bit i of byte 256+i/8):"))
-            .expect("set in md0.bitmap line");
-        assert_eq!(dirty, parse_ranges(listed), "{set}:\n{text}");
+        assert_eq!(dirty, manifest.dirty, "{set}:\n{text}");
         assert_eq!(
-            field(&text, "UUID"),
-            Some(manifest_value(&manifest, "uuid")),
+            examine_field(&text, "UUID"),
+            Some(manifest.value("uuid")),
             "{set}"
         );
         assert_eq!(
-            field(&text, "Events"),
-            Some(manifest_value(&manifest, "events")),
+            examine_field(&text, "Events"),
+            Some(manifest.value("events")),
             "{set}"
         );
         assert_eq!(
-            field(&text, "Events Cleared"),
-            Some(manifest_value(&manifest, "events_cleared")),
+            examine_field(&text, "Events Cleared"),
+            Some(manifest.value("events_cleared")),
             "{set}"
         );
-        let chunk: u64 = manifest_value(&manifest, "chunksize").parse().unwrap();
+        let chunk: u64 = manifest.value("chunksize").parse().unwrap();
         assert_eq!(
-            field(&text, "Chunksize"),
+            examine_field(&text, "Chunksize"),
             Some(format!("{} KB", chunk / 1024))
         );
         assert_eq!(
-            field(&text, "Daemon"),
-            Some(format!(
-                "{}s flush period",
-                manifest_value(&manifest, "daemon_sleep")
-            ))
+            examine_field(&text, "Daemon"),
+            Some(format!("{}s flush period", manifest.value("daemon_sleep")))
         );
-        let nchunks = manifest_value(&manifest, "nchunks");
+        let nchunks = manifest.value("nchunks");
         assert!(
-            field(&text, "Bitmap")
+            examine_field(&text, "Bitmap")
                 .unwrap()
                 .starts_with(&format!("{nchunks} bits (chunks), {} dirty", dirty.len())),
             "{text}"
         );
         // And mdfuse renders what mdadm renders.
-        if let Ok(x) = run("mdadm", &["-X", s(&file)]) {
+        if let Ok(x) = run("mdadm", &["-X", path_str(&file)]) {
             for k in [
                 "UUID",
                 "Events",
@@ -1120,7 +1114,7 @@ fn kernel_fixtures_examine_bitmap_matches_manifest() {
                 "Sync Size",
                 "Bitmap",
             ] {
-                assert_eq!(field(&text, k), field(&x, k), "{set}: {k}");
+                assert_eq!(examine_field(&text, k), examine_field(&x, k), "{set}: {k}");
             }
         }
     }
@@ -1131,37 +1125,23 @@ fn kernel_fixture_a_clean_mounts_with_its_bitmap() {
     if !needs_root("kernel_fixture_a_clean_mounts_with_its_bitmap") {
         return;
     }
-    let set = Path::new(FIXTURES).join("a-clean");
-    if !set.exists() {
-        eprintln!("SKIPPED: no fixtures at {FIXTURES}");
+    let Some((manifest, set)) = fixture("a-clean") else {
         return;
-    }
-    let manifest = std::fs::read_to_string(set.join("MANIFEST")).unwrap();
-    let want_sha = manifest
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("md0 as read by the guest kernel (sha256sum /dev/md0, while running):")
-        })
-        .expect("md0 sha line")
-        .trim()
-        .to_string();
+    };
     let fs = ScratchFs::ext4(4096).unwrap();
-    let legs = Legs::new(0);
-    for (i, leg) in legs.paths.iter().enumerate() {
-        unzstd(&set.join(format!("leg{i}.img.zst")), leg);
-    }
-    let bitmap = fs.path("md0.bitmap");
-    unzstd(&set.join("md0.bitmap.zst"), &bitmap);
+    let (legs, bitmap) = fixture_array(&set, &fs);
     let mnt = legs.mountpoint("mnt");
-    let array = mount_array(&legs.strs(), &mnt, &["--bitmap", s(&bitmap)])
-        .unwrap_or_else(|o| panic!("fixture mount failed: {}", o.text()));
+    let array = MountedArray::mount(&legs, &mnt, &["--bitmap", path_str(&bitmap)]);
     assert!(array.mdstat().contains("64KB chunk"), "{}", array.mdstat());
-    let sum = run("sha256sum", &[s(&array.image())]).unwrap();
-    assert_eq!(sum.split_whitespace().next(), Some(want_sha.as_str()));
+    let sum = run("sha256sum", &[path_str(&array.image())]).unwrap();
+    assert_eq!(
+        sum.split_whitespace().next(),
+        Some(manifest.md0_sha.as_str())
+    );
     array.stop();
     let (text, dirty) = examine_bitmap(&bitmap);
     assert!(dirty.is_empty(), "{text}");
-    let x = run("mdadm", &["-X", s(&bitmap)]).unwrap();
+    let x = run("mdadm", &["-X", path_str(&bitmap)]).unwrap();
     assert_eq!(dirty_count(&x), 0, "{x}");
     assert!(!is_immutable(&bitmap));
 }
@@ -1174,13 +1154,10 @@ fn refuses_bitmap_on_device_set_read_only() {
     if !needs_root("refuses_bitmap_on_device_set_read_only") {
         return;
     }
-    let fs = ScratchFs::ext4(4096).unwrap();
-    let legs = Legs::new(32 * MIB);
-    let bitmap = fs.path("md.bitmap");
-    create_array(&legs, Some(&bitmap), &[]);
+    let (fs, legs, bitmap) = array_with_bitmap();
     run("sync", &[]).unwrap();
     let before = Untouched::record(&legs, &bitmap);
-    let dev = s(fs.device()).to_string();
+    let dev = path_str(fs.device()).to_string();
     run("blockdev", &["--setro", &dev]).unwrap();
     // Loop devices keep this policy after their detach: undo it even on a panic.
     struct ReadWriteAgain(String);
@@ -1190,10 +1167,10 @@ fn refuses_bitmap_on_device_set_read_only() {
         }
     }
     let rw_again = ReadWriteAgain(dev.clone());
-    let refused = mount_array(
-        &legs.strs(),
+    let refused = MountedArray::try_mount(
+        &legs,
         &legs.mountpoint("mnt"),
-        &["--bitmap", s(&bitmap)],
+        &["--bitmap", path_str(&bitmap)],
     );
     drop(rw_again);
     let text = match refused {
@@ -1201,7 +1178,7 @@ fn refuses_bitmap_on_device_set_read_only() {
             a.stop();
             panic!("a bitmap on a read-only device was accepted");
         }
-        Err(o) => o.text(),
+        Err(o) => text(&o),
     };
     eprintln!("device set read-only: {text}");
     assert!(text.contains("md.bitmap"), "{text}");
@@ -1219,23 +1196,12 @@ fn read_only_filesystem_message_names_the_real_cause() {
     if !needs_root("read_only_filesystem_message_names_the_real_cause") {
         return;
     }
-    let legs = Legs::new(32 * MIB);
-    let image = legs.dir.path().join("ro-fs.img");
-    sparse_file_or_panic(&image, 16 * MIB);
-    let fs_dir = legs.dir.path().join("rofs");
-    let bitmap = fs_dir.join("md.bitmap");
-    {
-        let dev = LoopDevice::attach(&image).unwrap();
-        Mkfs::ext4(dev.path(), 4096).unwrap();
-        let _m = MountedFs::mount(dev.path(), &fs_dir).unwrap();
-        create_array(&legs, Some(&bitmap), &[]);
-    }
-    let dev = LoopDevice::attach_read_only(&image).unwrap();
-    let _m = MountedFs::mount_read_only(dev.path(), &fs_dir).unwrap();
+    let legs = Legs::temp(32 * MIB);
+    let (_ro_fs, bitmap) = bitmap_on_a_read_only_fs(&legs);
     let text = assert_refused(
         &legs,
         &legs.mountpoint("mnt"),
-        &["--bitmap", s(&bitmap)],
+        &["--bitmap", path_str(&bitmap)],
         &bitmap,
         &["Read-only"],
     );
@@ -1253,44 +1219,25 @@ fn kernel_fixture_b_degraded_keeps_its_dirty_bits() {
     if !needs_root("kernel_fixture_b_degraded_keeps_its_dirty_bits") {
         return;
     }
-    let set = Path::new(FIXTURES).join("b-degraded-dirty");
-    if !set.exists() {
-        eprintln!("SKIPPED: no fixtures at {FIXTURES}");
+    let Some((manifest, set)) = fixture("b-degraded-dirty") else {
         return;
-    }
-    let manifest = std::fs::read_to_string(set.join("MANIFEST")).unwrap();
-    let want_sha = manifest
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("md0 as read by the guest kernel (sha256sum /dev/md0, while running):")
-        })
-        .expect("md0 sha line")
-        .trim()
-        .to_string();
-    let md_dirty = parse_ranges(
-        manifest
-            .lines()
-            .find_map(|l| l.strip_prefix("set in md0.bitmap (bit i of byte 256+i/8):"))
-            .expect("set in md0.bitmap line"),
-    );
+    };
+    let md_dirty = manifest.dirty.clone();
     let fs = ScratchFs::ext4(4096).unwrap();
-    let legs = Legs::new(0);
-    for (i, leg) in legs.paths.iter().enumerate() {
-        unzstd(&set.join(format!("leg{i}.img.zst")), leg);
-    }
-    let bitmap = fs.path("md0.bitmap");
-    unzstd(&set.join("md0.bitmap.zst"), &bitmap);
+    let (legs, bitmap) = fixture_array(&set, &fs);
     let mnt = legs.mountpoint("mnt");
-    let array = mount_array(
-        &legs.strs(),
+    let array = MountedArray::mount(
+        &legs,
         &mnt,
-        &["--run", "--bitmap", s(&bitmap), "--delay", "0.3"],
-    )
-    .unwrap_or_else(|o| panic!("fixture mount failed: {}", o.text()));
+        &["--run", "--bitmap", path_str(&bitmap), "--delay", "0.3"],
+    );
     let mdstat = array.mdstat();
     assert!(mdstat.contains("[2/1] [U_]"), "{mdstat}");
-    let sum = run("sha256sum", &[s(&array.image())]).unwrap();
-    assert_eq!(sum.split_whitespace().next(), Some(want_sha.as_str()));
+    let sum = run("sha256sum", &[path_str(&array.image())]).unwrap();
+    assert_eq!(
+        sum.split_whitespace().next(),
+        Some(manifest.md0_sha.as_str())
+    );
     assert_eq!(examine_bitmap(&bitmap).1, md_dirty);
     write_direct(&array.image(), 200 * 65536, &pattern(200, 1)).unwrap();
     let mut want: Vec<u64> = md_dirty.clone();
@@ -1306,9 +1253,13 @@ fn kernel_fixture_b_degraded_keeps_its_dirty_bits() {
     array.stop();
     let (text, dirty) = examine_bitmap(&bitmap);
     assert_eq!(dirty, want, "{text}");
-    let x = run("mdadm", &["-X", s(&bitmap)]).unwrap();
-    let e = run("mdadm", &["-E", s(&legs.paths[0])]).unwrap();
+    let x = run("mdadm", &["-X", path_str(&bitmap)]).unwrap();
+    let e = run("mdadm", &["-E", path_str(&legs.paths[0])]).unwrap();
     assert_eq!(dirty_count(&x), want.len() as u64, "{x}");
-    assert_eq!(field(&x, "Events"), field(&e, "Events"), "{x}\n{e}");
+    assert_eq!(
+        examine_field(&x, "Events"),
+        examine_field(&e, "Events"),
+        "{x}\n{e}"
+    );
     assert!(!is_immutable(&bitmap));
 }

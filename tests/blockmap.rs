@@ -3,20 +3,18 @@
 
 mod common;
 
+use common::bitmap::{is_immutable, mtime};
+use common::io::read_direct;
 use common::loopdev::{needs_root, run, LoopDevice, MountedFs, ScratchFs};
 use mdfuse::blockmap::{
     protect, read_file_direct, resolve, resolve_with_fibmap, verify, BlockMap, BlockMapError,
     Extent, RawWriter,
 };
-use mdfuse::io::aligned::AlignedBuf;
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
-use std::path::Path;
-
-const FS_IOC_GETFLAGS: u64 = 0x8008_6601;
-const FS_IMMUTABLE_FL: i32 = 0x10;
+use std::path::{Path, PathBuf};
 
 fn pattern(seed: u8, len: usize) -> Vec<u8> {
     (0..len)
@@ -30,36 +28,13 @@ fn write_synced(path: &Path, content: &[u8]) {
     f.sync_all().unwrap();
 }
 
-fn is_immutable(path: &Path) -> bool {
-    let f = File::open(path).unwrap();
-    let mut flags: libc::c_int = 0;
-    // SAFETY: FS_IOC_GETFLAGS writes one int.
-    let rc = unsafe { libc::ioctl(f.as_raw_fd(), FS_IOC_GETFLAGS as _, &mut flags) };
-    assert_eq!(
-        rc,
-        0,
-        "FS_IOC_GETFLAGS: {}",
-        std::io::Error::last_os_error()
-    );
-    flags & FS_IMMUTABLE_FL != 0
-}
-
-fn mtime(path: &Path) -> (i64, i64) {
-    let m = std::fs::metadata(path).unwrap();
-    (m.mtime(), m.mtime_nsec())
-}
-
-/// The device's bytes at [off, off+len), read with O_DIRECT.
-fn read_device(device: &Path, off: u64, len: u64) -> Vec<u8> {
-    let f = File::options()
-        .read(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(device)
-        .unwrap();
-    let mut buf = AlignedBuf::new(len as usize);
-    f.read_exact_at(&mut buf.as_mut_slice()[..len as usize], off)
-        .unwrap();
-    buf.as_slice()[..len as usize].to_vec()
+/// `md0.bitmap` on `fs`, holding `pattern(seed, len)` (synced); returns
+/// its path and content.
+fn synced_bitmap_file(fs: &ScratchFs, seed: u8, len: usize) -> (PathBuf, Vec<u8>) {
+    let path = fs.path("md0.bitmap");
+    let content = pattern(seed, len);
+    write_synced(&path, &content);
+    (path, content)
 }
 
 /// What the device holds for the whole file, assembled extent by extent,
@@ -67,9 +42,18 @@ fn read_device(device: &Path, off: u64, len: u64) -> Vec<u8> {
 fn file_through_device(map: &BlockMap) -> Vec<u8> {
     let mut out = Vec::new();
     for e in map.extents() {
-        out.extend(read_device(map.device(), e.device_offset, e.len));
+        out.extend(read_direct(map.device(), e.device_offset, e.len as usize).unwrap());
     }
     out
+}
+
+/// Asserts the error's message has every one of `words` (the file, the
+/// cause, the way out).
+fn assert_says(err: &BlockMapError, words: &[&str]) {
+    let msg = err.to_string();
+    for w in words {
+        assert!(msg.contains(w), "{w:?} not in: {msg}");
+    }
 }
 
 fn describe(map: &BlockMap) -> String {
@@ -159,9 +143,7 @@ fn ext4_4k_blocks_roundtrip() {
         return;
     }
     let fs = ScratchFs::ext4(4096).unwrap();
-    let path = fs.path("md0.bitmap");
-    let old = pattern(1, 3 * 4096 + 1000);
-    write_synced(&path, &old);
+    let (path, old) = synced_bitmap_file(&fs, 1, 3 * 4096 + 1000);
     let map = raw_write_roundtrip(&path, &old);
     eprintln!("ext4 4k: {}", describe(&map));
     assert_eq!(map.fs_block_size(), 4096);
@@ -339,11 +321,7 @@ fn refuses_a_file_on_tmpfs() {
         matches!(&err, BlockMapError::NotOnBlockDevice { fs_type, .. } if fs_type == "tmpfs"),
         "{err}"
     );
-    let msg = err.to_string();
-    assert!(
-        msg.contains("md0.bitmap") && msg.contains("tmpfs") && msg.contains("--bitmap-file-io"),
-        "{msg}"
-    );
+    assert_says(&err, &["md0.bitmap", "tmpfs", "--bitmap-file-io"]);
     drop(mnt);
 }
 
@@ -393,11 +371,7 @@ fn refuses_a_filesystem_outside_the_allowlist() {
         matches!(&err, BlockMapError::BlocksMayMove { fs_type, .. } if fs_type == "erofs"),
         "{err}"
     );
-    let msg = err.to_string();
-    assert!(
-        msg.contains("md0.bitmap") && msg.contains("erofs") && msg.contains("--bitmap-file-io"),
-        "{msg}"
-    );
+    assert_says(&err, &["md0.bitmap", "erofs", "--bitmap-file-io"]);
     drop(mnt);
     drop(lo);
 }
@@ -441,8 +415,7 @@ fn a_stale_map_fails_verification() {
         return;
     }
     let fs = ScratchFs::ext4(4096).unwrap();
-    let path = fs.path("md0.bitmap");
-    write_synced(&path, &pattern(5, 8192));
+    let (path, _) = synced_bitmap_file(&fs, 5, 8192);
     let map = resolve(&path).unwrap();
     verify(&map).unwrap();
     // Replace the file: its blocks move, the old map points at freed blocks.
@@ -550,8 +523,7 @@ fn second_protect_is_refused_and_release_clears_immutable() {
         return;
     }
     let fs = ScratchFs::ext4(4096).unwrap();
-    let path = fs.path("md0.bitmap");
-    write_synced(&path, &pattern(9, 4096));
+    let (path, _) = synced_bitmap_file(&fs, 9, 4096);
     let guard = protect(&path).unwrap();
     assert!(is_immutable(&path));
     let err = protect(&path).unwrap_err();
@@ -620,8 +592,8 @@ fn ext4_on_a_partition_roundtrip() {
     // Offsets are partition-relative: the whole disk shows the bytes 1 MiB further on.
     let e = map.extents()[0];
     assert_eq!(
-        read_device(lo.path(), (2048 * 512) + e.device_offset, 4096),
-        read_device(&part, e.device_offset, 4096)
+        read_direct(lo.path(), (2048 * 512) + e.device_offset, 4096).unwrap(),
+        read_direct(&part, e.device_offset, 4096).unwrap()
     );
     let chain = map.backing_chain();
     assert_eq!(chain.len(), 1, "{chain:?}");
@@ -677,8 +649,7 @@ fn an_already_immutable_file_is_left_as_found_unless_adopted() {
         return;
     }
     let fs = ScratchFs::ext4(4096).unwrap();
-    let path = fs.path("md0.bitmap");
-    write_synced(&path, &pattern(12, 4096));
+    let (path, _) = synced_bitmap_file(&fs, 12, 4096);
     run("chattr", &["+i", path.to_str().unwrap()]).unwrap();
     let guard = protect(&path).unwrap();
     assert!(guard.was_already_immutable() && !guard.set_immutable());

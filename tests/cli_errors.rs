@@ -3,19 +3,13 @@
 
 mod common;
 
-use common::loopdev::{needs_root, run};
+use common::loopdev::{needs_root, run, sparse_file};
 use common::mdfuse::*;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::process::Output;
 
 const MIB: u64 = 1 << 20;
-
-fn tempdir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("mdfuse-cli")
-        .tempdir()
-        .expect("tempdir")
-}
 
 /// sha256 of every leg that exists, to show a refusal changed nothing.
 fn fingerprint(paths: &[PathBuf]) -> Vec<Option<String>> {
@@ -34,7 +28,7 @@ fn assert_unchanged(paths: &[PathBuf], before: &[Option<String>], what: &str) {
 }
 
 /// Asserts the command failed, and that stderr names every `needles`.
-fn assert_refused(what: &str, o: &std::process::Output, needles: &[&str]) -> String {
+fn assert_refused(what: &str, o: &Output, needles: &[&str]) -> String {
     let err = assert_fails(what, o);
     for n in needles {
         assert!(
@@ -45,20 +39,59 @@ fn assert_refused(what: &str, o: &std::process::Output, needles: &[&str]) -> Str
     err
 }
 
-fn s(p: &Path) -> String {
-    p.display().to_string()
+/// Runs `refused` (a command that must fail naming `needles`) and asserts
+/// it changed none of `watched`; returns its stderr.
+fn refused_unchanged(
+    what: &str,
+    watched: &[PathBuf],
+    needles: &[&str],
+    refused: impl FnOnce() -> Output,
+) -> String {
+    let before = fingerprint(watched);
+    let err = assert_refused(what, &refused(), needles);
+    assert_unchanged(watched, &before, what);
+    err
 }
 
-fn mount_args(legs: &[&Path], mnt: &Path, log: &Path) -> Vec<String> {
-    let mut a = vec!["mount".to_string(), "--log".into(), s(log)];
-    a.extend(legs.iter().map(|p| s(p)));
-    a.push(s(mnt));
-    a
+/// `mdfuse create EXTRA LEGS` must be refused naming `needles`, changing
+/// no leg; returns its stderr.
+fn create_refused(what: &str, legs: &Legs, extra: &[&str], needles: &[&str]) -> String {
+    refused_unchanged(what, &legs.paths, needles, || try_create(legs, extra))
 }
 
-fn mdfuse_owned(args: &[String]) -> std::process::Output {
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    mdfuse(&refs)
+/// `mdfuse mount --log LOG LEGS MNT` (no mountpoint made for it) must be
+/// refused naming `needles`, with nothing mounted and none of `watched`
+/// changed; returns its stderr.
+fn mount_refused(
+    what: &str,
+    legs: &[&Path],
+    mnt: &Path,
+    watched: &[PathBuf],
+    needles: &[&str],
+) -> String {
+    let err = refused_unchanged(what, watched, needles, || {
+        let log = log_path(mnt);
+        let mut args = vec!["mount", "--log", path_str(&log)];
+        args.extend(legs.iter().map(|p| path_str(p)));
+        args.push(path_str(mnt));
+        mdfuse(&args)
+    });
+    assert!(!is_mounted(mnt), "{what}: {} is mounted", mnt.display());
+    err
+}
+
+/// `dir/name`, created (a mountpoint).
+fn mkdir(dir: &Path, name: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::create_dir_all(&p).unwrap();
+    p
+}
+
+/// Two 32 MiB legs in a directory of their own, made into an array.
+fn created_legs() -> (Legs, Created) {
+    let legs = Legs::temp(32 * MIB);
+    let created = create(&legs, &[]);
+    (legs, created)
 }
 
 #[test]
@@ -66,38 +99,38 @@ fn mount_with_a_missing_leg_names_it() {
     if !needs_root("mount_with_a_missing_leg_names_it") {
         return;
     }
-    let dir = tempdir();
-    let legs = Legs::new(dir.path(), 2, 32 * MIB);
-    create(&legs, &[]);
-    let missing = dir.path().join("no-such-leg.img");
-    let mnt = dir.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    let before = fingerprint(&legs.paths);
-    let o = mdfuse_owned(&mount_args(
+    let (legs, _) = created_legs();
+    let dir = legs.dir();
+    let missing = dir.join("no-such-leg.img");
+    let mnt = mkdir(dir, "mnt");
+    let missing_s = path_str(&missing);
+    let err = mount_refused(
+        "mount with a missing leg",
         &[legs.path(0), &missing],
         &mnt,
-        &dir.path().join("log"),
-    ));
-    assert_refused("mount with a missing leg", &o, &[&s(&missing)]);
-    let err = stderr(&o).to_lowercase();
+        &legs.paths,
+        &[missing_s],
+    )
+    .to_lowercase();
     assert!(
         err.contains("no such file") || err.contains("not found") || err.contains("missing"),
         "cause not said: {err}"
     );
-    assert!(!is_mounted(&mnt));
-    assert_unchanged(&legs.paths, &before, "missing leg");
     // examine and create say the same.
     let o = mdfuse_with(&["examine"], &[&missing]);
-    assert_refused("examine a missing leg", &o, &[&s(&missing)]);
-    let blank = dir.path().join("blank.img");
-    common::loopdev::sparse_file(&blank, 32 * MIB).unwrap();
-    let o = mdfuse_with(&["create"], &[&blank, &missing]);
-    assert_refused("create with a missing leg", &o, &[&s(&missing)]);
+    assert_refused("examine a missing leg", &o, &[missing_s]);
+    let blank = dir.join("blank.img");
+    sparse_file(&blank, 32 * MIB).unwrap();
+    refused_unchanged(
+        "create with a missing leg",
+        &legs.paths,
+        &[missing_s],
+        || mdfuse_with(&["create"], &[&blank, &missing]),
+    );
     assert_eq!(
         sha256_file(&blank),
         sha256_bytes(&vec![0u8; 32 * MIB as usize])
     );
-    assert_unchanged(&legs.paths, &before, "create with a missing leg");
 }
 
 #[test]
@@ -105,53 +138,28 @@ fn mount_legs_of_two_different_arrays_is_refused() {
     if !needs_root("mount_legs_of_two_different_arrays_is_refused") {
         return;
     }
-    let dir = tempdir();
-    let a = Legs::new(&dir.path().join("a").tap_mkdir(), 2, 32 * MIB);
-    let b = Legs::new(&dir.path().join("b").tap_mkdir(), 2, 32 * MIB);
-    let ca = create(&a, &[]);
-    let cb = create(&b, &[]);
-    let mnt = dir.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
+    let (a, ca) = created_legs();
+    let (b, cb) = created_legs();
     let all: Vec<PathBuf> = a.paths.iter().chain(&b.paths).cloned().collect();
-    let before = fingerprint(&all);
-    let o = mdfuse_owned(&mount_args(
-        &[a.path(0), b.path(1)],
-        &mnt,
-        &dir.path().join("log"),
-    ));
-    let err = assert_refused(
+    let err = mount_refused(
         "mount legs of two arrays",
-        &o,
-        &[&s(b.path(1)), "two different arrays"],
+        &[a.path(0), b.path(1)],
+        &mkdir(a.dir(), "mnt"),
+        &all,
+        &[path_str(b.path(1)), "two different arrays"],
     );
     assert!(err.contains(&ca.uuid) && err.contains(&cb.uuid), "{err}");
-    assert!(!is_mounted(&mnt));
-    assert_unchanged(&all, &before, "foreign leg");
 }
 
-trait TapMkdir {
-    fn tap_mkdir(self) -> Self;
-}
-impl TapMkdir for PathBuf {
-    fn tap_mkdir(self) -> Self {
-        std::fs::create_dir_all(&self).unwrap();
-        self
-    }
-}
-
-/// Returns the tempdir and the corrupted leg.
-fn corrupt_superblock_is_refused(
-    byte_in_superblock: u64,
-    cause: &str,
-) -> (tempfile::TempDir, PathBuf) {
-    let dir = tempdir();
-    let legs = Legs::new(dir.path(), 2, 32 * MIB);
-    create(&legs, &[]);
-    let bad = legs.path(1);
+/// Flips a byte of leg1's superblock; a mount is refused naming the leg and
+/// `cause`. Returns the legs and the corrupted leg.
+fn corrupt_superblock_is_refused(byte_in_superblock: u64, cause: &str) -> (Legs, PathBuf) {
+    let (legs, _) = created_legs();
+    let bad = legs.path(1).to_owned();
     let f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
-        .open(bad)
+        .open(&bad)
         .unwrap();
     let mut b = [0u8; 1];
     f.read_exact_at(&mut b, 4096 + byte_in_superblock).unwrap();
@@ -159,19 +167,14 @@ fn corrupt_superblock_is_refused(
     f.write_all_at(&b, 4096 + byte_in_superblock).unwrap();
     f.sync_all().unwrap();
     drop(f);
-    let mnt = dir.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    let before = fingerprint(&legs.paths);
-    let o = mdfuse_owned(&mount_args(
-        &[legs.path(0), bad],
-        &mnt,
-        &dir.path().join("log"),
-    ));
-    assert_refused("mount with a corrupt superblock", &o, &[&s(bad), cause]);
-    assert!(!is_mounted(&mnt));
-    assert_unchanged(&legs.paths, &before, cause);
-    let bad = bad.to_owned();
-    (dir, bad)
+    mount_refused(
+        "mount with a corrupt superblock",
+        &[legs.path(0), &bad],
+        &mkdir(legs.dir(), "mnt"),
+        &legs.paths,
+        &[path_str(&bad), cause],
+    );
+    (legs, bad)
 }
 
 #[test]
@@ -181,11 +184,15 @@ fn mount_with_a_bad_magic_is_refused() {
     }
     let _ = corrupt_superblock_is_refused(0, "magic");
     // examine names the leg and the cause as well.
-    let dir = tempdir();
+    let dir = tempdir("mdfuse-cli");
     let leg = dir.path().join("zeros.img");
-    common::loopdev::sparse_file(&leg, MIB).unwrap();
+    sparse_file(&leg, MIB).unwrap();
     let o = mdfuse_with(&["examine"], &[&leg]);
-    assert_refused("examine a leg without superblock", &o, &[&s(&leg), "magic"]);
+    assert_refused(
+        "examine a leg without superblock",
+        &o,
+        &[path_str(&leg), "magic"],
+    );
 }
 
 #[test]
@@ -194,7 +201,7 @@ fn mount_with_a_bad_checksum_is_refused() {
         return;
     }
     // Byte 40 of the superblock: inside set_name, covered by the checksum.
-    let (_dir, bad) = corrupt_superblock_is_refused(40, "checksum");
+    let (_legs, bad) = corrupt_superblock_is_refused(40, "checksum");
     // examine shows it as mdadm does: "Checksum : X - expected Y".
     let o = mdfuse_with(&["examine"], &[&bad]);
     let ours = examine_field(&stdout(&o), "Checksum").unwrap_or_default();
@@ -208,32 +215,26 @@ fn mount_on_a_missing_mountpoint_is_refused() {
     if !needs_root("mount_on_a_missing_mountpoint_is_refused") {
         return;
     }
-    let dir = tempdir();
-    let legs = Legs::new(dir.path(), 2, 32 * MIB);
-    create(&legs, &[]);
-    let before = fingerprint(&legs.paths);
-    let mnt = dir.path().join("no-such-dir");
-    let o = mdfuse_owned(&mount_args(
-        &[legs.path(0), legs.path(1)],
-        &mnt,
-        &dir.path().join("log"),
-    ));
-    assert_refused(
+    let (legs, _) = created_legs();
+    let both = [legs.path(0), legs.path(1)];
+    let mnt = legs.dir().join("no-such-dir");
+    mount_refused(
         "mount on a missing mountpoint",
-        &o,
-        &[&s(&mnt), "does not exist"],
+        &both,
+        &mnt,
+        &legs.paths,
+        &[path_str(&mnt), "does not exist"],
     );
-    assert_unchanged(&legs.paths, &before, "missing mountpoint");
     // A regular file as mountpoint, too.
-    let file = dir.path().join("a-file");
+    let file = legs.dir().join("a-file");
     std::fs::write(&file, b"x").unwrap();
-    let o = mdfuse_owned(&mount_args(
-        &[legs.path(0), legs.path(1)],
+    mount_refused(
+        "mount on a file",
+        &both,
         &file,
-        &dir.path().join("log"),
-    ));
-    assert_refused("mount on a file", &o, &[&s(&file)]);
-    assert_unchanged(&legs.paths, &before, "file as mountpoint");
+        &legs.paths,
+        &[path_str(&file)],
+    );
 }
 
 #[test]
@@ -241,23 +242,18 @@ fn legs_in_use_by_another_mdfuse_are_refused() {
     if !needs_root("legs_in_use_by_another_mdfuse_are_refused") {
         return;
     }
-    let dir = tempdir();
-    let legs = Legs::new(dir.path(), 2, 32 * MIB);
-    create(&legs, &[]);
-    let array = MountedArray::mount(&legs, &dir.path().join("mnt1"), &[]);
-    let mnt2 = dir.path().join("mnt2");
-    std::fs::create_dir(&mnt2).unwrap();
-    let o = mdfuse_owned(&mount_args(
-        &[legs.path(0), legs.path(1)],
-        &mnt2,
-        &dir.path().join("log2"),
-    ));
+    let (legs, _) = created_legs();
+    let array = MountedArray::mount(&legs, &legs.mountpoint("mnt1"), &[]);
+    let o = mdfuse_with(
+        &["mount", "--log", path_str(&legs.dir().join("log2"))],
+        &[legs.path(0), legs.path(1), &mkdir(legs.dir(), "mnt2")],
+    );
     assert_refused(
         "second mount of the same legs",
         &o,
-        &[&s(legs.path(0)), "in use by another mdfuse"],
+        &[path_str(legs.path(0)), "in use by another mdfuse"],
     );
-    assert!(!is_mounted(&mnt2));
+    assert!(!is_mounted(&legs.dir().join("mnt2")));
     // create on running legs is refused too, even with --force.
     let o = mdfuse_with(&["create", "--force"], &[legs.path(0), legs.path(1)]);
     assert_refused("create on running legs", &o, &["in use by another mdfuse"]);
@@ -271,22 +267,19 @@ fn create_over_a_superblock_needs_force() {
     if !needs_root("create_over_a_superblock_needs_force") {
         return;
     }
-    let dir = tempdir();
-    let legs = Legs::new(dir.path(), 2, 32 * MIB);
+    let legs = Legs::temp(32 * MIB);
     let first = create(&legs, &["--name", "first"]);
-    let before = fingerprint(&legs.paths);
-    let o = try_create(&legs, &["--name", "second"]);
-    assert_refused(
+    create_refused(
         "create over a superblock",
-        &o,
+        &legs,
+        &["--name", "second"],
         &[
-            &s(legs.path(0)),
+            path_str(legs.path(0)),
             "already carries an md superblock",
             "--force",
             &first.uuid,
         ],
     );
-    assert_unchanged(&legs.paths, &before, "create without --force");
     let second = create(&legs, &["--name", "second", "--force"]);
     assert_ne!(first.uuid, second.uuid);
     let e = mdadm_examine(legs.path(1));
@@ -301,7 +294,7 @@ fn create_over_other_md_superblocks_is_refused() {
     if !needs_root("create_over_other_md_superblocks_is_refused") {
         return;
     }
-    let dir = tempdir();
+    let dir = tempdir("mdfuse-cli");
     let size = 32 * MIB + 12 * 1024;
     let sectors = size / 512;
     let cases = [
@@ -322,10 +315,12 @@ fn create_over_other_md_superblocks_is_refused() {
             .unwrap()
             .write_all_at(&magic, offset)
             .unwrap();
-        let before = fingerprint(&legs.paths);
-        let o = try_create(&legs, &[]);
-        assert_refused(name, &o, &[&s(legs.path(1)), needle, "--force"]);
-        assert_unchanged(&legs.paths, &before, name);
+        create_refused(
+            name,
+            &legs,
+            &[],
+            &[path_str(legs.path(1)), needle, "--force"],
+        );
         create(&legs, &["--force"]);
     }
 }
@@ -335,17 +330,14 @@ fn create_over_ext4_is_refused() {
     if !needs_root("create_over_ext4_is_refused") {
         return;
     }
-    let dir = tempdir();
-    let legs = Legs::new(dir.path(), 2, 32 * MIB);
-    run("mkfs.ext4", &["-F", "-q", &s(legs.path(1))]).expect("mkfs.ext4");
-    let before = fingerprint(&legs.paths);
-    let o = try_create(&legs, &[]);
-    assert_refused(
+    let legs = Legs::temp(32 * MIB);
+    run("mkfs.ext4", &["-F", "-q", path_str(legs.path(1))]).expect("mkfs.ext4");
+    create_refused(
         "create over ext4",
-        &o,
-        &[&s(legs.path(1)), "ext4", "--force"],
+        &legs,
+        &[],
+        &[path_str(legs.path(1)), "ext4", "--force"],
     );
-    assert_unchanged(&legs.paths, &before, "create over ext4");
 }
 
 #[test]
@@ -353,20 +345,18 @@ fn create_on_a_too_small_leg_is_refused() {
     if !needs_root("create_on_a_too_small_leg_is_refused") {
         return;
     }
-    let dir = tempdir();
+    let dir = tempdir("mdfuse-cli");
     let big = dir.path().join("big.img");
     let small = dir.path().join("small.img");
-    sparse_file_or_panic(&big, 32 * MIB);
-    sparse_file_or_panic(&small, 512 * 1024);
+    sparse_file(&big, 32 * MIB).unwrap();
+    sparse_file(&small, 512 * 1024).unwrap();
     let legs = Legs::from_paths(vec![big, small.clone()]);
-    let before = fingerprint(&legs.paths);
-    let o = try_create(&legs, &[]);
-    assert_refused("create on a small leg", &o, &[&s(&small), "too small"]);
-    assert_unchanged(&legs.paths, &before, "small leg");
-}
-
-fn sparse_file_or_panic(p: &Path, size: u64) {
-    common::loopdev::sparse_file(p, size).unwrap();
+    create_refused(
+        "create on a small leg",
+        &legs,
+        &[],
+        &[path_str(&small), "too small"],
+    );
 }
 
 #[test]
@@ -374,12 +364,9 @@ fn create_with_one_leg_is_refused() {
     if !needs_root("create_with_one_leg_is_refused") {
         return;
     }
-    let dir = tempdir();
+    let dir = tempdir("mdfuse-cli");
     let legs = Legs::new(dir.path(), 1, 32 * MIB);
-    let before = fingerprint(&legs.paths);
-    let o = try_create(&legs, &[]);
-    assert_refused("create with one leg", &o, &["at least 2 legs"]);
-    assert_unchanged(&legs.paths, &before, "one leg");
+    create_refused("create with one leg", &legs, &[], &["at least 2 legs"]);
 }
 
 #[test]
@@ -387,27 +374,24 @@ fn the_same_leg_twice_is_named_as_such() {
     if !needs_root("the_same_leg_twice_is_named_as_such") {
         return;
     }
-    let dir = tempdir();
-    let legs = Legs::new(dir.path(), 2, 32 * MIB);
-    let before = fingerprint(&legs.paths);
+    let legs = Legs::temp(32 * MIB);
     let twice = Legs::from_paths(vec![legs.paths[0].clone(), legs.paths[0].clone()]);
-    let o = try_create(&twice, &[]);
-    let err = assert_refused("create with the same leg twice", &o, &["same leg"]);
+    let err = refused_unchanged(
+        "create with the same leg twice",
+        &legs.paths,
+        &["same leg"],
+        || try_create(&twice, &[]),
+    );
     assert!(!err.contains("another mdfuse"), "{err}");
-    assert_unchanged(&legs.paths, &before, "create with the same leg twice");
     create(&legs, &[]);
-    let before = fingerprint(&legs.paths);
-    let mnt = dir.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    let o = mdfuse_owned(&mount_args(
+    let err = mount_refused(
+        "mount with the same leg twice",
         &[legs.path(0), legs.path(0)],
-        &mnt,
-        &dir.path().join("log"),
-    ));
-    let err = assert_refused("mount with the same leg twice", &o, &["same leg"]);
+        &mkdir(legs.dir(), "mnt"),
+        &legs.paths,
+        &["same leg"],
+    );
     assert!(!err.contains("another mdfuse"), "{err}");
-    assert!(!is_mounted(&mnt));
-    assert_unchanged(&legs.paths, &before, "mount with the same leg twice");
 }
 
 #[test]
@@ -415,12 +399,12 @@ fn stop_without_a_mount_is_refused() {
     if !needs_root("stop_without_a_mount_is_refused") {
         return;
     }
-    let dir = tempdir();
+    let dir = tempdir("mdfuse-cli");
     let o = mdfuse_with(&["stop"], &[dir.path()]);
     assert_refused(
         "stop on a plain directory",
         &o,
-        &[&s(dir.path()), "no mdfuse array"],
+        &[path_str(dir.path()), "no mdfuse array"],
     );
 }
 
@@ -431,7 +415,7 @@ fn detached_mount_with_relative_paths() {
     if !needs_root("detached_mount_with_relative_paths") {
         return;
     }
-    let dir = tempdir();
+    let dir = tempdir("mdfuse-cli");
     let legs = Legs::new(dir.path(), 2, 32 * MIB);
     create(&legs, &[]);
     std::fs::create_dir(dir.path().join("m")).unwrap();
@@ -456,7 +440,7 @@ fn detached_mount_option_value_named_like_a_file() {
     if !needs_root("detached_mount_option_value_named_like_a_file") {
         return;
     }
-    let dir = tempdir();
+    let dir = tempdir("mdfuse-cli");
     let legs = Legs::new(dir.path(), 2, 32 * MIB);
     create(&legs, &[]);
     std::fs::create_dir(dir.path().join("m")).unwrap();
@@ -482,21 +466,21 @@ fn create_with_bad_size_or_name_is_refused() {
     if !needs_root("create_with_bad_size_or_name_is_refused") {
         return;
     }
-    let dir = tempdir();
-    let legs = Legs::new(dir.path(), 2, 32 * MIB);
-    let before = fingerprint(&legs.paths);
-    let o = try_create(&legs, &["--size", "100G"]);
-    assert_refused(
+    let legs = Legs::temp(32 * MIB);
+    create_refused(
         "create --size 100G",
-        &o,
+        &legs,
+        &["--size", "100G"],
         &["--size", "does not fit", "32505856"],
     );
-    let o = try_create(&legs, &["--size", "12Q"]);
-    assert_fails("create --size 12Q", &o);
+    create_refused("create --size 12Q", &legs, &["--size", "12Q"], &[]);
     let long = "n".repeat(40);
-    let o = try_create(&legs, &["--name", &long]);
-    assert_refused("create with a 40-byte name", &o, &[&long, "at most 31"]);
-    assert_unchanged(&legs.paths, &before, "bad size or name");
+    create_refused(
+        "create with a 40-byte name",
+        &legs,
+        &["--name", &long],
+        &[&long, "at most 31"],
+    );
     // A size that is not a whole 4 KiB block is rounded down.
     let c = create(&legs, &["--size", "10000000"]);
     assert_eq!(c.array_bytes, 10_000_000 / 4096 * 4096);
@@ -507,12 +491,8 @@ fn create_with_a_tiny_size_says_too_small() {
     if !needs_root("create_with_a_tiny_size_says_too_small") {
         return;
     }
-    let dir = tempdir();
-    let legs = Legs::new(dir.path(), 2, 32 * MIB);
-    let before = fingerprint(&legs.paths);
-    let o = try_create(&legs, &["--size", "1"]);
-    let err = assert_refused("create --size 1", &o, &["--size"]);
+    let legs = Legs::temp(32 * MIB);
+    let err = create_refused("create --size 1", &legs, &["--size", "1"], &["--size"]);
     assert!(!err.contains("does not fit"), "{err}");
     assert!(err.contains("4096") || err.contains("4 KiB"), "{err}");
-    assert_unchanged(&legs.paths, &before, "tiny size");
 }

@@ -11,10 +11,10 @@
 
 mod common;
 
+use common::io::{open_direct, AlignedVec};
 use common::loopdev::{needs_root, ScratchFs};
 use common::mdfuse::*;
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -111,71 +111,23 @@ impl Fixture {
     /// Both legs' superblocks clean with the same events, by the real mdadm, and the
     /// bitmap without a dirty bit.
     fn assert_stopped_clean(&self) {
-        let mut events = Vec::new();
-        for l in &self.legs.paths {
-            let e = mdadm_examine(l);
-            assert_eq!(
-                examine_field(&e, "State").as_deref(),
-                Some("clean"),
-                "{}:\n{e}",
-                l.display()
-            );
-            events.push(examine_field(&e, "Events"));
-        }
-        assert_eq!(events[0], events[1], "the legs' events differ");
-        if let Some(b) = &self.bitmap {
-            let out = Command::new("mdadm")
-                .arg("--examine-bitmap")
-                .arg(b)
-                .output()
-                .expect("mdadm --examine-bitmap");
-            let t = String::from_utf8_lossy(&out.stdout);
-            assert!(t.contains(" 0 dirty"), "the bitmap is not clean:\n{t}");
-        }
+        assert_stopped_clean(&self.legs.paths, self.bitmap.as_deref());
     }
 
     /// The legs' data regions hold the same bytes (the whole array).
     fn assert_legs_identical(&self) {
-        let a = data_region(self.legs.path(0), self.data_offset(), ARRAY_BYTES);
-        let b = data_region(self.legs.path(1), self.data_offset(), ARRAY_BYTES);
-        if let Some(i) = a.iter().zip(&b).position(|(x, y)| x != y) {
-            panic!("the legs differ, first at array byte {i}");
-        }
+        self.legs.assert_identical(ARRAY_BYTES);
     }
 }
 
 // ---------------------------------------------------------------- md/ files
 
-/// A control file's content, which must be one line ending in a newline (as md's are);
-/// returned without the newline.
-fn md(mnt: &Path, rel: &str) -> String {
-    let path = mnt.join("md").join(rel);
-    let text =
-        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-    let line = text
-        .strip_suffix('\n')
-        .unwrap_or_else(|| panic!("{rel}: {text:?} does not end in a newline"));
-    assert!(!line.contains('\n'), "{rel}: more than one line: {text:?}");
-    line.to_string()
-}
-
-/// `echo VALUE > md/REL`: one write of the value and a newline, no truncation.
-fn md_write(mnt: &Path, rel: &str, value: &str) -> std::io::Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(mnt.join("md").join(rel))?;
-    f.write_all(format!("{value}\n").as_bytes())
-}
-
-fn md_set(mnt: &Path, rel: &str, value: &str) {
-    md_write(mnt, rel, value).unwrap_or_else(|e| panic!("{value:?} > md/{rel}: {e}"));
-}
-
 /// Asserts the write fails with `errno` and the daemon's log says why (a new line that
 /// names the file and the value).
 fn assert_refused(m: &MountedArray, rel: &str, value: &str, errno: i32) {
     let before = m.log().len();
-    let err = md_write(m.mountpoint(), rel, value)
+    let err = m
+        .write_md(rel, value)
         .err()
         .unwrap_or_else(|| panic!("{value:?} > md/{rel} was accepted"));
     assert_eq!(
@@ -261,10 +213,11 @@ impl Detail {
 }
 
 /// What `mdfuse detail` says must match the md/ files: counts, state, each leg's row.
-fn assert_detail_agrees(mnt: &Path, legs: &[String]) {
+fn assert_detail_agrees(m: &MountedArray, legs: &[String]) {
+    let mnt = m.mountpoint();
     let d = Detail::of(mnt);
-    let raid_disks: usize = md(mnt, "raid_disks").parse().expect("raid_disks");
-    let degraded: usize = md(mnt, "degraded").parse().expect("degraded");
+    let raid_disks: usize = m.md("raid_disks").parse().expect("raid_disks");
+    let degraded: usize = m.md("degraded").parse().expect("degraded");
     let mut in_sync = 0;
     let mut faulty = 0;
     let mut present = 0;
@@ -276,8 +229,8 @@ fn assert_detail_agrees(mnt: &Path, legs: &[String]) {
             continue;
         }
         present += 1;
-        let state = md(mnt, &format!("dev-{leg}/state"));
-        let slot = md(mnt, &format!("dev-{leg}/slot"));
+        let state = m.md(&format!("dev-{leg}/state"));
+        let slot = m.md(&format!("dev-{leg}/slot"));
         let words = match state.as_str() {
             "in_sync" => "active sync",
             "spare" => "spare rebuilding",
@@ -300,9 +253,9 @@ fn assert_detail_agrees(mnt: &Path, legs: &[String]) {
     assert_eq!(d.field("Failed Devices"), faulty.to_string());
     assert_eq!(d.field("Working Devices"), (present - faulty).to_string());
     let state = d.field("State");
-    assert!(state.starts_with(&md(mnt, "array_state")), "{state}");
+    assert!(state.starts_with(&m.md("array_state")), "{state}");
     assert_eq!(state.contains("degraded"), degraded > 0, "State : {state}");
-    assert_eq!(d.field("Mismatch Count"), md(mnt, "mismatch_cnt"));
+    assert_eq!(d.field("Mismatch Count"), m.md("mismatch_cnt"));
 }
 
 /// Writes `len` bytes of `tag` at `offset` through array.img (O_DIRECT) and fsyncs.
@@ -442,7 +395,7 @@ fn every_md_file_reads_as_md_prints_it() {
     want_tree.insert("new_dev".into());
     assert_eq!(md_tree(&mnt), want_tree, "the files under md/");
     for (rel, value, mode) in &expected {
-        assert_eq!(&md(&mnt, rel), value, "md/{rel}");
+        assert_eq!(&m.md(rel), value, "md/{rel}");
         assert_eq!(
             mode_of(&mnt.join("md").join(rel)),
             *mode,
@@ -463,15 +416,15 @@ fn every_md_file_reads_as_md_prints_it() {
     let d = Detail::of(&mnt);
     assert_eq!(d.field("UUID"), fx.created.uuid);
     assert_eq!(d.field("Consistency Policy"), "bitmap");
-    assert_detail_agrees(&mnt, &[l0.clone(), l1.clone()]);
+    assert_detail_agrees(&m, &[l0.clone(), l1.clone()]);
 
     // The first write marks the array active and raises the bitmap's events_cleared,
     // which md reports as can_clear=false until the daemon writes the header (here not
     // for 30 s: --delay 60 makes the daemon tick every 30 s).
     write_image(&m.image(), 0, 64 << 10, 0x5a);
-    assert_eq!(md(&mnt, "array_state"), "active");
-    assert_eq!(md(&mnt, "bitmap/can_clear"), "false");
-    assert_eq!(md(&mnt, "resync_start"), "none");
+    assert_eq!(m.md("array_state"), "active");
+    assert_eq!(m.md("bitmap/can_clear"), "false");
+    assert_eq!(m.md("resync_start"), "none");
     m.stop();
     fx.assert_stopped_clean();
 }
@@ -498,7 +451,7 @@ fn an_array_without_a_bitmap_reads_as_md_prints_it() {
         ("bitmap/max_backlog_used", "0"),
         ("resync_start", "none"),
     ] {
-        assert_eq!(md(&mnt, rel), value, "md/{rel}");
+        assert_eq!(m.md(rel), value, "md/{rel}");
     }
     let d = Detail::of(&mnt);
     assert_eq!(d.field("Consistency Policy"), "resync");
@@ -524,16 +477,7 @@ fn check_counts_mismatches_in_md_units_and_repair_fixes_them() {
     }
     let fx = Fixture::new(true);
     let m = fx.mount(&[]);
-    let mut rng = Rng(0x5eed_c0de);
-    let data = rng.bytes(ARRAY_BYTES as usize);
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(m.image())
-        .and_then(|f| {
-            f.write_all_at(&data, 0)?;
-            f.sync_all()
-        })
-        .expect("fill array.img");
+    let data = m.fill_random(0, ARRAY_BYTES as usize, 0x5eed_c0de);
     m.stop();
     fx.assert_stopped_clean();
     fx.assert_legs_identical();
@@ -557,8 +501,8 @@ fn check_counts_mismatches_in_md_units_and_repair_fixes_them() {
     let m = fx.mount(&[]);
     let mnt = m.mountpoint().to_path_buf();
     // 24 MiB at 2000 KiB/s: about 12 s, time to watch it.
-    md_set(&mnt, "sync_speed_max", "2000");
-    md_set(&mnt, "sync_action", "check");
+    m.set_md("sync_speed_max", "2000");
+    m.set_md("sync_action", "check");
     let waiter = spawn_wait(&mnt);
     let mut completed = BTreeSet::new();
     let mut refused_busy = false;
@@ -567,19 +511,19 @@ fn check_counts_mismatches_in_md_units_and_repair_fixes_them() {
     let mut saw_detail = false;
     let t0 = Instant::now();
     loop {
-        let action = md(&mnt, "sync_action");
+        let action = m.md("sync_action");
         if action == "idle" {
             break;
         }
         assert_eq!(action, "check");
-        assert_eq!(md(&mnt, "array_state"), "clean", "a check writes nothing");
-        let c = md(&mnt, "sync_completed");
+        assert_eq!(m.md("array_state"), "clean", "a check writes nothing");
+        let c = m.md("sync_completed");
         if c != "none" {
             let (done, total) = c.split_once(" / ").expect("sync_completed N / M");
             assert_eq!(total, "49152", "sync_completed {c}");
             let done: u64 = done.parse().expect("sectors done");
             completed.insert(done);
-            let speed: u64 = md(&mnt, "sync_speed").parse().expect("sync_speed in KiB/s");
+            let speed: u64 = m.md("sync_speed").parse().expect("sync_speed in KiB/s");
             if done > 0 {
                 // Past the first throttled step (before it, one region in a few
                 // milliseconds reads as a burst).
@@ -642,24 +586,20 @@ fn check_counts_mismatches_in_md_units_and_repair_fixes_them() {
             .is_some_and(|l| l.ends_with("no sync running (mismatch_cnt 384)")),
         "wait's last line:\n{waited}"
     );
-    assert_eq!(md(&mnt, "mismatch_cnt"), "384");
-    assert_eq!(md(&mnt, "sync_completed"), "none");
-    assert_eq!(md(&mnt, "sync_speed"), "none");
+    assert_eq!(m.md("mismatch_cnt"), "384");
+    assert_eq!(m.md("sync_completed"), "none");
+    assert_eq!(m.md("sync_speed"), "none");
     assert!(!m.mdstat().contains("check ="), "{}", m.mdstat());
     assert_eq!(Detail::of(&mnt).field("Mismatch Count"), "384");
 
-    md_set(&mnt, "sync_speed_max", "system");
-    md_set(&mnt, "sync_action", "repair");
+    m.set_md("sync_speed_max", "system");
+    m.set_md("sync_action", "repair");
+    mdfuse_wait(&mnt, 60);
+    assert_eq!(m.md("mismatch_cnt"), "384", "repair counts what it rewrote");
+    m.set_md("sync_action", "check");
     mdfuse_wait(&mnt, 60);
     assert_eq!(
-        md(&mnt, "mismatch_cnt"),
-        "384",
-        "repair counts what it rewrote"
-    );
-    md_set(&mnt, "sync_action", "check");
-    mdfuse_wait(&mnt, 60);
-    assert_eq!(
-        md(&mnt, "mismatch_cnt"),
+        m.md("mismatch_cnt"),
         "0",
         "the legs still differ after repair"
     );
@@ -714,45 +654,45 @@ fn fail_remove_and_re_add_through_the_files_and_manage() {
     let (l0, l1) = (fx.leg_name(0), fx.leg_name(1));
     let legs = [l0.clone(), l1.clone()];
     write_image(&m.image(), 0, MIB as usize, 0x11);
-    assert_detail_agrees(&mnt, &legs);
+    assert_detail_agrees(&m, &legs);
 
     assert_refused(&m, &format!("dev-{l0}/state"), "remove", libc::EBUSY);
     assert_refused(&m, &format!("dev-{l1}/state"), "re-add", libc::EBUSY);
-    md_set(&mnt, &format!("dev-{l1}/state"), "faulty");
-    assert_eq!(md(&mnt, &format!("dev-{l1}/state")), "faulty");
-    assert_eq!(md(&mnt, &format!("dev-{l1}/slot")), "none");
-    assert_eq!(md(&mnt, &format!("dev-{l1}/recovery_start")), "0");
-    assert_eq!(md(&mnt, "degraded"), "1");
+    m.set_md(&format!("dev-{l1}/state"), "faulty");
+    assert_eq!(m.md(&format!("dev-{l1}/state")), "faulty");
+    assert_eq!(m.md(&format!("dev-{l1}/slot")), "none");
+    assert_eq!(m.md(&format!("dev-{l1}/recovery_start")), "0");
+    assert_eq!(m.md("degraded"), "1");
     let mdstat = m.mdstat();
     assert!(mdstat.contains(&format!("{l1}[1](F)")), "{mdstat}");
     assert!(mdstat.contains("[2/1] [U_]"), "{mdstat}");
-    assert_detail_agrees(&mnt, &legs);
+    assert_detail_agrees(&m, &legs);
     // The last in-sync leg is never failed (md: EBUSY).
     assert_refused(&m, &format!("dev-{l0}/state"), "faulty", libc::EBUSY);
-    assert_eq!(md(&mnt, &format!("dev-{l0}/state")), "in_sync");
+    assert_eq!(m.md(&format!("dev-{l0}/state")), "in_sync");
 
     // Written while degraded: the bitmap keeps these chunks for the re-add.
     write_image(&m.image(), 4 * MIB, MIB as usize, 0x22);
-    md_set(&mnt, &format!("dev-{l1}/state"), "re-add");
+    m.set_md(&format!("dev-{l1}/state"), "re-add");
     let dev_state = mnt.join(format!("md/dev-{l1}/state"));
     assert!(dev_state.exists());
     mdfuse_wait(&mnt, 60);
-    assert_eq!(md(&mnt, &format!("dev-{l1}/state")), "in_sync");
-    assert_eq!(md(&mnt, &format!("dev-{l1}/slot")), "1");
-    assert_eq!(md(&mnt, &format!("dev-{l1}/recovery_start")), "none");
-    assert_eq!(md(&mnt, "degraded"), "0");
+    assert_eq!(m.md(&format!("dev-{l1}/state")), "in_sync");
+    assert_eq!(m.md(&format!("dev-{l1}/slot")), "1");
+    assert_eq!(m.md(&format!("dev-{l1}/recovery_start")), "none");
+    assert_eq!(m.md("degraded"), "0");
     assert!(
         m.log().contains("re-added: bitmap-guided recovery"),
         "{}",
         m.log()
     );
-    assert_detail_agrees(&mnt, &legs);
+    assert_detail_agrees(&m, &legs);
 
     // The same through mdfuse manage.
     let o = mdfuse_with(&["manage"], &[&mnt, Path::new("--fail"), fx.legs.path(1)]);
     assert_ok("mdfuse manage --fail", &o);
-    assert_eq!(md(&mnt, &format!("dev-{l1}/state")), "faulty");
-    assert_detail_agrees(&mnt, &legs);
+    assert_eq!(m.md(&format!("dev-{l1}/state")), "faulty");
+    assert_detail_agrees(&m, &legs);
     let o = mdfuse_with(&["manage"], &[&mnt, Path::new("--remove"), fx.legs.path(1)]);
     assert_ok("mdfuse manage --remove", &o);
     assert!(!dev_state.exists(), "dev-{l1} still there after remove");
@@ -760,22 +700,23 @@ fn fail_remove_and_re_add_through_the_files_and_manage() {
         .iter()
         .any(|f| f.starts_with(&format!("dev-{l1}/"))));
     assert!(!m.mdstat().contains(&l1), "{}", m.mdstat());
-    assert_eq!(md(&mnt, "degraded"), "1");
-    assert_detail_agrees(&mnt, &legs);
+    assert_eq!(m.md("degraded"), "1");
+    assert_detail_agrees(&m, &legs);
     // Gone: its files are no more (md: the directory is gone).
-    let err =
-        md_write(&mnt, &format!("dev-{l1}/state"), "remove").expect_err("state of a removed leg");
+    let err = m
+        .write_md(&format!("dev-{l1}/state"), "remove")
+        .expect_err("state of a removed leg");
     assert_eq!(err.raw_os_error(), Some(libc::ENOENT), "{err}");
 
     write_image(&m.image(), 12 * MIB, MIB as usize, 0x33);
     assert_refused(&m, "new_dev", "re-add leg1.img", libc::EINVAL);
     let value = format!("re-add {}", fx.legs.path(1).display());
-    md_set(&mnt, "new_dev", &value);
+    m.set_md("new_dev", &value);
     assert!(dev_state.exists(), "dev-{l1} not back after re-add");
     mdfuse_wait(&mnt, 60);
-    assert_eq!(md(&mnt, &format!("dev-{l1}/state")), "in_sync");
-    assert_eq!(md(&mnt, "degraded"), "0");
-    assert_detail_agrees(&mnt, &legs);
+    assert_eq!(m.md(&format!("dev-{l1}/state")), "in_sync");
+    assert_eq!(m.md("degraded"), "0");
+    assert_detail_agrees(&m, &legs);
     // A second re-add of a member in the array is refused.
     assert_refused(&m, "new_dev", &value, libc::EBUSY);
     m.stop();
@@ -797,41 +738,28 @@ fn a_full_recovery_shows_as_md_shows_it() {
     let mnt = m.mountpoint().to_path_buf();
     let (l0, l1) = (fx.leg_name(0), fx.leg_name(1));
     let legs = [l0.clone(), l1.clone()];
-    let mut rng = Rng(42);
-    let data = rng.bytes(ARRAY_BYTES as usize);
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(m.image())
-        .and_then(|f| {
-            f.write_all_at(&data, 0)?;
-            f.sync_all()
-        })
-        .expect("fill array.img");
-    md_set(&mnt, &format!("dev-{l1}/state"), "faulty");
-    md_set(&mnt, &format!("dev-{l1}/state"), "remove");
-    md_set(&mnt, "sync_speed_max", "2000");
-    md_set(
-        &mnt,
-        "new_dev",
-        &format!("re-add {}", fx.legs.path(1).display()),
-    );
+    m.fill_random(0, ARRAY_BYTES as usize, 42);
+    m.fail_and_remove(&l1);
+    m.set_md("sync_speed_max", "2000");
+    m.set_md("new_dev", &format!("re-add {}", fx.legs.path(1).display()));
     let mut reached = BTreeSet::new();
     let mut saw_detail = false;
     let t0 = Instant::now();
-    while md(&mnt, "sync_action") != "idle" {
-        assert_eq!(md(&mnt, "sync_action"), "recover");
-        let state = md(&mnt, &format!("dev-{l1}/state"));
+    while m.md("sync_action") != "idle" {
+        assert_eq!(m.md("sync_action"), "recover");
+        let state = m.md(&format!("dev-{l1}/state"));
         if state == "in_sync" {
             break;
         }
         assert_eq!(state, "spare");
         assert_eq!(
-            md(&mnt, &format!("dev-{l1}/slot")),
+            m.md(&format!("dev-{l1}/slot")),
             "1",
             "md keeps a recovering spare in its slot"
         );
-        assert_eq!(md(&mnt, "degraded"), "1");
-        let r: u64 = md(&mnt, &format!("dev-{l1}/recovery_start"))
+        assert_eq!(m.md("degraded"), "1");
+        let r: u64 = m
+            .md(&format!("dev-{l1}/recovery_start"))
             .parse()
             .expect("recovery_start is a sector while recovering");
         assert!(r <= ARRAY_BYTES / 512);
@@ -857,7 +785,7 @@ fn a_full_recovery_shows_as_md_shows_it() {
                 "{}",
                 d.text
             );
-            assert_detail_agrees(&mnt, &legs);
+            assert_detail_agrees(&m, &legs);
             saw_detail = true;
             // md: no device leaves while it is being recovered.
             assert_refused(&m, &format!("dev-{l1}/state"), "remove", libc::EBUSY);
@@ -873,13 +801,13 @@ fn a_full_recovery_shows_as_md_shows_it() {
         "recovery_start did not move: {reached:?}"
     );
     assert!(saw_detail);
-    md_set(&mnt, "sync_speed_max", "system");
+    m.set_md("sync_speed_max", "system");
     mdfuse_wait(&mnt, 60);
-    assert_eq!(md(&mnt, &format!("dev-{l1}/state")), "in_sync");
-    assert_eq!(md(&mnt, &format!("dev-{l1}/recovery_start")), "none");
-    assert_eq!(md(&mnt, "degraded"), "0");
+    assert_eq!(m.md(&format!("dev-{l1}/state")), "in_sync");
+    assert_eq!(m.md(&format!("dev-{l1}/recovery_start")), "none");
+    assert_eq!(m.md("degraded"), "0");
     assert!(m.log().contains("full recovery"), "{}", m.log());
-    assert_detail_agrees(&mnt, &legs);
+    assert_detail_agrees(&m, &legs);
     m.stop();
     fx.assert_stopped_clean();
     fx.assert_legs_identical();
@@ -894,7 +822,6 @@ fn speed_limits_read_back_as_md_prints_them() {
     }
     let fx = Fixture::new(false);
     let m = fx.mount(&[]);
-    let mnt = m.mountpoint().to_path_buf();
     for (file, value, shown) in [
         ("sync_speed_min", "5000", "5000 (local)"),
         // The default's value set on purpose is still local, as in md.
@@ -903,13 +830,13 @@ fn speed_limits_read_back_as_md_prints_them() {
         ("sync_speed_max", "100000", "100000 (local)"),
         ("sync_speed_max", "system", "200000 (system)"),
     ] {
-        md_set(&mnt, file, value);
-        assert_eq!(md(&mnt, file), shown, "{value} > md/{file}");
+        m.set_md(file, value);
+        assert_eq!(m.md(file), shown, "{value} > md/{file}");
     }
     for bad in ["0", "bogus", "-5", "4294967296", ""] {
         assert_refused(&m, "sync_speed_min", bad, libc::EINVAL);
     }
-    assert_eq!(md(&mnt, "sync_speed_min"), "1000 (system)");
+    assert_eq!(m.md("sync_speed_min"), "1000 (system)");
     m.stop();
 }
 
@@ -940,9 +867,9 @@ fn invalid_writes_are_refused_with_a_reason_in_the_log() {
     assert_refused(&m, &format!("dev-{l0}/state"), "remove", libc::EBUSY);
     assert_refused(&m, &format!("dev-{l0}/state"), "re-add", libc::EBUSY);
     // Failing one leg is fine; the other is then the last and md refuses to fail it.
-    md_set(&mnt, &format!("dev-{}/state", fx.leg_name(1)), "faulty");
+    m.set_md(&format!("dev-{}/state", fx.leg_name(1)), "faulty");
     assert_refused(&m, &format!("dev-{l0}/state"), "faulty", libc::EBUSY);
-    assert_eq!(md(&mnt, &format!("dev-{l0}/state")), "in_sync");
+    assert_eq!(m.md(&format!("dev-{l0}/state")), "in_sync");
     // chmod of a control file is not the way to change it.
     let err = std::fs::set_permissions(
         mnt.join("md/sync_action"),
@@ -950,8 +877,8 @@ fn invalid_writes_are_refused_with_a_reason_in_the_log() {
     )
     .expect_err("chmod of md/sync_action");
     assert_eq!(err.raw_os_error(), Some(libc::EPERM), "{err}");
-    assert_eq!(md(&mnt, "sync_action"), "idle");
-    assert_eq!(md(&mnt, "degraded"), "1");
+    assert_eq!(m.md("sync_action"), "idle");
+    assert_eq!(m.md("degraded"), "1");
     m.stop();
 }
 
@@ -993,7 +920,7 @@ fn other_users_read_but_cannot_write_control_files() {
     let o = as_nobody(&format!("echo check > {action}"));
     assert!(!o.status.success(), "nobody wrote md/sync_action");
     assert!(stderr(&o).contains("Permission denied"), "{}", out_text(&o));
-    assert_eq!(md(&mnt, "sync_action"), "idle");
+    assert_eq!(m.md("sync_action"), "idle");
     let o = as_nobody(&format!("head -c 512 {img} >/dev/null"));
     assert!(stderr(&o).contains("Permission denied"), "{}", out_text(&o));
     // Only the owner may chmod it.
@@ -1073,7 +1000,7 @@ fn stop_sigint_and_sigterm_each_stop_the_array_clean() {
             MIB as usize,
             round as u8 + 1,
         );
-        assert_eq!(md(m.mountpoint(), "array_state"), "active");
+        assert_eq!(m.md("array_state"), "active");
         for leg in &fx.legs.paths {
             let state = examine_field(&mdadm_examine(leg), "State");
             assert_eq!(state.as_deref(), Some("active"), "{how}: before the stop");

@@ -4,20 +4,16 @@
 
 mod common;
 
+use common::io::{open_direct, read_at, write_at, AlignedVec};
+use common::kmd;
 use common::loopdev::{needs_root, run, LoopDevice, Mkfs, MountedFs};
 use common::mdfuse::*;
+use common::rng::Rng;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::Command;
 
 const MIB: u64 = 1 << 20;
-
-fn tempdir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("mdfuse-core")
-        .tempdir()
-        .expect("tempdir")
-}
 
 /// Asserts every leg's data region equals `expected`.
 fn assert_legs_hold(legs: &Legs, expected: &[u8]) {
@@ -45,6 +41,23 @@ fn state_of(leg: &Path) -> String {
     examine_field(&mdadm_examine(leg), "State").unwrap_or_default()
 }
 
+/// Linux md's fixture set `name`: its legs (copies in `dir`) and the sha256
+/// of what md served from them.
+fn md_fixture(name: &str, dir: &Path) -> (Legs, String) {
+    let set = kmd::fixture_set(name);
+    (
+        kmd::fixture_legs(&set, dir),
+        kmd::Manifest::load(&set).md0_sha,
+    )
+}
+
+/// Asserts every leg's superblock records `state` (by mdadm), `when`.
+fn assert_states(legs: &Legs, state: &str, when: &str) {
+    for leg in &legs.paths {
+        assert_eq!(state_of(leg), state, "{}: {when}", leg.display());
+    }
+}
+
 fn events_of(leg: &Path) -> u64 {
     examine_field(&mdadm_examine(leg), "Events")
         .and_then(|e| e.parse().ok())
@@ -59,15 +72,14 @@ fn writes_survive_remount_and_legs_are_identical() {
     if !needs_root("writes_survive_remount_and_legs_are_identical") {
         return;
     }
-    let dir = tempdir();
-    let legs = Legs::new(dir.path(), 2, 64 * MIB);
+    let legs = Legs::temp(64 * MIB);
     let created = create(&legs, &["--name", "roundtrip"]);
     assert_eq!(created.data_offset_sectors * 512, MIB, "{}", created.stdout);
     assert_eq!(data_offset(legs.path(0)), MIB);
     let size = created.array_bytes as usize;
     let mut model = vec![0u8; size];
     let mut rng = Rng(0x5eed_1234_abcd_0001);
-    let mnt = dir.path().join("mnt");
+    let mnt = legs.mountpoint("mnt");
     {
         let array = MountedArray::mount(&legs, &mnt, &[]);
         let img_len = std::fs::metadata(array.image()).unwrap().len();
@@ -150,9 +162,7 @@ fn writes_survive_remount_and_legs_are_identical() {
         array.stop();
     }
     assert_legs_hold(&legs, &model);
-    for leg in &legs.paths {
-        assert_eq!(state_of(leg), "clean");
-    }
+    assert_states(&legs, "clean", "after the stops");
 }
 
 /// Real mdadm reads what `mdfuse create` wrote, and what a run changed.
@@ -161,7 +171,7 @@ fn mdadm_examine_reads_our_superblocks() {
     if !needs_root("mdadm_examine_reads_our_superblocks") {
         return;
     }
-    let dir = tempdir();
+    let dir = tempdir("mdfuse-core");
     let legs = Legs::new(dir.path(), 2, 32 * MIB);
     let created = create(&legs, &["--name", "examined"]);
     let mut events_before = Vec::new();
@@ -181,17 +191,10 @@ fn mdadm_examine_reads_our_superblocks() {
     let mnt = dir.path().join("mnt");
     let array = MountedArray::mount(&legs, &mnt, &[]);
     // Safe mode would record an idle array clean after 0.2 s, as md does.
-    std::fs::write(mnt.join("md/safe_mode_delay"), "60").unwrap();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(array.image())
-        .unwrap()
-        .write_all_at(b"hello md", 4096)
-        .unwrap();
+    array.set_md("safe_mode_delay", "60");
+    write_at(&array.image(), 4096, b"hello md");
     // While written and running, md records the array active.
-    for leg in &legs.paths {
-        assert_eq!(state_of(leg), "active", "while running after a write");
-    }
+    assert_states(&legs, "active", "while running after a write");
     array.stop();
     for (i, leg) in legs.paths.iter().enumerate() {
         let e = mdadm_examine(leg);
@@ -213,7 +216,7 @@ fn mdadm_examine_reads_our_superblocks() {
     assert_eq!(events_of(legs.path(0)), events_of(legs.path(1)));
 
     // Three legs.
-    let dir3 = tempdir();
+    let dir3 = tempdir("mdfuse-core");
     let legs3 = Legs::new(dir3.path(), 3, 32 * MIB);
     let c3 = create(&legs3, &["--name", "three"]);
     for (slot, leg) in legs3.paths.iter().enumerate() {
@@ -295,10 +298,9 @@ fn fio_parallel_verified_writes_by_worker_threads() {
 /// Runs the verified fio workloads on a fresh array mounted with `env`;
 /// returns the daemon's log.
 fn fio_parallel_verified_writes_with(env: &[(&str, &str)]) -> String {
-    let dir = tempdir();
-    let legs = Legs::new(dir.path(), 2, 112 * MIB);
+    let legs = Legs::temp(112 * MIB);
     let created = create(&legs, &["--name", "fio"]);
-    let mnt = dir.path().join("mnt");
+    let mnt = legs.mountpoint("mnt");
     let array = MountedArray::mount_env(&legs, &mnt, &[], env);
     let img = format!("--filename={}", array.image().display());
     // Four writers, each in its own 8 MiB region (fio verifies per job),
@@ -306,7 +308,7 @@ fn fio_parallel_verified_writes_with(env: &[(&str, &str)]) -> String {
     for (direct, base) in [("1", 0u64), ("0", 32 * MIB)] {
         let offset = format!("--offset={base}");
         fio(
-            dir.path(),
+            legs.dir(),
             &[
                 "--name=verified",
                 &img,
@@ -330,7 +332,7 @@ fn fio_parallel_verified_writes_with(env: &[(&str, &str)]) -> String {
     // Asynchronous direct I/O (libaio, 16 in flight per job) with
     // verification reads interleaved with the writes (verify_backlog).
     fio(
-        dir.path(),
+        legs.dir(),
         &[
             "--name=async",
             &img,
@@ -352,7 +354,7 @@ fn fio_parallel_verified_writes_with(env: &[(&str, &str)]) -> String {
     // Readers and writers on one shared, overlapping range (no verify:
     // fio cannot know the winner; the legs must still agree).
     fio(
-        dir.path(),
+        legs.dir(),
         &[
             "--name=mixed",
             &img,
@@ -384,11 +386,10 @@ fn ext4_on_loop_over_array_survives_remount() {
     if !needs_root("ext4_on_loop_over_array_survives_remount") {
         return;
     }
-    let dir = tempdir();
-    let legs = Legs::new(dir.path(), 2, 64 * MIB);
+    let legs = Legs::temp(64 * MIB);
     create(&legs, &["--name", "ext4"]);
-    let mnt = dir.path().join("mnt");
-    let fsdir = dir.path().join("fs");
+    let mnt = legs.mountpoint("mnt");
+    let fsdir = legs.dir().join("fs");
     let mut rng = Rng(0xe474_0000_0000_0001);
     let files: Vec<(String, Vec<u8>)> = (0..4)
         .map(|i| {
@@ -421,9 +422,7 @@ fn ext4_on_loop_over_array_survives_remount() {
         }
         array.stop_when_free();
     }
-    for leg in &legs.paths {
-        assert_eq!(state_of(leg), "clean");
-    }
+    assert_states(&legs, "clean", "after the stop");
     let array = MountedArray::mount(&legs, &mnt, &[]);
     {
         let lo = attach_loop_rw(&array.image());
@@ -457,9 +456,8 @@ fn kernel_fixture_clean_reads_as_the_kernel_did() {
     if !needs_root("kernel_fixture_clean_reads_as_the_kernel_did") {
         return;
     }
-    let dir = tempdir();
-    let legs = fixture_legs("a-clean", dir.path());
-    let want = fixture_md0_sha256("a-clean");
+    let dir = tempdir("mdfuse-core");
+    let (legs, want) = md_fixture("a-clean", dir.path());
     let mnt = dir.path().join("mnt");
     let array = MountedArray::mount(&legs, &mnt, &["--ro"]);
     assert_eq!(sha256_file(&array.image()), want, "read-only mount");
@@ -487,11 +485,10 @@ fn kernel_fixture_degraded_starts_degraded_and_serves_current_leg() {
     if !needs_root("kernel_fixture_degraded_starts_degraded_and_serves_current_leg") {
         return;
     }
-    let dir = tempdir();
-    let legs = fixture_legs("b-degraded-dirty", dir.path());
-    let want = fixture_md0_sha256("b-degraded-dirty");
+    let dir = tempdir("mdfuse-core");
+    let (legs, want) = md_fixture("b-degraded-dirty", dir.path());
     let mnt = dir.path().join("mnt");
-    let before: Vec<String> = legs.paths.iter().map(|p| sha256_file(p)).collect();
+    let before = legs.sha256s();
     let array = MountedArray::mount(&legs, &mnt, &["--ro"]);
     assert!(array.mdstat().contains("[2/1] [U_]"), "{}", array.mdstat());
     let log = array.log();
@@ -501,7 +498,7 @@ fn kernel_fixture_degraded_starts_degraded_and_serves_current_leg() {
     );
     assert_eq!(sha256_file(&array.image()), want, "without --run");
     array.stop();
-    let after: Vec<String> = legs.paths.iter().map(|p| sha256_file(p)).collect();
+    let after = legs.sha256s();
     assert_eq!(before, after, "a read-only assembly changed the legs");
 
     let array = MountedArray::mount(&legs, &mnt, &["--run", "--ro"]);
@@ -522,25 +519,19 @@ fn a_mount_without_writes_changes_no_superblock() {
     if !needs_root("a_mount_without_writes_changes_no_superblock") {
         return;
     }
-    let dir = tempdir();
-    let legs = Legs::new(dir.path(), 2, 32 * MIB);
+    let legs = Legs::temp(32 * MIB);
     create(&legs, &[]);
-    let mnt = dir.path().join("mnt");
-    let before: Vec<String> = legs.paths.iter().map(|p| sha256_file(p)).collect();
+    let mnt = legs.mountpoint("mnt");
+    let before = legs.sha256s();
     for _ in 0..2 {
         let array = MountedArray::mount(&legs, &mnt, &[]);
         let _ = std::fs::read(array.image()).unwrap();
         array.stop();
     }
-    let after: Vec<String> = legs.paths.iter().map(|p| sha256_file(p)).collect();
+    let after = legs.sha256s();
     assert_eq!(before, after, "a mount that only read changed the legs");
     let array = MountedArray::mount(&legs, &mnt, &[]);
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(array.image())
-        .unwrap()
-        .write_all_at(b"x", 0)
-        .unwrap();
+    write_at(&array.image(), 0, b"x");
     array.stop();
     let events = events_of(legs.path(0));
     assert!(events > 0, "a write left events at 0");
@@ -560,61 +551,33 @@ fn plain_umount_and_sigterm_stop_cleanly() {
     if !needs_root("plain_umount_and_sigterm_stop_cleanly") {
         return;
     }
-    let dir = tempdir();
-    let legs = Legs::new(dir.path(), 2, 32 * MIB);
+    let legs = Legs::temp(32 * MIB);
     create(&legs, &["--name", "umount"]);
-    let mnt = dir.path().join("mnt");
+    let mnt = legs.mountpoint("mnt");
     let data = Rng(7).bytes(300_000);
 
     let array = MountedArray::mount(&legs, &mnt, &[]);
     // Safe mode would record an idle array clean after 0.2 s, as md does.
-    std::fs::write(mnt.join("md/safe_mode_delay"), "60").unwrap();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(array.image())
-        .unwrap()
-        .write_all_at(&data, 1000)
-        .unwrap();
+    array.set_md("safe_mode_delay", "60");
+    write_at(&array.image(), 1000, &data);
     assert_eq!(state_of(legs.path(0)), "active");
     array.umount_plain();
     assert!(!is_mounted(&mnt));
-    for leg in &legs.paths {
-        assert_eq!(state_of(leg), "clean", "after umount(8)");
-    }
+    assert_states(&legs, "clean", "after umount(8)");
 
     let array = MountedArray::mount(&legs, &mnt, &[]);
-    let back = {
-        let f = std::fs::File::open(array.image()).unwrap();
-        let mut b = vec![0u8; data.len()];
-        f.read_exact_at(&mut b, 1000).unwrap();
-        b
-    };
-    assert!(back == data);
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(array.image())
-        .unwrap()
-        .write_all_at(&data, 5 * MIB)
-        .unwrap();
+    assert!(read_at(&array.image(), 1000, data.len()) == data);
+    write_at(&array.image(), 5 * MIB, &data);
     array.sigterm();
-    for leg in &legs.paths {
-        assert_eq!(state_of(leg), "clean", "after SIGTERM");
-    }
+    assert_states(&legs, "clean", "after SIGTERM");
 
     // Foreground mode, SIGTERM: exits 0 and clean.
     let fg = ForegroundArray::start(&legs, &mnt, &[]);
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(fg.image())
-        .unwrap()
-        .write_all_at(b"foreground", 0)
-        .unwrap();
+    write_at(&fg.image(), 0, b"foreground");
     let status = fg.terminate();
     assert!(status.success(), "mdfuse -f exited {status}");
     assert!(!is_mounted(&mnt));
-    for leg in &legs.paths {
-        assert_eq!(state_of(leg), "clean", "after SIGTERM to mount -f");
-    }
+    assert_states(&legs, "clean", "after SIGTERM to mount -f");
     let mut model = vec![0u8; 6 * MIB as usize];
     model[1000..1000 + data.len()].copy_from_slice(&data);
     model[5 * MIB as usize..5 * MIB as usize + data.len()].copy_from_slice(&data);
@@ -631,15 +594,14 @@ fn kill9_leaves_active_and_remount_serves_data() {
     if !needs_root("kill9_leaves_active_and_remount_serves_data") {
         return;
     }
-    let dir = tempdir();
-    let legs = Legs::new(dir.path(), 2, 32 * MIB);
+    let legs = Legs::temp(32 * MIB);
     create(&legs, &["--name", "crash"]);
-    let mnt = dir.path().join("mnt");
+    let mnt = legs.mountpoint("mnt");
     let data = Rng(99).bytes(200_000);
     let array = MountedArray::mount(&legs, &mnt, &[]);
     // A crash while writes are recent: safe mode (md's, 0.2 s) must not
     // have recorded the array clean yet.
-    std::fs::write(mnt.join("md/safe_mode_delay"), "60").unwrap();
+    array.set_md("safe_mode_delay", "60");
     let f = std::fs::OpenOptions::new()
         .write(true)
         .open(array.image())
@@ -649,20 +611,12 @@ fn kill9_leaves_active_and_remount_serves_data() {
     drop(f);
     array.kill9();
     assert!(!is_mounted(&mnt));
-    for leg in &legs.paths {
-        assert_eq!(state_of(leg), "active", "after SIGKILL");
-    }
+    assert_states(&legs, "active", "after SIGKILL");
     let array = MountedArray::mount(&legs, &mnt, &[]);
-    let f = std::fs::File::open(array.image()).unwrap();
-    let mut back = vec![0u8; data.len()];
-    f.read_exact_at(&mut back, 123_456).unwrap();
-    assert!(back == data);
-    drop(f);
+    assert!(read_at(&array.image(), 123_456, data.len()) == data);
     array.stop();
     // No resync has run: the legs stay recorded active (md would resync).
-    for leg in &legs.paths {
-        assert_eq!(state_of(leg), "active", "after the remount's stop");
-    }
+    assert_states(&legs, "active", "after the remount's stop");
 }
 
 /// mdstat, the directory listing and array.img's size.
@@ -671,10 +625,9 @@ fn mdstat_readdir_and_image_size() {
     if !needs_root("mdstat_readdir_and_image_size") {
         return;
     }
-    let dir = tempdir();
-    let legs = Legs::new(dir.path(), 2, 48 * MIB);
+    let legs = Legs::temp(48 * MIB);
     let created = create(&legs, &["--name", "status"]);
-    let mnt = dir.path().join("mnt");
+    let mnt = legs.mountpoint("mnt");
     let array = MountedArray::mount(&legs, &mnt, &[]);
     let mdstat = array.mdstat();
     assert!(mdstat.contains("raid1"), "{mdstat}");
@@ -718,20 +671,14 @@ fn harness_cleans_up_after_a_panicking_test() {
     if !needs_root("harness_cleans_up_after_a_panicking_test") {
         return;
     }
-    let dir = tempdir();
-    let legs = Legs::new(dir.path(), 2, 32 * MIB);
+    let legs = Legs::temp(32 * MIB);
     create(&legs, &[]);
-    let mnt = dir.path().join("mnt");
+    let mnt = legs.mountpoint("mnt");
     let pid = std::sync::Mutex::new(0);
     let result = std::panic::catch_unwind(|| {
         let array = MountedArray::mount(&legs, &mnt, &[]);
         *pid.lock().unwrap() = array.pid();
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(array.image())
-            .unwrap()
-            .write_all_at(b"before the panic", 0)
-            .unwrap();
+        write_at(&array.image(), 0, b"before the panic");
         panic!("deliberate panic with the array mounted");
     });
     assert!(result.is_err());
@@ -741,9 +688,7 @@ fn harness_cleans_up_after_a_panicking_test() {
     assert!(!pid_alive(pid), "the harness left the daemon behind");
     assert!(daemons_for(&mnt).is_empty());
     // Its Drop stopped the array cleanly.
-    for leg in &legs.paths {
-        assert_eq!(state_of(leg), "clean");
-    }
+    assert_states(&legs, "clean", "after the harness stopped it");
 }
 
 /// A write at exactly the end of array.img fails like one at the end of a
@@ -753,12 +698,11 @@ fn write_at_the_end_is_enospc() {
     if !needs_root("write_at_the_end_is_enospc") {
         return;
     }
-    let dir = tempdir();
-    let legs = Legs::new(dir.path(), 2, 32 * MIB);
+    let legs = Legs::temp(32 * MIB);
     let created = create(&legs, &[]);
     let size = created.array_bytes;
     // Write-through: every buffered write is a request, refused at once.
-    let array = MountedArray::mount(&legs, &dir.path().join("mnt"), &["--write-through"]);
+    let array = MountedArray::mount(&legs, &legs.mountpoint("mnt"), &["--write-through"]);
     let f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -780,7 +724,7 @@ fn write_at_the_end_is_enospc() {
     // The default (the kernel's writeback cache): the page cache takes the
     // write past the end; fsync then reports the loss, the bytes inside the
     // image are kept, and the image keeps its size.
-    let array = MountedArray::mount(&legs, &dir.path().join("mnt"), &[]);
+    let array = MountedArray::mount(&legs, &legs.mountpoint("mnt"), &[]);
     let f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -822,10 +766,9 @@ fn sigterm_while_busy_stops_cleanly_when_released() {
     if !needs_root("sigterm_while_busy_stops_cleanly_when_released") {
         return;
     }
-    let dir = tempdir();
-    let legs = Legs::new(dir.path(), 2, 32 * MIB);
+    let legs = Legs::temp(32 * MIB);
     create(&legs, &[]);
-    let mnt = dir.path().join("mnt");
+    let mnt = legs.mountpoint("mnt");
     for round in 0..6 {
         let array = MountedArray::mount(&legs, &mnt, &[]);
         let pid = array.pid();
@@ -852,9 +795,7 @@ fn sigterm_while_busy_stops_cleanly_when_released() {
             "round {round}: daemon still runs after the loop device let go"
         );
         assert!(!is_mounted(&mnt));
-        for leg in &legs.paths {
-            assert_eq!(state_of(leg), "clean", "round {round}");
-        }
+        assert_states(&legs, "clean", &format!("round {round}"));
         let log = array.log();
         assert!(
             !log.contains("ended with an error"),
@@ -871,11 +812,10 @@ fn read_only_mount_changes_nothing() {
     if !needs_root("read_only_mount_changes_nothing") {
         return;
     }
-    let dir = tempdir();
-    let legs = Legs::new(dir.path(), 2, 32 * MIB);
+    let legs = Legs::temp(32 * MIB);
     create(&legs, &[]);
-    let before: Vec<String> = legs.paths.iter().map(|p| sha256_file(p)).collect();
-    let array = MountedArray::mount(&legs, &dir.path().join("mnt"), &["--ro"]);
+    let before = legs.sha256s();
+    let array = MountedArray::mount(&legs, &legs.mountpoint("mnt"), &["--ro"]);
     assert!(array.mdstat().contains("read-only"), "{}", array.mdstat());
     let err = std::fs::OpenOptions::new()
         .write(true)
@@ -884,7 +824,7 @@ fn read_only_mount_changes_nothing() {
     assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
     let _ = std::fs::read(array.image()).unwrap();
     array.stop();
-    let after: Vec<String> = legs.paths.iter().map(|p| sha256_file(p)).collect();
+    let after = legs.sha256s();
     assert_eq!(before, after, "a read-only mount changed a leg");
 }
 
@@ -894,11 +834,10 @@ fn buffered_mode_and_leg_order() {
     if !needs_root("buffered_mode_and_leg_order") {
         return;
     }
-    let dir = tempdir();
-    let legs = Legs::new(dir.path(), 2, 32 * MIB);
+    let legs = Legs::temp(32 * MIB);
     let created = create(&legs, &[]);
     let reversed = Legs::from_paths(legs.paths.iter().rev().cloned().collect());
-    let mnt = dir.path().join("mnt");
+    let mnt = legs.mountpoint("mnt");
     let mut model = vec![0u8; created.array_bytes as usize];
     let mut rng = Rng(0xb0ff);
     let array = MountedArray::mount(&reversed, &mnt, &["--buffered"]);
@@ -934,26 +873,21 @@ fn three_legs_degraded_run_then_the_missing_leg_is_stale() {
     if !needs_root("three_legs_degraded_run_then_the_missing_leg_is_stale") {
         return;
     }
-    let dir = tempdir();
+    let dir = tempdir("mdfuse-core");
     let legs = Legs::new(dir.path(), 3, 32 * MIB);
     create(&legs, &["--name", "three"]);
     let two = Legs::from_paths(legs.paths[..2].to_vec());
     let mnt = dir.path().join("mnt");
     let err = match MountedArray::try_mount(&two, &mnt, &[]) {
         Ok(_) => panic!("a degraded array started without --run"),
-        Err((o, _)) => stderr(&o),
+        Err(o) => stderr(&o),
     };
     assert!(err.contains("slot 2") && err.contains("--run"), "{err}");
     let data = Rng(3).bytes(123_457);
     let array = MountedArray::mount(&two, &mnt, &["--run"]);
     let mdstat = array.mdstat();
     assert!(mdstat.contains("[3/2] [UU_]"), "{mdstat}");
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(array.image())
-        .unwrap()
-        .write_all_at(&data, 77)
-        .unwrap();
+    write_at(&array.image(), 77, &data);
     array.stop();
     let stale = legs.path(2);
     let before = sha256_file(stale);
@@ -966,11 +900,7 @@ fn three_legs_degraded_run_then_the_missing_leg_is_stale() {
         "{log}"
     );
     assert!(array.mdstat().contains("[3/2] [UU_]"), "{}", array.mdstat());
-    let f = std::fs::File::open(array.image()).unwrap();
-    let mut back = vec![0u8; data.len()];
-    f.read_exact_at(&mut back, 77).unwrap();
-    assert!(back == data);
-    drop(f);
+    assert!(read_at(&array.image(), 77, data.len()) == data);
     array.stop();
     assert_eq!(sha256_file(stale), before);
 }
@@ -981,12 +911,7 @@ fn three_legs_degraded_run_then_the_missing_leg_is_stale() {
 fn stop_while_daemon_frozen(legs: &Legs, current_leg: &Path, mnt: &Path) {
     let array = MountedArray::mount(legs, mnt, &["--run"]);
     let pid = array.pid();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(array.image())
-        .unwrap()
-        .write_all_at(b"written before stop", 0)
-        .unwrap();
+    write_at(&array.image(), 0, b"written before stop");
     // SAFETY: kill has no memory-safety preconditions.
     unsafe { libc::kill(pid, libc::SIGSTOP) };
     let o = mdfuse_with(&["stop", "--timeout", "1"], &[mnt]);
@@ -1008,10 +933,9 @@ fn stop_waits_for_the_daemon() {
     if !needs_root("stop_waits_for_the_daemon") {
         return;
     }
-    let dir = tempdir();
-    let legs = Legs::new(dir.path(), 2, 32 * MIB);
+    let legs = Legs::temp(32 * MIB);
     create(&legs, &[]);
-    stop_while_daemon_frozen(&legs, legs.path(0), &dir.path().join("mnt"));
+    stop_while_daemon_frozen(&legs, legs.path(0), &legs.mountpoint("mnt"));
 }
 
 /// `mdfuse stop` waits even when the first leg given to `mount` was left
@@ -1021,8 +945,8 @@ fn stop_waits_even_when_the_first_leg_was_left_out() {
     if !needs_root("stop_waits_even_when_the_first_leg_was_left_out") {
         return;
     }
-    let dir = tempdir();
-    let fixture = fixture_legs("b-degraded-dirty", dir.path());
+    let dir = tempdir("mdfuse-core");
+    let (fixture, _) = md_fixture("b-degraded-dirty", dir.path());
     // The stale leg first.
     let legs = Legs::from_paths(fixture.paths.iter().rev().cloned().collect());
     stop_while_daemon_frozen(&legs, fixture.path(0), &dir.path().join("mnt"));
@@ -1034,7 +958,7 @@ fn block_device_legs() {
     if !needs_root("block_device_legs") {
         return;
     }
-    let dir = tempdir();
+    let dir = tempdir("mdfuse-core");
     let files = Legs::new(dir.path(), 2, 32 * MIB);
     let loops: Vec<LoopDevice> = files.paths.iter().map(|p| attach_loop_rw(p)).collect();
     let legs = Legs::from_paths(loops.iter().map(|l| l.path().to_owned()).collect());
@@ -1050,12 +974,7 @@ fn block_device_legs() {
             std::fs::metadata(array.image()).unwrap().len(),
             created.array_bytes
         );
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(array.image())
-            .unwrap()
-            .write_all_at(&data, 4097)
-            .unwrap();
+        write_at(&array.image(), 4097, &data);
         array.stop();
     }
     // While the array runs, its legs are held exclusively: mounting a
@@ -1090,7 +1009,7 @@ fn a_block_device_in_use_is_refused_as_a_leg() {
     if !needs_root("a_block_device_in_use_is_refused_as_a_leg") {
         return;
     }
-    let dir = tempdir();
+    let dir = tempdir("mdfuse-core");
     let files = Legs::new(dir.path(), 2, 32 * MIB);
     let loops: Vec<LoopDevice> = files.paths.iter().map(|p| attach_loop_rw(p)).collect();
     let legs = Legs::from_paths(loops.iter().map(|l| l.path().to_owned()).collect());

@@ -2,6 +2,9 @@
 //! back, concurrent overlapping writers leave the legs identical, a failed
 //! leg is failed out while the array keeps serving.
 
+mod common;
+
+use common::rng::Rng;
 use mdfuse::io::leg::{IoMode, Leg};
 use mdfuse::raid1::{ArrayEvents, EngineOptions, LegSpec, LegState, Raid1};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -59,19 +62,6 @@ fn make_engine(
 fn data_region(p: &std::path::Path) -> Vec<u8> {
     let all = std::fs::read(p).unwrap();
     all[DATA_OFFSET as usize..].to_vec()
-}
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
 }
 
 fn unaligned_writes_read_back(mode: IoMode) {

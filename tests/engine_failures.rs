@@ -3,51 +3,21 @@
 //! failed only when a rewrite fails or errors pile up, re-adds that copy
 //! what the bitmap says and no more, interrupted recoveries and diverged
 //! histories. Read errors are real EIOs from a leg served by a FUSE
-//! filesystem of the test (`common::faulty`).
+//! filesystem of the test (`common::faultyfs`).
 
 mod common;
 
-use common::faulty::FaultyLeg;
+use common::faultyfs::FaultyFs;
+use common::io::{open_direct, read_direct, AlignedVec};
 use common::loopdev::needs_root;
-use common::mdfuse::{self as h, Legs, MountedArray, Rng};
+use common::mdfuse::{self as h, tempdir, wait_for, Legs, MountedArray};
+use common::rng::Rng;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const MIB: u64 = 1 << 20;
-
-fn tempdir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("mdfuse-engine-failures-")
-        .tempdir()
-        .expect("tempdir")
-}
-
-fn ctl(m: &MountedArray, file: &str) -> String {
-    std::fs::read_to_string(m.mountpoint().join("md").join(file))
-        .unwrap_or_else(|e| panic!("read md/{file}: {e}"))
-        .trim()
-        .to_string()
-}
-
-fn ctl_write(m: &MountedArray, file: &str, value: &str) -> std::io::Result<()> {
-    std::fs::write(m.mountpoint().join("md").join(file), value)
-}
-
-fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn wait_idle(m: &MountedArray) {
-    wait_for("the sync to end", Duration::from_secs(120), || {
-        ctl(m, "sync_action") == "idle"
-    });
-}
 
 fn open_image(m: &MountedArray) -> std::fs::File {
     std::fs::OpenOptions::new()
@@ -57,39 +27,59 @@ fn open_image(m: &MountedArray) -> std::fs::File {
         .expect("open array.img")
 }
 
-/// Reads `len` bytes of array.img at `offset` with O_DIRECT (no page cache).
-fn read_direct(m: &MountedArray, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
-    let f = h::open_direct(&m.image(), false);
-    let mut buf = h::AlignedVec::zeroed(len);
-    f.read_exact_at(buf.as_mut_slice(), offset)?;
-    Ok(buf.as_slice().to_vec())
-}
+/// The faulty leg's file name on its [`FaultyFs`].
+const BAD_LEG: &str = "leg1.img";
 
-/// A plain leg file `leg0.img` and a faulty leg `leg1.img`, made into an
-/// array (no bitmap).
+/// A plain leg file `leg0.img` and a faulty leg `leg1.img` (on a
+/// [`FaultyFs`]), made into an array (no bitmap).
 struct FaultyArray {
     _dir: tempfile::TempDir,
     dir: PathBuf,
     legs: Legs,
     // Declared last: the FUSE leg outlives the mount that uses it.
-    bad: FaultyLeg,
+    faulty: FaultyFs,
 }
 
 impl FaultyArray {
     fn new(size: u64, create_args: &[&str]) -> FaultyArray {
-        let tmp = tempdir();
+        let tmp = tempdir("mdfuse-engine-failures-");
         let dir = tmp.path().to_path_buf();
         let good = dir.join("leg0.img");
         common::loopdev::sparse_file(&good, size).expect("leg0");
-        let bad = FaultyLeg::new(&dir, "leg1.img", size);
-        let legs = Legs::from_paths(vec![good, bad.path()]);
+        let faulty = FaultyFs::new(&[(BAD_LEG, size)]);
+        let legs = Legs::from_paths(vec![good, faulty.path(BAD_LEG)]);
         h::create(&legs, create_args);
         FaultyArray {
             _dir: tmp,
             dir,
             legs,
-            bad,
+            faulty,
         }
+    }
+
+    /// Bad sectors on leg1 at leg bytes `[at, at + len)`: reads fail until
+    /// they are rewritten.
+    fn bad_range(&self, at: u64, len: u64) {
+        self.faulty.fail_reads_until_written(BAD_LEG, at..at + len);
+    }
+
+    /// Reads of leg1 that failed (EIO) so far.
+    fn failed_reads(&self) -> u64 {
+        self.faulty.counters(BAD_LEG).failed_reads
+    }
+
+    /// Bytes of leg1's bad ranges not rewritten yet.
+    fn bad_bytes_left(&self) -> u64 {
+        self.faulty.bad_bytes_left(BAD_LEG)
+    }
+
+    /// After reads over leg1's bad range: a read failed there (`unseen`
+    /// says why the test proves nothing otherwise), md rewrote the range
+    /// from leg0, and leg1 stays in sync.
+    fn assert_corrected(&self, m: &MountedArray, unseen: &str) {
+        assert!(self.failed_reads() >= 1, "{unseen}");
+        assert_eq!(self.bad_bytes_left(), 0, "the bad range was rewritten");
+        assert_eq!(m.md("dev-leg1.img/state"), "in_sync", "{}", m.log());
     }
 
     fn mount(&self, extra: &[&str]) -> MountedArray {
@@ -102,15 +92,6 @@ impl FaultyArray {
     }
 }
 
-/// Writes `len` random bytes at `offset` through array.img and fsyncs.
-fn fill(m: &MountedArray, offset: u64, len: usize, seed: u64) -> Vec<u8> {
-    let data = Rng(seed).bytes(len);
-    let f = open_image(m);
-    f.write_all_at(&data, offset).expect("write array.img");
-    f.sync_all().expect("fsync array.img");
-    data
-}
-
 /// Reads the 4 KiB blocks of `[offset, offset+len)` one by one, last first,
 /// twice: no read continues the previous one, so reads alternate between
 /// the in-sync legs and every block is read from each leg.
@@ -119,11 +100,11 @@ fn read_each_block_from_each_leg(m: &MountedArray, offset: u64, len: u64) -> Vec
     for pass in 0..2 {
         if pass == 1 {
             // One read more shifts which leg each block goes to.
-            read_direct(m, offset + len, 4096).expect("read past the range");
+            read_direct(&m.image(), offset + len, 4096).expect("read past the range");
         }
         let mut blocks = Vec::new();
         for b in (0..len / 4096).rev() {
-            let r = read_direct(m, offset + b * 4096, 4096)
+            let r = read_direct(&m.image(), offset + b * 4096, 4096)
                 .unwrap_or_else(|e| panic!("read of block {b} failed: {e}\n{}", m.log()));
             blocks.push(r);
         }
@@ -140,28 +121,26 @@ fn a_read_error_is_corrected_from_the_other_leg_and_the_leg_stays_in_sync() {
     }
     let a = FaultyArray::new(32 * MIB, &[]);
     let m = a.mount(&[]);
-    let data = fill(&m, 0, 4 * MIB as usize, 1);
+    let data = m.fill_random(0, 4 * MIB as usize, 1);
     // 8 KiB unreadable on leg1, in the middle of the data.
     let bad_at = a.leg_offset(MIB + 4096);
-    a.bad.faults.bad_range(bad_at, bad_at + 8192);
+    a.bad_range(bad_at, 8192);
     for copy in read_each_block_from_each_leg(&m, MIB - 16384, 64 * 1024) {
         assert!(
             copy == data[(MIB - 16384) as usize..(MIB - 16384 + 65536) as usize],
             "a read returned wrong data"
         );
     }
-    assert!(
-        a.bad.faults.read_errors.load(Ordering::Relaxed) >= 1,
-        "no read reached the bad range on leg1: the test proves nothing"
+    a.assert_corrected(
+        &m,
+        "no read reached the bad range on leg1: the test proves nothing",
     );
-    assert_eq!(a.bad.faults.bad_bytes(), 0, "the bad range was rewritten");
-    assert_eq!(ctl(&m, "dev-leg1.img/state"), "in_sync", "{}", m.log());
-    let errors: u64 = ctl(&m, "dev-leg1.img/errors").parse().expect("errors");
+    let errors: u64 = m.md("dev-leg1.img/errors").parse().expect("errors");
     assert!(errors >= 8, "errors counts the corrected sectors: {errors}");
-    assert_eq!(ctl(&m, "degraded"), "0");
+    assert_eq!(m.md("degraded"), "0");
     assert!(m.log().contains("read error corrected"), "{}", m.log());
     // The rewritten range holds the data, on the leg itself.
-    let on_leg = h::data_region(a.bad.backing(), bad_at, 8192);
+    let on_leg = h::data_region(&a.faulty.backing(BAD_LEG), bad_at, 8192);
     assert!(on_leg == data[(MIB + 4096) as usize..(MIB + 4096 + 8192) as usize]);
     m.stop();
 }
@@ -175,21 +154,19 @@ fn a_read_error_in_a_split_read_is_corrected_too() {
     }
     let a = FaultyArray::new(32 * MIB, &[]);
     let m = a.mount(&[]);
-    let data = fill(&m, 0, 4 * MIB as usize, 3);
+    let data = m.fill_random(0, 4 * MIB as usize, 3);
     // leg1 reads the second half of a 1 MiB read at 2 MiB.
     let bad_at = a.leg_offset(2 * MIB + 768 * 1024);
-    a.bad.faults.bad_range(bad_at, bad_at + 4096);
-    let got = read_direct(&m, 2 * MIB, MIB as usize).expect("the split read");
+    a.bad_range(bad_at, 4096);
+    let got = read_direct(&m.image(), 2 * MIB, MIB as usize).expect("the split read");
     assert!(
         got == data[(2 * MIB) as usize..(3 * MIB) as usize],
         "a split read returned wrong data"
     );
-    assert!(
-        a.bad.faults.read_errors.load(Ordering::Relaxed) >= 1,
-        "leg1 was not asked for its piece: the read was not split"
+    a.assert_corrected(
+        &m,
+        "leg1 was not asked for its piece: the read was not split",
     );
-    assert_eq!(a.bad.faults.bad_bytes(), 0, "the bad range was rewritten");
-    assert_eq!(ctl(&m, "dev-leg1.img/state"), "in_sync", "{}", m.log());
     m.stop();
 }
 
@@ -200,16 +177,18 @@ fn a_leg_whose_rewrite_fails_is_failed_and_the_read_still_succeeds() {
     }
     let a = FaultyArray::new(32 * MIB, &[]);
     let m = a.mount(&[]);
-    let data = fill(&m, 0, 2 * MIB as usize, 2);
+    let data = m.fill_random(0, 2 * MIB as usize, 2);
     let bad_at = a.leg_offset(MIB);
-    a.bad.faults.dead_range(bad_at, bad_at + 4096);
+    // Dead sectors: reads and their rewrite fail.
+    a.faulty.fail_reads(BAD_LEG, bad_at..bad_at + 4096);
+    a.faulty.fail_writes(BAD_LEG, bad_at..bad_at + 4096);
     for copy in read_each_block_from_each_leg(&m, MIB - 8192, 16384) {
         assert!(copy == data[(MIB - 8192) as usize..(MIB + 8192) as usize]);
     }
-    assert!(a.bad.faults.write_errors.load(Ordering::Relaxed) >= 1);
-    assert_eq!(ctl(&m, "dev-leg1.img/state"), "faulty", "{}", m.log());
-    assert_eq!(ctl(&m, "degraded"), "1");
-    assert_eq!(ctl(&m, "dev-leg0.img/state"), "in_sync");
+    assert!(a.faulty.counters(BAD_LEG).failed_writes >= 1);
+    assert_eq!(m.md("dev-leg1.img/state"), "faulty", "{}", m.log());
+    assert_eq!(m.md("degraded"), "1");
+    assert_eq!(m.md("dev-leg0.img/state"), "in_sync");
     m.stop();
 }
 
@@ -220,21 +199,22 @@ fn too_many_read_errors_fail_the_leg() {
     }
     let a = FaultyArray::new(32 * MIB, &[]);
     let m = a.mount(&[]);
-    assert_eq!(ctl(&m, "max_read_errors"), "20", "md's default");
-    ctl_write(&m, "max_read_errors", "2").expect("set max_read_errors");
-    assert_eq!(ctl(&m, "max_read_errors"), "2");
-    let data = fill(&m, 0, 2 * MIB as usize, 3);
+    assert_eq!(m.md("max_read_errors"), "20", "md's default");
+    m.write_md("max_read_errors", "2")
+        .expect("set max_read_errors");
+    assert_eq!(m.md("max_read_errors"), "2");
+    let data = m.fill_random(0, 2 * MIB as usize, 3);
     // Three separate bad blocks: three corrections; the third exceeds 2.
     for i in 0..3u64 {
         let at = a.leg_offset(i * 256 * 1024);
-        a.bad.faults.bad_range(at, at + 4096);
+        a.bad_range(at, 4096);
     }
     for i in 0..3u64 {
         for copy in read_each_block_from_each_leg(&m, i * 256 * 1024, 4096) {
             assert!(copy == data[(i * 256 * 1024) as usize..(i * 256 * 1024 + 4096) as usize]);
         }
     }
-    assert_eq!(ctl(&m, "dev-leg1.img/state"), "faulty", "{}", m.log());
+    assert_eq!(m.md("dev-leg1.img/state"), "faulty", "{}", m.log());
     assert!(m.log().contains("max_read_errors"), "{}", m.log());
     m.stop();
 }
@@ -246,14 +226,15 @@ fn the_last_leg_is_never_failed_by_a_read_error() {
     }
     let a = FaultyArray::new(32 * MIB, &[]);
     let m = a.mount(&[]);
-    fill(&m, 0, MIB as usize, 4);
-    ctl_write(&m, "dev-leg0.img/state", "faulty").expect("fail leg0");
+    m.fill_random(0, MIB as usize, 4);
+    m.write_md("dev-leg0.img/state", "faulty")
+        .expect("fail leg0");
     let at = a.leg_offset(64 * 1024);
-    a.bad.faults.bad_range(at, at + 4096);
-    let err = read_direct(&m, 64 * 1024, 4096).expect_err("the only copy is unreadable");
+    a.bad_range(at, 4096);
+    let err = read_direct(&m.image(), 64 * 1024, 4096).expect_err("the only copy is unreadable");
     assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
-    assert_eq!(ctl(&m, "dev-leg1.img/state"), "in_sync", "{}", m.log());
-    a.bad.faults.heal();
+    assert_eq!(m.md("dev-leg1.img/state"), "in_sync", "{}", m.log());
+    a.faulty.heal(BAD_LEG);
     m.stop();
 }
 
@@ -264,17 +245,17 @@ fn partial_block_writes_and_a_check_correct_read_errors_too() {
     }
     let a = FaultyArray::new(32 * MIB, &[]);
     let m = a.mount(&[]);
-    let mut data = fill(&m, 0, 2 * MIB as usize, 5);
+    let mut data = m.fill_random(0, 2 * MIB as usize, 5);
     // Bad blocks, each given a partial write (O_DIRECT: no page cache
     // read first): the read-modify-writes alternate between the legs, so
     // some read leg1's bad block.
     let blocks = [10u64, 20, 30];
     for b in blocks {
         let at = a.leg_offset(b * 4096);
-        a.bad.faults.bad_range(at, at + 4096);
+        a.bad_range(at, 4096);
     }
-    let f = h::open_direct(&m.image(), true);
-    let mut patch = h::AlignedVec::zeroed(4096);
+    let f = open_direct(&m.image(), true);
+    let mut patch = AlignedVec::zeroed(4096);
     patch.as_mut_slice()[..7].copy_from_slice(b"partial");
     for b in blocks {
         let off = b * 4096 + 100;
@@ -283,21 +264,17 @@ fn partial_block_writes_and_a_check_correct_read_errors_too() {
         data[off as usize..off as usize + 7].copy_from_slice(b"partial");
     }
     f.sync_all().expect("fsync");
-    assert!(a.bad.faults.read_errors.load(Ordering::Relaxed) >= 1);
-    assert_eq!(ctl(&m, "dev-leg1.img/state"), "in_sync", "{}", m.log());
+    assert!(a.failed_reads() >= 1);
+    assert_eq!(m.md("dev-leg1.img/state"), "in_sync", "{}", m.log());
     // A check reads every leg: a bad range on leg1 is corrected, no mismatch.
     let at = a.leg_offset(MIB + 8192);
-    a.bad.faults.bad_range(at, at + 4096);
-    ctl_write(&m, "sync_action", "check").expect("check");
-    wait_idle(&m);
-    assert_eq!(ctl(&m, "mismatch_cnt"), "0");
-    assert_eq!(
-        a.bad.faults.bad_bytes(),
-        0,
-        "the check rewrote the bad range"
-    );
-    assert_eq!(ctl(&m, "dev-leg1.img/state"), "in_sync", "{}", m.log());
-    let all = read_direct(&m, 0, 2 * MIB as usize).expect("read back");
+    a.bad_range(at, 4096);
+    m.write_md("sync_action", "check").expect("check");
+    m.wait_sync_idle(Duration::from_secs(120));
+    assert_eq!(m.md("mismatch_cnt"), "0");
+    assert_eq!(a.bad_bytes_left(), 0, "the check rewrote the bad range");
+    assert_eq!(m.md("dev-leg1.img/state"), "in_sync", "{}", m.log());
+    let all = read_direct(&m.image(), 0, 2 * MIB as usize).expect("read back");
     assert!(all == data, "the array holds every write");
     drop(f);
     m.stop();
@@ -315,7 +292,7 @@ struct BitmapArray {
 
 impl BitmapArray {
     fn new(leg_size: u64) -> BitmapArray {
-        let dir = tempdir();
+        let dir = tempdir("mdfuse-engine-failures-");
         let fs = common::loopdev::ScratchFs::ext4(4096).expect("ext4 for the bitmap");
         let legs = Legs::new(dir.path(), 2, leg_size);
         let bitmap = fs.path("md.bitmap");
@@ -349,16 +326,6 @@ impl BitmapArray {
     }
 }
 
-fn assert_legs_equal(legs: &Legs, len: u64) {
-    let off = h::data_offset(legs.path(0));
-    let a = h::data_region(legs.path(0), off, len);
-    let b = h::data_region(legs.path(1), h::data_offset(legs.path(1)), len);
-    if a != b {
-        let first = a.iter().zip(&b).position(|(x, y)| x != y).unwrap_or(0);
-        panic!("the legs differ, first at array byte {first}");
-    }
-}
-
 #[test]
 fn a_re_add_copies_what_was_written_while_degraded_and_no_more() {
     if !needs_root("a_re_add_copies_what_was_written_while_degraded_and_no_more") {
@@ -366,17 +333,17 @@ fn a_re_add_copies_what_was_written_while_degraded_and_no_more() {
     }
     let a = BitmapArray::new(64 * MIB);
     let m = a.mount(&[]);
-    fill(&m, 0, 8 * MIB as usize, 10);
+    m.fill_random(0, 8 * MIB as usize, 10);
     a.wait_bitmap_clean();
-    ctl_write(&m, "dev-leg1.img/state", "faulty").expect("fail leg1");
-    ctl_write(&m, "dev-leg1.img/state", "remove").expect("remove leg1");
+    m.fail_and_remove("leg1.img");
     // 3 MiB written while degraded, 64 KiB-chunk aligned.
-    fill(&m, 16 * MIB, 3 * MIB as usize, 11);
-    ctl_write(&m, "new_dev", &format!("re-add {}", a.leg(1))).expect("re-add");
-    wait_idle(&m);
-    assert_eq!(ctl(&m, "dev-leg1.img/state"), "in_sync", "{}", m.log());
-    assert_eq!(ctl(&m, "last_sync_action"), "recover");
-    let copied: u64 = ctl(&m, "sync_copied").parse().expect("sync_copied");
+    m.fill_random(16 * MIB, 3 * MIB as usize, 11);
+    m.write_md("new_dev", &format!("re-add {}", a.leg(1)))
+        .expect("re-add");
+    m.wait_sync_idle(Duration::from_secs(120));
+    assert_eq!(m.md("dev-leg1.img/state"), "in_sync", "{}", m.log());
+    assert_eq!(m.md("last_sync_action"), "recover");
+    let copied: u64 = m.md("sync_copied").parse().expect("sync_copied");
     assert_eq!(
         copied,
         3 * MIB,
@@ -391,7 +358,7 @@ fn a_re_add_copies_what_was_written_while_degraded_and_no_more() {
         h::stdout(&detail)
     );
     m.stop();
-    assert_legs_equal(&a.legs, 32 * MIB);
+    a.legs.assert_identical(32 * MIB);
 }
 
 #[test]
@@ -401,9 +368,8 @@ fn writes_racing_a_re_add_all_reach_the_returning_leg() {
     }
     let a = BitmapArray::new(64 * MIB);
     let m = a.mount(&[]);
-    fill(&m, 0, MIB as usize, 20);
-    ctl_write(&m, "dev-leg1.img/state", "faulty").expect("fail leg1");
-    ctl_write(&m, "dev-leg1.img/state", "remove").expect("remove leg1");
+    m.fill_random(0, MIB as usize, 20);
+    m.fail_and_remove("leg1.img");
     // Writers go on, all over the array, while the leg comes back.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writers: Vec<_> = (0..4u64)
@@ -411,9 +377,9 @@ fn writes_racing_a_re_add_all_reach_the_returning_leg() {
             let img = m.image();
             let stop = stop.clone();
             std::thread::spawn(move || {
-                let f = h::open_direct(&img, true);
+                let f = open_direct(&img, true);
                 let mut rng = Rng(100 + t);
-                let mut buf = h::AlignedVec::zeroed(65536);
+                let mut buf = AlignedVec::zeroed(65536);
                 let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     rng.fill(buf.as_mut_slice());
@@ -426,15 +392,16 @@ fn writes_racing_a_re_add_all_reach_the_returning_leg() {
         })
         .collect();
     std::thread::sleep(Duration::from_millis(200));
-    ctl_write(&m, "new_dev", &format!("re-add {}", a.leg(1))).expect("re-add");
+    m.write_md("new_dev", &format!("re-add {}", a.leg(1)))
+        .expect("re-add");
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, Ordering::Relaxed);
     let writes: u64 = writers.into_iter().map(|w| w.join().expect("writer")).sum();
     assert!(writes > 10, "the writers ran ({writes} writes)");
-    wait_idle(&m);
-    assert_eq!(ctl(&m, "dev-leg1.img/state"), "in_sync", "{}", m.log());
+    m.wait_sync_idle(Duration::from_secs(120));
+    assert_eq!(m.md("dev-leg1.img/state"), "in_sync", "{}", m.log());
     m.stop();
-    assert_legs_equal(&a.legs, 32 * MIB);
+    a.legs.assert_identical(32 * MIB);
 }
 
 #[test]
@@ -442,28 +409,32 @@ fn a_refused_re_add_through_dev_state_leaves_the_leg_where_it_was() {
     if !needs_root("a_refused_re_add_through_dev_state_leaves_the_leg_where_it_was") {
         return;
     }
-    let dir = tempdir();
+    let dir = tempdir("mdfuse-engine-failures-");
     let legs = Legs::new(dir.path(), 3, 64 * MIB);
     h::create(&legs, &[]);
     let m = MountedArray::mount(&legs, &dir.path().join("mnt"), &[]);
-    fill(&m, 0, MIB as usize, 30);
-    ctl_write(&m, "dev-leg2.img/state", "faulty").expect("fail leg2");
+    m.fill_random(0, MIB as usize, 30);
+    m.write_md("dev-leg2.img/state", "faulty")
+        .expect("fail leg2");
     // A slow check keeps a sync running.
-    ctl_write(&m, "sync_speed_max", "1000").expect("slow");
-    ctl_write(&m, "sync_action", "check").expect("check");
-    assert_eq!(ctl(&m, "sync_action"), "check");
-    let err = ctl_write(&m, "dev-leg2.img/state", "re-add").expect_err("refused while a sync runs");
+    m.write_md("sync_speed_max", "1000").expect("slow");
+    m.write_md("sync_action", "check").expect("check");
+    assert_eq!(m.md("sync_action"), "check");
+    let err = m
+        .write_md("dev-leg2.img/state", "re-add")
+        .expect_err("refused while a sync runs");
     assert_eq!(err.raw_os_error(), Some(libc::EBUSY), "{err}");
     assert_eq!(
-        ctl(&m, "dev-leg2.img/state"),
+        m.md("dev-leg2.img/state"),
         "faulty",
         "the refused re-add removed nothing"
     );
-    ctl_write(&m, "sync_action", "idle").expect("idle");
-    ctl_write(&m, "sync_speed_max", "system").expect("fast");
-    ctl_write(&m, "dev-leg2.img/state", "re-add").expect("re-add once idle");
-    wait_idle(&m);
-    assert_eq!(ctl(&m, "dev-leg2.img/state"), "in_sync", "{}", m.log());
+    m.write_md("sync_action", "idle").expect("idle");
+    m.write_md("sync_speed_max", "system").expect("fast");
+    m.write_md("dev-leg2.img/state", "re-add")
+        .expect("re-add once idle");
+    m.wait_sync_idle(Duration::from_secs(120));
+    assert_eq!(m.md("dev-leg2.img/state"), "in_sync", "{}", m.log());
     m.stop();
 }
 
@@ -484,11 +455,7 @@ fn examine(leg: &std::path::Path, key: &str) -> Option<String> {
 
 /// Sectors done of the running sync, from md/sync_completed ("none" = 0).
 fn sync_done(m: &MountedArray) -> u64 {
-    ctl(m, "sync_completed")
-        .split(" / ")
-        .next()
-        .and_then(|d| d.parse().ok())
-        .unwrap_or(0)
+    m.sync_completed().map_or(0, |(done, _)| done)
 }
 
 /// A no-bitmap array of `leg_size` legs, written to and then killed: the
@@ -497,8 +464,8 @@ fn unclean_array(dir: &std::path::Path, leg_size: u64) -> Legs {
     let legs = Legs::new(dir, 2, leg_size);
     h::create(&legs, &[]);
     let m = MountedArray::mount(&legs, &dir.join("mnt"), &[]);
-    ctl_write(&m, "safe_mode_delay", "60").expect("no safe mode");
-    fill(&m, 0, MIB as usize, 40);
+    m.write_md("safe_mode_delay", "60").expect("no safe mode");
+    m.fill_random(0, MIB as usize, 40);
     m.kill9();
     assert_eq!(examine(legs.path(0), "State").as_deref(), Some("active"));
     legs
@@ -509,48 +476,54 @@ fn sync_action_idle_restarts_an_owed_resync_and_frozen_holds_it() {
     if !needs_root("sync_action_idle_restarts_an_owed_resync_and_frozen_holds_it") {
         return;
     }
-    let dir = tempdir();
+    let dir = tempdir("mdfuse-engine-failures-");
     let legs = unclean_array(dir.path(), 512 * MIB);
     let m = MountedArray::mount(&legs, &dir.path().join("mnt"), &[]);
-    ctl_write(&m, "sync_speed_max", "5000").expect("slow the resync");
-    assert_eq!(ctl(&m, "sync_action"), "resync", "{}", m.log());
+    m.write_md("sync_speed_max", "5000")
+        .expect("slow the resync");
+    assert_eq!(m.md("sync_action"), "resync", "{}", m.log());
     // Refused while it runs, as md's action_store.
-    let busy = ctl_write(&m, "sync_action", "check").expect_err("check while resyncing");
+    let busy = m
+        .write_md("sync_action", "check")
+        .expect_err("check while resyncing");
     assert_eq!(busy.raw_os_error(), Some(libc::EBUSY));
     // frozen: stopped and held.
-    ctl_write(&m, "sync_action", "frozen").expect("frozen");
-    assert_eq!(ctl(&m, "sync_action"), "frozen");
+    m.write_md("sync_action", "frozen").expect("frozen");
+    assert_eq!(m.md("sync_action"), "frozen");
     std::thread::sleep(Duration::from_millis(600));
     assert_eq!(
-        ctl(&m, "sync_action"),
+        m.md("sync_action"),
         "frozen",
         "frozen holds the owed resync"
     );
-    assert_eq!(ctl(&m, "sync_completed"), "none");
+    assert_eq!(m.md("sync_completed"), "none");
     // idle: the owed resync starts again (md_check_recovery).
-    ctl_write(&m, "sync_action", "idle").expect("idle");
+    m.write_md("sync_action", "idle").expect("idle");
     wait_for("the resync to restart", Duration::from_secs(5), || {
-        ctl(&m, "sync_action") == "resync"
+        m.md("sync_action") == "resync"
     });
     // idle while it runs stops it; it is owed, so it comes back.
     std::thread::sleep(Duration::from_millis(300));
     let before = sync_done(&m);
     assert!(before > 0, "the resync resumed and went on");
-    ctl_write(&m, "sync_action", "idle").expect("idle");
+    m.write_md("sync_action", "idle").expect("idle");
     wait_for("the resync to restart", Duration::from_secs(5), || {
-        ctl(&m, "sync_action") == "resync"
+        m.md("sync_action") == "resync"
     });
     assert!(
         sync_done(&m) >= before,
         "it resumed where it was, not from the start"
     );
     // resync/recover writes are accepted (md's words); nothing else runs.
-    ctl_write(&m, "sync_action", "frozen").expect("frozen");
-    ctl_write(&m, "sync_action", "resync").expect("resync unfreezes");
+    m.write_md("sync_action", "frozen").expect("frozen");
+    m.write_md("sync_action", "resync")
+        .expect("resync unfreezes");
     wait_for("the resync to restart", Duration::from_secs(5), || {
-        ctl(&m, "sync_action") == "resync"
+        m.md("sync_action") == "resync"
     });
-    let bad = ctl_write(&m, "sync_action", "scrub").expect_err("not md's word");
+    let bad = m
+        .write_md("sync_action", "scrub")
+        .expect_err("not md's word");
     assert_eq!(bad.raw_os_error(), Some(libc::EINVAL));
     m.stop();
     let offset = resync_offset(legs.path(0));
@@ -565,15 +538,12 @@ fn a_resync_interrupted_by_a_crash_resumes_near_its_checkpoint() {
     if !needs_root("a_resync_interrupted_by_a_crash_resumes_near_its_checkpoint") {
         return;
     }
-    let dir = tempdir();
+    let dir = tempdir("mdfuse-engine-failures-");
     let legs = unclean_array(dir.path(), 256 * MIB);
     let m = MountedArray::mount(&legs, &dir.path().join("mnt"), &[]);
-    ctl_write(&m, "sync_speed_max", "40000").expect("slow the resync");
-    let total: u64 = ctl(&m, "sync_completed")
-        .split(" / ")
-        .nth(1)
-        .and_then(|t| t.parse().ok())
-        .expect("a resync runs");
+    m.write_md("sync_speed_max", "40000")
+        .expect("slow the resync");
+    let (_, total) = m.sync_completed().expect("a resync runs");
     // Past three of md's 1/16 checkpoints, then a crash.
     wait_for("the resync to pass 3/16", Duration::from_secs(60), || {
         sync_done(&m) > total * 3 / 16
@@ -588,11 +558,11 @@ fn a_resync_interrupted_by_a_crash_resumes_near_its_checkpoint() {
     let resumed = m.log();
     let want = format!("resyncing {} bytes", (total - offset) * 512);
     assert!(resumed.contains(&want), "want {want:?} in:\n{resumed}");
-    ctl_write(&m, "sync_speed_max", "system").expect("fast");
-    wait_idle(&m);
+    m.write_md("sync_speed_max", "system").expect("fast");
+    m.wait_sync_idle(Duration::from_secs(120));
     m.stop();
     assert_eq!(examine(legs.path(0), "State").as_deref(), Some("clean"));
-    assert_legs_equal(&legs, 8 * MIB);
+    legs.assert_identical(8 * MIB);
 }
 
 #[test]
@@ -600,21 +570,22 @@ fn safe_mode_records_an_idle_array_clean_so_a_crash_needs_no_resync() {
     if !needs_root("safe_mode_records_an_idle_array_clean_so_a_crash_needs_no_resync") {
         return;
     }
-    let dir = tempdir();
-    let legs = Legs::new(dir.path(), 2, 32 * MIB);
+    let legs = Legs::temp(32 * MIB);
     h::create(&legs, &[]);
-    let mnt = dir.path().join("mnt");
+    let mnt = legs.mountpoint("mnt");
     let m = MountedArray::mount(&legs, &mnt, &[]);
-    assert_eq!(ctl(&m, "safe_mode_delay"), "0.200", "md's default");
-    ctl_write(&m, "safe_mode_delay", "3").expect("set safe_mode_delay");
-    assert_eq!(ctl(&m, "safe_mode_delay"), "3.000");
-    let data = fill(&m, 0, MIB as usize, 50);
+    assert_eq!(m.md("safe_mode_delay"), "0.200", "md's default");
+    m.write_md("safe_mode_delay", "3")
+        .expect("set safe_mode_delay");
+    assert_eq!(m.md("safe_mode_delay"), "3.000");
+    let data = m.fill_random(0, MIB as usize, 50);
     std::thread::sleep(Duration::from_millis(1000));
-    assert_eq!(ctl(&m, "array_state"), "active", "3 s have not passed");
+    assert_eq!(m.md("array_state"), "active", "3 s have not passed");
     assert_eq!(examine(legs.path(0), "State").as_deref(), Some("active"));
-    ctl_write(&m, "safe_mode_delay", "0.2").expect("md's default again");
+    m.write_md("safe_mode_delay", "0.2")
+        .expect("md's default again");
     wait_for("safe mode", Duration::from_secs(10), || {
-        ctl(&m, "array_state") == "clean"
+        m.md("array_state") == "clean"
     });
     let events: u64 = examine(legs.path(0), "Events")
         .and_then(|e| e.parse().ok())
@@ -637,14 +608,14 @@ fn safe_mode_records_an_idle_array_clean_so_a_crash_needs_no_resync() {
     );
     drop(f);
     wait_for("safe mode again", Duration::from_secs(10), || {
-        ctl(&m, "array_state") == "clean"
+        m.md("array_state") == "clean"
     });
     m.kill9();
     assert_eq!(examine(legs.path(0), "State").as_deref(), Some("clean"));
     let m = MountedArray::mount(&legs, &mnt, &[]);
     assert!(!m.log().contains("not stopped cleanly"), "{}", m.log());
-    assert_eq!(ctl(&m, "sync_action"), "idle");
-    assert!(read_direct(&m, 0, MIB as usize).expect("read") == data);
+    assert_eq!(m.md("sync_action"), "idle");
+    assert!(read_direct(&m.image(), 0, MIB as usize).expect("read") == data);
     m.stop();
 }
 
@@ -653,7 +624,7 @@ fn legs_with_the_same_file_name_are_refused_and_a_tiny_leg_is_too_small() {
     if !needs_root("legs_with_the_same_file_name_are_refused_and_a_tiny_leg_is_too_small") {
         return;
     }
-    let dir = tempdir();
+    let dir = tempdir("mdfuse-engine-failures-");
     for sub in ["a", "b"] {
         std::fs::create_dir(dir.path().join(sub)).expect("dir");
     }
@@ -675,19 +646,22 @@ fn legs_with_the_same_file_name_are_refused_and_a_tiny_leg_is_too_small() {
     ]);
     h::create(&legs, &[]);
     let m = MountedArray::mount(&legs, &dir.path().join("mnt"), &[]);
-    ctl_write(&m, "dev-other.img/state", "faulty").expect("fail");
-    ctl_write(&m, "dev-other.img/state", "remove").expect("remove");
+    m.fail_and_remove("other.img");
     // A new leg named like the remaining one is refused.
     std::fs::create_dir(dir.path().join("c")).expect("dir");
     let clash = dir.path().join("c/leg.img");
     common::loopdev::sparse_file(&clash, 32 * MIB).expect("leg");
-    let e = ctl_write(&m, "new_dev", &clash.display().to_string()).expect_err("name clash");
+    let e = m
+        .write_md("new_dev", &clash.display().to_string())
+        .expect_err("name clash");
     assert_eq!(e.raw_os_error(), Some(libc::EEXIST), "{e}");
     // A leg too small to hold the superblock's data offset: a clear error,
     // nothing written to it.
     let tiny = dir.path().join("tiny.img");
     common::loopdev::sparse_file(&tiny, 512 * 1024).expect("tiny");
-    let e = ctl_write(&m, "new_dev", &tiny.display().to_string()).expect_err("too small");
+    let e = m
+        .write_md("new_dev", &tiny.display().to_string())
+        .expect_err("too small");
     assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
     assert_eq!(std::fs::metadata(&tiny).expect("tiny").len(), 512 * 1024);
     assert!(m.log().contains("smaller"), "{}", m.log());
@@ -699,19 +673,19 @@ fn a_spare_is_left_out_of_assembly_and_a_recovering_leg_shows_its_slot() {
     if !needs_root("a_spare_is_left_out_of_assembly_and_a_recovering_leg_shows_its_slot") {
         return;
     }
-    let dir = tempdir();
+    let dir = tempdir("mdfuse-engine-failures-");
     let all = Legs::new(dir.path(), 3, 128 * MIB);
     let pair = Legs::from_paths(all.paths[..2].to_vec());
     h::create(&pair, &[]);
     let mnt = dir.path().join("mnt");
     let m = MountedArray::mount(&pair, &mnt, &[]);
-    ctl_write(&m, "dev-leg1.img/state", "faulty").expect("fail");
-    ctl_write(&m, "dev-leg1.img/state", "remove").expect("remove");
-    ctl_write(&m, "sync_speed_max", "2000").expect("slow");
-    ctl_write(&m, "new_dev", &all.path(2).display().to_string()).expect("add leg2");
-    assert_eq!(ctl(&m, "dev-leg2.img/state"), "spare");
+    m.fail_and_remove("leg1.img");
+    m.write_md("sync_speed_max", "2000").expect("slow");
+    m.write_md("new_dev", &all.path(2).display().to_string())
+        .expect("add leg2");
+    assert_eq!(m.md("dev-leg2.img/state"), "spare");
     assert_eq!(
-        ctl(&m, "dev-leg2.img/slot"),
+        m.md("dev-leg2.img/slot"),
         "1",
         "md shows a recovering leg's slot"
     );
@@ -727,7 +701,7 @@ fn a_spare_is_left_out_of_assembly_and_a_recovering_leg_shows_its_slot() {
         "{}",
         m.log()
     );
-    assert_eq!(ctl(&m, "degraded"), "1");
+    assert_eq!(m.md("degraded"), "1");
     m.stop();
 }
 
@@ -736,38 +710,44 @@ fn a_resync_goes_on_past_a_leg_that_fails_under_it() {
     if !needs_root("a_resync_goes_on_past_a_leg_that_fails_under_it") {
         return;
     }
-    let tmp = tempdir();
+    let tmp = tempdir("mdfuse-engine-failures-");
     let dir = tmp.path();
     let size = 32 * MIB;
     for name in ["leg0.img", "leg2.img"] {
         common::loopdev::sparse_file(&dir.join(name), size).expect("leg");
     }
-    let bad = FaultyLeg::new(dir, "leg1.img", size);
-    let legs = Legs::from_paths(vec![dir.join("leg0.img"), bad.path(), dir.join("leg2.img")]);
+    let faulty = FaultyFs::new(&[("leg1.img", size)]);
+    let legs = Legs::from_paths(vec![
+        dir.join("leg0.img"),
+        faulty.path("leg1.img"),
+        dir.join("leg2.img"),
+    ]);
     h::create(&legs, &[]);
     let mnt = dir.join("mnt");
     let m = MountedArray::mount(&legs, &mnt, &[]);
-    ctl_write(&m, "safe_mode_delay", "60").expect("no safe mode");
-    let data = fill(&m, 0, 4 * MIB as usize, 60);
+    m.write_md("safe_mode_delay", "60").expect("no safe mode");
+    let data = m.fill_random(0, 4 * MIB as usize, 60);
     m.kill9();
     // The resync after the crash writes leg1, which now fails writes.
     let off = h::data_offset(legs.path(0));
-    bad.faults.dead_range(off + 8 * MIB, off + 8 * MIB + 4096);
+    let dead = off + 8 * MIB..off + 8 * MIB + 4096;
+    faulty.fail_reads("leg1.img", dead.clone());
+    faulty.fail_writes("leg1.img", dead);
     let m = MountedArray::mount(&legs, &mnt, &[]);
-    wait_idle(&m);
-    assert_eq!(ctl(&m, "dev-leg1.img/state"), "faulty", "{}", m.log());
-    assert_eq!(ctl(&m, "last_sync_action"), "resync");
+    m.wait_sync_idle(Duration::from_secs(120));
+    assert_eq!(m.md("dev-leg1.img/state"), "faulty", "{}", m.log());
+    assert_eq!(m.md("last_sync_action"), "resync");
     assert_eq!(
-        ctl(&m, "sync_copied").parse::<u64>().ok(),
+        m.md("sync_copied").parse::<u64>().ok(),
         Some(size - off),
         "the resync went to the end: {}",
         m.log()
     );
     assert!(m.log().contains("resync: done"), "{}", m.log());
-    assert!(read_direct(&m, 0, 4 * MIB as usize).expect("read") == data);
+    assert!(read_direct(&m.image(), 0, 4 * MIB as usize).expect("read") == data);
     m.stop();
     assert_eq!(examine(legs.path(0), "State").as_deref(), Some("clean"));
-    drop(bad);
+    drop(faulty);
 }
 
 fn sb_u32(leg: &std::path::Path, field_offset: u64) -> u32 {
@@ -787,30 +767,25 @@ fn a_re_added_leg_is_marked_recovering_on_its_disk_and_an_interrupted_recovery_r
     ) {
         return;
     }
-    let dir = tempdir();
-    let legs = Legs::new(dir.path(), 2, 128 * MIB);
+    let legs = Legs::temp(128 * MIB);
     h::create(&legs, &[]);
-    let mnt = dir.path().join("mnt");
+    let mnt = legs.mountpoint("mnt");
     let m = MountedArray::mount(&legs, &mnt, &[]);
-    fill(&m, 0, 2 * MIB as usize, 70);
-    ctl_write(&m, "dev-leg1.img/state", "faulty").expect("fail");
-    ctl_write(&m, "dev-leg1.img/state", "remove").expect("remove");
-    fill(&m, 4 * MIB, MIB as usize, 71);
+    m.fill_random(0, 2 * MIB as usize, 70);
+    m.fail_and_remove("leg1.img");
+    m.fill_random(4 * MIB, MIB as usize, 71);
     wait_for("safe mode", Duration::from_secs(10), || {
-        ctl(&m, "array_state") == "clean"
+        m.md("array_state") == "clean"
     });
     assert!(!marked_recovering(legs.path(1)));
-    ctl_write(&m, "sync_speed_max", "20000").expect("slow");
-    ctl_write(&m, "new_dev", &format!("re-add {}", a_path(&legs, 1))).expect("re-add");
+    m.write_md("sync_speed_max", "20000").expect("slow");
+    m.write_md("new_dev", &format!("re-add {}", a_path(&legs, 1)))
+        .expect("re-add");
     assert!(
         marked_recovering(legs.path(1)),
         "recovering on its own disk before the copy"
     );
-    let total: u64 = ctl(&m, "sync_completed")
-        .split(" / ")
-        .nth(1)
-        .and_then(|t| t.parse().ok())
-        .expect("a recovery runs");
+    let (_, total) = m.sync_completed().expect("a recovery runs");
     wait_for("the recovery to pass 3/16", Duration::from_secs(60), || {
         sync_done(&m) > total * 3 / 16
     });
@@ -822,7 +797,7 @@ fn a_re_added_leg_is_marked_recovering_on_its_disk_and_an_interrupted_recovery_r
     );
     // Alone, the half-copied leg is never taken for a copy of the array.
     let alone = Legs::from_paths(vec![legs.paths[1].clone()]);
-    let (o, _) = MountedArray::try_mount(&alone, &mnt, &["--run"]).expect_err("refused");
+    let o = MountedArray::try_mount(&alone, &mnt, &["--run"]).expect_err("refused");
     assert!(
         h::stderr(&o).contains("half-recovered"),
         "{}",
@@ -833,10 +808,10 @@ fn a_re_added_leg_is_marked_recovering_on_its_disk_and_an_interrupted_recovery_r
     wait_for("the recovery to resume", Duration::from_secs(10), || {
         m.log().contains("resumes")
     });
-    assert_eq!(ctl(&m, "degraded"), "1");
-    wait_idle(&m);
-    assert_eq!(ctl(&m, "dev-leg1.img/state"), "in_sync", "{}", m.log());
-    let copied: u64 = ctl(&m, "sync_copied").parse().expect("sync_copied");
+    assert_eq!(m.md("degraded"), "1");
+    m.wait_sync_idle(Duration::from_secs(120));
+    assert_eq!(m.md("dev-leg1.img/state"), "in_sync", "{}", m.log());
+    let copied: u64 = m.md("sync_copied").parse().expect("sync_copied");
     assert_eq!(
         copied,
         (total - offset) * 512,
@@ -847,7 +822,7 @@ fn a_re_added_leg_is_marked_recovering_on_its_disk_and_an_interrupted_recovery_r
         !marked_recovering(legs.path(1)),
         "in sync: the mark is gone"
     );
-    assert_legs_equal(&legs, 8 * MIB);
+    legs.assert_identical(8 * MIB);
 }
 
 fn a_path(legs: &Legs, i: usize) -> String {
@@ -861,23 +836,22 @@ fn diverged_histories_are_refused_unless_one_is_chosen_and_the_other_is_fully_re
     ) {
         return;
     }
-    let dir = tempdir();
-    let legs = Legs::new(dir.path(), 2, 32 * MIB);
+    let legs = Legs::temp(32 * MIB);
     h::create(&legs, &[]);
-    let mnt = dir.path().join("mnt");
+    let mnt = legs.mountpoint("mnt");
     let m = MountedArray::mount(&legs, &mnt, &[]);
-    fill(&m, 0, MIB as usize, 80);
+    m.fill_random(0, MIB as usize, 80);
     m.stop();
     // Each leg runs alone and is written: two histories.
     let only = |i: usize| Legs::from_paths(vec![legs.paths[i].clone()]);
     let m = MountedArray::mount(&only(0), &mnt, &["--run"]);
-    fill(&m, 0, MIB as usize, 81);
+    m.fill_random(0, MIB as usize, 81);
     m.stop();
     let m = MountedArray::mount(&only(1), &mnt, &["--run"]);
-    let b_data = fill(&m, 0, MIB as usize, 82);
+    let b_data = m.fill_random(0, MIB as usize, 82);
     m.stop();
     // Together: refused, each leg's history named.
-    let (o, _) = MountedArray::try_mount(&legs, &mnt, &[]).expect_err("diverged");
+    let o = MountedArray::try_mount(&legs, &mnt, &[]).expect_err("diverged");
     let err = h::stderr(&o);
     for leg in &legs.paths {
         assert!(err.contains(&leg.display().to_string()), "{err}");
@@ -893,18 +867,19 @@ fn diverged_histories_are_refused_unless_one_is_chosen_and_the_other_is_fully_re
     let keep = a_path(&legs, 1);
     let m = MountedArray::mount(&legs, &mnt, &["--force-from", &keep]);
     assert!(m.log().contains("diverged"), "{}", m.log());
-    assert_eq!(ctl(&m, "degraded"), "1");
-    assert!(read_direct(&m, 0, MIB as usize).expect("read") == b_data);
+    assert_eq!(m.md("degraded"), "1");
+    assert!(read_direct(&m.image(), 0, MIB as usize).expect("read") == b_data);
     // Its re-add is a full recovery, never a bitmap-guided one.
-    ctl_write(&m, "new_dev", &format!("re-add {}", a_path(&legs, 0))).expect("re-add");
-    wait_idle(&m);
+    m.write_md("new_dev", &format!("re-add {}", a_path(&legs, 0)))
+        .expect("re-add");
+    m.wait_sync_idle(Duration::from_secs(120));
     assert!(
         m.log().contains("full recovery (its history diverged"),
         "{}",
         m.log()
     );
-    assert_eq!(ctl(&m, "dev-leg0.img/state"), "in_sync", "{}", m.log());
+    assert_eq!(m.md("dev-leg0.img/state"), "in_sync", "{}", m.log());
     m.stop();
-    assert_legs_equal(&legs, 2 * MIB);
+    legs.assert_identical(2 * MIB);
     assert!(h::data_region(legs.path(0), h::data_offset(legs.path(0)), MIB) == b_data);
 }

@@ -10,10 +10,15 @@
 
 mod common;
 
-use common::bitmap::{dirty_in_image, read_direct};
+use common::bitmap::dirty_in_image;
 use common::faultyfs::FaultyFs;
+use common::io::{read_direct, AlignedVec};
 use common::loopdev::{needs_root, sparse_file, ScratchFs};
-use common::mdfuse::{self as h, AlignedVec, Legs, MountedArray, Rng};
+use common::mdfuse::{
+    self as h, assert_legs_identical, path_str, tempdir, wait_for, Legs, MountedArray,
+    MD_RESYNC_BLOCK,
+};
+use common::rng::Rng;
 use common::workload::{self, decode, Found, Spec, Workload, BLOCK};
 use std::collections::HashMap;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -26,8 +31,6 @@ const KIB: u64 = 1 << 10;
 const LEG_SIZE: u64 = 64 * MIB;
 /// md's role for a faulty device in the superblock's dev_roles.
 const ROLE_FAULTY: u16 = 0xfffe;
-/// md's raid1 resync block: check/repair count mismatches per unit of this.
-const MD_RESYNC_BLOCK: u64 = 64 * KIB;
 
 // ---------------------------------------------------------------- helpers
 
@@ -40,20 +43,26 @@ fn serial(test: &str) -> Option<MutexGuard<'static, ()>> {
     Some(LOCK.lock().unwrap_or_else(|p| p.into_inner()))
 }
 
-fn s(p: &Path) -> &str {
-    p.to_str().expect("test paths are UTF-8")
-}
-
-fn tempdir(prefix: &str) -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix(prefix)
-        .tempdir()
-        .expect("tempdir")
-}
-
 fn sparse(path: PathBuf, size: u64) -> PathBuf {
     sparse_file(&path, size).expect("sparse leg file");
     path
+}
+
+/// leg0.img, a sparse file in `dir`, and leg1.img on a fresh [`FaultyFs`]
+/// (bind the FaultyFs before any mount of the legs: it must outlive them).
+fn leg1_on_faultyfs(dir: &Path) -> (FaultyFs, Legs) {
+    let faulty = FaultyFs::new(&[("leg1.img", LEG_SIZE)]);
+    let leg0 = sparse(dir.join("leg0.img"), LEG_SIZE);
+    let legs = Legs::from_paths(vec![leg0, faulty.path("leg1.img")]);
+    (faulty, legs)
+}
+
+/// A loop-backed ext4 of the test's own and the path of a bitmap file on it
+/// (the raw writer may only write a device the test made).
+fn bitmap_on_ext4() -> (ScratchFs, PathBuf) {
+    let fs = ScratchFs::ext4(4096).expect("ext4 for the bitmap");
+    let bitmap = fs.path("md.bitmap");
+    (fs, bitmap)
 }
 
 /// The array bytes a workload may use: whole 64 KiB stripes.
@@ -61,53 +70,8 @@ fn stripes_of(array_bytes: u64) -> u64 {
     array_bytes / (workload::STRIPE_BLOCKS * BLOCK) * (workload::STRIPE_BLOCKS * BLOCK)
 }
 
-/// `MNT/md/REL`, trimmed.
-fn md(m: &MountedArray, rel: &str) -> String {
-    let p = m.mountpoint().join("md").join(rel);
-    std::fs::read_to_string(&p)
-        .unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
-        .trim()
-        .to_string()
-}
-
-/// `echo VALUE > MNT/md/REL`.
-fn set_md(m: &MountedArray, rel: &str, value: &str) {
-    let p = m.mountpoint().join("md").join(rel);
-    std::fs::write(&p, format!("{value}\n"))
-        .unwrap_or_else(|e| panic!("{value:?} > {}: {e}\nlog:\n{}", p.display(), m.log()));
-}
-
 fn dev_state(m: &MountedArray, leg: &str) -> String {
-    md(m, &format!("dev-{leg}/state"))
-}
-
-/// Polls `f` every 20 ms; panics with `what` after `timeout`.
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out ({timeout:?}) waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Waits for the running sync to end (polling md/sync_action, then
-/// `mdfuse wait`, which then returns at once).
-fn wait_sync_idle(m: &MountedArray, timeout: Duration) {
-    wait_for("the sync to end", timeout, || {
-        md(m, "sync_action") == "idle"
-    });
-    let o = h::mdfuse_with(&["wait"], &[m.mountpoint()]);
-    h::assert_ok("mdfuse wait", &o);
-}
-
-/// `(done, total)` sectors from md/sync_completed, None when no sync runs.
-fn sync_completed(m: &MountedArray) -> Option<(u64, u64)> {
-    let v = md(m, "sync_completed");
-    let (d, t) = v.split_once(" / ")?;
-    Some((d.parse().ok()?, t.parse().ok()?))
+    m.md(&format!("dev-{leg}/state"))
 }
 
 /// Syncs that have ended (their log line) in the log of the mount at `m`.
@@ -124,7 +88,7 @@ fn ended_syncs(m: &MountedArray) -> usize {
 fn sync_copied(m: &MountedArray, ended_before: usize) -> u64 {
     let file = m.mountpoint().join("md/sync_copied");
     if file.exists() {
-        let v = md(m, "sync_copied");
+        let v = m.md("sync_copied");
         return v
             .split_whitespace()
             .next()
@@ -182,9 +146,7 @@ fn raw_superblock(leg: &Path) -> RawSuperblock {
 
 /// `mdfuse examine LEG`'s text (asserting success).
 fn examine(leg: &Path) -> String {
-    let o = h::mdfuse_with(&["examine"], &[leg]);
-    h::assert_ok("mdfuse examine", &o);
-    h::stdout(&o)
+    h::mdfuse_stdout(&["examine", path_str(leg)])
 }
 
 /// The open flags of the daemon's descriptor for `path` (/proc/PID/fdinfo).
@@ -201,46 +163,6 @@ fn daemon_open_flags(pid: i32, path: &Path) -> Option<i32> {
         return i32::from_str_radix(flags.trim(), 8).ok();
     }
     None
-}
-
-/// Asserts that the data regions of two legs are byte-identical; names the
-/// differing 64 KiB units otherwise.
-fn assert_legs_identical(a: &Path, b: &Path, data_offset: u64, len: u64) {
-    let open = |p: &Path| {
-        std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(p)
-            .unwrap_or_else(|e| panic!("open {}: {e}", p.display()))
-    };
-    let (fa, fb) = (open(a), open(b));
-    let step = 4 * MIB;
-    let (mut ba, mut bb) = (
-        AlignedVec::zeroed(step as usize),
-        AlignedVec::zeroed(step as usize),
-    );
-    let mut differing = Vec::new();
-    let mut pos = 0;
-    while pos < len {
-        let n = (len - pos).min(step) as usize;
-        fa.read_exact_at(&mut ba.as_mut_slice()[..n], data_offset + pos)
-            .expect("read leg");
-        fb.read_exact_at(&mut bb.as_mut_slice()[..n], data_offset + pos)
-            .expect("read leg");
-        for u in (0..n).step_by(MD_RESYNC_BLOCK as usize) {
-            let e = (u + MD_RESYNC_BLOCK as usize).min(n);
-            if ba.as_slice()[u..e] != bb.as_slice()[u..e] {
-                differing.push((pos + u as u64) / MD_RESYNC_BLOCK);
-            }
-        }
-        pos += n as u64;
-    }
-    assert!(
-        differing.is_empty(),
-        "the legs' data regions differ in {} unit(s) of 64 KiB (array units {:?}...)",
-        differing.len(),
-        &differing[..differing.len().min(20)]
-    );
 }
 
 /// Writes one block (generation `g`) at `offset` with O_DIRECT.
@@ -263,6 +185,20 @@ fn read_block(image: &Path, offset: u64) -> std::io::Result<Found> {
     let mut buf = AlignedVec::zeroed(BLOCK as usize);
     f.read_exact_at(buf.as_mut_slice(), offset)?;
     Ok(decode(buf.as_slice()))
+}
+
+/// Asserts the block at `offset` reads back (O_DIRECT) as written in
+/// generation `g`; `what` says which read it was.
+fn assert_block(image: &Path, offset: u64, g: u64, what: &str) {
+    let found = read_block(image, offset).unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert_eq!(
+        found,
+        Found::Block {
+            offset,
+            generation: g
+        },
+        "{what}"
+    );
 }
 
 fn fsync_image(image: &Path) -> std::io::Result<()> {
@@ -371,13 +307,15 @@ fn faultyfs_injects_eio_into_a_plain_reader_and_unmounts_on_drop() {
     assert_eio("fsync under fail_all", f.sync_all());
     assert_eio("a read under fail_all", f.read_exact_at(&mut one, 0));
 
-    // A bad sector that a write remaps: partial writes leave it bad.
+    // Bad sectors that a write remaps: a sector written in part stays bad,
+    // one written whole is good again, the others stay bad.
     let other = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open(ffs.path("other"))
         .expect("open other");
     ffs.fail_reads_until_written("other", 4096..8192);
+    assert_eq!(ffs.bad_bytes_left("other"), 4096);
     assert_eio(
         "a read of the bad sector",
         other.read_exact_at(&mut one, 4096),
@@ -389,13 +327,30 @@ fn faultyfs_injects_eio_into_a_plain_reader_and_unmounts_on_drop() {
         "a read after a partial write",
         other.read_exact_at(&mut one, 4096),
     );
+    assert_eq!(
+        ffs.bad_bytes_left("other"),
+        4096,
+        "a partial write remapped"
+    );
+    other
+        .write_all_at(&data[..512], 4096)
+        .expect("a write of one whole sector");
+    assert_eq!(ffs.unwritten_read_faults("other"), vec![4608..8192]);
+    other
+        .read_exact_at(&mut one[..512], 4096)
+        .expect("the rewritten sector reads");
+    assert_eio(
+        "a read of the sectors not rewritten",
+        other.read_exact_at(&mut one[..512], 4608),
+    );
     other
         .write_all_at(&data[..8192], 0)
         .expect("a covering write");
     other
         .read_exact_at(&mut one, 4096)
-        .expect("the rewritten sector reads");
+        .expect("the rewritten sectors read");
     assert!(ffs.unwritten_read_faults("other").is_empty());
+    assert_eq!(ffs.bad_bytes_left("other"), 0);
     drop(other);
 
     ffs.heal("disk");
@@ -453,7 +408,7 @@ enum FailBy {
 fn fail_a_leg_under_a_verified_workload(test: &str, by: FailBy) {
     let Some(_serial) = serial(test) else { return };
     let dir = tempdir("mdfuse-failures");
-    let bitmap_fs = ScratchFs::ext4(4096).expect("ext4 for the bitmap");
+    let (_bitmap_fs, bitmap) = bitmap_on_ext4();
     let faulty = FaultyFs::new(&[("leg1.img", LEG_SIZE)]);
     let leg0 = sparse(dir.path().join("leg0.img"), LEG_SIZE);
     let (leg1, leg1_backing) = match by {
@@ -464,9 +419,12 @@ fn fail_a_leg_under_a_verified_workload(test: &str, by: FailBy) {
         }
     };
     let legs = Legs::from_paths(vec![leg0.clone(), leg1.clone()]);
-    let bitmap = bitmap_fs.path("md.bitmap");
-    let created = h::create(&legs, &["--bitmap", s(&bitmap)]);
-    let m = MountedArray::mount(&legs, &dir.path().join("mnt"), &["--bitmap", s(&bitmap)]);
+    let created = h::create(&legs, &["--bitmap", path_str(&bitmap)]);
+    let m = MountedArray::mount(
+        &legs,
+        &dir.path().join("mnt"),
+        &["--bitmap", path_str(&bitmap)],
+    );
     if by == FailBy::WriteErrors {
         let flags = daemon_open_flags(m.pid(), &leg1).expect("the daemon holds leg1 open");
         assert!(
@@ -486,7 +444,7 @@ fn fail_a_leg_under_a_verified_workload(test: &str, by: FailBy) {
     match by {
         FailBy::WriteErrors => faulty.fail_writes("leg1.img", 0..u64::MAX),
         FailBy::Operator => {
-            let o = h::mdfuse_with(&["manage", s(m.mountpoint()), "--fail"], &[&leg1]);
+            let o = h::mdfuse_with(&["manage", path_str(m.mountpoint()), "--fail"], &[&leg1]);
             h::assert_ok("mdfuse manage --fail", &o);
         }
     }
@@ -513,7 +471,7 @@ fn fail_a_leg_under_a_verified_workload(test: &str, by: FailBy) {
     assert!(mdstat.contains("leg1.img[1](F)"), "mdstat:\n{mdstat}");
     assert_eq!(dev_state(&m, "leg1.img"), "faulty");
     assert_eq!(dev_state(&m, "leg0.img"), "in_sync");
-    assert_eq!(md(&m, "degraded"), "1");
+    assert_eq!(m.md("degraded"), "1");
     let bad = workload::verify_acked(&m.image(), region, &report.acked);
     assert!(
         bad.is_empty(),
@@ -604,7 +562,7 @@ fn the_last_in_sync_leg_returns_its_errors_to_the_user_and_is_not_failed() {
     wait_for("leg1 to be faulty", Duration::from_secs(10), || {
         dev_state(&m, "leg1.img") == "faulty"
     });
-    assert_eq!(md(&m, "degraded"), "1");
+    assert_eq!(m.md("degraded"), "1");
 
     // The last in-sync leg fails writes to one range.
     let bad = 8 * MIB;
@@ -618,17 +576,11 @@ fn the_last_in_sync_leg_returns_its_errors_to_the_user_and_is_not_failed() {
         "in_sync",
         "the last leg was failed"
     );
-    assert_eq!(md(&m, "degraded"), "1");
+    assert_eq!(m.md("degraded"), "1");
     let mdstat = m.mdstat();
     assert!(mdstat.contains("[2/1] [U_]"), "mdstat:\n{mdstat}");
     write_block(&img, 16 * MIB, 1).expect("a write elsewhere still works");
-    assert_eq!(
-        read_block(&img, MIB).expect("a read still works"),
-        Found::Block {
-            offset: MIB,
-            generation: 1
-        }
-    );
+    assert_block(&img, MIB, 1, "a read still works");
 
     // Every request fails: reads and flushes report it too.
     faulty.fail_all("leg0.img");
@@ -650,15 +602,9 @@ fn the_last_in_sync_leg_returns_its_errors_to_the_user_and_is_not_failed() {
     write_block(&img, bad + 4 * KIB, 3).expect("a write after healing");
     fsync_image(&img).expect("fsync after healing");
     for (off, g) in [(MIB, 1), (2 * MIB, 1), (bad + 4 * KIB, 3), (16 * MIB, 1)] {
-        assert_eq!(
-            read_block(&img, off).expect("read after healing"),
-            Found::Block {
-                offset: off,
-                generation: g
-            }
-        );
+        assert_block(&img, off, g, "read after healing");
     }
-    assert_eq!(md(&m, "degraded"), "1");
+    assert_eq!(m.md("degraded"), "1");
     m.stop();
 }
 
@@ -674,24 +620,17 @@ fn a_leg_failing_the_first_write_after_a_clean_start_is_failed_out_unseen() {
         return;
     };
     let dir = tempdir("mdfuse-failures");
-    let faulty = FaultyFs::new(&[("leg1.img", LEG_SIZE)]);
-    let leg0 = sparse(dir.path().join("leg0.img"), LEG_SIZE);
-    let legs = Legs::from_paths(vec![leg0.clone(), faulty.path("leg1.img")]);
+    let (faulty, legs) = leg1_on_faultyfs(dir.path());
+    let leg0 = legs.paths[0].clone();
     h::create(&legs, &[]);
     let m = MountedArray::mount(&legs, &dir.path().join("mnt"), &[]);
-    assert_eq!(md(&m, "array_state"), "clean");
+    assert_eq!(m.md("array_state"), "clean");
     faulty.fail_all("leg1.img");
     write_block(&m.image(), MIB, 1).expect("the first write, leg1 failing: no user error");
     fsync_image(&m.image()).expect("fsync");
     assert_eq!(dev_state(&m, "leg1.img"), "faulty");
-    assert_eq!(md(&m, "degraded"), "1");
-    assert_eq!(
-        read_block(&m.image(), MIB).expect("read"),
-        Found::Block {
-            offset: MIB,
-            generation: 1
-        }
-    );
+    assert_eq!(m.md("degraded"), "1");
+    assert_block(&m.image(), MIB, 1, "read");
     let sb = raw_superblock(&leg0);
     let failed = raw_superblock(&faulty.backing("leg1.img"));
     assert_eq!(sb.resync_offset, 0, "leg0 records the array active");
@@ -711,9 +650,8 @@ fn a_read_error_is_corrected_from_the_other_leg_and_the_leg_stays_in_sync() {
         return;
     };
     let dir = tempdir("mdfuse-failures");
-    let faulty = FaultyFs::new(&[("leg1.img", LEG_SIZE)]);
-    let leg0 = sparse(dir.path().join("leg0.img"), LEG_SIZE);
-    let legs = Legs::from_paths(vec![leg0.clone(), faulty.path("leg1.img")]);
+    let (faulty, legs) = leg1_on_faultyfs(dir.path());
+    let leg0 = legs.paths[0].clone();
     let created = h::create(&legs, &[]);
     let data_offset = created.data_offset_sectors * 512;
     let m = MountedArray::mount(&legs, &dir.path().join("mnt"), &[]);
@@ -730,13 +668,7 @@ fn a_read_error_is_corrected_from_the_other_leg_and_the_leg_stays_in_sync() {
     for _ in 0..64 {
         for b in [16, 17] {
             let off = base + b * BLOCK;
-            assert_eq!(
-                read_block(&img, off).expect("no read error reaches the user"),
-                Found::Block {
-                    offset: off,
-                    generation: 1
-                }
-            );
+            assert_block(&img, off, 1, "no read error reaches the user");
         }
         if faulty.counters("leg1.img").failed_reads > 0 {
             break;
@@ -751,12 +683,12 @@ fn a_read_error_is_corrected_from_the_other_leg_and_the_leg_stays_in_sync() {
         "in_sync",
         "a corrected read error failed the leg"
     );
-    assert_eq!(md(&m, "degraded"), "0");
+    assert_eq!(m.md("degraded"), "0");
     assert!(
         faulty.unwritten_read_faults("leg1.img").is_empty(),
         "the bad block was not rewritten from leg0"
     );
-    let errors: u64 = md(&m, "dev-leg1.img/errors").parse().expect("errors");
+    let errors: u64 = m.md("dev-leg1.img/errors").parse().expect("errors");
     assert!(errors >= 1, "dev-leg1.img/errors is {errors}");
     m.stop();
     assert_legs_identical(
@@ -778,19 +710,17 @@ fn re_add_after_degraded_writes_copies_only_the_chunks_written() {
         return;
     };
     let dir = tempdir("mdfuse-failures");
-    let bitmap_fs = ScratchFs::ext4(4096).expect("ext4 for the bitmap");
-    let faulty = FaultyFs::new(&[("leg1.img", LEG_SIZE)]);
-    let leg0 = sparse(dir.path().join("leg0.img"), LEG_SIZE);
-    let legs = Legs::from_paths(vec![leg0.clone(), faulty.path("leg1.img")]);
-    let bitmap = bitmap_fs.path("md.bitmap");
-    let created = h::create(&legs, &["--bitmap", s(&bitmap)]);
+    let (_bitmap_fs, bitmap) = bitmap_on_ext4();
+    let (faulty, legs) = leg1_on_faultyfs(dir.path());
+    let leg0 = legs.paths[0].clone();
+    let created = h::create(&legs, &["--bitmap", path_str(&bitmap)]);
     let size = created.array_bytes;
     let data_offset = created.data_offset_sectors * 512;
     let chunk = bitmap_chunk(&bitmap);
     let m = MountedArray::mount(
         &legs,
         &dir.path().join("mnt"),
-        &["--bitmap", s(&bitmap), "--delay", "0.3"],
+        &["--bitmap", path_str(&bitmap), "--delay", "0.3"],
     );
     let img = m.image();
     // Written once with both legs, so the array is active when leg1 fails
@@ -837,11 +767,11 @@ fn re_add_after_degraded_writes_copies_only_the_chunks_written() {
     faulty.heal("leg1.img");
     let ended = ended_syncs(&m);
     let o = h::mdfuse_with(
-        &["manage", s(m.mountpoint()), "--re-add"],
+        &["manage", path_str(m.mountpoint()), "--re-add"],
         &[&faulty.path("leg1.img")],
     );
     h::assert_ok("mdfuse manage --re-add", &o);
-    wait_sync_idle(&m, Duration::from_secs(60));
+    m.wait_sync_idle(Duration::from_secs(60));
     let copied = sync_copied(&m, ended);
     eprintln!(
         "re-add after {} bytes written degraded: {} chunks of {chunk} dirty, recovery copied {copied} of {size} bytes",
@@ -854,18 +784,12 @@ fn re_add_after_degraded_writes_copies_only_the_chunks_written() {
     );
     assert!(copied < size / 4);
     assert_eq!(dev_state(&m, "leg1.img"), "in_sync");
-    assert_eq!(md(&m, "degraded"), "0");
+    assert_eq!(m.md("degraded"), "0");
     assert!(m.mdstat().contains("[2/2] [UU]"), "{}", m.mdstat());
     for &off in &writes {
         for b in [0, MIB / BLOCK - 1] {
             let o = off + b * BLOCK;
-            assert_eq!(
-                read_block(&img, o).expect("read"),
-                Found::Block {
-                    offset: o,
-                    generation: 7
-                }
-            );
+            assert_block(&img, o, 7, "read");
         }
     }
     m.stop();
@@ -905,23 +829,25 @@ fn kill9_crashes_keep_every_fsynced_write_and_resync_only_dirty_chunks() {
         .unwrap_or(50);
     let t0 = Instant::now();
     let dir = tempdir("mdfuse-failures");
-    let bitmap_fs = ScratchFs::ext4(4096).expect("ext4 for the bitmap");
-    let leg0 = sparse(dir.path().join("leg0.img"), LEG_SIZE);
-    let leg1 = sparse(dir.path().join("leg1.img"), LEG_SIZE);
-    let legs = Legs::from_paths(vec![leg0.clone(), leg1.clone()]);
-    let bitmap = bitmap_fs.path("md.bitmap");
-    let created = h::create(&legs, &["--bitmap", s(&bitmap)]);
+    let (_bitmap_fs, bitmap) = bitmap_on_ext4();
+    let legs = Legs::new(dir.path(), 2, LEG_SIZE);
+    let (leg0, leg1) = (legs.paths[0].clone(), legs.paths[1].clone());
+    let created = h::create(&legs, &["--bitmap", path_str(&bitmap)]);
     let (size, data_offset) = (created.array_bytes, created.data_offset_sectors * 512);
     let chunk = bitmap_chunk(&bitmap);
     let region = 0..stripes_of(size);
     let mnt = dir.path().join("mnt");
-    let mount_args = ["--bitmap", s(&bitmap), "--delay", "0.5", "--threads", "8"];
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_nanos() as u64;
+    let mount_args = [
+        "--bitmap",
+        path_str(&bitmap),
+        "--delay",
+        "0.5",
+        "--threads",
+        "8",
+    ];
+    let seed = Rng::clock_seed();
     eprintln!("kill -9 rounds: {rounds}, seed {seed}");
-    let mut rng = Rng(seed | 1);
+    let mut rng = Rng::new(seed);
     let mut known: HashMap<u64, u64> = HashMap::new();
     let (mut acked_total, mut copied_total, mut in_flight_seen) = (0u64, 0u64, 0u64);
     let mut m = MountedArray::mount(&legs, &mnt, &mount_args);
@@ -949,7 +875,7 @@ fn kill9_crashes_keep_every_fsynced_write_and_resync_only_dirty_chunks() {
 
         let ended = ended_syncs_at(&mnt);
         m = MountedArray::mount(&legs, &mnt, &mount_args);
-        wait_sync_idle(&m, Duration::from_secs(60));
+        m.wait_sync_idle(Duration::from_secs(60));
         let copied = sync_copied(&m, ended);
         assert_eq!(
             copied,
@@ -1013,16 +939,14 @@ fn check_counts_known_mismatches_and_repair_fixes_them_under_user_io() {
         return;
     };
     let dir = tempdir("mdfuse-failures");
-    let bitmap_fs = ScratchFs::ext4(4096).expect("ext4 for the bitmap");
-    let leg0 = sparse(dir.path().join("leg0.img"), LEG_SIZE);
-    let leg1 = sparse(dir.path().join("leg1.img"), LEG_SIZE);
-    let legs = Legs::from_paths(vec![leg0.clone(), leg1.clone()]);
-    let bitmap = bitmap_fs.path("md.bitmap");
-    let created = h::create(&legs, &["--bitmap", s(&bitmap)]);
+    let (_bitmap_fs, bitmap) = bitmap_on_ext4();
+    let legs = Legs::new(dir.path(), 2, LEG_SIZE);
+    let (leg0, leg1) = (legs.paths[0].clone(), legs.paths[1].clone());
+    let created = h::create(&legs, &["--bitmap", path_str(&bitmap)]);
     let (size, data_offset) = (created.array_bytes, created.data_offset_sectors * 512);
     let half = stripes_of(size / 2);
     let mnt = dir.path().join("mnt");
-    let args = ["--bitmap", s(&bitmap)];
+    let args = ["--bitmap", path_str(&bitmap)];
 
     // The first half holds known blocks; the workload gets the second.
     let m = MountedArray::mount(&legs, &mnt, &args);
@@ -1079,15 +1003,11 @@ fn check_counts_known_mismatches_and_repair_fixes_them_under_user_io() {
     let expected = perturb.len() as u64 * (MD_RESYNC_BLOCK / 512);
 
     let m = MountedArray::mount(&legs, &mnt, &args);
-    assert_eq!(
-        md(&m, "sync_action"),
-        "idle",
-        "a clean array needs no resync"
-    );
+    assert_eq!(m.md("sync_action"), "idle", "a clean array needs no resync");
     // Slow enough that the workload runs through each pass; min as well:
     // md's throttle drops to sync_speed_min while users do I/O.
-    set_md(&m, "sync_speed_min", "16000");
-    set_md(&m, "sync_speed_max", "16000");
+    m.set_md("sync_speed_min", "16000");
+    m.set_md("sync_speed_max", "16000");
     let wl = Workload::start(&Spec {
         threads: 2,
         ..Spec::new(&m.image(), half..stripes_of(size))
@@ -1095,14 +1015,14 @@ fn check_counts_known_mismatches_and_repair_fixes_them_under_user_io() {
     assert!(wl.wait_writes(50, Duration::from_secs(30)));
     let pass = |action: &str| -> u64 {
         let writes_before = wl.writes();
-        set_md(&m, "sync_action", action);
-        assert_eq!(md(&m, "sync_action"), action);
-        wait_sync_idle(&m, Duration::from_secs(120));
+        m.set_md("sync_action", action);
+        assert_eq!(m.md("sync_action"), action);
+        m.wait_sync_idle(Duration::from_secs(120));
         assert!(
             wl.writes() > writes_before + 20,
             "the workload did not run during the {action}"
         );
-        md(&m, "mismatch_cnt").parse().expect("mismatch_cnt")
+        m.md("mismatch_cnt").parse().expect("mismatch_cnt")
     };
     let checked = pass("check");
     assert_eq!(
@@ -1148,9 +1068,8 @@ fn a_resync_without_bitmap_stopped_partway_resumes_where_it_stopped() {
     };
     let dir = tempdir("mdfuse-failures");
     // leg1 on faultyfs: slowed down, so the resync can be caught partway.
-    let faulty = FaultyFs::new(&[("leg1.img", LEG_SIZE)]);
-    let leg0 = sparse(dir.path().join("leg0.img"), LEG_SIZE);
-    let legs = Legs::from_paths(vec![leg0.clone(), faulty.path("leg1.img")]);
+    let (faulty, legs) = leg1_on_faultyfs(dir.path());
+    let leg0 = legs.paths[0].clone();
     let created = h::create(&legs, &[]);
     let (size, data_offset) = (created.array_bytes, created.data_offset_sectors * 512);
     let region = 0..stripes_of(size);
@@ -1175,14 +1094,15 @@ fn a_resync_without_bitmap_stopped_partway_resumes_where_it_stopped() {
 
     faulty.delay_writes("leg1.img", Duration::from_millis(100));
     let m = MountedArray::mount(&legs, &mnt, &[]);
-    assert_eq!(md(&m, "sync_action"), "resync", "{}", m.mdstat());
-    set_md(&m, "sync_speed_min", "2000");
-    set_md(&m, "sync_speed_max", "2000");
+    assert_eq!(m.md("sync_action"), "resync", "{}", m.mdstat());
+    m.set_md("sync_speed_min", "2000");
+    m.set_md("sync_speed_max", "2000");
     faulty.delay_writes("leg1.img", Duration::ZERO);
     wait_for("the resync to pass 8 MiB", Duration::from_secs(60), || {
-        sync_completed(&m).is_some_and(|(done, _)| done >= 8 * MIB / 512)
+        m.sync_completed()
+            .is_some_and(|(done, _)| done >= 8 * MIB / 512)
     });
-    let (done, total) = sync_completed(&m).expect("the resync still runs");
+    let (done, total) = m.sync_completed().expect("the resync still runs");
     assert!(done < total / 2, "the resync ran too fast: {done}/{total}");
     assert!(m.mdstat().contains("resync ="), "mdstat:\n{}", m.mdstat());
     m.stop();
@@ -1221,15 +1141,15 @@ fn a_resync_without_bitmap_stopped_partway_resumes_where_it_stopped() {
     wait_for(
         "the resumed resync's first step",
         Duration::from_secs(30),
-        || sync_completed(&m).is_some_and(|(d, _)| d > 0),
+        || m.sync_completed().is_some_and(|(d, _)| d > 0),
     );
-    let (first, _) = sync_completed(&m).expect("the resync runs");
+    let (first, _) = m.sync_completed().expect("the resync runs");
     assert!(
         first >= offset && first <= offset + 8 * MIB / 512,
         "the resumed resync's progress starts at {first} sectors, not near {offset}"
     );
     faulty.delay_writes("leg1.img", Duration::ZERO);
-    wait_sync_idle(&m, Duration::from_secs(120));
+    m.wait_sync_idle(Duration::from_secs(120));
     let copied = sync_copied(&m, ended);
     assert_eq!(
         copied,
@@ -1254,11 +1174,7 @@ fn a_resync_without_bitmap_stopped_partway_resumes_where_it_stopped() {
 
 /// [`ended_syncs`] before a mount exists at `mnt` (its log is appended to).
 fn ended_syncs_at(mnt: &Path) -> usize {
-    let name = mnt
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    std::fs::read_to_string(mnt.with_file_name(format!("{name}.mdfuse.log")))
+    std::fs::read_to_string(h::log_path(mnt))
         .unwrap_or_default()
         .lines()
         .filter(|l| l.contains(" bytes worked"))

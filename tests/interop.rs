@@ -13,14 +13,19 @@
 
 mod common;
 
+use common::bitmap::{dirty_in_image, examine_bitmap};
 use common::kmd::{self, Manifest, VerifyRun, SECTOR};
 use common::loopdev::{needs_root, ScratchFs};
+use common::mdfuse::{
+    create, log_path, mdfuse_stdout, path_str, sha256_bytes, sha256_region, text, Legs,
+    MountedArray,
+};
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::fs::OpenOptions;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -36,43 +41,15 @@ const ARRAY_BYTES: u64 = 31744 * 1024;
 
 // ---------------------------------------------------------------- mdfuse, the command
 
-fn mdfuse_output<S: AsRef<OsStr>>(args: &[S]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mdfuse"))
-        .args(args)
-        .output()
-        .expect("run the mdfuse binary")
-}
-
-/// Runs mdfuse; panics with its output unless it succeeds; returns stdout.
-fn mdfuse<S: AsRef<OsStr>>(args: &[S]) -> String {
-    let out = mdfuse_output(args);
-    let line: Vec<String> = args
-        .iter()
-        .map(|a| a.as_ref().to_string_lossy().into_owned())
-        .collect();
-    assert!(
-        out.status.success(),
-        "mdfuse {} failed ({}):\n{}{}",
-        line.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// `mdfuse examine-bitmap --chunks FILE`: (fields, dirty chunks).
 fn mdfuse_bitmap(file: &Path) -> (std::collections::BTreeMap<String, String>, Vec<u64>) {
-    let text = mdfuse(&[
-        OsStr::new("examine-bitmap"),
-        OsStr::new("--chunks"),
-        file.as_os_str(),
-    ]);
-    let fields = kmd::mdadm_fields(&text);
-    let list = fields
-        .get("Dirty Chunks")
-        .unwrap_or_else(|| panic!("no Dirty Chunks line in:\n{text}"));
-    (fields.clone(), kmd::parse_chunk_ranges(list))
+    let (text, dirty) = examine_bitmap(file);
+    (kmd::mdadm_fields(&text), dirty)
+}
+
+/// `mdfuse examine LEG`.
+fn mdfuse_examine(leg: &Path) -> String {
+    mdfuse_stdout(&["examine", path_str(leg)])
 }
 
 /// A leg, a bitmap file on an ext4 of its own (a loop device), and a mountpoint.
@@ -80,10 +57,9 @@ fn mdfuse_bitmap(file: &Path) -> (std::collections::BTreeMap<String, String>, Ve
 struct TestArray {
     /// Held for its Drop: unmount, detach, remove.
     _bitmap_fs: ScratchFs,
-    legs: Vec<PathBuf>,
+    legs: Legs,
     bitmap: PathBuf,
     mnt: PathBuf,
-    log: PathBuf,
     uuid: String,
     dir: tempfile::TempDir,
 }
@@ -102,41 +78,31 @@ impl TestArray {
     /// `mdfuse create --bitmap BM --bitmap-chunk 64K` on two zero 32 MiB leg files.
     fn create(name: &str) -> TestArray {
         let (dir, bitmap_fs) = Self::scratch();
-        let legs: Vec<PathBuf> = (0..2)
-            .map(|i| dir.path().join(format!("leg{i}.img")))
-            .collect();
-        for l in &legs {
-            common::loopdev::sparse_file(l, LEG_BYTES).expect("leg file");
-        }
+        let legs = Legs::new(dir.path(), 2, LEG_BYTES);
         let bitmap = bitmap_fs.path("md0.bitmap");
-        let mut args: Vec<&OsStr> = vec![
-            "create".as_ref(),
-            "--name".as_ref(),
-            name.as_ref(),
-            "--bitmap".as_ref(),
-            bitmap.as_os_str(),
-            "--bitmap-chunk".as_ref(),
-            "64K".as_ref(),
-        ];
-        args.extend(legs.iter().map(|l| l.as_os_str()));
-        let out = mdfuse(&args);
-        let uuid = out
-            .split("UUID ")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .unwrap_or_else(|| panic!("no UUID in create's output:\n{out}"))
-            .to_string();
+        let created = create(
+            &legs,
+            &[
+                "--name",
+                name,
+                "--bitmap",
+                path_str(&bitmap),
+                "--bitmap-chunk",
+                "64K",
+            ],
+        );
         assert!(
-            out.contains(&format!("{ARRAY_BYTES} bytes")) && out.contains("data offset 2048"),
-            "unexpected geometry:\n{out}"
+            created.array_bytes == ARRAY_BYTES
+                && created.data_offset_sectors * SECTOR == DATA_OFFSET,
+            "unexpected geometry:\n{}",
+            created.stdout
         );
         TestArray {
             mnt: dir.path().join("mnt"),
-            log: dir.path().join("mdfuse.log"),
             _bitmap_fs: bitmap_fs,
             legs,
             bitmap,
-            uuid,
+            uuid: created.uuid,
             dir,
         }
     }
@@ -145,16 +111,7 @@ impl TestArray {
     /// no holes) onto the loop-backed ext4.
     fn from_fixture(set: &Path) -> TestArray {
         let (dir, bitmap_fs) = Self::scratch();
-        let legs: Vec<PathBuf> = (0..)
-            .map(|i| set.join(format!("leg{i}.img.zst")))
-            .take_while(|p| p.exists())
-            .enumerate()
-            .map(|(i, zst)| {
-                let leg = dir.path().join(format!("leg{i}.img"));
-                kmd::unzstd(&zst, &leg);
-                leg
-            })
-            .collect();
+        let legs = kmd::fixture_legs(set, dir.path());
         let plain = dir.path().join("md0.bitmap");
         kmd::unzstd(&set.join("md0.bitmap.zst"), &plain);
         let bitmap = bitmap_fs.path("md0.bitmap");
@@ -162,7 +119,6 @@ impl TestArray {
         sync_file(&bitmap);
         TestArray {
             mnt: dir.path().join("mnt"),
-            log: dir.path().join("mdfuse.log"),
             _bitmap_fs: bitmap_fs,
             legs,
             bitmap,
@@ -172,49 +128,38 @@ impl TestArray {
     }
 
     /// `mdfuse mount [extra] --bitmap BM LEGS MNT` (detached); Err with its output if refused.
-    fn try_mount(&self, extra: &[&str]) -> Result<Mounted, String> {
+    fn try_mount(&self, extra: &[&str]) -> Result<MountedArray, String> {
         self.try_mount_legs(&self.legs, extra)
     }
 
     /// A session on some of the legs only (the others left out, as if missing).
-    fn try_mount_legs(&self, legs: &[PathBuf], extra: &[&str]) -> Result<Mounted, String> {
-        let mut args: Vec<&OsStr> = vec!["mount".as_ref(), "--log".as_ref(), self.log.as_os_str()];
-        args.extend(extra.iter().map(OsStr::new));
-        args.extend(["--bitmap".as_ref(), self.bitmap.as_os_str()]);
-        args.extend(legs.iter().map(|l| l.as_os_str()));
-        args.push(self.mnt.as_os_str());
-        let out = mdfuse_output(&args);
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        if !out.status.success() {
-            return Err(text);
-        }
-        let pid = text
-            .split("pid ")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("no pid in mount's output:\n{text}"));
-        Ok(Mounted {
-            mnt: self.mnt.clone(),
-            pid,
-        })
+    fn try_mount_legs(&self, legs: &Legs, extra: &[&str]) -> Result<MountedArray, String> {
+        let mut args = extra.to_vec();
+        args.extend(["--bitmap", path_str(&self.bitmap)]);
+        MountedArray::try_mount(legs, &self.mnt, &args).map_err(|o| text(&o))
     }
 
-    fn mount(&self, extra: &[&str]) -> Mounted {
+    fn mount(&self, extra: &[&str]) -> MountedArray {
         self.try_mount(extra)
             .unwrap_or_else(|e| panic!("mdfuse mount failed:\n{e}\nlog:\n{}", self.log_text()))
     }
 
+    /// The daemon's log, of every mount of this array so far.
     fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        std::fs::read_to_string(log_path(&self.mnt)).unwrap_or_default()
     }
 
     fn leg_refs(&self) -> Vec<&Path> {
-        self.legs.iter().map(PathBuf::as_path).collect()
+        self.legs.paths.iter().map(PathBuf::as_path).collect()
+    }
+
+    /// A mount of leg0 alone (`--run`): leg1 is left out, as if missing.
+    fn mount_leg0_alone(&self) -> MountedArray {
+        self.try_mount_legs(
+            &Legs::from_paths(vec![self.legs.paths[0].clone()]),
+            &["--run"],
+        )
+        .unwrap_or_else(|e| panic!("mount --run with leg0 only: {e}\n{}", self.log_text()))
     }
 
     /// A copy of the bitmap file outside the ext4 (for verify-foreign and for breaking it).
@@ -227,7 +172,7 @@ impl TestArray {
     /// A copy of a leg (to break or perturb without touching the original).
     fn leg_copy(&self, i: usize, name: &str) -> PathBuf {
         let p = self.dir.path().join(name);
-        std::fs::copy(&self.legs[i], &p).expect("copy leg");
+        std::fs::copy(self.legs.path(i), &p).expect("copy leg");
         p
     }
 }
@@ -238,91 +183,6 @@ fn sync_file(p: &Path) {
         .open(p)
         .and_then(|f| f.sync_all())
         .expect("fsync");
-}
-
-/// A live mdfuse mount. Dropping it stops the array (or unmounts what a killed daemon left).
-struct Mounted {
-    mnt: PathBuf,
-    pid: u32,
-}
-
-impl Mounted {
-    fn image(&self) -> PathBuf {
-        self.mnt.join("array.img")
-    }
-
-    fn is_mounted(&self) -> bool {
-        let Ok(abs) = self.mnt.canonicalize() else {
-            return false;
-        };
-        std::fs::read_to_string("/proc/self/mounts")
-            .unwrap_or_default()
-            .lines()
-            .any(|l| l.split(' ').nth(1) == Some(&*abs.to_string_lossy()))
-    }
-
-    fn daemon_alive(&self) -> bool {
-        std::fs::read_to_string(format!("/proc/{}/stat", self.pid))
-            .map(|s| {
-                !s.rsplit(')')
-                    .next()
-                    .unwrap_or("")
-                    .trim_start()
-                    .starts_with('Z')
-            })
-            .unwrap_or(false)
-    }
-
-    /// `mdfuse stop MNT`: unmount and wait for the clean stop.
-    fn stop(self) {
-        mdfuse(&[OsStr::new("stop"), self.mnt.as_os_str()]);
-        // Drop finds nothing left to do.
-    }
-
-    /// SIGKILL the daemon (no clean stop, like a crash of the process), wait for it to be
-    /// gone, and unmount the dead FUSE mount.
-    fn kill(&self) {
-        // SAFETY: kill has no memory preconditions; the pid is the daemon this test started.
-        unsafe { libc::kill(self.pid as i32, libc::SIGKILL) };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while self.daemon_alive() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        assert!(
-            !self.daemon_alive(),
-            "mdfuse daemon {} survived SIGKILL",
-            self.pid
-        );
-        self.unmount_dead();
-    }
-
-    fn unmount_dead(&self) {
-        if self.is_mounted() {
-            let m = self.mnt.to_string_lossy().into_owned();
-            if common::loopdev::run("umount", &[&m]).is_err() {
-                let _ = common::loopdev::run("umount", &["-l", &m]);
-            }
-        }
-    }
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        if self.is_mounted() && self.daemon_alive() {
-            let out = mdfuse_output(&[OsStr::new("stop"), self.mnt.as_os_str()]);
-            if !out.status.success() {
-                eprintln!(
-                    "warning: mdfuse stop: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
-        }
-        self.unmount_dead();
-        if self.daemon_alive() {
-            // SAFETY: as in kill(); last resort so no daemon outlives the test.
-            unsafe { libc::kill(self.pid as i32, libc::SIGKILL) };
-        }
-    }
 }
 
 // ---------------------------------------------------------------- data through array.img
@@ -386,12 +246,64 @@ fn chunk_bytes(data: &[u8], chunk: u64) -> &[u8] {
     &data[off..(off + CHUNK as usize).min(data.len())]
 }
 
+/// What a later session writes over the base pattern (array offset, length).
+const OVERLAYS: [(u64, u64); 4] = [
+    (0, 4096),
+    (5 << 20, 128 << 10),
+    (20967424, 8192),
+    (31457280, 65536),
+];
+
+/// Writes [`OVERLAYS`] (OVERLAY_TAG) through the mount `m`, checks what it serves then,
+/// and stops it cleanly. Returns the sha of what was served.
+fn write_overlays(m: MountedArray) -> String {
+    for &(off, len) in &OVERLAYS {
+        write_pattern(&m.image(), off, len, OVERLAY_TAG).expect("write an overlay");
+    }
+    let served = sha256_region(&m.image(), 0, ARRAY_BYTES);
+    m.stop();
+    assert_eq!(
+        served,
+        sha256_bytes(&expected_image(&OVERLAYS)),
+        "what mdfuse served after the overlays"
+    );
+    served
+}
+
+/// After [`write_overlays`] with leg1 failed or left out: leg1 is stale (leg0's events,
+/// as `examine` prints them, are newer), the overlays' chunks are dirty in the bitmap and
+/// its events_cleared lets md re-add leg1 from it. Returns the dirty chunks.
+fn assert_leg1_stale_with_the_overlays_dirty(
+    arr: &TestArray,
+    examine: impl Fn(&Path) -> String,
+) -> Vec<u64> {
+    let events = |i: usize| -> u64 {
+        kmd::mdadm_fields(&examine(arr.legs.path(i)))["Events"]
+            .parse()
+            .expect("Events")
+    };
+    let (e0, e1) = (events(0), events(1));
+    assert!(e0 > e1, "leg0 events {e0} must pass stale leg1's {e1}");
+    let (bfields, dirty) = mdfuse_bitmap(&arr.bitmap);
+    let want: Vec<u64> = chunks_of(&OVERLAYS).into_iter().collect();
+    assert_eq!(
+        dirty, want,
+        "degraded: the bits of every write stay until a recovery"
+    );
+    let cleared: u64 = bfields["Events Cleared"].parse().unwrap();
+    assert!(
+        cleared <= e1,
+        "events_cleared {cleared} > stale leg1's events {e1}: md would refuse a bitmap re-add"
+    );
+    dirty
+}
+
 /// Fills the whole array with the base pattern through a first mount, checks what mdfuse
 /// serves, and stops cleanly. Returns the sha of what was served.
 fn fill_base(arr: &TestArray) -> String {
     let m = arr.mount(&[]);
     write_pattern(&m.image(), 0, ARRAY_BYTES, BASE_TAG).expect("write through array.img");
-    let served = kmd::sha256_region(&m.image(), 0, ARRAY_BYTES);
+    let served = sha256_region(&m.image(), 0, ARRAY_BYTES);
     m.stop();
     served
 }
@@ -457,7 +369,7 @@ fn write_then_kill(
             while acks.load(Ordering::SeqCst) < n && Instant::now() < deadline {
                 std::thread::yield_now();
             }
-            m.kill();
+            m.kill9();
         }
         None => {
             for h in handles.iter() {
@@ -465,7 +377,7 @@ fn write_then_kill(
                     std::thread::sleep(Duration::from_millis(5));
                 }
             }
-            m.kill();
+            m.kill9();
         }
     }
     for h in handles {
@@ -499,42 +411,95 @@ fn shuffled_slots() -> Vec<(u64, u64)> {
 
 // ---------------------------------------------------------------- what md must say
 
+/// What md did, against what a check wants of it: a line per miss; none is a pass.
+#[derive(Default)]
+struct Problems(Vec<String>);
+
+impl Problems {
+    fn push(&mut self, problem: impl Into<String>) {
+        self.0.push(problem.into());
+    }
+
+    /// The run's `KMD-VAL key=value` lines must say these values.
+    fn want_vals(&mut self, run: &VerifyRun, wanted: &[(&str, &str)]) {
+        for &(key, value) in wanted {
+            let got = run.val(key);
+            if got.as_deref() != Some(value) {
+                self.push(format!("{key}={got:?}, want {value}"));
+            }
+        }
+    }
+
+    /// Both legs' State, by md's `mdadm -E` before the assembly.
+    fn want_leg_states(&mut self, run: &VerifyRun, state: &str) {
+        for i in 0..2 {
+            let got = run
+                .section_fields(&format!("examine-leg{i}-before"))
+                .get("State")
+                .cloned();
+            if got.as_deref() != Some(state) {
+                self.push(format!("leg{i} State before = {got:?}, want {state}"));
+            }
+        }
+    }
+
+    /// md's `mdadm -X` before the assembly counts `dirty` dirty bits.
+    fn want_dirty_before(&mut self, run: &VerifyRun, dirty: usize) {
+        let bitmap = run
+            .section_fields("examine-bitmap-before")
+            .get("Bitmap")
+            .cloned();
+        let want = format!(" {dirty} dirty");
+        if !bitmap.as_deref().is_some_and(|b| b.contains(&want)) {
+            self.push(format!(
+                "md's mdadm -X before assembly: {bitmap:?}, want{want}"
+            ));
+        }
+    }
+
+    fn verdict(self) -> Result<(), String> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(self.0.join("\n"))
+        }
+    }
+}
+
+/// Panics with what was wrong unless `verdict` is a pass, keeping md's run (its console
+/// log and the legs after it) for a post-mortem.
+fn assert_md_agrees(run: VerifyRun, verdict: Result<(), String>) {
+    if let Err(e) = verdict {
+        panic!("{e}\n{}\nkept in {}", run.describe(), run.keep().display());
+    }
+}
+
+/// The chunks in which two images of the array's data differ.
+fn differing_chunks(a: &[u8], b: &[u8]) -> Vec<u64> {
+    (0..ARRAY_BYTES.div_ceil(CHUNK))
+        .filter(|&c| chunk_bytes(a, c) != chunk_bytes(b, c))
+        .collect()
+}
+
 /// md started the legs + bitmap clean: both legs, no resync, no dirty bits, the hash.
 fn md_accepts_clean(run: &VerifyRun, expected_sha: &str) -> Result<(), String> {
-    let mut problems = Vec::new();
-    let mut want = |key: &str, value: &str| {
-        let got = run.val(key);
-        if got.as_deref() != Some(value) {
-            problems.push(format!("{key}={got:?}, want {value}"));
-        }
-    };
-    want("assembled", "yes");
-    want("assemble_mode", "plain");
-    want("degraded", "0");
-    want("degraded_after_sync", "0");
-    want("mismatch_cnt", "0");
-    want("md0_sha256", expected_sha);
+    let mut problems = Problems::default();
+    problems.want_vals(
+        run,
+        &[
+            ("assembled", "yes"),
+            ("assemble_mode", "plain"),
+            ("degraded", "0"),
+            ("degraded_after_sync", "0"),
+            ("mismatch_cnt", "0"),
+            ("md0_sha256", expected_sha),
+        ],
+    );
     if run.rc != 0 {
         problems.push(format!("verify-foreign exit {}", run.rc));
     }
-    for i in 0..2 {
-        let state = run
-            .section_fields(&format!("examine-leg{i}-before"))
-            .get("State")
-            .cloned();
-        if state.as_deref() != Some("clean") {
-            problems.push(format!("leg{i} State before = {state:?}, want clean"));
-        }
-    }
-    let bitmap = run
-        .section_fields("examine-bitmap-before")
-        .get("Bitmap")
-        .cloned();
-    if !bitmap.as_deref().is_some_and(|b| b.contains(" 0 dirty")) {
-        problems.push(format!(
-            "md's bitmap before assembly: {bitmap:?}, want 0 dirty"
-        ));
-    }
+    problems.want_leg_states(run, "clean");
+    problems.want_dirty_before(run, 0);
     let dmesg = run.dmesg_md();
     if dmesg.contains("resync of RAID array") || dmesg.contains("recovery of RAID array") {
         problems.push(format!("md synced:\n{dmesg}"));
@@ -543,57 +508,32 @@ fn md_accepts_clean(run: &VerifyRun, expected_sha: &str) -> Result<(), String> {
         .section("mdstat-assembled")
         .is_some_and(|s| s.contains("resync") || s.contains("recovery"))
     {
-        problems.push("mdstat shows a resync/recovery after assembly".into());
+        problems.push("mdstat shows a resync/recovery after assembly");
     }
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(problems.join("\n"))
-    }
+    problems.verdict()
 }
 
 /// md saw `dirty` (as many dirty bits as mdfuse's bitmap holds) and resynced those chunks
 /// only: the legs kept after the run agree on every dirty chunk, and `untouched` (a clean
 /// chunk perturbed on leg1 before the run) was left as it was.
 fn md_resynced_exactly(run: &VerifyRun, dirty: &[u64], untouched: u64) -> Result<(), String> {
-    let mut problems = Vec::new();
-    if run.val("assembled").as_deref() != Some("yes") || run.val("degraded").as_deref() != Some("0")
-    {
-        problems.push(format!(
-            "assembled={:?} degraded={:?}",
-            run.val("assembled"),
-            run.val("degraded")
-        ));
-    }
-    let md_bitmap = run
-        .section_fields("examine-bitmap-before")
-        .get("Bitmap")
-        .cloned()
-        .unwrap_or_default();
-    let want = format!(" {} dirty", dirty.len());
-    if !md_bitmap.contains(&want) {
-        problems.push(format!("md's mdadm -X before: {md_bitmap:?}, want{want}"));
-    }
+    let mut problems = Problems::default();
+    problems.want_vals(run, &[("assembled", "yes"), ("degraded", "0")]);
+    problems.want_dirty_before(run, dirty.len());
     if !dirty.is_empty() && !run.dmesg_md().contains("resync of RAID array md0") {
-        problems.push("md did not resync".into());
+        problems.push("md did not resync");
     }
-    if !problems.is_empty() {
-        return Err(problems.join("\n"));
+    if !problems.0.is_empty() {
+        return problems.verdict();
     }
     let (l0, l1) = (leg_data(&run.leg_after(0)), leg_data(&run.leg_after(1)));
-    let differing: Vec<u64> = (0..ARRAY_BYTES.div_ceil(CHUNK))
-        .filter(|&c| chunk_bytes(&l0, c) != chunk_bytes(&l1, c))
-        .collect();
+    let differing = differing_chunks(&l0, &l1);
     if differing != [untouched] {
         problems.push(format!(
             "after md, the legs differ in chunks {differing:?}; want only the clean, perturbed chunk {untouched} (dirty: {dirty:?})"
         ));
     }
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(problems.join("\n"))
-    }
+    problems.verdict()
 }
 
 /// Copies the legs, perturbs leg1 in every dirty chunk (as writes that reached leg0 only
@@ -624,7 +564,7 @@ fn start(test: &str) -> Option<std::sync::MutexGuard<'static, ()>> {
 
 #[test]
 fn pattern_matches_the_rig_generator_and_the_fixtures() {
-    let sha = kmd::sha256_bytes(&expected_image(&[]));
+    let sha = sha256_bytes(&expected_image(&[]));
     let a = Manifest::load(&kmd::fixtures_dir().join("a-clean"));
     assert_eq!(sha, a.md0_sha, "base pattern vs a-clean MANIFEST");
     let b = Manifest::load(&kmd::fixtures_dir().join("b-degraded-dirty"));
@@ -642,7 +582,7 @@ fn pattern_matches_the_rig_generator_and_the_fixtures() {
         let img = expected_image(&[(0, 4096)]);
         assert_eq!(
             String::from_utf8_lossy(&py.stdout).trim(),
-            kmd::sha256_bytes(&img)
+            sha256_bytes(&img)
         );
     }
 }
@@ -657,21 +597,8 @@ fn md_assembles_a_cleanly_stopped_mdfuse_array_clean_with_the_served_data() {
     let arr = TestArray::create("interop");
     let served = fill_base(&arr);
     // Overlays through a second mount, as a user's later session would.
-    let overlays = [
-        (0, 4096),
-        (5 << 20, 128 << 10),
-        (20967424, 8192),
-        (31457280, 65536),
-    ];
-    let m = arr.mount(&[]);
-    for &(off, len) in &overlays {
-        write_pattern(&m.image(), off, len, OVERLAY_TAG).expect("overlay");
-    }
-    let served2 = kmd::sha256_region(&m.image(), 0, ARRAY_BYTES);
-    m.stop();
-    assert_eq!(served, kmd::sha256_bytes(&expected_image(&[])));
-    let expected = kmd::sha256_bytes(&expected_image(&overlays));
-    assert_eq!(served2, expected, "what mdfuse served after the overlays");
+    assert_eq!(served, sha256_bytes(&expected_image(&[])));
+    let served2 = write_overlays(arr.mount(&[]));
     let (_, dirty) = mdfuse_bitmap(&arr.bitmap);
     assert!(
         dirty.is_empty(),
@@ -680,13 +607,8 @@ fn md_assembles_a_cleanly_stopped_mdfuse_array_clean_with_the_served_data() {
 
     let bm = arr.bitmap_copy("md0.bitmap");
     let run = kmd::verify_foreign(&arr.leg_refs(), &bm, Some(&served2), false, &[]);
-    if let Err(e) = md_accepts_clean(&run, &served2) {
-        panic!(
-            "{e}\n{}\nconsole kept in {}",
-            run.describe(),
-            run.keep().display()
-        );
-    }
+    let verdict = md_accepts_clean(&run, &served2);
+    assert_md_agrees(run, verdict);
 }
 
 // ---------------------------------------------------------------- 2. mdfuse -> md, unclean
@@ -703,7 +625,7 @@ fn md_resyncs_exactly_the_dirty_chunks_of_a_killed_mdfuse_and_keeps_acknowledged
     assert!(out.acked.len() >= 40);
 
     // What mdfuse left: superblocks active, the bits of every write that may be anywhere.
-    let examine = mdfuse(&[OsStr::new("examine"), arr.legs[0].as_os_str()]);
+    let examine = mdfuse_examine(arr.legs.path(0));
     assert_eq!(
         kmd::mdadm_fields(&examine).get("State").map(String::as_str),
         Some("active")
@@ -720,51 +642,29 @@ fn md_resyncs_exactly_the_dirty_chunks_of_a_killed_mdfuse_and_keeps_acknowledged
         got.is_subset(&may),
         "dirty chunks {got:?} beyond the writes issued {may:?}"
     );
-    assert_eq!(
-        kmd::bitmap_file_dirty(&std::fs::read(&arr.bitmap).unwrap()),
-        dirty
-    );
+    assert_eq!(dirty_in_image(&std::fs::read(&arr.bitmap).unwrap()), dirty);
 
     // md on the legs as mdfuse left them: the acknowledged data, legs identical after.
     let bm = arr.bitmap_copy("md0.bitmap");
     let run = kmd::verify_foreign(&arr.leg_refs(), &bm, None, true, &[]);
     let check = || -> Result<(), String> {
-        let mut p = Vec::new();
-        for (k, v) in [
-            ("assembled", "yes"),
-            ("degraded", "0"),
-            ("degraded_after_sync", "0"),
-        ] {
-            if run.val(k).as_deref() != Some(v) {
-                p.push(format!("{k}={:?} want {v}", run.val(k)));
-            }
-        }
-        let md_x = run.section_fields("examine-bitmap-before");
-        if !md_x
-            .get("Bitmap")
-            .is_some_and(|b| b.contains(&format!(" {} dirty", dirty.len())))
-        {
-            p.push(format!(
-                "md's -X before: {:?}, mdfuse's dirty count {}",
-                md_x.get("Bitmap"),
-                dirty.len()
-            ));
-        }
-        for i in 0..2 {
-            let st = run
-                .section_fields(&format!("examine-leg{i}-before"))
-                .get("State")
-                .cloned();
-            if st.as_deref() != Some("active") {
-                p.push(format!("leg{i} State before {st:?}, want active"));
-            }
-        }
+        let mut p = Problems::default();
+        p.want_vals(
+            &run,
+            &[
+                ("assembled", "yes"),
+                ("degraded", "0"),
+                ("degraded_after_sync", "0"),
+            ],
+        );
+        p.want_dirty_before(&run, dirty.len());
+        p.want_leg_states(&run, "active");
         if !run.dmesg_md().contains("resync of RAID array md0") {
-            p.push("md did not resync".into());
+            p.push("md did not resync");
         }
         let (l0, l1) = (leg_data(&run.leg_after(0)), leg_data(&run.leg_after(1)));
         if l0 != l1 {
-            p.push("legs differ after md's resync".into());
+            p.push("legs differ after md's resync");
         }
         // Every sector: acknowledged -> overlay; failed -> old or new; else base.
         let acked_sectors: BTreeSet<u64> = out
@@ -795,7 +695,7 @@ fn md_resyncs_exactly_the_dirty_chunks_of_a_killed_mdfuse_and_keeps_acknowledged
                 bad += 1;
             }
         }
-        let leg_sha = kmd::sha256_bytes(&l0);
+        let leg_sha = sha256_bytes(&l0);
         if run.val("md0_sha256").as_deref() != Some(&leg_sha) {
             p.push(format!(
                 "md0 sha {:?} vs its legs {leg_sha}",
@@ -803,27 +703,21 @@ fn md_resyncs_exactly_the_dirty_chunks_of_a_killed_mdfuse_and_keeps_acknowledged
             ));
         }
         if let Ok(after) = std::fs::read(run.bitmap_after()) {
-            let left = kmd::bitmap_file_dirty(&after);
+            let left = dirty_in_image(&after);
             if !left.is_empty() {
                 p.push(format!("md left dirty bits after its resync: {left:?}"));
             }
         }
-        if p.is_empty() {
-            Ok(())
-        } else {
-            Err(p.join("\n"))
-        }
+        p.verdict()
     };
-    if let Err(e) = check() {
-        panic!("{e}\n{}\nkept in {}", run.describe(), run.keep().display());
-    }
+    let verdict = check();
+    assert_md_agrees(run, verdict);
 
     // Exactly those chunks: leg1 perturbed in every dirty chunk and one clean chunk.
     let (leg0, leg1, untouched) = perturbed_copies(&arr, &dirty, "exact");
     let run = kmd::verify_foreign(&[&leg0, &leg1], &bm, None, true, &[]);
-    if let Err(e) = md_resynced_exactly(&run, &dirty, untouched) {
-        panic!("{e}\n{}\nkept in {}", run.describe(), run.keep().display());
-    }
+    let verdict = md_resynced_exactly(&run, &dirty, untouched);
+    assert_md_agrees(run, verdict);
 }
 
 // ---------------------------------------------------------------- 3. mdfuse degraded -> md re-add
@@ -835,47 +729,16 @@ fn md_starts_an_mdfuse_degraded_array_degraded_and_recovers_the_stale_leg_from_t
     };
     let arr = TestArray::create("interop");
     fill_base(&arr);
-    let overlays = [
-        (0, 4096),
-        (5 << 20, 128 << 10),
-        (20967424, 8192),
-        (31457280, 65536),
-    ];
     let m = arr.mount(&[]);
-    mdfuse(&[
-        OsStr::new("manage"),
-        m.mnt.as_os_str(),
-        OsStr::new("--fail"),
-        arr.legs[1].as_os_str(),
+    mdfuse_stdout(&[
+        "manage",
+        path_str(m.mountpoint()),
+        "--fail",
+        path_str(arr.legs.path(1)),
     ]);
-    for &(off, len) in &overlays {
-        write_pattern(&m.image(), off, len, OVERLAY_TAG).expect("write while degraded");
-    }
-    let served = kmd::sha256_region(&m.image(), 0, ARRAY_BYTES);
-    m.stop();
-    let expected = kmd::sha256_bytes(&expected_image(&overlays));
-    assert_eq!(served, expected);
-
+    let expected = write_overlays(m);
     // mdfuse's record: leg0 newer and naming leg1 faulty; the bits of the degraded writes kept.
-    let e0 = kmd::mdadm_fields(&mdfuse(&[OsStr::new("examine"), arr.legs[0].as_os_str()]));
-    let e1 = kmd::mdadm_fields(&mdfuse(&[OsStr::new("examine"), arr.legs[1].as_os_str()]));
-    let ev =
-        |f: &std::collections::BTreeMap<String, String>| -> u64 { f["Events"].parse().unwrap() };
-    assert!(
-        ev(&e0) > ev(&e1),
-        "leg0 events {} must pass stale leg1's {}",
-        ev(&e0),
-        ev(&e1)
-    );
-    let (bfields, dirty) = mdfuse_bitmap(&arr.bitmap);
-    let want: Vec<u64> = chunks_of(&overlays).into_iter().collect();
-    assert_eq!(dirty, want, "bits of the writes made while degraded");
-    let cleared: u64 = bfields["Events Cleared"].parse().unwrap();
-    assert!(
-        cleared <= ev(&e1),
-        "events_cleared {cleared} > stale leg's events: md would refuse a bitmap re-add"
-    );
-
+    let dirty = assert_leg1_stale_with_the_overlays_dirty(&arr, mdfuse_examine);
     md_re_adds_the_stale_leg_from_the_bitmap_only(&arr, &dirty, &expected);
 }
 
@@ -893,38 +756,30 @@ fn md_re_adds_the_stale_leg_from_the_bitmap_only(arr: &TestArray, dirty: &[u64],
     perturb_leg_chunk(&leg1, untouched, PERTURB_TAG);
     let run = kmd::verify_foreign(&[&leg0, &leg1], &bm, None, true, &["RE_ADD=1"]);
     let check = || -> Result<(), String> {
-        let mut p = Vec::new();
-        for (k, v) in [
-            ("assembled", "yes"),
-            ("degraded", "1"),
-            ("degraded_after_sync", "0"),
-        ] {
-            if run.val(k).as_deref() != Some(v) {
-                p.push(format!("{k}={:?} want {v}", run.val(k)));
-            }
-        }
+        let mut p = Problems::default();
+        p.want_vals(
+            &run,
+            &[
+                ("assembled", "yes"),
+                ("degraded", "1"),
+                ("degraded_after_sync", "0"),
+            ],
+        );
         if !run.dmesg_md().contains("recovery of RAID array md0") {
-            p.push("no recovery".into());
+            p.push("no recovery");
         }
         let (l0, l1) = (leg_data(&run.leg_after(0)), leg_data(&run.leg_after(1)));
-        let differing: Vec<u64> = (0..ARRAY_BYTES.div_ceil(CHUNK))
-            .filter(|&c| chunk_bytes(&l0, c) != chunk_bytes(&l1, c))
-            .collect();
+        let differing = differing_chunks(&l0, &l1);
         if differing != [untouched] {
             p.push(format!("legs differ in {differing:?} after recovery; want only {untouched} (not in the bitmap)"));
         }
-        if kmd::sha256_bytes(&l0) != expected {
-            p.push("leg0 data is not what mdfuse acknowledged".into());
+        if sha256_bytes(&l0) != expected {
+            p.push("leg0 data is not what mdfuse acknowledged");
         }
-        if p.is_empty() {
-            Ok(())
-        } else {
-            Err(p.join("\n"))
-        }
+        p.verdict()
     };
-    if let Err(e) = check() {
-        panic!("{e}\n{}\nkept in {}", run.describe(), run.keep().display());
-    }
+    let verdict = check();
+    assert_md_agrees(run, verdict);
 }
 
 /// The degraded case with what mdfuse has today: leg1 is left out of a session
@@ -938,51 +793,11 @@ fn md_recovers_a_leg_left_out_of_an_mdfuse_session_from_the_bitmap_only() {
     };
     let arr = TestArray::create("interop");
     fill_base(&arr);
-    let overlays = [
-        (0, 4096),
-        (5 << 20, 128 << 10),
-        (20967424, 8192),
-        (31457280, 65536),
-    ];
-    let m = arr
-        .try_mount_legs(&arr.legs[..1], &["--run"])
-        .unwrap_or_else(|e| panic!("mount --run with leg0 only: {e}\n{}", arr.log_text()));
-    for &(off, len) in &overlays {
-        write_pattern(&m.image(), off, len, OVERLAY_TAG).expect("write while degraded");
-    }
-    let served = kmd::sha256_region(&m.image(), 0, ARRAY_BYTES);
-    m.stop();
-    let expected = kmd::sha256_bytes(&expected_image(&overlays));
-    assert_eq!(served, expected);
-
-    let e0 = kmd::mdadm_fields(&host_mdadm(&[
-        OsStr::new("--examine"),
-        arr.legs[0].as_os_str(),
-    ]));
-    let e1 = kmd::mdadm_fields(&host_mdadm(&[
-        OsStr::new("--examine"),
-        arr.legs[1].as_os_str(),
-    ]));
-    let ev =
-        |f: &std::collections::BTreeMap<String, String>| -> u64 { f["Events"].parse().unwrap() };
-    assert!(
-        ev(&e0) > ev(&e1),
-        "leg0 events {} must pass left-out leg1's {}",
-        ev(&e0),
-        ev(&e1)
-    );
-    let (bfields, dirty) = mdfuse_bitmap(&arr.bitmap);
-    let want: Vec<u64> = chunks_of(&overlays).into_iter().collect();
-    assert_eq!(
-        dirty, want,
-        "degraded: the bits of every write stay until a recovery"
-    );
-    let cleared: u64 = bfields["Events Cleared"].parse().unwrap();
-    assert!(
-        cleared <= ev(&e1),
-        "events_cleared {cleared} > leg1's events {}",
-        ev(&e1)
-    );
+    let expected = write_overlays(arr.mount_leg0_alone());
+    // By the host's mdadm this time.
+    let dirty = assert_leg1_stale_with_the_overlays_dirty(&arr, |leg| {
+        host_mdadm(&[OsStr::new("--examine"), leg.as_os_str()])
+    });
     md_re_adds_the_stale_leg_from_the_bitmap_only(&arr, &dirty, &expected);
 }
 
@@ -999,14 +814,12 @@ fn mdfuse_records_a_leg_absent_from_a_degraded_session_as_md_does() {
     };
     let arr = TestArray::create("interop");
     fill_base(&arr);
-    let m = arr
-        .try_mount_legs(&arr.legs[..1], &["--run"])
-        .unwrap_or_else(|e| panic!("mount --run with leg0 only: {e}\n{}", arr.log_text()));
+    let m = arr.mount_leg0_alone();
     write_pattern(&m.image(), 0, 4096, OVERLAY_TAG).expect("write while degraded");
     m.stop();
     let e0 = kmd::mdadm_fields(&host_mdadm(&[
         OsStr::new("--examine"),
-        arr.legs[0].as_os_str(),
+        arr.legs.path(0).as_os_str(),
     ]));
     assert!(
         e0["Array State"].starts_with("A. "),
@@ -1052,13 +865,13 @@ fn serve_fixture(set: &Path) {
     };
     // An unclean set is resynced from its bitmap first (mdstat shows it until done).
     let deadline = Instant::now() + Duration::from_secs(120);
-    while std::fs::read_to_string(m.mnt.join("mdstat"))
-        .is_ok_and(|s| s.contains("resync") || s.contains("recovery"))
-        && Instant::now() < deadline
-    {
+    while Instant::now() < deadline && {
+        let mdstat = m.mdstat();
+        mdstat.contains("resync") || mdstat.contains("recovery")
+    } {
         std::thread::sleep(Duration::from_millis(100));
     }
-    let sha = kmd::sha256_region(&m.image(), 0, ARRAY_BYTES);
+    let sha = sha256_region(&m.image(), 0, ARRAY_BYTES);
     m.stop();
     assert_eq!(
         sha, man.md0_sha,
@@ -1117,22 +930,22 @@ fn mdfuse_re_adds_the_stale_leg_of_b_degraded_dirty_and_recovers_exactly_the_dir
     // A clean chunk of the stale leg perturbed: a recovery from the bitmap leaves it alone.
     let untouched = 200;
     assert!(!man.dirty.contains(&untouched));
-    perturb_leg_chunk(&arr.legs[1], untouched, PERTURB_TAG);
+    perturb_leg_chunk(arr.legs.path(1), untouched, PERTURB_TAG);
     let m = arr.mount(&["--run"]);
-    let mdstat = || std::fs::read_to_string(m.mnt.join("mdstat")).unwrap_or_default();
+    let mdstat = || m.mdstat();
     assert!(
         mdstat().contains("[2/1]"),
         "b-degraded-dirty starts degraded:\n{}",
         mdstat()
     );
-    mdfuse(&[
-        OsStr::new("manage"),
-        m.mnt.as_os_str(),
-        OsStr::new("--re-add"),
-        arr.legs[1].as_os_str(),
+    mdfuse_stdout(&[
+        "manage",
+        path_str(m.mountpoint()),
+        "--re-add",
+        path_str(arr.legs.path(1)),
     ]);
     // `mdfuse wait` returns once md/sync_action is idle again: the recovery has ended.
-    let waited = mdfuse(&[OsStr::new("wait"), m.mnt.as_os_str()]);
+    let waited = mdfuse_stdout(&["wait", path_str(m.mountpoint())]);
     let s = mdstat();
     assert!(
         s.contains("[2/2]") && s.contains("[UU]") && !s.contains("recovery"),
@@ -1141,7 +954,7 @@ fn mdfuse_re_adds_the_stale_leg_of_b_degraded_dirty_and_recovers_exactly_the_dir
     );
     // What the array serves (read with O_DIRECT, so from the legs now);
     // compared chunk by chunk below, once the legs can be read too.
-    let served = common::bitmap::read_direct(&m.image(), 0, ARRAY_BYTES as usize)
+    let served = common::io::read_direct(&m.image(), 0, ARRAY_BYTES as usize)
         .expect("read the image with O_DIRECT");
     m.stop();
     // The daemon names what it copied: the MANIFEST's dirty chunks, no more.
@@ -1152,10 +965,8 @@ fn mdfuse_re_adds_the_stale_leg_of_b_degraded_dirty_and_recovers_exactly_the_dir
     );
     assert_eq!(man.dirty.len(), 6, "MANIFEST dirty chunks {:?}", man.dirty);
     assert!(log.contains(&want), "the log does not say {want:?}:\n{log}");
-    let (l0, l1) = (leg_data(&arr.legs[0]), leg_data(&arr.legs[1]));
-    let differing: Vec<u64> = (0..ARRAY_BYTES.div_ceil(CHUNK))
-        .filter(|&c| chunk_bytes(&l0, c) != chunk_bytes(&l1, c))
-        .collect();
+    let (l0, l1) = (leg_data(arr.legs.path(0)), leg_data(arr.legs.path(1)));
+    let differing = differing_chunks(&l0, &l1);
     assert_eq!(
         differing,
         vec![untouched],
@@ -1165,7 +976,7 @@ fn mdfuse_re_adds_the_stale_leg_of_b_degraded_dirty_and_recovers_exactly_the_dir
     let (_, after) = mdfuse_bitmap(&arr.bitmap);
     assert!(after.is_empty(), "bits left after the recovery: {after:?}");
     assert_eq!(
-        kmd::sha256_region(&arr.legs[0], DATA_OFFSET, ARRAY_BYTES),
+        sha256_region(arr.legs.path(0), DATA_OFFSET, ARRAY_BYTES),
         man.md0_sha
     );
     // The array served md's data everywhere but the chunk this test made
@@ -1223,7 +1034,7 @@ fn real_mdadm_reads_mdfuse_legs_and_bitmaps_as_mdfuse_meant() {
     let arr = TestArray::create("interop");
     fill_base(&arr);
     let check = |state: &str, dirty: usize, events: Option<u64>| {
-        for (i, leg) in arr.legs.iter().enumerate() {
+        for (i, leg) in arr.legs.paths.iter().enumerate() {
             let md = host_mdadm(&[OsStr::new("--examine"), leg.as_os_str()]);
             let f = kmd::mdadm_fields(&md);
             let get = |k: &str| {
@@ -1246,7 +1057,7 @@ fn real_mdadm_reads_mdfuse_legs_and_bitmaps_as_mdfuse_meant() {
             if let Some(e) = events {
                 assert_eq!(get("Events"), e.to_string());
             }
-            let ours = mdfuse(&[OsStr::new("examine"), leg.as_os_str()]);
+            let ours = mdfuse_examine(leg);
             same_fields(&format!("leg{i}"), &md, &ours, &[]);
         }
         let md = host_mdadm(&[OsStr::new("--examine-bitmap"), arr.bitmap.as_os_str()]);
@@ -1264,7 +1075,7 @@ fn real_mdadm_reads_mdfuse_legs_and_bitmaps_as_mdfuse_meant() {
         );
         let leg_events = kmd::mdadm_fields(&host_mdadm(&[
             OsStr::new("--examine"),
-            arr.legs[0].as_os_str(),
+            arr.legs.path(0).as_os_str(),
         ]))["Events"]
             .clone();
         assert_eq!(
@@ -1301,7 +1112,7 @@ fn mdfuse_examine_prints_what_mdadm_printed_for_the_md_fixtures() {
             let md = man
                 .section(&format!("final on-disk state: mdadm -E /dev/{dev}"))
                 .unwrap_or_else(|| panic!("{}: no mdadm -E /dev/{dev} section", man.name));
-            let ours = mdfuse(&[OsStr::new("examine"), leg.as_os_str()]);
+            let ours = mdfuse_examine(&leg);
             // Name carries "(local to host kmdrig)" only on the rig's host.
             same_fields(&format!("{} leg{i}", man.name), &md, &ours, &["Name"]);
             let name = |t: &str| {
@@ -1348,7 +1159,7 @@ fn md_side_checks_catch_a_broken_superblock_checksum() {
     f.read_exact_at(&mut b, 4096 + 32).unwrap();
     f.write_all_at(&[b[0] ^ 0x01], 4096 + 32).unwrap();
     f.sync_all().unwrap();
-    let run = kmd::verify_foreign(&[&leg0, &arr.legs[1]], &bm, Some(&served), false, &[]);
+    let run = kmd::verify_foreign(&[&leg0, arr.legs.path(1)], &bm, Some(&served), false, &[]);
     let verdict = md_accepts_clean(&run, &served);
     assert!(
         verdict.is_err(),
@@ -1386,13 +1197,8 @@ fn md_side_checks_catch_a_bitmap_written_msb_first() {
     // Control: the bitmap as mdfuse wrote it passes.
     let good = arr.bitmap_copy("good.bitmap");
     let run = kmd::verify_foreign(&[&leg0, &leg1], &good, None, true, &[]);
-    if let Err(e) = md_resynced_exactly(&run, &dirty, untouched) {
-        panic!(
-            "control failed: {e}\n{}\nkept in {}",
-            run.describe(),
-            run.keep().display()
-        );
-    }
+    let verdict = md_resynced_exactly(&run, &dirty, untouched);
+    assert_md_agrees(run, verdict.map_err(|e| format!("control failed: {e}")));
     // The same bits MSB-first: md resyncs the wrong chunks; the check must say so.
     let msb = arr.bitmap_copy("msb.bitmap");
     let mut bytes = std::fs::read(&msb).unwrap();

@@ -12,8 +12,11 @@
 
 mod common;
 
-use common::loopdev::{needs_root, sparse_file, ScratchFs};
-use common::mdfuse::{pid_alive, sha256_file, wait_pid_gone};
+use common::loopdev::{needs_root, ScratchFs};
+use common::mdfuse::{
+    assert_stopped_clean, create, daemons_for, data_offset, data_region, examine_field, is_mounted,
+    mdadm_examine, path_str, pid_alive, sha256_file, text, wait_pid_gone, Legs,
+};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
@@ -123,14 +126,6 @@ impl Drop for HelperInstall {
 
 // ---------------------------------------------------------------- mount(8), umount(8)
 
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 /// `mount ARGS` (util-linux) with MDFUSE naming the binary under test.
 fn mount(args: &[&str]) -> Output {
     Command::new("mount")
@@ -140,15 +135,19 @@ fn mount(args: &[&str]) -> Output {
         .expect("run mount(8)")
 }
 
-fn is_mounted(mnt: &Path) -> bool {
-    common::mdfuse::is_mounted(mnt)
-}
-
 /// The daemon's pid file: /run/mdfuse/<absolute mountpoint, / as _>.pid.
 fn pid_file(mnt: &Path) -> PathBuf {
     let abs = mnt.canonicalize().unwrap_or_else(|_| mnt.to_owned());
     let name: String = abs.to_string_lossy().trim_matches('/').replace('/', "_");
     PathBuf::from("/run/mdfuse").join(format!("{name}.pid"))
+}
+
+/// The pid in the daemon's pid file (0 if there is none).
+fn daemon_pid(mnt: &Path) -> i32 {
+    std::fs::read_to_string(pid_file(mnt))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// The daemon's default log when detached (no `log=`): /run/mdfuse/<escaped>.log.
@@ -181,10 +180,7 @@ impl LiveMount {
     fn after_mount(mnt: &Path, out: &Output) -> LiveMount {
         assert!(out.status.success(), "mount failed: {}", text(out));
         // Take the guard before asserting anything else, so a failure still cleans up.
-        let pid = std::fs::read_to_string(pid_file(mnt))
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(0);
+        let pid = daemon_pid(mnt);
         let live = LiveMount {
             mnt: mnt.to_owned(),
             pid,
@@ -204,6 +200,20 @@ impl LiveMount {
             .unwrap_or_else(|e| panic!("mdstat not readable right after mount returned: {e}"));
         assert!(mdstat.contains("raid1"), "mdstat:\n{mdstat}");
         live
+    }
+
+    /// After a mount(8) that should have been refused: asserts it was, and returns what
+    /// it said. Should it have mounted after all, a guard takes the mount down.
+    fn refused(mnt: &Path, out: &Output, what: &str) -> String {
+        let _stray = out.status.success().then(|| LiveMount {
+            mnt: mnt.to_owned(),
+            pid: daemon_pid(mnt),
+            done: false,
+        });
+        assert!(!out.status.success(), "{what} succeeded: {}", text(out));
+        let t = text(out);
+        eprintln!("{what} refused: {}", t.trim());
+        t
     }
 
     fn image(&self) -> PathBuf {
@@ -265,7 +275,7 @@ impl Drop for LiveMount {
 /// and an empty mountpoint. Field order is drop order: the ext4 goes first.
 struct Array {
     _bitmap_fs: Option<ScratchFs>,
-    legs: [PathBuf; 2],
+    legs: Legs,
     bitmap: Option<PathBuf>,
     mnt: PathBuf,
     dir: tempfile::TempDir,
@@ -279,26 +289,15 @@ impl Array {
             .expect("tempdir");
         let mnt = dir.path().join("mnt");
         std::fs::create_dir(&mnt).expect("mountpoint");
-        let legs = [dir.path().join("leg0.img"), dir.path().join("leg1.img")];
-        for l in &legs {
-            sparse_file(l, LEG_BYTES).expect("leg file");
-        }
+        let legs = Legs::new(dir.path(), 2, LEG_BYTES);
         let bitmap_fs =
             with_bitmap.then(|| ScratchFs::ext4(4096).expect("loop-backed ext4 for the bitmap"));
         let bitmap = bitmap_fs.as_ref().map(|fs| fs.path("md0.bitmap"));
-        let mut args: Vec<String> = vec!["create".into(), "--name".into(), "mh".into()];
+        let mut args = vec!["--name", "mh"];
         if let Some(b) = &bitmap {
-            args.extend([
-                "--bitmap".into(),
-                b.display().to_string(),
-                "--bitmap-chunk".into(),
-                "64K".into(),
-            ]);
+            args.extend(["--bitmap", path_str(b), "--bitmap-chunk", "64K"]);
         }
-        args.extend(legs.iter().map(|l| l.display().to_string()));
-        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        let out = common::mdfuse::mdfuse(&refs);
-        assert!(out.status.success(), "mdfuse create: {}", text(&out));
+        create(&legs, &args);
         Array {
             _bitmap_fs: bitmap_fs,
             legs,
@@ -309,41 +308,32 @@ impl Array {
     }
 
     fn legs_opt(&self) -> String {
-        format!("legs={}:{}", self.legs[0].display(), self.legs[1].display())
+        format!(
+            "legs={}:{}",
+            self.legs.paths[0].display(),
+            self.legs.paths[1].display()
+        )
     }
 
     fn mnt_str(&self) -> &str {
         self.mnt.to_str().expect("UTF-8 tempdir")
     }
 
-    fn leg_hashes(&self) -> Vec<String> {
-        self.legs.iter().map(|l| sha256_file(l)).collect()
+    /// `mount -t mdfuse -o OPTIONS mirror MNT`.
+    fn mount_t(&self, options: &str) -> Output {
+        mount(&["-t", "mdfuse", "-o", options, "mirror", self.mnt_str()])
     }
 
-    /// Both legs' superblocks, by the real mdadm: clean, both active, same events.
-    fn assert_legs_clean(&self) {
-        let mut events = Vec::new();
-        for l in &self.legs {
-            let e = common::mdfuse::mdadm_examine(l);
-            let state = common::mdfuse::examine_field(&e, "State");
-            assert_eq!(state.as_deref(), Some("clean"), "{}:\n{e}", l.display());
-            let array_state = common::mdfuse::examine_field(&e, "Array State").unwrap_or_default();
-            assert!(array_state.starts_with("AA"), "{}:\n{e}", l.display());
-            events.push(common::mdfuse::examine_field(&e, "Events"));
-        }
-        assert_eq!(events[0], events[1], "legs' events differ");
-        if let Some(b) = &self.bitmap {
-            let out = Command::new("mdadm")
-                .arg("--examine-bitmap")
-                .arg(b)
-                .output()
-                .expect("mdadm --examine-bitmap");
-            let t = text(&out);
-            assert!(
-                t.contains(" 0 dirty"),
-                "bitmap not clean after umount:\n{t}"
-            );
-        }
+    /// [`Array::mount_t`], which must succeed and be live at once.
+    fn mount_t_live(&self, options: &str) -> LiveMount {
+        LiveMount::after_mount(&self.mnt, &self.mount_t(options))
+    }
+
+    /// After the last umount: both legs' superblocks clean (by the real mdadm: both
+    /// active, the same events), the bitmap clean, and nothing of the array left.
+    fn assert_stopped_clean(&self) {
+        assert_stopped_clean(&self.legs.paths, self.bitmap.as_deref());
+        self.assert_nothing_left();
     }
 
     /// Nothing of the array outlives it: no mount, no daemon on the mountpoint, no pid file,
@@ -354,7 +344,7 @@ impl Array {
             "{} still mounted",
             self.mnt.display()
         );
-        let daemons = common::mdfuse::daemons_for(&self.mnt);
+        let daemons = daemons_for(&self.mnt);
         assert!(daemons.is_empty(), "mdfuse daemons left: {daemons:?}");
         assert!(!pid_file(&self.mnt).exists(), "pid file left behind");
         assert!(
@@ -389,26 +379,28 @@ fn write_read(image: &Path, offset: u64, tag: u8) {
     assert!(back == data, "read back differs at {offset}");
 }
 
-/// The leg's data region at array offset `offset` (mdfuse create: data at 1 MiB).
+/// The leg's data region at array offset `offset`.
 fn leg_bytes(leg: &Path, offset: u64, len: usize) -> Vec<u8> {
-    let data_offset = common::mdfuse::data_offset(leg);
-    let mut buf = vec![0u8; len];
-    File::open(leg)
-        .expect("leg")
-        .read_exact_at(&mut buf, data_offset + offset)
-        .expect("read leg");
-    buf
+    data_region(leg, data_offset(leg) + offset, len as u64)
+}
+
+/// How every case starts: as root (None, a skip, otherwise), with the helper installed
+/// and a fresh array (with a bitmap file or not).
+fn setup(test: &str, with_bitmap: bool) -> Option<(HelperInstall, Array)> {
+    if !needs_root(test) {
+        return None;
+    }
+    let helper = HelperInstall::install();
+    Some((helper, Array::create(with_bitmap)))
 }
 
 // ---------------------------------------------------------------- the cases
 
 #[test]
 fn mount_t_mdfuse_with_a_bitmap_is_live_on_return_and_umount_stops_it_clean() {
-    if !needs_root("mount_t_mdfuse_with_a_bitmap") {
+    let Some((_helper, arr)) = setup("mount_t_mdfuse_with_a_bitmap", true) else {
         return;
-    }
-    let _helper = HelperInstall::install();
-    let arr = Array::create(true);
+    };
     let log = arr.dir.path().join("daemon.log");
     let opts = format!(
         "{},bitmap={},log={}",
@@ -417,8 +409,7 @@ fn mount_t_mdfuse_with_a_bitmap_is_live_on_return_and_umount_stops_it_clean() {
         log.display()
     );
     let started = Instant::now();
-    let out = mount(&["-t", "mdfuse", "-o", &opts, "mirror", arr.mnt_str()]);
-    let m = LiveMount::after_mount(&arr.mnt, &out);
+    let m = arr.mount_t_live(&opts);
     eprintln!("mount -t mdfuse returned live in {:?}", started.elapsed());
     assert!(m.mdstat().contains("[2/2] [UU]"), "mdstat:\n{}", m.mdstat());
     assert!(
@@ -438,7 +429,7 @@ fn mount_t_mdfuse_with_a_bitmap_is_live_on_return_and_umount_stops_it_clean() {
         "with log=, nothing is logged to {}",
         default_log(&arr.mnt).display()
     );
-    for l in &arr.legs {
+    for l in &arr.legs.paths {
         assert_eq!(
             leg_bytes(l, 3 << 20, 64 << 10),
             vec![0xa5; 64 << 10],
@@ -446,17 +437,14 @@ fn mount_t_mdfuse_with_a_bitmap_is_live_on_return_and_umount_stops_it_clean() {
             l.display()
         );
     }
-    arr.assert_legs_clean();
-    arr.assert_nothing_left();
+    arr.assert_stopped_clean();
 }
 
 #[test]
 fn an_fstab_line_mounts_with_mount_t_fstab_and_umount_stops_it_clean() {
-    if !needs_root("an_fstab_line_mounts") {
+    let Some((_helper, arr)) = setup("an_fstab_line_mounts", false) else {
         return;
-    }
-    let _helper = HelperInstall::install();
-    let arr = Array::create(false);
+    };
     let fstab = arr.dir.path().join("fstab");
     std::fs::write(
         &fstab,
@@ -473,15 +461,13 @@ fn an_fstab_line_mounts_with_mount_t_fstab_and_umount_stops_it_clean() {
     assert!(m.mdstat().contains("[2/2] [UU]"), "mdstat:\n{}", m.mdstat());
     write_read(&m.image(), 0, 0x3c);
     m.umount();
-    assert_eq!(leg_bytes(&arr.legs[1], 0, 4096), vec![0x3c; 4096]);
-    arr.assert_legs_clean();
-    arr.assert_nothing_left();
+    assert_eq!(leg_bytes(&arr.legs.paths[1], 0, 4096), vec![0x3c; 4096]);
+    arr.assert_stopped_clean();
 
     // The long spelling too, and once more live.
     let out = mount(&["--fstab", fstab_s, arr.mnt_str()]);
     LiveMount::after_mount(&arr.mnt, &out).umount();
-    arr.assert_legs_clean();
-    arr.assert_nothing_left();
+    arr.assert_stopped_clean();
 }
 
 /// A line in the real /etc/fstab for the guard's life, after a marker comment. Drop puts
@@ -538,11 +524,9 @@ impl Drop for FstabLine {
 /// bitmap) serves the image, `umount MOUNTPOINT` stops it clean and leaves nothing behind.
 #[test]
 fn a_line_in_etc_fstab_mounts_by_its_mountpoint_and_umount_stops_it_clean() {
-    if !needs_root("a_line_in_etc_fstab_mounts") {
+    let Some((_helper, arr)) = setup("a_line_in_etc_fstab_mounts", true) else {
         return;
-    }
-    let _helper = HelperInstall::install();
-    let arr = Array::create(true);
+    };
     let before = std::fs::read(FSTAB).unwrap_or_default();
     {
         let line = format!(
@@ -584,71 +568,41 @@ fn a_line_in_etc_fstab_mounts_by_its_mountpoint_and_umount_stops_it_clean() {
         before,
         "/etc/fstab not restored"
     );
-    for l in &arr.legs {
+    for l in &arr.legs.paths {
         assert_eq!(leg_bytes(l, 5 << 20, 64 << 10), vec![0x5f; 64 << 10]);
     }
-    arr.assert_legs_clean();
-    arr.assert_nothing_left();
+    arr.assert_stopped_clean();
 }
 
 #[test]
 fn an_unknown_option_is_refused_and_nothing_is_mounted() {
-    if !needs_root("an_unknown_option_is_refused") {
+    let Some((_helper, arr)) = setup("an_unknown_option_is_refused", false) else {
         return;
-    }
-    let _helper = HelperInstall::install();
-    let arr = Array::create(false);
-    let before = arr.leg_hashes();
+    };
+    let before = arr.legs.sha256s();
     let opts = format!("{},bogus", arr.legs_opt());
-    let out = mount(&["-t", "mdfuse", "-o", &opts, "mirror", arr.mnt_str()]);
-    // Should it mount after all, the guard takes it down.
-    let _stray = out.status.success().then(|| LiveMount {
-        mnt: arr.mnt.clone(),
-        pid: std::fs::read_to_string(pid_file(&arr.mnt))
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(0),
-        done: false,
-    });
-    assert!(
-        !out.status.success(),
-        "mount accepted bogus: {}",
-        text(&out)
-    );
-    let t = text(&out);
+    let t = LiveMount::refused(&arr.mnt, &arr.mount_t(&opts), "a mount with bogus");
     assert!(
         t.contains("unknown option") && t.contains("bogus"),
         "mount's error does not name the option:\n{t}"
     );
-    eprintln!("refused as it should be: {}", t.trim());
     arr.assert_nothing_left();
-    assert_eq!(arr.leg_hashes(), before, "a refused mount changed a leg");
+    assert_eq!(arr.legs.sha256s(), before, "a refused mount changed a leg");
 }
 
 #[test]
 fn the_ro_option_serves_a_read_only_image_and_leaves_the_legs_unchanged() {
-    if !needs_root("the_ro_option_serves_a_read_only_image") {
+    let Some((_helper, arr)) = setup("the_ro_option_serves_a_read_only_image", false) else {
         return;
-    }
-    let _helper = HelperInstall::install();
-    let arr = Array::create(false);
+    };
     // Something to read: written through a rw mount first.
-    let out = mount(&[
-        "-t",
-        "mdfuse",
-        "-o",
-        &arr.legs_opt(),
-        "mirror",
-        arr.mnt_str(),
-    ]);
-    let m = LiveMount::after_mount(&arr.mnt, &out);
+    let m = arr.mount_t_live(&arr.legs_opt());
     write_read(&m.image(), 1 << 20, 0x5a);
     m.umount();
-    let before = arr.leg_hashes();
+    let before = arr.legs.sha256s();
 
     let opts = format!("ro,{}", arr.legs_opt());
-    let out = mount(&["-t", "mdfuse", "-o", &opts, "mirror", arr.mnt_str()]);
-    let m = LiveMount::after_mount(&arr.mnt, &out);
+    let m = arr.mount_t_live(&opts);
     let open_rw = std::fs::OpenOptions::new().write(true).open(m.image());
     match open_rw {
         Ok(f) => {
@@ -677,19 +631,20 @@ fn the_ro_option_serves_a_read_only_image_and_leaves_the_legs_unchanged() {
         .expect("read the ro image");
     assert_eq!(back, vec![0x5a; 4096], "the ro image serves the data");
     m.umount();
-    assert_eq!(arr.leg_hashes(), before, "a ro mount changed a leg");
-    arr.assert_legs_clean();
-    arr.assert_nothing_left();
+    assert_eq!(arr.legs.sha256s(), before, "a ro mount changed a leg");
+    arr.assert_stopped_clean();
 }
 
 #[test]
 fn legs_given_as_the_source_mount_and_a_second_mount_of_the_same_legs_is_refused() {
-    if !needs_root("legs_given_as_the_source_mount") {
+    let Some((_helper, arr)) = setup("legs_given_as_the_source_mount", false) else {
         return;
-    }
-    let _helper = HelperInstall::install();
-    let arr = Array::create(false);
-    let source = format!("{}:{}", arr.legs[0].display(), arr.legs[1].display());
+    };
+    let source = format!(
+        "{}:{}",
+        arr.legs.paths[0].display(),
+        arr.legs.paths[1].display()
+    );
     let out = mount(&["-t", "mdfuse", &source, arr.mnt_str()]);
     let m = LiveMount::after_mount(&arr.mnt, &out);
     assert!(m.mdstat().contains("[2/2] [UU]"), "mdstat:\n{}", m.mdstat());
@@ -698,27 +653,13 @@ fn legs_given_as_the_source_mount_and_a_second_mount_of_the_same_legs_is_refused
     let other = arr.dir.path().join("mnt2");
     std::fs::create_dir(&other).expect("second mountpoint");
     let out2 = mount(&["-t", "mdfuse", &source, other.to_str().expect("UTF-8")]);
-    let _stray = out2.status.success().then(|| LiveMount {
-        mnt: other.clone(),
-        pid: std::fs::read_to_string(pid_file(&other))
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(0),
-        done: false,
-    });
-    assert!(
-        !out2.status.success(),
-        "a second mount of legs in use succeeded: {}",
-        text(&out2)
-    );
-    eprintln!("second mount refused: {}", text(&out2).trim());
+    LiveMount::refused(&other, &out2, "a second mount of legs in use");
     assert!(!is_mounted(&other), "the second mountpoint is mounted");
-    assert!(common::mdfuse::daemons_for(&other).is_empty());
+    assert!(daemons_for(&other).is_empty());
     // The first goes on unharmed.
     write_read(&m.image(), 7 << 20, 0x77);
     m.umount();
-    arr.assert_legs_clean();
-    arr.assert_nothing_left();
+    arr.assert_stopped_clean();
 }
 
 /// `cat FILE` as nobody (uid/gid 65534, no groups): Ok(contents) or Err(stderr).
@@ -737,83 +678,59 @@ fn read_as_nobody(file: &Path) -> Result<String, String> {
 
 #[test]
 fn other_users_see_the_mount_only_with_allow_other() {
-    if !needs_root("other_users_see_the_mount_only_with_allow_other") {
+    let Some((_helper, arr)) = setup("other_users_see_the_mount_only_with_allow_other", false)
+    else {
         return;
-    }
-    let _helper = HelperInstall::install();
-    let arr = Array::create(false);
+    };
     // The tempdir is root's 0700: let nobody reach the mountpoint itself.
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(arr.dir.path(), std::fs::Permissions::from_mode(0o755))
         .expect("chmod tempdir");
 
-    let out = mount(&[
-        "-t",
-        "mdfuse",
-        "-o",
-        &arr.legs_opt(),
-        "mirror",
-        arr.mnt_str(),
-    ]);
-    let m = LiveMount::after_mount(&arr.mnt, &out);
+    let m = arr.mount_t_live(&arr.legs_opt());
     let denied = read_as_nobody(&arr.mnt.join("mdstat"))
         .expect_err("without allow_other another user read mdstat");
     assert!(denied.contains("Permission denied"), "{denied}");
     m.umount();
 
     let opts = format!("{},allow_other", arr.legs_opt());
-    let out = mount(&["-t", "mdfuse", "-o", &opts, "mirror", arr.mnt_str()]);
-    let m = LiveMount::after_mount(&arr.mnt, &out);
+    let m = arr.mount_t_live(&opts);
     let mdstat = read_as_nobody(&arr.mnt.join("mdstat"))
         .unwrap_or_else(|e| panic!("allow_other: nobody cannot read mdstat: {e}"));
     assert!(mdstat.contains("raid1"), "{mdstat}");
     m.umount();
-    arr.assert_legs_clean();
-    arr.assert_nothing_left();
+    arr.assert_stopped_clean();
 }
 
 #[test]
 fn a_missing_leg_is_refused_unless_the_run_option_starts_it_degraded() {
-    if !needs_root("a_missing_leg_is_refused_unless_run") {
+    let Some((_helper, arr)) = setup("a_missing_leg_is_refused_unless_run", false) else {
         return;
-    }
-    let _helper = HelperInstall::install();
-    let arr = Array::create(false);
-    let leg1_before = sha256_file(&arr.legs[1]);
-    let only_leg0 = format!("legs={}", arr.legs[0].display());
+    };
+    let leg1_before = sha256_file(&arr.legs.paths[1]);
+    let only_leg0 = format!("legs={}", arr.legs.paths[0].display());
 
-    let out = mount(&["-t", "mdfuse", "-o", &only_leg0, "mirror", arr.mnt_str()]);
-    let _stray = out.status.success().then(|| LiveMount {
-        mnt: arr.mnt.clone(),
-        pid: std::fs::read_to_string(pid_file(&arr.mnt))
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(0),
-        done: false,
-    });
-    assert!(
-        !out.status.success(),
-        "one leg of two mounted without run: {}",
-        text(&out)
+    LiveMount::refused(
+        &arr.mnt,
+        &arr.mount_t(&only_leg0),
+        "a mount of one leg of two without run",
     );
-    eprintln!("without run: {}", text(&out).trim());
     arr.assert_nothing_left();
 
     let opts = format!("{only_leg0},run");
-    let out = mount(&["-t", "mdfuse", "-o", &opts, "mirror", arr.mnt_str()]);
-    let m = LiveMount::after_mount(&arr.mnt, &out);
+    let m = arr.mount_t_live(&opts);
     assert!(m.mdstat().contains("[2/1]"), "mdstat:\n{}", m.mdstat());
     write_read(&m.image(), 0, 0x42);
     m.umount();
-    assert_eq!(leg_bytes(&arr.legs[0], 0, 4096), vec![0x42; 4096]);
+    assert_eq!(leg_bytes(&arr.legs.paths[0], 0, 4096), vec![0x42; 4096]);
     assert_eq!(
-        sha256_file(&arr.legs[1]),
+        sha256_file(&arr.legs.paths[1]),
         leg1_before,
         "the leg left out was written"
     );
-    let e0 = common::mdfuse::mdadm_examine(&arr.legs[0]);
+    let e0 = mdadm_examine(&arr.legs.paths[0]);
     assert_eq!(
-        common::mdfuse::examine_field(&e0, "State").as_deref(),
+        examine_field(&e0, "State").as_deref(),
         Some("clean"),
         "{e0}"
     );

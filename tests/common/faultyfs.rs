@@ -6,9 +6,11 @@
 //! test says otherwise: [`FaultyFs::fail_reads`] and [`FaultyFs::fail_writes`]
 //! fail requests that touch a byte range with EIO, [`FaultyFs::fail_all`]
 //! fails every read, write and fsync of a file,
-//! [`FaultyFs::fail_reads_until_written`] makes a bad sector that a write
-//! remaps, [`FaultyFs::heal`] ends all of it, and [`FaultyFs::delay_writes`]
-//! makes a file a slow disk. Counters say what was seen.
+//! [`FaultyFs::fail_reads_until_written`] makes bad sectors that a write
+//! remaps (and [`FaultyFs::bad_bytes_left`] counts what is still bad),
+//! [`FaultyFs::heal`] ends all of it, and [`FaultyFs::delay_writes`] makes a
+//! file a slow disk. Counters say what was seen. (The test machines have no
+//! device-mapper, so no dm-error or dm-flakey: this is the failing disk.)
 //!
 //! Every open is answered with `FOPEN_DIRECT_IO`: no page cache sits between
 //! a client and the injector, so every request reaches it (and O_DIRECT opens,
@@ -43,6 +45,8 @@ const TTL: Duration = Duration::from_secs(1);
 /// The largest request asked of the kernel (as mdfuse's own mount).
 const MAX_REQUEST: u32 = 1 << 20;
 const SERVING_THREADS: usize = 4;
+/// The unit a disk remaps: a write remaps the bad sectors it covers whole.
+const SECTOR: u64 = 512;
 
 /// What one file has seen since the mount.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -90,7 +94,7 @@ impl AtomicCounters {
 #[derive(Debug, Default, Clone)]
 struct Faults {
     reads: Vec<Range<u64>>,
-    /// Read faults that a write covering the whole range ends.
+    /// Read faults whose sectors a write remaps (see [`remap`]).
     reads_until_written: Vec<Range<u64>>,
     writes: Vec<Range<u64>>,
     all: bool,
@@ -100,6 +104,29 @@ struct Faults {
 fn overlaps(ranges: &[Range<u64>], offset: u64, len: u64) -> bool {
     let end = offset.saturating_add(len.max(1));
     ranges.iter().any(|r| r.start < end && offset < r.end)
+}
+
+/// `ranges` less the whole sectors of `[offset, end)`: a written sector is
+/// good again (the disk remapped it); one written in part stays bad.
+fn remap(ranges: &mut Vec<Range<u64>>, offset: u64, end: u64) {
+    let (start, end) = (offset.next_multiple_of(SECTOR), end / SECTOR * SECTOR);
+    if start >= end {
+        return;
+    }
+    let mut kept = Vec::new();
+    for r in ranges.drain(..) {
+        if r.end <= start || end <= r.start {
+            kept.push(r);
+            continue;
+        }
+        if r.start < start {
+            kept.push(r.start..start);
+        }
+        if end < r.end {
+            kept.push(end..r.end);
+        }
+    }
+    *ranges = kept;
 }
 
 struct FaultyFile {
@@ -322,9 +349,7 @@ impl Filesystem for FaultyFsImpl {
         match f.backing.write_all_at(data, offset) {
             Ok(()) => {
                 let end = offset + data.len() as u64;
-                f.faults()
-                    .reads_until_written
-                    .retain(|r| !(offset <= r.start && r.end <= end));
+                remap(&mut f.faults().reads_until_written, offset, end);
                 reply.written(data.len() as u32)
             }
             Err(e) => reply.error(io_errno(&e)),
@@ -514,8 +539,9 @@ impl FaultyFs {
         self.shared.by_name(name).faults().reads.push(range);
     }
 
-    /// Reads touching `range` fail with EIO until a write covers all of it
-    /// (a bad sector that the disk remaps when it is written).
+    /// Reads touching `range` fail with EIO until its sectors are written:
+    /// bad sectors that the disk remaps when they are written (a write
+    /// remaps the sectors it covers whole, and only those).
     pub fn fail_reads_until_written(&self, name: &str, range: Range<u64>) {
         self.shared
             .by_name(name)
@@ -525,13 +551,21 @@ impl FaultyFs {
     }
 
     /// The ranges of `name` armed by [`Self::fail_reads_until_written`] that
-    /// no write has covered yet.
+    /// no write has remapped yet.
     pub fn unwritten_read_faults(&self, name: &str) -> Vec<Range<u64>> {
         self.shared
             .by_name(name)
             .faults()
             .reads_until_written
             .clone()
+    }
+
+    /// Bytes of those ranges (0 once every bad sector was rewritten).
+    pub fn bad_bytes_left(&self, name: &str) -> u64 {
+        self.unwritten_read_faults(name)
+            .iter()
+            .map(|r| r.end - r.start)
+            .sum()
     }
 
     /// Writes touching `range` fail with EIO (nothing is written).

@@ -6,11 +6,15 @@
 //! - [`serial`] serialises the tests that use it: each boot takes one of the machine's cores
 //!   for ~10 s under TCG, and the loop devices and mounts of the tests add up.
 //! - [`verify_foreign`] runs `verify-foreign.sh` and parses what md said ([`VerifyRun`]).
-//! - The data pattern of the rig's `lib/pattern.py` ([`pattern`]) and an independent decoder
-//!   of md's bitmap file bits ([`bitmap_file_dirty`]), so a test needs no Python of its own.
+//! - The data pattern of the rig's `lib/pattern.py` ([`pattern`]), so a test needs no Python
+//!   of its own.
+//! - The fixture sets Linux md made (`../shared/fixtures/kernel-md`): their [`Manifest`] and
+//!   their legs ([`fixture_legs`]).
 
 #![allow(dead_code)] // each test binary uses a different subset
 
+use super::bitmap::parse_ranges;
+use super::mdfuse::Legs;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -37,6 +41,29 @@ pub fn fixtures_dir() -> PathBuf {
         env!("CARGO_MANIFEST_DIR"),
         "/../shared/fixtures/kernel-md"
     ))
+}
+
+/// The fixture set `name` (a directory of [`fixtures_dir`]).
+pub fn fixture_set(name: &str) -> PathBuf {
+    fixtures_dir().join(name)
+}
+
+/// Decompresses a fixture set's legs (`leg0.img.zst`, ...) into `dir` (writable copies).
+pub fn fixture_legs(set: &Path, dir: &Path) -> Legs {
+    let paths = (0..)
+        .map(|i| {
+            (
+                set.join(format!("leg{i}.img.zst")),
+                dir.join(format!("leg{i}.img")),
+            )
+        })
+        .take_while(|(zst, _)| zst.exists())
+        .map(|(zst, leg)| {
+            unzstd(&zst, &leg);
+            leg
+        })
+        .collect();
+    Legs::from_paths(paths)
 }
 
 /// Makes the rig ready, once per test binary; panics (failing the test) with the setup's
@@ -261,65 +288,6 @@ pub fn pattern_tag(sector: &[u8], s: u64) -> Option<u16> {
     ok.then_some(tag)
 }
 
-/// sha256 of a file's bytes `[skip, skip + len)` (the `sha256sum` command).
-pub fn sha256_region(path: &Path, skip: u64, len: u64) -> String {
-    let script = format!("tail -c +{} \"$1\" | head -c {len} | sha256sum", skip + 1);
-    let out = Command::new("sh")
-        .args(["-c", &script, "sh"])
-        .arg(path)
-        .output()
-        .expect("run sha256sum");
-    assert!(out.status.success(), "sha256sum of {}", path.display());
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_string()
-}
-
-pub fn sha256_bytes(bytes: &[u8]) -> String {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let p = dir.path().join("bytes");
-    std::fs::write(&p, bytes).expect("write bytes");
-    sha256_region(&p, 0, bytes.len() as u64)
-}
-
-/// Dirty chunks of an md bitmap FILE, decoded here independently of mdfuse (md's layout: a
-/// 256-byte header, sync_size u64 at 0x28, chunksize u32 at 0x34; chunk `i` is bit `i % 8`
-/// of byte `256 + i / 8`).
-pub fn bitmap_file_dirty(bytes: &[u8]) -> Vec<u64> {
-    let sync_sectors = u64::from_le_bytes(bytes[0x28..0x30].try_into().expect("header"));
-    let chunk = u64::from(u32::from_le_bytes(
-        bytes[0x34..0x38].try_into().expect("header"),
-    ));
-    let chunks = (sync_sectors * SECTOR).div_ceil(chunk);
-    (0..chunks)
-        .filter(|&i| {
-            bytes
-                .get(256 + (i / 8) as usize)
-                .is_some_and(|b| b >> (i % 8) & 1 == 1)
-        })
-        .collect()
-}
-
-/// "0,80-81,319-320,480" (or "-") as chunk numbers.
-pub fn parse_chunk_ranges(text: &str) -> Vec<u64> {
-    let text = text.trim();
-    if text == "-" || text.is_empty() {
-        return Vec::new();
-    }
-    text.split(',')
-        .flat_map(|part| {
-            let (a, b) = part.split_once('-').unwrap_or((part, part));
-            let (a, b): (u64, u64) = (
-                a.trim().parse().expect("chunk number"),
-                b.trim().parse().expect("chunk number"),
-            );
-            a..=b
-        })
-        .collect()
-}
-
 /// A fixture set's MANIFEST, the parts the tests check against.
 #[derive(Debug)]
 pub struct Manifest {
@@ -345,7 +313,7 @@ impl Manifest {
                 .to_string()
         };
         let md0_sha = after("md0 as read by the guest kernel");
-        let dirty = parse_chunk_ranges(&after("set in md0.bitmap"));
+        let dirty = parse_ranges(&after("set in md0.bitmap"));
         let first_number = |prefix: &str| -> u64 {
             text.lines()
                 .find_map(|l| l.trim_start().strip_prefix(prefix))
@@ -377,6 +345,19 @@ impl Manifest {
                 .collect::<Vec<_>>()
                 .join("\n"),
         )
+    }
+
+    /// The value after `key ` on a line of the MANIFEST (`uuid`, `events`, `chunksize`..).
+    pub fn value(&self, key: &str) -> String {
+        self.text
+            .lines()
+            .find_map(|l| {
+                l.trim_start()
+                    .strip_prefix(key)
+                    .filter(|rest| rest.starts_with(' '))
+                    .map(|rest| rest.trim().to_string())
+            })
+            .unwrap_or_else(|| panic!("MANIFEST of {}: no {key}", self.name))
     }
 
     /// True when the set left a leg failed/removed (md starts it degraded).

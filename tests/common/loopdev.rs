@@ -83,6 +83,11 @@ impl LoopDevice {
         Self::attach_with(file, &["--read-only"])
     }
 
+    /// Over the part of `file` from `offset` on (`losetup -o`).
+    pub fn attach_at(file: &Path, offset: u64) -> io::Result<LoopDevice> {
+        Self::attach_with(file, &["-o", &offset.to_string()])
+    }
+
     fn attach_with(file: &Path, extra: &[&str]) -> io::Result<LoopDevice> {
         let mut args = vec!["-f", "--show"];
         args.extend_from_slice(extra);

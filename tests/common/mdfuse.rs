@@ -1,14 +1,16 @@
-//! Root-only harness for driving the real `mdfuse` binary: leg files, created
-//! arrays and mounted arrays as RAII guards. A [`MountedArray`] never leaves a
-//! mount or a daemon behind, even when the test panics, and prints the
-//! daemon's log when it does.
+//! The harness for driving the real `mdfuse` binary (root only): its
+//! commands, leg files, created arrays, and mounted arrays as RAII guards. A
+//! [`MountedArray`] never leaves a mount or a daemon behind, even when the
+//! test panics, and prints the daemon's log when it does; it also reads and
+//! writes the array's `md/` control files. Then the checks tests make on
+//! legs: mdadm's view of their superblocks, their data regions, hashes.
 
 #![allow(dead_code)] // each test binary uses a different subset
 
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The binary under test.
@@ -40,12 +42,29 @@ pub fn mdfuse_with(args: &[&str], paths: &[&Path]) -> Output {
     mdfuse(&refs)
 }
 
+/// Runs `mdfuse ARGS`, asserts it succeeded and returns its stdout.
+pub fn mdfuse_stdout(args: &[&str]) -> String {
+    let o = mdfuse(args);
+    assert_ok(&format!("mdfuse {}", args.join(" ")), &o);
+    stdout(&o)
+}
+
+/// A path as a command-line argument (the tests' paths are UTF-8).
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().expect("test paths are UTF-8")
+}
+
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Everything the command printed: stdout, then stderr.
+pub fn text(o: &Output) -> String {
+    format!("{}{}", stdout(o), stderr(o))
 }
 
 /// Panics with the command's output unless it succeeded.
@@ -70,10 +89,20 @@ pub fn assert_fails(what: &str, o: &Output) -> String {
     stderr(o)
 }
 
-/// Leg files (sparse) in a directory the caller owns.
+/// A fresh temporary directory for a test (removed when dropped).
+pub fn tempdir(prefix: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .expect("tempdir")
+}
+
+/// Leg files: in a directory the caller owns, or in a temporary directory of
+/// their own (removed with the last clone of them).
 #[derive(Debug, Clone)]
 pub struct Legs {
     pub paths: Vec<PathBuf>,
+    temp: Option<Arc<tempfile::TempDir>>,
 }
 
 impl Legs {
@@ -83,12 +112,38 @@ impl Legs {
         for p in &paths {
             super::loopdev::sparse_file(p, size).expect("cannot make a leg file");
         }
-        Legs { paths }
+        Legs { paths, temp: None }
+    }
+
+    /// Two sparse legs of `size` bytes in a fresh temporary directory, which
+    /// also takes the test's mountpoints and scratch files ([`Legs::dir`]).
+    pub fn temp(size: u64) -> Legs {
+        let temp = tempdir("mdfuse-legs");
+        let legs = Legs::new(temp.path(), 2, size);
+        Legs {
+            temp: Some(Arc::new(temp)),
+            ..legs
+        }
     }
 
     /// Existing files as legs.
     pub fn from_paths(paths: Vec<PathBuf>) -> Legs {
-        Legs { paths }
+        Legs { paths, temp: None }
+    }
+
+    /// The directory of the legs: their own temporary one, or the first leg's.
+    pub fn dir(&self) -> &Path {
+        match &self.temp {
+            Some(t) => t.path(),
+            None => self.paths[0].parent().expect("a leg's directory"),
+        }
+    }
+
+    /// A directory `name` (created) beside the legs, for a mountpoint.
+    pub fn mountpoint(&self, name: &str) -> PathBuf {
+        let m = self.dir().join(name);
+        std::fs::create_dir_all(&m).expect("cannot create the mountpoint");
+        m
     }
 
     pub fn strs(&self) -> Vec<String> {
@@ -97,6 +152,32 @@ impl Legs {
 
     pub fn path(&self, i: usize) -> &Path {
         &self.paths[i]
+    }
+
+    /// The first `len` bytes of each leg (the superblock area).
+    pub fn heads(&self, len: usize) -> Vec<Vec<u8>> {
+        self.paths
+            .iter()
+            .map(|p| {
+                let mut b = std::fs::read(p).expect("read leg");
+                b.truncate(len);
+                b
+            })
+            .collect()
+    }
+
+    /// sha256 of each leg, to show that something left them untouched.
+    pub fn sha256s(&self) -> Vec<String> {
+        self.paths.iter().map(|p| sha256_file(p)).collect()
+    }
+
+    /// Panics unless every leg's data region holds the same first `len`
+    /// bytes of array as the first leg's (see [`assert_legs_identical`]).
+    pub fn assert_identical(&self, len: u64) {
+        let offset = data_offset(self.path(0));
+        for other in &self.paths[1..] {
+            assert_legs_identical(self.path(0), other, offset, len);
+        }
     }
 }
 
@@ -164,6 +245,39 @@ pub fn examine_field(text: &str, key: &str) -> Option<String> {
     })
 }
 
+/// Asserts, by the real mdadm, that the legs' superblocks record a clean
+/// stop: State clean, every slot active, the same events on all; and, with
+/// a bitmap file, that it has no dirty bit.
+pub fn assert_stopped_clean(legs: &[PathBuf], bitmap: Option<&Path>) {
+    let mut events = Vec::new();
+    for l in legs {
+        let e = mdadm_examine(l);
+        let field = |k: &str| examine_field(&e, k).unwrap_or_default();
+        assert_eq!(field("State"), "clean", "{}:\n{e}", l.display());
+        let slots = field("Array State");
+        let slots = slots.split(' ').next().unwrap_or_default();
+        assert!(
+            !slots.is_empty() && slots.chars().all(|c| c == 'A'),
+            "{}: not every slot active:\n{e}",
+            l.display()
+        );
+        events.push(field("Events"));
+    }
+    assert!(
+        events.windows(2).all(|w| w[0] == w[1]),
+        "the legs' events differ: {events:?}"
+    );
+    if let Some(b) = bitmap {
+        let o = Command::new("mdadm")
+            .arg("--examine-bitmap")
+            .arg(b)
+            .output()
+            .expect("cannot run mdadm");
+        let t = text(&o);
+        assert!(t.contains(" 0 dirty"), "the bitmap is not clean:\n{t}");
+    }
+}
+
 /// The data offset (bytes) of `leg`, from `mdfuse examine`.
 pub fn data_offset(leg: &Path) -> u64 {
     let o = mdfuse_with(&["examine"], &[leg]);
@@ -187,6 +301,55 @@ pub fn data_region(leg: &Path, data_offset: u64, len: u64) -> Vec<u8> {
     buf
 }
 
+/// md's raid1 resync unit (RESYNC_BLOCK_SIZE): check and repair count
+/// mismatches per unit of this.
+pub const MD_RESYNC_BLOCK: u64 = 64 << 10;
+
+/// The array offsets of the `unit`-byte pieces where two legs' data regions
+/// (from `data_offset`, `len` bytes) differ; read with O_DIRECT (what is on
+/// disk, not a page cache), 4 MiB at a time.
+pub fn differing_units(a: &Path, b: &Path, data_offset: u64, len: u64, unit: u64) -> Vec<u64> {
+    let step = (4 << 20) / unit * unit;
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while pos < len {
+        let n = (len - pos).min(step) as usize;
+        let read = |p: &Path| {
+            let got = super::io::read_direct(p, data_offset + pos, n)
+                .unwrap_or_else(|e| panic!("read {}: {e}", p.display()));
+            assert_eq!(got.len(), n, "{} ends early", p.display());
+            got
+        };
+        let (x, y) = (read(a), read(b));
+        for (i, (u, v)) in x
+            .chunks(unit as usize)
+            .zip(y.chunks(unit as usize))
+            .enumerate()
+        {
+            if u != v {
+                out.push(pos + i as u64 * unit);
+            }
+        }
+        pos += n as u64;
+    }
+    out
+}
+
+/// Panics unless two legs' data regions hold the same `len` bytes; names
+/// the 64 KiB units (md's) that differ.
+pub fn assert_legs_identical(a: &Path, b: &Path, data_offset: u64, len: u64) {
+    let differing = differing_units(a, b, data_offset, len, MD_RESYNC_BLOCK);
+    let units: Vec<u64> = differing.iter().map(|o| o / MD_RESYNC_BLOCK).collect();
+    assert!(
+        differing.is_empty(),
+        "the legs' data regions differ in {} unit(s) of 64 KiB, the first at array byte {} \
+         (array units {:?}...)",
+        units.len(),
+        differing.first().copied().unwrap_or_default(),
+        &units[..units.len().min(20)]
+    );
+}
+
 /// sha256 (hex) of a file, by `sha256sum`.
 pub fn sha256_file(path: &Path) -> String {
     let out = Command::new("sha256sum")
@@ -198,6 +361,22 @@ pub fn sha256_file(path: &Path) -> String {
         .split_whitespace()
         .next()
         .expect("sha256sum output")
+        .to_string()
+}
+
+/// sha256 of a file's bytes `[skip, skip + len)` (the `sha256sum` command).
+pub fn sha256_region(path: &Path, skip: u64, len: u64) -> String {
+    let script = format!("tail -c +{} \"$1\" | head -c {len} | sha256sum", skip + 1);
+    let out = Command::new("sh")
+        .args(["-c", &script, "sh"])
+        .arg(path)
+        .output()
+        .expect("run sha256sum");
+    assert!(out.status.success(), "sha256sum of {}", path.display());
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
         .to_string()
 }
 
@@ -218,6 +397,28 @@ pub fn sha256_bytes(data: &[u8]) -> String {
         .next()
         .expect("sha256sum output")
         .to_string()
+}
+
+/// Polls `f` every 20 ms until it is true (true) or `timeout` passes (false).
+pub fn poll(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Polls `f` until it is true; panics with `what` after `timeout`.
+pub fn wait_for(what: &str, timeout: Duration, f: impl FnMut() -> bool) {
+    assert!(
+        poll(timeout, f),
+        "timed out ({timeout:?}) waiting for {what}"
+    );
 }
 
 /// Whether `mnt` is a mount point now (by /proc/mounts).
@@ -284,7 +485,8 @@ pub fn daemons_for(mnt: &Path) -> Vec<i32> {
     pids
 }
 
-fn signal(pid: i32, sig: i32) {
+/// Sends `sig` to `pid` (a daemon of the test's).
+pub fn signal(pid: i32, sig: i32) {
     // SAFETY: kill has no memory-safety preconditions.
     unsafe {
         libc::kill(pid, sig);
@@ -324,22 +526,19 @@ impl MountedArray {
     ) -> MountedArray {
         match Self::try_mount_env(legs, mnt, extra_args, env) {
             Ok(m) => m,
-            Err((o, log)) => panic!(
+            Err(o) => panic!(
                 "mdfuse mount failed ({}):\nstdout: {}\nstderr: {}\nlog:\n{}",
                 o.status,
                 stdout(&o),
                 stderr(&o),
-                std::fs::read_to_string(log).unwrap_or_default()
+                std::fs::read_to_string(log_path(mnt)).unwrap_or_default()
             ),
         }
     }
 
-    /// Mounts, or returns the failed command's output and the log path.
-    pub fn try_mount(
-        legs: &Legs,
-        mnt: &Path,
-        extra_args: &[&str],
-    ) -> Result<MountedArray, (Output, PathBuf)> {
+    /// Mounts, or returns the refused command's output (nothing is left
+    /// mounted or running then).
+    pub fn try_mount(legs: &Legs, mnt: &Path, extra_args: &[&str]) -> Result<MountedArray, Output> {
         Self::try_mount_env(legs, mnt, extra_args, &[])
     }
 
@@ -349,7 +548,7 @@ impl MountedArray {
         mnt: &Path,
         extra_args: &[&str],
         env: &[(&str, &str)],
-    ) -> Result<MountedArray, (Output, PathBuf)> {
+    ) -> Result<MountedArray, Output> {
         std::fs::create_dir_all(mnt).expect("cannot create the mountpoint");
         let log = log_path(mnt);
         let mut args = vec![
@@ -370,7 +569,7 @@ impl MountedArray {
             for pid in daemons_for(mnt) {
                 signal(pid, libc::SIGKILL);
             }
-            return Err((o, log));
+            return Err(o);
         }
         let out = stdout(&o);
         let pid = out
@@ -499,9 +698,82 @@ impl MountedArray {
     pub fn legs(&self) -> &Legs {
         &self.legs
     }
+
+    /// Writes `len` pseudo-random bytes (from `seed`) at `offset` of
+    /// array.img and fsyncs; returns them.
+    pub fn fill_random(&self, offset: u64, len: usize, seed: u64) -> Vec<u8> {
+        use std::os::unix::fs::FileExt;
+        let data = super::rng::Rng(seed).bytes(len);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(self.image())
+            .and_then(|f| {
+                f.write_all_at(&data, offset)?;
+                f.sync_all()
+            })
+            .unwrap_or_else(|e| panic!("fill {len} bytes at {offset} of array.img: {e}"));
+        data
+    }
+
+    /// `MNT/md/REL`, which must be one line ending in a newline (as md's
+    /// attributes are); returned without the newline.
+    pub fn md(&self, rel: &str) -> String {
+        let path = self.mnt.join("md").join(rel);
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+        let line = text
+            .strip_suffix('\n')
+            .unwrap_or_else(|| panic!("md/{rel}: {text:?} does not end in a newline"));
+        assert!(
+            !line.contains('\n'),
+            "md/{rel}: more than one line: {text:?}"
+        );
+        line.to_string()
+    }
+
+    /// `echo VALUE > MNT/md/REL`: one write of the value and a newline, no
+    /// truncation; the error is md's answer.
+    pub fn write_md(&self, rel: &str, value: &str) -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(self.mnt.join("md").join(rel))?;
+        f.write_all(format!("{value}\n").as_bytes())
+    }
+
+    /// [`MountedArray::write_md`], which must be accepted.
+    pub fn set_md(&self, rel: &str, value: &str) {
+        self.write_md(rel, value)
+            .unwrap_or_else(|e| panic!("{value:?} > md/{rel}: {e}\nlog:\n{}", self.log()));
+    }
+
+    /// md's way out for a leg: `faulty`, then `remove`, through
+    /// `md/dev-LEG/state` (LEG is the leg's file name).
+    pub fn fail_and_remove(&self, leg: &str) {
+        self.set_md(&format!("dev-{leg}/state"), "faulty");
+        self.set_md(&format!("dev-{leg}/state"), "remove");
+    }
+
+    /// md/sync_completed as (done, total) sectors; None when no sync runs.
+    pub fn sync_completed(&self) -> Option<(u64, u64)> {
+        let v = self.md("sync_completed");
+        let (done, total) = v.split_once(" / ")?;
+        Some((done.parse().ok()?, total.parse().ok()?))
+    }
+
+    /// Waits until no sync runs (md/sync_action reads idle); then `mdfuse
+    /// wait` must agree (it returns at once).
+    pub fn wait_sync_idle(&self, timeout: Duration) {
+        wait_for("the sync to end", timeout, || {
+            self.md("sync_action") == "idle"
+        });
+        let o = mdfuse_with(&["wait"], &[&self.mnt]);
+        assert_ok("mdfuse wait", &o);
+    }
 }
 
-fn log_path(mnt: &Path) -> PathBuf {
+/// The daemon's log for a mount at `mnt`: `<mnt>.mdfuse.log` beside it
+/// (appended to by every mount there).
+pub fn log_path(mnt: &Path) -> PathBuf {
     let name = mnt
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -644,114 +916,6 @@ impl Drop for ForegroundArray {
             umount_lazy(&self.mnt);
         }
     }
-}
-
-/// A 4 KiB-aligned buffer for O_DIRECT.
-pub struct AlignedVec {
-    ptr: *mut u8,
-    len: usize,
-}
-
-impl AlignedVec {
-    pub fn zeroed(len: usize) -> AlignedVec {
-        let layout = std::alloc::Layout::from_size_align(len.max(4096), 4096).expect("layout");
-        // SAFETY: layout has non-zero size.
-        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
-        assert!(!ptr.is_null(), "allocation failed");
-        AlignedVec { ptr, len }
-    }
-
-    pub fn as_slice(&self) -> &[u8] {
-        // SAFETY: ptr holds len initialised bytes.
-        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
-    }
-
-    pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: as above, uniquely borrowed.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
-    }
-}
-
-impl Drop for AlignedVec {
-    fn drop(&mut self) {
-        let layout = std::alloc::Layout::from_size_align(self.len.max(4096), 4096).expect("layout");
-        // SAFETY: allocated with this layout.
-        unsafe { std::alloc::dealloc(self.ptr, layout) }
-    }
-}
-
-/// Opens `path` with O_DIRECT (read-write).
-pub fn open_direct(path: &Path, write: bool) -> std::fs::File {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(write)
-        .custom_flags(libc::O_DIRECT)
-        .open(path)
-        .unwrap_or_else(|e| panic!("open {} O_DIRECT: {e}", path.display()))
-}
-
-/// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    pub fn fill(&mut self, buf: &mut [u8]) {
-        for chunk in buf.chunks_mut(8) {
-            let v = self.next().to_le_bytes();
-            chunk.copy_from_slice(&v[..chunk.len()]);
-        }
-    }
-
-    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
-        let mut v = vec![0u8; n];
-        self.fill(&mut v);
-        v
-    }
-}
-
-/// The fixtures made by Linux md.
-pub fn fixture_dir(name: &str) -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../shared/fixtures/kernel-md"
-    ))
-    .join(name)
-}
-
-/// Decompresses fixture `name`'s legs into `dir` (writable copies).
-pub fn fixture_legs(name: &str, dir: &Path) -> Legs {
-    let src = fixture_dir(name);
-    let mut paths = Vec::new();
-    for leg in ["leg0.img", "leg1.img"] {
-        let out = dir.join(leg);
-        let o = Command::new("zstd")
-            .args(["-d", "-q", "-f", "-o"])
-            .arg(&out)
-            .arg(src.join(format!("{leg}.zst")))
-            .output()
-            .expect("cannot run zstd");
-        assert_ok("zstd -d", &o);
-        paths.push(out);
-    }
-    Legs { paths }
-}
-
-/// The md0 hash from a fixture's MANIFEST ("md0 as read by the guest kernel").
-pub fn fixture_md0_sha256(name: &str) -> String {
-    let manifest = std::fs::read_to_string(fixture_dir(name).join("MANIFEST")).expect("MANIFEST");
-    manifest
-        .lines()
-        .find(|l| l.starts_with("md0 as read by the guest kernel"))
-        .and_then(|l| l.rsplit(':').next())
-        .map(|h| h.trim().to_string())
-        .filter(|h| h.len() == 64)
-        .expect("md0 sha256 in MANIFEST")
 }
 
 /// A loop device over `file`, writable. A loop device keeps a read-only

@@ -1,7 +1,20 @@
+//! The harness the test binaries share (each has `mod common;` and uses a
+//! part of it):
+//! - `mdfuse`: running the mdfuse binary, legs, created and mounted arrays
+//!   (RAII guards), md/ control files, checks on legs;
+//! - `bitmap`: the write-intent bitmap file as tests see it;
+//! - `faultyfs`: a FUSE filesystem that injects I/O errors and delays;
+//! - `loopdev`: loop devices, filesystems and mounts (RAII guards);
+//! - `io`: aligned buffers, O_DIRECT and plain positioned reads and writes;
+//! - `rng`: deterministic pseudo-random test data;
+//! - `workload`: a verified multi-threaded block workload;
+//! - `kmd`: the kernel-md rig (Linux md under qemu) and md's fixture sets.
+
 pub mod bitmap;
-pub mod faulty;
 pub mod faultyfs;
+pub mod io;
 pub mod kmd;
 pub mod loopdev;
 pub mod mdfuse;
+pub mod rng;
 pub mod workload;

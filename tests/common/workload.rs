@@ -11,7 +11,8 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
-use super::mdfuse::{AlignedVec, Rng};
+use super::io::AlignedVec;
+use super::rng::Rng;
 use std::collections::HashMap;
 use std::ops::Range;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
