@@ -327,7 +327,7 @@ fn write_then_kill(
     let m = arr.mount(&["--delay", "600"]);
     // No safe mode: a pause in the writes (a loaded machine) must not let
     // the array be recorded clean before the kill finds it active.
-    std::fs::write(m.mnt.join("md/safe_mode_delay"), "60").expect("set safe_mode_delay");
+    m.set_md("safe_mode_delay", "60");
     let image = m.image();
     let acks = Arc::new(AtomicUsize::new(0));
     let acked = Arc::new(Mutex::new(Vec::new()));
