@@ -90,7 +90,7 @@ pub const MDSTAT_NAME: &str = "mdstat";
 const FIRST_CONTROL_INO: u64 = 16;
 
 /// File handles: bit 0 says the file was opened for writing (its close
-/// flushes the legs).
+/// flushes the legs); the text files' handles count up from bit 1.
 const FH_WRITABLE: u64 = 1;
 
 const TTL: Duration = Duration::from_secs(1);
@@ -115,6 +115,11 @@ pub struct ArrayFs<A: ServedArray> {
     gid: u32,
     image: parking_lot::Mutex<ImageAccess>,
     started: SystemTime,
+    /// What each open text file (`mdstat`, a control file) showed at its
+    /// last read from offset 0: a reader going on from there reads the same
+    /// text, not the end of a newer one (sysfs does the same per open).
+    texts: parking_lot::Mutex<std::collections::HashMap<u64, Arc<str>>>,
+    next_handle: std::sync::atomic::AtomicU64,
 }
 
 impl<A: ServedArray> ArrayFs<A> {
@@ -134,7 +139,44 @@ impl<A: ServedArray> ArrayFs<A> {
             gid,
             image: parking_lot::Mutex::new(image),
             started: SystemTime::now(),
+            texts: parking_lot::Mutex::new(std::collections::HashMap::new()),
+            next_handle: std::sync::atomic::AtomicU64::new(1),
         }
+    }
+
+    /// A handle of its own for an open text file.
+    fn text_handle(&self, writing: bool) -> FileHandle {
+        let n = self
+            .next_handle
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        FileHandle(n << 1 | if writing { FH_WRITABLE } else { 0 })
+    }
+
+    /// Replies with the part of a text file at `offset`: made anew by
+    /// `make` at offset 0, else the text this handle read last.
+    fn reply_text_of(
+        &self,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        reply: ReplyData,
+        make: impl FnOnce() -> Result<String, i32>,
+    ) {
+        let kept = (offset > 0)
+            .then(|| self.texts.lock().get(&fh.0).cloned())
+            .flatten();
+        let text = match kept {
+            Some(t) => t,
+            None => match make() {
+                Ok(t) => {
+                    let t: Arc<str> = t.into();
+                    self.texts.lock().insert(fh.0, t.clone());
+                    t
+                }
+                Err(e) => return reply.error(errno(e)),
+            },
+        };
+        reply_text(&text, offset, size, reply);
     }
 
     fn attr(&self, ino: u64) -> Option<FileAttr> {
@@ -380,7 +422,7 @@ impl<A: ServedArray> Filesystem for ArrayFs<A> {
                 if writing {
                     return reply.error(Errno::EACCES);
                 }
-                reply.opened(FileHandle(0), FopenFlags::FOPEN_DIRECT_IO)
+                reply.opened(self.text_handle(false), FopenFlags::FOPEN_DIRECT_IO)
             }
             ROOT => reply.error(Errno::EISDIR),
             _ => match self.control_path(ino.0).and_then(|p| self.control_kind(&p)) {
@@ -400,8 +442,7 @@ impl<A: ServedArray> Filesystem for ArrayFs<A> {
                         );
                         return reply.error(Errno::EACCES);
                     }
-                    let fh = if writing { FH_WRITABLE } else { 0 };
-                    reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO)
+                    reply.opened(self.text_handle(writing), FopenFlags::FOPEN_DIRECT_IO)
                 }
                 Some(ControlKind::Dir) => reply.error(Errno::EISDIR),
                 None => reply.error(Errno::ENOENT),
@@ -413,7 +454,7 @@ impl<A: ServedArray> Filesystem for ArrayFs<A> {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         size: u32,
         _flags: OpenFlags,
@@ -432,13 +473,12 @@ impl<A: ServedArray> Filesystem for ArrayFs<A> {
                     r.error(errno(e));
                 }
             }
-            MDSTAT => reply_text(&self.array.mdstat(), offset, size, reply),
+            MDSTAT => self.reply_text_of(fh, offset, size, reply, || Ok(self.array.mdstat())),
             ROOT => reply.error(Errno::EISDIR),
             other => match self.control_path(other) {
-                Some(path) => match self.array.control_read(&path) {
-                    Ok(text) => reply_text(&text, offset, size, reply),
-                    Err(e) => reply.error(errno(e)),
-                },
+                Some(path) => {
+                    self.reply_text_of(fh, offset, size, reply, || self.array.control_read(&path))
+                }
                 None => reply.error(Errno::ENOENT),
             },
         }
@@ -521,6 +561,20 @@ impl<A: ServedArray> Filesystem for ArrayFs<A> {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
         }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.texts.lock().remove(&fh.0);
+        reply.ok();
     }
 
     fn readdir(

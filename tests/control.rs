@@ -837,6 +837,21 @@ fn speed_limits_read_back_as_md_prints_them() {
         assert_refused(&m, "sync_speed_min", bad, libc::EINVAL);
     }
     assert_eq!(m.md("sync_speed_min"), "1000 (system)");
+    // A reader that reads a file in pieces gets one text, even when the
+    // value changes between its reads (as sysfs gives each open its own).
+    let file = m.mountpoint().join("md/sync_speed_min");
+    let reader = std::fs::File::open(&file).expect("open sync_speed_min");
+    let mut head = [0u8; 3];
+    assert_eq!(reader.read_at(&mut head, 0).expect("first piece"), 3);
+    m.set_md("sync_speed_min", "5000");
+    let mut rest = [0u8; 64];
+    let n = reader.read_at(&mut rest, 3).expect("the rest");
+    let whole = [&head[..], &rest[..n]].concat();
+    assert_eq!(String::from_utf8_lossy(&whole), "1000 (system)\n");
+    let mut again = [0u8; 64];
+    let n = reader.read_at(&mut again, 0).expect("read again from 0");
+    assert_eq!(String::from_utf8_lossy(&again[..n]), "5000 (local)\n");
+    drop(reader);
     m.stop();
 }
 
