@@ -8,12 +8,13 @@
 mod common;
 
 use common::bitmap::*;
+use common::faultyfs::FaultyFs;
 use common::io::{read_direct, write_buffered_fsync, write_direct};
 use common::kmd::{self, unzstd, Manifest};
-use common::loopdev::{needs_root, run, LoopDevice, Mkfs, MountedFs, ScratchFs};
+use common::loopdev::{needs_root, run, sparse_file, LoopDevice, Mkfs, MountedFs, ScratchFs};
 use common::mdfuse::{
-    create, examine_field, is_mounted, mdfuse, mdfuse_stdout, path_str, poll, text, try_create,
-    Created, Legs, MountedArray,
+    create, examine_field, is_mounted, mdfuse, mdfuse_stdout, path_str, poll, tempdir, text,
+    try_create, wait_for, Created, Legs, MountedArray,
 };
 use common::rng::Rng;
 use std::collections::BTreeSet;
@@ -411,80 +412,24 @@ fn differing_blocks(legs: &Legs, data_offset: u64, array_bytes: u64) -> Vec<u64>
     out
 }
 
-/// Threads of another process stopped with ptrace (PTRACE_SEIZE, then
-/// PTRACE_INTERRUPT): unlike SIGSTOP, which stops a whole process, this stops
-/// just these threads while the rest of the process runs on. Dropping the
-/// guard lets them go (if still alive) and reaps the ones that died.
-struct FrozenThreads {
-    tids: Vec<i32>,
-}
-
-impl FrozenThreads {
-    /// Stops every thread of `pid` whose name starts with `prefix`.
-    fn freeze(pid: i32, prefix: &str) -> FrozenThreads {
-        let mut frozen = FrozenThreads { tids: Vec::new() };
-        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("threads of the daemon");
-        for task in tasks.flatten() {
-            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-            if !comm.starts_with(prefix) {
-                continue;
-            }
-            let tid: i32 = task.file_name().to_string_lossy().parse().expect("tid");
-            // SAFETY: ptrace requests on a thread id; no memory is passed.
-            let seized = unsafe { libc::ptrace(libc::PTRACE_SEIZE, tid, 0, 0) };
-            assert_eq!(
-                seized,
-                0,
-                "PTRACE_SEIZE {tid}: {}",
-                std::io::Error::last_os_error()
-            );
-            frozen.tids.push(tid);
-            // SAFETY: as above.
-            let rc = unsafe { libc::ptrace(libc::PTRACE_INTERRUPT, tid, 0, 0) };
-            assert_eq!(
-                rc,
-                0,
-                "PTRACE_INTERRUPT {tid}: {}",
-                std::io::Error::last_os_error()
-            );
-            let mut status = 0;
-            // SAFETY: waits for the traced thread's stop; writes one int.
-            let r = unsafe { libc::waitpid(tid, &mut status, libc::__WALL) };
-            assert_eq!(r, tid, "waitpid {tid}: {}", std::io::Error::last_os_error());
-        }
-        assert!(
-            !frozen.tids.is_empty(),
-            "no thread named {prefix}* in process {pid}"
-        );
-        frozen
-    }
-}
-
-impl Drop for FrozenThreads {
-    fn drop(&mut self) {
-        for &tid in &self.tids {
-            // SAFETY: detaching a thread we traced (fails harmlessly if it died).
-            unsafe { libc::ptrace(libc::PTRACE_DETACH, tid, 0, 0) };
-            let mut status = 0;
-            // A traced thread that was killed waits for its tracer to reap it.
-            for _ in 0..100 {
-                // SAFETY: waitpid writes one int.
-                let r = unsafe { libc::waitpid(tid, &mut status, libc::__WALL | libc::WNOHANG) };
-                if r != 0 {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-    }
-}
-
 const CRASH_ITERATIONS: u32 = 6;
 const CRASH_WRITERS: u64 = 6;
 
+/// leg1 of the crash tests: a file of the fault-injecting filesystem, whose
+/// writes can be held back and then lost (a power cut).
+const LEG1: &str = "leg1.img";
+
 fn crash_stream(fs: ScratchFs, leg_size: u64, chunk: u64, fragment: bool) {
     let t0 = Instant::now();
-    let legs = Legs::temp(leg_size);
+    let faulty = FaultyFs::new(&[(LEG1, leg_size)]);
+    let dir = tempdir("mdfuse-crash");
+    let leg0 = dir.path().join("leg0.img");
+    sparse_file(&leg0, leg_size).expect("leg0");
+    let legs = Legs::from_paths(vec![leg0.clone(), faulty.path(LEG1)]);
+    // The legs' bytes as the disks hold them: leg1's backing file read
+    // straight (a read through the filesystem would queue behind the
+    // writes it holds).
+    let on_disk = Legs::from_paths(vec![leg0, faulty.backing(LEG1)]);
     let bitmap = fs.path("md.bitmap");
     let mut created = fresh_array(&legs, &fs, &bitmap, chunk, fragment, 0);
     let file_len = std::fs::metadata(&bitmap).unwrap().len();
@@ -494,22 +439,10 @@ fn crash_stream(fs: ScratchFs, leg_size: u64, chunk: u64, fragment: bool) {
     let mut rng = Rng::new(seed);
     let mnt = legs.mountpoint("mnt");
     for iteration in 0..CRASH_ITERATIONS {
-        // Worker threads, not io_uring, carry the legs' shares here, so
-        // leg1's can be stopped (ptrace) while leg0's go on. Bits come
-        // first the same way in both (start_write returns before either
-        // fan-out begins).
-        let array = MountedArray::mount_env(
+        let array = MountedArray::mount(
             &legs,
             &mnt,
-            &[
-                "--bitmap",
-                path_str(&bitmap),
-                "--delay",
-                "0.2",
-                "--threads",
-                "8",
-            ],
-            &[("MDFUSE_IO_URING", "off")],
+            &["--bitmap", path_str(&bitmap), "--delay", "0.2"],
         );
         let image = array.image();
         let stop = Arc::new(AtomicBool::new(false));
@@ -538,12 +471,17 @@ fn crash_stream(fs: ScratchFs, leg_size: u64, chunk: u64, fragment: bool) {
             })
             .collect();
         std::thread::sleep(Duration::from_millis(300 + rng.below(600)));
-        // Writes now reach leg0 and wait for leg1 ...
-        let frozen = FrozenThreads::freeze(array.pid(), "leg1-io");
-        std::thread::sleep(Duration::from_millis(100 + rng.below(200)));
-        // ... where the kill finds them.
-        array.kill9();
-        drop(frozen);
+        // Writes now reach leg0 and wait at leg1's disk ...
+        faulty.hold_writes(LEG1);
+        wait_for(
+            "a write on leg0 but not on leg1",
+            Duration::from_secs(20),
+            || !differing_blocks(&on_disk, data_offset, created.array_bytes).is_empty(),
+        );
+        std::thread::sleep(Duration::from_millis(rng.below(100)));
+        // ... where the kill finds them, and the power goes before leg1's
+        // disk gets them.
+        array.kill9_then(|| faulty.release_writes(LEG1, false));
         stop.store(true, Ordering::Relaxed);
         let writes: u64 = writers.into_iter().map(|w| w.join().unwrap()).sum();
         assert!(!is_mounted(&mnt));
@@ -557,7 +495,7 @@ fn crash_stream(fs: ScratchFs, leg_size: u64, chunk: u64, fragment: bool) {
             "the bitmap read through the fs and from the device differ"
         );
         let dirty: BTreeSet<u64> = dirty_in_image(&bits).into_iter().collect();
-        let differing = differing_blocks(&legs, data_offset, created.array_bytes);
+        let differing = differing_blocks(&on_disk, data_offset, created.array_bytes);
         for &block in &differing {
             // Every chunk the block touches (a 512-byte chunk is an eighth of one).
             for c in block / chunk..=(block + 4095) / chunk {
@@ -593,7 +531,7 @@ fn crash_stream(fs: ScratchFs, leg_size: u64, chunk: u64, fragment: bool) {
             !is_immutable(&bitmap),
             "flag left after the takeover's stop"
         );
-        let left = differing_blocks(&legs, data_offset, created.array_bytes);
+        let left = differing_blocks(&on_disk, data_offset, created.array_bytes);
         assert!(
             left.is_empty(),
             "iteration {iteration}: after the resync {} blocks still differ (first at {})",

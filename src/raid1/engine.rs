@@ -923,8 +923,9 @@ impl Raid1 {
         true
     }
 
-    /// md's safe mode: with every write ended and new ones held back (a
-    /// range lock over the whole array), flushes the legs and runs `record`
+    /// md's safe mode: when no write is in flight (else it does nothing and
+    /// returns false), holds new ones back (a range lock over the whole
+    /// array), flushes the legs and runs `record`
     /// (which records the superblocks clean); when both succeed the array
     /// is no longer active, so the next write marks it active again.
     /// Returns whether the array was recorded clean.
@@ -932,7 +933,12 @@ impl Raid1 {
         if !self.is_active() || self.array_size == 0 {
             return false;
         }
-        let _all = self.ranges.lock(0, self.array_size);
+        // Only when no write is in flight: md never holds writes back to
+        // mark the array clean (a write slow to end, a leg that hangs, must
+        // not stop the others behind a queued whole-array lock).
+        let Some(_all) = self.ranges.try_lock(0, self.array_size) else {
+            return false;
+        };
         if self.flush().is_err() {
             return false;
         }

@@ -55,6 +55,21 @@ impl RangeLock {
         RangeGuard { lock: self, ticket }
     }
 
+    /// Takes `[start, end)` only if no request holds or waits for a range
+    /// overlapping it; never waits (so it never holds back the requests
+    /// that would queue behind it).
+    pub fn try_lock(&self, start: u64, end: u64) -> Option<RangeGuard<'_>> {
+        debug_assert!(start < end);
+        let mut table = self.table.lock();
+        if table.held.iter().any(|h| h.start < end && start < h.end) {
+            return None;
+        }
+        let ticket = table.next_ticket;
+        table.next_ticket += 1;
+        table.held.push(Held { start, end, ticket });
+        Some(RangeGuard { lock: self, ticket })
+    }
+
     /// Number of ranges held or waited for (for tests and status).
     pub fn in_flight(&self) -> usize {
         self.table.lock().held.len()
@@ -128,5 +143,18 @@ mod tests {
         assert!(evens[0] < evens[1]);
         assert!(odds[0] < odds[1]);
         assert_eq!(l.in_flight(), 0);
+    }
+
+    #[test]
+    fn try_lock_never_waits_and_never_overtakes() {
+        let lock = RangeLock::new();
+        let held = lock.lock(0, 10);
+        assert!(lock.try_lock(5, 20).is_none(), "overlaps a held range");
+        let other = lock.try_lock(10, 20).expect("disjoint");
+        drop(held);
+        assert!(lock.try_lock(0, 30).is_none(), "overlaps [10, 20)");
+        drop(other);
+        assert!(lock.try_lock(0, 30).is_some());
+        assert_eq!(lock.in_flight(), 0);
     }
 }

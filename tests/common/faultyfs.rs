@@ -8,8 +8,10 @@
 //! fails every read, write and fsync of a file,
 //! [`FaultyFs::fail_reads_until_written`] makes bad sectors that a write
 //! remaps (and [`FaultyFs::bad_bytes_left`] counts what is still bad),
-//! [`FaultyFs::heal`] ends all of it, and [`FaultyFs::delay_writes`] makes a
-//! file a slow disk. Counters say what was seen. (The test machines have no
+//! [`FaultyFs::heal`] ends all of it, [`FaultyFs::delay_writes`] makes a
+//! file a slow disk, and [`FaultyFs::hold_writes`] keeps writes waiting until
+//! [`FaultyFs::release_writes`] lets them land or drops them (a power cut
+//! before the disk got them). Counters say what was seen. (The test machines have no
 //! device-mapper, so no dm-error or dm-flakey: this is the failing disk.)
 //!
 //! Every open is answered with `FOPEN_DIRECT_IO`: no page cache sits between
@@ -99,6 +101,10 @@ struct Faults {
     writes: Vec<Range<u64>>,
     all: bool,
     write_delay: Duration,
+    /// Writes wait (unapplied) while this is set.
+    hold: bool,
+    /// What released writes do: land (true) or fail unapplied (false).
+    apply_held: bool,
 }
 
 fn overlaps(ranges: &[Range<u64>], offset: u64, len: u64) -> bool {
@@ -342,6 +348,18 @@ impl Filesystem for FaultyFsImpl {
         if !delay.is_zero() {
             std::thread::sleep(delay);
         }
+        let fail = loop {
+            let faults = f.faults();
+            if !faults.hold {
+                break fail;
+            }
+            drop(faults);
+            std::thread::sleep(Duration::from_millis(2));
+            let faults = f.faults();
+            if !faults.hold {
+                break fail || !faults.apply_held;
+            }
+        };
         if fail {
             f.counters.failed_writes.fetch_add(1, Ordering::Relaxed);
             return reply.error(Errno::EIO);
@@ -581,6 +599,22 @@ impl FaultyFs {
     /// Every write of `name` waits `delay` first (a slow disk); zero ends it.
     pub fn delay_writes(&self, name: &str, delay: Duration) {
         self.shared.by_name(name).faults().write_delay = delay;
+    }
+
+    /// Writes of `name` wait, unapplied, until [`FaultyFs::release_writes`].
+    pub fn hold_writes(&self, name: &str) {
+        let mut f = self.shared.by_name(name).faults();
+        f.hold = true;
+        f.apply_held = true;
+    }
+
+    /// Ends [`FaultyFs::hold_writes`]: the writes waiting land (`apply`), or
+    /// fail with EIO leaving the file as it was (a power cut before the disk
+    /// got them); later writes go through.
+    pub fn release_writes(&self, name: &str, apply: bool) {
+        let mut f = self.shared.by_name(name).faults();
+        f.apply_held = apply;
+        f.hold = false;
     }
 
     /// Ends every fault and delay of `name`.

@@ -682,8 +682,17 @@ impl MountedArray {
     }
 
     /// SIGKILL to the daemon (a crash), then detaches the dead mount.
-    pub fn kill9(mut self) {
+    pub fn kill9(self) {
+        self.kill9_then(|| {});
+    }
+
+    /// SIGKILL to the daemon, then `meanwhile` (before waiting for it to be
+    /// gone: a daemon with requests pending on a leg cannot finish dying
+    /// until they are answered, e.g. writes a FaultyFs holds), then detaches
+    /// the dead mount.
+    pub fn kill9_then(mut self, meanwhile: impl FnOnce()) {
         signal(self.pid, libc::SIGKILL);
+        meanwhile();
         for pid in daemons_for(&self.mnt) {
             signal(pid, libc::SIGKILL);
         }
