@@ -515,7 +515,7 @@ impl Raid1 {
         })
     }
 
-    fn slot_io_of(&self, slot: usize) -> Result<Arc<SlotIo>, EngineError> {
+    pub(super) fn slot_io_of(&self, slot: usize) -> Result<Arc<SlotIo>, EngineError> {
         self.slots[slot].io().ok_or(EngineError::BadSlot {
             slot,
             why: "the slot has no leg",

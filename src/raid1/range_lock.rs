@@ -55,6 +55,28 @@ impl RangeLock {
         RangeGuard { lock: self, ticket }
     }
 
+    /// Takes several ranges as one request (one place in the queue, so
+    /// a request overlapping two of them cannot come between and deadlock),
+    /// waiting behind every earlier request overlapping any of them.
+    pub fn lock_many(&self, ranges: &[(u64, u64)]) -> RangeGuard<'_> {
+        let mut table = self.table.lock();
+        let ticket = table.next_ticket;
+        table.next_ticket += 1;
+        for &(start, end) in ranges {
+            debug_assert!(start < end);
+            table.held.push(Held { start, end, ticket });
+        }
+        while table.held.iter().any(|h| {
+            h.ticket < ticket
+                && ranges
+                    .iter()
+                    .any(|&(start, end)| h.start < end && start < h.end)
+        }) {
+            self.released.wait(&mut table);
+        }
+        RangeGuard { lock: self, ticket }
+    }
+
     /// Takes `[start, end)` only if no request holds or waits for a range
     /// overlapping it; never waits (so it never holds back the requests
     /// that would queue behind it).
@@ -79,9 +101,8 @@ impl RangeLock {
 impl Drop for RangeGuard<'_> {
     fn drop(&mut self) {
         let mut table = self.lock.table.lock();
-        if let Some(pos) = table.held.iter().position(|h| h.ticket == self.ticket) {
-            table.held.swap_remove(pos);
-        }
+        let ticket = self.ticket;
+        table.held.retain(|h| h.ticket != ticket);
         drop(table);
         self.lock.released.notify_all();
     }
@@ -156,5 +177,40 @@ mod tests {
         drop(other);
         assert!(lock.try_lock(0, 30).is_some());
         assert_eq!(lock.in_flight(), 0);
+    }
+
+    #[test]
+    fn lock_many_is_one_place_in_the_queue() {
+        let lock = Arc::new(RangeLock::new());
+        let a = lock.lock(0, 10);
+        // Waits for [0, 10); a request over both of its ranges queued after
+        // it must wait for it (not hold one of them meanwhile).
+        let order = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let many = {
+            let (lock, order) = (lock.clone(), order.clone());
+            std::thread::spawn(move || {
+                let _g = lock.lock_many(&[(5, 15), (40, 50)]);
+                order.lock().push("many");
+                std::thread::sleep(Duration::from_millis(20));
+            })
+        };
+        std::thread::sleep(Duration::from_millis(20));
+        let spanning = {
+            let (lock, order) = (lock.clone(), order.clone());
+            std::thread::spawn(move || {
+                let _g = lock.lock(12, 45);
+                order.lock().push("spanning");
+            })
+        };
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(order.lock().is_empty());
+        drop(a);
+        many.join().unwrap();
+        spanning.join().unwrap();
+        assert_eq!(*order.lock(), vec!["many", "spanning"]);
+        assert_eq!(lock.in_flight(), 0);
+        // Disjoint from both ranges: never waits for them.
+        let _g = lock.lock_many(&[(0, 5), (20, 30)]);
+        let _h = lock.try_lock(5, 20).expect("the gap is free");
     }
 }

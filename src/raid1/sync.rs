@@ -5,9 +5,11 @@
 //! either wholly before the copy (and the copy carries it) or wholly after
 //! (and the write reaches every leg): no torn or stale block is left.
 
-use super::engine::{LegState, Raid1};
+use super::engine::{LegState, Raid1, SlotIo};
 use crate::io::aligned::AlignedBuf;
+use crate::io::uring::{self, LegOp};
 use parking_lot::{Condvar, Mutex};
+use smallvec::SmallVec;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -52,6 +54,12 @@ pub const MISMATCH_UNIT: u64 = 64 * 1024;
 
 /// Largest region handled under one range lock.
 pub const SYNC_STEP: u64 = 1 << 20;
+
+/// Most regions, and bytes, a copy does at once (a bitmap-guided resync or
+/// recovery meets many small regions, one chunk each, far apart: doing many
+/// at once keeps the legs' queues full).
+const BATCH_REGIONS: usize = 64;
+const BATCH_BYTES: u64 = 4 << 20;
 
 /// md's sync_speed_min / sync_speed_max, in KiB/s.
 #[derive(Debug, Clone, Copy)]
@@ -225,6 +233,87 @@ impl Raid1 {
         }
     }
 
+    /// Copies several small regions at once (a bitmap-guided resync or
+    /// recovery: one chunk each, far apart): the source reads them all in one
+    /// io_uring submission, then the targets write them all in one, under a
+    /// range lock of just those regions (one request, so nothing can come
+    /// between them in the queue). Ok(false): not done this way (no
+    /// io_uring, or an error): the caller syncs the regions one by one,
+    /// which corrects read errors and fails a leg whose write fails.
+    pub fn copy_batch(
+        &self,
+        action: SyncAction,
+        batch: &[Region],
+        buf: &mut AlignedBuf,
+    ) -> Result<bool, super::EngineError> {
+        let total: u64 = batch.iter().map(|r| r.len).sum();
+        if !uring::available()
+            || total as usize > buf.capacity()
+            || batch.iter().any(|r| r.offset + r.len > self.size())
+        {
+            return Ok(false);
+        }
+        let ranges: SmallVec<[(u64, u64); BATCH_REGIONS]> =
+            batch.iter().map(|r| (r.offset, r.offset + r.len)).collect();
+        let _range = self.range_lock().lock_many(&ranges);
+        let in_sync: SmallVec<[usize; 4]> = (0..self.slots().len())
+            .filter(|&i| self.slots()[i].state() == LegState::InSync)
+            .collect();
+        let Some((&source, others)) = in_sync.split_first() else {
+            return Err(super::EngineError::NoInSyncLeg);
+        };
+        let targets: SmallVec<[usize; 4]> = match action {
+            SyncAction::Resync => others.iter().copied().collect(),
+            SyncAction::Recover { target } => {
+                if self.slots()[target].state() != LegState::Recovering {
+                    return Err(super::EngineError::BadSlot {
+                        slot: target,
+                        why: "the leg being recovered left the array",
+                    });
+                }
+                std::iter::once(target).collect()
+            }
+            SyncAction::Check | SyncAction::Repair => return Ok(false),
+        };
+        let (Ok(src), Some(dsts)) = (
+            self.slot_io_of(source),
+            targets
+                .iter()
+                .map(|&t| self.slot_io_of(t).ok())
+                .collect::<Option<SmallVec<[Arc<SlotIo>; 4]>>>(),
+        ) else {
+            return Ok(false);
+        };
+        let mut ok = true;
+        let data = &mut buf.as_mut_slice()[..total as usize];
+        {
+            let mut reads: SmallVec<[LegOp<'_>; BATCH_REGIONS]> = SmallVec::new();
+            let mut rest: &mut [u8] = &mut *data;
+            for r in batch {
+                let (piece, tail) = std::mem::take(&mut rest).split_at_mut(r.len as usize);
+                rest = tail;
+                reads.push(LegOp::read(src.leg(), piece, src.data_offset() + r.offset));
+            }
+            uring::run_all(&reads, |_, r| ok &= r.is_ok());
+        }
+        if !ok {
+            return Ok(false);
+        }
+        let mut writes: SmallVec<[LegOp<'_>; BATCH_REGIONS]> = SmallVec::new();
+        let mut at = 0usize;
+        for r in batch {
+            let piece = &data[at..at + r.len as usize];
+            at += r.len as usize;
+            writes.extend(dsts.iter().map(|d| LegOp::Write {
+                leg: d.leg(),
+                buf: piece,
+                offset: d.data_offset() + r.offset,
+            }));
+        }
+        uring::run_all(&writes, |_, r| ok &= r.is_ok());
+        Ok(ok)
+    }
+
     /// A sync goes on past an error on one target leg once that leg has
     /// been failed (others remain); any other error stops it.
     fn past_a_failed_target(
@@ -347,6 +436,7 @@ fn run(
         AlignedBuf::new(SYNC_STEP as usize),
         AlignedBuf::new(SYNC_STEP as usize),
     ];
+    let mut batch_buf = AlignedBuf::new(BATCH_BYTES as usize);
     let mut pacer = Pacer::new(Instant::now());
     let mut last_user_io = engine.stats().total_requests();
     log::info!(
@@ -354,59 +444,94 @@ fn run(
         action.md_word(),
         regions.len()
     );
-    'regions: for region in regions {
-        let mut pos = region.offset;
-        let end = region.offset + region.len;
-        while pos < end {
-            if *stop.0.lock() {
-                progress.interrupted.store(true, Ordering::Release);
-                break 'regions;
+    // Steps of at most SYNC_STEP; a copy gathers consecutive small ones
+    // into one batch of at most BATCH_BYTES.
+    let mut steps = regions
+        .iter()
+        .flat_map(|r| {
+            (r.offset..r.offset + r.len)
+                .step_by(SYNC_STEP as usize)
+                .map(move |pos| Region {
+                    offset: pos,
+                    len: (r.offset + r.len - pos).min(SYNC_STEP),
+                })
+        })
+        .peekable();
+    let copying = matches!(action, SyncAction::Resync | SyncAction::Recover { .. });
+    while let Some(first) = steps.next() {
+        if *stop.0.lock() {
+            progress.interrupted.store(true, Ordering::Release);
+            break;
+        }
+        let mut batch: SmallVec<[Region; BATCH_REGIONS]> = SmallVec::new();
+        batch.push(first);
+        let mut bytes = first.len;
+        while let Some(next) = steps
+            .peek()
+            .filter(|n| copying && batch.len() < BATCH_REGIONS && bytes + n.len <= BATCH_BYTES)
+        {
+            bytes += next.len;
+            batch.push(*next);
+            steps.next();
+        }
+        let done = if batch.len() > 1 {
+            match engine.copy_batch(action, &batch, &mut batch_buf) {
+                Ok(true) => Ok(0),
+                Ok(false) => batch.iter().try_fold(0, |m, &step| {
+                    Ok(m + engine.sync_region(action, step, &mut bufs)?)
+                }),
+                Err(e) => Err(e),
             }
-            let step = Region {
-                offset: pos,
-                len: (end - pos).min(SYNC_STEP),
-            };
-            match engine.sync_region(action, step, &mut bufs) {
-                Ok(mismatched) => {
-                    progress
-                        .mismatch_sectors
-                        .fetch_add(mismatched, Ordering::Relaxed);
-                    if action != SyncAction::Check {
+        } else {
+            engine.sync_region(action, first, &mut bufs)
+        };
+        match done {
+            Ok(mismatched) => {
+                progress
+                    .mismatch_sectors
+                    .fetch_add(mismatched, Ordering::Relaxed);
+                if action != SyncAction::Check {
+                    for &step in &batch {
                         events.region_synced(step);
                     }
                 }
-                Err(e) => {
-                    log::error!("{}: stopped at array offset {pos}: {e}", action.md_word());
-                    progress.failed.store(true, Ordering::Release);
-                    progress.interrupted.store(true, Ordering::Release);
-                    break 'regions;
-                }
             }
-            pos += step.len;
-            progress.worked_bytes.fetch_add(step.len, Ordering::Relaxed);
-            pacer.record(Instant::now(), step.len);
-            // md's throttle: at most max; down to min while users do I/O.
-            // Looked at again after every slice of sleep, as md does.
-            loop {
-                let now_user_io = engine.stats().total_requests();
-                let busy = now_user_io != last_user_io;
-                last_user_io = now_user_io;
-                let l = *limits.lock();
-                let rate = if busy { l.min_kib } else { l.max_kib }.max(1) * 1024;
-                let pause = pacer.pause(Instant::now(), rate);
-                if pause.is_zero() {
-                    break;
-                }
-                let mut stopped = stop.0.lock();
-                if *stopped {
-                    break;
-                }
-                stop.1.wait_for(&mut stopped, pause);
+            Err(e) => {
+                log::error!(
+                    "{}: stopped at array offset {}: {e}",
+                    action.md_word(),
+                    first.offset
+                );
+                progress.failed.store(true, Ordering::Release);
+                progress.interrupted.store(true, Ordering::Release);
+                break;
             }
-            // md shows the array position reached (a bitmap-guided resync
-            // jumps over clean chunks).
-            progress.done_bytes.store(pos, Ordering::Relaxed);
         }
+        let last = batch[batch.len() - 1];
+        let pos = last.offset + last.len;
+        progress.worked_bytes.fetch_add(bytes, Ordering::Relaxed);
+        pacer.record(Instant::now(), bytes);
+        // md's throttle: at most max; down to min while users do I/O.
+        // Looked at again after every slice of sleep, as md does.
+        loop {
+            let now_user_io = engine.stats().total_requests();
+            let busy = now_user_io != last_user_io;
+            last_user_io = now_user_io;
+            let l = *limits.lock();
+            let rate = if busy { l.min_kib } else { l.max_kib }.max(1) * 1024;
+            let pause = pacer.pause(Instant::now(), rate);
+            if pause.is_zero() {
+                break;
+            }
+            let mut stopped = stop.0.lock();
+            if *stopped {
+                break;
+            }
+            stop.1.wait_for(&mut stopped, pause);
+        }
+        // md shows the array position reached (a bitmap-guided resync
+        // jumps over clean chunks).
+        progress.done_bytes.store(pos, Ordering::Relaxed);
     }
     if !progress.interrupted.load(Ordering::Acquire) {
         progress
