@@ -4,6 +4,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+if [ "$(id -u)" != 0 ]; then
+  echo "the suite needs root (FUSE mounts, loop devices, mkfs): run it with sudo" >&2
+  exit 1
+fi
+# The lints need rustfmt and clippy: add them where the toolchain is rustup's.
+for comp in rustfmt:fmt clippy:clippy; do
+  cargo "${comp##*:}" --version >/dev/null 2>&1 || rustup component add "${comp%%:*}"
+done
 need_pkgs=()
 for tool in mdadm:mdadm fio:fio mkfs.ext4:e2fsprogs mkfs.xfs:xfsprogs zstd:zstd \
             losetup:mount sha256sum:coreutils filefrag:e2fsprogs mkfs.erofs:erofs-utils; do
@@ -14,10 +22,6 @@ if [ "${#need_pkgs[@]}" -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
-fi
-if [ "$(id -u)" != 0 ]; then
-  echo "the suite needs root (FUSE mounts, loop devices, mkfs): run it with sudo" >&2
-  exit 1
 fi
 [ -e /dev/fuse ] || { echo "/dev/fuse is missing: load the fuse module" >&2; exit 1; }
 
