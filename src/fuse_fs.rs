@@ -17,8 +17,16 @@ use std::time::{Duration, SystemTime};
 pub trait ServedArray: Send + Sync + 'static {
     fn size(&self) -> u64;
     fn read_only(&self) -> bool;
-    /// Reads `[offset, offset+len)` (clamped at the end) and passes the bytes to `out`.
-    fn read(&self, offset: u64, len: u64, out: &mut dyn FnMut(&[u8])) -> Result<(), i32>;
+    /// Reads `[offset, offset+len)` (clamped at the end) and passes the
+    /// bytes to `out`. `direct`: the reader opened the file with O_DIRECT
+    /// (its streams get no readahead from the kernel).
+    fn read(
+        &self,
+        offset: u64,
+        len: u64,
+        direct: bool,
+        out: &mut dyn FnMut(&[u8]),
+    ) -> Result<(), i32>;
     fn write(&self, offset: u64, data: &[u8]) -> Result<usize, i32>;
     /// Makes acknowledged writes durable on every in-sync leg.
     fn flush(&self) -> Result<(), i32>;
@@ -457,14 +465,15 @@ impl<A: ServedArray> Filesystem for ArrayFs<A> {
         fh: FileHandle,
         offset: u64,
         size: u32,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
         match ino.0 {
             IMAGE => {
                 let mut reply = Some(reply);
-                let result = self.array.read(offset, size as u64, &mut |bytes| {
+                let direct = flags.0 & libc::O_DIRECT != 0;
+                let result = self.array.read(offset, size as u64, direct, &mut |bytes| {
                     if let Some(r) = reply.take() {
                         r.data(bytes);
                     }

@@ -165,6 +165,54 @@ fn writes_survive_remount_and_legs_are_identical() {
     assert_states(&legs, "clean", "after the stops");
 }
 
+/// An O_DIRECT reader streaming through the image (which mdfuse reads
+/// ahead) sees every write made just ahead of it, before its read.
+#[test]
+fn a_direct_stream_sees_writes_made_just_ahead_of_it() {
+    if !needs_root("a_direct_stream_sees_writes_made_just_ahead_of_it") {
+        return;
+    }
+    let legs = Legs::temp(40 * MIB);
+    let created = create(&legs, &[]);
+    let size = created.array_bytes as usize;
+    let mnt = legs.mountpoint("mnt");
+    let array = MountedArray::mount(&legs, &mnt, &[]);
+    let mut rng = Rng(0xa4ead);
+    let mut model = rng.bytes(size);
+    let writer = open_direct(&array.image(), true);
+    let block = MIB as usize;
+    let mut buf = AlignedVec::zeroed(block);
+    for off in (0..size - size % block).step_by(block) {
+        buf.as_mut_slice().copy_from_slice(&model[off..off + block]);
+        writer.write_all_at(buf.as_slice(), off as u64).unwrap();
+    }
+    let reader = open_direct(&array.image(), false);
+    let mut piece = AlignedVec::zeroed(8192);
+    for round in 0..2 {
+        let mut off = 0usize;
+        while off + block <= size {
+            // After the stream's first reads, write into the next block
+            // (which is being read ahead) before reading it.
+            if off >= 2 * block {
+                let at = off + 4096 * rng.below((block / 4096 - 2) as u64) as usize;
+                rng.fill(piece.as_mut_slice());
+                writer.write_all_at(piece.as_slice(), at as u64).unwrap();
+                model[at..at + 8192].copy_from_slice(piece.as_slice());
+            }
+            reader
+                .read_exact_at(buf.as_mut_slice(), off as u64)
+                .unwrap();
+            assert!(
+                buf.as_slice() == &model[off..off + block],
+                "round {round}: the O_DIRECT read at {off} missed a write made before it"
+            );
+            off += block;
+        }
+    }
+    drop((reader, writer));
+    array.stop();
+}
+
 /// Real mdadm reads what `mdfuse create` wrote, and what a run changed.
 #[test]
 fn mdadm_examine_reads_our_superblocks() {

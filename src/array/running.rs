@@ -126,6 +126,9 @@ impl RunningArray {
             &opts.engine,
         )?);
         engine.set_read_only(opts.read_only);
+        engine
+            .start_readahead()
+            .map_err(|e| ArrayError::Engine(crate::raid1::EngineError::Threads(e)))?;
         if let Some(b) = &bitmap {
             // A bit is cleared only once its chunk's writes are on the legs'
             // stable storage (the bitmap knows nothing of legs: a hook).
@@ -718,10 +721,19 @@ impl ServedArray for RunningArray {
         self.read_only
     }
 
-    fn read(&self, offset: u64, len: u64, out: &mut dyn FnMut(&[u8])) -> Result<(), i32> {
-        self.engine
-            .read(offset, len, |b| out(b))
-            .map_err(|e| log_errno("read", &e))
+    fn read(
+        &self,
+        offset: u64,
+        len: u64,
+        direct: bool,
+        out: &mut dyn FnMut(&[u8]),
+    ) -> Result<(), i32> {
+        let r = if direct {
+            self.engine.read_direct(offset, len, |b| out(b))
+        } else {
+            self.engine.read(offset, len, |b| out(b))
+        };
+        r.map_err(|e| log_errno("read", &e))
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> Result<usize, i32> {

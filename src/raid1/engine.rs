@@ -16,6 +16,7 @@
 use super::leg_workers::{Job, LegWorkers, SharedBuf};
 use super::range_lock::RangeLock;
 use super::read_fix::{RangeHeld, ReadErrors, DEFAULT_MAX_READ_ERRORS};
+use super::readahead::{Fetch, ReadAhead, READAHEAD_MIN};
 use crate::bitmap::{BitmapError, WriteIntent};
 use crate::io::aligned::with_scratch;
 use crate::io::completion::{Completion, OpFailure};
@@ -25,7 +26,7 @@ use arc_swap::ArcSwapOption;
 use parking_lot::Mutex;
 use smallvec::SmallVec;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
 
 /// Block size of read-modify-write in direct mode: aligned for O_DIRECT on
 /// 512-byte and 4 KiB devices alike.
@@ -256,6 +257,8 @@ pub struct EngineStats {
     pub writes: AtomicU64,
     pub read_bytes: AtomicU64,
     pub write_bytes: AtomicU64,
+    /// Reads served from a read-ahead buffer.
+    pub readahead_hits: AtomicU64,
 }
 
 impl EngineStats {
@@ -285,6 +288,8 @@ pub struct Raid1 {
     read_only: AtomicBool,
     pub(super) max_read_errors: AtomicU32,
     stats: EngineStats,
+    /// Read-ahead of sequential O_DIRECT streams, once started.
+    readahead: OnceLock<ReadAhead>,
 }
 
 impl Raid1 {
@@ -315,6 +320,7 @@ impl Raid1 {
             max_read_errors: AtomicU32::new(DEFAULT_MAX_READ_ERRORS),
             workers_per_leg: opts.workers_per_leg,
             stats: EngineStats::default(),
+            readahead: OnceLock::new(),
         };
         for (slot, spec) in legs.into_iter().enumerate() {
             let (io, state) = match spec {
@@ -509,7 +515,9 @@ impl Raid1 {
         data: &[u8],
     ) -> Result<(), EngineError> {
         let io = self.slot_io_of(slot)?;
-        io.leg.write_at(data, io.data_offset + offset).map_err(|e| {
+        let r = io.leg.write_at(data, io.data_offset + offset);
+        self.forget_read_ahead(offset, offset + data.len() as u64);
+        r.map_err(|e| {
             self.fail_after_error(slot, &e.to_string());
             EngineError::Leg(e)
         })
@@ -612,6 +620,28 @@ impl Raid1 {
         len: u64,
         f: impl FnOnce(&[u8]) -> R,
     ) -> Result<R, EngineError> {
+        self.read_for(offset, len, false, f)
+    }
+
+    /// [`Raid1::read`] for a reader that bypasses the page cache (O_DIRECT):
+    /// a sequential stream of large reads is read ahead (see
+    /// [`super::readahead`]), once [`Raid1::start_readahead`] ran.
+    pub fn read_direct<R>(
+        &self,
+        offset: u64,
+        len: u64,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R, EngineError> {
+        self.read_for(offset, len, true, f)
+    }
+
+    fn read_for<R>(
+        &self,
+        offset: u64,
+        len: u64,
+        direct_reader: bool,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R, EngineError> {
         let len = self.clamp(offset, len, false)?;
         if len == 0 {
             return Ok(f(&[]));
@@ -619,46 +649,121 @@ impl Raid1 {
         let (start, end) = self.aligned(offset, len);
         let span = (end - start) as usize;
         let head = (offset - start) as usize;
+        let ra = self
+            .readahead
+            .get()
+            .filter(|_| direct_reader && self.block > 1 && span as u64 >= READAHEAD_MIN);
+        if let Some(ra) = ra {
+            let ahead = ra.take(start, span);
+            // The next range is on its way while this reply travels.
+            ra.follow(start, span, self.aligned(0, self.array_size).1);
+            if let Some(buf) = ahead {
+                self.stats.readahead_hits.fetch_add(1, Ordering::Relaxed);
+                self.count_read(len);
+                let r = f(&buf.as_slice()[head..head + len as usize]);
+                ra.recycle(buf);
+                return Ok(r);
+            }
+        }
         with_scratch(span, |buf| {
-            if let Some(split) = self.read_split(start, &mut buf.as_mut_slice()[..span]) {
-                split?;
-                self.stats.reads.fetch_add(1, Ordering::Relaxed);
-                self.stats.read_bytes.fetch_add(len, Ordering::Relaxed);
-                return Ok(f(&buf.as_slice()[head..head + len as usize]));
-            }
-            let mut tried = 0u64;
-            loop {
-                let Some(i) = self.choose_read_leg(offset, tried) else {
-                    return Err(EngineError::NoInSyncLeg);
-                };
-                tried |= 1 << i;
-                let slot = &self.slots[i];
-                let Some(io) = slot.io() else { continue };
-                slot.next_read.store(offset + len, Ordering::Relaxed);
-                slot.pending_reads.fetch_add(1, Ordering::Relaxed);
-                let r = io
-                    .leg
-                    .read_at(&mut buf.as_mut_slice()[..span], io.data_offset + start);
-                slot.pending_reads.fetch_sub(1, Ordering::Relaxed);
-                match r {
-                    Ok(()) => {
-                        slot.reads.fetch_add(1, Ordering::Relaxed);
-                        self.stats.reads.fetch_add(1, Ordering::Relaxed);
-                        self.stats.read_bytes.fetch_add(len, Ordering::Relaxed);
-                        return Ok(f(&buf.as_slice()[head..head + len as usize]));
-                    }
-                    Err(e) => {
-                        // md's fix_read_error: the good copy comes from
-                        // another leg and is written back over the bad range.
-                        let span_buf = &mut buf.as_mut_slice()[..span];
-                        self.fix_read_error(i, start, span_buf, e, RangeHeld::No)?;
-                        self.stats.reads.fetch_add(1, Ordering::Relaxed);
-                        self.stats.read_bytes.fetch_add(len, Ordering::Relaxed);
-                        return Ok(f(&buf.as_slice()[head..head + len as usize]));
-                    }
-                }
-            }
+            self.read_span(start, &mut buf.as_mut_slice()[..span], offset, offset + len)?;
+            self.count_read(len);
+            Ok(f(&buf.as_slice()[head..head + len as usize]))
         })
+    }
+
+    fn count_read(&self, len: u64) {
+        self.stats.reads.fetch_add(1, Ordering::Relaxed);
+        self.stats.read_bytes.fetch_add(len, Ordering::Relaxed);
+    }
+
+    /// Reads the block-aligned range at `start` into `buf`, from one leg or
+    /// split over the in-sync legs, correcting read errors from another leg.
+    /// `from` is the reader's own offset and `stream_end` where its stream
+    /// would continue: a leg that served a stream serves its next read.
+    fn read_span(
+        &self,
+        start: u64,
+        buf: &mut [u8],
+        from: u64,
+        stream_end: u64,
+    ) -> Result<(), EngineError> {
+        if let Some(split) = self.read_split(start, buf) {
+            return split;
+        }
+        let mut tried = 0u64;
+        loop {
+            let Some(i) = self.choose_read_leg(from, tried) else {
+                return Err(EngineError::NoInSyncLeg);
+            };
+            tried |= 1 << i;
+            let slot = &self.slots[i];
+            let Some(io) = slot.io() else { continue };
+            slot.next_read.store(stream_end, Ordering::Relaxed);
+            slot.pending_reads.fetch_add(1, Ordering::Relaxed);
+            let r = io.leg.read_at(buf, io.data_offset + start);
+            slot.pending_reads.fetch_sub(1, Ordering::Relaxed);
+            return match r {
+                Ok(()) => {
+                    slot.reads.fetch_add(1, Ordering::Relaxed);
+                    Ok(())
+                }
+                // md's fix_read_error: the good copy comes from another leg
+                // and is written back over the bad range.
+                Err(e) => self.fix_read_error(i, start, buf, e, RangeHeld::No),
+            };
+        }
+    }
+
+    /// Starts the read-ahead thread for sequential O_DIRECT streams (see
+    /// [`super::readahead`]). It holds the engine weakly and ends with it.
+    pub fn start_readahead(self: &Arc<Self>) -> std::io::Result<()> {
+        if self.block == 1 {
+            // Buffered legs: the host's page cache reads ahead.
+            return Ok(());
+        }
+        if std::env::var_os("MDFUSE_READAHEAD").is_some_and(|v| v == "off") {
+            log::info!("read-ahead of O_DIRECT streams is off (MDFUSE_READAHEAD=off)");
+            return Ok(());
+        }
+        let (tx, rx) = crossbeam_channel::unbounded::<Fetch>();
+        if self.readahead.set(ReadAhead::new(tx)).is_err() {
+            return Ok(());
+        }
+        for t in 0..super::readahead::DEPTH {
+            let engine: Weak<Raid1> = Arc::downgrade(self);
+            let rx = rx.clone();
+            std::thread::Builder::new()
+                .name(format!("readahead{t}"))
+                .spawn(move || {
+                    for mut fetch in rx {
+                        let Some(engine) = engine.upgrade() else {
+                            break;
+                        };
+                        let buf = &mut fetch.buf.as_mut_slice()[..fetch.len];
+                        let end = fetch.start + fetch.len as u64;
+                        let ok = match engine.read_span(fetch.start, buf, fetch.start, end) {
+                            Ok(()) => true,
+                            Err(e) => {
+                                log::debug!("read-ahead at byte {}: {e}", fetch.start);
+                                false
+                            }
+                        };
+                        if let Some(ra) = engine.readahead.get() {
+                            ra.landed(fetch.id, fetch.buf, ok);
+                        }
+                    }
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Drops what was read ahead of `[start, end)`: every write calls it
+    /// once its leg writes completed, before it is acknowledged.
+    pub(super) fn forget_read_ahead(&self, start: u64, end: u64) {
+        if let Some(ra) = self.readahead.get() {
+            ra.invalidate(start, end);
+        }
     }
 
     /// A large read (at least [`SPLIT_READ_MIN`]) from direct-mode legs is
@@ -766,6 +871,7 @@ impl Raid1 {
                 intent.start_write(start, end - start)?;
             }
             let result = self.fan_out_write(start, buf);
+            self.forget_read_ahead(start, end);
             if let Some(intent) = &self.intent {
                 let everywhere = matches!(result, Ok(true));
                 intent.end_write(start, end - start, everywhere);

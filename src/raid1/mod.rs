@@ -4,6 +4,7 @@ pub mod engine;
 mod leg_workers;
 pub mod range_lock;
 pub mod read_fix;
+pub mod readahead;
 pub mod sync;
 
 pub use engine::{ArrayEvents, EngineError, EngineOptions, LegSpec, LegState, Raid1};

@@ -311,6 +311,9 @@ impl Raid1 {
             }));
         }
         uring::run_all(&writes, |_, r| ok &= r.is_ok());
+        for r in batch {
+            self.forget_read_ahead(r.offset, r.offset + r.len);
+        }
         Ok(ok)
     }
 
