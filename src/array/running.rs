@@ -592,6 +592,9 @@ impl RunningArray {
             t.stop();
         }
         self.stop_sync();
+        // No leg is read (or, by a read error's correction, written) after
+        // the stop is recorded.
+        self.engine.stop_readahead();
         let mut first_error = None;
         if let Err(e) = self.engine.flush() {
             log::error!("array {}: final flush: {e}", self.name);

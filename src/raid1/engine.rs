@@ -290,6 +290,7 @@ pub struct Raid1 {
     stats: EngineStats,
     /// Read-ahead of sequential O_DIRECT streams, once started.
     readahead: OnceLock<ReadAhead>,
+    readahead_threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
 impl Raid1 {
@@ -321,6 +322,7 @@ impl Raid1 {
             workers_per_leg: opts.workers_per_leg,
             stats: EngineStats::default(),
             readahead: OnceLock::new(),
+            readahead_threads: Mutex::new(Vec::new()),
         };
         for (slot, spec) in legs.into_iter().enumerate() {
             let (io, state) = match spec {
@@ -733,7 +735,7 @@ impl Raid1 {
         for t in 0..super::readahead::DEPTH {
             let engine: Weak<Raid1> = Arc::downgrade(self);
             let rx = rx.clone();
-            std::thread::Builder::new()
+            let handle = std::thread::Builder::new()
                 .name(format!("readahead{t}"))
                 .spawn(move || {
                     for mut fetch in rx {
@@ -742,10 +744,19 @@ impl Raid1 {
                         };
                         let buf = &mut fetch.buf.as_mut_slice()[..fetch.len];
                         let end = fetch.start + fetch.len as u64;
-                        let ok = match engine.read_span(fetch.start, buf, fetch.start, end) {
-                            Ok(()) => true,
-                            Err(e) => {
+                        // A panic must not leave the range in flight for
+                        // ever: its reader would wait for it.
+                        let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            engine.read_span(fetch.start, buf, fetch.start, end)
+                        }));
+                        let ok = match read {
+                            Ok(Ok(())) => true,
+                            Ok(Err(e)) => {
                                 log::debug!("read-ahead at byte {}: {e}", fetch.start);
+                                false
+                            }
+                            Err(_) => {
+                                log::error!("read-ahead at byte {} panicked", fetch.start);
                                 false
                             }
                         };
@@ -754,8 +765,24 @@ impl Raid1 {
                         }
                     }
                 })?;
+            self.readahead_threads.lock().push(handle);
         }
         Ok(())
+    }
+
+    /// Ends read-ahead and waits for the reads in flight (the array is
+    /// stopping: no leg is read after its stop is recorded).
+    pub fn stop_readahead(&self) {
+        if let Some(ra) = self.readahead.get() {
+            ra.close();
+        }
+        let threads = std::mem::take(&mut *self.readahead_threads.lock());
+        let me = std::thread::current().id();
+        for t in threads {
+            if t.thread().id() != me {
+                let _ = t.join();
+            }
+        }
     }
 
     /// Drops what was read ahead of `[start, end)`: every write calls it

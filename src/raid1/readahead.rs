@@ -53,6 +53,39 @@ struct State {
     next_end: usize,
     next_id: u64,
     spare: Vec<AlignedBuf>,
+    /// To the read-ahead threads; None once closed (the array stops).
+    jobs: Option<Sender<Fetch>>,
+}
+
+impl State {
+    fn keep_spare(&mut self, buf: AlignedBuf) {
+        if self.spare.len() < MAX_ENTRIES {
+            self.spare.push(buf);
+        }
+    }
+
+    /// Makes room for one more entry by dropping the oldest range that
+    /// landed and was not taken (a stream that stopped, or turned); ranges
+    /// in flight stay. False if there is no room.
+    fn make_room(&mut self, live: &AtomicUsize) -> bool {
+        if self.entries.len() < MAX_ENTRIES {
+            return true;
+        }
+        let oldest = self
+            .entries
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| !e.in_flight)
+            .min_by_key(|(_, e)| e.id)
+            .map(|(i, _)| i);
+        let Some(i) = oldest else { return false };
+        let e = self.entries.swap_remove(i);
+        live.fetch_sub(1, Ordering::SeqCst);
+        if let Some(b) = e.buf {
+            self.keep_spare(b);
+        }
+        true
+    }
 }
 
 /// A range for the read-ahead thread to read into `buf`.
@@ -67,7 +100,6 @@ pub struct ReadAhead {
     state: Mutex<State>,
     landed: Condvar,
     live: AtomicUsize,
-    jobs: Sender<Fetch>,
 }
 
 impl ReadAhead {
@@ -81,10 +113,10 @@ impl ReadAhead {
                 next_end: 0,
                 next_id: 0,
                 spare: Vec::new(),
+                jobs: Some(jobs),
             }),
             landed: Condvar::new(),
             live: AtomicUsize::new(0),
-            jobs,
         }
     }
 
@@ -139,7 +171,8 @@ impl ReadAhead {
         }
         for k in 0..DEPTH as u64 {
             let at = end + k * len as u64;
-            if at >= limit || st.entries.len() >= MAX_ENTRIES {
+            // A range cut short at the end would be too small to be taken.
+            if at + READAHEAD_MIN > limit {
                 return;
             }
             let next_len = (len as u64).min(limit - at) as usize;
@@ -148,6 +181,9 @@ impl ReadAhead {
                 .iter()
                 .any(|e| e.start < at + next_len as u64 && at < e.start + e.len as u64);
             if !covered {
+                if !st.make_room(&self.live) {
+                    return;
+                }
                 self.schedule(&mut st, at, next_len);
             }
         }
@@ -169,17 +205,28 @@ impl ReadAhead {
             stale: false,
         });
         self.live.fetch_add(1, Ordering::SeqCst);
-        if let Err(e) = self.jobs.try_send(Fetch {
+        let fetch = Fetch {
             id,
             start,
             len,
             buf,
-        }) {
+        };
+        let refused = match &st.jobs {
+            Some(jobs) => jobs.try_send(fetch).err().map(|e| e.into_inner()),
+            None => Some(fetch),
+        };
+        if let Some(fetch) = refused {
             // The threads are gone (the array is stopping): forget the entry.
             st.entries.retain(|x| x.id != id);
             self.live.fetch_sub(1, Ordering::SeqCst);
-            st.spare.push(e.into_inner().buf);
+            st.keep_spare(fetch.buf);
         }
+    }
+
+    /// No more read-ahead: the threads end once they finished what they
+    /// hold (the caller joins them).
+    pub fn close(&self) {
+        self.state.lock().jobs = None;
     }
 
     /// The read-ahead thread's report: `buf` holds the range of fetch `id`
@@ -194,10 +241,10 @@ impl ReadAhead {
             } else {
                 st.entries.swap_remove(pos);
                 self.live.fetch_sub(1, Ordering::SeqCst);
-                st.spare.push(buf);
+                st.keep_spare(buf);
             }
         } else {
-            st.spare.push(buf);
+            st.keep_spare(buf);
         }
         self.landed.notify_all();
     }
@@ -219,7 +266,7 @@ impl ReadAhead {
                     let e = st.entries.swap_remove(i);
                     self.live.fetch_sub(1, Ordering::SeqCst);
                     if let Some(b) = e.buf {
-                        st.spare.push(b);
+                        st.keep_spare(b);
                     }
                     continue;
                 }
@@ -230,10 +277,7 @@ impl ReadAhead {
 
     /// Returns a buffer from [`ReadAhead::take`] for reuse.
     pub fn recycle(&self, buf: AlignedBuf) {
-        let mut st = self.state.lock();
-        if st.spare.len() < MAX_ENTRIES {
-            st.spare.push(buf);
-        }
+        self.state.lock().keep_spare(buf);
     }
 }
 
@@ -317,14 +361,49 @@ mod tests {
 
     #[test]
     fn a_failed_read_ahead_is_not_served_and_the_end_is_respected() {
+        let limit = 2 * MIB as u64 + 256 * 1024;
         let (r, rx) = ra();
-        r.follow(0, MIB, 2 * MIB as u64 + 4096);
-        r.follow(MIB as u64, MIB, 2 * MIB as u64 + 4096);
+        r.follow(0, MIB, limit);
+        r.follow(MIB as u64, MIB, limit);
         let f = rx.try_recv().unwrap();
-        assert_eq!(f.len, 4096, "clipped at the array's end");
-        r.landed(f.id, f.buf, false);
-        assert!(r.take(2 * MIB as u64, 4096).is_none());
-        r.follow(2 * MIB as u64, 4096, 2 * MIB as u64 + 4096);
+        assert_eq!(f.len, 256 * 1024, "clipped at the array's end");
         assert!(rx.try_recv().is_err(), "nothing past the end");
+        r.landed(f.id, f.buf, false);
+        assert!(r.take(2 * MIB as u64, 256 * 1024).is_none());
+        // A range the end would cut below READAHEAD_MIN is not read ahead.
+        let (r, rx) = ra();
+        let limit = 2 * MIB as u64 + 4096;
+        r.follow(0, MIB, limit);
+        r.follow(MIB as u64, MIB, limit);
+        assert!(rx.try_recv().is_err(), "a 4 KiB tail is not read ahead");
+    }
+
+    #[test]
+    fn streams_that_stopped_give_their_room_to_new_ones() {
+        let (r, rx) = ra();
+        // Two streams that stop after two reads: their four ranges land
+        // and are never taken.
+        for base in [0, 64 * MIB as u64] {
+            r.follow(base, MIB, 1 << 40);
+            r.follow(base + MIB as u64, MIB, 1 << 40);
+        }
+        for f in rx.try_iter().collect::<Vec<_>>() {
+            land(&r, f, 3);
+        }
+        // A third stream still gets read ahead.
+        r.follow(128 * MIB as u64, MIB, 1 << 40);
+        r.follow(129 * MIB as u64, MIB, 1 << 40);
+        let got: Vec<u64> = rx.try_iter().map(|f| f.start).collect();
+        assert_eq!(got, vec![130 * MIB as u64, 131 * MIB as u64]);
+    }
+
+    #[test]
+    fn nothing_is_read_ahead_once_closed() {
+        let (r, rx) = ra();
+        r.close();
+        r.follow(0, MIB, 8 * MIB as u64);
+        r.follow(MIB as u64, MIB, 8 * MIB as u64);
+        assert!(rx.try_recv().is_err());
+        assert!(r.take(2 * MIB as u64, MIB).is_none());
     }
 }
