@@ -503,9 +503,10 @@ fn sync_action_idle_restarts_an_owed_resync_and_frozen_holds_it() {
         m.md("sync_action") == "resync"
     });
     // idle while it runs stops it; it is owed, so it comes back.
-    std::thread::sleep(Duration::from_millis(300));
+    wait_for("the resync to go on", Duration::from_secs(5), || {
+        sync_done(&m) > 0
+    });
     let before = sync_done(&m);
-    assert!(before > 0, "the resync resumed and went on");
     m.write_md("sync_action", "idle").expect("idle");
     wait_for("the resync to restart", Duration::from_secs(5), || {
         m.md("sync_action") == "resync"
