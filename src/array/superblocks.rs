@@ -260,7 +260,6 @@ impl SuperblockKeeper {
         mut sb: Superblock,
         bitmap_guided: bool,
     ) -> Result<u64, ArrayError> {
-        let dev_number = sb.dev_number;
         if let Some(current) = self.current() {
             sb.dev_roles_from(&current);
             sb.resync_offset = current.resync_offset;
@@ -273,16 +272,7 @@ impl SuperblockKeeper {
             sb.feature_map &= !FEATURE_RECOVERY_BITMAP;
         }
         sb.recovery_offset = 0;
-        if let Some(k) = self.members.lock().get_mut(slot) {
-            *k = Some(Kept {
-                leg,
-                sb,
-                present: true,
-            });
-        }
-        self.update(|sb| {
-            let _ = sb.set_role(dev_number, DevRole::Active(slot as u16));
-        })
+        self.keep_active(slot, leg, sb)
     }
 
     /// Records how far the recovery of the leg in `slot` got (sectors): its
@@ -323,6 +313,13 @@ impl SuperblockKeeper {
             sb.dev_roles_from(&current);
             sb.resync_offset = current.resync_offset;
         }
+        self.keep_active(slot, leg, sb)
+    }
+
+    /// Keeps `leg` (with `sb`) as the member in `slot` from now on, and has
+    /// every member's superblock record it active there.
+    fn keep_active(&self, slot: usize, leg: Arc<Leg>, sb: Superblock) -> Result<u64, ArrayError> {
+        let dev_number = sb.dev_number;
         if let Some(k) = self.members.lock().get_mut(slot) {
             *k = Some(Kept {
                 leg,
