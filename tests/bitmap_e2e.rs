@@ -388,7 +388,8 @@ fn array_with_bitmap() -> (ScratchFs, Legs, PathBuf) {
     let fs = ScratchFs::ext4(4096).unwrap();
     let legs = Legs::temp(32 * MIB);
     let bitmap = fs.path("md.bitmap");
-    create_with_bitmap(&legs, &bitmap, &[]);
+    // 64 KiB chunks: the tests that use it count in them.
+    create_with_bitmap(&legs, &bitmap, &["--bitmap-chunk", "64K"]);
     (fs, legs, bitmap)
 }
 
@@ -694,7 +695,7 @@ fn refuses_bitmap_on_tmpfs_unless_file_io() {
     let legs = Legs::temp(32 * MIB);
     let tmp = MountedFs::tmpfs(&legs.dir().join("tmpfs"), 8).unwrap();
     let bitmap = tmp.dir().join("md.bitmap");
-    create_with_bitmap(&legs, &bitmap, &[]);
+    create_with_bitmap(&legs, &bitmap, &["--bitmap-chunk", "64K"]);
     let mnt = legs.mountpoint("mnt");
     refused_untouched("tmpfs", &legs, &bitmap, &[], &["tmpfs", "--bitmap-file-io"]);
 

@@ -78,7 +78,7 @@ struct CreateArgs {
     /// Create a write-intent bitmap in this host file (md's bitmap-file format).
     #[arg(long)]
     bitmap: Option<PathBuf>,
-    /// Bytes of array per bitmap bit (default: 64K, doubled until the
+    /// Bytes of array per bitmap bit (default: 1M, doubled until the
     /// bitmap has at most 2^20 chunks).
     #[arg(long, value_parser = size::parse_size, requires = "bitmap")]
     bitmap_chunk: Option<u64>,
