@@ -192,6 +192,46 @@ fn a_leg_whose_rewrite_fails_is_failed_and_the_read_still_succeeds() {
     m.stop();
 }
 
+/// A large O_DIRECT write goes to the legs in pieces (engine's
+/// WRITE_PIECE, 128 KiB): when one piece fails on one leg only, that leg is
+/// failed out and the write still succeeds, whole, on the other.
+#[test]
+fn a_large_write_failing_in_one_piece_on_one_leg_fails_that_leg_and_lands_whole() {
+    if !needs_root("a_large_write_failing_in_one_piece_on_one_leg_fails_that_leg_and_lands_whole") {
+        return;
+    }
+    let a = FaultyArray::new(32 * MIB, &[]);
+    let m = a.mount(&[]);
+    let at = 4 * MIB;
+    // Inside a middle piece of the 1 MiB write.
+    let bad_at = a.leg_offset(at + 600 * 1024);
+    a.faulty.fail_writes(BAD_LEG, bad_at..bad_at + 4096);
+    let mut rng = Rng(0x5eed_0f1a_46e0);
+    let mut data = AlignedVec::zeroed(MIB as usize);
+    data.as_mut_slice()
+        .iter_mut()
+        .for_each(|b| *b = rng.next() as u8);
+    let f = open_direct(&m.image(), true);
+    f.write_all_at(data.as_slice(), at)
+        .unwrap_or_else(|e| panic!("the write must succeed on leg0: {e}\n{}", m.log()));
+    assert!(
+        a.faulty.counters(BAD_LEG).failed_writes >= 1,
+        "the bad piece was written"
+    );
+    assert_eq!(m.md("dev-leg1.img/state"), "faulty", "{}", m.log());
+    assert_eq!(m.md("dev-leg0.img/state"), "in_sync");
+    assert_eq!(m.md("degraded"), "1");
+    let back = read_direct(&m.image(), at, MIB as usize).expect("read back");
+    assert!(back == data.as_slice(), "the image has the whole write");
+    let mut on_leg0 = vec![0u8; MIB as usize];
+    std::fs::File::open(a.legs.path(0))
+        .and_then(|l| l.read_exact_at(&mut on_leg0, a.leg_offset(at)))
+        .expect("read leg0");
+    assert!(on_leg0 == data.as_slice(), "leg0 has the whole write");
+    drop(f);
+    m.stop();
+}
+
 #[test]
 fn too_many_read_errors_fail_the_leg() {
     if !needs_root("too_many_read_errors_fail_the_leg") {

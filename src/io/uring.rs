@@ -136,7 +136,68 @@ pub fn available() -> bool {
 /// again. Falls back to doing the operations one by one when the ring cannot
 /// be used (see [`available`]).
 pub fn run_all<'a>(ops: &[LegOp<'a>], mut done: impl FnMut(usize, Result<(), LegError>)) {
-    let ran = available()
+    let ran = with_ring(|ring| {
+        let mut flight = Flight::default();
+        for (i, op) in ops.iter().enumerate() {
+            if !flight.push(ring, op, i) {
+                done(i, op.run_blocking());
+            }
+        }
+        // One wait for all of them: the shares take about as long each.
+        flight.reap_all(ring, ops, &mut done);
+    });
+    if !ran {
+        for (i, op) in ops.iter().enumerate() {
+            done(i, op.run_blocking());
+        }
+    }
+}
+
+/// Like [`run_all`], with the operations handed over in stages: each stage
+/// that `next_stage` yields goes to the kernel at once, so its I/O runs while
+/// `next_stage` prepares the next one (a large write copies its next piece
+/// into place). `done(index, result)` numbers the operations across stages
+/// in the order they were yielded. Returns only after every operation has
+/// finished.
+pub fn run_staged<'a, S>(
+    mut next_stage: impl FnMut() -> Option<S>,
+    mut done: impl FnMut(usize, Result<(), LegError>),
+) where
+    S: IntoIterator<Item = LegOp<'a>>,
+{
+    let mut ops: Vec<LegOp<'a>> = Vec::new();
+    let ran = with_ring(|ring| {
+        let mut flight = Flight::default();
+        while let Some(stage) = next_stage() {
+            let first = ops.len();
+            ops.extend(stage);
+            for (i, op) in ops.iter().enumerate().skip(first) {
+                if !flight.push(ring, op, i) {
+                    done(i, op.run_blocking());
+                }
+            }
+            // Hand the stage over without waiting: the next one is being
+            // prepared meanwhile.
+            submit(ring, 0);
+        }
+        flight.reap_all(ring, &ops, &mut done);
+    });
+    if !ran {
+        // Without a ring, stage by stage and one operation at a time.
+        while let Some(stage) = next_stage() {
+            let first = ops.len();
+            ops.extend(stage);
+            for (i, op) in ops.iter().enumerate().skip(first) {
+                done(i, op.run_blocking());
+            }
+        }
+    }
+}
+
+/// Runs `f` with this thread's ring (made on first use); false when there
+/// is none (io_uring unavailable, or the ring cannot be made).
+fn with_ring(f: impl FnOnce(&mut IoUring)) -> bool {
+    available()
         && RING.with(|cell| {
             let mut slot = cell.borrow_mut();
             if slot.is_none() {
@@ -148,24 +209,21 @@ pub fn run_all<'a>(ops: &[LegOp<'a>], mut done: impl FnMut(usize, Result<(), Leg
                     }
                 }
             }
-            let ring = slot.as_mut().expect("ring just made");
-            run_in_ring(ring, ops, &mut done);
+            f(slot.as_mut().expect("ring just made"));
             true
-        });
-    if !ran {
-        for (i, op) in ops.iter().enumerate() {
-            done(i, op.run_blocking());
-        }
-    }
+        })
 }
 
-fn run_in_ring<'a>(
-    ring: &mut IoUring,
-    ops: &[LegOp<'a>],
-    done: &mut impl FnMut(usize, Result<(), LegError>),
-) {
-    let mut in_flight = 0usize;
-    for (i, op) in ops.iter().enumerate() {
+/// The operations of one call that are in the ring, by index.
+#[derive(Default)]
+struct Flight {
+    in_flight: usize,
+}
+
+impl Flight {
+    /// Queues `op` (known to the completions as `index`); false when the
+    /// ring cannot take it and the caller must run it itself.
+    fn push(&mut self, ring: &mut IoUring, op: &LegOp<'_>, index: usize) -> bool {
         let fd = types::Fd(op.leg().as_raw_fd());
         let entry = match *op {
             LegOp::Write { buf, offset, .. } if buf.len() <= u32::MAX as usize => {
@@ -178,58 +236,65 @@ fn run_in_ring<'a>(
             } if buf.len <= u32::MAX as usize => opcode::Read::new(fd, buf.ptr, buf.len as u32)
                 .offset(offset)
                 .build(),
-            LegOp::Write { .. } | LegOp::Read { .. } => {
-                done(i, op.run_blocking());
-                continue;
-            }
+            LegOp::Write { .. } | LegOp::Read { .. } => return false,
             LegOp::SyncData { .. } => opcode::Fsync::new(fd)
                 .flags(types::FsyncFlags::DATASYNC)
                 .build(),
         }
-        .user_data(i as u64);
-        // SAFETY: the buffer a write points to is borrowed from `ops`, which
-        // outlives this function; we wait for every submitted entry below
-        // before returning.
+        .user_data(index as u64);
+        // SAFETY: the buffer an operation points to is borrowed for 'a by
+        // the caller's operation list, which outlives the call; every
+        // pushed entry is reaped (reap_all) before the call returns.
         if unsafe { ring.submission().push(&entry) }.is_err() {
-            // Queue full (more shares than entries): hand over what is
-            // queued, then this one fits.
+            // Queue full: hand over what is queued, then this one fits.
             submit(ring, 0);
             // SAFETY: as above.
             if unsafe { ring.submission().push(&entry) }.is_err() {
-                done(i, op.run_blocking());
-                continue;
+                return false;
             }
         }
-        in_flight += 1;
+        self.in_flight += 1;
+        true
     }
-    while in_flight > 0 {
-        // One wait for all of them: the shares take about as long each.
-        submit(ring, in_flight);
-        for cqe in ring.completion() {
-            in_flight -= 1;
-            let i = cqe.user_data() as usize;
-            let res = cqe.result();
-            let result = match (&ops[i], res) {
-                (_, r) if r < 0 => Err(failure(&ops[i], -r)),
-                (LegOp::Write { leg, buf, offset }, n) if (n as usize) < buf.len() => {
-                    // A short write (rare: a signal, a full filesystem):
-                    // finish it with a plain write, which names any error.
-                    let n = n as usize;
-                    leg.write_at(&buf[n..], offset + n as u64)
-                }
-                (LegOp::Read { leg, buf, offset }, n) if (n as usize) < buf.len => {
-                    // A short read: the rest with a plain read, which names
-                    // the end of the leg if that is what it met.
-                    let n = n as usize;
-                    // SAFETY: as in run_blocking; the kernel is done with it.
-                    let rest =
-                        unsafe { std::slice::from_raw_parts_mut(buf.ptr.add(n), buf.len - n) };
-                    leg.read_at(rest, offset + n as u64)
-                }
-                _ => Ok(()),
-            };
-            done(i, result);
+
+    /// Waits for every queued operation; `ops[index]` is the operation
+    /// pushed as `index`.
+    fn reap_all(
+        &mut self,
+        ring: &mut IoUring,
+        ops: &[LegOp<'_>],
+        done: &mut impl FnMut(usize, Result<(), LegError>),
+    ) {
+        while self.in_flight > 0 {
+            submit(ring, self.in_flight);
+            for cqe in ring.completion() {
+                self.in_flight -= 1;
+                let i = cqe.user_data() as usize;
+                done(i, finish(&ops[i], cqe.result()));
+            }
         }
+    }
+}
+
+/// The outcome of `op` from its completion's result.
+fn finish(op: &LegOp<'_>, res: i32) -> Result<(), LegError> {
+    match (op, res) {
+        (_, r) if r < 0 => Err(failure(op, -r)),
+        (LegOp::Write { leg, buf, offset }, n) if (n as usize) < buf.len() => {
+            // A short write (rare: a signal, a full filesystem): finish it
+            // with a plain write, which names any error.
+            let n = n as usize;
+            leg.write_at(&buf[n..], offset + n as u64)
+        }
+        (LegOp::Read { leg, buf, offset }, n) if (n as usize) < buf.len => {
+            // A short read: the rest with a plain read, which names the end
+            // of the leg if that is what it met.
+            let n = n as usize;
+            // SAFETY: as in run_blocking; the kernel is done with it.
+            let rest = unsafe { std::slice::from_raw_parts_mut(buf.ptr.add(n), buf.len - n) };
+            leg.read_at(rest, offset + n as u64)
+        }
+        _ => Ok(()),
     }
 }
 
@@ -318,6 +383,56 @@ mod tests {
             let mut back = AlignedBuf::new(8192);
             leg.read_at(&mut back.as_mut_slice()[..8192], 4096).unwrap();
             assert!(back.as_slice()[..8192].iter().all(|&b| b == 0x5a));
+        }
+    }
+
+    #[test]
+    fn staged_operations_are_numbered_across_stages_and_all_land() {
+        let dir = tempfile::tempdir().unwrap();
+        let legs: Vec<Leg> = (0..2)
+            .map(|i| {
+                let p = dir.path().join(format!("leg{i}"));
+                std::fs::write(&p, vec![0u8; 1 << 20]).unwrap();
+                Leg::open(&p, IoMode::Direct, true, true).unwrap()
+            })
+            .collect();
+        let mut buf = AlignedBuf::new(3 * 8192);
+        let mut pieces = buf.as_mut_slice()[..3 * 8192].chunks_mut(8192).enumerate();
+        let mut stages = 0;
+        let mut next_stage = || {
+            let (k, piece) = pieces.next()?;
+            stages += 1;
+            // Prepared only now, after the stages before it were submitted.
+            piece.fill(0x10 + k as u8);
+            let piece: &[u8] = piece;
+            Some(
+                legs.iter()
+                    .map(|leg| LegOp::Write {
+                        leg,
+                        buf: piece,
+                        offset: (k * 8192) as u64,
+                    })
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let mut seen = vec![0u32; 6];
+        run_staged(&mut next_stage, |i, r| {
+            r.unwrap();
+            seen[i] += 1;
+        });
+        assert_eq!(stages, 3);
+        assert_eq!(
+            seen,
+            vec![1; 6],
+            "every operation reported once, by its index"
+        );
+        for leg in &legs {
+            let mut back = AlignedBuf::new(3 * 8192);
+            leg.read_at(&mut back.as_mut_slice()[..3 * 8192], 0)
+                .unwrap();
+            for (k, piece) in back.as_slice()[..3 * 8192].chunks(8192).enumerate() {
+                assert!(piece.iter().all(|&b| b == 0x10 + k as u8), "piece {k}");
+            }
         }
     }
 

@@ -36,6 +36,12 @@ pub const DIRECT_BLOCK: u64 = 4096;
 /// least half of it).
 pub const SPLIT_READ_MIN: u64 = 256 * 1024;
 
+/// Writes at least this large go to the legs in pieces of [`WRITE_PIECE`],
+/// each as soon as it is copied into place (see `fan_out_write_staged`).
+pub const STAGED_WRITE_MIN: usize = 256 * 1024;
+/// A staged write's piece: a multiple of every block size.
+pub const WRITE_PIECE: usize = 128 * 1024;
+
 /// A slot's state, in md's words (`dev-*/state`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -208,6 +214,15 @@ enum Share<'a> {
         at: u64,
     },
     Flush,
+}
+
+/// A leg's failed share, as the fan-out reports it.
+fn leg_failure(slot: usize, e: LegError) -> OpFailure {
+    OpFailure {
+        target: slot,
+        errno: e.errno(),
+        what: e.to_string(),
+    }
 }
 
 impl<'a> Share<'a> {
@@ -893,11 +908,18 @@ impl Raid1 {
                     self.read_block_for_merge(end - self.block, &mut buf[tail_start..])?;
                 }
             }
-            buf[head..head + data.len()].copy_from_slice(data);
+            let staged = span >= STAGED_WRITE_MIN && uring::available();
+            if !staged {
+                buf[head..head + data.len()].copy_from_slice(data);
+            }
             if let Some(intent) = &self.intent {
                 intent.start_write(start, end - start)?;
             }
-            let result = self.fan_out_write(start, buf);
+            let result = if staged {
+                self.fan_out_write_staged(start, buf, head, data)
+            } else {
+                self.fan_out_write(start, buf)
+            };
             self.forget_read_ahead(start, end);
             if let Some(intent) = &self.intent {
                 let everywhere = matches!(result, Ok(true));
@@ -940,6 +962,47 @@ impl Raid1 {
         self.fan_out("flush", 0, Share::Flush).map(|_| ())
     }
 
+    /// Writes `data` into `buf` at `head` and `buf` at array offset
+    /// `start` on every written leg, like [`Self::fan_out_write`], but piece
+    /// by piece: each piece goes to the legs as soon as it is copied into
+    /// place, so the copy of a large write overlaps its I/O (and the legs
+    /// see a few requests at once instead of one large one).
+    fn fan_out_write_staged(
+        &self,
+        start: u64,
+        buf: &mut [u8],
+        head: usize,
+        data: &[u8],
+    ) -> Result<bool, EngineError> {
+        self.fan_out_with("write", start, |targets, note| {
+            let mut pieces = buf.chunks_mut(WRITE_PIECE).enumerate();
+            let mut next_stage = || {
+                let (k, piece) = pieces.next()?;
+                let lo = k * WRITE_PIECE;
+                // The part of `data` that lands in this piece (the rest of
+                // the piece holds the merged head or tail block).
+                let from = head.max(lo);
+                let to = (head + data.len()).min(lo + piece.len());
+                if from < to {
+                    piece[from - lo..to - lo].copy_from_slice(&data[from - head..to - head]);
+                }
+                let piece: &[u8] = piece;
+                let at = start + lo as u64;
+                Some(
+                    targets
+                        .iter()
+                        .map(|(_, io, _)| Share::Write { buf: piece, at }.op(io))
+                        .collect::<SmallVec<[LegOp<'_>; 4]>>(),
+                )
+            };
+            uring::run_staged(&mut next_stage, |i, r| {
+                if let Err(e) = r {
+                    note(leg_failure(targets[i % targets.len()].0, e));
+                }
+            });
+        })
+    }
+
     /// Runs one operation on every written leg at once: through this
     /// thread's io_uring where the kernel allows it (one submission, one
     /// wait), else the calling thread does the first leg's share and the
@@ -952,6 +1015,41 @@ impl Raid1 {
         op: &'static str,
         offset: u64,
         share: Share<'_>,
+    ) -> Result<bool, EngineError> {
+        self.fan_out_with(op, offset, |targets, note| {
+            if uring::available() {
+                let ops: SmallVec<[LegOp<'_>; 4]> =
+                    targets.iter().map(|(_, io, _)| share.op(io)).collect();
+                uring::run_all(&ops, |i, r| {
+                    if let Err(e) = r {
+                        note(leg_failure(targets[i].0, e));
+                    }
+                });
+            } else {
+                let (first, others) = targets.split_first().expect("an in-sync target");
+                let done = Completion::new(others.len());
+                for (_, io, _) in others {
+                    io.workers.submit(share.job(io, done.clone()));
+                }
+                if let Err(e) = share.op(&first.1).run_blocking() {
+                    note(leg_failure(first.0, e));
+                }
+                // The workers read the shared buffer only until this returns.
+                done.wait().into_iter().for_each(note);
+            }
+        })
+    }
+
+    /// The frame of every fan-out: picks the written legs (in-sync ones
+    /// first), lets `run` do the operation on them, reporting each leg's
+    /// failure through its `note(slot, error)` (a leg's first failure
+    /// counts; a staged write may report several), then fails out the legs
+    /// that failed, or returns the error when every in-sync leg failed.
+    fn fan_out_with(
+        &self,
+        op: &'static str,
+        offset: u64,
+        run: impl FnOnce(&[(usize, Arc<SlotIo>, bool)], &mut dyn FnMut(OpFailure)),
     ) -> Result<bool, EngineError> {
         // (slot, its I/O, in sync); in-sync legs first, so that without
         // io_uring the calling thread does an in-sync leg's share.
@@ -967,34 +1065,12 @@ impl Raid1 {
         if in_sync == 0 {
             return Err(EngineError::NoInSyncLeg);
         }
-        let mut failures = Vec::new();
-        let note = |failures: &mut Vec<OpFailure>, slot: usize, e: LegError| {
-            failures.push(OpFailure {
-                target: slot,
-                errno: e.errno(),
-                what: e.to_string(),
-            })
-        };
-        if uring::available() {
-            let ops: SmallVec<[LegOp<'_>; 4]> =
-                targets.iter().map(|(_, io, _)| share.op(io)).collect();
-            uring::run_all(&ops, |i, r| {
-                if let Err(e) = r {
-                    note(&mut failures, targets[i].0, e);
-                }
-            });
-        } else {
-            let (first, others) = targets.split_first().expect("an in-sync target");
-            let done = Completion::new(others.len());
-            for (_, io, _) in others {
-                io.workers.submit(share.job(io, done.clone()));
+        let mut failures: Vec<OpFailure> = Vec::new();
+        run(&targets, &mut |failure| {
+            if failures.iter().all(|f| f.target != failure.target) {
+                failures.push(failure);
             }
-            if let Err(e) = share.op(&first.1).run_blocking() {
-                note(&mut failures, first.0, e);
-            }
-            // The workers read the shared buffer only until this returns.
-            failures.extend(done.wait());
-        }
+        });
         for f in &failures {
             log::error!("{f}");
         }
