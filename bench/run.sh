@@ -87,17 +87,20 @@ mkdir -p "$WORK" "$OUT"
 fstype=$(stat -f -c %T "$WORK")
 [ "$fstype" = tmpfs ] && die "$WORK is on tmpfs; set WORK to a directory on a real disk"
 
-# The legs: the same two files serve every target, so every target writes the
-# same blocks of the same disk. Written in full once so no target pays for
-# allocating them.
-LEG0=$WORK/leg0.img
-LEG1=$WORK/leg1.img
-log "legs: 2 x $LEG_SIZE in $WORK ($fstype)"
-for l in "$LEG0" "$LEG1"; do
+# The legs: a pair of files per target, on the same disk, each written in
+# full first so no target pays for allocating them. Each target has its own
+# pair so that all of them can be up at once and every workload runs on the
+# four targets back to back (see "Interleaved" in METHOD.md).
+pair() { echo "$WORK/$1-leg0.img $WORK/$1-leg1.img"; }
+read -r RAW0 RAW1 <<< "$(pair raw)"
+read -r BM0 BM1 <<< "$(pair bitmap)"
+read -r NB0 NB1 <<< "$(pair nobitmap)"
+read -r Q0 Q1 <<< "$(pair qemu)"
+log "legs: 4 pairs x 2 x $LEG_SIZE in $WORK ($fstype)"
+for l in "$RAW0" "$RAW1" "$BM0" "$BM1" "$NB0" "$NB1" "$Q0" "$Q1"; do
     fallocate -l "$LEG_SIZE" "$l"
+    dd if=/dev/zero of="$l" bs=1M count=$(( $(stat -c %s "$l") >> 20 )) oflag=direct conv=notrunc status=none
 done
-dd if=/dev/zero of="$LEG0" bs=1M count=$(( $(stat -c %s "$LEG0") >> 20 )) oflag=direct conv=notrunc status=none
-dd if=/dev/zero of="$LEG1" bs=1M count=$(( $(stat -c %s "$LEG1") >> 20 )) oflag=direct conv=notrunc status=none
 
 # The bitmap's filesystem: ext4 on a loop device over a file on the same disk.
 BMIMG=$WORK/bitmap-fs.img
@@ -111,8 +114,10 @@ mount "$BMLOOP" "$BMFS"
 FSMOUNTS+=("$BMFS")
 
 MNT=$WORK/mnt
-mkdir -p "$MNT"
-MOUNTS+=("$MNT")
+MNT_BM=$WORK/mnt-bitmap
+MNT_NB=$WORK/mnt-nobitmap
+mkdir -p "$MNT" "$MNT_BM" "$MNT_NB"
+MOUNTS+=("$MNT" "$MNT_BM" "$MNT_NB")
 
 # ---------------------------------------------------------------- fio
 # Common options; a job's own options follow. Each job is time based over the
@@ -168,17 +173,28 @@ fill() {
         die "fill on $target: $(tail -3 "$OUT/$target.fill.err")"
 }
 
-run_target() {
-    local target=$1 read_file=$2; shift 2
-    local write_files=("$@")
-    log "$target: fill"
-    fill "$target" "${write_files[@]}"
+# targets, in the order each workload runs on them; TARGET_READ/TARGET_WRITE:
+# a target's file(s) (the raw writes go to both legs at once).
+TARGETS=(raw mdfuse_bitmap mdfuse_nobitmap qemu_quorum)
+declare -A TARGET_READ TARGET_WRITE
+
+run_all_targets() {
+    local t wl
+    for t in "${TARGETS[@]}"; do
+        log "$t: fill"
+        # shellcheck disable=SC2086
+        fill "$t" ${TARGET_WRITE[$t]}
+    done
     for wl in "${ORDER[@]}"; do
-        log "$target: $wl"
-        case $wl in
-            *read_*) fio_on "$target" "$wl" "$read_file" ;;
-            *) fio_on "$target" "$wl" "${write_files[@]}" ;;
-        esac
+        for t in "${TARGETS[@]}"; do
+            log "$wl: $t"
+            case $wl in
+                # shellcheck disable=SC2086
+                *read_*) fio_on "$t" "$wl" ${TARGET_READ[$t]} ;;
+                # shellcheck disable=SC2086
+                *) fio_on "$t" "$wl" ${TARGET_WRITE[$t]} ;;
+            esac
+        done
     done
 }
 
@@ -201,33 +217,30 @@ mount_mdfuse() { # LOGFILE [--bitmap FILE] LEGS... MNT
 
 stop_mdfuse() { "$MDFUSE" stop "$1" >/dev/null || die "mdfuse stop $1"; }
 
-# ---------------------------------------------------------------- raw
-run_target raw "$LEG0" "$LEG0" "$LEG1"
+# ---------------------------------------------------------------- the four targets
+TARGET_READ[raw]=$RAW0
+TARGET_WRITE[raw]="$RAW0 $RAW1"
 
-# ---------------------------------------------------------------- mdfuse, bitmap on
 log "mdfuse create --bitmap"
-"$MDFUSE" create --force --bitmap "$BMFS/array.bitmap" "$LEG0" "$LEG1" > "$OUT/create.txt"
-mount_mdfuse "$OUT/mdfuse-bitmap.log" --bitmap "$BMFS/array.bitmap" "$LEG0" "$LEG1" "$MNT"
-run_target mdfuse_bitmap "$MNT/array.img" "$MNT/array.img"
-cat "$MNT/mdstat" > "$OUT/mdfuse_bitmap.mdstat" || true
-stop_mdfuse "$MNT"
+"$MDFUSE" create --force --bitmap "$BMFS/array.bitmap" "$BM0" "$BM1" > "$OUT/create.txt"
+mount_mdfuse "$OUT/mdfuse-bitmap.log" --bitmap "$BMFS/array.bitmap" "$BM0" "$BM1" "$MNT_BM"
+TARGET_READ[mdfuse_bitmap]=$MNT_BM/array.img
+TARGET_WRITE[mdfuse_bitmap]=$MNT_BM/array.img
 
-# ---------------------------------------------------------------- mdfuse, no bitmap
 log "mdfuse create (no bitmap)"
-"$MDFUSE" create --force "$LEG0" "$LEG1" >> "$OUT/create.txt"
-mount_mdfuse "$OUT/mdfuse-nobitmap.log" "$LEG0" "$LEG1" "$MNT"
-run_target mdfuse_nobitmap "$MNT/array.img" "$MNT/array.img"
-stop_mdfuse "$MNT"
+"$MDFUSE" create --force "$NB0" "$NB1" >> "$OUT/create.txt"
+mount_mdfuse "$OUT/mdfuse-nobitmap.log" "$NB0" "$NB1" "$MNT_NB"
+TARGET_READ[mdfuse_nobitmap]=$MNT_NB/array.img
+TARGET_WRITE[mdfuse_nobitmap]=$MNT_NB/array.img
 
-# ---------------------------------------------------------------- qemu-storage-daemon quorum
 QIMG=$WORK/qemu.img
 touch "$QIMG"
 AIO=io_uring
 qsd_start() {
     local aio=$1
     local child0 child1
-    child0="{\"driver\":\"file\",\"node-name\":\"leg0\",\"filename\":\"$LEG0\",\"cache\":{\"direct\":true},\"aio\":\"$aio\"}"
-    child1="{\"driver\":\"file\",\"node-name\":\"leg1\",\"filename\":\"$LEG1\",\"cache\":{\"direct\":true},\"aio\":\"$aio\"}"
+    child0="{\"driver\":\"file\",\"node-name\":\"leg0\",\"filename\":\"$Q0\",\"cache\":{\"direct\":true},\"aio\":\"$aio\"}"
+    child1="{\"driver\":\"file\",\"node-name\":\"leg1\",\"filename\":\"$Q1\",\"cache\":{\"direct\":true},\"aio\":\"$aio\"}"
     qemu-storage-daemon \
         --blockdev "{\"driver\":\"quorum\",\"node-name\":\"mirror\",\"vote-threshold\":1,\"read-pattern\":\"fifo\",\"children\":[$child0,$child1]}" \
         --export "type=fuse,id=exp0,node-name=mirror,mountpoint=$QIMG,writable=on" \
@@ -247,10 +260,18 @@ if ! qsd_start io_uring; then
     AIO=threads
     qsd_start threads || die "qemu-storage-daemon: $(cat "$OUT/qsd.log")"
 fi
-run_target qemu_quorum "$QIMG" "$QIMG"
+TARGET_READ[qemu_quorum]=$QIMG
+TARGET_WRITE[qemu_quorum]=$QIMG
+
+run_all_targets
+
+cat "$MNT_BM/mdstat" > "$OUT/mdfuse_bitmap.mdstat" || true
+stop_mdfuse "$MNT_BM"
+stop_mdfuse "$MNT_NB"
 umount "$QIMG" 2>/dev/null || true
 kill "$QSD_PID" 2>/dev/null || true
 wait "$QSD_PID" 2>/dev/null || true
+rm -f "$RAW0" "$RAW1" "$BM0" "$BM1" "$NB0" "$NB1" "$Q0" "$Q1"
 
 # ---------------------------------------------------------------- start-up and memory, 1 TiB
 log "start-up: 1 TiB sparse array"
