@@ -351,16 +351,21 @@ mod tests {
     use crate::io::aligned::AlignedBuf;
     use crate::io::leg::IoMode;
 
-    #[test]
-    fn writes_and_syncs_reach_every_leg() {
-        let dir = tempfile::tempdir().unwrap();
-        let legs: Vec<Leg> = (0..3)
+    /// `n` zeroed 1 MiB leg files in `dir`, opened O_DIRECT.
+    fn direct_legs(dir: &std::path::Path, n: usize) -> Vec<Leg> {
+        (0..n)
             .map(|i| {
-                let p = dir.path().join(format!("leg{i}"));
+                let p = dir.join(format!("leg{i}"));
                 std::fs::write(&p, vec![0u8; 1 << 20]).unwrap();
                 Leg::open(&p, IoMode::Direct, true, true).unwrap()
             })
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn writes_and_syncs_reach_every_leg() {
+        let dir = tempfile::tempdir().unwrap();
+        let legs = direct_legs(dir.path(), 3);
         let mut buf = AlignedBuf::new(8192);
         buf.as_mut_slice().fill(0x5a);
         let data = &buf.as_slice()[..8192];
@@ -389,13 +394,7 @@ mod tests {
     #[test]
     fn staged_operations_are_numbered_across_stages_and_all_land() {
         let dir = tempfile::tempdir().unwrap();
-        let legs: Vec<Leg> = (0..2)
-            .map(|i| {
-                let p = dir.path().join(format!("leg{i}"));
-                std::fs::write(&p, vec![0u8; 1 << 20]).unwrap();
-                Leg::open(&p, IoMode::Direct, true, true).unwrap()
-            })
-            .collect();
+        let legs = direct_legs(dir.path(), 2);
         let mut buf = AlignedBuf::new(3 * 8192);
         let mut pieces = buf.as_mut_slice()[..3 * 8192].chunks_mut(8192).enumerate();
         let mut stages = 0;
