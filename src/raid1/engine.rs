@@ -995,6 +995,8 @@ impl Raid1 {
                         .collect::<SmallVec<[LegOp<'_>; 4]>>(),
                 )
             };
+            // Every stage lists the targets in order, so operation i is
+            // target i % targets.len()'s.
             uring::run_staged(&mut next_stage, |i, r| {
                 if let Err(e) = r {
                     note(leg_failure(targets[i % targets.len()].0, e));
@@ -1041,10 +1043,10 @@ impl Raid1 {
     }
 
     /// The frame of every fan-out: picks the written legs (in-sync ones
-    /// first), lets `run` do the operation on them, reporting each leg's
-    /// failure through its `note(slot, error)` (a leg's first failure
-    /// counts; a staged write may report several), then fails out the legs
-    /// that failed, or returns the error when every in-sync leg failed.
+    /// first), lets `run` do the operation on them, reporting each failed
+    /// share through `note` (a leg's first failure counts; a staged write
+    /// may report several), then fails out the legs that failed, or returns
+    /// the error when every in-sync leg failed.
     fn fan_out_with(
         &self,
         op: &'static str,
