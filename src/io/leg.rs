@@ -39,6 +39,10 @@ pub enum LegError {
         "leg {path} is in use by another mdfuse{holder} (it holds the lock); stop that one first"
     )]
     InUse { path: PathBuf, holder: String },
+    #[error(
+        "leg {path} is already open in this mdfuse: the same file was given twice (under two names?)"
+    )]
+    OpenTwice { path: PathBuf },
     #[error("leg {path}: cannot lock: {source}")]
     Lock {
         path: PathBuf,
@@ -68,7 +72,9 @@ impl LegError {
             | LegError::Io { source, .. }
             | LegError::Sync { source, .. } => source,
             LegError::NotFileOrDevice { .. } => return libc::ENODEV,
-            LegError::InUse { .. } | LegError::DeviceBusy { .. } => return libc::EBUSY,
+            LegError::InUse { .. } | LegError::OpenTwice { .. } | LegError::DeviceBusy { .. } => {
+                return libc::EBUSY
+            }
         };
         src.raw_os_error().unwrap_or(libc::EIO)
     }
@@ -162,6 +168,11 @@ impl Leg {
                         holder: holder
                             .map(|p| format!(" (process {p})"))
                             .unwrap_or_default(),
+                    })
+                }
+                Err(LockError::HeldHere) => {
+                    return Err(LegError::OpenTwice {
+                        path: path.to_owned(),
                     })
                 }
                 Err(LockError::Io(source)) => {
@@ -340,8 +351,8 @@ mod tests {
         std::fs::write(&p, vec![0u8; 8192]).unwrap();
         let _first = Leg::open(&p, IoMode::Buffered, true, true).unwrap();
         let err = Leg::open(&p, IoMode::Buffered, true, true).unwrap_err();
-        assert!(matches!(err, LegError::InUse { .. }), "{err}");
-        assert!(err.to_string().contains("in use by another mdfuse"));
+        assert!(matches!(err, LegError::OpenTwice { .. }), "{err}");
+        assert!(err.to_string().contains("given twice"), "{err}");
     }
 
     #[test]

@@ -1,11 +1,14 @@
 //! The exclusive lock that keeps a second mdfuse off a leg or a bitmap file
 //! (`flock`, so it goes with the process however it ends).
 //!
-//! A killed mdfuse's locks outlive it briefly: its files stay open until the
-//! kernel has torn down its io_uring (requests in flight hold them), which
-//! happens after the process is gone. So when the lock is taken, the holder
-//! is looked up in /proc/locks: a holder that has exited is waited for (a
-//! few seconds at most), a live one is named in the refusal.
+//! A lock can outlive the close of its file briefly: the file stays open
+//! until the kernel has let go of every io_uring request that used it, and
+//! that release can come after the close (or, for a killed mdfuse, after the
+//! process is gone). So when the lock is taken, the holder is looked up in
+//! /proc/locks: a holder that has exited, or this very process when no
+//! descriptor of its own still has the file open (a leg removed a moment
+//! ago), is waited for (a few seconds at most); a live holder is named in
+//! the refusal.
 
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
@@ -20,6 +23,10 @@ pub enum LockError {
     /// Another process holds the lock (its pid when /proc/locks tells).
     #[error("held by {}", holder_text(*.holder))]
     Held { holder: Option<u32> },
+    /// This process holds it through another descriptor it has open: the
+    /// same file was asked for twice (under two names, say).
+    #[error("already open and locked in this process")]
+    HeldHere,
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -32,7 +39,7 @@ fn holder_text(holder: Option<u32>) -> String {
 }
 
 /// Takes an exclusive flock on `file` without blocking on a live holder; a
-/// holder that has exited (or is not listed) is waited for up to
+/// lock on its way out (see the module's text) is waited for up to
 /// [`DEAD_HOLDER_WAIT`].
 pub fn lock_exclusive(file: &File) -> Result<(), LockError> {
     let started = Instant::now();
@@ -48,16 +55,25 @@ pub fn lock_exclusive(file: &File) -> Result<(), LockError> {
             Some(libc::EWOULDBLOCK) => {}
             _ => return Err(err.into()),
         }
-        // No holder listed: the lock is on its way out (its process gone,
-        // its files not yet closed), or was released just now.
         let holder = flock_holder(file);
-        let live_holder = holder.is_some_and(process_alive);
-        if live_holder || started.elapsed() > DEAD_HOLDER_WAIT {
+        let leaving = match holder {
+            // Not listed: released just now, or its file is being closed.
+            None => true,
+            Some(pid) if pid == std::process::id() => {
+                if open_elsewhere_here(file) {
+                    return Err(LockError::HeldHere);
+                }
+                true
+            }
+            Some(pid) => !process_alive(pid),
+        };
+        if !leaving || started.elapsed() > DEAD_HOLDER_WAIT {
             return Err(LockError::Held { holder });
         }
         if !logged {
             log::info!(
-                "the lock is held by {} that has exited; waiting for the kernel to release it",
+                "the lock is held by {} and on its way out (its file is being closed); \
+                 waiting for the kernel to release it",
                 holder_text(holder)
             );
             logged = true;
@@ -94,6 +110,23 @@ fn parse_flock_holder(locks: &str, major: u32, minor: u32, ino: u64) -> Option<u
     })
 }
 
+/// Whether a descriptor of this process other than `file` has `file`'s
+/// inode open (flock conflicts are per open file, so that one holds the lock).
+fn open_elsewhere_here(file: &File) -> bool {
+    let Ok(meta) = file.metadata() else {
+        return false;
+    };
+    let own = file.as_raw_fd().to_string();
+    let Ok(fds) = std::fs::read_dir("/proc/self/fd") else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        fd.file_name() != own.as_str()
+            && std::fs::metadata(fd.path())
+                .is_ok_and(|m| m.dev() == meta.dev() && m.ino() == meta.ino())
+    })
+}
+
 /// A process that exists and has not exited (a zombie has).
 fn process_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -123,7 +156,7 @@ mod tests {
     }
 
     #[test]
-    fn a_second_lock_names_the_live_holder() {
+    fn a_second_lock_here_is_refused_at_once() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("f");
         std::fs::write(&p, b"x").unwrap();
@@ -131,13 +164,49 @@ mod tests {
         lock_exclusive(&first).unwrap();
         let second = File::open(&p).unwrap();
         match lock_exclusive(&second) {
-            Err(LockError::Held { holder }) => {
-                assert_eq!(holder, Some(std::process::id()))
-            }
-            other => panic!("expected Held, got {other:?}"),
+            Err(LockError::HeldHere) => {}
+            other => panic!("expected HeldHere, got {other:?}"),
         }
         drop(first);
         lock_exclusive(&second).unwrap();
+    }
+
+    #[test]
+    fn a_lock_whose_file_is_closing_is_waited_for() {
+        use std::os::unix::process::CommandExt;
+        // A child that inherited the locked file keeps it open after this
+        // process has closed its descriptor, as an io_uring request keeps a
+        // removed leg open: /proc/locks still names this process, no
+        // descriptor here has the file, and the lock goes when the child exits.
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        std::fs::write(&p, b"x").unwrap();
+        let first = File::open(&p).unwrap();
+        lock_exclusive(&first).unwrap();
+        let fd = first.as_raw_fd();
+        let mut cmd = std::process::Command::new("sleep");
+        cmd.arg("0.5");
+        // SAFETY: dup2 is async-signal-safe; fd 9 in the child only.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::dup2(fd, 9) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().unwrap();
+        drop(first);
+        let second = File::open(&p).unwrap();
+        let started = Instant::now();
+        let taken = lock_exclusive(&second);
+        let waited = started.elapsed();
+        child.wait().unwrap();
+        taken.unwrap();
+        assert!(
+            waited >= Duration::from_millis(200),
+            "the lock was taken after {waited:?}, while the child still had the file"
+        );
     }
 
     #[test]
