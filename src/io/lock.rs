@@ -155,13 +155,19 @@ mod tests {
         assert_eq!(parse_flock_holder(locks, 0xfe, 1, 5398535), None);
     }
 
-    #[test]
-    fn a_second_lock_here_is_refused_at_once() {
+    /// A file in a new directory, opened and locked.
+    fn locked_file() -> (tempfile::TempDir, std::path::PathBuf, File) {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("f");
         std::fs::write(&p, b"x").unwrap();
-        let first = File::open(&p).unwrap();
-        lock_exclusive(&first).unwrap();
+        let file = File::open(&p).unwrap();
+        lock_exclusive(&file).unwrap();
+        (dir, p, file)
+    }
+
+    #[test]
+    fn a_second_lock_here_is_refused_at_once() {
+        let (_dir, p, first) = locked_file();
         let second = File::open(&p).unwrap();
         match lock_exclusive(&second) {
             Err(LockError::HeldHere) => {}
@@ -178,11 +184,7 @@ mod tests {
         // process has closed its descriptor, as an io_uring request keeps a
         // removed leg open: /proc/locks still names this process, no
         // descriptor here has the file, and the lock goes when the child exits.
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("f");
-        std::fs::write(&p, b"x").unwrap();
-        let first = File::open(&p).unwrap();
-        lock_exclusive(&first).unwrap();
+        let (_dir, p, first) = locked_file();
         let fd = first.as_raw_fd();
         let mut cmd = std::process::Command::new("sleep");
         cmd.arg("0.5");
