@@ -635,6 +635,38 @@ fn plain_umount_and_sigterm_stop_cleanly() {
     }
 }
 
+/// A mount busy for a moment only (here a child that has array.img open
+/// for half a second) does not make `mdfuse stop` fail: it retries, as
+/// mdadm --stop does; a holder that stays is refused as busy (see
+/// ext4_on_loop_over_array_survives_remount).
+#[test]
+fn stop_waits_out_a_brief_holder_of_the_image() {
+    if !needs_root("stop_waits_out_a_brief_holder_of_the_image") {
+        return;
+    }
+    let legs = Legs::temp(32 * MIB);
+    create(&legs, &["--name", "brief"]);
+    let array = MountedArray::mount(&legs, &legs.mountpoint("mnt"), &[]);
+    let mut holder = Command::new("sh")
+        .arg("-c")
+        .arg("exec 3<\"$1\"; echo open; sleep 0.5")
+        .arg("sh")
+        .arg(array.image())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("sh");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.take().expect("stdout")),
+        &mut line,
+    )
+    .expect("the holder says it has the image open");
+    assert_eq!(line, "open\n");
+    array.stop();
+    assert!(holder.wait().expect("holder").success());
+    assert_states(&legs, "clean", "after a stop that waited for a holder");
+}
+
 /// A crash (SIGKILL) after writes leaves the superblocks active (not
 /// clean); the array mounts again and serves what was written.
 #[test]

@@ -818,16 +818,28 @@ fn cmd_wait(mnt: &Path) -> Result<(), String> {
     }
 }
 
+/// How long `mdfuse stop` retries a busy mount before saying it is busy.
+const STOP_BUSY_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 fn cmd_stop(mountpoint: &Path, timeout_s: u64) -> Result<(), String> {
     let source = mdfuse_mount_source(mountpoint)
         .ok_or_else(|| format!("{}: no mdfuse array is mounted there", mountpoint.display()))?;
     let pid = daemon_pid(mountpoint);
     let c = std::ffi::CString::new(mountpoint.as_os_str().as_encoded_bytes())
         .map_err(|e| e.to_string())?;
+    // A mount can be busy for a moment only (a forked child between fork and
+    // exec has every descriptor of its parent, udev probes): retried
+    // briefly, as mdadm --stop retries a busy array.
+    let busy_until = std::time::Instant::now() + STOP_BUSY_GRACE;
     // SAFETY: c is a valid C string.
-    if unsafe { libc::umount2(c.as_ptr(), 0) } != 0 {
+    while unsafe { libc::umount2(c.as_ptr(), 0) } != 0 {
         let err = std::io::Error::last_os_error();
-        return Err(if err.raw_os_error() == Some(libc::EBUSY) {
+        let busy = err.raw_os_error() == Some(libc::EBUSY);
+        if busy && std::time::Instant::now() < busy_until {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            continue;
+        }
+        return Err(if busy {
             format!(
                 "{}: busy: array.img is open (a loop device or a program); close it first",
                 mountpoint.display()
