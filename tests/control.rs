@@ -735,6 +735,30 @@ fn fail_remove_and_re_add_through_the_files_and_manage() {
 /// as md shows it (sync_action recover, the leg a spare in its slot, recovery_start
 /// moving, mdstat's recovery line, detail's Rebuild Status), and the leg cannot be
 /// removed while it is recovered.
+/// A leg removed and re-added at once, again and again, is never refused
+/// as still in use: once removed, its file (and lock) is let go, however
+/// idle the threads that last wrote it are.
+#[test]
+fn a_leg_re_added_right_after_its_removal_is_never_busy() {
+    if !needs_root("a_leg_re_added_right_after_its_removal_is_never_busy") {
+        return;
+    }
+    let legs = Legs::temp(256 * MIB);
+    create(&legs, &["--name", "readd"]);
+    let m = MountedArray::mount(&legs, &legs.mountpoint("mnt"), &[]);
+    m.set_md("sync_speed_max", "2000000");
+    let l1 = "leg1.img";
+    for round in 0..20u64 {
+        // Writes and an fsync reach the leg just before it goes; each
+        // full recovery writes all of it.
+        m.fill_random(round * 7 * MIB, 4 * MIB as usize, round);
+        m.fail_and_remove(l1);
+        m.set_md("new_dev", &format!("re-add {}", legs.path(1).display()));
+        m.wait_sync_idle(Duration::from_secs(60));
+        assert_eq!(m.md(&format!("dev-{l1}/state")), "in_sync", "round {round}");
+    }
+}
+
 #[test]
 fn a_full_recovery_shows_as_md_shows_it() {
     if !needs_root("a_full_recovery_shows_as_md_shows_it") {
