@@ -701,6 +701,7 @@ impl MountedArray {
             "daemon survived SIGKILL"
         );
         umount_lazy(&self.mnt);
+        remove_dead_pid_file(&self.mnt, self.pid);
         self.done = true;
     }
 
@@ -825,6 +826,20 @@ impl Drop for MountedArray {
         if is_mounted(&self.mnt) {
             umount_lazy(&self.mnt);
         }
+        remove_dead_pid_file(&self.mnt, self.pid);
+    }
+}
+
+/// Removes the pid file a killed daemon (`pid`) left for `mnt` in
+/// /run/mdfuse (its name as `mdfuse` makes it), so crash tests leave nothing
+/// behind; a file naming another process is left alone.
+fn remove_dead_pid_file(mnt: &Path, pid: i32) {
+    let abs = mnt.canonicalize().unwrap_or_else(|_| mnt.to_owned());
+    let name: String = abs.to_string_lossy().trim_matches('/').replace('/', "_");
+    let file = Path::new("/run/mdfuse").join(format!("{name}.pid"));
+    let named = std::fs::read_to_string(&file).ok();
+    if named.as_deref().map(str::trim) == Some(pid.to_string().as_str()) && !pid_alive(pid) {
+        let _ = std::fs::remove_file(&file);
     }
 }
 
