@@ -776,8 +776,13 @@ fn a_full_recovery_shows_as_md_shows_it() {
     let mut reached = BTreeSet::new();
     let mut saw_detail = false;
     let t0 = Instant::now();
-    while m.md("sync_action") != "idle" {
-        assert_eq!(m.md("sync_action"), "recover");
+    loop {
+        // Read once: the recovery may end between two reads.
+        let action = m.md("sync_action");
+        if action == "idle" {
+            break;
+        }
+        assert_eq!(action, "recover");
         let state = m.md(&format!("dev-{l1}/state"));
         if state == "in_sync" {
             break;
