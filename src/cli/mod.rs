@@ -82,8 +82,9 @@ struct CreateArgs {
     /// bitmap has at most 2^20 chunks).
     #[arg(long, value_parser = size::parse_size, requires = "bitmap")]
     bitmap_chunk: Option<u64>,
-    /// Seconds a chunk stays idle before its bit is cleared (md's daemon_sleep).
-    #[arg(long, default_value_t = 5)]
+    /// Seconds a chunk stays idle before its bit is cleared (md's
+    /// daemon_sleep: 1 or more, as md reads it).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     delay: u32,
     /// The legs: regular files or block devices (two or more).
     #[arg(required = true)]
@@ -158,8 +159,8 @@ pub struct MountArgs {
     #[arg(long, requires = "bitmap")]
     bitmap_file_io: bool,
     /// Seconds a chunk stays idle before its bit is cleared (default: the
-    /// bitmap file's daemon_sleep).
-    #[arg(long, requires = "bitmap")]
+    /// bitmap file's daemon_sleep); more than 0, at most 2^32-1.
+    #[arg(long, requires = "bitmap", value_parser = parse_delay)]
     delay: Option<f64>,
     /// The legs, then the mountpoint.
     #[arg(required = true, num_args = 2..)]
@@ -318,6 +319,24 @@ fn cmd_examine(legs: &[PathBuf]) -> Result<(), String> {
         Ok(())
     } else {
         Err(failed.join("\n"))
+    }
+}
+
+/// `--delay SECS` of a mount: a finite number of seconds, more than 0 and
+/// at most what a bitmap file's daemon_sleep holds (2^32-1), so it always
+/// makes a Duration (-1, NaN and inf do not).
+fn parse_delay(s: &str) -> Result<f64, String> {
+    let secs: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?}: not a number of seconds (e.g. 5 or 0.5)"))?;
+    if secs.is_finite() && secs > 0.0 && secs <= f64::from(u32::MAX) {
+        Ok(secs)
+    } else {
+        Err(format!(
+            "{s:?}: the delay must be more than 0 and at most {} seconds",
+            u32::MAX
+        ))
     }
 }
 
@@ -485,6 +504,12 @@ pub fn mount_foreground(m: &MountArgs, ready: &mut detach::Ready) -> Result<(), 
     let uuid = asm.uuid();
     let members = asm.members.len();
     let raid_disks = asm.raid_disks;
+    // Checked by the parser already; not a panic if it ever gets past it.
+    let clear_delay = m
+        .delay
+        .map(std::time::Duration::try_from_secs_f64)
+        .transpose()
+        .map_err(|e| format!("--delay: {e}"))?;
     let bitmap = match &m.bitmap {
         None => None,
         Some(path) => Some(
@@ -496,7 +521,7 @@ pub fn mount_foreground(m: &MountArgs, ready: &mut detach::Ready) -> Result<(), 
                     } else {
                         BitmapIo::Raw
                     },
-                    clear_delay: m.delay.map(std::time::Duration::from_secs_f64),
+                    clear_delay,
                 },
                 &asm,
             )
