@@ -115,3 +115,83 @@ fn delay_that_is_not_a_time_is_refused() {
     assert_refused("create --delay 0", &o, &["--delay", "0"]);
     assert!(!bm.exists(), "create --delay 0 made a bitmap file");
 }
+
+/// `mdfuse mount` with its descriptor limit set to `soft`:`hard` (as
+/// `prlimit --nofile` would).
+fn mount_with_fd_limit(args: &[&str], soft: u64, hard: u64) -> Output {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new(bin());
+    cmd.args(args);
+    // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let lim = libc::rlimit {
+                rlim_cur: soft,
+                rlim_max: hard,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.output().expect("run mdfuse")
+}
+
+/// `--threads` has bounds (1 to 256), and a descriptor limit too low for
+/// the threads is refused before anything is mounted: with `--threads
+/// 100000`, or 120 under `ulimit -n 100`, mdfuse said the array was live,
+/// then the daemon died of EMFILE making its threads and left a dead mount.
+/// A soft limit below the hard one is raised instead.
+#[test]
+fn threads_beyond_what_can_start_are_refused_before_the_mount() {
+    if !needs_root("threads_beyond_what_can_start_are_refused_before_the_mount") {
+        return;
+    }
+    let legs = Legs::temp(32 * MIB);
+    create(&legs, &[]);
+    let mnt = legs.mountpoint("mnt");
+    for bad in ["100000", "0", "257", "-3", "lots"] {
+        let opt = format!("--threads={bad}");
+        mount_refused(
+            &format!("mount {opt}"),
+            &legs,
+            &mnt,
+            &[&opt],
+            &legs.paths,
+            &["--threads", bad, "256"],
+        );
+    }
+    let log = log_path(&mnt);
+    let mut args = vec!["mount", "--threads", "120", "--log", path_str(&log)];
+    args.extend(legs.paths.iter().map(|p| path_str(p)));
+    args.push(path_str(&mnt));
+    let before = fingerprint(&legs.paths);
+    let o = mount_with_fd_limit(&args, 100, 100);
+    let mounted = is_mounted(&mnt);
+    if mounted {
+        let _ = mdfuse_with(&["stop"], &[&mnt]);
+    }
+    assert_refused(
+        "mount --threads 120 under ulimit -n 100",
+        &o,
+        &["--threads 120", "file descriptors", "100"],
+    );
+    assert!(!mounted, "mounted under a limit too low for its threads");
+    assert_eq!(fingerprint(&legs.paths), before);
+    // The same with room in the hard limit: raised, mounted, serving.
+    let o = mount_with_fd_limit(&args, 100, 4096);
+    assert_ok("mount --threads 120 under a soft limit of 100", &o);
+    let limits = daemons_for(&mnt)
+        .first()
+        .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/limits")).ok());
+    let stopped = mdfuse_with(&["stop"], &[&mnt]);
+    let limits = limits.expect("the daemon's limits");
+    assert_ok("stop", &stopped);
+    assert!(
+        limits
+            .lines()
+            .any(|l| l.starts_with("Max open files") && !l.contains(" 100 ")),
+        "{limits}"
+    );
+}

@@ -145,8 +145,9 @@ pub struct MountArgs {
     /// rather than at the next fsync or close.
     #[arg(long)]
     write_through: bool,
-    /// FUSE threads (each with its own /dev/fuse fd); also I/O threads per leg.
-    #[arg(long, default_value_t = 16)]
+    /// FUSE threads (each with its own /dev/fuse fd); also I/O threads per
+    /// leg. From 1 to 256.
+    #[arg(long, default_value_t = 16, value_parser = parse_threads)]
     threads: usize,
     /// Log file when detached (default: /run/mdfuse/<mountpoint>.log).
     #[arg(long)]
@@ -340,6 +341,66 @@ fn parse_delay(s: &str) -> Result<f64, String> {
     }
 }
 
+/// The most `--threads` a mount takes: more FUSE threads than this only
+/// wait on the same queue (bench/METHOD.md: 4 to 32 make no difference),
+/// and each costs two descriptors and a stack.
+const MAX_THREADS: usize = 256;
+
+fn parse_threads(s: &str) -> Result<usize, String> {
+    s.trim()
+        .parse::<usize>()
+        .ok()
+        .filter(|n| (1..=MAX_THREADS).contains(n))
+        .ok_or_else(|| format!("{s:?}: a number of threads from 1 to {MAX_THREADS}"))
+}
+
+/// Descriptors a mount needs besides its threads' (legs, bitmap, log,
+/// signal pipe, sync threads' rings), with room to spare.
+const FD_BASE: u64 = 32;
+
+/// Makes sure the daemon can open what `threads` FUSE threads need (a
+/// /dev/fuse clone each, made only once the mount is live, and an io_uring
+/// ring each): the soft descriptor limit is raised toward the hard one if
+/// it is short, and a limit too low for it is refused before anything is
+/// mounted, rather than the daemon dying of EMFILE after the mount is live.
+fn ensure_fd_room(threads: usize) -> Result<(), String> {
+    let open = std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count() as u64)
+        .unwrap_or(0);
+    let need = open + FD_BASE + 2 * threads as u64;
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Ok(());
+    }
+    if lim.rlim_cur >= need {
+        return Ok(());
+    }
+    if lim.rlim_max >= need {
+        let raised = libc::rlimit {
+            rlim_cur: need,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: as above; lowering nothing.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            log::info!(
+                "raised the descriptor limit from {} to {need} for {threads} threads",
+                lim.rlim_cur
+            );
+            return Ok(());
+        }
+    }
+    Err(format!(
+        "--threads {threads} needs about {need} file descriptors (a /dev/fuse clone and an \
+         io_uring ring per thread), but this process may open only {} (ulimit -n, hard limit {}): \
+         give fewer threads or raise the limit",
+        lim.rlim_cur, lim.rlim_max
+    ))
+}
+
 /// An octal file mode (0600, 660): permission bits only.
 fn parse_mode(s: &str) -> Result<u16, String> {
     u16::from_str_radix(s.trim_start_matches("0o"), 8)
@@ -486,6 +547,7 @@ pub fn mount_foreground(m: &MountArgs, ready: &mut detach::Ready) -> Result<(), 
     let (legs, mountpoint) = split_mount_paths(m)?;
     // Refuse a bad mountpoint before any leg is touched.
     serve::check_mountpoint(&mountpoint).map_err(|e| e.to_string())?;
+    ensure_fd_room(m.threads)?;
     let asm = array::assemble(
         &legs,
         &AssembleOptions {
