@@ -195,3 +195,122 @@ fn threads_beyond_what_can_start_are_refused_before_the_mount() {
         "{limits}"
     );
 }
+
+/// One write of exactly `bytes` to `MNT/md/REL`; the errno if refused.
+fn write_raw(mnt: &Path, rel: &str, bytes: &[u8]) -> Result<(), i32> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(mnt.join("md").join(rel))
+        .map_err(|e| e.raw_os_error().unwrap_or(0))?;
+    match f.write(bytes) {
+        Ok(n) if n == bytes.len() => Ok(()),
+        Ok(n) => panic!("md/{rel}: short write {n} of {}", bytes.len()),
+        Err(e) => Err(e.raw_os_error().unwrap_or(0)),
+    }
+}
+
+/// The control files take what md's sysfs takes, no more: a word with one
+/// optional trailing newline (md.c's cmd_match: `frozen\n\n` is refused,
+/// and so are blanks around it), numbers as kstrtouint reads them (`+5`
+/// yes, ` 5` no, past 32 bits ERANGE), `system` as md's 6-byte compare,
+/// safe_mode_delay as strict_strtoul_scaled. Before, every value was
+/// trimmed of all blanks and newlines and `frozen\n\n` froze the array.
+#[test]
+fn control_files_take_what_md_takes() {
+    if !needs_root("control_files_take_what_md_takes") {
+        return;
+    }
+    let legs = Legs::temp(32 * MIB);
+    create(&legs, &[]);
+    let array = MountedArray::mount(&legs, &legs.mountpoint("mnt"), &[]);
+    let mnt = array.mountpoint().to_path_buf();
+    let md = |rel: &str| array.md(rel);
+    let einval = Err(libc::EINVAL);
+    for bad in [
+        &b"frozen\n\n"[..],
+        b" frozen",
+        b"frozen ",
+        b"frozen\t",
+        b"\nfrozen",
+        b"Frozen",
+        b"frozen\0",
+        b"frozen\r\n",
+    ] {
+        assert_eq!(write_raw(&mnt, "sync_action", bad), einval, "{bad:?}");
+        assert_eq!(md("sync_action"), "idle", "{bad:?} changed sync_action");
+    }
+    assert_eq!(write_raw(&mnt, "sync_action", b"frozen"), Ok(()));
+    assert_eq!(md("sync_action"), "frozen");
+    assert_eq!(write_raw(&mnt, "sync_action", b"idle\n"), Ok(()));
+    assert_eq!(md("sync_action"), "idle");
+
+    let leg0 = legs.path(0).file_name().unwrap().to_str().unwrap();
+    let state = format!("dev-{leg0}/state");
+    for bad in [&b"faulty\n\n"[..], b"faulty ", b" faulty"] {
+        assert_eq!(write_raw(&mnt, &state, bad), einval, "{bad:?}");
+        assert_eq!(md(&state), "in_sync", "{bad:?} failed the leg");
+    }
+
+    for (value, shown) in [
+        (&b"+5000"[..], "5000 (local)"),
+        (b"007\n", "7 (local)"),
+        // md compares the first 6 bytes with "system".
+        (b"systemwide", "1000 (system)"),
+        (b"4294967295", "4294967295 (local)"),
+    ] {
+        assert_eq!(
+            write_raw(&mnt, "sync_speed_min", value),
+            Ok(()),
+            "{value:?}"
+        );
+        assert_eq!(md("sync_speed_min"), shown, "{value:?}");
+    }
+    for (bad, errno) in [
+        (&b"5\n\n"[..], libc::EINVAL),
+        (b" 5", libc::EINVAL),
+        (b"5 ", libc::EINVAL),
+        (b"0", libc::EINVAL),
+        (b"-5", libc::EINVAL),
+        (b"4294967296", libc::ERANGE),
+    ] {
+        assert_eq!(
+            write_raw(&mnt, "sync_speed_min", bad),
+            Err(errno),
+            "{bad:?}"
+        );
+    }
+    assert_eq!(md("sync_speed_min"), "4294967295 (local)");
+
+    assert_eq!(write_raw(&mnt, "max_read_errors", b"2147483647\n"), Ok(()));
+    assert_eq!(md("max_read_errors"), "2147483647");
+    for bad in [&b"2147483648"[..], b"20\n\n", b" 20"] {
+        assert_eq!(write_raw(&mnt, "max_read_errors", bad), einval, "{bad:?}");
+    }
+    assert_eq!(md("max_read_errors"), "2147483647");
+
+    for (value, shown) in [
+        (&b"0.5\n"[..], "0.500"),
+        (b"2.0005", "2.000"),
+        (b".", "0.000"),
+    ] {
+        assert_eq!(
+            write_raw(&mnt, "safe_mode_delay", value),
+            Ok(()),
+            "{value:?}"
+        );
+        assert_eq!(md("safe_mode_delay"), shown, "{value:?}");
+    }
+    for bad in [
+        &b"0.2\n\n"[..],
+        b"+1",
+        b" 1",
+        b"1.2.3",
+        b"17179.870",
+        b"1e3",
+    ] {
+        assert_eq!(write_raw(&mnt, "safe_mode_delay", bad), einval, "{bad:?}");
+    }
+    assert_eq!(md("safe_mode_delay"), "0.000");
+    array.stop();
+}
