@@ -314,3 +314,64 @@ fn control_files_take_what_md_takes() {
     assert_eq!(md("safe_mode_delay"), "0.000");
     array.stop();
 }
+
+/// An array whose name holds a newline, on a leg whose file name holds one
+/// too: mdstat shows as many lines as any array's, `md/` has no entry with
+/// a newline (and `mdfuse manage` still finds the leg), and every line of
+/// the log and of mount's answer is one record. Names are printed escaped
+/// (`\x0a`), as systemd and udev print them.
+#[test]
+fn names_with_newlines_cannot_forge_lines() {
+    if !needs_root("names_with_newlines_cannot_forge_lines") {
+        return;
+    }
+    let dir = tempdir("mdfuse-names");
+    let plain = Legs::new(dir.path(), 2, 32 * MIB);
+    create(&plain, &[]);
+    let evil_leg = dir.path().join("l\nmd9 : x[7].img");
+    std::fs::rename(plain.path(1), &evil_leg).unwrap();
+    let legs = Legs::from_paths(vec![plain.path(0).to_owned(), evil_leg.clone()]);
+    let name = "a\nmd9 : active raid1 x[0]";
+    create(&legs, &["--force", "--name", name]);
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let array = match MountedArray::try_mount(&legs, &mnt, &[]) {
+        Ok(a) => a,
+        Err(o) => panic!("mount: {}", text(&o)),
+    };
+    let mdstat = array.mdstat();
+    // Personalities, the array, its blocks, a blank line, unused devices.
+    assert_eq!(mdstat.lines().count(), 5, "{mdstat}");
+    assert!(
+        mdstat.contains("a\\x0amd9 : active raid1 x[0] : active raid1 l\\x0amd9 : x[7].img[1]"),
+        "{mdstat}"
+    );
+    let entries: Vec<String> = std::fs::read_dir(mnt.join("md"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        entries.iter().all(|e| !e.contains('\n')),
+        "md/ entries: {entries:?}"
+    );
+    assert!(
+        entries.contains(&"dev-l\\x0amd9 : x[7].img".to_string()),
+        "{entries:?}"
+    );
+    assert_eq!(array.md("dev-l\\x0amd9 : x[7].img/state"), "in_sync");
+    // manage names the leg by its path and finds its escaped entry.
+    let o = mdfuse_with(&["manage"], &[&mnt]);
+    assert_fails("manage without an operation", &o);
+    let o = mdfuse(&["manage", path_str(&mnt), "--fail", path_str(&evil_leg)]);
+    assert_ok("manage --fail the leg with a newline", &o);
+    assert_eq!(array.md("dev-l\\x0amd9 : x[7].img/state"), "faulty");
+    let log_text = array.log();
+    array.stop();
+    for line in log_text.lines() {
+        assert!(
+            line.starts_with('[') || line.starts_with("mdfuse: "),
+            "a log line that is not a record:\n{line:?}\nlog:\n{log_text}"
+        );
+    }
+    assert!(log_text.contains("a\\x0amd9"), "{log_text}");
+}

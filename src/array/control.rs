@@ -8,6 +8,7 @@ use super::error::ArrayError;
 use super::running::RunningArray;
 use crate::fuse_fs::ControlAccess::{self, Read, ReadWrite, Write};
 use crate::raid1::{LegState, SpeedLimits, SyncAction};
+use crate::report::mdstat::escape_name;
 use std::sync::atomic::Ordering;
 
 /// Attributes of the array, under `md/`.
@@ -164,6 +165,7 @@ impl RunningArray {
                 .map(|n| (format!("md/bitmap/{n}"), Read)),
         );
         for name in self.leg_names().into_iter().flatten() {
+            let name = escape_name(&name);
             out.extend(
                 DEV_FILES
                     .iter()
@@ -173,12 +175,14 @@ impl RunningArray {
         out
     }
 
-    /// The slot whose leg is named `dev-NAME` in `md/`.
+    /// The slot whose leg is named `dev-NAME` in `md/` (NAME is the leg's
+    /// file name, escaped as [`escape_name`] does: a newline in it cannot
+    /// make a line of `ls md/`).
     fn slot_of_dev(&self, dev: &str) -> Option<usize> {
         let name = dev.strip_prefix("dev-")?;
         self.leg_names()
             .iter()
-            .position(|n| n.as_deref() == Some(name))
+            .position(|n| n.as_deref().map(escape_name).as_deref() == Some(name))
     }
 
     /// md's `resync_start` (`recovery_cp`): `none` once the legs are known in

@@ -26,15 +26,17 @@ impl Ready {
         Ready(fd.map(|fd| unsafe { std::fs::File::from_raw_fd(fd) }))
     }
 
+    /// The parent reads one line: a message is sent escaped (a path with a
+    /// newline in it would cut it short).
     pub fn live(&mut self, message: &str) {
         if let Some(mut f) = self.0.take() {
-            let _ = writeln!(f, "ok {message}");
+            let _ = writeln!(f, "ok {}", super::escape_log(message));
         }
     }
 
     pub fn failed(&mut self, message: &str) {
         if let Some(mut f) = self.0.take() {
-            let _ = writeln!(f, "error {message}");
+            let _ = writeln!(f, "error {}", super::escape_log(message));
         }
     }
 }

@@ -13,6 +13,7 @@ use mdfuse::format::superblock::Superblock;
 use mdfuse::io::leg::{IoMode, Leg};
 use mdfuse::raid1::EngineOptions;
 use mdfuse::report::examine::render_examine;
+use mdfuse::report::mdstat::escape_name;
 use mdfuse::serve::{self, ServeOptions};
 use std::path::{Path, PathBuf};
 
@@ -205,9 +206,38 @@ fn init_logging(daemon: bool) {
     } else {
         "warn,fuser=error"
     });
+    // env_logger's own layout, with the message escaped: a name or path
+    // holding a newline or a control character makes no line of its own.
     let _ = env_logger::Builder::from_env(env)
-        .format_timestamp_millis()
+        .format(|buf, record| {
+            use std::io::Write;
+            writeln!(
+                buf,
+                "[{} {:<5} {}] {}",
+                buf.timestamp_millis(),
+                record.level(),
+                record.target(),
+                escape_log(&record.args().to_string())
+            )
+        })
         .try_init();
+}
+
+/// A log message on one line: control characters as `\xNN` (backslashes
+/// are kept: the log is read, not parsed back).
+fn escape_log(msg: &str) -> String {
+    if !msg.chars().any(char::is_control) {
+        return msg.to_string();
+    }
+    msg.chars()
+        .map(|c| {
+            if c.is_control() {
+                escape_name(&c.to_string())
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 fn cmd_create(a: CreateArgs) -> Result<(), String> {
@@ -243,7 +273,7 @@ fn cmd_create(a: CreateArgs) -> Result<(), String> {
     .map_err(|e| e.to_string())?;
     println!(
         "mdfuse: array {} created: raid1, {} legs, {} bytes{}, data offset {} sectors, UUID {}",
-        created.name,
+        escape_name(&created.name),
         created.legs.len(),
         created.array_sectors * 512,
         mdfuse::report::human_size(created.array_sectors as u128 * 512),
@@ -562,7 +592,7 @@ pub fn mount_foreground(m: &MountArgs, ready: &mut detach::Ready) -> Result<(), 
         },
     )
     .map_err(|e| e.to_string())?;
-    let name = asm.name.clone();
+    let name = escape_name(&asm.name);
     let uuid = asm.uuid();
     let members = asm.members.len();
     let raid_disks = asm.raid_disks;
@@ -686,7 +716,7 @@ fn cmd_manage(a: &ManageArgs) -> Result<(), String> {
         ));
     }
     let dev = |leg: &Path| {
-        let name = mdfuse::array::running::leg_name(leg);
+        let name = escape_name(&mdfuse::array::running::leg_name(leg));
         let rel = format!("md/dev-{name}/state");
         if mnt.join(&rel).exists() {
             Ok(rel)
