@@ -47,6 +47,51 @@ pub enum ServeError {
     Signals(std::io::Error),
 }
 
+/// The name of a mountpoint's files in /run/mdfuse (its daemon's pid file
+/// and default log): the absolute path escaped as `systemd-escape --path`
+/// does it, so distinct mountpoints get distinct names and the path can be
+/// read back (`systemd-escape --unescape --path`): `/` between components
+/// becomes `-`, every byte other than a letter, a digit, `:`, `_` or `.`
+/// (and a leading `.`) becomes `\xNN`; `/` itself is `-`. `/mnt/a_b` is
+/// `mnt-a_b`, `/mnt/a/b` is `mnt-a-b`, `/mnt/a-b` is `mnt-a\x2db`.
+pub fn escaped_mountpoint(path: &Path) -> String {
+    let trimmed = path
+        .as_os_str()
+        .as_bytes()
+        .split(|&b| b == b'/')
+        .filter(|c| !c.is_empty() && *c != b".")
+        .collect::<Vec<_>>();
+    if trimmed.is_empty() {
+        return "-".into();
+    }
+    let mut out = String::new();
+    for (i, comp) in trimmed.iter().enumerate() {
+        if i > 0 {
+            out.push('-');
+        }
+        for (j, &b) in comp.iter().enumerate() {
+            let keep = b.is_ascii_alphanumeric() || b == b':' || b == b'_' || b == b'.';
+            if keep && !(i == 0 && j == 0 && b == b'.') {
+                out.push(b as char);
+            } else {
+                out.push_str(&format!("\\x{b:02x}"));
+            }
+        }
+    }
+    out
+}
+
+/// Where the daemon of `mountpoint` keeps its `ext` file (pid, log):
+/// /run/mdfuse/[`escaped_mountpoint`] of the absolute path (symlinks
+/// resolved where it exists).
+pub fn run_file(mountpoint: &Path, ext: &str) -> PathBuf {
+    let abs = mountpoint
+        .canonicalize()
+        .or_else(|_| std::path::absolute(mountpoint))
+        .unwrap_or_else(|_| mountpoint.to_owned());
+    PathBuf::from("/run/mdfuse").join(format!("{}.{ext}", escaped_mountpoint(&abs)))
+}
+
 /// Checks the mountpoint before anything else is touched.
 pub fn check_mountpoint(path: &Path) -> Result<PathBuf, ServeError> {
     match std::fs::metadata(path) {
@@ -196,5 +241,29 @@ pub fn unmount(mountpoint: &Path) {
         }
     } else {
         log::error!("cannot unmount {}: {err}", mountpoint.display());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escaped_mountpoint;
+    use std::path::Path;
+
+    #[test]
+    fn mountpoints_escape_as_systemd_escape_path() {
+        // From systemd-escape --path (systemd 252).
+        for (path, name) in [
+            ("/mnt/a_b", "mnt-a_b"),
+            ("/mnt/a/b", "mnt-a-b"),
+            ("/mnt/a-b", "mnt-a\\x2db"),
+            ("/mnt/x y", "mnt-x\\x20y"),
+            ("/.dot/é", "\\x2edot-\\xc3\\xa9"),
+            ("/", "-"),
+            ("//mnt//data/", "mnt-data"),
+            ("/mnt/a\\b", "mnt-a\\x5cb"),
+            ("/mnt/.x", "mnt-.x"),
+        ] {
+            assert_eq!(escaped_mountpoint(Path::new(path)), name, "{path}");
+        }
     }
 }

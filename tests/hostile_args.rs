@@ -375,3 +375,85 @@ fn names_with_newlines_cannot_forge_lines() {
     }
     assert!(log_text.contains("a\\x0amd9"), "{log_text}");
 }
+
+/// Two arrays mounted at `/…/a_b` and `/…/a/b` get their own pid and log
+/// files, named as `systemd-escape --path` names the mountpoints (before,
+/// both were `…_a_b`: the second daemon overwrote the first's pid file and
+/// the two shared a log, and `mdfuse stop` of one waited for the other).
+#[test]
+fn mountpoints_that_differ_only_by_slash_or_underscore_have_their_own_files() {
+    if !needs_root("mountpoints_that_differ_only_by_slash_or_underscore_have_their_own_files") {
+        return;
+    }
+    let dir = tempdir("mdfuse-names");
+    for d in ["1", "2"] {
+        std::fs::create_dir(dir.path().join(d)).unwrap();
+    }
+    let one = Legs::new(&dir.path().join("1"), 2, 32 * MIB);
+    let two = Legs::new(&dir.path().join("2"), 2, 32 * MIB);
+    create(&one, &[]);
+    create(&two, &[]);
+    let a_b = dir.path().join("a_b");
+    let a_slash_b = dir.path().join("a").join("b");
+    std::fs::create_dir_all(&a_b).unwrap();
+    std::fs::create_dir_all(&a_slash_b).unwrap();
+    // The default log: no --log.
+    let mount = |legs: &Legs, mnt: &Path| {
+        let mut args = vec!["mount"];
+        args.extend(legs.paths.iter().map(|p| path_str(p)));
+        args.push(path_str(mnt));
+        mdfuse(&args)
+    };
+    let escaped = |mnt: &Path| {
+        let o = std::process::Command::new("systemd-escape")
+            .arg("--path")
+            .arg(mnt)
+            .output()
+            .expect("systemd-escape");
+        String::from_utf8(o.stdout).unwrap().trim().to_string()
+    };
+    let o1 = mount(&one, &a_b);
+    let o2 = mount(&two, &a_slash_b);
+    let files = |mnt: &Path| {
+        let name = escaped(mnt);
+        (
+            PathBuf::from(format!("/run/mdfuse/{name}.pid")),
+            PathBuf::from(format!("/run/mdfuse/{name}.log")),
+        )
+    };
+    let (pid1, log1) = files(&a_b);
+    let (pid2, log2) = files(&a_slash_b);
+    let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+    let (p1, p2) = (read(&pid1), read(&pid2));
+    let daemons = (daemons_for(&a_b), daemons_for(&a_slash_b));
+    let s1 = mdfuse_with(&["stop"], &[&a_b]);
+    let s2 = mdfuse_with(&["stop"], &[&a_slash_b]);
+    let (l1, l2) = (read(&log1), read(&log2));
+    for f in [&log1, &log2] {
+        let _ = std::fs::remove_file(f);
+    }
+    assert_ok("mount at a_b", &o1);
+    assert_ok("mount at a/b", &o2);
+    assert_ok("stop a_b", &s1);
+    assert_ok("stop a/b", &s2);
+    assert_ne!(pid1, pid2);
+    assert_eq!(
+        p1.trim(),
+        daemons.0.first().map(|p| p.to_string()).unwrap_or_default()
+    );
+    assert_eq!(
+        p2.trim(),
+        daemons.1.first().map(|p| p.to_string()).unwrap_or_default()
+    );
+    assert!(
+        l1.contains(path_str(&a_b)) && !l1.contains(path_str(&a_slash_b)),
+        "{l1}"
+    );
+    assert!(l2.contains(path_str(&a_slash_b)), "{l2}");
+    assert!(
+        !pid1.exists() && !pid2.exists(),
+        "a pid file outlived its daemon"
+    );
+    // stdout names the log it wrote.
+    assert!(stdout(&o1).contains(path_str(&log1)), "{}", stdout(&o1));
+}

@@ -135,11 +135,9 @@ fn mount(args: &[&str]) -> Output {
         .expect("run mount(8)")
 }
 
-/// The daemon's pid file: /run/mdfuse/<absolute mountpoint, / as _>.pid.
+/// The daemon's pid file: /run/mdfuse/<absolute mountpoint, as systemd-escape --path>.pid.
 fn pid_file(mnt: &Path) -> PathBuf {
-    let abs = mnt.canonicalize().unwrap_or_else(|_| mnt.to_owned());
-    let name: String = abs.to_string_lossy().trim_matches('/').replace('/', "_");
-    PathBuf::from("/run/mdfuse").join(format!("{name}.pid"))
+    mdfuse::serve::run_file(mnt, "pid")
 }
 
 /// The pid in the daemon's pid file (0 if there is none).

@@ -14,7 +14,7 @@ use mdfuse::io::leg::{IoMode, Leg};
 use mdfuse::raid1::EngineOptions;
 use mdfuse::report::examine::render_examine;
 use mdfuse::report::mdstat::escape_name;
-use mdfuse::serve::{self, ServeOptions};
+use mdfuse::serve::{self, run_file, ServeOptions};
 use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
@@ -445,21 +445,6 @@ fn split_mount_paths(m: &MountArgs) -> Result<(Vec<PathBuf>, PathBuf), String> {
         .split_last()
         .ok_or("give the legs and then the mountpoint")?;
     Ok((legs.to_vec(), mountpoint.clone()))
-}
-
-/// Where the daemon of `mountpoint` keeps its `ext` file (log, pid):
-/// /run/mdfuse/<mountpoint with / as _>.<ext>.
-fn run_file(mountpoint: &Path, ext: &str) -> PathBuf {
-    let abs = mountpoint
-        .canonicalize()
-        .unwrap_or_else(|_| mountpoint.to_owned());
-    let name: String = abs
-        .to_string_lossy()
-        .trim_matches('/')
-        .chars()
-        .map(|c| if c == '/' { '_' } else { c })
-        .collect();
-    PathBuf::from("/run/mdfuse").join(format!("{name}.{ext}"))
 }
 
 fn absolute(p: &Path) -> String {
