@@ -9,7 +9,8 @@ use signal_hook::iterator::Signals;
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Arc, Mutex};
 
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
@@ -45,6 +46,87 @@ pub enum ServeError {
     },
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error("stopped by signal {0} before the mount was live")]
+    Interrupted(i32),
+}
+
+/// SIGTERM, SIGINT and SIGHUP, caught from before the array is assembled:
+/// one arriving before the mount is live stops the start cleanly (the
+/// mount is refused, or undone at once), one arriving later unmounts, and
+/// the serving loop ends; never the default action, which would leave a
+/// dead mount behind.
+pub struct StopSignals {
+    received: Arc<AtomicI32>,
+    target: Arc<Mutex<Option<PathBuf>>>,
+    handle: signal_hook::iterator::Handle,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl StopSignals {
+    pub fn install() -> Result<StopSignals, ServeError> {
+        let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(ServeError::Signals)?;
+        // A detached daemon starts with them blocked (cli/detach.rs): one
+        // that came meanwhile is delivered now, to the handler.
+        // SAFETY: plain sigset calls on a set we own.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            for sig in [SIGTERM, SIGINT, SIGHUP] {
+                libc::sigaddset(&mut set, sig);
+            }
+            libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+        }
+        let handle = signals.handle();
+        let received = Arc::new(AtomicI32::new(0));
+        let target: Arc<Mutex<Option<PathBuf>>> = Arc::new(Mutex::new(None));
+        let (r, t) = (received.clone(), target.clone());
+        let thread = std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                for sig in signals.forever() {
+                    // Recorded before the target is looked at: see `mounted`.
+                    r.store(sig, Ordering::SeqCst);
+                    let mounted = t.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                    match mounted {
+                        Some(target) => {
+                            log::info!("signal {sig}: unmounting {}", target.display());
+                            unmount(&target);
+                        }
+                        None => log::info!("signal {sig}: stopping before the mount is live"),
+                    }
+                }
+            })
+            .map_err(ServeError::Signals)?;
+        Ok(StopSignals {
+            received,
+            target,
+            handle,
+            thread: Some(thread),
+        })
+    }
+
+    /// The stop signal received so far, if any.
+    pub fn received(&self) -> Option<i32> {
+        Some(self.received.load(Ordering::SeqCst)).filter(|&s| s != 0)
+    }
+
+    /// From now on a signal unmounts `mountpoint`; true if one came
+    /// before (the caller unmounts). Between them the signal thread and
+    /// this leave no gap: it records a signal before it reads the target,
+    /// this sets the target before it reads the record.
+    fn mounted(&self, mountpoint: &Path) -> bool {
+        *self.target.lock().unwrap_or_else(|e| e.into_inner()) = Some(mountpoint.to_owned());
+        self.received().is_some()
+    }
+}
+
+impl Drop for StopSignals {
+    fn drop(&mut self) {
+        self.handle.close();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// The name of a mountpoint's files in /run/mdfuse (its daemon's pid file
@@ -103,14 +185,19 @@ pub fn check_mountpoint(path: &Path) -> Result<PathBuf, ServeError> {
 }
 
 /// Mounts `array` and serves it until the mount goes away (`umount`, or
-/// SIGTERM/SIGINT/SIGHUP, which unmount it). `on_live` runs once the kernel
-/// has the mount. Returns when every FUSE thread has stopped; the caller then
-/// stops the array cleanly.
+/// SIGTERM/SIGINT/SIGHUP caught by `signals`, which unmount it). `on_live`
+/// runs once the kernel has the mount. Returns when every FUSE thread has
+/// stopped; the caller then stops the array cleanly. A signal that came
+/// before the mount: Err(Interrupted), nothing mounted.
 pub fn serve<A: ServedArray>(
     array: Arc<A>,
     opts: &ServeOptions,
+    signals: &StopSignals,
     on_live: impl FnOnce(),
 ) -> Result<(), ServeError> {
+    if let Some(sig) = signals.received() {
+        return Err(ServeError::Interrupted(sig));
+    }
     let mountpoint = check_mountpoint(&opts.mountpoint)?;
     // SAFETY: getuid/getgid cannot fail.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
@@ -145,19 +232,18 @@ pub fn serve<A: ServedArray>(
             path: mountpoint.clone(),
             source,
         })?;
+    if signals.mounted(&mountpoint) {
+        // A stop signal came while the kernel made the mount: undone now,
+        // so the session below ends at once and the array stops clean.
+        log::info!(
+            "a stop signal came during the mount: unmounting {}",
+            mountpoint.display()
+        );
+        unmount(&mountpoint);
+        drop(session);
+        return Err(ServeError::Interrupted(signals.received().unwrap_or(0)));
+    }
     tune_bdi(&mountpoint);
-    let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(ServeError::Signals)?;
-    let signal_handle = signals.handle();
-    let target = mountpoint.clone();
-    let signal_thread = std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            for sig in signals.forever() {
-                log::info!("signal {sig}: unmounting {}", target.display());
-                unmount(&target);
-            }
-        })
-        .map_err(ServeError::Signals)?;
     log::info!("serving at {}", mountpoint.display());
     on_live();
     let result = match session.run() {
@@ -174,8 +260,6 @@ pub fn serve<A: ServedArray>(
             source,
         }),
     };
-    signal_handle.close();
-    let _ = signal_thread.join();
     result
 }
 

@@ -457,3 +457,152 @@ fn mountpoints_that_differ_only_by_slash_or_underscore_have_their_own_files() {
     // stdout names the log it wrote.
     assert!(stdout(&o1).contains(path_str(&log1)), "{}", stdout(&o1));
 }
+
+/// The daemon keeps nothing of its caller: a descriptor the caller holds (a
+/// `flock 9` around the mount, as scripts do) is not inherited, so the lock
+/// is free once `mdfuse mount` returns; the daemon's directory is `/` and
+/// its umask 022 whatever the caller's (077 here).
+#[test]
+fn the_daemon_keeps_no_descriptor_directory_or_umask_of_its_caller() {
+    if !needs_root("the_daemon_keeps_no_descriptor_directory_or_umask_of_its_caller") {
+        return;
+    }
+    use std::os::unix::io::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let legs = Legs::temp(32 * MIB);
+    create(&legs, &[]);
+    let mnt = legs.mountpoint("mnt");
+    let lock_path = legs.dir().join("caller.lock");
+    let lock = std::fs::File::create(&lock_path).unwrap();
+    // SAFETY: flock on a descriptor we own.
+    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let fd = lock.as_raw_fd();
+    let mut cmd = std::process::Command::new(bin());
+    cmd.current_dir(legs.dir())
+        .args(["mount", "--log", path_str(&log_path(&mnt))])
+        .args(&legs.paths)
+        .arg(&mnt);
+    // SAFETY: dup2 and umask are async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            // As `flock 9 mdfuse mount ...`: fd 9, not close-on-exec.
+            if libc::dup2(fd, 9) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::umask(0o077);
+            Ok(())
+        });
+    }
+    let o = cmd.output().expect("run mdfuse mount");
+    drop(lock);
+    let pid = daemons_for(&mnt).first().copied();
+    let free = {
+        let again = std::fs::File::open(&lock_path).unwrap();
+        // SAFETY: as above.
+        unsafe { libc::flock(again.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+    };
+    let cwd = pid.and_then(|p| std::fs::read_link(format!("/proc/{p}/cwd")).ok());
+    let status = pid
+        .and_then(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
+        .unwrap_or_default();
+    let fds: Vec<PathBuf> = pid
+        .and_then(|p| std::fs::read_dir(format!("/proc/{p}/fd")).ok())
+        .map(|d| {
+            d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    let stopped = mdfuse_with(&["stop"], &[&mnt]);
+    assert_ok("mount", &o);
+    assert_ok("stop", &stopped);
+    assert!(pid.is_some(), "no daemon found for {}", mnt.display());
+    assert!(
+        free,
+        "the caller's lock is still held by the daemon; its descriptors: {fds:?}"
+    );
+    assert!(!fds.contains(&lock_path), "{fds:?}");
+    assert_eq!(
+        cwd.as_deref(),
+        Some(Path::new("/")),
+        "the daemon's directory"
+    );
+    assert!(
+        status.lines().any(|l| l == "Umask:\t0022"),
+        "the daemon's umask:\n{status}"
+    );
+}
+
+/// SIGTERM sent to the daemon as soon as it exists, again and again: each
+/// time the start ends cleanly (a clear refusal, or a mount that is live and
+/// then stops), never a daemon killed by the signal's default action that
+/// leaves a dead mount or its parent saying only that it "ended"; the legs
+/// are free and clean after each round. Stop signals are blocked from the
+/// daemon's exec until its handlers are installed, before the assembly.
+#[test]
+fn sigterm_during_the_start_stops_it_cleanly() {
+    if !needs_root("sigterm_during_the_start_stops_it_cleanly") {
+        return;
+    }
+    let legs = Legs::temp(32 * MIB);
+    create(&legs, &[]);
+    let mnt = legs.mountpoint("mnt");
+    let log = log_path(&mnt);
+    let mut killed_by_signal = Vec::new();
+    for round in 0..10 {
+        let mut child = std::process::Command::new(bin())
+            .args(["mount", "--log", path_str(&log)])
+            .args(&legs.paths)
+            .arg(&mnt)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn mdfuse mount");
+        // The daemon: the child of the parent we spawned, once it runs
+        // mdfuse (its exec done: between fork and exec it is std's).
+        let parent = child.id() as i32;
+        let mut daemon = None;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while daemon.is_none() && std::time::Instant::now() < deadline {
+            daemon = std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children"))
+                .ok()
+                .and_then(|c| c.split_whitespace().next()?.parse::<i32>().ok())
+                .filter(|d| {
+                    std::fs::read(format!("/proc/{d}/cmdline"))
+                        .is_ok_and(|c| c.split(|&b| b == 0).any(|a| a == b"--foreground"))
+                });
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+        }
+        if let Some(d) = daemon {
+            signal(d, libc::SIGTERM);
+        }
+        let out = child.wait_with_output().expect("wait mdfuse mount");
+        if out.status.success() {
+            // It was live before the signal: the signal stops it.
+            if let Some(d) = daemon {
+                wait_pid_gone(d, std::time::Duration::from_secs(20));
+            }
+        }
+        if is_mounted(&mnt) {
+            let _ = mdfuse_with(&["stop"], &[&mnt]);
+        }
+        let err = stderr(&out);
+        if err.contains("ended before the mount was live") {
+            killed_by_signal.push(format!("round {round}: {err}"));
+        }
+        if let Some(d) = daemon {
+            assert!(
+                wait_pid_gone(d, std::time::Duration::from_secs(20)),
+                "round {round}: daemon {d} still runs"
+            );
+        }
+        assert!(!is_mounted(&mnt), "round {round}: a mount is left");
+        assert_stopped_clean(&legs.paths, None);
+    }
+    assert!(
+        killed_by_signal.is_empty(),
+        "daemons killed by SIGTERM during the start:\n{}",
+        killed_by_signal.join("\n")
+    );
+}

@@ -563,6 +563,8 @@ pub fn mount_foreground(m: &MountArgs, ready: &mut detach::Ready) -> Result<(), 
     // Refuse a bad mountpoint before any leg is touched.
     serve::check_mountpoint(&mountpoint).map_err(|e| e.to_string())?;
     ensure_fd_room(m.threads)?;
+    // Caught from here on: a stop signal during the start ends it cleanly.
+    let signals = serve::StopSignals::install().map_err(|e| e.to_string())?;
     let asm = array::assemble(
         &legs,
         &AssembleOptions {
@@ -631,7 +633,7 @@ pub fn mount_foreground(m: &MountArgs, ready: &mut detach::Ready) -> Result<(), 
         ),
     };
     let mut pid_file = None;
-    let served = serve::serve(array.clone(), &opts, || {
+    let served = serve::serve(array.clone(), &opts, &signals, || {
         let msg = format!(
             "mdfuse: array {name} ({uuid}) is live at {}: raid1 [{raid_disks}/{members}], image {}, pid {}",
             mountpoint.display(),
