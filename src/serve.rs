@@ -233,8 +233,9 @@ pub fn serve<A: ServedArray>(
             source,
         })?;
     if signals.mounted(&mountpoint) {
-        // A stop signal came while the kernel made the mount: undone now,
-        // so the session below ends at once and the array stops clean.
+        // A stop signal came while the kernel made the mount: the mount is
+        // undone before it is reported live, and the caller stops the array
+        // clean.
         log::info!(
             "a stop signal came during the mount: unmounting {}",
             mountpoint.display()
