@@ -40,7 +40,7 @@ pub trait ServedArray: Send + Sync + 'static {
     fn control_files(&self) -> Vec<(String, ControlAccess)>;
     /// A control file's content.
     fn control_read(&self, path: &str) -> Result<String, i32>;
-    /// A write to a control file (the written text, trailing newline removed).
+    /// A write to a control file (the written text, one trailing newline removed).
     fn control_write(&self, path: &str, value: &str) -> Result<(), i32>;
 }
 
@@ -515,7 +515,10 @@ impl<A: ServedArray> Filesystem for ArrayFs<A> {
                 log::warn!("{path}: refused a write that is not text");
                 return reply.error(Errno::EINVAL);
             };
-            return match self.array.control_write(&path, text.trim_end_matches('\n')) {
+            // One trailing newline, as md's sysfs words may have (md.c's
+            // cmd_match); a second one is part of the value.
+            let value = text.strip_suffix('\n').unwrap_or(text);
+            return match self.array.control_write(&path, value) {
                 Ok(()) => reply.written(data.len() as u32),
                 Err(e) => reply.error(errno(e)),
             };

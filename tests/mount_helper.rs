@@ -135,11 +135,9 @@ fn mount(args: &[&str]) -> Output {
         .expect("run mount(8)")
 }
 
-/// The daemon's pid file: /run/mdfuse/<absolute mountpoint, / as _>.pid.
+/// The daemon's pid file: /run/mdfuse/<absolute mountpoint, as systemd-escape --path>.pid.
 fn pid_file(mnt: &Path) -> PathBuf {
-    let abs = mnt.canonicalize().unwrap_or_else(|_| mnt.to_owned());
-    let name: String = abs.to_string_lossy().trim_matches('/').replace('/', "_");
-    PathBuf::from("/run/mdfuse").join(format!("{name}.pid"))
+    mdfuse::serve::run_file(mnt, "pid")
 }
 
 /// The pid in the daemon's pid file (0 if there is none).
@@ -734,5 +732,58 @@ fn a_missing_leg_is_refused_unless_the_run_option_starts_it_degraded() {
         Some("clean"),
         "{e0}"
     );
+    arr.assert_nothing_left();
+}
+
+/// Legs whose names look like options (`--leg0`, `-f`, relative to mount's current
+/// directory) stay legs: the helper gives them to mdfuse after `--` (before, mdfuse took
+/// `-f` for --foreground and `--leg0` for an unknown option). A leg whose path holds a
+/// `:` cannot be told from two legs in `legs=`: refused with the reason, nothing mounted.
+#[test]
+fn legs_named_like_options_stay_legs_and_an_ambiguous_legs_list_is_refused() {
+    let Some((_helper, arr)) = setup("legs_named_like_options_stay_legs", false) else {
+        return;
+    };
+    let dir = arr.dir.path();
+    let (dash0, dash1) = (dir.join("--leg0"), dir.join("-f"));
+    std::fs::rename(arr.legs.path(0), &dash0).unwrap();
+    std::fs::rename(arr.legs.path(1), &dash1).unwrap();
+    let out = Command::new("mount")
+        .current_dir(dir)
+        .args([
+            "-t",
+            "mdfuse",
+            "-o",
+            "legs=--leg0:-f",
+            "mirror",
+            arr.mnt_str(),
+        ])
+        .env("MDFUSE", env!("CARGO_BIN_EXE_mdfuse"))
+        .output()
+        .expect("run mount(8)");
+    let live = LiveMount::after_mount(&arr.mnt, &out);
+    assert!(live.mdstat().contains("--leg0[0]"), "{}", live.mdstat());
+    live.umount();
+    assert_stopped_clean(&[dash0.clone(), dash1.clone()], None);
+
+    // "/dir/a:b.img:/dir/-f": the first leg's path holds a ':'.
+    let colon = dir.join("a:b.img");
+    std::fs::rename(&dash0, &colon).unwrap();
+    let before = [sha256_file(&colon), sha256_file(&dash1)];
+    let opts = format!("legs={}:{}", colon.display(), dash1.display());
+    let out = arr.mount_t(&opts);
+    let said = LiveMount::refused(&arr.mnt, &out, "mount with a leg holding ':'");
+    assert!(
+        said.contains("unambiguously") && said.contains("a:b.img"),
+        "{said}"
+    );
+    assert_eq!([sha256_file(&colon), sha256_file(&dash1)], before);
+    // A leg path holding ',': cut by mount's option list.
+    let comma = dir.join("c,d.img");
+    std::fs::rename(&colon, &comma).unwrap();
+    let opts = format!("legs={}:{}", comma.display(), dash1.display());
+    let out = arr.mount_t(&opts);
+    let said = LiveMount::refused(&arr.mnt, &out, "mount with a leg holding ','");
+    assert!(said.contains("a path holding ','"), "{said}");
     arr.assert_nothing_left();
 }

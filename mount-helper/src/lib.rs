@@ -48,10 +48,60 @@ fn is_generic(opt: &str) -> bool {
         || opt.starts_with("comment=")
 }
 
+/// `-o`'s list split at its commas. A double quote is refused: libmount
+/// lets a quoted value hold a comma, and a value split at it would be
+/// read as something else.
+fn split_options(list: &str) -> Result<Vec<String>, String> {
+    if list.contains('"') {
+        return Err(format!(
+            "-o {list}: a quoted option value is not supported (a path holding ',' or ':' \
+             cannot be given to mount.mdfuse: use a symlink without them)"
+        ));
+    }
+    Ok(list
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect())
+}
+
+/// The legs of `legs=` or of SOURCE, split at `:`. The split is refused
+/// when it is not the only reading: an empty piece, or pieces that, joined
+/// again with their `:`, name a file that exists (a leg path holding a
+/// `:`); such a leg is given through a symlink without one.
+fn split_legs(what: &str, list: &str) -> Result<Vec<String>, String> {
+    let legs: Vec<String> = list.split(':').map(String::from).collect();
+    if legs.iter().any(|l| l.is_empty()) {
+        return Err(format!("{what}{list}: an empty leg path"));
+    }
+    for first in 0..legs.len() {
+        for last in first + 1..legs.len() {
+            let joined = legs[first..=last].join(":");
+            if std::path::Path::new(&joined).exists() {
+                return Err(format!(
+                    "{what}{list}: cannot be split into legs unambiguously: {joined:?} exists; \
+                     legs are separated by ':', so a leg path holding ':' (or ',') cannot be \
+                     given (use a symlink without them)"
+                ));
+            }
+        }
+    }
+    Ok(legs)
+}
+
 pub fn parse_mount_args(args: &[String]) -> Result<MountRequest, String> {
     let mut req = MountRequest::default();
-    let mut positional = Vec::new();
+    // mount(8) runs helpers as `mount.TYPE SOURCE MOUNTPOINT [options]`:
+    // the first two are those two whatever they look like (a leg or a
+    // mountpoint may begin with '-').
+    let (positional, rest) = if args.len() >= 2 {
+        (args[..2].to_vec(), &args[2..])
+    } else {
+        (Vec::new(), args)
+    };
+    let mut positional = positional;
     let mut opts: Vec<String> = Vec::new();
+    let args = rest;
     let mut i = 0;
     while i < args.len() {
         let a = &args[i];
@@ -59,17 +109,12 @@ pub fn parse_mount_args(args: &[String]) -> Result<MountRequest, String> {
             "-o" => {
                 i += 1;
                 let o = args.get(i).ok_or("-o needs a value")?;
-                opts.extend(o.split(',').filter(|s| !s.is_empty()).map(String::from));
+                opts.extend(split_options(o)?);
             }
             "-t" => {
                 i += 1;
             }
-            s if s.starts_with("-o") => opts.extend(
-                s[2..]
-                    .split(',')
-                    .filter(|s| !s.is_empty())
-                    .map(String::from),
-            ),
+            s if s.starts_with("-o") => opts.extend(split_options(&s[2..])?),
             s if s.starts_with('-') && s.len() > 1 => {
                 for flag in s[1..].chars() {
                     match flag {
@@ -98,11 +143,29 @@ pub fn parse_mount_args(args: &[String]) -> Result<MountRequest, String> {
             None => (opt.as_str(), None),
         };
         let need = |v: Option<&str>| {
-            v.map(String::from)
+            v.filter(|v| !v.is_empty())
+                .map(String::from)
                 .ok_or(format!("option {key} needs a value ({key}=...)"))
         };
+        // A value given twice, differently: which one was meant?
+        let once = |old: Option<&String>, new: &str| match old {
+            Some(o) if o != new => Err(format!(
+                "option {key} given twice ({key}={o} and {key}={new})"
+            )),
+            _ => Ok(()),
+        };
         match key {
-            "legs" => req.legs = need(value)?.split(':').map(String::from).collect(),
+            "legs" => {
+                let legs = split_legs("legs=", &need(value)?)?;
+                if !req.legs.is_empty() && req.legs != legs {
+                    return Err(format!(
+                        "option legs given twice (legs={} and legs={})",
+                        req.legs.join(":"),
+                        legs.join(":")
+                    ));
+                }
+                req.legs = legs;
+            }
             "ro" => req.read_only = true,
             "rw" => req.read_only = false,
             "allow_other" => req.allow_other = true,
@@ -117,10 +180,18 @@ pub fn parse_mount_args(args: &[String]) -> Result<MountRequest, String> {
                 req.image_mode = Some(mode);
             }
             "run" => req.run_degraded = true,
-            "force_from" => req.force_from = Some(need(value)?),
+            "force_from" => {
+                let v = need(value)?;
+                once(req.force_from.as_ref(), &v)?;
+                req.force_from = Some(v);
+            }
             "buffered" => req.buffered = true,
             "write_through" => req.write_through = true,
-            "bitmap" => req.bitmap = Some(need(value)?),
+            "bitmap" => {
+                let v = need(value)?;
+                once(req.bitmap.as_ref(), &v)?;
+                req.bitmap = Some(v);
+            }
             "bitmap_file_io" => req.bitmap_file_io = true,
             "threads" => {
                 req.threads = Some(
@@ -130,34 +201,43 @@ pub fn parse_mount_args(args: &[String]) -> Result<MountRequest, String> {
                 )
             }
             "delay" => {
-                req.delay = Some(
-                    need(value)?
-                        .parse()
-                        .map_err(|_| format!("delay={}: not a number of seconds", value.unwrap_or("")))?,
-                )
+                req.delay = Some(need(value)?.parse().map_err(|_| {
+                    format!("delay={}: not a number of seconds", value.unwrap_or(""))
+                })?)
             }
-            "log" => req.log = Some(need(value)?),
+            "log" => {
+                let v = need(value)?;
+                once(req.log.as_ref(), &v)?;
+                req.log = Some(v);
+            }
             _ if is_generic(opt) => {}
             _ => {
+                // What is left of a path cut at a comma looks like this.
+                let cut = if opt.contains('/') || opt.contains('.') {
+                    " (a path holding ',' cannot be given in -o: mount(8) splits options at \
+                     commas; use a symlink without one)"
+                } else {
+                    ""
+                };
                 return Err(format!(
                     "unknown option {opt:?} (known: legs=, bitmap=, bitmap_file_io, ro, rw, allow_other, \
-                     image_mode=, run, force_from=, buffered, write_through, threads=, delay=, log=)"
-                ))
+                     image_mode=, run, force_from=, buffered, write_through, threads=, delay=, log=){cut}"
+                ));
             }
         }
     }
     if req.legs.is_empty() {
         // SOURCE may name the legs itself: LEG:LEG.
         if source.contains(':') {
-            req.legs = source.split(':').map(String::from).collect();
+            req.legs = split_legs("SOURCE ", source)?;
         } else {
             return Err(format!(
                 "no legs: give -o legs=LEG:LEG or SOURCE as LEG:LEG (SOURCE was {source:?})"
             ));
         }
     }
-    if req.legs.iter().any(|l| l.is_empty()) {
-        return Err("an empty leg path in legs=".into());
+    if mountpoint.is_empty() {
+        return Err("an empty MOUNTPOINT".into());
     }
     Ok(req)
 }
@@ -202,6 +282,8 @@ impl MountRequest {
         if let Some(d) = self.delay {
             a.push(format!("--delay={d}"));
         }
+        // After `--`: a leg or a mountpoint named like an option stays a path.
+        a.push("--".into());
         a.extend(self.legs.iter().cloned());
         a.push(self.mountpoint.clone());
         a
@@ -226,7 +308,7 @@ mod tests {
         assert!(r.allow_other && !r.read_only);
         assert_eq!(
             r.mdfuse_args(),
-            args("mount --allow-other /d/a.img /d/b.img /mnt/m")
+            args("mount --allow-other -- /d/a.img /d/b.img /mnt/m")
         );
     }
 
@@ -235,7 +317,7 @@ mod tests {
         let r = parse_mount_args(&args("/d/a:/d/b /m -o allow_other,image_mode=0660")).unwrap();
         assert_eq!(
             r.mdfuse_args(),
-            args("mount --allow-other --image-mode=0660 /d/a /d/b /m")
+            args("mount --allow-other --image-mode=0660 -- /d/a /d/b /m")
         );
         for bad in [
             "image_mode=0999",
@@ -253,7 +335,7 @@ mod tests {
         let r = parse_mount_args(&args("/d/a:/d/b /m -o force_from=/d/b")).unwrap();
         assert_eq!(
             r.mdfuse_args(),
-            args("mount --force-from=/d/b /d/a /d/b /m")
+            args("mount --force-from=/d/b -- /d/a /d/b /m")
         );
         assert!(parse_mount_args(&args("/d/a:/d/b /m -o force_from"))
             .unwrap_err()
@@ -264,7 +346,57 @@ mod tests {
     fn source_names_legs() {
         let r = parse_mount_args(&args("/d/a:/d/b /m -s -o ro,threads=4")).unwrap();
         assert_eq!(r.legs, vec!["/d/a", "/d/b"]);
-        assert_eq!(r.mdfuse_args(), args("mount --ro --threads=4 /d/a /d/b /m"));
+        assert_eq!(
+            r.mdfuse_args(),
+            args("mount --ro --threads=4 -- /d/a /d/b /m")
+        );
+    }
+
+    #[test]
+    fn paths_named_like_options_stay_paths() {
+        let r = parse_mount_args(&args("-x:/d/b -m -o ro")).unwrap();
+        assert_eq!(r.legs, ["-x", "/d/b"]);
+        assert_eq!(r.mountpoint, "-m");
+        assert_eq!(r.mdfuse_args(), args("mount --ro -- -x /d/b -m"));
+        let r = parse_mount_args(&args("mirror /m -o legs=--help:-f")).unwrap();
+        assert_eq!(r.mdfuse_args(), args("mount -- --help -f /m"));
+    }
+
+    #[test]
+    fn values_that_cannot_be_split_are_refused() {
+        // A leg whose path holds a ':'.
+        let dir = std::env::temp_dir().join(format!("mount-mdfuse-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let colon = dir.join("a:b.img");
+        std::fs::write(&colon, b"").unwrap();
+        let list = format!("{}:/d/c", colon.display());
+        let err = parse_mount_args(&args(&format!("mirror /m -o legs={list}"))).unwrap_err();
+        let err2 = parse_mount_args(&args(&format!("{list} /m"))).unwrap_err();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(
+            err.contains("unambiguously") && err.contains("a:b.img"),
+            "{err}"
+        );
+        assert!(
+            err2.contains("SOURCE") && err2.contains("unambiguously"),
+            "{err2}"
+        );
+        for (opts, needle) in [
+            // A leg /d/a,b.img: the comma cuts the option.
+            ("-o legs=/d/a,b.img:/d/c", "a path holding ','"),
+            ("-o bitmap=/d/x,y.bitmap,legs=/a:/b", "a path holding ','"),
+            ("-o legs=\"/d/a,b\":/d/c", "quoted"),
+            ("-o legs=/a::/b", "an empty leg path"),
+            ("-o legs=/a:/b,legs=/a:/c", "given twice"),
+            ("-o legs=/a:/b,bitmap=/x,bitmap=/y", "given twice"),
+            ("-o legs=/a:/b,bitmap=", "needs a value"),
+        ] {
+            let err = parse_mount_args(&args(&format!("mirror /m {opts}"))).expect_err(opts);
+            assert!(err.contains(needle), "{opts}: {err}");
+        }
+        // The same value twice is no ambiguity (fstab and command line).
+        let r = parse_mount_args(&args("m /m -o legs=/a:/b,legs=/a:/b,ro,rw")).unwrap();
+        assert_eq!(r.legs, ["/a", "/b"]);
     }
 
     #[test]

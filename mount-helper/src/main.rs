@@ -8,7 +8,8 @@
 //! bitmap_file_io, delay=SECS, ro/rw, allow_other, image_mode=MODE, run,
 //! force_from=LEG, buffered, write_through, threads=N, log=FILE; mount's generic ones
 //! (defaults, auto, noauto, nofail, _netdev, user, nouser, x-*, comment=) are
-//! accepted and ignored.
+//! accepted and ignored. The legs and the mountpoint are passed after `--`;
+//! a `legs=` list that cannot be split one way only is refused.
 
 use mount_mdfuse as options;
 

@@ -8,6 +8,7 @@ use super::error::ArrayError;
 use super::running::RunningArray;
 use crate::fuse_fs::ControlAccess::{self, Read, ReadWrite, Write};
 use crate::raid1::{LegState, SpeedLimits, SyncAction};
+use crate::report::mdstat::escape_name;
 use std::sync::atomic::Ordering;
 
 /// Attributes of the array, under `md/`.
@@ -64,6 +65,78 @@ fn refuse(path: &str, value: &str, why: impl std::fmt::Display, errno: i32) -> i
     errno
 }
 
+/// How md's sysfs attributes read what is written to them
+/// (drivers/md/md.c). The FUSE layer has already taken off one trailing
+/// newline (sysfs words "may, or may not, be \n terminated", md.c's
+/// cmd_match), so each parser here sees the rest and must match it whole:
+/// `frozen\n\n` reaches sync_action as `frozen\n` and is refused, as md
+/// refuses it.
+mod md_sysfs {
+    /// kstrtouint(buf, 10): an optional `+`, then decimal digits, nothing
+    /// else. Err is md's errno: EINVAL for no number, ERANGE past 2^32-1.
+    pub fn kstrtouint(s: &str) -> Result<u32, i32> {
+        let digits = s.strip_prefix('+').unwrap_or(s);
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(libc::EINVAL);
+        }
+        let mut n: u32 = 0;
+        for b in digits.bytes() {
+            n = n
+                .checked_mul(10)
+                .and_then(|n| n.checked_add(u32::from(b - b'0')))
+                .ok_or(libc::ERANGE)?;
+        }
+        Ok(n)
+    }
+
+    /// The kernel's HZ in Debian's kernels (md bounds safe_mode_delay by
+    /// UINT_MAX / HZ milliseconds).
+    const HZ: u64 = 250;
+
+    /// safe_delay_store: md's strict_strtoul_scaled(buf, 3), digits with at
+    /// most one `.` (digits past the third decimal are dropped; an empty
+    /// value or a lone `.` is 0), in milliseconds, at most UINT_MAX / HZ.
+    pub fn safe_delay_ms(s: &str) -> Option<u64> {
+        let mut ms: u64 = 0;
+        let mut decimals: Option<u32> = None;
+        for b in s.bytes() {
+            match (b, decimals) {
+                (b'.', None) => decimals = Some(0),
+                (b'0'..=b'9', Some(3)) => {}
+                (b'0'..=b'9', d) => {
+                    ms = ms.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
+                    decimals = d.map(|d| d + 1);
+                }
+                _ => return None,
+            }
+        }
+        let ms = ms.checked_mul(10u64.pow(3 - decimals.unwrap_or(0)))?;
+        (ms <= u64::from(u32::MAX) / HZ).then_some(ms)
+    }
+
+    /// sync_min_store, sync_max_store: anything that begins with `system`
+    /// (md compares 6 bytes), else a kstrtouint that is not 0.
+    pub fn speed_limit(s: &str) -> Result<Option<u32>, i32> {
+        if s.starts_with("system") {
+            return Ok(None);
+        }
+        match kstrtouint(s)? {
+            0 => Err(libc::EINVAL),
+            n => Ok(Some(n)),
+        }
+    }
+
+    /// max_corrected_read_errors_store: a kstrtouint up to INT_MAX.
+    pub fn max_read_errors(s: &str) -> Result<u32, i32> {
+        kstrtouint(s)?
+            .try_into()
+            .ok()
+            .filter(|n: &i32| *n >= 0)
+            .map(|n| n as u32)
+            .ok_or(libc::EINVAL)
+    }
+}
+
 /// md's `%pU`: the 16 UUID bytes as 8-4-4-4-12 lowercase hex.
 fn uuid_pu(bytes: &[u8; 16]) -> String {
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
@@ -92,6 +165,7 @@ impl RunningArray {
                 .map(|n| (format!("md/bitmap/{n}"), Read)),
         );
         for name in self.leg_names().into_iter().flatten() {
+            let name = escape_name(&name);
             out.extend(
                 DEV_FILES
                     .iter()
@@ -101,12 +175,14 @@ impl RunningArray {
         out
     }
 
-    /// The slot whose leg is named `dev-NAME` in `md/`.
+    /// The slot whose leg is named `dev-NAME` in `md/` (NAME is the leg's
+    /// file name, escaped as [`escape_name`] does: a newline in it cannot
+    /// make a line of `ls md/`).
     fn slot_of_dev(&self, dev: &str) -> Option<usize> {
         let name = dev.strip_prefix("dev-")?;
         self.leg_names()
             .iter()
-            .position(|n| n.as_deref() == Some(name))
+            .position(|n| n.as_deref().map(escape_name).as_deref() == Some(name))
     }
 
     /// md's `resync_start` (`recovery_cp`): `none` once the legs are known in
@@ -275,12 +351,18 @@ impl RunningArray {
     }
 
     /// A write to a control file; Err is the errno for the writer.
+    /// `value` is what was written, one trailing newline taken off; every
+    /// file takes exactly what md's does (see [`md_sysfs`]): no blanks
+    /// around a word, no second newline.
     pub fn control_write_value(&self, path: &str, value: &str) -> Result<(), i32> {
-        let value = value.trim();
         if self.read_only {
             return Err(refuse(path, value, "the array is read-only", libc::EROFS));
         }
         let failed = |e: ArrayError| refuse(path, value, &e, e.errno());
+        if value.contains('\0') {
+            // md would read up to the NUL; a NUL in a value is refused here.
+            return Err(refuse(path, value, "a NUL byte in the value", libc::EINVAL));
+        }
         let rel = path.strip_prefix("md/").unwrap_or(path);
         match rel {
             // md's action_store: idle/frozen stop the running sync (idle
@@ -313,23 +395,32 @@ impl RunningArray {
             },
             "sync_speed_min" | "sync_speed_max" => self.set_speed_limit(path, rel, value),
             "safe_mode_delay" => {
-                let ms = super::md_thread::parse_delay(value).ok_or_else(|| {
-                    refuse(path, value, "a delay in seconds (e.g. 0.2)", libc::EINVAL)
+                let ms = md_sysfs::safe_delay_ms(value).ok_or_else(|| {
+                    refuse(
+                        path,
+                        value,
+                        "a delay in seconds (e.g. 0.2), at most 17179.869",
+                        libc::EINVAL,
+                    )
                 })?;
                 self.control.safe_mode_delay_ms.store(ms, Ordering::Relaxed);
                 Ok(())
             }
             "max_read_errors" => {
-                let n = value
-                    .parse::<u32>()
-                    .ok()
-                    .ok_or_else(|| refuse(path, value, "a count of read errors", libc::EINVAL))?;
+                let n = md_sysfs::max_read_errors(value).map_err(|errno| {
+                    refuse(
+                        path,
+                        value,
+                        "a count of read errors (0 to 2147483647)",
+                        errno,
+                    )
+                })?;
                 self.engine.set_max_read_errors(n);
                 Ok(())
             }
             "new_dev" => {
                 let (re_add_only, leg) = match value.strip_prefix("re-add ") {
-                    Some(p) => (true, p.trim()),
+                    Some(p) => (true, p),
                     None => (false, value),
                 };
                 if !leg.starts_with('/') {
@@ -360,23 +451,16 @@ impl RunningArray {
     /// `system` for md's default.
     fn set_speed_limit(&self, path: &str, rel: &str, value: &str) -> Result<(), i32> {
         let is_max = rel == "sync_speed_max";
-        let local = if value == "system" {
-            None
-        } else {
-            let kib = value
-                .parse::<u32>()
-                .ok()
-                .filter(|&v| v > 0)
-                .ok_or_else(|| {
-                    refuse(
-                        path,
-                        value,
-                        "a speed in KiB/s (1 to 4294967295), or system",
-                        libc::EINVAL,
-                    )
-                })?;
-            Some(u64::from(kib))
-        };
+        let local = md_sysfs::speed_limit(value)
+            .map_err(|errno| {
+                refuse(
+                    path,
+                    value,
+                    "a speed in KiB/s (1 to 4294967295), or system",
+                    errno,
+                )
+            })?
+            .map(u64::from);
         let d = SpeedLimits::default();
         let mut l = self.sync_limits().lock();
         if is_max {
@@ -430,7 +514,44 @@ impl RunningArray {
 
 #[cfg(test)]
 mod tests {
+    use super::md_sysfs::*;
     use super::uuid_pu;
+
+    #[test]
+    fn numbers_read_as_md_reads_them() {
+        assert_eq!(kstrtouint("5"), Ok(5));
+        assert_eq!(kstrtouint("+5"), Ok(5));
+        assert_eq!(kstrtouint("007"), Ok(7));
+        assert_eq!(kstrtouint("4294967295"), Ok(u32::MAX));
+        assert_eq!(kstrtouint("4294967296"), Err(libc::ERANGE));
+        for bad in ["", "+", "-1", " 5", "5 ", "5\n", "0x10", "5k"] {
+            assert_eq!(kstrtouint(bad), Err(libc::EINVAL), "{bad:?}");
+        }
+        assert_eq!(speed_limit("system"), Ok(None));
+        assert_eq!(speed_limit("systemwide\n"), Ok(None));
+        assert_eq!(speed_limit("0"), Err(libc::EINVAL));
+        assert_eq!(speed_limit("+1000"), Ok(Some(1000)));
+        assert_eq!(max_read_errors("2147483647"), Ok(i32::MAX as u32));
+        assert_eq!(max_read_errors("2147483648"), Err(libc::EINVAL));
+        assert_eq!(max_read_errors("4294967296"), Err(libc::ERANGE));
+    }
+
+    #[test]
+    fn safe_mode_delay_reads_as_md_reads_it() {
+        assert_eq!(safe_delay_ms("0.2"), Some(200));
+        assert_eq!(safe_delay_ms("1"), Some(1000));
+        assert_eq!(safe_delay_ms("0.1255"), Some(125));
+        assert_eq!(safe_delay_ms(".5"), Some(500));
+        assert_eq!(safe_delay_ms("5."), Some(5000));
+        assert_eq!(safe_delay_ms(""), Some(0));
+        assert_eq!(safe_delay_ms("."), Some(0));
+        assert_eq!(safe_delay_ms("17179.869"), Some(17_179_869));
+        assert_eq!(safe_delay_ms("17179.870"), None);
+        assert_eq!(safe_delay_ms("99999999999999999999999"), None);
+        for bad in ["x", "1.-2", "+1", "-1", "1.2.3", " 1", "1 ", "0.2\n", "1e3"] {
+            assert_eq!(safe_delay_ms(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn uuid_as_md_prints_it() {

@@ -26,16 +26,51 @@ impl Ready {
         Ready(fd.map(|fd| unsafe { std::fs::File::from_raw_fd(fd) }))
     }
 
+    /// The parent reads one line: a message is sent escaped (a path with a
+    /// newline in it would cut it short).
     pub fn live(&mut self, message: &str) {
         if let Some(mut f) = self.0.take() {
-            let _ = writeln!(f, "ok {message}");
+            let _ = writeln!(f, "ok {}", super::escape_log(message));
         }
     }
 
     pub fn failed(&mut self, message: &str) {
         if let Some(mut f) = self.0.take() {
-            let _ = writeln!(f, "error {message}");
+            let _ = writeln!(f, "error {}", super::escape_log(message));
         }
+    }
+}
+
+/// The daemon's umask: the files it makes (its pid file) are 0644.
+const DAEMON_UMASK: libc::mode_t = 0o022;
+
+/// close_range(2)'s flag: mark the range close-on-exec instead of closing.
+const CLOSE_RANGE_CLOEXEC: u32 = 1 << 2;
+
+/// Marks every descriptor from 3 on close-on-exec, between fork and exec,
+/// so the new program inherits none of its caller's (std's own pipe for an
+/// exec error keeps working until the exec): close_range(2), or one
+/// fcntl(2) per descriptor where the kernel lacks it. Only async-signal-safe
+/// calls.
+fn cloexec_inherited() {
+    // SAFETY: close_range takes no pointers.
+    let r = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, CLOSE_RANGE_CLOEXEC) };
+    if r == 0 {
+        return;
+    }
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills the struct we own.
+    let max = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+        lim.rlim_cur.min(1 << 20) as i32
+    } else {
+        1024
+    };
+    for fd in 3..max {
+        // SAFETY: fcntl on a descriptor number; EBADF for a closed one is harmless.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
     }
 }
 
@@ -84,8 +119,13 @@ pub fn spawn_and_wait(args: &[String], log: &Path) -> i32 {
         }
     };
     let mut cmd = Command::new(exe);
+    // A daemon's start: its own session, `/` as its directory (it holds no
+    // directory of its caller busy; every path it is given is absolute),
+    // umask 022, and none of the caller's descriptors but the pipe (a
+    // caller's `flock 9` would otherwise be held for the array's life).
     cmd.args(args)
         .env(READY_FD_VAR, child_fd.to_string())
+        .current_dir("/")
         .stdin(Stdio::null())
         .stdout(Stdio::from(log_file))
         .stderr(Stdio::from(stderr));
@@ -93,7 +133,18 @@ pub fn spawn_and_wait(args: &[String], log: &Path) -> i32 {
     unsafe {
         cmd.pre_exec(move || {
             libc::setsid();
-            // Keep the pipe's write end across exec.
+            libc::umask(DAEMON_UMASK);
+            // Stop signals wait (pending) until the daemon has its handlers
+            // (serve::StopSignals::install unblocks them): a SIGTERM right
+            // after the start stops it cleanly instead of killing it.
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+                libc::sigaddset(&mut set, sig);
+            }
+            libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+            cloexec_inherited();
+            // Keep the pipe's write end across exec (only it).
             let flags = libc::fcntl(child_fd, libc::F_GETFD);
             libc::fcntl(child_fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
             Ok(())

@@ -14,7 +14,8 @@ use mdfuse::format::superblock::Superblock;
 use mdfuse::io::leg::{IoMode, Leg};
 use mdfuse::raid1::EngineOptions;
 use mdfuse::report::examine::render_examine;
-use mdfuse::serve::{self, ServeOptions};
+use mdfuse::report::mdstat::escape_name;
+use mdfuse::serve::{self, run_file, ServeOptions};
 use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
@@ -83,8 +84,9 @@ struct CreateArgs {
     /// bitmap has at most 2^20 chunks).
     #[arg(long, value_parser = size::parse_size, requires = "bitmap")]
     bitmap_chunk: Option<u64>,
-    /// Seconds a chunk stays idle before its bit is cleared (md's daemon_sleep).
-    #[arg(long, default_value_t = 5)]
+    /// Seconds a chunk stays idle before its bit is cleared (md's
+    /// daemon_sleep: 1 or more, as md reads it).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     delay: u32,
     /// The legs: regular files or block devices (two or more).
     #[arg(required = true)]
@@ -145,8 +147,9 @@ pub struct MountArgs {
     /// rather than at the next fsync or close.
     #[arg(long)]
     write_through: bool,
-    /// FUSE threads (each with its own /dev/fuse fd); also I/O threads per leg.
-    #[arg(long, default_value_t = 16)]
+    /// FUSE threads (each with its own /dev/fuse fd); also I/O threads per
+    /// leg. From 1 to 256.
+    #[arg(long, default_value_t = 16, value_parser = parse_threads)]
     threads: usize,
     /// Log file when detached (default: /run/mdfuse/<mountpoint>.log).
     #[arg(long)]
@@ -159,8 +162,8 @@ pub struct MountArgs {
     #[arg(long, requires = "bitmap")]
     bitmap_file_io: bool,
     /// Seconds a chunk stays idle before its bit is cleared (default: the
-    /// bitmap file's daemon_sleep).
-    #[arg(long, requires = "bitmap")]
+    /// bitmap file's daemon_sleep); more than 0, at most 2^32-1.
+    #[arg(long, requires = "bitmap", value_parser = parse_delay)]
     delay: Option<f64>,
     /// The legs, then the mountpoint.
     #[arg(required = true, num_args = 2..)]
@@ -207,9 +210,38 @@ fn init_logging(daemon: bool) {
     } else {
         "warn,fuser=error"
     });
+    // env_logger's own layout, with the message escaped: a name or path
+    // holding a newline or a control character makes no line of its own.
     let _ = env_logger::Builder::from_env(env)
-        .format_timestamp_millis()
+        .format(|buf, record| {
+            use std::io::Write;
+            writeln!(
+                buf,
+                "[{} {:<5} {}] {}",
+                buf.timestamp_millis(),
+                record.level(),
+                record.target(),
+                escape_log(&record.args().to_string())
+            )
+        })
         .try_init();
+}
+
+/// A log message on one line: control characters as `\xNN` (backslashes
+/// are kept: the log is read, not parsed back).
+fn escape_log(msg: &str) -> String {
+    if !msg.chars().any(char::is_control) {
+        return msg.to_string();
+    }
+    msg.chars()
+        .map(|c| {
+            if c.is_control() {
+                escape_name(&c.to_string())
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 fn cmd_create(a: CreateArgs) -> Result<(), String> {
@@ -245,7 +277,7 @@ fn cmd_create(a: CreateArgs) -> Result<(), String> {
     .map_err(|e| e.to_string())?;
     println!(
         "mdfuse: array {} created: raid1, {} legs, {} bytes{}, data offset {} sectors, UUID {}",
-        created.name,
+        escape_name(&created.name),
         created.legs.len(),
         created.array_sectors * 512,
         mdfuse::report::human_size(created.array_sectors as u128 * 512),
@@ -325,6 +357,84 @@ fn cmd_examine(legs: &[PathBuf]) -> Result<(), String> {
     }
 }
 
+/// `--delay SECS` of a mount: a finite number of seconds, more than 0 and
+/// at most what a bitmap file's daemon_sleep holds (2^32-1), so it always
+/// makes a Duration (-1, NaN and inf do not).
+fn parse_delay(s: &str) -> Result<f64, String> {
+    let secs: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?}: not a number of seconds (e.g. 5 or 0.5)"))?;
+    if secs.is_finite() && secs > 0.0 && secs <= f64::from(u32::MAX) {
+        Ok(secs)
+    } else {
+        Err(format!(
+            "{s:?}: the delay must be more than 0 and at most {} seconds",
+            u32::MAX
+        ))
+    }
+}
+
+/// The most `--threads` a mount takes: more FUSE threads than this only
+/// wait on the same queue (bench/METHOD.md: 4 to 32 make no difference),
+/// and each costs two descriptors and a stack.
+const MAX_THREADS: usize = 256;
+
+fn parse_threads(s: &str) -> Result<usize, String> {
+    s.trim()
+        .parse::<usize>()
+        .ok()
+        .filter(|n| (1..=MAX_THREADS).contains(n))
+        .ok_or_else(|| format!("{s:?}: a number of threads from 1 to {MAX_THREADS}"))
+}
+
+/// Descriptors a mount needs besides its threads' (legs, bitmap, log,
+/// signal pipe, sync threads' rings), with room to spare.
+const FD_BASE: u64 = 32;
+
+/// Makes sure the daemon can open what `threads` FUSE threads need (a
+/// /dev/fuse clone each, made only once the mount is live, and an io_uring
+/// ring each): the soft descriptor limit is raised toward the hard one if
+/// it is short, and a limit too low for it is refused before anything is
+/// mounted, rather than the daemon dying of EMFILE after the mount is live.
+fn ensure_fd_room(threads: usize) -> Result<(), String> {
+    let open = std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count() as u64)
+        .unwrap_or(0);
+    let need = open + FD_BASE + 2 * threads as u64;
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Ok(());
+    }
+    if lim.rlim_cur >= need {
+        return Ok(());
+    }
+    if lim.rlim_max >= need {
+        let raised = libc::rlimit {
+            rlim_cur: need,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: as above; lowering nothing.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            log::info!(
+                "raised the descriptor limit from {} to {need} for {threads} threads",
+                lim.rlim_cur
+            );
+            return Ok(());
+        }
+    }
+    Err(format!(
+        "--threads {threads} needs about {need} file descriptors (a /dev/fuse clone and an \
+         io_uring ring per thread), but this process may open only {} (ulimit -n, hard limit {}): \
+         give fewer threads or raise the limit",
+        lim.rlim_cur, lim.rlim_max
+    ))
+}
+
 /// An octal file mode (0600, 660): permission bits only.
 fn parse_mode(s: &str) -> Result<u16, String> {
     u16::from_str_radix(s.trim_start_matches("0o"), 8)
@@ -339,21 +449,6 @@ fn split_mount_paths(m: &MountArgs) -> Result<(Vec<PathBuf>, PathBuf), String> {
         .split_last()
         .ok_or("give the legs and then the mountpoint")?;
     Ok((legs.to_vec(), mountpoint.clone()))
-}
-
-/// Where the daemon of `mountpoint` keeps its `ext` file (log, pid):
-/// /run/mdfuse/<mountpoint with / as _>.<ext>.
-fn run_file(mountpoint: &Path, ext: &str) -> PathBuf {
-    let abs = mountpoint
-        .canonicalize()
-        .unwrap_or_else(|_| mountpoint.to_owned());
-    let name: String = abs
-        .to_string_lossy()
-        .trim_matches('/')
-        .chars()
-        .map(|c| if c == '/' { '_' } else { c })
-        .collect();
-    PathBuf::from("/run/mdfuse").join(format!("{name}.{ext}"))
 }
 
 fn absolute(p: &Path) -> String {
@@ -472,6 +567,9 @@ pub fn mount_foreground(m: &MountArgs, ready: &mut detach::Ready) -> Result<(), 
     panic_stop::install();
     // Refuse a bad mountpoint before any leg is touched.
     serve::check_mountpoint(&mountpoint).map_err(|e| e.to_string())?;
+    ensure_fd_room(m.threads)?;
+    // Caught from here on: a stop signal during the start ends it cleanly.
+    let signals = serve::StopSignals::install().map_err(|e| e.to_string())?;
     let asm = array::assemble(
         &legs,
         &AssembleOptions {
@@ -486,10 +584,16 @@ pub fn mount_foreground(m: &MountArgs, ready: &mut detach::Ready) -> Result<(), 
         },
     )
     .map_err(|e| e.to_string())?;
-    let name = asm.name.clone();
+    let name = escape_name(&asm.name);
     let uuid = asm.uuid();
     let members = asm.members.len();
     let raid_disks = asm.raid_disks;
+    // Checked by the parser already; not a panic if it ever gets past it.
+    let clear_delay = m
+        .delay
+        .map(std::time::Duration::try_from_secs_f64)
+        .transpose()
+        .map_err(|e| format!("--delay: {e}"))?;
     let bitmap = match &m.bitmap {
         None => None,
         Some(path) => Some(
@@ -501,7 +605,7 @@ pub fn mount_foreground(m: &MountArgs, ready: &mut detach::Ready) -> Result<(), 
                     } else {
                         BitmapIo::Raw
                     },
-                    clear_delay: m.delay.map(std::time::Duration::from_secs_f64),
+                    clear_delay,
                 },
                 &asm,
             )
@@ -534,7 +638,7 @@ pub fn mount_foreground(m: &MountArgs, ready: &mut detach::Ready) -> Result<(), 
         ),
     };
     let mut pid_file = None;
-    let served = serve::serve(array.clone(), &opts, || {
+    let served = serve::serve(array.clone(), &opts, &signals, || {
         let msg = format!(
             "mdfuse: array {name} ({uuid}) is live at {}: raid1 [{raid_disks}/{members}], image {}, pid {}",
             mountpoint.display(),
@@ -605,7 +709,7 @@ fn cmd_manage(a: &ManageArgs) -> Result<(), String> {
         ));
     }
     let dev = |leg: &Path| {
-        let name = mdfuse::array::running::leg_name(leg);
+        let name = escape_name(&mdfuse::array::running::leg_name(leg));
         let rel = format!("md/dev-{name}/state");
         if mnt.join(&rel).exists() {
             Ok(rel)

@@ -45,6 +45,26 @@ pub struct MdstatView {
     pub sync: Option<MdstatSync>,
 }
 
+/// A name (an array's, a leg's file name, a path) as mdfuse prints it in
+/// mdstat, `md/` and its messages: a control character (a newline, a tab,
+/// an escape) or a backslash becomes `\xNN`, as systemd-escape and udev
+/// write them, so a name cannot forge a line or a terminal sequence, and
+/// the name can be read back. Everything else is kept.
+pub fn escape_name(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for c in name.chars() {
+        if c.is_control() || c == '\\' {
+            let mut buf = [0u8; 4];
+            for b in c.encode_utf8(&mut buf).bytes() {
+                let _ = write!(out, "\\x{b:02x}");
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 pub fn render_mdstat(v: &MdstatView) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "Personalities : [raid1] ");
@@ -53,12 +73,12 @@ pub fn render_mdstat(v: &MdstatView) -> String {
     } else {
         "active"
     };
-    let _ = write!(s, "{} : {} raid1", v.name, state);
+    let _ = write!(s, "{} : {} raid1", escape_name(&v.name), state);
     // md lists members newest first; show the highest slot first likewise.
     let mut legs = v.legs.clone();
     legs.sort_by_key(|l| std::cmp::Reverse(l.slot));
     for leg in &legs {
-        let _ = write!(s, " {}[{}]", leg.name, leg.slot);
+        let _ = write!(s, " {}[{}]", escape_name(&leg.name), leg.slot);
         if leg.faulty {
             s.push_str("(F)");
         }
@@ -91,10 +111,15 @@ pub fn render_mdstat(v: &MdstatView) -> String {
         let _ = write!(
             s,
             "      bitmap: {}/{} pages [{}KB], {}{} chunk, file: {}",
-            b.pages_used, b.pages_total, kb, chunk, unit, b.file
+            b.pages_used,
+            b.pages_total,
+            kb,
+            chunk,
+            unit,
+            escape_name(&b.file)
         );
         if let Some(note) = &b.note {
-            let _ = write!(s, " ({note})");
+            let _ = write!(s, " ({})", escape_name(note));
         }
         s.push('\n');
     }
@@ -171,6 +196,23 @@ mod tests {
 md0 : active raid1 vdb[1] vda[0]\n      31744 blocks super 1.2 [2/2] [UU]\n      \
 bitmap: 0/1 pages [0KB], 64KB chunk, file: /mnt/bm/md0.bitmap\n\nunused devices: <none>\n";
         assert_eq!(render_mdstat(&view()), expected);
+    }
+
+    #[test]
+    fn names_cannot_forge_lines() {
+        let mut v = view();
+        v.name = "md0\nmd9 : active raid1 x[0]".into();
+        v.legs[0].name = "a\tb\\c\u{1b}[2J\u{85}".into();
+        v.bitmap.as_mut().unwrap().file = "/bm/x\ny".into();
+        let text = render_mdstat(&v);
+        assert_eq!(text.lines().count(), render_mdstat(&view()).lines().count());
+        assert!(
+            text.contains("md0\\x0amd9 : active raid1 x[0] : active raid1 vdb[1] a\\x09b\\x5cc\\x1b[2J\\xc2\\x85[0]"),
+            "{text}"
+        );
+        assert!(text.contains("file: /bm/x\\x0ay"), "{text}");
+        assert_eq!(escape_name("leg0.img"), "leg0.img");
+        assert_eq!(escape_name("é ü"), "é ü");
     }
 
     #[test]

@@ -834,9 +834,7 @@ impl Drop for MountedArray {
 /// /run/mdfuse (its name as `mdfuse` makes it), so crash tests leave nothing
 /// behind; a file naming another process is left alone.
 fn remove_dead_pid_file(mnt: &Path, pid: i32) {
-    let abs = mnt.canonicalize().unwrap_or_else(|_| mnt.to_owned());
-    let name: String = abs.to_string_lossy().trim_matches('/').replace('/', "_");
-    let file = Path::new("/run/mdfuse").join(format!("{name}.pid"));
+    let file = mdfuse::serve::run_file(mnt, "pid");
     let named = std::fs::read_to_string(&file).ok();
     if named.as_deref().map(str::trim) == Some(pid.to_string().as_str()) && !pid_alive(pid) {
         let _ = std::fs::remove_file(&file);
