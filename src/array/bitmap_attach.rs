@@ -7,12 +7,16 @@
 use super::assemble::Assembly;
 use super::error::ArrayError;
 use crate::bitmap::{
-    load_bitmap_file, BitmapOptions, FilePageStore, PageStore, RawPageStore, WriteIntentBitmap,
+    load_bitmap_checked, read_bitmap_header, BitmapOptions, FilePageStore, PageStore, RawPageStore,
+    WriteIntentBitmap,
 };
 use crate::blockmap::{
-    backing_chain, check_device_writable, check_protectable, protect, resolve, FileGuard, RawWriter,
+    check_device_writable, check_protectable, device_stack, fs_type_of_dev, open_bitmap_path,
+    protect, resolve, FileGuard, RawWriter,
 };
 use crate::format::bitmap::{BitmapSuper, BITMAP_SUPER_SIZE};
+use crate::io::checked_open::CheckedPath;
+use crate::io::completion::Completion;
 use crate::report::mdstat::MdstatBitmap;
 use crate::report::uuid_string;
 use parking_lot::Mutex;
@@ -37,9 +41,14 @@ pub struct BitmapAttachOptions {
     pub io: BitmapIo,
     /// Overrides the file's daemon_sleep as the idle time before a bit is cleared.
     pub clear_delay: Option<Duration>,
+    /// A read-only array: the bitmap is read and never written (no
+    /// immutable flag, no markers, no pages).
+    pub read_only: bool,
+    /// Accept a bitmap file whose filesystem sits on a device stack that
+    /// cannot be followed to check it is not inside the array
+    /// (device-mapper, md, other virtual block devices).
+    pub trust_device: bool,
 }
-
-const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
 
 pub struct AttachedBitmap {
     service: Arc<WriteIntentBitmap>,
@@ -63,10 +72,17 @@ fn bitmap_error(path: &Path, what: impl Into<String>) -> ArrayError {
 }
 
 /// Refuses a bitmap file that lives on the array itself: on a filesystem
-/// whose device (`st_dev`) is one of the legs or is backed (through loop
-/// devices) by one of the legs, or by a file served by FUSE (an mdfuse
-/// image). Reads only.
-fn check_not_on_array(path: &Path, st_dev: u64, asm: &Assembly) -> Result<(), ArrayError> {
+/// whose device (`st_dev`), or any device or file under it, however deep
+/// (partitions, loop devices over files or over other loop devices), is a
+/// leg, or a file served by FUSE (an mdfuse image). A stack that cannot be
+/// followed (device-mapper, md, other virtual block devices) is refused
+/// unless `trust_device`. Reads only.
+fn check_not_on_array(
+    path: &Path,
+    st_dev: u64,
+    asm: &Assembly,
+    trust_device: bool,
+) -> Result<(), ArrayError> {
     let legs: Vec<(PathBuf, u64, u64, u64)> = asm
         .members
         .iter()
@@ -76,19 +92,32 @@ fn check_not_on_array(path: &Path, st_dev: u64, asm: &Assembly) -> Result<(), Ar
                 .map(|md| (m.path.clone(), md.dev(), md.ino(), md.rdev()))
         })
         .collect();
-    if let Some(leg) = legs.iter().find(|l| l.3 != 0 && l.3 == st_dev) {
-        return Err(bitmap_error(
-            path,
-            format!(
-                "it lives on leg {} itself; put it on a filesystem outside the array",
-                leg.0.display()
-            ),
-        ));
+    let stack = device_stack(st_dev);
+    for (depth, dev) in stack.devices.iter().enumerate() {
+        if let Some(leg) = legs.iter().find(|l| l.3 != 0 && l.3 == dev.rdev) {
+            return Err(bitmap_error(
+                path,
+                if depth == 0 {
+                    format!(
+                        "it lives on leg {} itself; put it on a filesystem outside the array",
+                        leg.0.display()
+                    )
+                } else {
+                    format!(
+                        "it lives inside the array: its filesystem's device stack reaches \
+                         {}, which is leg {}; put it on a filesystem outside the array",
+                        dev.node.display(),
+                        leg.0.display()
+                    )
+                },
+            ));
+        }
     }
-    for backing in backing_chain(st_dev) {
-        if let Some(leg) = legs.iter().find(|l| {
-            (l.1, l.2) == (backing.st_dev, backing.st_ino) || (l.3 != 0 && l.3 == backing.st_dev)
-        }) {
+    for backing in &stack.files {
+        if let Some(leg) = legs
+            .iter()
+            .find(|l| (l.1, l.2) == (backing.st_dev, backing.st_ino))
+        {
             return Err(bitmap_error(
                 path,
                 format!(
@@ -99,7 +128,7 @@ fn check_not_on_array(path: &Path, st_dev: u64, asm: &Assembly) -> Result<(), Ar
                 ),
             ));
         }
-        if on_fuse(&backing.path) {
+        if fs_type_of_dev(backing.st_dev).is_some_and(|t| t == "fuse" || t.starts_with("fuse.")) {
             return Err(bitmap_error(
                 path,
                 format!(
@@ -107,6 +136,24 @@ fn check_not_on_array(path: &Path, st_dev: u64, asm: &Assembly) -> Result<(), Ar
                      put it on a filesystem outside any array",
                     backing.path.display(),
                     backing.loop_device.display()
+                ),
+            ));
+        }
+    }
+    if let Some(what) = &stack.unfollowable {
+        if trust_device {
+            log::warn!(
+                "bitmap {}: not checked all the way down ({what}); accepted because of \
+                 --bitmap-trust-device",
+                path.display()
+            );
+        } else {
+            return Err(bitmap_error(
+                path,
+                format!(
+                    "mdfuse cannot tell whether it lives inside the array: {what}; put it on \
+                     a filesystem on a plain disk, partition or loop device, or, if you know \
+                     that device does not lead into this array, pass --bitmap-trust-device"
                 ),
             ));
         }
@@ -138,22 +185,26 @@ fn check_belongs(path: &Path, sb: &BitmapSuper, asm: &Assembly) -> Result<(), Ar
     Ok(())
 }
 
-fn on_fuse(path: &Path) -> bool {
-    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
-        return false;
-    };
-    // SAFETY: statfs fills the struct on success.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == FUSE_SUPER_MAGIC }
+/// The header (first page only), checked to be this array's, then the bits:
+/// a file longer than this array's size and the header's chunk need is
+/// refused before it is read.
+fn load_for_array(
+    checked: &CheckedPath,
+    asm: &Assembly,
+) -> Result<(BitmapSuper, Vec<u8>), ArrayError> {
+    let sb = read_bitmap_header(checked)?;
+    check_belongs(checked.path(), &sb, asm)?;
+    let (sb, bits) = load_bitmap_checked(checked, &sb)?;
+    check_belongs(checked.path(), &sb, asm)?;
+    Ok((sb, bits))
 }
 
-fn lock_only(path: &Path) -> Result<std::fs::File, ArrayError> {
-    let f =
-        std::fs::File::open(path).map_err(|e| bitmap_error(path, format!("cannot open: {e}")))?;
+/// An exclusive, non-blocking flock on `file` (one mdfuse per bitmap file).
+fn lock(path: &Path, file: &std::fs::File) -> Result<(), ArrayError> {
     // SAFETY: flock on a valid fd.
     if unsafe {
         libc::flock(
-            std::os::fd::AsRawFd::as_raw_fd(&f),
+            std::os::fd::AsRawFd::as_raw_fd(file),
             libc::LOCK_EX | libc::LOCK_NB,
         )
     } != 0
@@ -163,21 +214,73 @@ fn lock_only(path: &Path) -> Result<std::fs::File, ArrayError> {
             "it is in use by another mdfuse (locked)",
         ));
     }
-    Ok(f)
+    Ok(())
+}
+
+/// The page store of a read-only array: it never writes. A read-only array
+/// writes no data, so no bit has to reach the disk; the service may still
+/// ask (a stale bitmap made all-dirty in memory, the pages at a stop), and
+/// each such write is dropped.
+struct ReadOnlyStore {
+    name: String,
+}
+
+impl PageStore for ReadOnlyStore {
+    fn submit_page(&self, page_index: usize, _bytes: &[u8]) -> Arc<Completion> {
+        log::debug!("{}: page {page_index} not written", self.name);
+        let done = Completion::new(1);
+        done.finish(Ok(()));
+        done
+    }
+
+    fn flush_device(&self) -> Result<(), crate::bitmap::BitmapError> {
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        self.name.clone()
+    }
 }
 
 pub fn attach(opts: &BitmapAttachOptions, asm: &Assembly) -> Result<AttachedBitmap, ArrayError> {
     let path = &opts.path;
+    // Opened once, not following a symlink, and checked on the descriptor:
+    // a FIFO, socket or device is refused here, before anything reads it.
+    let checked = open_bitmap_path(path)?;
     // Every read-only check first: a refused mount must leave the file as it
     // was (bytes, attributes, ctime), and protecting it changes its flags.
-    let (sb, _) = load_bitmap_file(path)?;
-    check_belongs(path, &sb, asm)?;
+    let (sb, bits) = load_for_array(&checked, asm)?;
     // With ordinary file I/O too: a bitmap inside the array would be written
     // through the array it describes.
-    let st_dev = std::fs::metadata(path)
-        .map_err(|e| bitmap_error(path, format!("cannot stat: {e}")))?
-        .dev();
-    check_not_on_array(path, st_dev, asm)?;
+    check_not_on_array(path, checked.metadata().dev(), asm, opts.trust_device)?;
+    let reopen = |write: bool| {
+        checked
+            .reopen(write, 0)
+            .map_err(|e| bitmap_error(path, format!("cannot open: {e}")))
+    };
+    if opts.read_only {
+        // Nothing is written: no flag, no marker, no page. The lock only
+        // keeps a read-write mdfuse (or a create --force) off the file.
+        let file = reopen(false)?;
+        lock(path, &file)?;
+        log::info!(
+            "bitmap {}: read-only array: the bitmap is read, never written",
+            path.display()
+        );
+        let store: Arc<dyn PageStore> = Arc::new(ReadOnlyStore {
+            name: format!("bitmap FILE {} (read-only array)", path.display()),
+        });
+        return finish(
+            opts,
+            asm,
+            sb,
+            &bits,
+            store,
+            None,
+            Protection::Lock(file),
+            Some("read-only".to_string()),
+        );
+    }
     let planned = match opts.io {
         BitmapIo::Raw => {
             let map = resolve(path)?;
@@ -189,9 +292,20 @@ pub fn attach(opts: &BitmapAttachOptions, asm: &Assembly) -> Result<AttachedBitm
     };
     // Then protect, so the map cannot change once verified, and read the
     // file again: what is used is what the protected file holds.
-    let protection = match opts.io {
+    let (protection, file) = match opts.io {
         BitmapIo::Raw => {
             let mut guard = protect(path)?;
+            let now = guard
+                .file()
+                .metadata()
+                .map_err(|e| bitmap_error(path, format!("cannot stat: {e}")))?;
+            let first = checked.metadata();
+            if (now.dev(), now.ino()) != (first.dev(), first.ino()) {
+                return Err(bitmap_error(
+                    path,
+                    "it was replaced by another file while it was being checked; retry",
+                ));
+            }
             if guard.was_already_immutable() {
                 // We hold the lock, so no live mdfuse set it: an earlier one crashed.
                 log::warn!(
@@ -200,12 +314,19 @@ pub fn attach(opts: &BitmapAttachOptions, asm: &Assembly) -> Result<AttachedBitm
                 );
                 guard.adopt_immutable();
             }
-            Protection::Guard(guard)
+            (Protection::Guard(guard), None)
         }
-        BitmapIo::FileIo => Protection::Lock(lock_only(path)?),
+        BitmapIo::FileIo => {
+            // The one read-write descriptor pages are written through.
+            let file = reopen(true)?;
+            lock(path, &file)?;
+            let lock_fd = file
+                .try_clone()
+                .map_err(|e| bitmap_error(path, format!("cannot duplicate its descriptor: {e}")))?;
+            (Protection::Lock(lock_fd), Some(file))
+        }
     };
-    let (sb, bits) = load_bitmap_file(path)?;
-    check_belongs(path, &sb, asm)?;
+    let (sb, bits) = load_for_array(&checked, asm)?;
     let (store, raw, note): (
         Arc<dyn PageStore>,
         Option<Arc<RawPageStore>>,
@@ -242,19 +363,36 @@ pub fn attach(opts: &BitmapAttachOptions, asm: &Assembly) -> Result<AttachedBitm
                 "bitmap {}: using ordinary file I/O (--bitmap-file-io), not raw device writes",
                 path.display()
             );
+            let Some(file) = file else {
+                return Err(bitmap_error(path, "no descriptor for file I/O (bug)"));
+            };
             (
-                Arc::new(FilePageStore::open(path)?),
+                Arc::new(FilePageStore::from_file(file, path)),
                 None,
                 Some("file I/O".to_string()),
             )
         }
     };
+    finish(opts, asm, sb, &bits, store, raw, protection, note)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    opts: &BitmapAttachOptions,
+    asm: &Assembly,
+    sb: BitmapSuper,
+    bits: &[u8],
+    store: Arc<dyn PageStore>,
+    raw: Option<Arc<RawPageStore>>,
+    protection: Protection,
+    note: Option<String>,
+) -> Result<AttachedBitmap, ArrayError> {
     let mut bopts = BitmapOptions::for_super(&sb);
     if let Some(d) = opts.clear_delay {
         bopts.clear_delay = d;
     }
     bopts.array_events = Some(asm.events);
-    let service = Arc::new(WriteIntentBitmap::new(sb, &bits, store, bopts)?);
+    let service = Arc::new(WriteIntentBitmap::new(sb, bits, store, bopts)?);
     if asm.is_degraded() {
         service.set_degraded(true);
     }
@@ -262,7 +400,7 @@ pub fn attach(opts: &BitmapAttachOptions, asm: &Assembly) -> Result<AttachedBitm
         service,
         raw,
         guard: Mutex::new(Some(protection)),
-        path: path.clone(),
+        path: opts.path.clone(),
         note,
     })
 }

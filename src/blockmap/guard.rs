@@ -23,7 +23,7 @@ pub struct FileGuard {
 /// on a filesystem mounted read-write (else setting the immutable flag, and
 /// raw writes, would fail). Changes nothing.
 pub fn check_protectable(path: &Path) -> Result<(), BlockMapError> {
-    let (file, _) = super::resolve::open_regular(path, libc::O_NOFOLLOW)?;
+    let (file, _) = super::open::open_regular(path, libc::O_NOFOLLOW)?;
     if sys::is_read_only_mount(&file).map_err(|e| BlockMapError::io(path, "cannot statvfs", e))? {
         return Err(BlockMapError::ReadOnlyFilesystem {
             file: path.to_path_buf(),
@@ -37,7 +37,7 @@ pub fn check_protectable(path: &Path) -> Result<(), BlockMapError> {
 /// Call this before [`super::resolve`] so the map cannot change after it is
 /// verified.
 pub fn protect(path: &Path) -> Result<FileGuard, BlockMapError> {
-    let (file, _) = super::resolve::open_regular(path, libc::O_NOFOLLOW)?;
+    let (file, _) = super::open::open_regular(path, libc::O_NOFOLLOW)?;
     if let Err(e) = sys::flock(&file, libc::LOCK_EX | libc::LOCK_NB) {
         if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
             return Err(BlockMapError::Locked {
@@ -90,6 +90,11 @@ pub fn protect(path: &Path) -> Result<FileGuard, BlockMapError> {
 impl FileGuard {
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The descriptor the lock and the flag are held through.
+    pub fn file(&self) -> &File {
+        &self.file
     }
 
     /// True when this guard made the file immutable (and will undo it).

@@ -3,14 +3,15 @@
 //! confined to the verified block map.
 
 use super::error::BlockMapError;
+use super::open::read_file_direct;
 use super::resolve::BlockMap;
 use super::sys;
 use super::verify::{check_same_device, read_mapped, verify};
-use crate::io::aligned::{round_up, AlignedBuf, BUF_ALIGN};
+use crate::io::aligned::{round_up, AlignedBuf};
 use crate::io::completion::{Completion, OpFailure};
 use crossbeam_channel::{Receiver, Sender};
 use std::fs::File;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -502,56 +503,6 @@ impl Drop for RawWriter {
             let _ = w.join();
         }
     }
-}
-
-/// Reads a whole (small) file with O_DIRECT through its filesystem, so a
-/// page cache made stale by raw writes is not what is read. Falls back to a
-/// cache-dropped buffered read where the filesystem refuses O_DIRECT.
-pub fn read_file_direct(path: &Path) -> Result<Vec<u8>, BlockMapError> {
-    let direct = File::options()
-        .read(true)
-        .custom_flags(libc::O_DIRECT | libc::O_CLOEXEC)
-        .open(path);
-    let (file, is_direct) = match direct {
-        Ok(f) => (f, true),
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-            log::info!(
-                "{}: O_DIRECT unsupported; reading it buffered after dropping its cache",
-                path.display()
-            );
-            let f = File::open(path).map_err(|e| BlockMapError::io(path, "cannot open", e))?;
-            let _ = sys::drop_page_cache(&f);
-            (f, false)
-        }
-        Err(e) => return Err(BlockMapError::io(path, "cannot open", e)),
-    };
-    let len = file
-        .metadata()
-        .map_err(|e| BlockMapError::io(path, "cannot stat", e))?
-        .len() as usize;
-    // One spare block so a file that grew is noticed by the caller's length check.
-    let mut buf = AlignedBuf::new(round_up(len, BUF_ALIGN) + BUF_ALIGN);
-    let slice = buf.as_mut_slice();
-    let mut done = 0usize;
-    loop {
-        if done == slice.len() {
-            break;
-        }
-        // O_DIRECT reads stay aligned: `done` moves in whole blocks except
-        // at the end of the file, where the loop stops.
-        match file.read_at(&mut slice[done..], done as u64) {
-            Ok(0) => break,
-            Ok(n) => {
-                done += n;
-                if is_direct && !done.is_multiple_of(BUF_ALIGN) {
-                    break; // end of file
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(BlockMapError::io(path, "cannot read", e)),
-        }
-    }
-    Ok(slice[..done].to_vec())
 }
 
 #[cfg(test)]

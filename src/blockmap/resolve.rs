@@ -2,6 +2,7 @@
 //! block, done once with FIEMAP, FIBMAP as fallback).
 
 use super::error::BlockMapError;
+use super::open::open_regular;
 use super::sys;
 use std::fs::File;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
@@ -70,27 +71,6 @@ pub fn resolve(path: &Path) -> Result<BlockMap, BlockMapError> {
 /// As [`resolve`] but asking the filesystem block by block with FIBMAP.
 pub fn resolve_with_fibmap(path: &Path) -> Result<BlockMap, BlockMapError> {
     resolve_using(path, Method::Fibmap)
-}
-
-/// Opens `path` for reading (with `extra_flags`) and checks it is a regular file.
-pub(super) fn open_regular(
-    path: &Path,
-    extra_flags: i32,
-) -> Result<(File, std::fs::Metadata), BlockMapError> {
-    let file = File::options()
-        .read(true)
-        .custom_flags(libc::O_CLOEXEC | extra_flags)
-        .open(path)
-        .map_err(|e| BlockMapError::io(path, "cannot open", e))?;
-    let meta = file
-        .metadata()
-        .map_err(|e| BlockMapError::io(path, "cannot stat", e))?;
-    if !meta.file_type().is_file() {
-        return Err(BlockMapError::NotRegularFile {
-            file: path.to_path_buf(),
-        });
-    }
-    Ok((file, meta))
 }
 
 fn resolve_using(path: &Path, method: Method) -> Result<BlockMap, BlockMapError> {
@@ -542,7 +522,7 @@ pub fn backing_chain(dev: u64) -> Vec<BackingFile> {
 
 /// The file behind block device `dev` if it is a loop device or a partition
 /// of one.
-fn loop_backing(dev: u64) -> Option<BackingFile> {
+pub(super) fn loop_backing(dev: u64) -> Option<BackingFile> {
     let sysfs = PathBuf::from(format!(
         "/sys/dev/block/{}:{}",
         libc::major(dev),
