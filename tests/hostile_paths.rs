@@ -288,3 +288,181 @@ fn a_read_only_mount_writes_nothing_to_its_bitmap() {
     }
     drop(fs);
 }
+
+/// An ext4 made on `dev` (no lazy initialisation) and mounted noatime at
+/// `dir`, so that, idle, it writes nothing.
+fn quiet_ext4(dev: &Path, dir: &Path) -> MountedFs {
+    run(
+        "mkfs.ext4",
+        &[
+            "-F",
+            "-q",
+            "-b",
+            "4096",
+            "-E",
+            "lazy_itable_init=0,lazy_journal_init=0",
+            path_str(dev),
+        ],
+    )
+    .unwrap();
+    MountedFs::mount_with(path_str(dev), dir, None, Some("noatime")).unwrap()
+}
+
+/// A bitmap file on a filesystem on a loop device over a loop device over
+/// a leg's data region is inside the array: refused, raw or with file I/O
+/// (the check used to follow one loop device only).
+#[test]
+fn a_bitmap_under_loops_over_a_leg_is_refused_however_deep() {
+    if !needs_root("a_bitmap_under_loops_over_a_leg_is_refused_however_deep") {
+        return;
+    }
+    let legs = Legs::temp(64 * MIB);
+    let staged = legs.dir().join("staged.bitmap");
+    let created = create_with_bitmap(&legs, &staged, &[]);
+    let inner0 = LoopDevice::attach_at(&legs.paths[0], created.data_offset_sectors * 512).unwrap();
+    let inner1 = LoopDevice::attach(inner0.path()).unwrap();
+    let inner2 = LoopDevice::attach(inner1.path()).unwrap();
+    let fs = quiet_ext4(inner2.path(), &legs.dir().join("inner"));
+    let bitmap = fs.dir().join("md.bitmap");
+    std::fs::copy(&staged, &bitmap).unwrap();
+    // Each loop writes to the one under it through that one's page cache:
+    // a sync settles one layer at a time.
+    let settle = || {
+        for _ in 0..4 {
+            run("sync", &[]).unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    settle();
+    let hashes = legs.sha256s();
+    for extra in [&[][..], &["--bitmap-file-io"][..]] {
+        let t = mount_refused_at_once(&legs, &bitmap, extra, &["inside the array", "leg0"]);
+        eprintln!("{extra:?}: {t}");
+    }
+    settle();
+    assert_eq!(hashes, legs.sha256s(), "a leg was written");
+    drop(fs);
+    drop(inner2);
+    drop(inner1);
+    drop(inner0);
+}
+
+/// A device-mapper device, removed on drop.
+struct DmDevice {
+    name: String,
+}
+
+impl DmDevice {
+    fn linear(name: &str, over: &Path, sectors: u64) -> DmDevice {
+        let table = format!("0 {sectors} linear {} 0", path_str(over));
+        run("dmsetup", &["create", name, "--table", &table]).unwrap();
+        run("udevadm", &["settle"]).ok();
+        DmDevice {
+            name: name.to_string(),
+        }
+    }
+
+    fn path(&self) -> PathBuf {
+        PathBuf::from(format!("/dev/mapper/{}", self.name))
+    }
+}
+
+impl Drop for DmDevice {
+    fn drop(&mut self) {
+        for _ in 0..20 {
+            if run("dmsetup", &["remove", &self.name]).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        eprintln!("warning: cannot remove dm device {}", self.name);
+    }
+}
+
+/// A bitmap file on a device-mapper device: mdfuse cannot follow its table
+/// (it can point anywhere, and change), so it is refused, naming the
+/// device and the flag that accepts it; with `--bitmap-trust-device` it
+/// mounts (raw and with file I/O).
+#[test]
+fn a_bitmap_on_device_mapper_needs_the_trust_flag() {
+    if !needs_root("a_bitmap_on_device_mapper_needs_the_trust_flag") {
+        return;
+    }
+    if run("dmsetup", &["version"]).is_err() {
+        eprintln!("skipped: no device-mapper here");
+        return;
+    }
+    let dir = tempdir("mdfuse-dm");
+    let image = dir.path().join("dm.img");
+    sparse_file(&image, 64 * MIB).unwrap();
+    let lo = LoopDevice::attach(&image).unwrap();
+    let dm = DmDevice::linear(
+        &format!("mdfuse-test-{}", std::process::id()),
+        lo.path(),
+        64 * MIB / 512,
+    );
+    let fs = quiet_ext4(&dm.path(), &dir.path().join("mnt"));
+    let legs = Legs::temp(32 * MIB);
+    let bitmap = fs.dir().join("md.bitmap");
+    create_with_bitmap(&legs, &bitmap, &[]);
+    for extra in [&[][..], &["--bitmap-file-io"][..]] {
+        let t = mount_refused_at_once(
+            &legs,
+            &bitmap,
+            extra,
+            &["device-mapper", "--bitmap-trust-device"],
+        );
+        eprintln!("{extra:?}: {t}");
+        let mut args = vec!["--bitmap", path_str(&bitmap), "--bitmap-trust-device"];
+        args.extend_from_slice(extra);
+        let array = MountedArray::mount(&legs, &legs.mountpoint("mnt"), &args);
+        let mdstat = array.mdstat();
+        assert!(mdstat.contains("bitmap:"), "{mdstat}");
+        array.fill_random(0, 1 << 20, 3);
+        array.stop();
+    }
+    drop(fs);
+    drop(dm);
+    drop(lo);
+}
+
+/// A loop device whose backing file was deleted cannot be followed by name
+/// (nor can a device-mapper or md device, which this machine may lack): a
+/// bitmap file on it is refused, naming the loop device and the flag that
+/// accepts it; with `--bitmap-trust-device` it mounts.
+#[test]
+fn a_bitmap_on_an_unfollowable_stack_needs_the_trust_flag() {
+    if !needs_root("a_bitmap_on_an_unfollowable_stack_needs_the_trust_flag") {
+        return;
+    }
+    let dir = tempdir("mdfuse-unfollowable");
+    let image = dir.path().join("fs.img");
+    sparse_file(&image, 64 * MIB).unwrap();
+    let lo = LoopDevice::attach(&image).unwrap();
+    let fs = quiet_ext4(lo.path(), &dir.path().join("mnt"));
+    std::fs::remove_file(&image).unwrap();
+    let legs = Legs::temp(32 * MIB);
+    let bitmap = fs.dir().join("md.bitmap");
+    create_with_bitmap(&legs, &bitmap, &[]);
+    for extra in [&[][..], &["--bitmap-file-io"][..]] {
+        let t = mount_refused_at_once(
+            &legs,
+            &bitmap,
+            extra,
+            &[path_str(lo.path()), "deleted", "--bitmap-trust-device"],
+        );
+        eprintln!("{extra:?}: {t}");
+        let mut args = vec!["--bitmap", path_str(&bitmap), "--bitmap-trust-device"];
+        args.extend_from_slice(extra);
+        let array = MountedArray::mount(&legs, &legs.mountpoint("mnt"), &args);
+        assert!(
+            array.log().contains("--bitmap-trust-device"),
+            "{}",
+            array.log()
+        );
+        array.fill_random(0, 1 << 20, 3);
+        array.stop();
+    }
+    drop(fs);
+    drop(lo);
+}

@@ -113,17 +113,21 @@ fn check_not_on_array(
             ));
         }
     }
-    for backing in &stack.files {
+    for (depth, backing) in stack.files.iter().enumerate() {
         if let Some(leg) = legs
             .iter()
             .find(|l| (l.1, l.2) == (backing.st_dev, backing.st_ino))
         {
+            let chain: Vec<String> = stack.files[..=depth]
+                .iter()
+                .map(|b| b.loop_device.display().to_string())
+                .collect();
             return Err(bitmap_error(
                 path,
                 format!(
                     "it lives inside the array: its filesystem is on {}, backed by leg {}; \
                      put it on a filesystem outside the array",
-                    backing.loop_device.display(),
+                    chain.join(", over "),
                     leg.0.display()
                 ),
             ));
