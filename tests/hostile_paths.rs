@@ -7,10 +7,10 @@ mod common;
 
 use common::bitmap::*;
 use common::io::read_direct;
-use common::loopdev::{needs_root, run, sparse_file, LoopDevice, MountedFs};
+use common::loopdev::{needs_root, run, sparse_file, LoopDevice, MountedFs, ScratchFs};
 use common::mdfuse::{
-    bin, create, daemons_for, is_mounted, path_str, sha256_bytes, signal, tempdir, text, Legs,
-    MountedArray,
+    bin, create, daemons_for, is_mounted, path_str, poll, sha256_bytes, signal, tempdir, text,
+    Legs, MountedArray,
 };
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -465,4 +465,190 @@ fn a_bitmap_on_an_unfollowable_stack_needs_the_trust_flag() {
     }
     drop(fs);
     drop(lo);
+}
+
+/// What is done to the bitmap file under a running array.
+#[derive(Debug, Clone, Copy)]
+enum Hostile {
+    /// `chattr -i`: its blocks may move from now on.
+    ClearImmutable,
+    /// `chattr -i` and an online defrag (`e4defrag`), as an operator would.
+    Defrag,
+    /// `cp --reflink=always` from it (XFS): its blocks are shared with a
+    /// copy, which raw writes would change too. The file stays immutable.
+    ReflinkFrom,
+}
+
+/// Bytes of the device ranges the file mapped to when mounted.
+fn device_ranges(device: &Path, exts: &[FileExtent]) -> Vec<Vec<u8>> {
+    exts.iter()
+        .map(|e| {
+            let start = e.physical / 4096 * 4096;
+            let end = (e.physical + e.len).div_ceil(4096) * 4096;
+            read_direct(device, start, (end - start) as usize).expect("device read")
+        })
+        .collect()
+}
+
+/// While an array runs with a raw bitmap, `hostile` is done to its file:
+/// within seconds the bitmap is kicked (the log says so, mdstat shows it),
+/// no raw write reaches the device ranges it mapped to from then on (nor
+/// a reflinked copy), the file is marked stale through its filesystem
+/// (examine-bitmap: "Out of date", so the next assembly resyncs
+/// everything), and the array goes on serving reads and writes.
+fn a_changed_map_kicks_the_bitmap(fs: ScratchFs, hostile: Hostile) {
+    let legs = Legs::temp(64 * MIB);
+    let bitmap = fs.path("md.bitmap");
+    create_with_bitmap(&legs, &bitmap, &["--bitmap-chunk", "64K"]);
+    let mnt = legs.mountpoint("mnt");
+    let array = MountedArray::mount(
+        &legs,
+        &mnt,
+        &["--bitmap", path_str(&bitmap), "--delay", "0.5"],
+    );
+    array.fill_random(0, 256 << 10, 1);
+    let exts = extents(&bitmap);
+    let copy = fs.path("copy.bitmap");
+    match hostile {
+        Hostile::ClearImmutable => {
+            run("chattr", &["-i", path_str(&bitmap)]).unwrap();
+        }
+        Hostile::Defrag => {
+            run("chattr", &["-i", path_str(&bitmap)]).unwrap();
+            // e4defrag may find nothing to improve; it runs all the same.
+            let _ = run("e4defrag", &[path_str(&bitmap)]);
+        }
+        Hostile::ReflinkFrom => {
+            run(
+                "cp",
+                &["--reflink=always", path_str(&bitmap), path_str(&copy)],
+            )
+            .unwrap();
+            assert!(is_immutable(&bitmap));
+        }
+    }
+    let kicked = poll(Duration::from_secs(10), || {
+        array.log().contains("kicking failed bitmap file") && array.mdstat().contains("kicked")
+    });
+    assert!(
+        kicked,
+        "{hostile:?}: the bitmap was not kicked; mdstat:\n{}\nlog:\n{}",
+        array.mdstat(),
+        array.log()
+    );
+    let log = array.log();
+    eprintln!(
+        "{hostile:?}: {}",
+        log.lines()
+            .filter(|l| l.contains("bitmap"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    // From now on nothing is written raw: the old ranges (and the copy) stay.
+    let old = device_ranges(fs.device(), &exts);
+    let copy_bytes = matches!(hostile, Hostile::ReflinkFrom).then(|| std::fs::read(&copy).unwrap());
+    let mut written = Vec::new();
+    for i in 0..16u64 {
+        written.push((
+            i * 3 * MIB,
+            array.fill_random(i * 3 * MIB, 64 << 10, 100 + i),
+        ));
+    }
+    std::thread::sleep(Duration::from_millis(1500)); // the clearing daemon's turn
+    for (off, data) in &written {
+        assert_eq!(
+            &read_direct(&array.image(), *off, data.len()).unwrap(),
+            data
+        );
+    }
+    assert!(
+        old == device_ranges(fs.device(), &exts),
+        "{hostile:?}: a raw write reached the old map after the kick"
+    );
+    if let Some(bytes) = copy_bytes {
+        assert_eq!(
+            bytes,
+            std::fs::read(&copy).unwrap(),
+            "the reflinked copy changed"
+        );
+    }
+    let (x, _) = examine_bitmap(&bitmap);
+    assert!(
+        x.contains("Out of date"),
+        "{hostile:?}: not marked stale:\n{x}"
+    );
+    array.stop();
+    let (x, _) = examine_bitmap(&bitmap);
+    assert!(
+        x.contains("Out of date"),
+        "{hostile:?}: stale mark lost at the stop:\n{x}"
+    );
+    assert!(
+        !is_immutable(&bitmap),
+        "the immutable flag outlived the stop"
+    );
+}
+
+#[test]
+fn clearing_the_immutable_flag_kicks_the_bitmap() {
+    if !needs_root("clearing_the_immutable_flag_kicks_the_bitmap") {
+        return;
+    }
+    a_changed_map_kicks_the_bitmap(ScratchFs::ext4(4096).unwrap(), Hostile::ClearImmutable);
+}
+
+#[test]
+fn a_defrag_kicks_the_bitmap() {
+    if !needs_root("a_defrag_kicks_the_bitmap") {
+        return;
+    }
+    a_changed_map_kicks_the_bitmap(ScratchFs::ext4(1024).unwrap(), Hostile::Defrag);
+}
+
+#[test]
+fn a_reflink_from_the_bitmap_on_xfs_kicks_it() {
+    if !needs_root("a_reflink_from_the_bitmap_on_xfs_kicks_it") {
+        return;
+    }
+    a_changed_map_kicks_the_bitmap(
+        ScratchFs::xfs(&["-m", "reflink=1"]).unwrap(),
+        Hostile::ReflinkFrom,
+    );
+}
+
+/// The recheck behind the kick, on a protected file whose blocks are made
+/// to move while it is immutable again (as no filesystem does by itself):
+/// it reports the cleared flag, then the move; unchanged, nothing.
+#[test]
+fn the_recheck_sees_a_cleared_flag_and_blocks_that_moved() {
+    use mdfuse::blockmap::{protect, recheck, resolve};
+    if !needs_root("the_recheck_sees_a_cleared_flag_and_blocks_that_moved") {
+        return;
+    }
+    let fs = ScratchFs::ext4(4096).unwrap();
+    let file = fs.path("f");
+    std::fs::write(&file, vec![0x5a; 16384]).unwrap();
+    run("sync", &[]).unwrap();
+    let map = resolve(&file).unwrap();
+    let guard = protect(&file).unwrap();
+    assert_eq!(recheck(&map, guard.file()), Ok(()));
+    run("chattr", &["-i", path_str(&file)]).unwrap();
+    let err = recheck(&map, guard.file()).unwrap_err();
+    assert!(err.contains("immutable flag was cleared"), "{err}");
+    // Free its blocks, let another file take them, write it again elsewhere.
+    run(
+        "fallocate",
+        &["-p", "-o", "0", "-l", "16384", path_str(&file)],
+    )
+    .unwrap();
+    run("sync", &[]).unwrap();
+    std::fs::write(fs.path("taker"), vec![0xa5; 65536]).unwrap();
+    run("sync", &[]).unwrap();
+    common::io::write_at(&file, 0, &[0x5a; 16384]);
+    run("sync", &[]).unwrap();
+    run("chattr", &["+i", path_str(&file)]).unwrap();
+    let err = recheck(&map, guard.file()).unwrap_err();
+    assert!(err.contains("blocks moved"), "{err}");
+    run("chattr", &["-i", path_str(&file)]).unwrap();
+    drop(guard);
 }

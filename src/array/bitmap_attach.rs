@@ -12,14 +12,14 @@ use crate::bitmap::{
 };
 use crate::blockmap::{
     check_device_writable, check_protectable, device_stack, fs_type_of_dev, open_bitmap_path,
-    protect, resolve, FileGuard, RawWriter,
+    protect, recheck, resolve, FileGuard, RawWriter,
 };
-use crate::format::bitmap::{BitmapSuper, BITMAP_SUPER_SIZE};
+use crate::format::bitmap::{BitmapSuper, BITMAP_STATE_STALE, BITMAP_SUPER_SIZE};
 use crate::io::checked_open::CheckedPath;
 use crate::io::completion::Completion;
 use crate::report::mdstat::MdstatBitmap;
 use crate::report::uuid_string;
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -54,7 +54,11 @@ pub struct AttachedBitmap {
     service: Arc<WriteIntentBitmap>,
     raw: Option<Arc<RawPageStore>>,
     /// Protection (raw mode: flock + immutable) or the lock alone (file I/O).
-    guard: Mutex<Option<Protection>>,
+    guard: Arc<Mutex<Option<Protection>>>,
+    /// Why the file was kicked, once its raw map was found changed.
+    kicked: Arc<Mutex<Option<String>>>,
+    /// Rechecks the raw map while the array runs.
+    watch: Mutex<Option<MapWatch>>,
     path: PathBuf,
     note: Option<String>,
 }
@@ -400,13 +404,124 @@ fn finish(
     if asm.is_degraded() {
         service.set_degraded(true);
     }
-    Ok(AttachedBitmap {
+    let mut attached = AttachedBitmap {
         service,
         raw,
-        guard: Mutex::new(Some(protection)),
+        guard: Arc::new(Mutex::new(Some(protection))),
+        kicked: Arc::new(Mutex::new(None)),
+        watch: Mutex::new(None),
         path: opts.path.clone(),
         note,
-    })
+    };
+    if attached.raw.is_some() {
+        *attached.watch.get_mut() = Some(MapWatch::start(&attached)?);
+    }
+    Ok(attached)
+}
+
+/// How often the raw map is checked again while the array runs.
+const RECHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A thread that checks the raw map again every [`RECHECK_INTERVAL`]
+/// ([`recheck`]: the immutable flag, FIEMAP with its flags) and kicks the
+/// bitmap file at the first change.
+struct MapWatch {
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl MapWatch {
+    fn start(b: &AttachedBitmap) -> Result<MapWatch, ArrayError> {
+        let path = b.path.clone();
+        let (Some(raw), Some(map)) = (b.raw.clone(), b.raw.as_ref().and_then(|r| r.map())) else {
+            return Err(bitmap_error(&path, "no raw writer to watch (bug)"));
+        };
+        let file = match b.guard.lock().as_ref() {
+            Some(Protection::Guard(g)) => g.file().try_clone(),
+            _ => return Err(bitmap_error(&path, "not protected (bug)")),
+        }
+        .map_err(|e| bitmap_error(&path, format!("cannot duplicate its descriptor: {e}")))?;
+        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let (service, guard, kicked) = (b.service.clone(), b.guard.clone(), b.kicked.clone());
+        let stop2 = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("bitmap-watch".into())
+            .spawn(move || {
+                let (lock, wake) = &*stop2;
+                let mut stopped = lock.lock();
+                loop {
+                    wake.wait_for(&mut stopped, RECHECK_INTERVAL);
+                    if *stopped {
+                        return;
+                    }
+                    if let Err(why) = recheck(&map, &file) {
+                        kick(&path, &why, &raw, &service, &guard, &kicked);
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| bitmap_error(&b.path, format!("cannot start its watch thread: {e}")))?;
+        Ok(MapWatch {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    fn stop(&mut self) {
+        *self.stop.0.lock() = true;
+        self.stop.1.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// md's md_bitmap_file_kick: the file is no longer reliable, so it is no
+/// longer written, and it is marked stale so that the next assembly does a
+/// full resync. Raw writes stop first; the stale mark goes through the
+/// filesystem (which knows where the blocks are now); pages waiting meanwhile
+/// complete once it is on disk. The array goes on without a bitmap on disk
+/// (the service keeps its bits in memory). If the mark cannot be written,
+/// the bitmap turns faulty and array writes fail rather than go on without
+/// a record.
+fn kick(
+    path: &Path,
+    why: &str,
+    raw: &RawPageStore,
+    service: &WriteIntentBitmap,
+    guard: &Mutex<Option<Protection>>,
+    kicked: &Mutex<Option<String>>,
+) {
+    log::error!(
+        "bitmap {}: {why}: raw writes to it are no longer safe; kicking failed bitmap file {} \
+         from array: it is no longer written and the array goes on without a bitmap on disk",
+        path.display(),
+        path.display()
+    );
+    let outcome = raw.kick(|| {
+        let mut sb = service.header();
+        sb.state |= BITMAP_STATE_STALE;
+        match guard.lock().as_mut() {
+            Some(Protection::Guard(g)) => g
+                .write_through_filesystem(0, &sb.to_bytes())
+                .map_err(|e| e.to_string()),
+            _ => Err("its protection was already released".into()),
+        }
+    });
+    match &outcome {
+        Some(Ok(())) => log::error!(
+            "bitmap {}: marked stale (through its filesystem): the next assembly resyncs \
+             the whole array; recreate the bitmap file or mount without it",
+            path.display()
+        ),
+        Some(Err(e)) => log::error!(
+            "bitmap {}: cannot mark it stale ({e}): the bitmap is faulty and array writes \
+             are refused until the array is reassembled",
+            path.display()
+        ),
+        None => {}
+    }
+    *kicked.lock() = Some(why.to_string());
 }
 
 impl AttachedBitmap {
@@ -427,6 +542,9 @@ impl AttachedBitmap {
     /// flag, drops the (possibly stale) page cache, unlocks. The last step of
     /// a stop.
     pub fn release(&self) -> Result<(), ArrayError> {
+        if let Some(mut w) = self.watch.lock().take() {
+            w.stop();
+        }
         if let Some(raw) = &self.raw {
             raw.close();
         }
@@ -447,8 +565,17 @@ impl AttachedBitmap {
             pages_total: s.counter_pages_total,
             chunk_bytes: s.chunk_size as u64,
             file: self.path.display().to_string(),
-            note: self.note.clone(),
+            note: if self.kicked.lock().is_some() {
+                Some("kicked: not written".to_string())
+            } else {
+                self.note.clone()
+            },
         }
+    }
+
+    /// Why the bitmap file was kicked (its raw map changed), if it was.
+    pub fn kicked(&self) -> Option<String> {
+        self.kicked.lock().clone()
     }
 
     /// Stops the clearing daemon and writes the bitmap as clean as md would

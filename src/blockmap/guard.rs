@@ -115,6 +115,38 @@ impl FileGuard {
         }
     }
 
+    /// For a file whose raw map is no longer trusted: lifts the immutable
+    /// flag if this guard set it (release then leaves the flag alone) and
+    /// writes `bytes` at `offset` through the filesystem (pwrite, then
+    /// fdatasync), which knows where the file's blocks are now. The lock
+    /// stays held.
+    pub fn write_through_filesystem(
+        &mut self,
+        offset: u64,
+        bytes: &[u8],
+    ) -> Result<(), BlockMapError> {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::{FileExt, OpenOptionsExt};
+        if self.set_immutable {
+            let cleared = sys::get_flags(&self.file)
+                .and_then(|f| sys::set_flags(&self.file, f & !sys::FS_IMMUTABLE_FL));
+            cleared.map_err(|e| {
+                BlockMapError::io(&self.path, "cannot clear the immutable flag of", e)
+            })?;
+            self.set_immutable = false;
+        }
+        // The same inode as the locked descriptor, not whatever the name is now.
+        let proc = format!("/proc/self/fd/{}", self.file.as_raw_fd());
+        let file = File::options()
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&proc)
+            .map_err(|e| BlockMapError::io(&self.path, "cannot open for writing", e))?;
+        file.write_all_at(bytes, offset)
+            .and_then(|()| file.sync_data())
+            .map_err(|e| BlockMapError::io(&self.path, "cannot write through its filesystem", e))
+    }
+
     /// Releases the file, reporting what went wrong (drop only logs).
     pub fn release(mut self) -> Result<(), BlockMapError> {
         self.release_inner()

@@ -183,6 +183,51 @@ fn resolve_using(path: &Path, method: Method) -> Result<BlockMap, BlockMapError>
     })
 }
 
+/// Checks, on the descriptor of a protected file (see [`super::protect`]),
+/// that its verified map still holds while raw writes use it: the file is
+/// still immutable, as long as it was, and FIEMAP still reports the same
+/// extents, none of them shared (a reflink made from it), moved (a defrag),
+/// unwritten or otherwise unusable. `Err` says what changed. Reads only.
+pub fn recheck(map: &BlockMap, file: &File) -> Result<(), String> {
+    match sys::get_flags(file) {
+        Ok(flags) if flags & sys::FS_IMMUTABLE_FL == 0 => {
+            return Err(
+                "its immutable flag was cleared (chattr -i?), so its blocks may move".into(),
+            )
+        }
+        Ok(_) => {}
+        Err(e) => return Err(format!("its attributes cannot be read: {e}")),
+    }
+    let len = file
+        .metadata()
+        .map_err(|e| format!("it cannot be stat'ed: {e}"))?
+        .len();
+    if len != map.file_len() {
+        return Err(format!(
+            "its length changed from {} to {len} bytes",
+            map.file_len()
+        ));
+    }
+    let raw = sys::fiemap(file, map.mapped_len()).map_err(|e| format!("FIEMAP failed: {e}"))?;
+    let extents = fiemap_extents(&map.file, raw, map.fs_block_size() as u64, map.mapped_len())
+        .map_err(|e| format!("its block map is no longer usable ({e})"))?;
+    let extents = coalesce(extents);
+    if extents != map.extents {
+        let at = |v: &[Extent]| {
+            v.iter()
+                .map(|e| format!("{}+{}@{}", e.file_offset, e.len, e.device_offset))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        return Err(format!(
+            "its blocks moved (a defrag?): extents were {}, now {}",
+            at(&map.extents),
+            at(&extents)
+        ));
+    }
+    Ok(())
+}
+
 /// ext4 can journal file data and write it home later (checkpoint), which
 /// would put stale bytes over raw writes: refuse a file whose data is
 /// journaled, by inode flag or by mount option.
