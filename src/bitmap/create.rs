@@ -245,9 +245,9 @@ pub fn load_bitmap_checked(
             sb.chunks()
         )
     })
-    .map_err(|e| BitmapError::msg(format!("bitmap FILE {shown}: {e}")))?;
+    .map_err(|e| BitmapError::msg(format!("bitmap FILE {e}")))?;
     let bytes = crate::blockmap::read_checked_direct(checked, 0, None)
-        .map_err(|e| BitmapError::msg(format!("bitmap FILE {shown}: {e}")))?;
+        .map_err(|e| BitmapError::msg(format!("bitmap FILE {e}")))?;
     let sb = BitmapSuper::parse(&bytes)
         .map_err(|e| BitmapError::msg(format!("bitmap FILE {shown}: {e}")))?;
     let need = sb.file_len() as usize;
