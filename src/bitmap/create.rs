@@ -2,12 +2,12 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use super::BitmapError;
-use crate::format::bitmap::{BitmapSuper, BITMAP_SUPER_SIZE};
+use crate::format::bitmap::{BitmapSuper, BITMAP_PAGE_SIZE, BITMAP_SUPER_SIZE};
+use crate::io::checked_open::CheckedPath;
 
 /// Writes a new bitmap file: the header and all-clear bits, as real data (no
 /// fallocate: the block map refuses unwritten extents), exactly
@@ -180,18 +180,74 @@ fn sync_parent(path: &Path) -> Result<(), BitmapError> {
 /// ceil(chunks/8) bytes). Reads with O_DIRECT when the filesystem allows,
 /// because raw device writes bypass the page cache, which may be stale;
 /// otherwise drops the cached pages (POSIX_FADV_DONTNEED) and reads normally.
+/// Only what the header says the file holds is read, never more (see
+/// [`load_bitmap_checked`]).
 pub fn load_bitmap_file(path: &Path) -> Result<(BitmapSuper, Vec<u8>), BitmapError> {
-    let shown = path.display();
-    let bytes = match crate::blockmap::read_file_direct(path) {
-        Ok(b) => b,
-        Err(e) => {
-            log::debug!(
-                "bitmap FILE {shown}: O_DIRECT read failed ({e}); reading through the page cache"
-            );
-            read_uncached(path)
-                .map_err(|e| BitmapError::io(format!("bitmap FILE {shown}: reading"), e))?
-        }
-    };
+    let checked = open_following(path)?;
+    let sb = read_bitmap_header(&checked)?;
+    load_bitmap_checked(&checked, &sb)
+}
+
+/// What `mdfuse examine-bitmap` shows of a file (as `mdadm -X`, a symbolic
+/// link is followed): the header, and the bytes after it up to what the
+/// header covers, as far as the file holds them (never more is read). A
+/// FIFO, socket or device is refused before it is opened for reading.
+pub fn read_bitmap_for_examine(path: &Path) -> Result<(BitmapSuper, Vec<u8>), BitmapError> {
+    let checked = open_following(path)?;
+    let sb = read_bitmap_header(&checked)?;
+    let bytes = crate::blockmap::read_checked_direct(&checked, 0, Some(sb.file_len()))
+        .map_err(|e| BitmapError::msg(format!("bitmap FILE {}: {e}", path.display())))?;
+    let bits = bytes[BITMAP_SUPER_SIZE.min(bytes.len())..].to_vec();
+    Ok((sb, bits))
+}
+
+fn open_following(path: &Path) -> Result<CheckedPath, BitmapError> {
+    let checked = CheckedPath::open(path, true)
+        .map_err(|e| BitmapError::io(format!("bitmap FILE {}: cannot open", path.display()), e))?;
+    if !checked.metadata().is_file() {
+        return Err(BitmapError::msg(
+            crate::blockmap::BlockMapError::NotRegularFile {
+                file: path.to_path_buf(),
+                kind: crate::io::checked_open::kind_name(checked.metadata()),
+            }
+            .to_string(),
+        ));
+    }
+    Ok(checked)
+}
+
+/// The header of a bitmap file opened by [`crate::blockmap::open_bitmap_path`]
+/// (its first 4096 bytes are read, nothing more).
+pub fn read_bitmap_header(checked: &CheckedPath) -> Result<BitmapSuper, BitmapError> {
+    let shown = checked.path().display();
+    let head = crate::blockmap::read_checked_direct(checked, 0, Some(BITMAP_PAGE_SIZE as u64))
+        .map_err(|e| BitmapError::msg(format!("bitmap FILE {shown}: {e}")))?;
+    BitmapSuper::parse(&head).map_err(|e| BitmapError::msg(format!("bitmap FILE {shown}: {e}")))
+}
+
+/// The bits of the bitmap file whose header is `sb`: refused up front,
+/// before anything more is read, when the file is longer than that header
+/// can need (the file mdadm makes is `256 + ceil(chunks/8)` bytes; up to the
+/// end of its last 4096-byte page is accepted), or shorter.
+pub fn load_bitmap_checked(
+    checked: &CheckedPath,
+    sb: &BitmapSuper,
+) -> Result<(BitmapSuper, Vec<u8>), BitmapError> {
+    let shown = checked.path().display();
+    let need = sb.file_len();
+    let max = need.div_ceil(BITMAP_PAGE_SIZE as u64) * BITMAP_PAGE_SIZE as u64;
+    crate::blockmap::check_len(checked, max, || {
+        format!(
+            "its header ({} sectors in {}-byte chunks: {} chunks) needs {need} bytes, \
+             at most {max} with its last page; it is not this bitmap's file",
+            sb.sync_size,
+            sb.chunksize,
+            sb.chunks()
+        )
+    })
+    .map_err(|e| BitmapError::msg(format!("bitmap FILE {e}")))?;
+    let bytes = crate::blockmap::read_checked_direct(checked, 0, None)
+        .map_err(|e| BitmapError::msg(format!("bitmap FILE {e}")))?;
     let sb = BitmapSuper::parse(&bytes)
         .map_err(|e| BitmapError::msg(format!("bitmap FILE {shown}: {e}")))?;
     let need = sb.file_len() as usize;
@@ -203,17 +259,13 @@ pub fn load_bitmap_file(path: &Path) -> Result<(BitmapSuper, Vec<u8>), BitmapErr
             sb.chunksize
         )));
     }
+    if bytes.len() as u64 > max {
+        return Err(BitmapError::msg(format!(
+            "bitmap FILE {shown}: it grew to {} bytes while it was read",
+            bytes.len()
+        )));
+    }
     Ok((sb, bytes[BITMAP_SUPER_SIZE..need].to_vec()))
-}
-
-fn read_uncached(path: &Path) -> std::io::Result<Vec<u8>> {
-    let file = File::open(path)?;
-    // SAFETY: plain advice on an open descriptor.
-    unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-    let len = file.metadata()?.len() as usize;
-    let mut buf = vec![0u8; len];
-    file.read_exact_at(&mut buf, 0)?;
-    Ok(buf)
 }
 
 #[cfg(test)]

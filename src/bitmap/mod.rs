@@ -18,7 +18,10 @@ pub mod raw_store;
 pub mod service;
 pub mod store;
 
-pub use create::{create_bitmap_file, load_bitmap_file, stage_bitmap_file, StagedBitmapFile};
+pub use create::{
+    create_bitmap_file, load_bitmap_checked, load_bitmap_file, read_bitmap_for_examine,
+    read_bitmap_header, stage_bitmap_file, StagedBitmapFile,
+};
 pub use raw_store::RawPageStore;
 pub use service::{BitmapOptions, BitmapStats, DurabilityHook, WriteIntentBitmap};
 pub use store::{FilePageStore, MemPageStore};

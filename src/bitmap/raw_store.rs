@@ -3,7 +3,7 @@
 //! the filesystem.
 
 use super::{BitmapError, PageStore};
-use crate::blockmap::{RawWriter, PAGE_SIZE};
+use crate::blockmap::{BlockMap, HaltGate, RawWriter, PAGE_SIZE};
 use crate::io::completion::{Completion, OpFailure};
 use parking_lot::Mutex;
 use std::sync::Arc;
@@ -31,6 +31,36 @@ impl RawPageStore {
     /// Ends the writer (joining its threads). Later submits fail.
     pub fn close(&self) {
         self.writer.lock().take();
+    }
+
+    /// The verified map pages are written through (None once closed).
+    pub fn map(&self) -> Option<BlockMap> {
+        self.writer.lock().as_ref().map(|w| w.map().clone())
+    }
+
+    /// Kicks the bitmap file, as md kicks a failed one, when its map is no
+    /// longer trusted: raw writes stop at once (none starts after this),
+    /// then `record_stale` runs (it marks the file stale through its
+    /// filesystem, so the next assembly resyncs everything). Every page
+    /// write, queued or later, waits for that and then completes with its
+    /// outcome: `Ok`, nothing written (the array goes on without a bitmap
+    /// on disk), or the error (the bitmap turns faulty and writes fail).
+    /// Returns that outcome, or None when already kicked or closed.
+    pub fn kick(
+        &self,
+        record_stale: impl FnOnce() -> Result<(), String>,
+    ) -> Option<Result<(), String>> {
+        let gate = HaltGate::new();
+        let halted = match self.writer.lock().as_ref() {
+            Some(w) => w.halt(gate.clone()),
+            None => false,
+        };
+        if !halted {
+            return None;
+        }
+        let outcome = record_stale();
+        gate.decide(outcome.clone());
+        Some(outcome)
     }
 }
 

@@ -36,10 +36,15 @@ impl FilePageStore {
             "bitmap FILE {}: using ordinary file I/O (--bitmap-file-io), not raw device writes",
             path.display()
         );
-        Ok(FilePageStore {
+        Ok(FilePageStore::from_file(file, path))
+    }
+
+    /// Over a descriptor the caller opened (read-write) and checked.
+    pub fn from_file(file: File, path: &Path) -> Self {
+        FilePageStore {
             file,
             path: path.to_path_buf(),
-        })
+        }
     }
 }
 

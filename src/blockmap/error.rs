@@ -21,8 +21,18 @@ pub enum BlockMapError {
         source: std::io::Error,
     },
 
-    #[error("{file} is not a regular file: a bitmap file must be a regular file")]
-    NotRegularFile { file: PathBuf },
+    #[error(
+        "{file} is {kind}, not a regular file: a bitmap file must be a regular file \
+         (given by its own name, not through a symbolic link)"
+    )]
+    NotRegularFile { file: PathBuf, kind: &'static str },
+
+    #[error("{file} is {len} bytes: {why}; refusing to read it")]
+    TooLarge {
+        file: PathBuf,
+        len: u64,
+        why: String,
+    },
 
     #[error("{file} is empty: {RECREATE_HINT}")]
     EmptyFile { file: PathBuf },

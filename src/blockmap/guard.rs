@@ -23,7 +23,7 @@ pub struct FileGuard {
 /// on a filesystem mounted read-write (else setting the immutable flag, and
 /// raw writes, would fail). Changes nothing.
 pub fn check_protectable(path: &Path) -> Result<(), BlockMapError> {
-    let (file, _) = super::resolve::open_regular(path, libc::O_NOFOLLOW)?;
+    let (file, _) = super::open::open_regular(path, libc::O_NOFOLLOW)?;
     if sys::is_read_only_mount(&file).map_err(|e| BlockMapError::io(path, "cannot statvfs", e))? {
         return Err(BlockMapError::ReadOnlyFilesystem {
             file: path.to_path_buf(),
@@ -37,7 +37,7 @@ pub fn check_protectable(path: &Path) -> Result<(), BlockMapError> {
 /// Call this before [`super::resolve`] so the map cannot change after it is
 /// verified.
 pub fn protect(path: &Path) -> Result<FileGuard, BlockMapError> {
-    let (file, _) = super::resolve::open_regular(path, libc::O_NOFOLLOW)?;
+    let (file, _) = super::open::open_regular(path, libc::O_NOFOLLOW)?;
     if let Err(e) = sys::flock(&file, libc::LOCK_EX | libc::LOCK_NB) {
         if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
             return Err(BlockMapError::Locked {
@@ -92,6 +92,11 @@ impl FileGuard {
         &self.path
     }
 
+    /// The descriptor the lock and the flag are held through.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
     /// True when this guard made the file immutable (and will undo it).
     pub fn set_immutable(&self) -> bool {
         self.set_immutable
@@ -108,6 +113,38 @@ impl FileGuard {
         if self.was_immutable {
             self.set_immutable = true;
         }
+    }
+
+    /// For a file whose raw map is no longer trusted: lifts the immutable
+    /// flag if this guard set it (release then leaves the flag alone) and
+    /// writes `bytes` at `offset` through the filesystem (pwrite, then
+    /// fdatasync), which knows where the file's blocks are now. The lock
+    /// stays held.
+    pub fn write_through_filesystem(
+        &mut self,
+        offset: u64,
+        bytes: &[u8],
+    ) -> Result<(), BlockMapError> {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::{FileExt, OpenOptionsExt};
+        if self.set_immutable {
+            let cleared = sys::get_flags(&self.file)
+                .and_then(|f| sys::set_flags(&self.file, f & !sys::FS_IMMUTABLE_FL));
+            cleared.map_err(|e| {
+                BlockMapError::io(&self.path, "cannot clear the immutable flag of", e)
+            })?;
+            self.set_immutable = false;
+        }
+        // The same inode as the locked descriptor, not whatever the name is now.
+        let proc = format!("/proc/self/fd/{}", self.file.as_raw_fd());
+        let file = File::options()
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&proc)
+            .map_err(|e| BlockMapError::io(&self.path, "cannot open for writing", e))?;
+        file.write_all_at(bytes, offset)
+            .and_then(|()| file.sync_data())
+            .map_err(|e| BlockMapError::io(&self.path, "cannot write through its filesystem", e))
     }
 
     /// Releases the file, reporting what went wrong (drop only logs).

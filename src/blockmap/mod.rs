@@ -11,17 +11,19 @@
 
 mod error;
 mod guard;
+mod open;
 mod raw_writer;
 mod resolve;
+mod stack;
 mod sys;
 mod verify;
 
 pub use error::BlockMapError;
 pub use guard::{check_protectable, protect, FileGuard};
-pub use raw_writer::{
-    check_device_writable, read_file_direct, RawWriter, DEFAULT_IO_THREADS, PAGE_SIZE,
-};
+pub use open::{check_len, open_bitmap_path, read_checked_direct, read_file_direct};
+pub use raw_writer::{check_device_writable, HaltGate, RawWriter, DEFAULT_IO_THREADS, PAGE_SIZE};
 pub use resolve::{
-    backing_chain, resolve, resolve_with_fibmap, BackingFile, BlockMap, DeviceRun, Extent,
+    backing_chain, recheck, resolve, resolve_with_fibmap, BackingFile, BlockMap, DeviceRun, Extent,
 };
+pub use stack::{device_stack, fs_type_of_dev, DeviceStack, StackDevice};
 pub use verify::verify;

@@ -3,14 +3,15 @@
 //! confined to the verified block map.
 
 use super::error::BlockMapError;
+use super::open::read_file_direct;
 use super::resolve::BlockMap;
 use super::sys;
 use super::verify::{check_same_device, read_mapped, verify};
-use crate::io::aligned::{round_up, AlignedBuf, BUF_ALIGN};
+use crate::io::aligned::{round_up, AlignedBuf};
 use crate::io::completion::{Completion, OpFailure};
 use crossbeam_channel::{Receiver, Sender};
 use std::fs::File;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -31,11 +32,26 @@ mod confined {
     pub(super) struct ConfinedDevice {
         fd: File,
         map: BlockMap,
+        /// Set once the map is no longer trusted: no write starts after it.
+        halted: std::sync::OnceLock<std::sync::Arc<super::HaltGate>>,
     }
 
     impl ConfinedDevice {
         pub(super) fn new(fd: File, map: BlockMap) -> Self {
-            ConfinedDevice { fd, map }
+            ConfinedDevice {
+                fd,
+                map,
+                halted: std::sync::OnceLock::new(),
+            }
+        }
+
+        /// Stops every later write (see [`super::RawWriter::halt`]).
+        pub(super) fn halt(&self, gate: std::sync::Arc<super::HaltGate>) -> bool {
+            self.halted.set(gate).is_ok()
+        }
+
+        pub(super) fn halted(&self) -> Option<&std::sync::Arc<super::HaltGate>> {
+            self.halted.get()
         }
 
         pub(super) fn map(&self) -> &BlockMap {
@@ -55,8 +71,12 @@ mod confined {
             super::read_mapped(&self.fd, &self.map, file_offset, len)
         }
 
-        /// Writes `data` at device byte `dev_off`; errno on failure.
+        /// Writes `data` at device byte `dev_off`; errno on failure
+        /// (ESHUTDOWN, nothing written, once halted).
         pub(super) fn write_at(&self, dev_off: u64, data: &[u8]) -> Result<(), i32> {
+            if self.halted.get().is_some() {
+                return Err(libc::ESHUTDOWN);
+            }
             // Every caller derives addresses from the map; anything else is a
             // bug that must not reach the disk.
             assert!(
@@ -81,6 +101,41 @@ mod confined {
 }
 
 use confined::ConfinedDevice;
+
+/// What becomes of the page writes asked of a [`RawWriter`] after
+/// [`RawWriter::halt`]: none of them is written; each waits until the
+/// halter decides, then completes with that outcome (`Ok`: the pages are
+/// dropped, the halter has made the on-disk bitmap stale; `Err`: they fail).
+#[derive(Default)]
+pub struct HaltGate {
+    outcome: parking_lot::Mutex<Option<Result<(), String>>>,
+    decided: parking_lot::Condvar,
+}
+
+impl HaltGate {
+    pub fn new() -> Arc<HaltGate> {
+        Arc::new(HaltGate::default())
+    }
+
+    /// Sets the outcome (the first one holds) and releases the waiters.
+    pub fn decide(&self, outcome: Result<(), String>) {
+        let mut o = self.outcome.lock();
+        if o.is_none() {
+            *o = Some(outcome);
+        }
+        self.decided.notify_all();
+    }
+
+    fn wait(&self) -> Result<(), String> {
+        let mut o = self.outcome.lock();
+        loop {
+            if let Some(r) = o.as_ref() {
+                return r.clone();
+            }
+            self.decided.wait(&mut o);
+        }
+    }
+}
 
 struct Job {
     run_index: usize,
@@ -174,6 +229,14 @@ impl RawWriter {
 
     pub fn map(&self) -> &BlockMap {
         self.device.map()
+    }
+
+    /// Stops raw writes at once: no write starts after this (one already
+    /// in the kernel finishes), and every page write, queued or later, waits
+    /// for `gate`'s outcome instead. For a map that is no longer trusted.
+    /// False when already halted.
+    pub fn halt(&self, gate: Arc<HaltGate>) -> bool {
+        self.device.halt(gate)
     }
 
     /// Writes one bitmap page: `bytes` is the file's content from
@@ -461,6 +524,15 @@ fn run_job(device: &ConfinedDevice, cache: Option<&File>, job: Job) {
             job.device_offset / SECTOR
         )
     };
+    if let Some(gate) = device.halted() {
+        let result = gate.wait().map_err(|why| OpFailure {
+            target: job.run_index,
+            what: format!("{} not done: {why}", what()),
+            errno: libc::ESHUTDOWN,
+        });
+        job.completion.finish(result);
+        return;
+    }
     // A confinement panic is a bug, and it fires before anything is written;
     // the waiter must still hear of it rather than wait forever.
     let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -502,56 +574,6 @@ impl Drop for RawWriter {
             let _ = w.join();
         }
     }
-}
-
-/// Reads a whole (small) file with O_DIRECT through its filesystem, so a
-/// page cache made stale by raw writes is not what is read. Falls back to a
-/// cache-dropped buffered read where the filesystem refuses O_DIRECT.
-pub fn read_file_direct(path: &Path) -> Result<Vec<u8>, BlockMapError> {
-    let direct = File::options()
-        .read(true)
-        .custom_flags(libc::O_DIRECT | libc::O_CLOEXEC)
-        .open(path);
-    let (file, is_direct) = match direct {
-        Ok(f) => (f, true),
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-            log::info!(
-                "{}: O_DIRECT unsupported; reading it buffered after dropping its cache",
-                path.display()
-            );
-            let f = File::open(path).map_err(|e| BlockMapError::io(path, "cannot open", e))?;
-            let _ = sys::drop_page_cache(&f);
-            (f, false)
-        }
-        Err(e) => return Err(BlockMapError::io(path, "cannot open", e)),
-    };
-    let len = file
-        .metadata()
-        .map_err(|e| BlockMapError::io(path, "cannot stat", e))?
-        .len() as usize;
-    // One spare block so a file that grew is noticed by the caller's length check.
-    let mut buf = AlignedBuf::new(round_up(len, BUF_ALIGN) + BUF_ALIGN);
-    let slice = buf.as_mut_slice();
-    let mut done = 0usize;
-    loop {
-        if done == slice.len() {
-            break;
-        }
-        // O_DIRECT reads stay aligned: `done` moves in whole blocks except
-        // at the end of the file, where the loop stops.
-        match file.read_at(&mut slice[done..], done as u64) {
-            Ok(0) => break,
-            Ok(n) => {
-                done += n;
-                if is_direct && !done.is_multiple_of(BUF_ALIGN) {
-                    break; // end of file
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(BlockMapError::io(path, "cannot read", e)),
-        }
-    }
-    Ok(slice[..done].to_vec())
 }
 
 #[cfg(test)]
@@ -604,6 +626,32 @@ mod tests {
             w.read_direct(4090, 10).unwrap(),
             [0xA1, 0xA1, 0xA1, 0xA1, 0xA1, 0xA1, 0xB2, 0xB2, 0xB2, 0xB2]
         );
+    }
+
+    #[test]
+    fn a_halted_writer_writes_nothing_and_pages_wait_for_the_outcome() {
+        let dir = tempfile::tempdir().unwrap();
+        let (w, dev) = writer_over_plain_file(dir.path());
+        let gate = HaltGate::new();
+        assert!(w.halt(gate.clone()));
+        assert!(!w.halt(HaltGate::new()), "halted twice");
+        let done = w.submit(0, &[0xA1; 4096]);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(!done.is_done(), "completed before the outcome was decided");
+        gate.decide(Ok(()));
+        assert!(done.wait().is_empty());
+        let failed = {
+            let gate = HaltGate::new();
+            let dir2 = tempfile::tempdir().unwrap();
+            let (w2, _) = writer_over_plain_file(dir2.path());
+            w2.halt(gate.clone());
+            gate.decide(Err("not recorded".into()));
+            w2.submit(0, &[0xB2; 4096]).wait()
+        };
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].errno, libc::ESHUTDOWN);
+        assert!(std::fs::read(&dev).unwrap().iter().all(|&b| b == 0xEE));
+        assert!(w.device.write_at(8192, &[0u8; 512]).is_err());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! block, done once with FIEMAP, FIBMAP as fallback).
 
 use super::error::BlockMapError;
+use super::open::open_regular;
 use super::sys;
 use std::fs::File;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
@@ -70,27 +71,6 @@ pub fn resolve(path: &Path) -> Result<BlockMap, BlockMapError> {
 /// As [`resolve`] but asking the filesystem block by block with FIBMAP.
 pub fn resolve_with_fibmap(path: &Path) -> Result<BlockMap, BlockMapError> {
     resolve_using(path, Method::Fibmap)
-}
-
-/// Opens `path` for reading (with `extra_flags`) and checks it is a regular file.
-pub(super) fn open_regular(
-    path: &Path,
-    extra_flags: i32,
-) -> Result<(File, std::fs::Metadata), BlockMapError> {
-    let file = File::options()
-        .read(true)
-        .custom_flags(libc::O_CLOEXEC | extra_flags)
-        .open(path)
-        .map_err(|e| BlockMapError::io(path, "cannot open", e))?;
-    let meta = file
-        .metadata()
-        .map_err(|e| BlockMapError::io(path, "cannot stat", e))?;
-    if !meta.file_type().is_file() {
-        return Err(BlockMapError::NotRegularFile {
-            file: path.to_path_buf(),
-        });
-    }
-    Ok((file, meta))
 }
 
 fn resolve_using(path: &Path, method: Method) -> Result<BlockMap, BlockMapError> {
@@ -201,6 +181,51 @@ fn resolve_using(path: &Path, method: Method) -> Result<BlockMap, BlockMapError>
         file_len,
         extents,
     })
+}
+
+/// Checks, on the descriptor of a protected file (see [`super::protect`]),
+/// that its verified map still holds while raw writes use it: the file is
+/// still immutable, as long as it was, and FIEMAP still reports the same
+/// extents, none of them shared (a reflink made from it), moved (a defrag),
+/// unwritten or otherwise unusable. `Err` says what changed. Reads only.
+pub fn recheck(map: &BlockMap, file: &File) -> Result<(), String> {
+    match sys::get_flags(file) {
+        Ok(flags) if flags & sys::FS_IMMUTABLE_FL == 0 => {
+            return Err(
+                "its immutable flag was cleared (chattr -i?), so its blocks may move".into(),
+            )
+        }
+        Ok(_) => {}
+        Err(e) => return Err(format!("its attributes cannot be read: {e}")),
+    }
+    let len = file
+        .metadata()
+        .map_err(|e| format!("it cannot be stat'ed: {e}"))?
+        .len();
+    if len != map.file_len() {
+        return Err(format!(
+            "its length changed from {} to {len} bytes",
+            map.file_len()
+        ));
+    }
+    let raw = sys::fiemap(file, map.mapped_len()).map_err(|e| format!("FIEMAP failed: {e}"))?;
+    let extents = fiemap_extents(&map.file, raw, map.fs_block_size() as u64, map.mapped_len())
+        .map_err(|e| format!("its block map is no longer usable ({e})"))?;
+    let extents = coalesce(extents);
+    if extents != map.extents {
+        let at = |v: &[Extent]| {
+            v.iter()
+                .map(|e| format!("{}+{}@{}", e.file_offset, e.len, e.device_offset))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        return Err(format!(
+            "its blocks moved (a defrag?): extents were {}, now {}",
+            at(&map.extents),
+            at(&extents)
+        ));
+    }
+    Ok(())
 }
 
 /// ext4 can journal file data and write it home later (checkpoint), which
@@ -542,7 +567,7 @@ pub fn backing_chain(dev: u64) -> Vec<BackingFile> {
 
 /// The file behind block device `dev` if it is a loop device or a partition
 /// of one.
-fn loop_backing(dev: u64) -> Option<BackingFile> {
+pub(super) fn loop_backing(dev: u64) -> Option<BackingFile> {
     let sysfs = PathBuf::from(format!(
         "/sys/dev/block/{}:{}",
         libc::major(dev),

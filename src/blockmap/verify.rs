@@ -2,7 +2,7 @@
 //! the mapped sectors read straight from the device hold the same bytes.
 
 use super::error::BlockMapError;
-use super::raw_writer::read_file_direct;
+use super::open::read_file_direct;
 use super::resolve::BlockMap;
 use super::sys;
 use crate::io::aligned::AlignedBuf;

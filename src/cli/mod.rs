@@ -161,6 +161,10 @@ pub struct MountArgs {
     /// writes (for containers without access to the block device).
     #[arg(long, requires = "bitmap")]
     bitmap_file_io: bool,
+    /// Accept a bitmap file on a device stack mdfuse cannot follow to check
+    /// that it is not inside the array (device-mapper, md, nbd, ...).
+    #[arg(long, requires = "bitmap")]
+    bitmap_trust_device: bool,
     /// Seconds a chunk stays idle before its bit is cleared (default: the
     /// bitmap file's daemon_sleep); more than 0, at most 2^32-1.
     #[arg(long, requires = "bitmap", value_parser = parse_delay)]
@@ -297,10 +301,8 @@ fn cmd_create(a: CreateArgs) -> Result<(), String> {
 
 fn cmd_examine_bitmap(file: &Path, list_chunks: bool) -> Result<(), String> {
     // O_DIRECT: while an array runs, its raw writes bypass the page cache.
-    let bytes = mdfuse::blockmap::read_file_direct(file).map_err(|e| e.to_string())?;
-    let sb = mdfuse::format::bitmap::BitmapSuper::parse(&bytes)
-        .map_err(|e| format!("{}: {e}", file.display()))?;
-    let bits = &bytes[bytes.len().min(256)..];
+    let (sb, bits) = mdfuse::bitmap::read_bitmap_for_examine(file).map_err(|e| e.to_string())?;
+    let bits = &bits[..];
     print!(
         "{}",
         mdfuse::report::examine_bitmap::render_examine_bitmap(
@@ -469,6 +471,7 @@ impl MountArgs {
             (self.run, "--run"),
             (self.write_through, "--write-through"),
             (self.bitmap_file_io, "--bitmap-file-io"),
+            (self.bitmap_trust_device, "--bitmap-trust-device"),
         ];
         a.extend(flags.iter().filter(|f| f.0).map(|f| f.1.to_string()));
         a.push(format!("--threads={}", self.threads));
@@ -606,6 +609,8 @@ pub fn mount_foreground(m: &MountArgs, ready: &mut detach::Ready) -> Result<(), 
                         BitmapIo::Raw
                     },
                     clear_delay,
+                    read_only: m.ro,
+                    trust_device: m.bitmap_trust_device,
                 },
                 &asm,
             )

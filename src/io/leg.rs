@@ -4,13 +4,14 @@
 //! Offsets here are absolute byte offsets on the leg; the RAID1 engine adds
 //! the data offset.
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
+use std::fs::File;
+use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use parking_lot::{Mutex, MutexGuard};
 
+use super::checked_open::{kind_name, CheckedPath};
 use super::lock::{lock_exclusive, LockError};
 
 /// How a leg's data is read and written.
@@ -35,8 +36,8 @@ pub enum LegError {
          (check with `lsblk {path}` and `fuser -v {path}`)"
     )]
     DeviceBusy { path: PathBuf },
-    #[error("leg {path}: not a regular file or block device")]
-    NotFileOrDevice { path: PathBuf },
+    #[error("leg {path} is {kind}: a leg must be a regular file or a block device")]
+    NotFileOrDevice { path: PathBuf, kind: &'static str },
     #[error(
         "leg {path} is in use by another mdfuse{holder} (it holds the lock); stop that one first"
     )]
@@ -172,21 +173,9 @@ impl Leg {
     /// with a log line saying so. `lock` takes an exclusive flock so a second
     /// mdfuse cannot use the leg at the same time.
     pub fn open(path: &Path, mode: IoMode, writable: bool, lock: bool) -> Result<Leg, LegError> {
-        let meta = std::fs::metadata(path).map_err(|source| LegError::Open {
-            path: path.to_owned(),
-            hint: if source.kind() == std::io::ErrorKind::NotFound {
-                " (check the path; a leg must exist: create a file with `truncate -s SIZE FILE`)"
-            } else {
-                ""
-            },
-            source,
-        })?;
+        let checked = open_checked(path)?;
+        let meta = checked.metadata();
         let is_block_device = meta.file_type().is_block_device();
-        if !is_block_device && !meta.is_file() {
-            return Err(LegError::NotFileOrDevice {
-                path: path.to_owned(),
-            });
-        }
         // A block device we write is opened exclusively, as mdadm opens
         // members: the kernel then refuses it while a filesystem is mounted
         // on it or md, dm or another program holds it (and them while we do).
@@ -195,13 +184,8 @@ impl Leg {
         } else {
             0
         };
-        let open_with = |flags: i32| {
-            OpenOptions::new()
-                .read(true)
-                .write(writable)
-                .custom_flags(flags | exclusive | libc::O_CLOEXEC)
-                .open(path)
-        };
+        // The inode checked above, not whatever the name points to by now.
+        let open_with = |flags: i32| checked.reopen(writable, flags | exclusive);
         let (file, mode) = match mode {
             IoMode::Buffered => (open_with(0), IoMode::Buffered),
             IoMode::Direct => match open_with(libc::O_DIRECT) {
@@ -270,7 +254,13 @@ impl Leg {
             }
             bytes
         } else {
-            meta.len()
+            file.metadata()
+                .map_err(|source| LegError::Open {
+                    path: path.to_owned(),
+                    source,
+                    hint: " (fstat)",
+                })?
+                .len()
         };
         Ok(Leg {
             path: path.to_owned(),
@@ -439,6 +429,31 @@ impl Leg {
             source,
         }
     }
+}
+
+/// Opens `path` once (following symlinks: a leg may be named by one) without
+/// reading it, and checks on that descriptor that it is a regular file or a
+/// block device; the leg is then opened from it ([`CheckedPath::reopen`]),
+/// so no stat of the name precedes the open. A FIFO, socket or character
+/// device is refused here, before any open that could block or act.
+fn open_checked(path: &Path) -> Result<CheckedPath, LegError> {
+    let checked = CheckedPath::open(path, true).map_err(|source| LegError::Open {
+        path: path.to_owned(),
+        hint: if source.kind() == std::io::ErrorKind::NotFound {
+            " (check the path; a leg must exist: create a file with `truncate -s SIZE FILE`)"
+        } else {
+            ""
+        },
+        source,
+    })?;
+    let meta = checked.metadata();
+    if !meta.file_type().is_block_device() && !meta.is_file() {
+        return Err(LegError::NotFileOrDevice {
+            path: path.to_owned(),
+            kind: kind_name(meta),
+        });
+    }
+    Ok(checked)
 }
 
 impl AsRawFd for Leg {

@@ -2,6 +2,7 @@
 //! completions, the leg device, and parallel leg I/O through io_uring.
 
 pub mod aligned;
+pub mod checked_open;
 pub mod completion;
 pub mod leg;
 pub mod lock;
