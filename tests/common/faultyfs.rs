@@ -714,13 +714,20 @@ fn io_errno(e: &std::io::Error) -> Errno {
     Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO))
 }
 
-/// A mounted fault-injecting filesystem (see the module's documentation).
-pub struct FaultyFs {
-    shared: Arc<Shared>,
+/// One FUSE session serving the files.
+struct Served {
     mountpoint: PathBuf,
     /// "MAJOR:MINOR" of the mount, for aborting its connection.
     device: Option<String>,
     session: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+/// A mounted fault-injecting filesystem (see the module's documentation).
+pub struct FaultyFs {
+    shared: Arc<Shared>,
+    mountpoint: PathBuf,
+    /// The mount at `mountpoint`, then those of [`FaultyFs::open_detached`].
+    served: Vec<Served>,
     dir: tempfile::TempDir,
 }
 
@@ -781,6 +788,18 @@ impl FaultyFs {
                 ..Power::default()
             },
         });
+        let mut fs = FaultyFs {
+            shared,
+            mountpoint: mountpoint.clone(),
+            served: Vec::new(),
+            dir,
+        };
+        fs.serve(&mountpoint);
+        fs
+    }
+
+    /// Mounts the files (once more) at `mountpoint` and serves them there.
+    fn serve(&mut self, mountpoint: &Path) {
         let mut config = Config::default();
         config.mount_options = vec![
             MountOption::FSName("faultyfs".into()),
@@ -792,20 +811,43 @@ impl FaultyFs {
         config.acl = SessionACL::Owner;
         config.n_threads = Some(SERVING_THREADS);
         config.clone_fd = true;
-        let session = fuser::Session::new(FaultyFsImpl(shared.clone()), &mountpoint, &config)
+        let session = fuser::Session::new(FaultyFsImpl(self.shared.clone()), mountpoint, &config)
             .unwrap_or_else(|e| panic!("mounting faultyfs at {}: {e}", mountpoint.display()));
-        let device = mount_device(&mountpoint);
+        let device = mount_device(mountpoint);
         let session = std::thread::Builder::new()
             .name("faultyfs".into())
             .spawn(move || session.run())
             .expect("faultyfs session thread");
-        FaultyFs {
-            shared,
-            mountpoint,
+        self.served.push(Served {
+            mountpoint: mountpoint.to_owned(),
             device,
             session: Some(session),
-            dir,
-        }
+        });
+    }
+
+    /// `name` opened (read-write) through a second mount of these files
+    /// that is then detached: the open file works as any other (faults,
+    /// cache and power apply), but no path leads to it, so a loop device
+    /// made over `/proc/<pid>/fd/<fd>` of it reports as its backing file a
+    /// path on no FUSE filesystem. For what mdfuse refuses to put a bitmap
+    /// on (an image served by FUSE, where mdfuse's own would deadlock),
+    /// which this filesystem, served by the test, is not. Drop the file
+    /// (and the loop devices over it) before the [`FaultyFs`].
+    pub fn open_detached(&mut self, name: &str) -> File {
+        self.shared.by_name(name);
+        let mountpoint = self
+            .dir
+            .path()
+            .join(format!("detached{}", self.served.len()));
+        std::fs::create_dir_all(&mountpoint).expect("faultyfs second mountpoint");
+        self.serve(&mountpoint);
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(mountpoint.join(name))
+            .unwrap_or_else(|e| panic!("open {name} on the second mount: {e}"));
+        umount2(&mountpoint, libc::MNT_DETACH).expect("detaching the second mount");
+        f
     }
 
     /// The file `name` as seen through the mount (where faults apply).
@@ -1025,8 +1067,8 @@ impl FaultyFs {
 
     /// Tells the kernel to end the FUSE connection: every pending and
     /// future request fails and the serving threads stop.
-    fn abort_connection(&self) {
-        let Some(minor) = self.device.as_deref().and_then(|d| d.split(':').nth(1)) else {
+    fn abort_connection(&self, device: Option<&str>) {
+        let Some(minor) = device.and_then(|d| d.split(':').nth(1)) else {
             return;
         };
         let mut abort_file = PathBuf::from(format!("/sys/fs/fuse/connections/{minor}/abort"));
@@ -1080,19 +1122,29 @@ fn umount2(path: &Path, flags: i32) -> std::io::Result<()> {
 
 impl Drop for FaultyFs {
     fn drop(&mut self) {
-        if let Err(e) = umount2(&self.mountpoint, 0) {
+        for mut served in std::mem::take(&mut self.served) {
+            self.end(&mut served);
+        }
+    }
+}
+
+impl FaultyFs {
+    /// Unmounts one mount (a detached one ends with its last open file)
+    /// and joins its threads.
+    fn end(&self, served: &mut Served) {
+        if let Err(e) = umount2(&served.mountpoint, 0) {
             if e.raw_os_error() != Some(libc::EINVAL) {
                 // Busy (a client still has a file open): end the connection
                 // so nothing waits on us, then detach.
                 eprintln!(
                     "warning: faultyfs at {} did not unmount ({e}); aborting it",
-                    self.mountpoint.display()
+                    served.mountpoint.display()
                 );
-                self.abort_connection();
-                let _ = umount2(&self.mountpoint, libc::MNT_DETACH);
+                self.abort_connection(served.device.as_deref());
+                let _ = umount2(&served.mountpoint, libc::MNT_DETACH);
             }
         }
-        let Some(session) = self.session.take() else {
+        let Some(session) = served.session.take() else {
             return;
         };
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -1101,7 +1153,7 @@ impl Drop for FaultyFs {
         }
         if !session.is_finished() {
             eprintln!("warning: faultyfs threads still run 10 s after the unmount; aborting");
-            self.abort_connection();
+            self.abort_connection(served.device.as_deref());
             let deadline = Instant::now() + Duration::from_secs(10);
             while !session.is_finished() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(10));
