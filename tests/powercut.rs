@@ -771,25 +771,23 @@ fn power_cuts_lose_no_durable_write() {
         }
         rig.fs.disarm_cut();
         rig.mount();
-        let degraded = rig.array().md("degraded") != "0";
-        if degraded {
-            re_adds += rig.re_add_missing();
-        }
         rig.array().wait_sync_idle(Duration::from_secs(120));
-        if !degraded {
-            let copied: u64 = rig
-                .array()
-                .md("sync_copied")
-                .split_whitespace()
-                .next()
-                .and_then(|t| t.parse().ok())
-                .expect("md/sync_copied");
-            assert!(
-                copied <= dirty_bytes,
-                "round {round}: the resync copied {copied} bytes, more than the {} chunks \
-                 dirty on disk ({dirty_bytes} bytes)",
-                dirty.len()
-            );
+        let copied: u64 = rig
+            .array()
+            .md("sync_copied")
+            .split_whitespace()
+            .next()
+            .and_then(|t| t.parse().ok())
+            .expect("md/sync_copied");
+        assert!(
+            copied <= dirty_bytes,
+            "round {round}: the resync copied {copied} bytes, more than the {} chunks \
+             dirty on disk ({dirty_bytes} bytes)",
+            dirty.len()
+        );
+        if rig.array().md("degraded") != "0" {
+            re_adds += rig.re_add_missing();
+            rig.array().wait_sync_idle(Duration::from_secs(120));
         }
         let v = verify_after_cut(&rig.array().image(), region.clone(), &report, &mut known);
         assert!(
