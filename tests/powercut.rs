@@ -218,12 +218,10 @@ impl Rig {
     }
 
     fn mount_args(&self) -> Vec<String> {
-        let mut a: Vec<String> = ["--delay", "0.3", "--threads", "8"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let mut a: Vec<String> = vec!["--threads".into(), "8".into()];
         if let Some(b) = &self.bitmap {
             a.extend(["--bitmap".into(), path_str(b).into()]);
+            a.extend(["--delay".into(), "0.3".into()]);
         }
         a
     }
@@ -828,5 +826,210 @@ fn power_cuts_lose_no_durable_write() {
         totals.2,
         totals.4,
         totals.3
+    );
+}
+
+// ---------------------------------------------------------------- holes 1, 4, 5
+
+/// `len` bytes of leg `name`'s stable storage at array offset `offset`.
+fn on_stable_leg(rig: &Rig, name: &str, offset: u64, len: usize) -> Vec<u8> {
+    let f = std::fs::File::open(rig.fs.backing(name)).expect("backing leg");
+    let mut buf = vec![0u8; len];
+    f.read_exact_at(&mut buf, rig.data_offset + offset)
+        .expect("read the backing leg");
+    buf
+}
+
+/// Writes `data` at `offset` of array.img (O_DIRECT, `flags` more on the
+/// open, `rwf` for pwritev2); returns the descriptor, to be kept open until
+/// after a cut (its close would flush the legs, as fsync does).
+#[must_use]
+fn write_image(m: &MountedArray, offset: u64, data: &[u8], flags: i32, rwf: i32) -> std::fs::File {
+    let f = open_with(&m.image(), libc::O_DIRECT | flags);
+    let mut buf = AlignedVec::zeroed(data.len());
+    buf.as_mut_slice().copy_from_slice(data);
+    let n = pwritev2(&f, buf.as_slice(), offset, rwf)
+        .unwrap_or_else(|e| panic!("write {} bytes at {offset}: {e}", data.len()));
+    assert_eq!(n, data.len());
+    f
+}
+
+/// `blocks` workload blocks of generation `g` from `offset`.
+fn blocks(offset: u64, n: u64, g: u64) -> Vec<u8> {
+    (0..n)
+        .flat_map(|b| workload::block(offset + b * BLOCK, g))
+        .collect()
+}
+
+/// Hole 1: a write through an O_DSYNC descriptor, or with RWF_DSYNC, is on
+/// every leg's stable storage when it returns: cut right after it, with
+/// every write the legs had not flushed dropped, and it is there.
+#[test]
+fn an_o_dsync_write_is_on_every_leg_when_it_returns() {
+    let Some(_serial) = serial("an_o_dsync_write_is_on_every_leg_when_it_returns") else {
+        return;
+    };
+    let mut rig = Rig::new(None);
+    let m = rig.mount();
+    // Marked active and flushed first, so nothing else flushes the legs.
+    m.fill_random(8 * MIB, 4096, 1);
+    let (a, b) = (blocks(MIB, 4, 7), blocks(2 * MIB, 2, 8));
+    let _fa = write_image(m, MIB, &a, libc::O_DSYNC, 0);
+    let _fb = write_image(m, 2 * MIB, &b, 0, libc::RWF_DSYNC);
+    let out = rig.power_cut(Survival::DropAll);
+    eprintln!("cut: {out:?}");
+    for name in LEG_NAMES {
+        assert!(
+            on_stable_leg(&rig, name, MIB, a.len()) == a,
+            "the O_DSYNC write is not on {name}'s stable storage after the cut ({out:?})"
+        );
+        assert!(
+            on_stable_leg(&rig, name, 2 * MIB, b.len()) == b,
+            "the RWF_DSYNC write is not on {name}'s stable storage after the cut ({out:?})"
+        );
+    }
+}
+
+/// Hole 5: a background flush (safe mode's) that fails on a leg loses what
+/// that leg's cache held; the user's next fsync must then not return 0
+/// with the leg still in sync and the write not on its stable storage.
+#[test]
+fn a_failed_background_flush_is_not_hidden_from_the_next_fsync() {
+    let Some(_serial) = serial("a_failed_background_flush_is_not_hidden_from_the_next_fsync")
+    else {
+        return;
+    };
+    let mut rig = Rig::new(None);
+    let m = rig.mount();
+    m.fill_random(8 * MIB, 4096, 1);
+    assert!(rig.wait_clean(), "safe mode did not record the array clean");
+    let m = rig.array();
+    let data = blocks(MIB, 4, 9);
+    let f = write_image(m, MIB, &data, 0, 0);
+    // The write marked the array active (its flushes are done); the next
+    // flush of leg1 fails, as safe mode's will once writes stop.
+    rig.fs.fail_next_fsyncs(LEG_NAMES[1], 1);
+    wait_for("safe mode's flush", Duration::from_secs(10), || {
+        rig.fs.counters(LEG_NAMES[1]).failed_fsyncs == 1
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let synced = f.sync_all();
+    let state = m.md(&format!("dev-{}/state", LEG_NAMES[1]));
+    eprintln!("fsync: {synced:?}; leg1: {state}");
+    if synced.is_ok() && state == "in_sync" {
+        assert!(
+            on_stable_leg(&rig, LEG_NAMES[1], MIB, data.len()) == data,
+            "fsync returned 0 with leg1 in sync, but the write is not on leg1's stable storage \
+             (its flush failed in the background)"
+        );
+    }
+}
+
+/// Hole 4's harness: legs that differ in `region` (leg1 lacks leg0's
+/// write there, as a cut can leave them) and the array recorded active,
+/// then mounted without a bitmap: the resync copies the region to leg1. A
+/// cut right after the superblock write to leg1 that `vouch` names, with
+/// only superblock writes landing, must leave no superblock that vouches
+/// for a copy leg1 does not have: the next assembly's syncs and `check`
+/// find the legs equal.
+fn vouching_superblock_after_resync(region: std::ops::Range<u64>, vouch: fn(&SbWrite) -> bool) {
+    let mut rig = Rig::new(None);
+    let m = rig.mount();
+    m.fill_random(0, 4096, 1);
+    let len = (region.end - region.start) as usize;
+    let data = blocks(region.start, len as u64 / BLOCK, 11);
+    let f = write_image(m, region.start, &data, 0, 0);
+    // leg0 keeps the write, leg1 loses it; the superblocks say active.
+    let leg0 = LEG_NAMES[0];
+    rig.power_cut(Survival::Keep(&|file, off, _| file == leg0 || off == SB_AT));
+    drop(f);
+    assert!(on_stable_leg(&rig, LEG_NAMES[1], region.start, len) != data);
+    rig.fs.arm_cut(after_sb(
+        move |file, sb| file == LEG_NAMES[1] && vouch(sb),
+        false,
+    ));
+    rig.mount();
+    assert!(
+        rig.fs.wait_cut(Duration::from_secs(30)),
+        "no such superblock write came"
+    );
+    let out = rig.power_cut(Survival::Keep(&|_, off, _| off == SB_AT));
+    eprintln!("cut: {out:?}");
+    rig.mount();
+    rig.array().wait_sync_idle(Duration::from_secs(60));
+    let mismatches = rig.check();
+    assert_eq!(
+        mismatches, 0,
+        "a superblock vouched for a resync's copy that was not on leg1's stable storage"
+    );
+}
+
+/// Hole 4: a resync checkpoint (resync_offset past copied data) is not
+/// written before the copy is durable on the target leg.
+#[test]
+fn a_resync_checkpoint_is_not_durable_before_the_data_it_vouches_for() {
+    let Some(_serial) = serial("a_resync_checkpoint_is_not_durable_before_the_data_it_vouches_for")
+    else {
+        return;
+    };
+    vouching_superblock_after_resync(MIB..2 * MIB, |sb| {
+        sb.resync_offset != 0 && sb.resync_offset != MAX_SECTOR
+    });
+}
+
+/// Hole 4: the superblocks recording a resync's end (clean) are not
+/// written before the last copies are durable on the target leg.
+#[test]
+fn a_clean_mark_after_a_resync_is_not_durable_before_its_copies() {
+    let Some(_serial) = serial("a_clean_mark_after_a_resync_is_not_durable_before_its_copies")
+    else {
+        return;
+    };
+    let end = LEG_SIZE - 4 * MIB;
+    vouching_superblock_after_resync(end - MIB..end, |sb| sb.resync_offset == MAX_SECTOR);
+}
+
+/// Hole 4: a recovered leg's join (its superblock without the recovery
+/// bits) is not durable before the recovery's last copies are.
+#[test]
+fn a_recovery_join_is_not_durable_before_the_recovered_data() {
+    let Some(_serial) = serial("a_recovery_join_is_not_durable_before_the_recovered_data") else {
+        return;
+    };
+    // With a bitmap: the recovery copies the one chunk written while leg1
+    // was out, less than the 1/16 of the array after which it would record
+    // (and flush) a recovery checkpoint.
+    let mut rig = Rig::new(Some("64K"));
+    let m = rig.mount();
+    m.fill_random(0, 4096, 2);
+    m.fail_and_remove(LEG_NAMES[1]);
+    let at = 5 * MIB;
+    let data = blocks(at, 8, 12);
+    drop(write_image(m, at, &data, libc::O_DSYNC, 0));
+    assert!(rig.wait_clean(), "safe mode did not record the array clean");
+    rig.fs.arm_cut(after_sb(
+        |file, sb| file == LEG_NAMES[1] && sb.feature_map & FEATURE_RECOVERY_OFFSET == 0,
+        false,
+    ));
+    rig.re_add_missing();
+    assert!(
+        rig.fs.wait_cut(Duration::from_secs(30)),
+        "the join's superblock write did not come"
+    );
+    let out = rig.power_cut(Survival::Keep(&|file, off, _| {
+        off == SB_AT || file == BITMAP_FS
+    }));
+    eprintln!("cut: {out:?}");
+    rig.mount();
+    rig.array().wait_sync_idle(Duration::from_secs(60));
+    if rig.array().md("degraded") != "0" {
+        rig.re_add_missing();
+        rig.array().wait_sync_idle(Duration::from_secs(60));
+    }
+    eprintln!("{}", rig.array().log());
+    let mismatches = rig.check();
+    assert_eq!(
+        mismatches, 0,
+        "leg1 joined (on stable storage) without the data its recovery copied"
     );
 }
