@@ -28,6 +28,6 @@ fi
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
-cargo clippy --workspace --all-targets -- -D warnings
+cargo clippy --workspace --all-targets --features mdfuse/failpoints -- -D warnings
 echo "== cargo test"
-cargo test --workspace --release 2>&1 | tee /tmp/mdfuse-test.log
+cargo test --workspace --release --features mdfuse/failpoints 2>&1 | tee /tmp/mdfuse-test.log

@@ -27,7 +27,9 @@ pub trait ServedArray: Send + Sync + 'static {
         direct: bool,
         out: &mut dyn FnMut(&[u8]),
     ) -> Result<(), i32>;
-    fn write(&self, offset: u64, data: &[u8]) -> Result<usize, i32>;
+    /// Writes `data` at `offset`; `durable`: on every written leg's stable
+    /// storage before it returns (an O_DSYNC or O_SYNC write).
+    fn write(&self, offset: u64, data: &[u8], durable: bool) -> Result<usize, i32>;
     /// Makes acknowledged writes durable on every in-sync leg.
     fn flush(&self) -> Result<(), i32>;
     /// The status text of `mdstat`.
@@ -500,8 +502,8 @@ impl<A: ServedArray> Filesystem for ArrayFs<A> {
         _fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
-        _flags: OpenFlags,
+        write_flags: WriteFlags,
+        flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
@@ -518,7 +520,13 @@ impl<A: ServedArray> Filesystem for ArrayFs<A> {
                 Err(e) => reply.error(errno(e)),
             };
         }
-        match self.array.write(offset, data) {
+        // The kernel fsyncs after an O_DSYNC write only when it went
+        // through its page cache; a direct-I/O write (FOPEN_DIRECT_IO, or an
+        // O_DIRECT open) carries O_DSYNC (from the open, O_SYNC, or
+        // RWF_DSYNC) in its flags and must be durable when acknowledged.
+        let durable =
+            flags.0 & libc::O_DSYNC != 0 && !write_flags.contains(WriteFlags::FUSE_WRITE_CACHE);
+        match self.array.write(offset, data, durable) {
             // The kernel's writeback ignores a short count and would drop
             // the bytes past the image's end without a word: an error makes
             // the next fsync or close report it (the bytes inside the image

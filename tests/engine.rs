@@ -6,17 +6,33 @@ mod common;
 
 use common::rng::Rng;
 use mdfuse::io::leg::{IoMode, Leg};
-use mdfuse::raid1::{ArrayEvents, EngineOptions, LegSpec, LegState, Raid1};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use mdfuse::raid1::{
+    ArrayEvents, EngineError, EngineOptions, LegSpec, LegState, Raid1, RecordError,
+};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 const DATA_OFFSET: u64 = 1 << 20;
 const ARRAY: u64 = 8 << 20;
 
+/// The array layer's stand-in: counts what it is told, and can hold a leg's
+/// failure record (the superblock writes taking long) or refuse it (no leg
+/// takes it).
 #[derive(Default)]
 struct Recorder {
     active: AtomicUsize,
     failed: parking_lot::Mutex<Vec<usize>>,
+    hold_records: parking_lot::Mutex<bool>,
+    released: parking_lot::Condvar,
+    refuse_records: AtomicBool,
+}
+
+impl Recorder {
+    fn hold(&self, on: bool) {
+        *self.hold_records.lock() = on;
+        self.released.notify_all();
+    }
 }
 
 impl ArrayEvents for Recorder {
@@ -24,8 +40,16 @@ impl ArrayEvents for Recorder {
         self.active.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
-    fn leg_failed(&self, slot: usize, _reason: &str) {
+    fn leg_failed(&self, slot: usize, _reason: &str) -> Result<(), RecordError> {
+        let mut held = self.hold_records.lock();
+        while *held {
+            self.released.wait(&mut held);
+        }
+        if self.refuse_records.load(Ordering::SeqCst) {
+            return Err("no leg took the superblock update".into());
+        }
         self.failed.lock().push(slot);
+        Ok(())
     }
 }
 
@@ -76,7 +100,7 @@ fn unaligned_writes_read_back(mode: IoMode) {
         let most = if i % 8 == 0 { 1_600_000 } else { 70_000 };
         let len = (1 + rng.next() % most).min(ARRAY - off);
         let data: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
-        assert_eq!(engine.write(off, &data).unwrap(), len as usize);
+        assert_eq!(engine.write(off, &data, false).unwrap(), len as usize);
         model[off as usize..(off + len) as usize].copy_from_slice(&data);
         let roff = rng.next() % ARRAY;
         let rlen = (1 + rng.next() % 200_000).min(ARRAY - roff);
@@ -88,8 +112,8 @@ fn unaligned_writes_read_back(mode: IoMode) {
     assert_eq!(data_region(&paths[0]), model);
     assert_eq!(data_region(&paths[1]), model);
     // Past the end: short at the end, ENOSPC beyond it.
-    assert_eq!(engine.write(ARRAY - 10, &[1u8; 100]).unwrap(), 10);
-    let err = engine.write(ARRAY + 4096, &[1u8; 10]).unwrap_err();
+    assert_eq!(engine.write(ARRAY - 10, &[1u8; 100], false).unwrap(), 10);
+    let err = engine.write(ARRAY + 4096, &[1u8; 10], false).unwrap_err();
     assert_eq!(err.errno(), libc::ENOSPC);
 }
 
@@ -118,7 +142,7 @@ fn concurrent_overlapping_writers_keep_legs_identical() {
                 let off = rng.next() % (64 * 1024);
                 let len = 1 + rng.next() % 9000;
                 let data = vec![(t as u8) ^ (rng.next() as u8); len as usize];
-                engine.write(off, &data).unwrap();
+                engine.write(off, &data, false).unwrap();
             }
         }));
     }
@@ -176,7 +200,7 @@ fn large_reads_are_split_over_the_legs_and_come_back_whole() {
     let dir = tempfile::tempdir().unwrap();
     let (engine, _rec, _paths) = make_engine(dir.path(), IoMode::Direct);
     let data = Rng(0x5711).bytes(3 << 20);
-    engine.write(8192, &data).unwrap();
+    engine.write(8192, &data, false).unwrap();
     let reads = |e: &Raid1| e.slots().iter().map(|s| s.reads()).collect::<Vec<_>>();
     let before = reads(&engine);
     let got = engine
@@ -214,7 +238,7 @@ fn direct_streams_are_read_ahead_and_writes_are_never_served_stale() {
     engine.start_readahead().unwrap();
     let step = 256u64 << 10;
     let mut image = Rng(0x4ead).bytes(ARRAY as usize);
-    engine.write(0, &image).unwrap();
+    engine.write(0, &image, false).unwrap();
     let hits = |e: &Raid1| e.stats().readahead_hits.load(Ordering::Relaxed);
 
     // A plain stream: from the third read on, each is served from read-ahead.
@@ -243,7 +267,7 @@ fn direct_streams_are_read_ahead_and_writes_are_never_served_stale() {
         let off = next + rng.below(step - 8192);
         let len = 1 + rng.below(8191) as usize;
         let data = rng.bytes(len);
-        engine.write(off, &data).unwrap();
+        engine.write(off, &data, false).unwrap();
         image[off as usize..off as usize + data.len()].copy_from_slice(&data);
         let got = engine.read_direct(next, step, |b| b.to_vec()).unwrap();
         assert!(
@@ -258,4 +282,92 @@ fn direct_streams_are_read_ahead_and_writes_are_never_served_stale() {
         engine.read(k * step, step, |_| ()).unwrap();
     }
     assert_eq!(hits(&engine), before);
+}
+
+/// md's MD_SB_CHANGE_PENDING: a write that reached only the surviving leg
+/// is not acknowledged while the record of the other leg's failure is
+/// still being written (a power cut then would leave two legs with equal
+/// events, and a resync could copy the stale one over the acknowledged
+/// data).
+#[test]
+fn a_write_that_missed_a_failed_leg_waits_for_the_failure_to_be_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, rec, paths) = make_engine(dir.path(), IoMode::Direct);
+    let engine = Arc::new(engine);
+    // Active already, so the write below is not held by marking it active.
+    engine.write(8192, &[1u8; 4096], false).unwrap();
+    rec.hold(true);
+    let failing = {
+        let engine = engine.clone();
+        std::thread::spawn(move || engine.fail_leg(1, "failed by the test"))
+    };
+    while engine.slots()[1].state() != LegState::Faulty {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let writer = {
+        let engine = engine.clone();
+        std::thread::spawn(move || {
+            let r = engine.write(0, &[0x7e; 4096], false);
+            tx.send(r.map_err(|e| e.to_string())).unwrap();
+        })
+    };
+    assert!(
+        rx.recv_timeout(Duration::from_millis(300)).is_err(),
+        "a write that missed leg 1 was acknowledged before leg 1's failure was recorded"
+    );
+    rec.hold(false);
+    let written = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the write ends");
+    assert_eq!(written, Ok(4096));
+    writer.join().unwrap();
+    failing.join().unwrap().unwrap();
+    assert_eq!(*rec.failed.lock(), vec![1]);
+    assert!(data_region(&paths[0])[..4096].iter().all(|&b| b == 0x7e));
+}
+
+/// If no leg takes the record of a failure, what missed the failed leg is
+/// not acknowledged: the user's request fails, until a record is written.
+#[test]
+fn a_failure_that_cannot_be_recorded_fails_what_missed_the_leg() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, rec, _paths) = make_engine(dir.path(), IoMode::Direct);
+    rec.refuse_records.store(true, Ordering::SeqCst);
+    engine.fail_leg(1, "failed by the test").unwrap();
+    let err = engine.write(0, &[1u8; 4096], false).unwrap_err();
+    assert!(
+        matches!(err, EngineError::FailureNotRecorded { slot: 1, .. }),
+        "{err}"
+    );
+    assert_eq!(err.errno(), libc::EIO);
+    assert!(err.to_string().contains("missed leg 1"), "{err}");
+    let err = engine.flush().unwrap_err();
+    assert!(
+        matches!(err, EngineError::FailureNotRecorded { .. }),
+        "{err}"
+    );
+    // Once a leg takes the record, the next request tries again and passes.
+    rec.refuse_records.store(false, Ordering::SeqCst);
+    assert_eq!(engine.write(0, &[2u8; 4096], false).unwrap(), 4096);
+    engine.flush().unwrap();
+    assert_eq!(*rec.failed.lock(), vec![1]);
+}
+
+/// An O_DSYNC write goes to the legs as durable writes: it reads back from
+/// both legs (what reaches the stable storage is the power-cut harness's
+/// to show).
+#[test]
+fn a_durable_write_reaches_every_leg() {
+    let dir = tempfile::tempdir().unwrap();
+    for mode in [IoMode::Direct, IoMode::Buffered] {
+        let sub = dir.path().join(format!("{mode:?}"));
+        std::fs::create_dir(&sub).unwrap();
+        let (engine, _rec, paths) = make_engine(&sub, mode);
+        let data = Rng(0xd5).bytes(300_000);
+        assert_eq!(engine.write(12_345, &data, true).unwrap(), data.len());
+        for p in &paths {
+            assert!(data_region(p)[12_345..12_345 + data.len()] == data[..]);
+        }
+    }
 }

@@ -1160,3 +1160,77 @@ fn ended_syncs_at(mnt: &Path) -> usize {
         .filter(|l| l.contains(" bytes worked"))
         .count()
 }
+
+// ---------------------------------------------------------------- a panic
+
+/// A panic between two legs' writes of one request (a failpoint writes the
+/// first leg, then panics): the daemon stops at once (no serving on with a
+/// thread fewer, no clean stop recording legs that differ as in sync), the
+/// mount is detached, and the next mount resyncs the chunk, so the legs
+/// agree again. Needs the `failpoints` feature (the test suite builds with it).
+#[cfg(feature = "failpoints")]
+#[test]
+fn a_panic_between_leg_writes_stops_the_daemon_and_the_next_mount_resyncs() {
+    let Some(_serial) =
+        serial("a_panic_between_leg_writes_stops_the_daemon_and_the_next_mount_resyncs")
+    else {
+        return;
+    };
+    let dir = tempdir("mdfuse-panic");
+    let (_bitmap_fs, bitmap) = bitmap_on_ext4();
+    let legs = Legs::new(dir.path(), 2, LEG_SIZE);
+    let created = h::create(&legs, &["--bitmap", path_str(&bitmap)]);
+    let (size, data_offset) = (created.array_bytes, created.data_offset_sectors * 512);
+    let chunk = bitmap_chunk(&bitmap);
+    let mnt = dir.path().join("mnt");
+    let args = ["--bitmap", path_str(&bitmap)];
+    let at = 5 * MIB + 8 * KIB;
+
+    let m = MountedArray::mount_env(
+        &legs,
+        &mnt,
+        &args,
+        &[("FAILPOINTS", "between-leg-writes=return")],
+    );
+    let pid = m.pid();
+    let written = write_block(&m.image(), at, 7);
+    assert!(written.is_err(), "the write that panicked was acknowledged");
+    assert!(
+        h::wait_pid_gone(pid, Duration::from_secs(10)),
+        "the daemon went on serving after a panic:\n{}",
+        m.log()
+    );
+    assert!(!h::is_mounted(&mnt), "a dead mount was left at {mnt:?}");
+    let log = m.log();
+    assert!(
+        log.contains("BUG: thread"),
+        "the panic is not in the log:\n{log}"
+    );
+    m.kill9(); // gone already: forget its pid file
+
+    // The failpoint wrote the first leg only: the legs differ there, the
+    // superblocks say active and the bitmap has the chunk.
+    let differ = h::differing_units(&legs.paths[0], &legs.paths[1], data_offset, size, BLOCK);
+    assert_eq!(differ, vec![at], "the failpoint wrote one leg");
+    assert_eq!(
+        raw_superblock(&legs.paths[0]).resync_offset,
+        0,
+        "left active"
+    );
+    assert!(dirty_on_disk(&bitmap).contains(&(at / chunk)));
+
+    let m = MountedArray::mount(&legs, &mnt, &args);
+    m.wait_sync_idle(Duration::from_secs(60));
+    let found = read_block(&m.image(), at).expect("read back");
+    assert!(
+        found == Found::Zero
+            || found
+                == Found::Block {
+                    offset: at,
+                    generation: 7
+                },
+        "an unacknowledged write reads back as neither old nor new: {found:?}"
+    );
+    m.stop();
+    assert_legs_identical(&legs.paths[0], &legs.paths[1], data_offset, size);
+}

@@ -12,8 +12,8 @@ use crate::bitmap::{WriteIntent, WriteIntentBitmap};
 use crate::format::superblock::FEATURE_RECOVERY_BITMAP;
 use crate::fuse_fs::ServedArray;
 use crate::raid1::{
-    ArrayEvents, EngineOptions, LegSpec, LegState, Raid1, Region, SpeedLimits, SyncAction,
-    SyncProgress, Syncer,
+    ArrayEvents, EngineOptions, LegSpec, LegState, Raid1, RecordError, Region, SpeedLimits,
+    SyncAction, SyncProgress, Syncer,
 };
 use crate::report::mdstat::{render_mdstat, MdstatLeg, MdstatSync, MdstatView};
 use crate::report::uuid_string;
@@ -39,11 +39,11 @@ impl ArrayEvents for EventSink {
         ArrayEvents::mark_active(&*self.keeper)
     }
 
-    fn leg_failed(&self, slot: usize, reason: &str) {
+    fn leg_failed(&self, slot: usize, reason: &str) -> Result<(), RecordError> {
         if let Some(b) = &self.bitmap {
             b.set_degraded(true);
         }
-        self.keeper.leg_failed(slot, reason);
+        self.keeper.leg_failed(slot, reason)
     }
 
     fn take_unwritten(&self) -> Vec<(usize, String)> {
@@ -135,7 +135,13 @@ impl RunningArray {
             let weak = Arc::downgrade(&engine);
             b.service()
                 .set_durability_hook(Arc::new(move || match weak.upgrade() {
-                    Some(engine) => engine.flush().map_err(|e| e.to_string()),
+                    // A flush that missed a leg (it failed, or was absent)
+                    // vouches for nothing there: no bit may be cleared.
+                    Some(engine) => match engine.flush_background() {
+                        Ok(true) => Ok(()),
+                        Ok(false) => Err("a leg missed the flush (the array is degraded)".into()),
+                        Err(e) => Err(e.to_string()),
+                    },
                     None => Err("the array has stopped".into()),
                 }));
         }
@@ -739,12 +745,12 @@ impl ServedArray for RunningArray {
         r.map_err(|e| log_errno("read", &e))
     }
 
-    fn write(&self, offset: u64, data: &[u8]) -> Result<usize, i32> {
+    fn write(&self, offset: u64, data: &[u8], durable: bool) -> Result<usize, i32> {
         if self.read_only {
             return Err(libc::EROFS);
         }
         self.engine
-            .write(offset, data)
+            .write(offset, data, durable)
             .map_err(|e| log_errno("write", &e))
     }
 

@@ -9,7 +9,7 @@ use crate::format::superblock::{
 };
 use crate::io::aligned::AlignedBuf;
 use crate::io::leg::{Leg, LegError};
-use crate::raid1::ArrayEvents;
+use crate::raid1::{ArrayEvents, RecordError};
 use parking_lot::Mutex;
 use std::sync::Arc;
 
@@ -32,11 +32,50 @@ pub fn read_superblock(leg: &Leg) -> Result<Result<Superblock, SuperblockError>,
 
 /// Writes `sb` at its place on `leg` and makes it durable.
 pub fn write_superblock(leg: &Leg, sb: &Superblock) -> Result<(), ArrayError> {
+    write_superblock_with(leg, sb, Vouch::Nothing)
+}
+
+/// What a superblock update says of the data on the legs, which decides
+/// what must be durable before it (md's REQ_PREFLUSH | REQ_FUA on a
+/// superblock write).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Vouch {
+    /// A state change that claims nothing of the data written so far
+    /// (active, a leg faulty or removed, a recovery begun): written, then
+    /// flushed.
+    Nothing,
+    /// It says data is in place (clean, a resync or recovery checkpoint, a
+    /// recovered leg joining): the leg is flushed first, so the data it
+    /// vouches for is durable before the superblock can be; then written,
+    /// then flushed.
+    Data,
+}
+
+/// Writes `sb` at its place on `leg`, flushing the leg first when it
+/// vouches for data, and makes it durable.
+pub fn write_superblock_with(leg: &Leg, sb: &Superblock, vouch: Vouch) -> Result<(), ArrayError> {
     let bytes = sb.to_bytes();
     let mut buf = AlignedBuf::new(SUPER_BYTES);
     buf.as_mut_slice()[..bytes.len()].copy_from_slice(&bytes);
-    let at = sb.super_offset * 512;
-    leg.write_at(&buf.as_slice()[..SUPER_BYTES], at)
+    let at = sb
+        .super_offset
+        .checked_mul(512)
+        .ok_or_else(|| ArrayError::WriteSuperblock {
+            path: leg.path().to_owned(),
+            source: LegError::Io {
+                path: leg.path().to_owned(),
+                op: "write",
+                offset: u64::MAX,
+                len: SUPER_BYTES,
+                source: std::io::Error::other("super_offset overflows"),
+            },
+        })?;
+    let preflush = || match vouch {
+        Vouch::Data => leg.sync_data(),
+        Vouch::Nothing => Ok(()),
+    };
+    preflush()
+        .and_then(|()| leg.write_at(&buf.as_slice()[..SUPER_BYTES], at))
         .and_then(|()| leg.sync_data())
         .map_err(|source| ArrayError::WriteSuperblock {
             path: leg.path().to_owned(),
@@ -128,7 +167,7 @@ impl SuperblockKeeper {
     /// member whose write fails is queued for [`SuperblockKeeper::take_unwritten`]
     /// (md fails such a member: `super_written` → `md_error`) and the others
     /// are still written; the update fails only when no member took it.
-    fn update(&self, change: impl Fn(&mut Superblock)) -> Result<u64, ArrayError> {
+    fn update(&self, vouch: Vouch, change: impl Fn(&mut Superblock)) -> Result<u64, ArrayError> {
         let _one = self.updating.lock();
         let events = self.events() + 1;
         if let Some(f) = self.on_events.lock().as_ref() {
@@ -153,7 +192,7 @@ impl SuperblockKeeper {
             change(&mut k.sb);
             k.sb.events = events;
             k.sb.utime = now;
-            match write_superblock(&k.leg, &k.sb) {
+            match write_superblock_with(&k.leg, &k.sb, vouch) {
                 Ok(()) => written += 1,
                 Err(e) => {
                     log::error!("{e}");
@@ -177,18 +216,18 @@ impl SuperblockKeeper {
     /// The array is about to be written: record it active (md: in_sync = 0,
     /// so resync_offset = 0 until it is clean again).
     pub fn mark_active(&self) -> Result<u64, ArrayError> {
-        self.update(|sb| sb.resync_offset = 0)
+        self.update(Vouch::Nothing, |sb| sb.resync_offset = 0)
     }
 
     /// Every write is on stable storage and every present leg is in sync:
     /// record the array clean.
     pub fn mark_clean(&self) -> Result<u64, ArrayError> {
-        self.update(|sb| sb.resync_offset = MAX_SECTOR)
+        self.update(Vouch::Data, |sb| sb.resync_offset = MAX_SECTOR)
     }
 
     /// Records where an interrupted resync resumes (md's resync_offset).
     pub fn record_resync_offset(&self, sectors: u64) -> Result<u64, ArrayError> {
-        self.update(|sb| sb.resync_offset = sectors)
+        self.update(Vouch::Data, |sb| sb.resync_offset = sectors)
     }
 
     fn dev_number(&self, slot: usize) -> Option<u32> {
@@ -207,7 +246,7 @@ impl SuperblockKeeper {
         if let Some(Some(k)) = self.members.lock().get_mut(slot) {
             k.present = false;
         }
-        self.update(|sb| {
+        self.update(Vouch::Nothing, |sb| {
             let _ = sb.set_role(dev_number, DevRole::Faulty);
         })
     }
@@ -220,7 +259,7 @@ impl SuperblockKeeper {
         if let Some(k) = self.members.lock().get_mut(slot) {
             *k = None;
         }
-        self.update(|sb| {
+        self.update(Vouch::Nothing, |sb| {
             let _ = sb.set_role(dev_number, DevRole::Spare);
         })
     }
@@ -272,7 +311,7 @@ impl SuperblockKeeper {
             sb.feature_map &= !FEATURE_RECOVERY_BITMAP;
         }
         sb.recovery_offset = 0;
-        self.keep_active(slot, leg, sb)
+        self.keep_active(slot, leg, sb, Vouch::Nothing)
     }
 
     /// Records how far the recovery of the leg in `slot` got (sectors): its
@@ -286,7 +325,8 @@ impl SuperblockKeeper {
             return Ok(());
         }
         k.sb.recovery_offset = sectors;
-        write_superblock(&k.leg, &k.sb)
+        // The recovered data below the offset is durable before the offset.
+        write_superblock_with(&k.leg, &k.sb, Vouch::Data)
     }
 
     /// A recovered leg joins: its superblock (`sb`, with its dev_number) is
@@ -302,7 +342,7 @@ impl SuperblockKeeper {
                     k.sb.feature_map &= !(FEATURE_RECOVERY_OFFSET | FEATURE_RECOVERY_BITMAP);
                     k.sb.recovery_offset = 0;
                     drop(members);
-                    return self.update(|sb| {
+                    return self.update(Vouch::Data, |sb| {
                         let _ = sb.set_role(dev_number, DevRole::Active(slot as u16));
                     });
                 }
@@ -313,12 +353,18 @@ impl SuperblockKeeper {
             sb.dev_roles_from(&current);
             sb.resync_offset = current.resync_offset;
         }
-        self.keep_active(slot, leg, sb)
+        self.keep_active(slot, leg, sb, Vouch::Data)
     }
 
     /// Keeps `leg` (with `sb`) as the member in `slot` from now on, and has
     /// every member's superblock record it active there.
-    fn keep_active(&self, slot: usize, leg: Arc<Leg>, sb: Superblock) -> Result<u64, ArrayError> {
+    fn keep_active(
+        &self,
+        slot: usize,
+        leg: Arc<Leg>,
+        sb: Superblock,
+        vouch: Vouch,
+    ) -> Result<u64, ArrayError> {
         let dev_number = sb.dev_number;
         if let Some(k) = self.members.lock().get_mut(slot) {
             *k = Some(Kept {
@@ -327,7 +373,7 @@ impl SuperblockKeeper {
                 present: true,
             });
         }
-        self.update(|sb| {
+        self.update(vouch, |sb| {
             let _ = sb.set_role(dev_number, DevRole::Active(slot as u16));
         })
     }
@@ -346,10 +392,11 @@ impl ArrayEvents for SuperblockKeeper {
             .map_err(|e| e.to_string())
     }
 
-    fn leg_failed(&self, slot: usize, reason: &str) {
-        if let Err(e) = self.mark_faulty(slot) {
+    fn leg_failed(&self, slot: usize, reason: &str) -> Result<(), RecordError> {
+        self.mark_faulty(slot).map(|_| ()).map_err(|e| {
             log::error!("recording leg {slot} faulty ({reason}) failed: {e}");
-        }
+            RecordError::from(e)
+        })
     }
 
     fn take_unwritten(&self) -> Vec<(usize, String)> {

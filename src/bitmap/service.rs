@@ -796,14 +796,17 @@ impl Shared {
         if self.faulty.load(Ordering::Acquire) {
             return;
         }
-        let degraded = self.degraded.load(Ordering::Acquire);
+        let was_degraded = self.degraded.load(Ordering::Acquire);
         // Chunks idle since before the legs were flushed may be cleared:
         // their writes ended before the flush began.
-        let durable_before = if degraded {
+        let durable_before = if was_degraded {
             0
         } else {
             self.make_ended_writes_durable(stopping)
         };
+        // Read again after the flush: a leg it failed made the array
+        // degraded, and that leg may have lost what the bits cover.
+        let degraded = was_degraded || self.degraded.load(Ordering::Acquire);
         let now = self.now_ms();
         let delay = self.opts.clear_delay.as_millis() as u64;
         for (p, page) in self.pages.iter().enumerate() {

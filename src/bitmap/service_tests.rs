@@ -320,6 +320,33 @@ fn a_failed_durability_hook_clears_nothing() {
 }
 
 #[test]
+fn a_leg_failed_by_the_durability_flush_keeps_the_bits() {
+    let (bm, store) = build(small_super(), opts(0));
+    let bm = Arc::new(bm);
+    // The flush fails a leg: the array layer marks the bitmap degraded
+    // while the hook runs (the failure is recorded before the flush ends).
+    let hook: DurabilityHook = {
+        let bm = Arc::downgrade(&bm);
+        Arc::new(move || {
+            if let Some(bm) = bm.upgrade() {
+                bm.set_degraded(true);
+            }
+            Ok(())
+        })
+    };
+    bm.set_durability_hook(hook);
+    bm.start_write(7 * K64, 1).unwrap();
+    bm.end_write(7 * K64, 1, true);
+    std::thread::sleep(Duration::from_millis(5));
+    bm.run_daemon_pass();
+    assert!(
+        on_disk(&store, 7),
+        "the failed leg may lack chunk 7: its re-add must resync it"
+    );
+    assert_eq!(bm.dirty_chunks(), vec![7]);
+}
+
+#[test]
 fn outstanding_write_keeps_its_bit() {
     let (bm, store) = build(small_super(), opts(0));
     bm.start_write(0, K64).unwrap();

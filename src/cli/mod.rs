@@ -2,6 +2,7 @@
 //! shell over the library: parse, call, report.
 
 mod detach;
+mod panic_stop;
 mod sandbox;
 mod size;
 
@@ -167,6 +168,9 @@ pub struct MountArgs {
 }
 
 pub fn main() -> i32 {
+    // Fault points named in the environment (FAILPOINTS), for the tests.
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
     let cli = Cli::parse();
     let foreground_mount = matches!(&cli.command, Command::Mount(m) if m.foreground);
     let mut ready = detach::Ready::from_env();
@@ -465,6 +469,7 @@ fn mount_detached(m: &MountArgs) -> i32 {
 
 pub fn mount_foreground(m: &MountArgs, ready: &mut detach::Ready) -> Result<(), String> {
     let (legs, mountpoint) = split_mount_paths(m)?;
+    panic_stop::install();
     // Refuse a bad mountpoint before any leg is touched.
     serve::check_mountpoint(&mountpoint).map_err(|e| e.to_string())?;
     let asm = array::assemble(
@@ -537,6 +542,7 @@ pub fn mount_foreground(m: &MountArgs, ready: &mut detach::Ready) -> Result<(), 
             std::process::id()
         );
         log::info!("{msg}");
+        panic_stop::mounted(&mountpoint);
         pid_file = Some(PidFile::create(&mountpoint));
         ready.live(&msg);
     });

@@ -9,6 +9,8 @@ use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
+use parking_lot::{Mutex, MutexGuard};
+
 use super::lock::{lock_exclusive, LockError};
 
 /// How a leg's data is read and written.
@@ -61,6 +63,20 @@ pub enum LegError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// A flush that nobody could be told of (a background one: safe mode,
+    /// the bitmap daemon, a superblock update) failed earlier. The kernel
+    /// reports a writeback error once per open file, so the next flush
+    /// returns success: this is that error, kept for the next flush whose
+    /// caller waits for the answer (fsync on the image).
+    #[error(
+        "leg {path}: an earlier flush failed ({what}): writes acknowledged before it may not be \
+         on stable storage"
+    )]
+    EarlierFlush {
+        path: PathBuf,
+        what: String,
+        errno: i32,
+    },
 }
 
 impl LegError {
@@ -72,6 +88,7 @@ impl LegError {
             | LegError::Io { source, .. }
             | LegError::Sync { source, .. } => source,
             LegError::NotFileOrDevice { .. } => return libc::ENODEV,
+            LegError::EarlierFlush { errno, .. } => return *errno,
             LegError::InUse { .. } | LegError::OpenTwice { .. } | LegError::DeviceBusy { .. } => {
                 return libc::EBUSY
             }
@@ -87,6 +104,63 @@ pub struct Leg {
     mode: IoMode,
     is_block_device: bool,
     size: u64,
+    /// Held while the leg is flushed (flushes of a leg are serialized, so
+    /// one that starts after a failed one learns of it); holds the failure
+    /// of a background flush until a reported flush takes it.
+    flushes: Mutex<Option<FailedFlush>>,
+}
+
+/// A failed flush whose caller could not tell the user.
+#[derive(Debug, Clone)]
+pub struct FailedFlush {
+    what: String,
+    errno: i32,
+}
+
+/// The right to flush a leg (see [`Leg::flush_guard`]): flushes of one leg
+/// run one at a time, and the failure of one nobody was told of waits here
+/// for the next one whose caller tells the user.
+pub struct FlushGuard<'a> {
+    leg: &'a Leg,
+    noted: MutexGuard<'a, Option<FailedFlush>>,
+}
+
+impl FlushGuard<'_> {
+    /// Settles the outcome of the flush run under this guard. `reported`:
+    /// its caller hands the result to the user (fsync on the image, an
+    /// O_DSYNC write), so a failure noted by an earlier background flush is
+    /// returned now, and forgotten. Otherwise a failure is noted for the
+    /// next reported flush (and still returned, so the caller can fail the
+    /// leg).
+    pub fn settle(&mut self, result: Result<(), LegError>, reported: bool) -> Result<(), LegError> {
+        if reported {
+            let earlier = self.noted.take();
+            return match (result, earlier) {
+                (Err(e), _) => Err(e),
+                (Ok(()), Some(f)) => Err(LegError::EarlierFlush {
+                    path: self.leg.path.clone(),
+                    what: f.what,
+                    errno: f.errno,
+                }),
+                (Ok(()), None) => Ok(()),
+            };
+        }
+        if let Err(e) = &result {
+            if self.noted.is_none() {
+                *self.noted = Some(FailedFlush {
+                    what: e.to_string(),
+                    errno: e.errno(),
+                });
+            }
+        }
+        result
+    }
+
+    /// fdatasync under this guard, settled (see [`FlushGuard::settle`]).
+    pub fn sync_data(&mut self, reported: bool) -> Result<(), LegError> {
+        let r = self.leg.fdatasync();
+        self.settle(r, reported)
+    }
 }
 
 const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
@@ -204,6 +278,7 @@ impl Leg {
             mode,
             is_block_device,
             size,
+            flushes: Mutex::new(None),
         })
     }
 
@@ -246,9 +321,58 @@ impl Leg {
             .map_err(|source| self.io_error("write", offset, buf.len(), source))
     }
 
+    /// Writes all of `buf` at `offset` and makes it durable before returning
+    /// (RWF_DSYNC: a FUA write on a block device, the write and a flush of
+    /// what it needs on a file).
+    pub fn write_at_durable(&self, buf: &[u8], offset: u64) -> Result<(), LegError> {
+        let mut done = 0usize;
+        while done < buf.len() {
+            let iov = libc::iovec {
+                iov_base: buf[done..].as_ptr() as *mut libc::c_void,
+                iov_len: buf.len() - done,
+            };
+            let at = offset + done as u64;
+            // SAFETY: one iovec over a live borrowed buffer.
+            let n = unsafe {
+                libc::pwritev2(self.file.as_raw_fd(), &iov, 1, at as i64, libc::RWF_DSYNC)
+            };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(self.io_error("write", at, buf.len() - done, e));
+            }
+            if n == 0 {
+                let e = std::io::Error::new(std::io::ErrorKind::WriteZero, "wrote nothing");
+                return Err(self.io_error("write", at, buf.len() - done, e));
+            }
+            done += n as usize;
+        }
+        Ok(())
+    }
+
     /// Makes every completed write durable (fdatasync: data and the metadata
-    /// needed to read it back; for a block device, a cache flush).
+    /// needed to read it back; for a block device, a cache flush). Its
+    /// caller cannot tell the user of a failure (a superblock update, a
+    /// sync): the failure is also kept for the next reported flush (see
+    /// [`FlushGuard`]).
     pub fn sync_data(&self) -> Result<(), LegError> {
+        self.flush_guard().sync_data(false)
+    }
+
+    /// Waits for the flushes of this leg in progress and returns the right
+    /// to run the next one.
+    pub fn flush_guard(&self) -> FlushGuard<'_> {
+        FlushGuard {
+            leg: self,
+            noted: self.flushes.lock(),
+        }
+    }
+
+    /// fdatasync with no bookkeeping: for callers holding the leg's
+    /// [`FlushGuard`] (the engine's fan-out, a worker doing its share).
+    pub(crate) fn fdatasync(&self) -> Result<(), LegError> {
         self.file.sync_data().map_err(|source| LegError::Sync {
             path: self.path.clone(),
             source,
@@ -342,6 +466,46 @@ mod tests {
         leg.read_at(&mut r.as_mut_slice()[..8192], 4096).unwrap();
         assert!(r.as_slice().iter().all(|&x| x == 0xab));
         leg.sync_data().unwrap();
+    }
+
+    #[test]
+    fn a_background_flush_failure_is_returned_to_the_next_reported_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("leg");
+        std::fs::write(&p, vec![0u8; 8192]).unwrap();
+        let leg = Leg::open(&p, IoMode::Buffered, true, true).unwrap();
+        let eio = || {
+            Err(LegError::Sync {
+                path: p.clone(),
+                source: std::io::Error::from_raw_os_error(libc::EIO),
+            })
+        };
+        // A background flush fails: its caller sees it, and it is kept.
+        assert!(leg.flush_guard().settle(eio(), false).is_err());
+        // The kernel would say 0 to the next fdatasync; the leg does not.
+        let err = leg.flush_guard().sync_data(true).unwrap_err();
+        assert!(matches!(err, LegError::EarlierFlush { .. }), "{err}");
+        assert_eq!(err.errno(), libc::EIO);
+        assert!(err.to_string().contains("an earlier flush failed"), "{err}");
+        // Told once, as the kernel does.
+        leg.flush_guard().sync_data(true).unwrap();
+        // A reported failure is not kept for later.
+        assert!(leg.flush_guard().settle(eio(), true).is_err());
+        leg.flush_guard().sync_data(true).unwrap();
+    }
+
+    #[test]
+    fn a_durable_write_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("leg");
+        std::fs::write(&p, vec![0u8; 1 << 16]).unwrap();
+        let leg = Leg::open(&p, IoMode::Direct, true, true).unwrap();
+        let mut b = AlignedBuf::new(8192);
+        b.as_mut_slice().fill(0x5a);
+        leg.write_at_durable(&b.as_slice()[..8192], 8192).unwrap();
+        let mut r = AlignedBuf::new(8192);
+        leg.read_at(&mut r.as_mut_slice()[..8192], 8192).unwrap();
+        assert!(r.as_slice()[..8192].iter().all(|&x| x == 0x5a));
     }
 
     #[test]

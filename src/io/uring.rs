@@ -21,11 +21,13 @@ const RING_ENTRIES: u32 = 64;
 
 /// One share of a request.
 pub enum LegOp<'a> {
-    /// Write all of `buf` at byte `offset` of the leg.
+    /// Write all of `buf` at byte `offset` of the leg; `durable`: on the
+    /// leg's stable storage before it completes (RWF_DSYNC).
     Write {
         leg: &'a Leg,
         buf: &'a [u8],
         offset: u64,
+        durable: bool,
     },
     /// Fill `buf` from byte `offset` of the leg (see [`LegOp::read`]).
     Read {
@@ -33,7 +35,8 @@ pub enum LegOp<'a> {
         buf: ReadBuf<'a>,
         offset: u64,
     },
-    /// fdatasync the leg.
+    /// fdatasync the leg. The caller holds the leg's
+    /// [`FlushGuard`](super::leg::FlushGuard) and settles the result.
     SyncData { leg: &'a Leg },
 }
 
@@ -69,14 +72,25 @@ impl<'a> LegOp<'a> {
     /// or when the ring cannot take it).
     pub fn run_blocking(&self) -> Result<(), LegError> {
         match self {
-            LegOp::Write { leg, buf, offset } => leg.write_at(buf, *offset),
+            LegOp::Write {
+                leg,
+                buf,
+                offset,
+                durable,
+            } => {
+                if *durable {
+                    leg.write_at_durable(buf, *offset)
+                } else {
+                    leg.write_at(buf, *offset)
+                }
+            }
             LegOp::Read { leg, buf, offset } => {
                 // SAFETY: the operation holds the only borrow of this
                 // buffer for 'a (see ReadBuf), and nothing else runs on it.
                 let slice = unsafe { std::slice::from_raw_parts_mut(buf.ptr, buf.len) };
                 leg.read_at(slice, *offset)
             }
-            LegOp::SyncData { leg } => leg.sync_data(),
+            LegOp::SyncData { leg } => leg.fdatasync(),
         }
     }
 }
@@ -230,9 +244,15 @@ impl Flight {
     fn push(&mut self, ring: &mut IoUring, op: &LegOp<'_>, index: usize) -> bool {
         let fd = types::Fd(op.leg().as_raw_fd());
         let entry = match *op {
-            LegOp::Write { buf, offset, .. } if buf.len() <= u32::MAX as usize => {
+            LegOp::Write {
+                buf,
+                offset,
+                durable,
+                ..
+            } if buf.len() <= u32::MAX as usize => {
                 opcode::Write::new(fd, buf.as_ptr(), buf.len() as u32)
                     .offset(offset)
+                    .rw_flags(if durable { libc::RWF_DSYNC } else { 0 })
                     .build()
             }
             LegOp::Read {
@@ -284,11 +304,23 @@ impl Flight {
 fn finish(op: &LegOp<'_>, res: i32) -> Result<(), LegError> {
     match (op, res) {
         (_, r) if r < 0 => Err(failure(op, -r)),
-        (LegOp::Write { leg, buf, offset }, n) if (n as usize) < buf.len() => {
+        (
+            LegOp::Write {
+                leg,
+                buf,
+                offset,
+                durable,
+            },
+            n,
+        ) if (n as usize) < buf.len() => {
             // A short write (rare: a signal, a full filesystem): finish it
             // with a plain write, which names any error.
             let n = n as usize;
-            leg.write_at(&buf[n..], offset + n as u64)
+            if *durable {
+                leg.write_at_durable(&buf[n..], offset + n as u64)
+            } else {
+                leg.write_at(&buf[n..], offset + n as u64)
+            }
         }
         (LegOp::Read { leg, buf, offset }, n) if (n as usize) < buf.len => {
             // A short read: the rest with a plain read, which names the end
@@ -336,7 +368,9 @@ fn submit(ring: &mut IoUring, want: usize) {
 fn failure(op: &LegOp<'_>, errno: i32) -> LegError {
     let source = std::io::Error::from_raw_os_error(errno);
     match *op {
-        LegOp::Write { leg, buf, offset } => leg.io_error("write", offset, buf.len(), source),
+        LegOp::Write {
+            leg, buf, offset, ..
+        } => leg.io_error("write", offset, buf.len(), source),
         LegOp::Read {
             leg,
             ref buf,
@@ -379,6 +413,7 @@ mod tests {
                 leg,
                 buf: data,
                 offset: 4096,
+                durable: true,
             })
             .chain(legs.iter().map(|leg| LegOp::SyncData { leg }))
             .collect();
@@ -414,6 +449,7 @@ mod tests {
                         leg,
                         buf: piece,
                         offset: (k * 8192) as u64,
+                        durable: false,
                     })
                     .collect::<Vec<_>>(),
             )
@@ -451,6 +487,7 @@ mod tests {
             leg: &leg,
             buf: &data,
             offset: 0,
+            durable: false,
         }];
         let mut err = None;
         run_all(&ops, |_, r| err = r.err());

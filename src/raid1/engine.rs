@@ -20,10 +20,11 @@ use super::readahead::{Fetch, ReadAhead, READAHEAD_MIN};
 use crate::bitmap::{BitmapError, WriteIntent};
 use crate::io::aligned::with_scratch;
 use crate::io::completion::{Completion, OpFailure};
+use crate::io::leg::FlushGuard;
 use crate::io::leg::{IoMode, Leg, LegError};
 use crate::io::uring::{self, LegOp};
 use arc_swap::ArcSwapOption;
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 use smallvec::SmallVec;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
@@ -88,8 +89,11 @@ pub trait ArrayEvents: Send + Sync {
     /// Called once before the first write after the array was clean: the
     /// superblocks must say "active" before data changes.
     fn mark_active(&self) -> Result<(), String>;
-    /// A leg was failed (an I/O error, or an operator's request).
-    fn leg_failed(&self, slot: usize, reason: &str);
+    /// A leg was failed (an I/O error, or an operator's request): record it
+    /// durably on the remaining legs. Writes and flushes that missed the leg
+    /// are acknowledged only once this returned Ok (md's
+    /// MD_SB_CHANGE_PENDING); an Err (no leg took the record) fails them.
+    fn leg_failed(&self, slot: usize, reason: &str) -> Result<(), RecordError>;
     /// Legs whose superblock could not be written since the last call, with
     /// why: the engine fails them (md: a superblock write error fails its
     /// member, not the update).
@@ -97,6 +101,9 @@ pub trait ArrayEvents: Send + Sync {
         Vec::new()
     }
 }
+
+/// Why a leg's failure could not be recorded.
+pub type RecordError = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -122,6 +129,16 @@ pub enum EngineError {
     CannotFail { slot: usize, why: &'static str },
     #[error("slot {slot}: {why}")]
     BadSlot { slot: usize, why: &'static str },
+    #[error(
+        "{op} at array offset {offset} missed leg {slot}, whose failure cannot be recorded on \
+         any other leg ({why}): it is not acknowledged, as the legs could disagree after a crash"
+    )]
+    FailureNotRecorded {
+        op: &'static str,
+        offset: u64,
+        slot: usize,
+        why: String,
+    },
 }
 
 fn join(failures: &[OpFailure]) -> String {
@@ -142,6 +159,7 @@ impl EngineError {
             }
             EngineError::Leg(e) => e.errno(),
             EngineError::CannotFail { .. } | EngineError::BadSlot { .. } => libc::EBUSY,
+            EngineError::FailureNotRecorded { .. } => libc::EIO,
             _ => libc::EIO,
         }
     }
@@ -208,12 +226,45 @@ pub struct LegSpec {
 /// What a fan-out does on each leg.
 #[derive(Clone, Copy)]
 enum Share<'a> {
-    /// Write `buf` at array offset `at`.
+    /// Write `buf` at array offset `at`; `durable`: on stable storage
+    /// before the share completes (RWF_DSYNC).
     Write {
         buf: &'a [u8],
         at: u64,
+        durable: bool,
     },
-    Flush,
+    /// fdatasync every leg. `reported`: the result goes to the user (fsync
+    /// on the image), who is then also told of a background flush that
+    /// failed since (see [`FlushGuard`]).
+    Flush { reported: bool },
+}
+
+/// Whether a leg's failure is on record in the other legs' superblocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Record {
+    /// Recorded (or nothing to record).
+    Done,
+    /// The superblocks are being written.
+    Pending,
+    /// No leg took the record: what misses the leg fails until one does.
+    Unwritten,
+}
+
+/// The flush guards of a flush's targets, by target index (None for other
+/// shares), taken in slot order so that two flushes cannot deadlock.
+fn flush_guards<'t>(
+    targets: &'t [(usize, Arc<SlotIo>, bool)],
+    share: Share<'_>,
+) -> SmallVec<[Option<FlushGuard<'t>>; 4]> {
+    let mut guards: SmallVec<[Option<FlushGuard<'t>>; 4]> = targets.iter().map(|_| None).collect();
+    if let Share::Flush { .. } = share {
+        let mut order: SmallVec<[usize; 4]> = (0..targets.len()).collect();
+        order.sort_by_key(|&k| targets[k].0);
+        for k in order {
+            guards[k] = Some(targets[k].1.leg.flush_guard());
+        }
+    }
+    guards
 }
 
 /// A leg's failed share, as the fan-out reports it.
@@ -229,12 +280,13 @@ impl<'a> Share<'a> {
     /// This share on one leg, done from the calling thread.
     fn op(self, io: &'a SlotIo) -> LegOp<'a> {
         match self {
-            Share::Write { buf, at } => LegOp::Write {
+            Share::Write { buf, at, durable } => LegOp::Write {
                 leg: &io.leg,
                 buf,
                 offset: io.data_offset + at,
+                durable,
             },
-            Share::Flush => LegOp::SyncData { leg: &io.leg },
+            Share::Flush { .. } => LegOp::SyncData { leg: &io.leg },
         }
     }
 
@@ -242,12 +294,13 @@ impl<'a> Share<'a> {
     /// on `done` before the borrowed buffer goes away.
     fn job(self, io: &SlotIo, done: Arc<Completion>) -> Job {
         match self {
-            Share::Write { buf, at } => Job::Write {
+            Share::Write { buf, at, durable } => Job::Write {
                 buf: SharedBuf::new(buf),
                 offset: io.data_offset + at,
+                durable,
                 done,
             },
-            Share::Flush => Job::Sync { done },
+            Share::Flush { .. } => Job::Sync { done },
         }
     }
 }
@@ -306,6 +359,9 @@ pub struct Raid1 {
     /// Read-ahead of sequential O_DIRECT streams, once started.
     readahead: OnceLock<ReadAhead>,
     readahead_threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// By slot: whether the slot's failure is on record (see [`Record`]).
+    records: Mutex<Vec<Record>>,
+    recorded: Condvar,
 }
 
 impl Raid1 {
@@ -338,6 +394,8 @@ impl Raid1 {
             stats: EngineStats::default(),
             readahead: OnceLock::new(),
             readahead_threads: Mutex::new(Vec::new()),
+            records: Mutex::new(vec![Record::Done; legs.len()]),
+            recorded: Condvar::new(),
         };
         for (slot, spec) in legs.into_iter().enumerate() {
             let (io, state) = match spec {
@@ -400,6 +458,7 @@ impl Raid1 {
             });
         }
         s.io.store(Some(self.slot_io(slot, spec.leg, spec.data_offset)?));
+        self.records.lock()[slot] = Record::Done;
         s.errors.store(0, Ordering::Relaxed);
         s.read_errors.reset();
         s.state.store(spec.state as u8, Ordering::Release);
@@ -882,8 +941,9 @@ impl Raid1 {
     }
 
     /// Writes `data` at `offset`; returns the bytes written (short only at
-    /// the array's end). Returns once every in-sync leg has the data.
-    pub fn write(&self, offset: u64, data: &[u8]) -> Result<usize, EngineError> {
+    /// the array's end). Returns once every in-sync leg has the data, on
+    /// its stable storage when `durable` (an O_DSYNC write).
+    pub fn write(&self, offset: u64, data: &[u8], durable: bool) -> Result<usize, EngineError> {
         let len = self.clamp(offset, data.len() as u64, true)?;
         if len == 0 {
             return Ok(0);
@@ -916,9 +976,9 @@ impl Raid1 {
                 intent.start_write(start, end - start)?;
             }
             let result = if staged {
-                self.fan_out_write_staged(start, buf, head, data)
+                self.fan_out_write_staged(start, buf, head, data, durable)
             } else {
-                self.fan_out_write(start, buf)
+                self.fan_out_write(start, buf, durable)
             };
             self.forget_read_ahead(start, end);
             if let Some(intent) = &self.intent {
@@ -953,13 +1013,29 @@ impl Raid1 {
     /// recovering) in parallel. Ok(true): every slot of the array has it;
     /// Ok(false): some slot did not (degraded, or a leg failed and was failed
     /// out); Err: no in-sync leg has it.
-    fn fan_out_write(&self, start: u64, buf: &[u8]) -> Result<bool, EngineError> {
-        self.fan_out("write", start, Share::Write { buf, at: start })
+    fn fan_out_write(&self, start: u64, buf: &[u8], durable: bool) -> Result<bool, EngineError> {
+        let share = Share::Write {
+            buf,
+            at: start,
+            durable,
+        };
+        self.fan_out("write", start, share)
     }
 
-    /// Makes every acknowledged write durable on every written leg.
+    /// Makes every acknowledged write durable on every written leg, for a
+    /// user who is told the result (fsync): a background flush that failed
+    /// since the last one is reported now.
     pub fn flush(&self) -> Result<(), EngineError> {
-        self.fan_out("flush", 0, Share::Flush).map(|_| ())
+        self.fan_out("flush", 0, Share::Flush { reported: true })
+            .map(|_| ())
+    }
+
+    /// [`Raid1::flush`] for a caller who cannot tell the user (safe mode,
+    /// the bitmap daemon): a leg that fails it is failed, and when it is the
+    /// last in-sync leg its failure is kept for the user's next flush.
+    /// Ok(true): every slot of the array took the flush.
+    pub fn flush_background(&self) -> Result<bool, EngineError> {
+        self.fan_out("flush", 0, Share::Flush { reported: false })
     }
 
     /// Writes `data` into `buf` at `head` and `buf` at array offset
@@ -973,6 +1049,7 @@ impl Raid1 {
         buf: &mut [u8],
         head: usize,
         data: &[u8],
+        durable: bool,
     ) -> Result<bool, EngineError> {
         self.fan_out_with("write", start, |targets, note| {
             let mut pieces = buf.chunks_mut(WRITE_PIECE).enumerate();
@@ -991,7 +1068,14 @@ impl Raid1 {
                 Some(
                     targets
                         .iter()
-                        .map(|(_, io, _)| Share::Write { buf: piece, at }.op(io))
+                        .map(|(_, io, _)| {
+                            Share::Write {
+                                buf: piece,
+                                at,
+                                durable,
+                            }
+                            .op(io)
+                        })
                         .collect::<SmallVec<[LegOp<'_>; 4]>>(),
                 )
             };
@@ -1019,25 +1103,52 @@ impl Raid1 {
         share: Share<'_>,
     ) -> Result<bool, EngineError> {
         self.fan_out_with(op, offset, |targets, note| {
+            // A flush holds every target's flush guard (taken in slot order)
+            // and settles each leg's result under it.
+            let mut guards = flush_guards(targets, share);
+            let mut results: SmallVec<[Result<(), LegError>; 4]> =
+                targets.iter().map(|_| Ok(())).collect();
+            #[cfg(feature = "failpoints")]
+            if let Share::Write { .. } = share {
+                fail::fail_point!("between-leg-writes", |_| {
+                    // The first leg has the data, the others never get it.
+                    let _ = share.op(&targets[0].1).run_blocking();
+                    panic!("failpoint between-leg-writes: stopping between two legs' writes");
+                });
+            }
             if uring::available() {
                 let ops: SmallVec<[LegOp<'_>; 4]> =
                     targets.iter().map(|(_, io, _)| share.op(io)).collect();
-                uring::run_all(&ops, |i, r| {
-                    if let Err(e) = r {
-                        note(leg_failure(targets[i].0, e));
-                    }
-                });
+                uring::run_all(&ops, |i, r| results[i] = r);
             } else {
                 let (first, others) = targets.split_first().expect("an in-sync target");
                 let done = Completion::new(others.len());
                 for (_, io, _) in others {
                     io.workers.submit(share.job(io, done.clone()));
                 }
-                if let Err(e) = share.op(&first.1).run_blocking() {
-                    note(leg_failure(first.0, e));
-                }
+                results[0] = share.op(&first.1).run_blocking();
                 // The workers read the shared buffer only until this returns.
-                done.wait().into_iter().for_each(note);
+                for f in done.wait() {
+                    match targets.iter().position(|t| t.0 == f.target) {
+                        Some(k) if guards[k].is_some() => {
+                            // Settled below, as the ring's results are.
+                            results[k] = Err(LegError::Sync {
+                                path: targets[k].1.leg.path().to_owned(),
+                                source: std::io::Error::from_raw_os_error(f.errno),
+                            });
+                        }
+                        _ => note(f),
+                    }
+                }
+            }
+            for (k, r) in results.into_iter().enumerate() {
+                let r = match (&mut guards[k], share) {
+                    (Some(guard), Share::Flush { reported }) => guard.settle(r, reported),
+                    _ => r,
+                };
+                if let Err(e) = r {
+                    note(leg_failure(targets[k].0, e));
+                }
             }
         })
     }
@@ -1090,7 +1201,67 @@ impl Raid1 {
         for f in &failures {
             self.fail_after_error(f.target, &f.to_string());
         }
-        Ok(failures.is_empty() && targets.len() == self.slots.len())
+        let everywhere = failures.is_empty() && targets.len() == self.slots.len();
+        if !everywhere {
+            let reached = targets
+                .iter()
+                .filter(|t| failures.iter().all(|f| f.target != t.0))
+                .fold(0u64, |m, t| m | 1 << t.0);
+            self.await_failures_recorded(op, offset, reached)?;
+        }
+        Ok(everywhere)
+    }
+
+    /// Returns once the failure of every slot outside `reached` (the slots
+    /// an operation did not reach) is on record, so the operation may be
+    /// acknowledged: were the power cut before, the legs would assemble as
+    /// equals and a resync could copy a stale leg over the acknowledged
+    /// data. A record no leg took is tried again; if it still fails, so
+    /// does the operation.
+    fn await_failures_recorded(
+        &self,
+        op: &'static str,
+        offset: u64,
+        reached: u64,
+    ) -> Result<(), EngineError> {
+        let missed = |slot: usize| reached & (1 << slot) == 0;
+        let mut records = self.records.lock();
+        loop {
+            while records
+                .iter()
+                .enumerate()
+                .any(|(i, r)| missed(i) && *r == Record::Pending)
+            {
+                self.recorded.wait(&mut records);
+            }
+            let Some(slot) =
+                (0..records.len()).find(|&i| missed(i) && records[i] == Record::Unwritten)
+            else {
+                return Ok(());
+            };
+            records[slot] = Record::Pending;
+            drop(records);
+            let again = {
+                let _one = self.activating.lock();
+                self.events
+                    .leg_failed(slot, "its failure was not yet on record")
+            };
+            records = self.records.lock();
+            records[slot] = if again.is_ok() {
+                Record::Done
+            } else {
+                Record::Unwritten
+            };
+            self.recorded.notify_all();
+            if let Err(why) = again {
+                return Err(EngineError::FailureNotRecorded {
+                    op,
+                    offset,
+                    slot,
+                    why: why.to_string(),
+                });
+            }
+        }
     }
 
     fn ensure_active(&self) -> Result<(), EngineError> {
@@ -1150,7 +1321,7 @@ impl Raid1 {
         let Some(_all) = self.ranges.try_lock(0, self.array_size) else {
             return false;
         };
-        if self.flush().is_err() {
+        if self.flush_background().is_err() {
             return false;
         }
         let recorded = {
@@ -1192,6 +1363,9 @@ impl Raid1 {
             LegState::InSync | LegState::Recovering => {}
             LegState::Faulty | LegState::Missing => return Ok(()),
         }
+        // Pending before faulty: a write that misses the leg from now on
+        // waits until its failure is on record.
+        self.records.lock()[slot] = Record::Pending;
         s.state.store(LegState::Faulty as u8, Ordering::Release);
         log::error!(
             "leg {} ({}) is now faulty: {reason}; the array goes on degraded",
@@ -1200,7 +1374,19 @@ impl Raid1 {
                 .map(|io| io.leg.path().display().to_string())
                 .unwrap_or_default()
         );
-        self.events.leg_failed(slot, reason);
+        let recorded = self.events.leg_failed(slot, reason);
+        if let Err(e) = &recorded {
+            log::error!(
+                "leg {slot}: its failure could not be recorded on any leg ({e}); \
+                 writes that miss it fail until it is"
+            );
+        }
+        self.records.lock()[slot] = if recorded.is_ok() {
+            Record::Done
+        } else {
+            Record::Unwritten
+        };
+        self.recorded.notify_all();
         drop(one);
         self.fail_unwritten();
         Ok(())

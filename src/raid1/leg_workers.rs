@@ -39,11 +39,12 @@ pub enum Job {
     Write {
         buf: SharedBuf,
         offset: u64,
+        /// On the leg's stable storage before it completes (RWF_DSYNC).
+        durable: bool,
         done: Arc<Completion>,
     },
-    Sync {
-        done: Arc<Completion>,
-    },
+    /// fdatasync; the submitter holds the leg's flush guard.
+    Sync { done: Arc<Completion> },
 }
 
 pub struct LegWorkers {
@@ -112,17 +113,27 @@ impl Drop for LegWorkers {
 
 fn run_job(leg: &Leg, slot: usize, job: Job) {
     match job {
-        Job::Write { buf, offset, done } => {
+        Job::Write {
+            buf,
+            offset,
+            durable,
+            done,
+        } => {
             // SAFETY: the submitter waits on `done` before touching the buffer.
             let data = unsafe { buf.as_slice() };
-            done.finish(leg.write_at(data, offset).map_err(|e| OpFailure {
+            let written = if durable {
+                leg.write_at_durable(data, offset)
+            } else {
+                leg.write_at(data, offset)
+            };
+            done.finish(written.map_err(|e| OpFailure {
                 target: slot,
                 errno: e.errno(),
                 what: e.to_string(),
             }));
         }
         Job::Sync { done } => {
-            done.finish(leg.sync_data().map_err(|e| OpFailure {
+            done.finish(leg.fdatasync().map_err(|e| OpFailure {
                 target: slot,
                 errno: e.errno(),
                 what: e.to_string(),

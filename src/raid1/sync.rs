@@ -308,6 +308,7 @@ impl Raid1 {
                 leg: d.leg(),
                 buf: piece,
                 offset: d.data_offset() + r.offset,
+                durable: false,
             }));
         }
         uring::run_all(&writes, |_, r| ok &= r.is_ok());
