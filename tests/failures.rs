@@ -13,7 +13,7 @@ mod common;
 use common::bitmap::{bitmap_chunk, chunk_bytes, dirty_on_disk};
 use common::faultyfs::FaultyFs;
 use common::io::{read_direct, AlignedVec};
-use common::loopdev::{needs_root, sparse_file, ScratchFs};
+use common::loopdev::{serial, sparse_file, ScratchFs};
 use common::mdfuse::{
     self as h, assert_legs_identical, path_str, tempdir, wait_for, Legs, MountedArray,
     MD_RESYNC_BLOCK,
@@ -23,7 +23,7 @@ use common::workload::{self, decode, Found, Spec, Workload, BLOCK};
 use std::collections::HashMap;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const MIB: u64 = 1 << 20;
@@ -33,15 +33,6 @@ const LEG_SIZE: u64 = 64 * MIB;
 const ROLE_FAULTY: u16 = 0xfffe;
 
 // ---------------------------------------------------------------- helpers
-
-/// One test at a time (root only).
-fn serial(test: &str) -> Option<MutexGuard<'static, ()>> {
-    if !needs_root(test) {
-        return None;
-    }
-    static LOCK: Mutex<()> = Mutex::new(());
-    Some(LOCK.lock().unwrap_or_else(|p| p.into_inner()))
-}
 
 fn sparse(path: PathBuf, size: u64) -> PathBuf {
     sparse_file(&path, size).expect("sparse leg file");

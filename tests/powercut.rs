@@ -15,14 +15,14 @@ mod common;
 use common::bitmap::{bitmap_chunk, chunk_bytes, dirty_on_disk, extents};
 use common::faultyfs::{CutOutcome, Event, FaultyFs, Survival};
 use common::io::{read_direct, AlignedVec};
-use common::loopdev::{needs_root, run, LoopDevice, MountedFs};
+use common::loopdev::{needs_root, run, serial, LoopDevice, Mkfs, MountedFs};
 use common::mdfuse::{self as h, path_str, tempdir, wait_for, Legs, MountedArray};
 use common::rng::Rng;
 use common::workload::{self, Spec, Workload, BLOCK};
 use std::collections::HashMap;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const MIB: u64 = 1 << 20;
@@ -36,15 +36,6 @@ const MAX_SECTOR: u64 = u64::MAX;
 const ROLE_FAULTY: u16 = 0xfffe;
 const FEATURE_RECOVERY_OFFSET: u32 = 2;
 const SECTOR: usize = 512;
-
-/// One test at a time (root only).
-fn serial(test: &str) -> Option<MutexGuard<'static, ()>> {
-    if !needs_root(test) {
-        return None;
-    }
-    static LOCK: Mutex<()> = Mutex::new(());
-    Some(LOCK.lock().unwrap_or_else(|p| p.into_inner()))
-}
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
@@ -170,20 +161,7 @@ impl Rig {
         if let Some(chunk) = bitmap_chunk {
             rig.bitmap_image = Some(rig.fs.open_detached(BITMAP_FS));
             let lo = rig.attach_bitmap_loop();
-            let dev = path_str(lo.path()).to_string();
-            run(
-                "mkfs.ext4",
-                &[
-                    "-F",
-                    "-q",
-                    "-b",
-                    "4096",
-                    "-E",
-                    "lazy_itable_init=0,lazy_journal_init=0",
-                    &dev,
-                ],
-            )
-            .expect("mkfs.ext4");
+            Mkfs::ext4_eager(lo.path()).expect("mkfs.ext4");
             rig.bitmap_loop = Some(lo);
             rig.mount_bitmap_fs();
             let bitmap = rig.bitmap_mnt.join("md.bitmap");
