@@ -755,19 +755,7 @@ fn refuses_bitmap_inside_the_array() {
     let inner = LoopDevice::attach_at(&legs.paths[0], created.data_offset_sectors * 512).unwrap();
     // No lazy initialisation and no atime updates: an idle inner filesystem
     // writes nothing to leg0, so the leg's hash shows any change we make.
-    run(
-        "mkfs.ext4",
-        &[
-            "-F",
-            "-q",
-            "-b",
-            "4096",
-            "-E",
-            "lazy_itable_init=0,lazy_journal_init=0",
-            path_str(inner.path()),
-        ],
-    )
-    .unwrap();
+    Mkfs::ext4_eager(inner.path()).unwrap();
     let inner_fs = MountedFs::mount_with(
         path_str(inner.path()),
         &legs.dir().join("inner"),

@@ -10,10 +10,10 @@
 
 mod common;
 
-use common::bitmap::dirty_in_image;
+use common::bitmap::{bitmap_chunk, chunk_bytes, dirty_on_disk};
 use common::faultyfs::FaultyFs;
 use common::io::{read_direct, AlignedVec};
-use common::loopdev::{needs_root, sparse_file, ScratchFs};
+use common::loopdev::{serial, sparse_file, ScratchFs};
 use common::mdfuse::{
     self as h, assert_legs_identical, path_str, tempdir, wait_for, Legs, MountedArray,
     MD_RESYNC_BLOCK,
@@ -23,7 +23,7 @@ use common::workload::{self, decode, Found, Spec, Workload, BLOCK};
 use std::collections::HashMap;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const MIB: u64 = 1 << 20;
@@ -33,15 +33,6 @@ const LEG_SIZE: u64 = 64 * MIB;
 const ROLE_FAULTY: u16 = 0xfffe;
 
 // ---------------------------------------------------------------- helpers
-
-/// One test at a time (root only).
-fn serial(test: &str) -> Option<MutexGuard<'static, ()>> {
-    if !needs_root(test) {
-        return None;
-    }
-    static LOCK: Mutex<()> = Mutex::new(());
-    Some(LOCK.lock().unwrap_or_else(|p| p.into_inner()))
-}
 
 fn sparse(path: PathBuf, size: u64) -> PathBuf {
     sparse_file(&path, size).expect("sparse leg file");
@@ -219,26 +210,6 @@ fn assert_eio(what: &str, r: std::io::Result<impl std::fmt::Debug>) {
 /// Chunks `[offset, offset+len)` touches, for a bitmap chunk of `chunk` bytes.
 fn chunks_of(offset: u64, len: u64, chunk: u64) -> std::ops::RangeInclusive<u64> {
     offset / chunk..=(offset + len - 1) / chunk
-}
-
-/// Bytes of array the chunks cover (the last one cut at the array's end).
-fn chunk_bytes(chunks: &[u64], chunk: u64, array_bytes: u64) -> u64 {
-    chunks
-        .iter()
-        .map(|&c| ((c + 1) * chunk).min(array_bytes) - c * chunk)
-        .sum()
-}
-
-/// The bitmap file's chunk size (its header).
-fn bitmap_chunk(bitmap: &Path) -> u64 {
-    let b = read_direct(bitmap, 0, 4096).expect("read bitmap header");
-    u32::from_le_bytes(b[52..56].try_into().expect("4 bytes")) as u64
-}
-
-/// The bitmap's dirty chunks as on disk now (O_DIRECT).
-fn dirty_on_disk(bitmap: &Path) -> Vec<u64> {
-    let len = std::fs::metadata(bitmap).expect("bitmap").len() as usize;
-    dirty_in_image(&read_direct(bitmap, 0, len).expect("read bitmap"))
 }
 
 // ---------------------------------------------------------------- faultyfs itself

@@ -43,6 +43,26 @@ pub fn dirty_in_image(file: &[u8]) -> Vec<u64> {
     set_bits(&file[256..], header_chunks(file))
 }
 
+/// Bytes of array the chunks cover (the last one cut at the array's end).
+pub fn chunk_bytes(chunks: &[u64], chunk: u64, array_bytes: u64) -> u64 {
+    chunks
+        .iter()
+        .map(|&c| ((c + 1) * chunk).min(array_bytes) - c * chunk)
+        .sum()
+}
+
+/// The bitmap file's chunk size (its header, read with O_DIRECT).
+pub fn bitmap_chunk(bitmap: &Path) -> u64 {
+    let b = read_direct(bitmap, 0, 4096).expect("read bitmap header");
+    u32::from_le_bytes(b[52..56].try_into().expect("4 bytes")) as u64
+}
+
+/// The bitmap's dirty chunks as on disk now (O_DIRECT).
+pub fn dirty_on_disk(bitmap: &Path) -> Vec<u64> {
+    let len = std::fs::metadata(bitmap).expect("bitmap").len() as usize;
+    dirty_in_image(&read_direct(bitmap, 0, len).expect("read bitmap"))
+}
+
 /// `N dirty` from a `Bitmap : X bits (chunks), N dirty (..)` line.
 pub fn dirty_count(text: &str) -> u64 {
     let b = examine_field(text, "Bitmap").unwrap_or_else(|| panic!("no Bitmap line in {text}"));

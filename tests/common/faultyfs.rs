@@ -14,6 +14,25 @@
 //! before the disk got them). Counters say what was seen. (The test machines have no
 //! device-mapper, so no dm-error or dm-flakey: this is the failing disk.)
 //!
+//! [`FaultyFs::volatile`] mounts the files as disks with a **volatile write
+//! cache**, for power cuts: a write is acknowledged into the file's cache
+//! (reads see it, as a disk's cache serves them) and reaches stable storage
+//! (the backing file) only when an fsync of that file arrives, or at once
+//! when it is a FUA write. A FUA write is a WRITE request whose
+//! `fuse_write_in.flags` carry `O_DSYNC`: the kernel sets that for a file
+//! opened with O_DSYNC or O_SYNC and for a `pwritev2(RWF_DSYNC)` on any file
+//! (`fuse_write_flags`), and on a `FOPEN_DIRECT_IO` file (every file here)
+//! it sends no FSYNC after such a write: the server must honour the flag
+//! (`tests/powercut.rs`, `dsync_writes_reach_the_fuse_server_as_fua`, shows
+//! it). A loop device over one of the files turns its flushes
+//! (REQ_PREFLUSH, and FUA, which loop emulates with a flush) into FSYNCs of
+//! the file. [`FaultyFs::cut`] (or a trigger armed with
+//! [`FaultyFs::arm_cut`], which cuts right after the request it names) is
+//! the power cut: from that instant every request fails with EIO.
+//! [`FaultyFs::restore_power`] then decides what each unflushed write left
+//! on the disk ([`Survival`]: each kept or dropped at random, torn at 512
+//! bytes, the kept ones applied in random order) and serves again.
+//!
 //! Every open is answered with `FOPEN_DIRECT_IO`: no page cache sits between
 //! a client and the injector, so every request reaches it (and O_DIRECT opens,
 //! which mdfuse's legs use, work as on a disk).
@@ -41,6 +60,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
+use super::rng::Rng;
+
 const ROOT: u64 = 1;
 const FIRST_FILE: u64 = 2;
 const TTL: Duration = Duration::from_secs(1);
@@ -49,6 +70,8 @@ const MAX_REQUEST: u32 = 1 << 20;
 const SERVING_THREADS: usize = 4;
 /// The unit a disk remaps: a write remaps the bad sectors it covers whole.
 const SECTOR: u64 = 512;
+/// md v1.2's superblock offset: its writes are counted apart.
+const SUPERBLOCK_AT: u64 = 4096;
 
 /// What one file has seen since the mount.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -62,6 +85,10 @@ pub struct Counters {
     pub failed_reads: u64,
     pub failed_writes: u64,
     pub failed_fsyncs: u64,
+    /// Writes carrying O_DSYNC (FUA in volatile mode).
+    pub dsync_writes: u64,
+    /// Writes at byte 4096 (where md v1.2 keeps its superblock).
+    pub superblock_writes: u64,
 }
 
 #[derive(Default)]
@@ -74,6 +101,8 @@ struct AtomicCounters {
     failed_reads: AtomicU64,
     failed_writes: AtomicU64,
     failed_fsyncs: AtomicU64,
+    dsync_writes: AtomicU64,
+    superblock_writes: AtomicU64,
 }
 
 impl AtomicCounters {
@@ -88,6 +117,8 @@ impl AtomicCounters {
             failed_reads: g(&self.failed_reads),
             failed_writes: g(&self.failed_writes),
             failed_fsyncs: g(&self.failed_fsyncs),
+            dsync_writes: g(&self.dsync_writes),
+            superblock_writes: g(&self.superblock_writes),
         }
     }
 }
@@ -105,6 +136,9 @@ struct Faults {
     hold: bool,
     /// What released writes do: land (true) or fail unapplied (false).
     apply_held: bool,
+    /// This many next fsyncs fail (a flush the disk could not do); in
+    /// volatile mode the failed flush loses the file's unflushed writes.
+    fail_fsyncs: u64,
 }
 
 fn overlaps(ranges: &[Range<u64>], offset: u64, len: u64) -> bool {
@@ -135,11 +169,67 @@ fn remap(ranges: &mut Vec<Range<u64>>, offset: u64, end: u64) {
     *ranges = kept;
 }
 
+/// A write in a volatile cache, not yet on stable storage.
+#[derive(Debug, Clone)]
+struct Cached {
+    offset: u64,
+    data: Vec<u8>,
+}
+
+impl Cached {
+    fn end(&self) -> u64 {
+        self.offset + self.data.len() as u64
+    }
+
+    /// The parts of this write outside `[start, end)` (none, one or two).
+    fn outside(self, start: u64, end: u64) -> Vec<Cached> {
+        if self.end() <= start || end <= self.offset {
+            return vec![self];
+        }
+        let mut v = Vec::new();
+        if self.offset < start {
+            let n = (start - self.offset) as usize;
+            v.push(Cached {
+                offset: self.offset,
+                data: self.data[..n].to_vec(),
+            });
+        }
+        if end < self.end() {
+            let n = (end - self.offset) as usize;
+            v.push(Cached {
+                offset: end,
+                data: self.data[n..].to_vec(),
+            });
+        }
+        v
+    }
+
+    /// Its pieces at 512-byte sector boundaries (of the file).
+    fn sectors(&self) -> Vec<Cached> {
+        let mut v = Vec::new();
+        let mut at = self.offset;
+        while at < self.end() {
+            let next = ((at / SECTOR) + 1) * SECTOR;
+            let stop = next.min(self.end());
+            let (a, b) = ((at - self.offset) as usize, (stop - self.offset) as usize);
+            v.push(Cached {
+                offset: at,
+                data: self.data[a..b].to_vec(),
+            });
+            at = stop;
+        }
+        v
+    }
+}
+
 struct FaultyFile {
     name: String,
     backing_path: PathBuf,
     backing: File,
     faults: Mutex<Faults>,
+    /// Volatile mode: the writes acknowledged and not yet flushed, oldest
+    /// first. Its lock also orders every request against a cut.
+    cache: Mutex<Vec<Cached>>,
     counters: AtomicCounters,
 }
 
@@ -148,6 +238,68 @@ impl FaultyFile {
         // A panicking test thread must not make the filesystem panic too.
         self.faults.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    fn cache(&self) -> MutexGuard<'_, Vec<Cached>> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes the cached writes to stable storage, oldest first.
+    fn persist(&self, cache: &mut Vec<Cached>) -> std::io::Result<()> {
+        for c in cache.drain(..) {
+            self.backing.write_all_at(&c.data, c.offset)?;
+        }
+        Ok(())
+    }
+}
+
+/// A request a cut may be armed to follow ([`FaultyFs::arm_cut`]).
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// A write acknowledged (into the cache, or stable if `fua`).
+    Write {
+        file: &'a str,
+        offset: u64,
+        data: &'a [u8],
+        fua: bool,
+    },
+    /// An fsync done: the file's cache is on stable storage.
+    Flush { file: &'a str },
+}
+
+type Trigger = Box<dyn FnMut(&Event) -> bool + Send>;
+
+/// The power of a volatile-mode filesystem.
+#[derive(Default)]
+struct Power {
+    /// Files have volatile write caches.
+    volatile: bool,
+    /// The power is off: every request fails.
+    cut: std::sync::atomic::AtomicBool,
+    trigger: Mutex<Option<Trigger>>,
+}
+
+/// What becomes of the unflushed writes at a power cut.
+pub enum Survival<'a> {
+    /// Each is kept or dropped at random (even odds); a kept one is torn
+    /// (each of its 512-byte sectors kept or dropped) one time in four; the
+    /// kept ones land in random order.
+    Random(&'a mut Rng),
+    /// None lands.
+    DropAll,
+    /// Every one lands, in order (a clean power-off).
+    KeepAll,
+    /// Those for which `f(file, offset, len)` is true land (in order), the
+    /// others are dropped: a chosen worst case.
+    Keep(&'a dyn Fn(&str, u64, usize) -> bool),
+}
+
+/// What [`FaultyFs::restore_power`] did with the unflushed writes.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CutOutcome {
+    pub unflushed: u64,
+    pub kept: u64,
+    pub torn: u64,
+    pub dropped: u64,
 }
 
 struct Shared {
@@ -155,9 +307,23 @@ struct Shared {
     uid: u32,
     gid: u32,
     started: SystemTime,
+    power: Power,
 }
 
 impl Shared {
+    fn is_cut(&self) -> bool {
+        self.power.cut.load(Ordering::SeqCst)
+    }
+
+    /// Runs the armed trigger on `event`; cuts the power if it fires.
+    fn after(&self, event: &Event) {
+        let mut t = self.power.trigger.lock().unwrap_or_else(|p| p.into_inner());
+        if t.as_mut().is_some_and(|f| f(event)) {
+            *t = None;
+            self.power.cut.store(true, Ordering::SeqCst);
+        }
+    }
+
     fn file(&self, ino: u64) -> Option<&FaultyFile> {
         self.files.get(ino.checked_sub(FIRST_FILE)? as usize)
     }
@@ -309,6 +475,13 @@ impl Filesystem for FaultyFsImpl {
             f.counters.failed_reads.fetch_add(1, Ordering::Relaxed);
             return reply.error(Errno::EIO);
         }
+        // Volatile mode: the cache's lock is held over the read, so a cut
+        // falls before or after it.
+        let cache = self.0.power.volatile.then(|| f.cache());
+        if self.0.is_cut() {
+            f.counters.failed_reads.fetch_add(1, Ordering::Relaxed);
+            return reply.error(Errno::EIO);
+        }
         let mut buf = vec![0u8; size as usize];
         let mut done = 0;
         while done < buf.len() {
@@ -317,6 +490,14 @@ impl Filesystem for FaultyFsImpl {
                 Ok(n) => done += n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => return reply.error(io_errno(&e)),
+            }
+        }
+        let end = offset + done as u64;
+        for c in cache.iter().flat_map(|c| c.iter()) {
+            let (a, b) = (c.offset.max(offset), c.end().min(end));
+            if a < b {
+                buf[(a - offset) as usize..(b - offset) as usize]
+                    .copy_from_slice(&c.data[(a - c.offset) as usize..(b - c.offset) as usize]);
             }
         }
         reply.data(&buf[..done])
@@ -330,7 +511,7 @@ impl Filesystem for FaultyFsImpl {
         offset: u64,
         data: &[u8],
         _write_flags: WriteFlags,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
@@ -338,6 +519,14 @@ impl Filesystem for FaultyFsImpl {
             return reply.error(Errno::ENOENT);
         };
         f.counters.writes.fetch_add(1, Ordering::Relaxed);
+        // O_SYNC includes O_DSYNC's bit.
+        let fua = flags.0 & libc::O_DSYNC != 0;
+        if fua {
+            f.counters.dsync_writes.fetch_add(1, Ordering::Relaxed);
+        }
+        if offset == SUPERBLOCK_AT {
+            f.counters.superblock_writes.fetch_add(1, Ordering::Relaxed);
+        }
         let (fail, delay) = {
             let faults = f.faults();
             (
@@ -363,6 +552,9 @@ impl Filesystem for FaultyFsImpl {
         if fail {
             f.counters.failed_writes.fetch_add(1, Ordering::Relaxed);
             return reply.error(Errno::EIO);
+        }
+        if self.0.power.volatile {
+            return self.write_volatile(f, offset, data, fua, reply);
         }
         match f.backing.write_all_at(data, offset) {
             Ok(()) => {
@@ -397,7 +589,29 @@ impl Filesystem for FaultyFsImpl {
             return reply.error(Errno::ENOENT);
         };
         f.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
-        if f.faults().all {
+        let fail = {
+            let mut faults = f.faults();
+            let once = faults.fail_fsyncs > 0;
+            faults.fail_fsyncs = faults.fail_fsyncs.saturating_sub(1);
+            faults.all || once
+        };
+        if self.0.power.volatile {
+            let mut cache = f.cache();
+            if fail || self.0.is_cut() {
+                f.counters.failed_fsyncs.fetch_add(1, Ordering::Relaxed);
+                if fail {
+                    // The disk could not write its cache out: what it held is lost.
+                    cache.clear();
+                }
+                return reply.error(Errno::EIO);
+            }
+            if let Err(e) = f.persist(&mut cache) {
+                return reply.error(io_errno(&e));
+            }
+            self.0.after(&Event::Flush { file: &f.name });
+            return reply.ok();
+        }
+        if fail {
             f.counters.failed_fsyncs.fetch_add(1, Ordering::Relaxed);
             return reply.error(Errno::EIO);
         }
@@ -454,17 +668,66 @@ impl Filesystem for FaultyFsImpl {
     }
 }
 
+impl FaultyFsImpl {
+    /// A write into `f`'s volatile cache, or (FUA) straight to stable
+    /// storage, where it supersedes what the cache held of its bytes.
+    fn write_volatile(
+        &self,
+        f: &FaultyFile,
+        offset: u64,
+        data: &[u8],
+        fua: bool,
+        reply: ReplyWrite,
+    ) {
+        let mut cache = f.cache();
+        if self.0.is_cut() {
+            f.counters.failed_writes.fetch_add(1, Ordering::Relaxed);
+            return reply.error(Errno::EIO);
+        }
+        let end = offset + data.len() as u64;
+        if fua {
+            let older = std::mem::take(&mut *cache);
+            *cache = older
+                .into_iter()
+                .flat_map(|c| c.outside(offset, end))
+                .collect();
+            if let Err(e) = f.backing.write_all_at(data, offset) {
+                return reply.error(io_errno(&e));
+            }
+        } else {
+            cache.push(Cached {
+                offset,
+                data: data.to_vec(),
+            });
+        }
+        self.0.after(&Event::Write {
+            file: &f.name,
+            offset,
+            data,
+            fua,
+        });
+        reply.written(data.len() as u32)
+    }
+}
+
 fn io_errno(e: &std::io::Error) -> Errno {
     Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+/// One FUSE session serving the files.
+struct Served {
+    mountpoint: PathBuf,
+    /// "MAJOR:MINOR" of the mount, for aborting its connection.
+    device: Option<String>,
+    session: Option<JoinHandle<std::io::Result<()>>>,
 }
 
 /// A mounted fault-injecting filesystem (see the module's documentation).
 pub struct FaultyFs {
     shared: Arc<Shared>,
     mountpoint: PathBuf,
-    /// "MAJOR:MINOR" of the mount, for aborting its connection.
-    device: Option<String>,
-    session: Option<JoinHandle<std::io::Result<()>>>,
+    /// The mount at `mountpoint`, then those of [`FaultyFs::open_detached`].
+    served: Vec<Served>,
     dir: tempfile::TempDir,
 }
 
@@ -472,6 +735,16 @@ impl FaultyFs {
     /// Sparse backing files `name` of `size` bytes, mounted at a fresh
     /// mountpoint. Panics if the mount fails.
     pub fn new(files: &[(&str, u64)]) -> FaultyFs {
+        Self::mount(files, false)
+    }
+
+    /// Like [`FaultyFs::new`], the files being disks with volatile write
+    /// caches (see the module's documentation).
+    pub fn volatile(files: &[(&str, u64)]) -> FaultyFs {
+        Self::mount(files, true)
+    }
+
+    fn mount(files: &[(&str, u64)], volatile: bool) -> FaultyFs {
         let dir = tempfile::Builder::new()
             .prefix("mdfuse-faultyfs")
             .tempdir()
@@ -499,6 +772,7 @@ impl FaultyFs {
                 backing_path,
                 backing,
                 faults: Mutex::new(Faults::default()),
+                cache: Mutex::new(Vec::new()),
                 counters: AtomicCounters::default(),
             });
         }
@@ -509,7 +783,23 @@ impl FaultyFs {
             uid,
             gid,
             started: SystemTime::now(),
+            power: Power {
+                volatile,
+                ..Power::default()
+            },
         });
+        let mut fs = FaultyFs {
+            shared,
+            mountpoint: mountpoint.clone(),
+            served: Vec::new(),
+            dir,
+        };
+        fs.serve(&mountpoint);
+        fs
+    }
+
+    /// Mounts the files (once more) at `mountpoint` and serves them there.
+    fn serve(&mut self, mountpoint: &Path) {
         let mut config = Config::default();
         config.mount_options = vec![
             MountOption::FSName("faultyfs".into()),
@@ -521,20 +811,43 @@ impl FaultyFs {
         config.acl = SessionACL::Owner;
         config.n_threads = Some(SERVING_THREADS);
         config.clone_fd = true;
-        let session = fuser::Session::new(FaultyFsImpl(shared.clone()), &mountpoint, &config)
+        let session = fuser::Session::new(FaultyFsImpl(self.shared.clone()), mountpoint, &config)
             .unwrap_or_else(|e| panic!("mounting faultyfs at {}: {e}", mountpoint.display()));
-        let device = mount_device(&mountpoint);
+        let device = mount_device(mountpoint);
         let session = std::thread::Builder::new()
             .name("faultyfs".into())
             .spawn(move || session.run())
             .expect("faultyfs session thread");
-        FaultyFs {
-            shared,
-            mountpoint,
+        self.served.push(Served {
+            mountpoint: mountpoint.to_owned(),
             device,
             session: Some(session),
-            dir,
-        }
+        });
+    }
+
+    /// `name` opened (read-write) through a second mount of these files
+    /// that is then detached: the open file works as any other (faults,
+    /// cache and power apply), but no path leads to it, so a loop device
+    /// made over `/proc/<pid>/fd/<fd>` of it reports as its backing file a
+    /// path on no FUSE filesystem. For what mdfuse refuses to put a bitmap
+    /// on (an image served by FUSE, where mdfuse's own would deadlock),
+    /// which this filesystem, served by the test, is not. Drop the file
+    /// (and the loop devices over it) before the [`FaultyFs`].
+    pub fn open_detached(&mut self, name: &str) -> File {
+        self.shared.by_name(name);
+        let mountpoint = self
+            .dir
+            .path()
+            .join(format!("detached{}", self.served.len()));
+        std::fs::create_dir_all(&mountpoint).expect("faultyfs second mountpoint");
+        self.serve(&mountpoint);
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(mountpoint.join(name))
+            .unwrap_or_else(|e| panic!("open {name} on the second mount: {e}"));
+        umount2(&mountpoint, libc::MNT_DETACH).expect("detaching the second mount");
+        f
     }
 
     /// The file `name` as seen through the mount (where faults apply).
@@ -626,10 +939,136 @@ impl FaultyFs {
         self.shared.by_name(name).counters.snapshot()
     }
 
+    /// The next `n` fsyncs of `name` fail with EIO (a flush the disk could
+    /// not do: in volatile mode the file's unflushed writes are lost).
+    pub fn fail_next_fsyncs(&self, name: &str, n: u64) {
+        self.shared.by_name(name).faults().fail_fsyncs = n;
+    }
+
+    /// Volatile mode: writes of `name` acknowledged and not yet flushed.
+    pub fn unflushed_writes(&self, name: &str) -> usize {
+        self.shared.by_name(name).cache().len()
+    }
+
+    /// Volatile mode: every file's cache to stable storage now, as a clean
+    /// power-off would (for a test's setup, which is not under test).
+    pub fn persist_all(&self) {
+        for f in &self.shared.files {
+            let mut cache = f.cache();
+            f.persist(&mut cache)
+                .unwrap_or_else(|e| panic!("persisting {}: {e}", f.name));
+        }
+    }
+
+    /// Cuts the power: from now every request fails with EIO. Returns once
+    /// every request that began before is over.
+    pub fn cut(&self) {
+        self.shared.power.cut.store(true, Ordering::SeqCst);
+        for f in &self.shared.files {
+            drop(f.cache());
+        }
+    }
+
+    pub fn is_cut(&self) -> bool {
+        self.shared.is_cut()
+    }
+
+    /// Arms a cut right after the first request for which `trigger` says
+    /// true (it sees every acknowledged write and done fsync, under the
+    /// file's lock: keep it quick). Replaces an armed one.
+    pub fn arm_cut(&self, trigger: impl FnMut(&Event) -> bool + Send + 'static) {
+        *self
+            .shared
+            .power
+            .trigger
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(Box::new(trigger));
+    }
+
+    /// Disarms [`FaultyFs::arm_cut`]; true if it had not fired.
+    pub fn disarm_cut(&self) -> bool {
+        self.shared
+            .power
+            .trigger
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .is_some()
+    }
+
+    /// Waits up to `timeout` for the power to be cut (by a trigger).
+    pub fn wait_cut(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while !self.is_cut() {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        true
+    }
+
+    /// After a cut: decides what each file's unflushed writes left on its
+    /// stable storage (see [`Survival`]), empties the caches, ends every
+    /// fault, and serves again. Call it only once nothing can still send a
+    /// request that began before (its client dead, its loop device
+    /// detached): a late one would land after the power came back.
+    pub fn restore_power(&self, survival: Survival) -> CutOutcome {
+        assert!(self.is_cut(), "restore_power without a cut");
+        self.disarm_cut();
+        let mut survival = survival;
+        let mut out = CutOutcome::default();
+        for f in &self.shared.files {
+            let mut cache = f.cache();
+            out.unflushed += cache.len() as u64;
+            let mut landing: Vec<Cached> = Vec::new();
+            for c in cache.drain(..) {
+                match &mut survival {
+                    Survival::DropAll => out.dropped += 1,
+                    Survival::KeepAll => {
+                        out.kept += 1;
+                        landing.push(c);
+                    }
+                    Survival::Keep(keep) => {
+                        if keep(&f.name, c.offset, c.data.len()) {
+                            out.kept += 1;
+                            landing.push(c);
+                        } else {
+                            out.dropped += 1;
+                        }
+                    }
+                    Survival::Random(rng) => {
+                        if rng.below(2) == 0 {
+                            out.dropped += 1;
+                        } else if rng.below(4) == 0 {
+                            out.torn += 1;
+                            let sectors = c.sectors();
+                            landing.extend(sectors.into_iter().filter(|_| rng.below(2) == 0));
+                        } else {
+                            out.kept += 1;
+                            landing.push(c);
+                        }
+                    }
+                }
+            }
+            if let Survival::Random(rng) = &mut survival {
+                // Fisher-Yates: the disk wrote its cache in any order.
+                for i in (1..landing.len()).rev() {
+                    landing.swap(i, rng.below(i as u64 + 1) as usize);
+                }
+            }
+            f.persist(&mut landing)
+                .unwrap_or_else(|e| panic!("restoring {}: {e}", f.name));
+            *f.faults() = Faults::default();
+        }
+        self.shared.power.cut.store(false, Ordering::SeqCst);
+        out
+    }
+
     /// Tells the kernel to end the FUSE connection: every pending and
     /// future request fails and the serving threads stop.
-    fn abort_connection(&self) {
-        let Some(minor) = self.device.as_deref().and_then(|d| d.split(':').nth(1)) else {
+    fn abort_connection(&self, device: Option<&str>) {
+        let Some(minor) = device.and_then(|d| d.split(':').nth(1)) else {
             return;
         };
         let mut abort_file = PathBuf::from(format!("/sys/fs/fuse/connections/{minor}/abort"));
@@ -683,19 +1122,29 @@ fn umount2(path: &Path, flags: i32) -> std::io::Result<()> {
 
 impl Drop for FaultyFs {
     fn drop(&mut self) {
-        if let Err(e) = umount2(&self.mountpoint, 0) {
+        for mut served in std::mem::take(&mut self.served) {
+            self.end(&mut served);
+        }
+    }
+}
+
+impl FaultyFs {
+    /// Unmounts one mount (a detached one ends with its last open file)
+    /// and joins its threads.
+    fn end(&self, served: &mut Served) {
+        if let Err(e) = umount2(&served.mountpoint, 0) {
             if e.raw_os_error() != Some(libc::EINVAL) {
                 // Busy (a client still has a file open): end the connection
                 // so nothing waits on us, then detach.
                 eprintln!(
                     "warning: faultyfs at {} did not unmount ({e}); aborting it",
-                    self.mountpoint.display()
+                    served.mountpoint.display()
                 );
-                self.abort_connection();
-                let _ = umount2(&self.mountpoint, libc::MNT_DETACH);
+                self.abort_connection(served.device.as_deref());
+                let _ = umount2(&served.mountpoint, libc::MNT_DETACH);
             }
         }
-        let Some(session) = self.session.take() else {
+        let Some(session) = served.session.take() else {
             return;
         };
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -704,7 +1153,7 @@ impl Drop for FaultyFs {
         }
         if !session.is_finished() {
             eprintln!("warning: faultyfs threads still run 10 s after the unmount; aborting");
-            self.abort_connection();
+            self.abort_connection(served.device.as_deref());
             let deadline = Instant::now() + Duration::from_secs(10);
             while !session.is_finished() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(10));

@@ -22,6 +22,16 @@ pub fn needs_root(test: &str) -> bool {
     false
 }
 
+/// One test of the binary at a time (root only; else None, saying why the
+/// test is skipped): for heavy, timing-sensitive tests.
+pub fn serial(test: &str) -> Option<std::sync::MutexGuard<'static, ()>> {
+    if !needs_root(test) {
+        return None;
+    }
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    Some(LOCK.lock().unwrap_or_else(|p| p.into_inner()))
+}
+
 /// Runs a command; its stderr becomes the error.
 pub fn run(program: &str, args: &[&str]) -> io::Result<String> {
     let out = Command::new(program).args(args).output()?;
@@ -130,6 +140,24 @@ impl Mkfs {
         run(
             "mkfs.ext4",
             &["-F", "-q", "-b", &block_size.to_string(), path_str(dev)?],
+        )
+        .map(drop)
+    }
+
+    /// ext4 with 4 KiB blocks and no lazy initialisation: an idle
+    /// filesystem writes nothing to its device.
+    pub fn ext4_eager(dev: &Path) -> io::Result<()> {
+        run(
+            "mkfs.ext4",
+            &[
+                "-F",
+                "-q",
+                "-b",
+                "4096",
+                "-E",
+                "lazy_itable_init=0,lazy_journal_init=0",
+                path_str(dev)?,
+            ],
         )
         .map(drop)
     }

@@ -6,8 +6,9 @@
 //! Each thread owns the 64 KiB stripes `s` with `s % threads == thread`, so
 //! the newest generation of every block is well defined. A write is
 //! *acknowledged* when its `pwrite` returned, or (with
-//! [`Spec::ack_after_fsync`]) only once an `fsync` after it returned; writes
-//! not yet acknowledged when a thread stops are reported as pending.
+//! [`Spec::ack_after_fsync`]) only once an `fsync` after it returned or when
+//! it was an O_DSYNC write ([`Spec::dsync_percent`]); writes not yet
+//! acknowledged when a thread stops are reported as pending.
 
 #![allow(dead_code)] // each test binary uses a different subset
 
@@ -113,8 +114,11 @@ pub struct Spec {
     pub max_run: u64,
     /// Writes between fsyncs.
     pub fsync_every: u64,
-    /// Acknowledge a write only once an fsync after it returned.
+    /// Acknowledge a write only once an fsync after it returned (or at
+    /// once if it was an O_DSYNC write).
     pub ack_after_fsync: bool,
+    /// Percent of the writes made through an O_DIRECT|O_DSYNC descriptor.
+    pub dsync_percent: u64,
     /// Read every write back, and now and then an older block.
     pub verify_reads: bool,
     /// Generations start above this (give each run a larger base).
@@ -135,6 +139,7 @@ impl Spec {
             max_run: 8,
             fsync_every: 8,
             ack_after_fsync: false,
+            dsync_percent: 0,
             verify_reads: true,
             generation_base: 0,
             seed: 0x5eed,
@@ -149,14 +154,23 @@ impl Spec {
 pub struct Report {
     /// Acknowledged writes: block offset → newest acknowledged generation.
     pub acked: HashMap<u64, u64>,
-    /// Writes issued but not acknowledged when the threads stopped:
-    /// block offset → their generations.
+    /// Writes issued but not acknowledged when the threads stopped, newer
+    /// than the block's acknowledged one: block offset → their generations.
     pub pending: HashMap<u64, Vec<u64>>,
     pub errors: Vec<String>,
     pub mismatches: Vec<String>,
     pub writes: u64,
     pub reads: u64,
     pub fsyncs: u64,
+    /// Writes made with O_DSYNC.
+    pub dsync_writes: u64,
+}
+
+/// Records generation `g` of block `o` as acknowledged (the newest wins:
+/// a thread's generations only grow).
+fn ack(acked: &mut HashMap<u64, u64>, o: u64, g: u64) {
+    let e = acked.entry(o).or_insert(g);
+    *e = (*e).max(g);
 }
 
 impl Report {
@@ -242,6 +256,7 @@ impl Workload {
         for t in self.threads {
             let r = t.join().expect("a workload thread panicked");
             all.acked.extend(r.acked);
+            all.dsync_writes += r.dsync_writes;
             for (k, v) in r.pending {
                 all.pending.entry(k).or_default().extend(v);
             }
@@ -257,20 +272,23 @@ impl Workload {
 
 fn run_thread(spec: &Spec, t: u64, seed: u64, stop: &AtomicBool, writes: &AtomicU64) -> Report {
     let mut report = Report::default();
-    let f = match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(&spec.image)
-    {
-        Ok(f) => f,
-        Err(e) => {
-            report
-                .errors
-                .push(format!("thread {t}: open {}: {e}", spec.image.display()));
-            return report;
-        }
+    let open = |flags: i32| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(flags)
+            .open(&spec.image)
     };
+    let (f, f_dsync) =
+        match open(libc::O_DIRECT).and_then(|f| Ok((f, open(libc::O_DIRECT | libc::O_DSYNC)?))) {
+            Ok(f) => f,
+            Err(e) => {
+                report
+                    .errors
+                    .push(format!("thread {t}: open {}: {e}", spec.image.display()));
+                return report;
+            }
+        };
     let stripe_bytes = STRIPE_BLOCKS * BLOCK;
     let first_stripe = spec.region.start / stripe_bytes;
     let stripes = (spec.region.end - spec.region.start) / stripe_bytes;
@@ -305,23 +323,29 @@ fn run_thread(spec: &Spec, t: u64, seed: u64, stop: &AtomicBool, writes: &Atomic
                 generation,
             );
         }
-        if let Err(e) = f.write_all_at(&buf.as_slice()[..len], offset) {
+        let dsync = spec.dsync_percent > 0 && rng.next() % 100 < spec.dsync_percent;
+        let fd = if dsync { &f_dsync } else { &f };
+        if let Err(e) = fd.write_all_at(&buf.as_slice()[..len], offset) {
             report.errors.push(format!(
-                "thread {t}: write of {len} bytes at {offset}: {e} (errno {:?})",
+                "thread {t}: {}write of {len} bytes at {offset}: {e} (errno {:?})",
+                if dsync { "O_DSYNC " } else { "" },
                 e.raw_os_error()
             ));
             unacked.extend(gens);
             break;
         }
         report.writes += 1;
+        report.dsync_writes += dsync as u64;
         writes.fetch_add(1, Ordering::Relaxed);
         for &(o, g) in &gens {
             latest.insert(o, g);
         }
-        if spec.ack_after_fsync {
+        if spec.ack_after_fsync && !dsync {
             unacked.extend(gens);
         } else {
-            report.acked.extend(gens);
+            for (o, g) in gens {
+                ack(&mut report.acked, o, g);
+            }
         }
         since_sync += 1;
         if since_sync >= spec.fsync_every {
@@ -334,7 +358,9 @@ fn run_thread(spec: &Spec, t: u64, seed: u64, stop: &AtomicBool, writes: &Atomic
                 break;
             }
             report.fsyncs += 1;
-            report.acked.extend(unacked.drain(..));
+            for (o, g) in unacked.drain(..) {
+                ack(&mut report.acked, o, g);
+            }
         }
         if spec.verify_reads {
             // The run just written, then an older block of this thread's.
@@ -378,7 +404,9 @@ fn run_thread(spec: &Spec, t: u64, seed: u64, stop: &AtomicBool, writes: &Atomic
         }
     }
     for (o, g) in unacked {
-        report.pending.entry(o).or_default().push(g);
+        if report.acked.get(&o).is_none_or(|&a| a < g) {
+            report.pending.entry(o).or_default().push(g);
+        }
     }
     report
 }
