@@ -9,20 +9,21 @@
 //! 2. read the partial edge blocks from an in-sync leg, lay the data over;
 //! 3. `WriteIntent::start_write`: the chunk's bit is durable before any leg
 //!    is written;
-//! 4. fan out: other legs' shares go to their worker threads, the calling
-//!    thread writes the first leg itself, one completion counts them all;
+//! 4. fan out: every leg's share goes out at once through the fan-out
+//!    ([`FanOut`]: the thread's io_uring, or worker threads) and the thread
+//!    waits for them all;
 //! 5. `WriteIntent::end_write`, release the range.
 
-use super::leg_workers::{Job, LegWorkers, SharedBuf};
 use super::range_lock::RangeLock;
 use super::read_fix::{RangeHeld, ReadErrors, DEFAULT_MAX_READ_ERRORS};
 use super::readahead::{Fetch, ReadAhead, READAHEAD_MIN};
 use crate::bitmap::{BitmapError, WriteIntent};
 use crate::io::aligned::with_scratch;
-use crate::io::completion::{Completion, OpFailure};
+use crate::io::completion::OpFailure;
+use crate::io::fanout::FanOut;
 use crate::io::leg::FlushGuard;
 use crate::io::leg::{IoMode, Leg, LegError};
-use crate::io::uring::{self, LegOp};
+use crate::io::uring::LegOp;
 use arc_swap::ArcSwapOption;
 use parking_lot::{Condvar, Mutex};
 use smallvec::SmallVec;
@@ -165,12 +166,11 @@ impl EngineError {
     }
 }
 
-/// The I/O side of a leg in a slot: the open leg and its worker threads.
+/// The I/O side of a leg in a slot: the open leg and where the data starts.
 pub struct SlotIo {
     leg: Arc<Leg>,
     /// Where the array's data starts on this leg, in bytes.
     data_offset: u64,
-    workers: LegWorkers,
 }
 
 impl SlotIo {
@@ -289,25 +289,12 @@ impl<'a> Share<'a> {
             Share::Flush { .. } => LegOp::SyncData { leg: &io.leg },
         }
     }
-
-    /// This share on one leg, for the leg's worker threads. The caller waits
-    /// on `done` before the borrowed buffer goes away.
-    fn job(self, io: &SlotIo, done: Arc<Completion>) -> Job {
-        match self {
-            Share::Write { buf, at, durable } => Job::Write {
-                buf: SharedBuf::new(buf),
-                offset: io.data_offset + at,
-                durable,
-                done,
-            },
-            Share::Flush { .. } => Job::Sync { done },
-        }
-    }
 }
 
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
-    /// I/O threads per leg (they carry the other legs' shares of writes).
+    /// I/O threads per leg where io_uring is not available (they carry the
+    /// legs' shares of requests; see [`FanOut`]).
     pub workers_per_leg: usize,
 }
 
@@ -347,7 +334,8 @@ pub struct Raid1 {
     active: AtomicBool,
     activating: Mutex<()>,
     rotate: AtomicUsize,
-    workers_per_leg: usize,
+    /// Runs the legs' shares of a request at once (io_uring or threads).
+    pub(super) fanout: FanOut,
     /// After an unclean stop the legs may differ where writes were in flight:
     /// read only the first in-sync leg until they are resynced (md does the
     /// same for the region not yet resynced).
@@ -390,19 +378,17 @@ impl Raid1 {
             first_only: AtomicBool::new(false),
             read_only: AtomicBool::new(false),
             max_read_errors: AtomicU32::new(DEFAULT_MAX_READ_ERRORS),
-            workers_per_leg: opts.workers_per_leg,
+            fanout: FanOut::new(opts.workers_per_leg.saturating_mul(legs.len()))
+                .map_err(EngineError::Threads)?,
             stats: EngineStats::default(),
             readahead: OnceLock::new(),
             readahead_threads: Mutex::new(Vec::new()),
             records: Mutex::new(vec![Record::Done; legs.len()]),
             recorded: Condvar::new(),
         };
-        for (slot, spec) in legs.into_iter().enumerate() {
+        for spec in legs {
             let (io, state) = match spec {
-                Some(spec) => (
-                    Some(engine.slot_io(slot, spec.leg, spec.data_offset)?),
-                    spec.state,
-                ),
+                Some(spec) => (Some(Self::slot_io(spec.leg, spec.data_offset)), spec.state),
                 None => (None, LegState::Missing),
             };
             engine.slots.push(LegSlot {
@@ -418,23 +404,8 @@ impl Raid1 {
         Ok(engine)
     }
 
-    fn slot_io(
-        &self,
-        slot: usize,
-        leg: Arc<Leg>,
-        data_offset: u64,
-    ) -> Result<Arc<SlotIo>, EngineError> {
-        let workers = if uring::available() {
-            LegWorkers::none(slot)
-        } else {
-            LegWorkers::start(leg.clone(), slot, self.workers_per_leg)
-                .map_err(EngineError::Threads)?
-        };
-        Ok(Arc::new(SlotIo {
-            leg,
-            data_offset,
-            workers,
-        }))
+    fn slot_io(leg: Arc<Leg>, data_offset: u64) -> Arc<SlotIo> {
+        Arc::new(SlotIo { leg, data_offset })
     }
 
     /// Puts `leg` into the empty slot `slot`, in `state` (Recovering for a
@@ -457,7 +428,7 @@ impl Raid1 {
                 why: "the leg's I/O mode (direct or buffered) differs from the array's",
             });
         }
-        s.io.store(Some(self.slot_io(slot, spec.leg, spec.data_offset)?));
+        s.io.store(Some(Self::slot_io(spec.leg, spec.data_offset)));
         self.records.lock()[slot] = Record::Done;
         s.errors.store(0, Ordering::Relaxed);
         s.read_errors.reset();
@@ -878,7 +849,6 @@ impl Raid1 {
         if (buf.len() as u64) < SPLIT_READ_MIN
             || self.block == 1
             || self.first_only.load(Ordering::Relaxed)
-            || !uring::available()
         {
             return None;
         }
@@ -908,7 +878,7 @@ impl Raid1 {
             for (i, _) in legs.iter().take(ops.len()) {
                 self.slots[*i].pending_reads.fetch_add(1, Ordering::Relaxed);
             }
-            uring::run_all(&ops, |k, r| {
+            self.fanout.run_all(&ops, |k, r| {
                 if let Err(e) = r {
                     failed.push((k, e));
                 }
@@ -968,7 +938,7 @@ impl Raid1 {
                     self.read_block_for_merge(end - self.block, &mut buf[tail_start..])?;
                 }
             }
-            let staged = span >= STAGED_WRITE_MIN && uring::available();
+            let staged = span >= STAGED_WRITE_MIN;
             if !staged {
                 buf[head..head + data.len()].copy_from_slice(data);
             }
@@ -1081,7 +1051,7 @@ impl Raid1 {
             };
             // Every stage lists the targets in order, so operation i is
             // target i % targets.len()'s.
-            uring::run_staged(&mut next_stage, |i, r| {
+            self.fanout.run_staged(&mut next_stage, |i, r| {
                 if let Err(e) = r {
                     note(leg_failure(targets[i % targets.len()].0, e));
                 }
@@ -1089,10 +1059,9 @@ impl Raid1 {
         })
     }
 
-    /// Runs one operation on every written leg at once: through this
-    /// thread's io_uring where the kernel allows it (one submission, one
-    /// wait), else the calling thread does the first leg's share and the
-    /// other legs' workers the rest, one completion counting them. Legs that
+    /// Runs one operation on every written leg at once, through the
+    /// fan-out (one submission and one wait on the thread's io_uring, or
+    /// the worker pool with the calling thread doing one share). Legs that
     /// fail are failed out while an in-sync leg succeeded; if every in-sync
     /// leg failed, the error goes to the caller (and the last in-sync leg
     /// stays). Ok(true) when every slot of the array took part and succeeded.
@@ -1116,31 +1085,9 @@ impl Raid1 {
                     panic!("failpoint between-leg-writes: stopping between two legs' writes");
                 });
             }
-            if uring::available() {
-                let ops: SmallVec<[LegOp<'_>; 4]> =
-                    targets.iter().map(|(_, io, _)| share.op(io)).collect();
-                uring::run_all(&ops, |i, r| results[i] = r);
-            } else {
-                let (first, others) = targets.split_first().expect("an in-sync target");
-                let done = Completion::new(others.len());
-                for (_, io, _) in others {
-                    io.workers.submit(share.job(io, done.clone()));
-                }
-                results[0] = share.op(&first.1).run_blocking();
-                // The workers read the shared buffer only until this returns.
-                for f in done.wait() {
-                    match targets.iter().position(|t| t.0 == f.target) {
-                        Some(k) if guards[k].is_some() => {
-                            // Settled below, as the ring's results are.
-                            results[k] = Err(LegError::Sync {
-                                path: targets[k].1.leg.path().to_owned(),
-                                source: std::io::Error::from_raw_os_error(f.errno),
-                            });
-                        }
-                        _ => note(f),
-                    }
-                }
-            }
+            let ops: SmallVec<[LegOp<'_>; 4]> =
+                targets.iter().map(|(_, io, _)| share.op(io)).collect();
+            self.fanout.run_all(&ops, |i, r| results[i] = r);
             for (k, r) in results.into_iter().enumerate() {
                 let r = match (&mut guards[k], share) {
                     (Some(guard), Share::Flush { reported }) => guard.settle(r, reported),

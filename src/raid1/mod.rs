@@ -1,7 +1,6 @@
 //! The RAID1 engine: legs, write fan-out, read balance, ordering.
 
 pub mod engine;
-mod leg_workers;
 pub mod range_lock;
 pub mod read_fix;
 pub mod readahead;

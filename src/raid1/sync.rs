@@ -7,7 +7,7 @@
 
 use super::engine::{LegState, Raid1, SlotIo};
 use crate::io::aligned::AlignedBuf;
-use crate::io::uring::{self, LegOp};
+use crate::io::uring::LegOp;
 use parking_lot::{Condvar, Mutex};
 use smallvec::SmallVec;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -235,11 +235,11 @@ impl Raid1 {
 
     /// Copies several small regions at once (a bitmap-guided resync or
     /// recovery: one chunk each, far apart): the source reads them all in one
-    /// io_uring submission, then the targets write them all in one, under a
-    /// range lock of just those regions (one request, so nothing can come
-    /// between them in the queue). Ok(false): not done this way (no
-    /// io_uring, or an error): the caller syncs the regions one by one,
-    /// which corrects read errors and fails a leg whose write fails.
+    /// fan-out, then the targets write them all in one, under a range lock
+    /// of just those regions (one request, so nothing can come between them
+    /// in the queue). Ok(false): not done this way (too large for the
+    /// buffer, or an error): the caller syncs the regions one by one, which
+    /// corrects read errors and fails a leg whose write fails.
     pub fn copy_batch(
         &self,
         action: SyncAction,
@@ -247,10 +247,7 @@ impl Raid1 {
         buf: &mut AlignedBuf,
     ) -> Result<bool, super::EngineError> {
         let total: u64 = batch.iter().map(|r| r.len).sum();
-        if !uring::available()
-            || total as usize > buf.capacity()
-            || batch.iter().any(|r| r.offset + r.len > self.size())
-        {
+        if total as usize > buf.capacity() || batch.iter().any(|r| r.offset + r.len > self.size()) {
             return Ok(false);
         }
         let ranges: SmallVec<[(u64, u64); BATCH_REGIONS]> =
@@ -294,7 +291,7 @@ impl Raid1 {
                 rest = tail;
                 reads.push(LegOp::read(src.leg(), piece, src.data_offset() + r.offset));
             }
-            uring::run_all(&reads, |_, r| ok &= r.is_ok());
+            self.fanout.run_all(&reads, |_, r| ok &= r.is_ok());
         }
         if !ok {
             return Ok(false);
@@ -311,7 +308,7 @@ impl Raid1 {
                 durable: false,
             }));
         }
-        uring::run_all(&writes, |_, r| ok &= r.is_ok());
+        self.fanout.run_all(&writes, |_, r| ok &= r.is_ok());
         for r in batch {
             self.forget_read_ahead(r.offset, r.offset + r.len);
         }
