@@ -280,10 +280,23 @@ pub fn plan<L>(legs: Vec<Candidate<L>>, opts: &AssembleOptions) -> Result<Plan<L
         true => found.iter().filter(|f| member(&f.2)).collect(),
         false => found.iter().collect(),
     };
+    // Between legs of the same events, one that records another as gone
+    // (faulty or removed) went on after that one: it is the fresher, in
+    // whatever order the legs were given. (Each recording the other as gone
+    // is a split brain, refused above.)
     let top = pool.iter().map(|f| f.2.events).max();
-    let Some((freshest_path, freshest)) = pool
+    let tied: Vec<&&(PathBuf, L, Superblock)> =
+        pool.iter().filter(|f| Some(f.2.events) == top).collect();
+    let dropped_by_a_peer = |sb: &Superblock| {
+        tied.iter().any(|g| {
+            g.2.dev_number != sb.dev_number
+                && !matches!(g.2.role_of(sb.dev_number), DevRole::Active(_))
+        })
+    };
+    let Some((freshest_path, freshest)) = tied
         .iter()
-        .find(|f| Some(f.2.events) == top)
+        .find(|f| !dropped_by_a_peer(&f.2))
+        .or(tied.first())
         .map(|f| (f.0.clone(), f.2.clone()))
     else {
         return Err(first_kicked.unwrap_or(ArrayError::TooFewLegs(0)));
@@ -507,6 +520,7 @@ fn same_path(a: &std::path::Path, b: &std::path::Path) -> bool {
 mod tests {
     use super::*;
     use crate::format::superblock::{NewMember, Superblock};
+    use std::path::Path;
 
     fn member(dev_number: u32) -> Superblock {
         let mut sb = Superblock::new_raid1_member(&NewMember {
@@ -523,6 +537,192 @@ mod tests {
         .expect("superblock");
         sb.events = 10;
         sb
+    }
+
+    fn opts(run: bool) -> AssembleOptions {
+        AssembleOptions {
+            io_mode: IoMode::Buffered,
+            read_only: false,
+            run_degraded: run,
+            force_from: None,
+        }
+    }
+
+    const LEG: u64 = (1 << 16) * 512;
+
+    fn cand(name: &str, sb: Result<Superblock, SuperblockError>) -> Candidate<()> {
+        Candidate {
+            path: PathBuf::from(name),
+            size: LEG,
+            sb,
+            handle: (),
+        }
+    }
+
+    fn slots(p: &Plan<()>) -> Vec<u16> {
+        p.members.iter().map(|m| m.slot).collect()
+    }
+
+    #[test]
+    fn a_member_one_event_behind_is_current_two_is_stale() {
+        let a = member(0);
+        let mut b = member(1);
+        b.events -= 1;
+        let p = plan(
+            vec![cand("a", Ok(a.clone())), cand("b", Ok(b.clone()))],
+            &opts(false),
+        )
+        .expect("one behind is current");
+        assert_eq!(slots(&p), vec![0, 1]);
+        assert_eq!(p.events, 10);
+        b.events -= 1;
+        let err = plan(
+            vec![cand("a", Ok(a.clone())), cand("b", Ok(b.clone()))],
+            &opts(false),
+        )
+        .err()
+        .expect("two behind is stale");
+        assert!(err.to_string().contains("stale"), "{err}");
+        let p = plan(vec![cand("a", Ok(a)), cand("b", Ok(b))], &opts(true)).unwrap();
+        assert_eq!(slots(&p), vec![0]);
+    }
+
+    #[test]
+    fn a_member_whose_checksum_fails_is_left_out_and_needs_run() {
+        let bad = || {
+            Err(SuperblockError::BadChecksum {
+                stored: 1,
+                computed: 2,
+            })
+        };
+        let err = plan(
+            vec![cand("a", Ok(member(0))), cand("b", bad())],
+            &opts(false),
+        )
+        .err()
+        .expect("slot 1 is missing");
+        let text = err.to_string();
+        assert!(
+            text.contains("b (superblock checksum is wrong") && text.contains("--run"),
+            "{text}"
+        );
+        let p = plan(
+            vec![cand("a", Ok(member(0))), cand("b", bad())],
+            &opts(true),
+        )
+        .unwrap();
+        assert_eq!(slots(&p), vec![0]);
+        assert_eq!(p.left_out.len(), 1);
+        // Only bad legs: the first one's error.
+        let err = plan(vec![cand("a", bad()), cand("b", bad())], &opts(true))
+            .err()
+            .unwrap();
+        assert!(
+            matches!(err, ArrayError::BadSuperblock { ref path, .. } if path == Path::new("a"))
+        );
+        // Any other parse error refuses the leg, as before.
+        let err = plan(
+            vec![
+                cand("a", Ok(member(0))),
+                cand("b", Err(SuperblockError::BadMagic { found: 0 })),
+            ],
+            &opts(true),
+        )
+        .err()
+        .unwrap();
+        assert!(matches!(err, ArrayError::BadSuperblock { .. }), "{err}");
+    }
+
+    #[test]
+    fn between_equal_events_the_leg_that_recorded_the_other_gone_is_freshest() {
+        // b ran alone (recording a removed) up to the events a reached by an
+        // update cut short: b's history is the later one, in either order.
+        let a = member(0);
+        let mut b = member(1);
+        b.set_role(0, DevRole::Spare).unwrap();
+        for legs in [
+            vec![cand("a", Ok(a.clone())), cand("b", Ok(b.clone()))],
+            vec![cand("b", Ok(b.clone())), cand("a", Ok(a.clone()))],
+        ] {
+            let p = plan(legs, &opts(true)).unwrap();
+            assert_eq!(slots(&p), vec![1]);
+            assert_eq!(p.left_out[0].path, PathBuf::from("a"));
+        }
+    }
+
+    #[test]
+    fn a_spare_never_gives_the_array_its_view() {
+        let a = member(0);
+        let b = member(1);
+        let mut spare = member(1);
+        spare.dev_number = 2;
+        spare.set_role(2, DevRole::Spare).unwrap();
+        spare.raid_disks = 1;
+        spare.set_role(1, DevRole::Faulty).unwrap();
+        spare.events = 100;
+        let p = plan(
+            vec![cand("s", Ok(spare)), cand("a", Ok(a)), cand("b", Ok(b))],
+            &opts(false),
+        )
+        .unwrap();
+        assert_eq!(slots(&p), vec![0, 1]);
+        assert_eq!(p.raid_disks, 2);
+    }
+
+    #[test]
+    fn a_slot_beyond_the_freshest_raid_disks_is_refused_by_name() {
+        let mut a = member(0);
+        a.raid_disks = 1;
+        a.events = 11;
+        let err = plan(
+            vec![cand("a", Ok(a)), cand("b", Ok(member(1)))],
+            &opts(true),
+        )
+        .err()
+        .unwrap();
+        let text = err.to_string();
+        assert!(
+            matches!(
+                err,
+                ArrayError::SlotBeyondArray {
+                    slot: 1,
+                    raid_disks: 1,
+                    ..
+                }
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("leg b:") && text.contains("freshest superblock (a)"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_array_must_fit_every_members_data_area() {
+        let a = member(0);
+        let mut b = member(1);
+        b.data_size = a.size - 8;
+        b.size = b.data_size;
+        let err = plan(vec![cand("a", Ok(a)), cand("b", Ok(b))], &opts(true))
+            .err()
+            .unwrap();
+        assert!(
+            matches!(err, ArrayError::DataSizeBelowArray { .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn more_legs_than_the_engine_holds_are_refused() {
+        let legs: Vec<Candidate<()>> = (0..65)
+            .map(|i| cand(&format!("l{i}"), Ok(member(0))))
+            .collect();
+        let err = plan(legs, &opts(true)).err().unwrap();
+        assert!(
+            matches!(err, ArrayError::TooManyLegs { given: 65, max: 64 }),
+            "{err}"
+        );
     }
 
     #[test]
