@@ -554,3 +554,34 @@ proptest! {
         prop_assert!(before == after, "assembly changed a leg");
     }
 }
+
+/// A former member given back to a running array (`manage --re-add`) is
+/// checked as at assembly: its crafted data_offset (0: the recovery would
+/// overwrite its superblock) is refused with the leg and the field named,
+/// and the leg is not written.
+#[test]
+fn a_re_added_leg_with_an_impossible_superblock_is_refused_and_not_written() {
+    if !common::loopdev::needs_root("a_re_added_leg_with_an_impossible_superblock") {
+        return;
+    }
+    let (legs, pristine) = created();
+    let mnt = legs.mountpoint("mnt");
+    let one = Legs::from_paths(vec![legs.path(0).to_owned()]);
+    let m = MountedArray::mount(&one, &mnt, &["--run"]);
+    let mut sb = pristine[1].clone();
+    sb.data_offset = 0;
+    write_sb(legs.path(1), &sb);
+    let before = sha256_file(legs.path(1));
+    let leg1 = legs.path(1).display().to_string();
+    let o = mdfuse(&["manage", path_str(&mnt), "--re-add", &leg1]);
+    let err = format!("{}{}", text(&o), m.log());
+    assert!(!o.status.success(), "re-add accepted: {err}");
+    assert!(err.contains(&leg1) && err.contains("data_offset"), "{err}");
+    assert_eq!(
+        sha256_file(legs.path(1)),
+        before,
+        "the refused leg was written"
+    );
+    assert!(m.mdstat().contains("[2/1] [U_]"), "{}", m.mdstat());
+    m.stop();
+}

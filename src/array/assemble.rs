@@ -459,6 +459,34 @@ pub fn plan<L>(legs: Vec<Candidate<L>>, opts: &AssembleOptions) -> Result<Plan<L
     })
 }
 
+/// The checks assembly makes of a member's superblock, for a former member
+/// given back to a running array (`mdfuse manage --re-add`/`--add`): its
+/// own fields on its leg ([`Superblock::validate_on_leg`]), and the array's
+/// size (`current`, the freshest superblock) within its data area. A
+/// re-added leg's data_offset is used for its I/O, so it is no more
+/// trusted than at assembly.
+pub fn check_former_member(
+    path: &std::path::Path,
+    leg_bytes: u64,
+    sb: &Superblock,
+    current: &Superblock,
+) -> Result<(), ArrayError> {
+    sb.validate_on_leg(leg_bytes, MAX_RAID_DISKS)
+        .map_err(|source| ArrayError::InvalidSuperblock {
+            path: path.to_owned(),
+            source,
+        })?;
+    if current.size > sb.data_size {
+        return Err(ArrayError::DataSizeBelowArray {
+            path: path.to_owned(),
+            data_size: sb.data_size,
+            size: current.size,
+            freshest: PathBuf::from("the running array's"),
+        });
+    }
+    Ok(())
+}
+
 /// Whether two legs' histories diverged: each one's superblock records the
 /// other as gone (faulty or removed) while calling itself active. Each was
 /// then updated (written) while apart from the other, so neither is a
