@@ -585,3 +585,65 @@ fn a_re_added_leg_with_an_impossible_superblock_is_refused_and_not_written() {
     assert!(m.mdstat().contains("[2/1] [U_]"), "{}", m.mdstat());
     m.stop();
 }
+
+/// A crafted bitmap file header is refused naming the file and the field,
+/// and neither the file nor any leg changes.
+#[test]
+fn crafted_bitmap_headers_are_refused_by_file_and_field() {
+    if !common::loopdev::needs_root("crafted_bitmap_headers_are_refused") {
+        return;
+    }
+    use mdfuse::format::bitmap::BitmapSuper;
+    let legs = Legs::temp(LEG_BYTES);
+    let bitmap = legs.dir().join("md0.bitmap");
+    create(&legs, &["--bitmap", path_str(&bitmap)]);
+    let pristine = std::fs::read(&bitmap).expect("read bitmap");
+    let header = BitmapSuper::parse(&pristine).expect("a valid header");
+    let mnt = legs.mountpoint("mnt");
+    type Edit = fn(&mut BitmapSuper);
+    let cases: Vec<(&str, Edit)> = vec![
+        ("chunksize", |h| h.chunksize = 0),
+        ("chunksize", |h| h.chunksize = 3 << 20),
+        ("version", |h| h.version = 9),
+        ("daemon_sleep", |h| h.daemon_sleep = 0),
+        ("write_behind", |h| h.write_behind = u32::MAX),
+        ("sync_size", |h| h.sync_size += 8),
+        // The file is then far shorter than the header says: refused when
+        // it is loaded, before its sync_size is compared with the array's.
+        ("truncated", |h| h.sync_size = 1 << 60),
+        ("uuid", |h| h.uuid[0] ^= 1),
+        ("nodes", |h| {
+            h.version = 5;
+            h.nodes = 2;
+        }),
+    ];
+    let mut failures = Vec::new();
+    for (field, edit) in cases {
+        let mut h = header.clone();
+        edit(&mut h);
+        let mut file = pristine.clone();
+        file[..256].copy_from_slice(&h.to_bytes());
+        std::fs::write(&bitmap, &file).expect("write bitmap");
+        let before = (fingerprints(&legs), sha256_file(&bitmap));
+        let args = ["--bitmap-file-io", "--bitmap", path_str(&bitmap)];
+        match MountedArray::try_mount(&legs, &mnt, &args) {
+            Ok(m) => {
+                drop(m);
+                failures.push(format!("{field}: mounted"));
+                continue;
+            }
+            Err(o) => {
+                let err = text(&o);
+                if !err.contains(&bitmap.display().to_string()) || !err.contains(field) {
+                    failures.push(format!(
+                        "{field}: the refusal does not name the file and field: {err}"
+                    ));
+                }
+            }
+        }
+        if (fingerprints(&legs), sha256_file(&bitmap)) != before {
+            failures.push(format!("{field}: a leg or the bitmap changed"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
