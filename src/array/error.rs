@@ -1,5 +1,5 @@
 use crate::bitmap::BitmapError;
-use crate::format::superblock::{GeometryError, SuperblockError};
+use crate::format::superblock::{GeometryError, InvalidSuperblock, SuperblockError};
 use crate::io::leg::LegError;
 use crate::raid1::EngineError;
 use std::path::PathBuf;
@@ -32,6 +32,40 @@ pub enum ArrayError {
     BadSuperblock {
         path: PathBuf,
         source: SuperblockError,
+    },
+    #[error(
+        "leg {path}: its superblock cannot be used: {source}. What to do: {advice}",
+        path = .path.display(), advice = .source.advice()
+    )]
+    InvalidSuperblock {
+        path: PathBuf,
+        source: InvalidSuperblock,
+    },
+    #[error(
+        "leg {path}: its role (dev_roles) is slot {slot}, but the freshest superblock \
+         ({freshest}) gives the array raid_disks {raid_disks}: there is no such slot. \
+         What to do: give only this array's legs; to start without this leg, leave it \
+         out and add --run",
+        path = .path.display(), freshest = .freshest.display()
+    )]
+    SlotBeyondArray {
+        path: PathBuf,
+        slot: u16,
+        raid_disks: u32,
+        freshest: PathBuf,
+    },
+    #[error(
+        "leg {path}: its data_size is {data_size} sectors, but the freshest superblock \
+         ({freshest}) gives the array size {size} sectors: the array does not fit this \
+         leg's data area. What to do: give only this array's legs; to start without this \
+         leg, leave it out and add --run",
+        path = .path.display(), freshest = .freshest.display()
+    )]
+    DataSizeBelowArray {
+        path: PathBuf,
+        data_size: u64,
+        size: u64,
+        freshest: PathBuf,
     },
     #[error(
         "leg {path} already carries an md superblock (array {uuid}, name {name:?}); \

@@ -304,6 +304,7 @@ impl RunningArray {
             )));
         }
         if let Some((_, sb)) = &former {
+            super::assemble::check_former_member(path, leg.size(), sb, &current)?;
             if sb.events > current.events {
                 return Err(ArrayError::Busy(format!(
                     "{} has newer events ({}) than the array ({}): it was written apart from it; \

@@ -678,6 +678,283 @@ impl Superblock {
     }
 }
 
+/// Highest `events` a leg may carry. md adds one per superblock update, so a real count
+/// never comes near 2^63 (a million updates a second for 290,000 years); a count above it
+/// is forged or corrupt, and one at `u64::MAX` would wrap to 0 at the next update and
+/// make this leg look older than every other one.
+pub const EVENTS_LIMIT: u64 = 1 << 63;
+
+/// Feature bits md acts on that mdfuse does not implement, with md's name for each and
+/// what md would do with the leg. Assembly refuses a superblock carrying any of them.
+pub const UNSUPPORTED_FEATURES: [(u32, &str, &str); 10] = [
+    (
+        FEATURE_BITMAP_OFFSET,
+        "MD_FEATURE_BITMAP_OFFSET",
+        "an internal write-intent bitmap at bitmap_offset, which mdfuse would not keep \
+         up to date (md would later trust its stale bits and skip a needed resync)",
+    ),
+    (
+        FEATURE_BAD_BLOCKS,
+        "MD_FEATURE_BAD_BLOCKS",
+        "a bad-block log with recorded bad sectors, which md reads around and mdfuse \
+         would serve as data",
+    ),
+    (
+        FEATURE_RESHAPE_ACTIVE,
+        "MD_FEATURE_RESHAPE_ACTIVE",
+        "a reshape in progress (reshape_position, new_level, delta_disks)",
+    ),
+    (
+        FEATURE_REPLACEMENT,
+        "MD_FEATURE_REPLACEMENT",
+        "a replacement device being built for another member",
+    ),
+    (
+        FEATURE_RESHAPE_BACKWARDS,
+        "MD_FEATURE_RESHAPE_BACKWARDS",
+        "a reshape that moves data backwards",
+    ),
+    (
+        FEATURE_NEW_OFFSET,
+        "MD_FEATURE_NEW_OFFSET",
+        "a reshape moving the data to new_offset",
+    ),
+    (
+        FEATURE_CLUSTERED,
+        "MD_FEATURE_CLUSTERED",
+        "a clustered array shared between nodes",
+    ),
+    (
+        FEATURE_JOURNAL,
+        "MD_FEATURE_JOURNAL",
+        "a write journal device",
+    ),
+    (
+        FEATURE_PPL | FEATURE_MULTIPLE_PPLS,
+        "MD_FEATURE_PPL",
+        "a partial parity log",
+    ),
+    (
+        FEATURE_RAID0_LAYOUT,
+        "MD_FEATURE_RAID0_LAYOUT",
+        "a RAID0 layout, which md refuses on any level but 0",
+    ),
+];
+
+/// Why a superblock whose checksum is right still cannot be used on the leg it was read
+/// from: its fields contradict each other, the leg, md's rules or mdfuse's limits. Each
+/// variant names the field ([`InvalidSuperblock::field`]); the caller adds the leg.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum InvalidSuperblock {
+    #[error("feature_map has {name} ({bit:#x}): {what}; mdfuse does not support it")]
+    UnsupportedFeature {
+        bit: u32,
+        name: &'static str,
+        what: &'static str,
+    },
+    #[error(
+        "super_offset is {found}, but the superblock was read at sector {SUPER_OFFSET_V1_2}, \
+         where metadata 1.2 keeps it (md refuses one that names another place; its updates \
+         would be written there)"
+    )]
+    SuperOffset { found: u64 },
+    #[error("raid_disks is 0: the array has no slot at all")]
+    NoRaidDisks,
+    #[error("raid_disks is {raid_disks}; mdfuse runs at most {max} legs")]
+    TooManyRaidDisks { raid_disks: u32, max: u32 },
+    #[error(
+        "events is {events}, above {EVENTS_LIMIT} (2^63): no array counts that far, the \
+         count is forged or corrupt, and it would wrap at the next update"
+    )]
+    EventsTooHigh { events: u64 },
+    #[error(
+        "data_offset {data_offset} lies inside the superblock, which takes sectors \
+         {SUPER_OFFSET_V1_2}..{sb_end} ({max_dev} roles in max_dev): user writes would \
+         overwrite it (md refuses it)"
+    )]
+    DataOffsetInSuperblock {
+        data_offset: u64,
+        max_dev: u32,
+        sb_end: u64,
+    },
+    #[error("data_offset {data_offset} is past the leg's end ({leg_sectors} sectors)")]
+    DataOffsetBeyondLeg { data_offset: u64, leg_sectors: u64 },
+    #[error("data_size {data_size} is below md's minimum of 10 sectors")]
+    DataSizeTooSmall { data_size: u64 },
+    #[error(
+        "data_size {data_size} sectors from data_offset {data_offset} runs past the leg's \
+         end ({leg_sectors} sectors; md refuses it)"
+    )]
+    DataSizeBeyondLeg {
+        data_offset: u64,
+        data_size: u64,
+        leg_sectors: u64,
+    },
+    #[error("size is 0: the array holds no data")]
+    SizeZero,
+    #[error(
+        "size {size} sectors (the array) is more than data_size {data_size} (this leg's data area)"
+    )]
+    SizeBeyondData { size: u64, data_size: u64 },
+    #[error(
+        "its own role (dev_roles[{dev_number}]) is slot {slot}, but raid_disks is \
+         {raid_disks}: there is no such slot"
+    )]
+    SlotBeyondRaidDisks {
+        dev_number: u32,
+        slot: u16,
+        raid_disks: u32,
+    },
+    #[error(
+        "recovery_offset {recovery_offset} (MD_FEATURE_RECOVERY_OFFSET) is past the \
+         array's end (size {size})"
+    )]
+    RecoveryOffsetBeyondSize { recovery_offset: u64, size: u64 },
+}
+
+impl InvalidSuperblock {
+    /// The superblock field at fault (md's name).
+    pub fn field(&self) -> &'static str {
+        match self {
+            InvalidSuperblock::UnsupportedFeature { .. } => "feature_map",
+            InvalidSuperblock::SuperOffset { .. } => "super_offset",
+            InvalidSuperblock::NoRaidDisks | InvalidSuperblock::TooManyRaidDisks { .. } => {
+                "raid_disks"
+            }
+            InvalidSuperblock::EventsTooHigh { .. } => "events",
+            InvalidSuperblock::DataOffsetInSuperblock { .. }
+            | InvalidSuperblock::DataOffsetBeyondLeg { .. } => "data_offset",
+            InvalidSuperblock::DataSizeTooSmall { .. }
+            | InvalidSuperblock::DataSizeBeyondLeg { .. } => "data_size",
+            InvalidSuperblock::SizeZero | InvalidSuperblock::SizeBeyondData { .. } => "size",
+            InvalidSuperblock::SlotBeyondRaidDisks { .. } => "dev_roles",
+            InvalidSuperblock::RecoveryOffsetBeyondSize { .. } => "recovery_offset",
+        }
+    }
+
+    /// What the operator can do about it.
+    pub fn advice(&self) -> &'static str {
+        match self {
+            InvalidSuperblock::UnsupportedFeature { .. } => {
+                "assemble this array with Linux md (mdadm --assemble) instead"
+            }
+            InvalidSuperblock::TooManyRaidDisks { .. } => {
+                "assemble this array with Linux md (mdadm --assemble) instead"
+            }
+            _ => {
+                "this is not a superblock md or mdfuse writes: check that the right file was \
+                 given (`mdfuse examine LEG` shows it); to start without a damaged leg, leave \
+                 it out and add --run, then give it back with `mdfuse manage --add`"
+            }
+        }
+    }
+}
+
+impl Superblock {
+    /// Sectors the superblock takes from `super_offset`: 256 bytes plus two per role,
+    /// rounded up to whole sectors, as md's super_1_load computes `sb_size` (md rounds to
+    /// the device's logical block size; 512 is the smallest).
+    pub fn superblock_sectors(&self) -> u64 {
+        (SB_FIXED_BYTES as u64 + 2 * u64::from(self.max_dev())).div_ceil(512)
+    }
+
+    /// Checks a superblock whose checksum was right against the leg it was read from
+    /// (`leg_bytes` long) before anything trusts it: what md's super_1_load and
+    /// super_1_validate refuse, plus mdfuse's own limits (feature bits it does not
+    /// implement, at most `max_raid_disks` slots, events below [`EVENTS_LIMIT`], a
+    /// non-empty array, a recovery offset inside it). Once this passes, every sector
+    /// count here times 512 fits a u64: `data_offset + data_size` is within the leg.
+    /// The checks between legs (same array, the freshest superblock's view) are the
+    /// array layer's.
+    pub fn validate_on_leg(
+        &self,
+        leg_bytes: u64,
+        max_raid_disks: u32,
+    ) -> Result<(), InvalidSuperblock> {
+        for (bits, name, what) in UNSUPPORTED_FEATURES {
+            if self.feature_map & bits != 0 {
+                return Err(InvalidSuperblock::UnsupportedFeature {
+                    bit: self.feature_map & bits,
+                    name,
+                    what,
+                });
+            }
+        }
+        if self.super_offset != SUPER_OFFSET_V1_2 {
+            return Err(InvalidSuperblock::SuperOffset {
+                found: self.super_offset,
+            });
+        }
+        if self.raid_disks == 0 {
+            return Err(InvalidSuperblock::NoRaidDisks);
+        }
+        if self.raid_disks > max_raid_disks {
+            return Err(InvalidSuperblock::TooManyRaidDisks {
+                raid_disks: self.raid_disks,
+                max: max_raid_disks,
+            });
+        }
+        if self.events > EVENTS_LIMIT {
+            return Err(InvalidSuperblock::EventsTooHigh {
+                events: self.events,
+            });
+        }
+        let leg_sectors = leg_bytes / 512;
+        let sb_end = SUPER_OFFSET_V1_2 + self.superblock_sectors();
+        if self.data_offset < sb_end {
+            return Err(InvalidSuperblock::DataOffsetInSuperblock {
+                data_offset: self.data_offset,
+                max_dev: self.max_dev(),
+                sb_end,
+            });
+        }
+        if self.data_offset > leg_sectors {
+            return Err(InvalidSuperblock::DataOffsetBeyondLeg {
+                data_offset: self.data_offset,
+                leg_sectors,
+            });
+        }
+        if self.data_size < 10 {
+            return Err(InvalidSuperblock::DataSizeTooSmall {
+                data_size: self.data_size,
+            });
+        }
+        // md: the sectors after data_offset must hold data_size.
+        if self.data_size > leg_sectors - self.data_offset {
+            return Err(InvalidSuperblock::DataSizeBeyondLeg {
+                data_offset: self.data_offset,
+                data_size: self.data_size,
+                leg_sectors,
+            });
+        }
+        if self.size == 0 {
+            return Err(InvalidSuperblock::SizeZero);
+        }
+        if self.size > self.data_size {
+            return Err(InvalidSuperblock::SizeBeyondData {
+                size: self.size,
+                data_size: self.data_size,
+            });
+        }
+        if let DevRole::Active(slot) = self.own_role() {
+            if u32::from(slot) >= self.raid_disks {
+                return Err(InvalidSuperblock::SlotBeyondRaidDisks {
+                    dev_number: self.dev_number,
+                    slot,
+                    raid_disks: self.raid_disks,
+                });
+            }
+        }
+        if self.has_feature(FEATURE_RECOVERY_OFFSET) && self.recovery_offset > self.size {
+            return Err(InvalidSuperblock::RecoveryOffsetBeyondSize {
+                recovery_offset: self.recovery_offset,
+                size: self.size,
+            });
+        }
+        Ok(())
+    }
+}
+
 /// mdadm's `choose_bm_space` (super1.c): sectors reserved for an internal bitmap, by size.
 pub fn mdadm_bitmap_space(sectors: u64) -> u64 {
     if sectors < 64 * 2 {
@@ -1160,6 +1437,118 @@ mod tests {
         let mut b = bytes;
         b[SB_FIXED_BYTES + 6] = 0x55;
         assert!(Superblock::parse(&b).is_ok());
+    }
+
+    /// Each impossible field, with a valid checksum, is refused by name.
+    #[test]
+    fn validate_on_leg_refuses_each_impossible_field() {
+        let leg = 65536 * 512;
+        assert_eq!(sample().validate_on_leg(leg, 64), Ok(()));
+        // raid_disks 1 is a RAID1 md runs (mdadm --create -n1 --force).
+        let mut one = sample();
+        one.raid_disks = 1;
+        one.set_role(1, DevRole::Active(0)).unwrap();
+        assert_eq!(one.validate_on_leg(leg, 64), Ok(()));
+        type Edit = fn(&mut Superblock);
+        let cases: Vec<(&str, Edit)> = vec![
+            ("feature_map", |s| s.feature_map |= FEATURE_BITMAP_OFFSET),
+            ("feature_map", |s| s.feature_map |= FEATURE_RESHAPE_ACTIVE),
+            ("feature_map", |s| s.feature_map |= FEATURE_JOURNAL),
+            ("feature_map", |s| s.feature_map |= FEATURE_PPL),
+            ("feature_map", |s| s.feature_map |= FEATURE_MULTIPLE_PPLS),
+            ("feature_map", |s| s.feature_map |= FEATURE_CLUSTERED),
+            ("feature_map", |s| s.feature_map |= FEATURE_REPLACEMENT),
+            ("feature_map", |s| s.feature_map |= FEATURE_BAD_BLOCKS),
+            ("feature_map", |s| s.feature_map |= FEATURE_NEW_OFFSET),
+            ("feature_map", |s| s.feature_map |= FEATURE_RAID0_LAYOUT),
+            ("super_offset", |s| s.super_offset = 3072),
+            ("super_offset", |s| s.super_offset = 1 << 30),
+            ("super_offset", |s| s.super_offset = 0),
+            ("raid_disks", |s| s.raid_disks = 0),
+            ("raid_disks", |s| s.raid_disks = 65),
+            ("raid_disks", |s| s.raid_disks = 1 << 31),
+            ("events", |s| s.events = u64::MAX),
+            ("events", |s| s.events = EVENTS_LIMIT + 1),
+            ("data_offset", |s| s.data_offset = 0),
+            ("data_offset", |s| s.data_offset = 8),
+            // 129 roles take a second sector: sector 9 is theirs.
+            ("data_offset", |s| {
+                s.set_max_dev(129).unwrap();
+                s.data_offset = 9;
+            }),
+            ("data_offset", |s| {
+                s.set_max_dev(MAX_DEV_LIMIT).unwrap();
+                s.data_offset = 15;
+            }),
+            ("data_offset", |s| s.data_offset = 65537),
+            ("data_offset", |s| s.data_offset = u64::MAX),
+            ("data_size", |s| s.data_size = 9),
+            ("data_size", |s| s.data_size += 1),
+            // data_offset + data_size wraps around u64.
+            ("data_size", |s| s.data_size = u64::MAX - 100),
+            ("size", |s| s.size = 0),
+            ("size", |s| s.size = s.data_size + 1),
+            ("size", |s| s.size = u64::MAX),
+            ("dev_roles", |s| s.set_role(1, DevRole::Active(2)).unwrap()),
+            ("dev_roles", |s| s.set_role(1, DevRole::Active(5)).unwrap()),
+            ("dev_roles", |s| s.raid_disks = 1),
+            ("recovery_offset", |s| {
+                s.feature_map |= FEATURE_RECOVERY_OFFSET;
+                s.recovery_offset = s.size + 1;
+            }),
+        ];
+        for (field, edit) in cases {
+            let mut sb = sample();
+            edit(&mut sb);
+            // Through the bytes: a valid checksum, as an attacker would write it.
+            let sb = Superblock::parse(&sb.to_bytes()).expect("checksum is valid");
+            let err = sb.validate_on_leg(leg, 64).expect_err(field);
+            assert_eq!(err.field(), field, "{err}");
+            assert!(
+                err.to_string().contains(field),
+                "{err} does not name {field}"
+            );
+        }
+        // A leg shorter than data_offset + data_size.
+        let err = sample().validate_on_leg(leg - 512, 64).unwrap_err();
+        assert_eq!(err.field(), "data_size", "{err}");
+        // A recovery_offset up to the array's end is one md writes.
+        let mut sb = sample();
+        sb.feature_map |= FEATURE_RECOVERY_OFFSET | FEATURE_RECOVERY_BITMAP;
+        sb.recovery_offset = sb.size;
+        assert_eq!(sb.validate_on_leg(leg, 64), Ok(()));
+        // A spare's role is not checked against raid_disks.
+        let mut sb = sample();
+        sb.set_role(1, DevRole::Spare).unwrap();
+        sb.raid_disks = 1;
+        assert_eq!(sb.validate_on_leg(leg, 64), Ok(()));
+    }
+
+    /// Whatever a checksummed superblock holds, either it is refused or every
+    /// product assembly makes of it fits a u64 and lies inside the leg.
+    #[test]
+    fn validated_geometry_fits_the_leg_for_any_fields() {
+        let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(2000));
+        let leg = (0u64..1 << 50, any::<bool>()).prop_map(|(n, sectors)| match sectors {
+            true => n * 512,
+            false => n,
+        });
+        runner
+            .run(&(arb_superblock(), leg), |(sb, leg_bytes)| {
+                if sb.validate_on_leg(leg_bytes, 64).is_ok() {
+                    let end = sb.data_offset.checked_add(sb.data_size).unwrap();
+                    prop_assert!(end.checked_mul(512).unwrap() <= leg_bytes);
+                    prop_assert!(sb.size >= 1 && sb.size <= sb.data_size);
+                    prop_assert!(sb.data_offset >= SUPER_OFFSET_V1_2 + sb.superblock_sectors());
+                    prop_assert!(sb.raid_disks >= 1 && sb.raid_disks <= 64);
+                    prop_assert!(sb.events <= EVENTS_LIMIT);
+                    if let DevRole::Active(slot) = sb.own_role() {
+                        prop_assert!(u32::from(slot) < sb.raid_disks);
+                    }
+                }
+                Ok(())
+            })
+            .unwrap();
     }
 
     fn arb_superblock() -> impl Strategy<Value = Superblock> {
