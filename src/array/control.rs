@@ -6,7 +6,7 @@
 
 use super::error::ArrayError;
 use super::running::RunningArray;
-use crate::fuse_fs::ControlAccess::{self, Read, ReadWrite, Write};
+use super::served::ControlAccess::{self, Read, ReadWrite, Write};
 use crate::raid1::{LegState, SpeedLimits, SyncAction};
 use crate::report::mdstat::escape_name;
 use std::sync::atomic::Ordering;

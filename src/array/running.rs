@@ -5,12 +5,12 @@ use super::assemble::Assembly;
 use super::bitmap_attach::AttachedBitmap;
 use super::error::ArrayError;
 use super::md_thread::MdThread;
+use super::served::ServedArray;
 use super::superblocks::is_recovering;
 use super::superblocks::SuperblockKeeper;
 use super::sync_control::{regions_from, Joining, PendingRecovery, SyncControl};
 use crate::bitmap::{WriteIntent, WriteIntentBitmap};
 use crate::format::superblock::FEATURE_RECOVERY_BITMAP;
-use crate::fuse_fs::ServedArray;
 use crate::raid1::{
     ArrayEvents, EngineOptions, LegSpec, LegState, Raid1, RecordError, Region, SpeedLimits,
     SyncAction, SyncProgress, Syncer,
@@ -205,18 +205,6 @@ impl RunningArray {
             }
         }
         regions
-    }
-
-    /// The slot whose leg is `leg` (a path, or the leg's name as in `dev-NAME`).
-    pub fn slot_of(&self, leg: &str) -> Option<usize> {
-        let wanted = std::path::Path::new(leg);
-        let canonical = wanted.canonicalize().ok();
-        self.engine.slots().iter().position(|s| {
-            s.io().is_some_and(|io| {
-                let p = io.leg().path();
-                leg_name(p) == leg || Some(p.to_path_buf()) == canonical || p == wanted
-            })
-        })
     }
 
     /// md's `--fail`: the leg becomes faulty, the array goes on degraded.
@@ -763,7 +751,7 @@ impl ServedArray for RunningArray {
         render_mdstat(&self.mdstat_view())
     }
 
-    fn control_files(&self) -> Vec<(String, crate::fuse_fs::ControlAccess)> {
+    fn control_files(&self) -> Vec<(String, super::served::ControlAccess)> {
         self.control_file_list()
     }
 

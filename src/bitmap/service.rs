@@ -434,11 +434,6 @@ impl WriteIntentBitmap {
         s.write_header_now()
     }
 
-    /// Same as [`update_header`](Self::update_header).
-    pub fn set_events(&self, events: u64) -> Result<(), BitmapError> {
-        self.update_header(events)
-    }
-
     /// md's `need_sync` (`bitmap/can_clear` reads "false" while it holds):
     /// events_cleared was raised and the header carrying it awaits the
     /// daemon's next write.

@@ -15,7 +15,7 @@ use mdfuse::io::leg::{IoMode, Leg};
 use mdfuse::raid1::EngineOptions;
 use mdfuse::report::examine::render_examine;
 use mdfuse::report::mdstat::escape_name;
-use mdfuse::serve::{self, run_file, ServeOptions};
+use mdfuse::transport::serve::{self, run_file, ServeOptions};
 use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
@@ -647,7 +647,7 @@ pub fn mount_foreground(m: &MountArgs, ready: &mut detach::Ready) -> Result<(), 
         let msg = format!(
             "mdfuse: array {name} ({uuid}) is live at {}: raid1 [{raid_disks}/{members}], image {}, pid {}",
             mountpoint.display(),
-            mountpoint.join(mdfuse::fuse_fs::IMAGE_NAME).display(),
+            mountpoint.join(mdfuse::transport::fuse::IMAGE_NAME).display(),
             std::process::id()
         );
         log::info!("{msg}");

@@ -3,6 +3,7 @@
 //! requests into calls on a [`ServedArray`]; it knows nothing of legs,
 //! superblocks or bitmaps.
 
+use crate::array::{ControlAccess, ServedArray};
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
@@ -11,65 +12,6 @@ use fuser::{
 use std::ffi::OsStr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-
-/// What the adapter serves. Errors are errno values; the implementation
-/// logs them with their context.
-pub trait ServedArray: Send + Sync + 'static {
-    fn size(&self) -> u64;
-    fn read_only(&self) -> bool;
-    /// Reads `[offset, offset+len)` (clamped at the end) and passes the
-    /// bytes to `out`. `direct`: the reader opened the file with O_DIRECT
-    /// (its streams get no readahead from the kernel).
-    fn read(
-        &self,
-        offset: u64,
-        len: u64,
-        direct: bool,
-        out: &mut dyn FnMut(&[u8]),
-    ) -> Result<(), i32>;
-    /// Writes `data` at `offset`; `durable`: on every written leg's stable
-    /// storage before it returns (an O_DSYNC or O_SYNC write).
-    fn write(&self, offset: u64, data: &[u8], durable: bool) -> Result<usize, i32>;
-    /// Makes acknowledged writes durable on every in-sync leg.
-    fn flush(&self) -> Result<(), i32>;
-    /// The status text of `mdstat`.
-    fn mdstat(&self) -> String;
-    /// The control files, as paths from the mount's root ("md/sync_action",
-    /// "md/dev-leg0.img/state") with how they may be used; their
-    /// directories are implied. The list may change (legs come and go).
-    fn control_files(&self) -> Vec<(String, ControlAccess)>;
-    /// A control file's content.
-    fn control_read(&self, path: &str) -> Result<String, i32>;
-    /// A write to a control file (the written text, one trailing newline removed).
-    fn control_write(&self, path: &str, value: &str) -> Result<(), i32>;
-}
-
-/// How a control file may be used, as md's sysfs modes say (0444, 0644,
-/// and 0200 for `new_dev`, which cannot be opened for reading).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ControlAccess {
-    Read,
-    ReadWrite,
-    Write,
-}
-
-impl ControlAccess {
-    fn perm(self) -> u16 {
-        match self {
-            ControlAccess::Read => 0o444,
-            ControlAccess::ReadWrite => 0o644,
-            ControlAccess::Write => 0o200,
-        }
-    }
-
-    fn readable(self) -> bool {
-        self != ControlAccess::Write
-    }
-
-    fn writable(self) -> bool {
-        self != ControlAccess::Read
-    }
-}
 
 /// Who may use `array.img`: its mode and owner. They start from the mount's
 /// options and follow chmod/chown for the mount's life (not kept on disk).

@@ -2,7 +2,8 @@
 //! stop it cleanly, and the moment the mount is live (so a caller that
 //! detached can return).
 
-use crate::fuse_fs::{ArrayFs, ImageAccess, ServedArray};
+use super::fuse::{ArrayFs, ImageAccess};
+use crate::array::ServedArray;
 use fuser::{Config, MountOption, SessionACL};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
