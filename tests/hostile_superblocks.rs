@@ -608,9 +608,9 @@ fn crafted_bitmap_headers_are_refused_by_file_and_field() {
         ("daemon_sleep", |h| h.daemon_sleep = 0),
         ("write_behind", |h| h.write_behind = u32::MAX),
         ("sync_size", |h| h.sync_size += 8),
-        // The file is then far shorter than the header says: refused when
-        // it is loaded, before its sync_size is compared with the array's.
-        ("truncated", |h| h.sync_size = 1 << 60),
+        // Far beyond the array (and the file): refused by that field
+        // before the file is read.
+        ("sync_size", |h| h.sync_size = 1 << 60),
         ("uuid", |h| h.uuid[0] ^= 1),
         ("nodes", |h| {
             h.version = 5;
