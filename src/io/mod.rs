@@ -9,4 +9,5 @@ pub mod device;
 pub mod fanout;
 pub mod leg;
 pub mod lock;
+pub mod mounts;
 pub mod uring;
