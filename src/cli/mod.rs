@@ -12,6 +12,7 @@ use mdfuse::array::{
 };
 use mdfuse::format::superblock::Superblock;
 use mdfuse::io::leg::{IoMode, Leg};
+use mdfuse::io::mounts::mounts;
 use mdfuse::raid1::EngineOptions;
 use mdfuse::report::examine::render_examine;
 use mdfuse::report::mdstat::escape_name;
@@ -670,21 +671,11 @@ const MOUNT_SOURCE_PREFIX: &str = "mdfuse:";
 /// The first leg of the mdfuse mount at `mountpoint`, from /proc/mounts.
 fn mdfuse_mount_source(mountpoint: &Path) -> Option<String> {
     let abs = mountpoint.canonicalize().ok()?;
-    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
-    mounts.lines().find_map(|l| {
-        let f: Vec<&str> = l.split(' ').collect();
-        let source = unescape_mount_field(f.first()?);
+    mounts().into_iter().find_map(|m| {
+        let source = m.source.to_string_lossy().into_owned();
         let leg = source.strip_prefix(MOUNT_SOURCE_PREFIX)?;
-        (f.len() > 2 && Path::new(&unescape_mount_field(f[1])) == abs && f[2].starts_with("fuse"))
-            .then(|| leg.to_string())
+        (m.point == abs && m.fstype.starts_with("fuse")).then(|| leg.to_string())
     })
-}
-
-fn unescape_mount_field(s: &str) -> String {
-    s.replace("\\040", " ")
-        .replace("\\011", "\t")
-        .replace("\\012", "\n")
-        .replace("\\134", "\\")
 }
 
 /// Writes `value` to the control file `rel` of the array at `mountpoint`.

@@ -290,15 +290,7 @@ fn tune_bdi(mountpoint: &Path) {
 /// "MAJOR:MINOR" of the mount at `mountpoint`, from /proc/self/mountinfo
 /// (the last mount there wins, as in path lookup).
 fn mount_device(mountpoint: &Path) -> Option<String> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let wanted = mountpoint.as_os_str().as_encoded_bytes();
-    info.lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            let point = f.get(4)?.replace("\\040", " ");
-            (point.as_bytes() == wanted).then(|| f.get(2).map(|d| d.to_string()))?
-        })
-        .next_back()
+    crate::io::mounts::device_of_mount(&crate::io::mounts::mountinfo(), mountpoint)
 }
 
 /// Unmounts; if the mount is busy (array.img held open, e.g. by a loop
