@@ -387,13 +387,14 @@ fn failure(op: &LegOp<'_>, errno: i32) -> LegError {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::io::aligned::AlignedBuf;
     use crate::io::leg::IoMode;
 
-    /// `n` zeroed 1 MiB leg files in `dir`, opened O_DIRECT.
-    fn direct_legs(dir: &std::path::Path, n: usize) -> Vec<Leg> {
+    /// `n` zeroed 1 MiB leg files in `dir`, opened O_DIRECT (also for the
+    /// fan-out's tests).
+    pub(crate) fn direct_legs(dir: &std::path::Path, n: usize) -> Vec<Leg> {
         (0..n)
             .map(|i| {
                 let p = dir.join(format!("leg{i}"));
