@@ -178,6 +178,10 @@ fn each_version_serves_fails_re_adds_and_resyncs() {
         let array = c.array_bytes;
         let mnt = legs.mountpoint("mnt");
         let m = MountedArray::mount(&legs, &mnt, &["--bitmap", &bitmap_s]);
+        assert_eq!(m.md("metadata_version"), v.name());
+        let detail = mdfuse_with(&["detail"], &[&mnt]);
+        assert_ok("mdfuse detail", &detail);
+        assert_eq!(field(&stdout(&detail), "Version"), v.name());
         let mut image = vec![0u8; array as usize];
         let first = m.fill_random(0, 4 * MIB as usize, 1);
         image[..first.len()].copy_from_slice(&first);
