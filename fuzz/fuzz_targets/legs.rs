@@ -21,7 +21,6 @@ use mdfuse::array::AssembleOptions;
 use mdfuse::format::bitmap::{page_chunk_range, BitmapSuper, BITMAP_SUPER_SIZE};
 use mdfuse::format::superblock::{
     checksum_of, DevRole, MdTime, NewMember, Superblock, EVENTS_LIMIT, SB_BLOCK_BYTES,
-    SUPER_OFFSET_V1_2,
 };
 use mdfuse::io::leg::IoMode;
 use mdfuse::report::examine::render_examine;
@@ -133,7 +132,8 @@ fuzz_target!(|data: &[u8]| {
                 let end = sb.data_offset.checked_add(sb.data_size).expect("no wrap");
                 assert!(end.checked_mul(512).expect("bytes fit") <= size);
                 assert!(sb.size >= 1 && sb.size <= sb.data_size);
-                assert!(sb.data_offset >= SUPER_OFFSET_V1_2 + sb.superblock_sectors());
+                assert!(sb.data_clear_of_superblock());
+                assert!(sb.version_on(size / 512).is_some());
             }
         }
         candidates.push(Candidate {
@@ -160,7 +160,6 @@ fuzz_target!(|data: &[u8]| {
             assert!(u32::from(m.slot) < p.raid_disks);
             assert!(seen & (1 << m.slot) == 0, "two members in one slot");
             seen |= 1 << m.slot;
-            assert_eq!(m.sb.super_offset, SUPER_OFFSET_V1_2);
             assert!(matches!(m.sb.own_role(), DevRole::Active(s) if s == m.slot));
             assert!(p.events - m.sb.events <= 1);
             let i: usize = m.path.to_string_lossy()[3..].parse().expect("leg index");
@@ -170,6 +169,8 @@ fuzz_target!(|data: &[u8]| {
                     .and_then(|s| s.checked_mul(512))
                     .expect("no wrap");
             assert!(end <= sizes[i]);
+            assert!(m.sb.version_on(sizes[i] / 512).is_some());
+            assert!(m.sb.data_clear_of_superblock());
         }
     } else if let Err(e) = &planned {
         let _ = e.to_string();

@@ -102,7 +102,11 @@ pub enum ArrayError {
         first: PathBuf,
         expected: String,
     },
-    #[error("leg {path} is md level {level}, not raid1", path = .path.display())]
+    #[error(
+        "leg {path} is md level {level} ({name}), not raid1: mdfuse serves RAID1 only. What to \
+         do: assemble it with Linux md (mdadm --assemble)",
+        path = .path.display(), name = crate::report::examine::level_name(*.level)
+    )]
     NotRaid1 { path: PathBuf, level: i32 },
     #[error("legs {a} and {b} both claim slot {slot}", a = .a.display(), b = .b.display())]
     DuplicateSlot { a: PathBuf, b: PathBuf, slot: u16 },

@@ -10,7 +10,7 @@ use super::superblocks::is_recovering;
 use super::superblocks::SuperblockKeeper;
 use super::sync_control::{regions_from, Joining, PendingRecovery, SyncControl};
 use crate::bitmap::{WriteIntent, WriteIntentBitmap};
-use crate::format::superblock::FEATURE_RECOVERY_BITMAP;
+use crate::format::superblock::{mdadm_layout, MetadataVersion, FEATURE_RECOVERY_BITMAP};
 use crate::raid1::{
     ArrayEvents, EngineOptions, LegSpec, LegState, Raid1, RecordError, Region, SpeedLimits,
     SyncAction, SyncProgress, Syncer,
@@ -343,9 +343,15 @@ impl RunningArray {
                     size: leg.size(),
                     needed,
                 };
-                sb.data_size = (leg.size() / 512)
-                    .checked_sub(sb.data_offset)
+                // The array's metadata version, placed on this leg as mdadm
+                // --add places it (1.0: the superblock at this leg's end).
+                let version = MetadataVersion::of_super_offset(current.super_offset);
+                let layout = mdadm_layout(version, leg.size() / 512, sb.size, sb.data_offset)
                     .ok_or_else(too_small)?;
+                sb.super_offset = layout.super_offset;
+                sb.data_size = layout.data_size;
+                sb.bblog_size = layout.bblog_size;
+                sb.bblog_offset = layout.bblog_offset;
                 let _ = sb.set_role(sb.dev_number, DevRole::Spare);
                 if sb.data_size < sb.size {
                     return Err(too_small());

@@ -32,7 +32,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Create a RAID1 array: write md v1.2 superblocks to every leg.
+    /// Create a RAID1 array: write md v1.x superblocks (1.2 by default) to every leg.
     Create(CreateArgs),
     /// Print the md superblock of each leg, like `mdadm --examine`.
     Examine {
@@ -89,6 +89,11 @@ struct CreateArgs {
     /// daemon_sleep: 1 or more, as md reads it).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     delay: u32,
+    /// Metadata version, as mdadm's --metadata: 1.2 (the superblock 4 KiB
+    /// from the start), 1.1 (at the start) or 1.0 (at the end, the data
+    /// from sector 0, so one leg reads as a plain filesystem).
+    #[arg(long, short = 'e', default_value = "1.2")]
+    metadata: mdfuse::format::superblock::MetadataVersion,
     /// The legs: regular files or block devices (two or more).
     #[arg(required = true)]
     legs: Vec<PathBuf>,
@@ -277,15 +282,17 @@ fn cmd_create(a: CreateArgs) -> Result<(), String> {
                 chunk: a.bitmap_chunk.map(|c| c as u32),
                 daemon_sleep: a.delay,
             }),
+            metadata: a.metadata,
         },
     )
     .map_err(|e| e.to_string())?;
     println!(
-        "mdfuse: array {} created: raid1, {} legs, {} bytes{}, data offset {} sectors, UUID {}",
+        "mdfuse: array {} created: raid1, {} legs, {} bytes{}, metadata {}, data offset {} sectors, UUID {}",
         escape_name(&created.name),
         created.legs.len(),
         created.array_sectors * 512,
         mdfuse::report::human_size(created.array_sectors as u128 * 512),
+        created.metadata,
         created.data_offset_sectors,
         mdfuse::report::uuid_string(&created.uuid)
     );
