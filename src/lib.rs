@@ -10,7 +10,7 @@
 //! - [`raid1`]: the mirror engine: write fan-out, read balance, ordering.
 //! - [`array`]: create, assemble and stop an array (superblocks, events).
 //! - [`transport`]: what serves the array (the FUSE adapter, its mount and
-//!   session); it only translates requests into calls on [`transport::ServedArray`].
+//!   session); it only translates requests into calls on [`array::ServedArray`].
 
 pub mod array;
 pub mod bitmap;
