@@ -36,7 +36,7 @@ impl Recorder {
 }
 
 impl ArrayEvents for Recorder {
-    fn mark_active(&self) -> Result<(), String> {
+    fn mark_active(&self) -> Result<(), RecordError> {
         self.active.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }

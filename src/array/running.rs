@@ -35,7 +35,7 @@ struct EventSink {
 }
 
 impl ArrayEvents for EventSink {
-    fn mark_active(&self) -> Result<(), String> {
+    fn mark_active(&self) -> Result<(), RecordError> {
         ArrayEvents::mark_active(&*self.keeper)
     }
 
@@ -140,7 +140,7 @@ impl RunningArray {
                     Some(engine) => match engine.flush_background() {
                         Ok(true) => Ok(()),
                         Ok(false) => Err("a leg missed the flush (the array is degraded)".into()),
-                        Err(e) => Err(e.to_string()),
+                        Err(e) => Err(e.into()),
                     },
                     None => Err("the array has stopped".into()),
                 }));

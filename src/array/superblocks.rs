@@ -460,10 +460,10 @@ pub fn is_recovering(sb: &Superblock) -> bool {
 }
 
 impl ArrayEvents for SuperblockKeeper {
-    fn mark_active(&self) -> Result<(), String> {
+    fn mark_active(&self) -> Result<(), RecordError> {
         SuperblockKeeper::mark_active(self)
             .map(|_| ())
-            .map_err(|e| e.to_string())
+            .map_err(RecordError::from)
     }
 
     fn leg_failed(&self, slot: usize, reason: &str) -> Result<(), RecordError> {

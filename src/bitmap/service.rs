@@ -120,7 +120,8 @@ impl BitmapOptions {
 /// Makes every data write that has ended durable on the legs (their
 /// volatile caches flushed). The array layer provides it; the bitmap knows
 /// nothing of legs.
-pub type DurabilityHook = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+pub type DurabilityHook =
+    Arc<dyn Fn() -> Result<(), Box<dyn std::error::Error + Send + Sync>> + Send + Sync>;
 
 /// Counters for mdstat and monitoring.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -94,7 +94,7 @@ impl LegState {
 pub trait ArrayEvents: Send + Sync {
     /// Called once before the first write after the array was clean: the
     /// superblocks must say "active" before data changes.
-    fn mark_active(&self) -> Result<(), String>;
+    fn mark_active(&self) -> Result<(), RecordError>;
     /// A leg was failed (an I/O error, or an operator's request): record it
     /// durably on the remaining legs. Writes and flushes that missed the leg
     /// are acknowledged only once this returned Ok (md's
@@ -108,7 +108,8 @@ pub trait ArrayEvents: Send + Sync {
     }
 }
 
-/// Why a leg's failure could not be recorded.
+/// Why a state change (the array active, a leg's failure) could not be
+/// recorded in the superblocks: the array layer's error, kept whole.
 pub type RecordError = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
@@ -126,7 +127,7 @@ pub enum EngineError {
     #[error("write-intent bitmap: {0}")]
     Bitmap(#[from] BitmapError),
     #[error("cannot mark the array active: {0}")]
-    MarkActive(String),
+    MarkActive(#[source] RecordError),
     #[error("{0}")]
     Leg(#[from] LegError),
     #[error("cannot start I/O threads: {0}")]
