@@ -156,8 +156,21 @@ pub enum ArrayError {
     BitmapFile { path: PathBuf, what: String },
     #[error("{0}")]
     Engine(#[from] EngineError),
+    /// Busy (md's EBUSY): a sync runs, the leg is in sync, no slot is free.
     #[error("{0}")]
     Busy(String),
+    #[error("the array is read-only")]
+    ReadOnly,
+    /// The leg is not what the request needs it to be (md's EINVAL).
+    #[error("{path}: {why}", path = .path.display())]
+    NotAMember { path: PathBuf, why: String },
+    #[error("the array has no member left")]
+    NoMemberLeft,
+    #[error("cannot start {what}: {source}")]
+    Thread {
+        what: String,
+        source: std::io::Error,
+    },
     #[error("cannot read random bytes for a UUID: {0}")]
     Random(std::io::Error),
 }
@@ -167,6 +180,9 @@ impl ArrayError {
     pub fn errno(&self) -> i32 {
         match self {
             ArrayError::Busy(_) => libc::EBUSY,
+            ArrayError::ReadOnly => libc::EROFS,
+            ArrayError::NoMemberLeft => libc::EIO,
+            ArrayError::Thread { source, .. } => source.raw_os_error().unwrap_or(libc::EAGAIN),
             ArrayError::Leg(e) => e.errno(),
             ArrayError::Engine(e) => e.errno(),
             ArrayError::HasSuperblock { .. }

@@ -184,8 +184,11 @@ impl RunningArray {
         if array.needs_resync() && !opts.read_only {
             array.start_resync()?;
         }
-        let thread = MdThread::start(Arc::downgrade(&array))
-            .map_err(|e| ArrayError::Busy(format!("cannot start the array's thread: {e}")))?;
+        let thread =
+            MdThread::start(Arc::downgrade(&array)).map_err(|source| ArrayError::Thread {
+                what: "the array's thread".into(),
+                source,
+            })?;
         *array.md_thread.lock() = Some(thread);
         Ok(array)
     }
@@ -239,7 +242,7 @@ impl RunningArray {
         use crate::format::superblock::{DevRole, Superblock};
         use crate::io::leg::{IoMode, Leg};
         if self.read_only {
-            return Err(ArrayError::Busy("the array is read-only".into()));
+            return Err(ArrayError::ReadOnly);
         }
         if self.sync_progress().is_some() {
             return Err(ArrayError::Busy(
@@ -260,10 +263,7 @@ impl RunningArray {
             .filter_map(|s| s.io().map(|io| io.leg().path().to_path_buf()))
             .collect();
         super::create::check_unique_names(others.iter().map(|p| p.as_path()).chain([path]))?;
-        let current = self
-            .keeper
-            .current()
-            .ok_or_else(|| ArrayError::Busy("the array has no member left".into()))?;
+        let current = self.keeper.current().ok_or(ArrayError::NoMemberLeft)?;
         let found = super::superblocks::read_superblock(&leg)?;
         let former = match &found {
             Ok(sb) if sb.set_uuid == current.set_uuid => match sb.own_role() {
@@ -285,11 +285,12 @@ impl RunningArray {
             Err(_) => None,
         };
         if former.is_none() && re_add_only {
-            return Err(ArrayError::Busy(format!(
-                "{} is not a former member of this array that can go back into an empty slot; \
-                 use add for a new leg",
-                path.display()
-            )));
+            return Err(ArrayError::NotAMember {
+                path: path.to_owned(),
+                why: "not a former member of this array that can go back into an empty slot; \
+                      use add for a new leg"
+                    .into(),
+            });
         }
         if let Some((_, sb)) = &former {
             super::assemble::check_former_member(path, leg.size(), sb, &current)?;
@@ -470,7 +471,7 @@ impl RunningArray {
     pub fn check_re_add(&self, slot: usize) -> Result<std::path::PathBuf, ArrayError> {
         use crate::format::superblock::DevRole;
         if self.read_only {
-            return Err(ArrayError::Busy("the array is read-only".into()));
+            return Err(ArrayError::ReadOnly);
         }
         if self.sync_progress().is_some() {
             return Err(ArrayError::Busy(
@@ -489,10 +490,7 @@ impl RunningArray {
                 s.state().md_word()
             )));
         }
-        let current = self
-            .keeper
-            .current()
-            .ok_or_else(|| ArrayError::Busy("the array has no member left".into()))?;
+        let current = self.keeper.current().ok_or(ArrayError::NoMemberLeft)?;
         let sb = super::superblocks::read_superblock(io.leg())?.map_err(|source| {
             ArrayError::BadSuperblock {
                 path: path.clone(),
@@ -500,10 +498,10 @@ impl RunningArray {
             }
         })?;
         if sb.set_uuid != current.set_uuid || sb.own_role() != DevRole::Active(slot as u16) {
-            return Err(ArrayError::Busy(format!(
-                "{} is not this array's member of slot {slot} by its superblock",
-                path.display()
-            )));
+            return Err(ArrayError::NotAMember {
+                path: path.clone(),
+                why: format!("not this array's member of slot {slot} by its superblock"),
+            });
         }
         if sb.events > current.events {
             return Err(ArrayError::Busy(format!(
