@@ -1509,8 +1509,15 @@ fn serve_md_made(boot: &RigBoot, part: &VerifyRun, name: &str, spec: &str) -> Re
             examine.get("Version")
         ));
     }
-    if common::mdfuse::data_offset(legs.path(0)) != geo.data_offset {
-        return Err("mdfuse examine: another data offset than md's".into());
+    // As mdadm, no Data Offset line for 1.0 (its data starts at sector 0).
+    let offset = examine
+        .get("Data Offset")
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<u64>().ok());
+    if offset.unwrap_or(0) * SECTOR != geo.data_offset {
+        return Err(format!(
+            "mdfuse examine: Data Offset {offset:?}, md's {geo:?}"
+        ));
     }
     let bitmap = (bitmap_kind == "file").then(|| bitmap_on_ext4(&boot.bitmap_after(name)));
     let md_dirty = match &bitmap {
