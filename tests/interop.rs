@@ -39,6 +39,19 @@ const PERTURB_TAG: u16 = 0x7777;
 const DATA_OFFSET: u64 = 2048 * SECTOR;
 const ARRAY_BYTES: u64 = 31744 * 1024;
 
+/// Where an array's data sits on its legs, and its size (bytes).
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Geometry {
+    data_offset: u64,
+    array_bytes: u64,
+}
+
+/// Two 32 MiB legs with metadata 1.2 (and 1.1): data at 1 MiB.
+const V1_2: Geometry = Geometry {
+    data_offset: DATA_OFFSET,
+    array_bytes: ARRAY_BYTES,
+};
+
 // ---------------------------------------------------------------- mdfuse, the command
 
 /// `mdfuse examine-bitmap --chunks FILE`: (fields, dirty chunks).
@@ -61,6 +74,7 @@ struct TestArray {
     bitmap: PathBuf,
     mnt: PathBuf,
     uuid: String,
+    geo: Geometry,
     dir: tempfile::TempDir,
 }
 
@@ -77,6 +91,17 @@ impl TestArray {
 
     /// `mdfuse create --bitmap BM --bitmap-chunk 64K` on two zero 32 MiB leg files.
     fn create(name: &str) -> TestArray {
+        let arr = Self::create_version(name, "1.2");
+        assert!(
+            arr.geo == V1_2,
+            "unexpected geometry {:?}, want {V1_2:?}",
+            arr.geo
+        );
+        arr
+    }
+
+    /// [`TestArray::create`] with `--metadata VERSION` (1.0, 1.1 or 1.2).
+    fn create_version(name: &str, version: &str) -> TestArray {
         let (dir, bitmap_fs) = Self::scratch();
         let legs = Legs::new(dir.path(), 2, LEG_BYTES);
         let bitmap = bitmap_fs.path("md0.bitmap");
@@ -89,15 +114,15 @@ impl TestArray {
                 path_str(&bitmap),
                 "--bitmap-chunk",
                 "64K",
+                "--metadata",
+                version,
             ],
         );
-        assert!(
-            created.array_bytes == ARRAY_BYTES
-                && created.data_offset_sectors * SECTOR == DATA_OFFSET,
-            "unexpected geometry:\n{}",
-            created.stdout
-        );
         TestArray {
+            geo: Geometry {
+                data_offset: created.data_offset_sectors * SECTOR,
+                array_bytes: created.array_bytes,
+            },
             mnt: dir.path().join("mnt"),
             _bitmap_fs: bitmap_fs,
             legs,
@@ -123,6 +148,7 @@ impl TestArray {
             legs,
             bitmap,
             uuid: String::new(),
+            geo: V1_2,
             dir,
         }
     }
@@ -201,7 +227,11 @@ fn write_pattern(image: &Path, offset: u64, len: u64, tag: u16) -> std::io::Resu
 
 /// The expected array contents: base pattern, then the overlays in order.
 fn expected_image(overlays: &[(u64, u64)]) -> Vec<u8> {
-    let mut img = kmd::pattern(BASE_TAG, 0, ARRAY_BYTES / SECTOR);
+    expected_image_of(ARRAY_BYTES, overlays)
+}
+
+fn expected_image_of(array_bytes: u64, overlays: &[(u64, u64)]) -> Vec<u8> {
+    let mut img = kmd::pattern(BASE_TAG, 0, array_bytes / SECTOR);
     for &(off, len) in overlays {
         img[off as usize..(off + len) as usize].copy_from_slice(&kmd::pattern(
             OVERLAY_TAG,
@@ -221,21 +251,29 @@ fn chunks_of(ranges: &[(u64, u64)]) -> BTreeSet<u64> {
 
 /// A leg's data region (array bytes) read from an image file.
 fn leg_data(leg: &Path) -> Vec<u8> {
+    leg_data_in(leg, V1_2)
+}
+
+fn leg_data_in(leg: &Path, geo: Geometry) -> Vec<u8> {
     let bytes = std::fs::read(leg).expect("read leg");
-    bytes[DATA_OFFSET as usize..(DATA_OFFSET + ARRAY_BYTES) as usize].to_vec()
+    bytes[geo.data_offset as usize..(geo.data_offset + geo.array_bytes) as usize].to_vec()
 }
 
 /// Writes `tag`'s pattern over a whole chunk straight into a leg file (md's data offset).
 fn perturb_leg_chunk(leg: &Path, chunk: u64, tag: u16) {
+    perturb_leg_chunk_in(leg, V1_2, chunk, tag)
+}
+
+fn perturb_leg_chunk_in(leg: &Path, geo: Geometry, chunk: u64, tag: u16) {
     let off = chunk * CHUNK;
-    let len = CHUNK.min(ARRAY_BYTES - off);
+    let len = CHUNK.min(geo.array_bytes - off);
     let f = OpenOptions::new()
         .write(true)
         .open(leg)
         .expect("open leg copy");
     f.write_all_at(
         &kmd::pattern(tag, off / SECTOR, len / SECTOR),
-        DATA_OFFSET + off,
+        geo.data_offset + off,
     )
     .expect("perturb leg");
     f.sync_all().expect("fsync leg");
@@ -257,14 +295,18 @@ const OVERLAYS: [(u64, u64); 4] = [
 /// Writes [`OVERLAYS`] (OVERLAY_TAG) through the mount `m`, checks what it serves then,
 /// and stops it cleanly. Returns the sha of what was served.
 fn write_overlays(m: MountedArray) -> String {
+    write_overlays_in(m, V1_2)
+}
+
+fn write_overlays_in(m: MountedArray, geo: Geometry) -> String {
     for &(off, len) in &OVERLAYS {
         write_pattern(&m.image(), off, len, OVERLAY_TAG).expect("write an overlay");
     }
-    let served = sha256_region(&m.image(), 0, ARRAY_BYTES);
+    let served = sha256_region(&m.image(), 0, geo.array_bytes);
     m.stop();
     assert_eq!(
         served,
-        sha256_bytes(&expected_image(&OVERLAYS)),
+        sha256_bytes(&expected_image_of(geo.array_bytes, &OVERLAYS)),
         "what mdfuse served after the overlays"
     );
     served
@@ -302,8 +344,8 @@ fn assert_leg1_stale_with_the_overlays_dirty(
 /// serves, and stops cleanly. Returns the sha of what was served.
 fn fill_base(arr: &TestArray) -> String {
     let m = arr.mount(&[]);
-    write_pattern(&m.image(), 0, ARRAY_BYTES, BASE_TAG).expect("write through array.img");
-    let served = sha256_region(&m.image(), 0, ARRAY_BYTES);
+    write_pattern(&m.image(), 0, arr.geo.array_bytes, BASE_TAG).expect("write through array.img");
+    let served = sha256_region(&m.image(), 0, arr.geo.array_bytes);
     m.stop();
     served
 }
@@ -476,7 +518,7 @@ fn assert_md_agrees(run: VerifyRun, verdict: Result<(), String>) {
 
 /// The chunks in which two images of the array's data differ.
 fn differing_chunks(a: &[u8], b: &[u8]) -> Vec<u64> {
-    (0..ARRAY_BYTES.div_ceil(CHUNK))
+    (0..(a.len().max(b.len()) as u64).div_ceil(CHUNK))
         .filter(|&c| chunk_bytes(a, c) != chunk_bytes(b, c))
         .collect()
 }
@@ -516,7 +558,12 @@ fn md_accepts_clean(run: &VerifyRun, expected_sha: &str) -> Result<(), String> {
 /// md saw `dirty` (as many dirty bits as mdfuse's bitmap holds) and resynced those chunks
 /// only: the legs kept after the run agree on every dirty chunk, and `untouched` (a clean
 /// chunk perturbed on leg1 before the run) was left as it was.
-fn md_resynced_exactly(run: &VerifyRun, dirty: &[u64], untouched: u64) -> Result<(), String> {
+fn md_resynced_exactly(
+    run: &VerifyRun,
+    geo: Geometry,
+    dirty: &[u64],
+    untouched: u64,
+) -> Result<(), String> {
     let mut problems = Problems::default();
     problems.want_vals(run, &[("assembled", "yes"), ("degraded", "0")]);
     problems.want_dirty_before(run, dirty.len());
@@ -526,7 +573,10 @@ fn md_resynced_exactly(run: &VerifyRun, dirty: &[u64], untouched: u64) -> Result
     if !problems.0.is_empty() {
         return problems.verdict();
     }
-    let (l0, l1) = (leg_data(&run.leg_after(0)), leg_data(&run.leg_after(1)));
+    let (l0, l1) = (
+        leg_data_in(&run.leg_after(0), geo),
+        leg_data_in(&run.leg_after(1), geo),
+    );
     let differing = differing_chunks(&l0, &l1);
     if differing != [untouched] {
         problems.push(format!(
@@ -541,12 +591,12 @@ fn md_resynced_exactly(run: &VerifyRun, dirty: &[u64], untouched: u64) -> Result
 fn perturbed_copies(arr: &TestArray, dirty: &[u64], tag: &str) -> (PathBuf, PathBuf, u64) {
     let leg0 = arr.leg_copy(0, &format!("{tag}-leg0.img"));
     let leg1 = arr.leg_copy(1, &format!("{tag}-leg1.img"));
-    let untouched = (0..ARRAY_BYTES / CHUNK)
+    let untouched = (0..arr.geo.array_bytes / CHUNK)
         .rev()
         .find(|c| !dirty.contains(c))
         .expect("a clean chunk");
     for &c in dirty.iter().chain([untouched].iter()) {
-        perturb_leg_chunk(&leg1, c, PERTURB_TAG);
+        perturb_leg_chunk_in(&leg1, arr.geo, c, PERTURB_TAG);
     }
     (leg0, leg1, untouched)
 }
@@ -716,7 +766,7 @@ fn md_resyncs_exactly_the_dirty_chunks_of_a_killed_mdfuse_and_keeps_acknowledged
     // Exactly those chunks: leg1 perturbed in every dirty chunk and one clean chunk.
     let (leg0, leg1, untouched) = perturbed_copies(&arr, &dirty, "exact");
     let run = kmd::verify_foreign(&[&leg0, &leg1], &bm, None, true, &[]);
-    let verdict = md_resynced_exactly(&run, &dirty, untouched);
+    let verdict = md_resynced_exactly(&run, arr.geo, &dirty, untouched);
     assert_md_agrees(run, verdict);
 }
 
@@ -1197,7 +1247,7 @@ fn md_side_checks_catch_a_bitmap_written_msb_first() {
     // Control: the bitmap as mdfuse wrote it passes.
     let good = arr.bitmap_copy("good.bitmap");
     let run = kmd::verify_foreign(&[&leg0, &leg1], &good, None, true, &[]);
-    let verdict = md_resynced_exactly(&run, &dirty, untouched);
+    let verdict = md_resynced_exactly(&run, arr.geo, &dirty, untouched);
     assert_md_agrees(run, verdict.map_err(|e| format!("control failed: {e}")));
     // The same bits MSB-first: md resyncs the wrong chunks; the check must say so.
     let msb = arr.bitmap_copy("msb.bitmap");
@@ -1207,11 +1257,432 @@ fn md_side_checks_catch_a_bitmap_written_msb_first() {
     }
     std::fs::write(&msb, &bytes).unwrap();
     let run = kmd::verify_foreign(&[&leg0, &leg1], &msb, None, true, &[]);
-    let verdict = md_resynced_exactly(&run, &dirty, untouched);
+    let verdict = md_resynced_exactly(&run, arr.geo, &dirty, untouched);
     assert!(
         verdict.is_err(),
         "the exact-resync check passed on an MSB-first bitmap:\n{}",
         run.describe()
     );
     eprintln!("caught, as it must be:\n{}", verdict.unwrap_err());
+}
+
+// ---------------------------------------------------------------- 6. metadata 1.0 and 1.1 with md
+
+/// The arrays of one rig boot (`tests/kmd/*.sh` scenarios): each array's legs are copies in
+/// `dir/NAME/` (`leg0.img.after`, `leg1.img.after`: the rig changes them in place), and the
+/// bitmap files go on one ext4 image (no journal: what md writes to them is in place after a
+/// sync, for `debugfs` to read back even after a crash).
+struct RigBoot {
+    dir: tempfile::TempDir,
+    names: Vec<String>,
+    bitmaps: PathBuf,
+}
+
+impl RigBoot {
+    fn new() -> RigBoot {
+        let dir = tempfile::Builder::new()
+            .prefix("mdfuse-kmd-boot")
+            .tempdir()
+            .expect("tempdir");
+        let bitmaps = dir.path().join("bitmaps");
+        std::fs::create_dir(&bitmaps).expect("bitmaps dir");
+        RigBoot {
+            dir,
+            names: Vec::new(),
+            bitmaps,
+        }
+    }
+
+    /// The directory of array `name` (its legs, as the rig left them).
+    fn part_dir(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Adds array `name` with copies of `legs` and, if any, a copy of its bitmap file.
+    fn add(&mut self, name: &str, legs: &[&Path], bitmap: Option<&Path>) {
+        let d = self.part_dir(name);
+        std::fs::create_dir(&d).expect("part dir");
+        for (i, l) in legs.iter().enumerate() {
+            std::fs::copy(l, d.join(format!("leg{i}.img.after"))).expect("copy leg");
+        }
+        if let Some(b) = bitmap {
+            std::fs::copy(b, self.bitmaps.join(format!("{name}.bitmap"))).expect("copy bitmap");
+        }
+        self.names.push(name.to_string());
+    }
+
+    /// Adds array `name` with two empty legs of `bytes` (for md to create on).
+    fn add_empty(&mut self, name: &str, bytes: u64) {
+        let d = self.part_dir(name);
+        std::fs::create_dir(&d).expect("part dir");
+        for i in 0..2 {
+            let f = std::fs::File::create(d.join(format!("leg{i}.img.after"))).expect("leg");
+            f.set_len(bytes).expect("size leg");
+        }
+        self.names.push(name.to_string());
+    }
+
+    fn bm_image(&self) -> PathBuf {
+        self.dir.path().join("bm.img")
+    }
+
+    /// One boot of `scenario` on every array added (plus `extra` disks), `ARRAYS` set to
+    /// their names.
+    fn run(&self, scenario: &str, extra: &[(&str, &Path)], env: &[&str]) -> VerifyRun {
+        let bm = self.bm_image();
+        let out = Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-O", "^has_journal", "-d"])
+            .arg(&self.bitmaps)
+            .arg(&bm)
+            .arg("16M")
+            .output()
+            .expect("run mkfs.ext4");
+        assert!(out.status.success(), "mkfs.ext4 -d: {}", text(&out));
+        let names: Vec<(String, PathBuf)> = self
+            .names
+            .iter()
+            .flat_map(|n| {
+                (0..2).map(move |i| {
+                    (
+                        format!("{n}{i}"),
+                        self.part_dir(n).join(format!("leg{i}.img.after")),
+                    )
+                })
+            })
+            .collect();
+        let mut disks: Vec<(&str, &Path)> = vec![("bm", bm.as_path())];
+        disks.extend(extra.iter().copied());
+        disks.extend(names.iter().map(|(n, p)| (n.as_str(), p.as_path())));
+        let arrays = format!("ARRAYS={}", self.names.join(" "));
+        let mut env = env.to_vec();
+        env.push(&arrays);
+        kmd::run_scenario(
+            &kmd::scenario(scenario),
+            &disks,
+            &env,
+            Duration::from_secs(600),
+        )
+    }
+
+    /// What the boot said about array `name`.
+    fn part(&self, run: &VerifyRun, name: &str) -> VerifyRun {
+        run.part(name, &self.part_dir(name))
+    }
+
+    /// The bitmap file of array `name` as md left it (`debugfs` dump from the ext4 image).
+    fn bitmap_after(&self, name: &str) -> PathBuf {
+        let to = self.dir.path().join(format!("{name}.bitmap.after"));
+        let out = Command::new("debugfs")
+            .arg("-R")
+            .arg(format!("dump -p /{name}.bitmap {}", to.display()))
+            .arg(self.bm_image())
+            .output()
+            .expect("run debugfs");
+        assert!(
+            to.is_file(),
+            "debugfs could not dump {name}.bitmap: {}",
+            text(&out)
+        );
+        to
+    }
+}
+
+/// Checks every part of a boot; panics with all that was wrong, keeping the console log.
+fn assert_parts_agree(run: VerifyRun, verdicts: Vec<(String, Result<(), String>)>) {
+    let failed: Vec<String> = verdicts
+        .into_iter()
+        .filter_map(|(name, v)| v.err().map(|e| format!("== {name}:\n{e}")))
+        .collect();
+    if !failed.is_empty() {
+        panic!(
+            "{}\n{}\nconsole kept in {}",
+            failed.join("\n"),
+            run.describe(),
+            run.keep().display()
+        );
+    }
+}
+
+/// md on legs `mdfuse create --metadata 1.0|1.1` made, in one boot: after a clean stop it
+/// assembles them clean (no resync, mdfuse's data); after a kill -9 it resyncs exactly the
+/// chunks mdfuse's bitmap file holds dirty (leg1 perturbed in all of them and in one clean
+/// chunk: only that one still differs after md's resync).
+#[test]
+fn md_assembles_mdfuse_metadata_1_0_and_1_1_arrays_clean_and_resyncs_exactly_their_dirty_chunks() {
+    let Some(_serial) = start("md_assembles_mdfuse_metadata_1_0_and_1_1_arrays") else {
+        return;
+    };
+    let mut boot = RigBoot::new();
+    let mut wants = Vec::new();
+    for version in ["1.0", "1.1"] {
+        let tag = version.replace('.', "");
+        let arr = TestArray::create_version(&format!("v{tag}"), version);
+        let want_offset = if version == "1.0" { 0 } else { DATA_OFFSET };
+        assert_eq!(arr.geo.data_offset, want_offset, "{version}: {:?}", arr.geo);
+        fill_base(&arr);
+        let served = write_overlays_in(arr.mount(&[]), arr.geo);
+        let clean = format!("v{tag}clean");
+        boot.add(&clean, &arr.leg_refs(), Some(&arr.bitmap));
+
+        let out = write_then_kill(&arr, shuffled_slots()[..600].to_vec(), 4, Some(40));
+        assert!(out.acked.len() >= 40);
+        let (_, dirty) = mdfuse_bitmap(&arr.bitmap);
+        assert!(!dirty.is_empty(), "{version}: no dirty bit after the kill");
+        let (leg0, leg1, untouched) = perturbed_copies(&arr, &dirty, &tag);
+        let killed = format!("v{tag}killed");
+        boot.add(&killed, &[&leg0, &leg1], Some(&arr.bitmap));
+        wants.push((version, arr.geo, clean, served, killed, dirty, untouched));
+    }
+    let run = boot.run("assemble-each", &[], &[]);
+    let mut verdicts = Vec::new();
+    if run.rc != 0 {
+        verdicts.push(("boot".to_string(), Err(format!("rig rc {}", run.rc))));
+    }
+    for (version, geo, clean, served, killed, dirty, untouched) in wants {
+        let part = boot.part(&run, &clean);
+        let mut v = md_accepts_clean(&part, &served);
+        if part.val("metadata_version").as_deref() != Some(version) {
+            v = Err(format!(
+                "md's metadata_version {:?}, want {version}; {v:?}",
+                part.val("metadata_version")
+            ));
+        }
+        verdicts.push((clean, v));
+        let part = boot.part(&run, &killed);
+        let mut v = md_resynced_exactly(&part, geo, &dirty, untouched);
+        let mut p = Problems::default();
+        p.want_leg_states(&part, "active");
+        if let Err(e) = p.verdict() {
+            v = Err(format!("{e}\n{v:?}"));
+        }
+        verdicts.push((killed, v));
+    }
+    assert_parts_agree(run, verdicts);
+}
+
+/// A copy of a bitmap file that md wrote, put as data (no holes) on a loop-backed ext4 of
+/// its own, where mdfuse can map it to its blocks.
+fn bitmap_on_ext4(file: &Path) -> (ScratchFs, PathBuf) {
+    let fs = ScratchFs::ext4(4096).expect("loop-backed ext4 for the bitmap file");
+    let bitmap = fs.path("md0.bitmap");
+    std::fs::write(&bitmap, std::fs::read(file).expect("read bitmap")).expect("copy bitmap");
+    sync_file(&bitmap);
+    (fs, bitmap)
+}
+
+/// Serves one array md made in the rig (`part` of the `md-creates` boot) and checks what
+/// mdfuse makes of it, by its mode: the data md read, no resync after a clean stop, a
+/// degraded start and a re-add of the stale leg that copies only md's dirty chunks, a
+/// resync of exactly md's dirty chunks after md crashed.
+fn serve_md_made(boot: &RigBoot, part: &VerifyRun, name: &str, spec: &str) -> Result<(), String> {
+    let mut spec = spec.split(':');
+    let (version, bitmap_kind, mode) = (
+        spec.next().unwrap_or_default(),
+        spec.next().unwrap_or_default(),
+        spec.next().unwrap_or_default(),
+    );
+    let num = |key: &str| -> Result<u64, String> {
+        part.val(key)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| format!("md said no {key}"))
+    };
+    let geo = Geometry {
+        data_offset: num("offset0")? * SECTOR,
+        array_bytes: num("array_bytes")?,
+    };
+    let md_sha = part.val("md0_sha256").ok_or("md said no md0_sha256")?;
+    if md_sha != sha256_bytes(&expected_image_of(geo.array_bytes, &OVERLAYS)) {
+        return Err(format!(
+            "md read {md_sha}, not the pattern and overlays it wrote"
+        ));
+    }
+    let want_offset = if version == "1.0" { 0 } else { DATA_OFFSET };
+    if geo.data_offset != want_offset {
+        return Err(format!("md put {version}'s data at {geo:?}"));
+    }
+    let dir = boot.part_dir(name);
+    let legs = Legs::from_paths(vec![dir.join("leg0.img.after"), dir.join("leg1.img.after")]);
+    let examine = kmd::mdadm_fields(&mdfuse_examine(legs.path(0)));
+    if examine.get("Version").map(String::as_str) != Some(version) {
+        return Err(format!(
+            "mdfuse examine: Version {:?}",
+            examine.get("Version")
+        ));
+    }
+    // As mdadm, no Data Offset line for 1.0 (its data starts at sector 0).
+    let offset = examine
+        .get("Data Offset")
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<u64>().ok());
+    if offset.unwrap_or(0) * SECTOR != geo.data_offset {
+        return Err(format!(
+            "mdfuse examine: Data Offset {offset:?}, md's {geo:?}"
+        ));
+    }
+    let bitmap = (bitmap_kind == "file").then(|| bitmap_on_ext4(&boot.bitmap_after(name)));
+    let md_dirty = match &bitmap {
+        Some((_, b)) => mdfuse_bitmap(b).1,
+        None => Vec::new(),
+    };
+    // What md's mdadm -X counted (before the crash, or after the stop) is what mdfuse reads.
+    if let Some(line) = part.section_fields("examine-bitmap").get("Bitmap") {
+        if !line.contains(&format!(" {} dirty", md_dirty.len())) {
+            return Err(format!("md: {line}; mdfuse reads {md_dirty:?}"));
+        }
+    }
+    let untouched = 200;
+    let overlay_chunks: Vec<u64> = chunks_of(&OVERLAYS).into_iter().collect();
+    match mode {
+        "clean" => {}
+        "degraded" => {
+            if md_dirty != overlay_chunks {
+                return Err(format!(
+                    "degraded: md's bits {md_dirty:?}, want {overlay_chunks:?}"
+                ));
+            }
+            perturb_leg_chunk_in(legs.path(1), geo, untouched, PERTURB_TAG);
+        }
+        "crash" => {
+            if md_dirty.is_empty() || md_dirty.iter().any(|c| !overlay_chunks.contains(c)) {
+                return Err(format!(
+                    "crash: md's bits {md_dirty:?}, want some of {overlay_chunks:?}"
+                ));
+            }
+            // As writes that reached leg0 only would leave them (the bits allow it).
+            for &c in md_dirty.iter().chain([untouched].iter()) {
+                perturb_leg_chunk_in(legs.path(1), geo, c, PERTURB_TAG);
+            }
+        }
+        other => return Err(format!("mode {other}")),
+    }
+    let mnt = dir.join("mnt");
+    std::fs::create_dir_all(&mnt).expect("mountpoint");
+    let mut args = vec![];
+    if let Some((_, b)) = &bitmap {
+        args.extend(["--bitmap", path_str(b)]);
+    }
+    let log = || std::fs::read_to_string(log_path(&mnt)).unwrap_or_default();
+    let m = MountedArray::try_mount(&legs, &mnt, &args)
+        .map_err(|o| format!("mdfuse mount (without --run): {}", text(&o)))?;
+    let first = m.mdstat();
+    let mut problems = Problems::default();
+    match mode {
+        "clean" if first.contains("resync") || first.contains("recovery") => {
+            problems.push(format!("a clean array resyncs:\n{first}"))
+        }
+        "degraded" => {
+            if !first.contains("[2/1]") {
+                problems.push(format!("not degraded at the start:\n{first}"));
+            }
+            if sha256_region(&m.image(), 0, geo.array_bytes) != md_sha {
+                problems.push("degraded: mdfuse serves other data than md read");
+            }
+            mdfuse_stdout(&[
+                "manage",
+                path_str(m.mountpoint()),
+                "--re-add",
+                path_str(legs.path(1)),
+            ]);
+        }
+        _ => {}
+    }
+    mdfuse_stdout(&["wait", path_str(m.mountpoint())]);
+    let last = m.mdstat();
+    if !last.contains("[2/2]") {
+        problems.push(format!("not whole after `mdfuse wait`:\n{last}"));
+    }
+    let served = common::io::read_direct(&m.image(), 0, geo.array_bytes as usize)
+        .expect("read the image with O_DIRECT");
+    m.stop();
+    let (l0, l1) = (
+        leg_data_in(legs.path(0), geo),
+        leg_data_in(legs.path(1), geo),
+    );
+    if sha256_bytes(&l0) != md_sha {
+        problems.push("leg0 does not hold what md read");
+    }
+    for c in 0..geo.array_bytes.div_ceil(CHUNK) {
+        let got = chunk_bytes(&served, c);
+        let ok = got == chunk_bytes(&l0, c)
+            || (c == untouched && mode != "clean" && got == chunk_bytes(&l1, c));
+        if !ok {
+            problems.push(format!("mdfuse served chunk {c} unlike either leg"));
+            break;
+        }
+    }
+    let differing = differing_chunks(&l0, &l1);
+    let want: Vec<u64> = if mode == "clean" {
+        vec![]
+    } else {
+        vec![untouched]
+    };
+    if differing != want {
+        problems.push(format!(
+            "after mdfuse the legs differ in {differing:?}, want {want:?} (md's dirty chunks {md_dirty:?})"
+        ));
+    }
+    match mode {
+        "degraded" => {
+            let copied = format!(
+                "re-added: bitmap-guided recovery of {} bytes",
+                md_dirty.len() as u64 * CHUNK
+            );
+            if !log().contains(&copied) {
+                problems.push(format!("the log does not say {copied:?}:\n{}", log()));
+            }
+        }
+        "crash" if !log().contains("resync") => {
+            problems.push(format!("the log names no resync:\n{}", log()))
+        }
+        _ => {}
+    }
+    if let Some((_, b)) = &bitmap {
+        let (_, after) = mdfuse_bitmap(b);
+        if !after.is_empty() {
+            problems.push(format!("bits left after mdfuse: {after:?}"));
+        }
+    }
+    problems.verdict()
+}
+
+/// Linux md creates metadata 1.0 and 1.1 RAID1s in one boot (with a bitmap file or none)
+/// and leaves them clean, degraded or crashed; mdfuse serves each with md's sha256,
+/// re-adds a degraded one's stale leg by copying only md's dirty chunks, and resyncs
+/// exactly md's dirty chunks of the crashed one.
+#[test]
+fn mdfuse_serves_md_metadata_1_0_and_1_1_arrays_clean_degraded_and_crashed() {
+    let Some(_serial) = start("mdfuse_serves_md_metadata_1_0_and_1_1_arrays") else {
+        return;
+    };
+    // The crashed array last: the boot ends with it.
+    let specs = [
+        ("m10clean", "1.0:none:clean"),
+        ("m11clean", "1.1:file:clean"),
+        ("m10deg", "1.0:file:degraded"),
+        ("m11deg", "1.1:file:degraded"),
+        ("m11crash", "1.1:file:crash"),
+    ];
+    let mut boot = RigBoot::new();
+    for (name, _) in specs {
+        boot.add_empty(name, LEG_BYTES);
+    }
+    let pbase = boot.dir.path().join("pbase.img");
+    let palt = boot.dir.path().join("palt.img");
+    std::fs::write(&pbase, kmd::pattern(BASE_TAG, 0, LEG_BYTES / SECTOR)).expect("pbase");
+    std::fs::write(&palt, kmd::pattern(OVERLAY_TAG, 0, LEG_BYTES / SECTOR)).expect("palt");
+    let mut env: Vec<String> = specs.iter().map(|(n, s)| format!("{n}={s}")).collect();
+    let overlays: Vec<String> = OVERLAYS.iter().map(|(o, l)| format!("{o}:{l}")).collect();
+    env.push(format!("OVERLAYS={}", overlays.join(" ")));
+    let env: Vec<&str> = env.iter().map(String::as_str).collect();
+    let run = boot.run("md-creates", &[("pbase", &pbase), ("palt", &palt)], &env);
+    let mut verdicts = Vec::new();
+    if run.rc != 0 {
+        verdicts.push(("boot".to_string(), Err(format!("rig rc {}", run.rc))));
+    } else {
+        for (name, spec) in specs {
+            let part = boot.part(&run, name);
+            verdicts.push((name.to_string(), serve_md_made(&boot, &part, name, spec)));
+        }
+    }
+    assert_parts_agree(run, verdicts);
 }

@@ -178,6 +178,33 @@ impl VerifyRun {
         self.dir.join("md0.bitmap.after")
     }
 
+    /// The part of a boot about one array: the console lines after `KMD-PART name` up to the
+    /// next `KMD-PART` (or the end), as if a run of its own; `dir` is where that array's
+    /// `leg*.img.after` are. `rc` is the boot's.
+    pub fn part(&self, name: &str, dir: &Path) -> VerifyRun {
+        let begin = format!("KMD-PART {name}");
+        let console: String = self
+            .console
+            .lines()
+            .skip_while(|l| *l != begin)
+            .skip(1)
+            .take_while(|l| !l.starts_with("KMD-PART ") && !l.starts_with("KMD-END "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let vals: Vec<&str> = console
+            .lines()
+            .filter(|l| l.starts_with("KMD-VAL "))
+            .collect();
+        VerifyRun {
+            rc: self.rc,
+            dir: dir.to_path_buf(),
+            guard: None,
+            summary: format!("part {name} of {}\n{}", self.summary, vals.join("\n")),
+            console,
+            wall: self.wall,
+        }
+    }
+
     /// For failure messages: the summary and where the full console log was kept.
     pub fn describe(&self) -> String {
         format!(
@@ -240,6 +267,74 @@ pub fn verify_foreign(
     let dir = out.path().to_path_buf();
     let guard = if std::env::var_os("KMD_KEEP_RUNS").is_some() {
         eprintln!("verify-foreign output kept in {}", out.keep().display());
+        None
+    } else {
+        Some(out)
+    };
+    let run = VerifyRun {
+        rc: output.status.code().unwrap_or(-1),
+        dir,
+        guard,
+        console,
+        summary,
+        wall,
+    };
+    eprintln!("{}", run.describe());
+    run
+}
+
+/// A guest scenario kept with the tests (`tests/kmd/NAME.sh`).
+pub fn scenario(name: &str) -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/kmd")).join(format!("{name}.sh"))
+}
+
+/// `run.sh -t TIMEOUT -l LOG [-e K=V]... SCRIPT NAME=IMAGE...`: one boot of the rig on the
+/// test's own guest scenario. The images are changed in place (pass copies). The console is
+/// parsed as [`verify_foreign`]'s is; [`VerifyRun::part`] splits a boot over several arrays.
+pub fn run_scenario(
+    script: &Path,
+    disks: &[(&str, &Path)],
+    env: &[&str],
+    timeout: Duration,
+) -> VerifyRun {
+    ensure_rig();
+    let out = tempfile::Builder::new()
+        .prefix("kmd-run")
+        .tempdir()
+        .expect("tempdir for the run's console log");
+    let log = out.path().join("console.log");
+    let mut cmd = Command::new(rig_dir().join("run.sh"));
+    cmd.arg("-t").arg(timeout.as_secs().to_string());
+    cmd.arg("-l").arg(&log);
+    for kv in env {
+        cmd.arg("-e").arg(kv);
+    }
+    cmd.arg(script);
+    for (name, image) in disks {
+        let mut spec = std::ffi::OsString::from(format!("{name}="));
+        spec.push(image.as_os_str());
+        cmd.arg(spec);
+    }
+    let t0 = Instant::now();
+    let output = cmd.output().expect("run run.sh");
+    let wall = t0.elapsed();
+    let console = std::fs::read_to_string(&log)
+        .map(|s| s.replace('\r', ""))
+        .unwrap_or_default();
+    let summary = format!(
+        "run.sh {} rc={:?} {}\nstderr: {}",
+        script.display(),
+        output.status.code(),
+        console
+            .lines()
+            .filter(|l| l.starts_with("KMD-HOST") || l.starts_with("KMD-FAIL"))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let dir = out.path().to_path_buf();
+    let guard = if std::env::var_os("KMD_KEEP_RUNS").is_some() {
+        eprintln!("rig run output kept in {}", out.keep().display());
         None
     } else {
         Some(out)
