@@ -2,6 +2,7 @@
 //! shell over the library: parse, call, report.
 
 mod detach;
+pub mod helper;
 mod panic_stop;
 mod sandbox;
 mod size;

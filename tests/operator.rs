@@ -1,0 +1,346 @@
+//! mdfuse as an administrator meets it (issue 17): the README's install lines run word for
+//! word into the real /usr/local/sbin and /sbin, then `mount -t mdfuse`, an fstab line with
+//! `mount MOUNTPOINT`, and `umount`; `mdfuse` run through a hard link named `mount.mdfuse`.
+//!
+//! Needs root. What a test installs is removed by a guard (anything that was there before is
+//! put back), also when it fails; mounts are unmounted and their daemons waited for. Tests
+//! that install /sbin/mount.mdfuse hold the lock tests/mount_helper.rs holds for it.
+
+mod common;
+
+use common::loopdev::needs_root;
+use common::mdfuse::{
+    assert_stopped_clean, create, is_mounted, pid_alive, text, wait_pid_gone, Legs,
+};
+use std::fs::File;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+const LEG_BYTES: u64 = 32 << 20;
+/// The PATH of a boot or of a minimal root shell: no /usr/local/sbin.
+const MINIMAL_PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
+
+// ---------------------------------------------------------------- guards
+
+/// The lock tests/mount_helper.rs holds while /sbin/mount.mdfuse is theirs.
+fn helper_lock() -> File {
+    let lock = File::create("/run/lock/mdfuse-mount-helper-tests.lock")
+        .or_else(|_| File::create(std::env::temp_dir().join("mdfuse-mount-helper-tests.lock")))
+        .expect("lock file");
+    // SAFETY: flock on a descriptor we own; blocks until the other holder is done.
+    let rc = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
+    assert_eq!(rc, 0, "flock: {}", std::io::Error::last_os_error());
+    lock
+}
+
+/// Paths a test installs into: whatever is there is moved aside first and put back on drop,
+/// after what the test installed is removed. A copy moved aside by a killed run is put back
+/// before anything else.
+struct Installed {
+    paths: Vec<PathBuf>,
+    _lock: File,
+}
+
+fn saved(p: &Path) -> PathBuf {
+    let mut s = p.as_os_str().to_owned();
+    s.push(".mdfuse-test-saved");
+    PathBuf::from(s)
+}
+
+impl Installed {
+    fn guard(paths: &[&str]) -> Installed {
+        let lock = helper_lock();
+        let paths: Vec<PathBuf> = paths.iter().map(PathBuf::from).collect();
+        for p in &paths {
+            let s = saved(p);
+            if std::fs::symlink_metadata(&s).is_ok() {
+                std::fs::rename(&s, p).expect("put back what a killed run moved aside");
+            }
+            if std::fs::symlink_metadata(p).is_ok() {
+                std::fs::rename(p, &s).expect("move the installed file aside");
+            }
+        }
+        Installed { paths, _lock: lock }
+    }
+}
+
+impl Drop for Installed {
+    fn drop(&mut self) {
+        for p in &self.paths {
+            let _ = std::fs::remove_file(p);
+            let s = saved(p);
+            if std::fs::symlink_metadata(&s).is_ok() {
+                if let Err(e) = std::fs::rename(&s, p) {
+                    eprintln!("warning: cannot put back {}: {e}", p.display());
+                }
+            }
+        }
+    }
+}
+
+/// A line in the real /etc/fstab for the guard's life; drop writes the file back as it was.
+struct FstabLine {
+    restore: Vec<u8>,
+}
+
+const FSTAB: &str = "/etc/fstab";
+
+impl FstabLine {
+    fn add(line: &str) -> FstabLine {
+        let restore = std::fs::read(FSTAB).unwrap_or_default();
+        let mut with_line = restore.clone();
+        if !with_line.is_empty() && !with_line.ends_with(b"\n") {
+            with_line.push(b'\n');
+        }
+        with_line.extend_from_slice(format!("{line}\n").as_bytes());
+        // In place: /etc/fstab may be a bind mount that a rename would not reach.
+        std::fs::write(FSTAB, &with_line).expect("write /etc/fstab");
+        FstabLine { restore }
+    }
+}
+
+impl Drop for FstabLine {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::write(FSTAB, &self.restore) {
+            eprintln!("warning: cannot restore {FSTAB}: {e}");
+        }
+    }
+}
+
+/// The daemons a test started: on drop, the mountpoint is unmounted (lazily if need be) and
+/// every daemon waited for, killed at last.
+struct Mounts {
+    mnt: PathBuf,
+    pids: Vec<i32>,
+}
+
+impl Drop for Mounts {
+    fn drop(&mut self) {
+        if is_mounted(&self.mnt) {
+            let ok = Command::new("umount")
+                .arg(&self.mnt)
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if !ok {
+                let _ = Command::new("umount").arg("-l").arg(&self.mnt).output();
+            }
+        }
+        for &pid in &self.pids {
+            if !wait_pid_gone(pid, Duration::from_secs(20)) {
+                // SAFETY: kill has no memory preconditions; the pid is this test's daemon.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                wait_pid_gone(pid, Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+fn daemon_pid(mnt: &Path) -> i32 {
+    std::fs::read_to_string(mdfuse::serve::run_file(mnt, "pid"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A shell line as an administrator runs it: `sh -c LINE` in `cwd`, with nothing of the
+/// test's environment but a minimal PATH.
+fn sh(line: &str, cwd: &Path) -> Output {
+    Command::new("/bin/sh")
+        .arg("-c")
+        .arg(line)
+        .current_dir(cwd)
+        .env_clear()
+        .env("PATH", MINIMAL_PATH)
+        .output()
+        .expect("run /bin/sh")
+}
+
+/// After a mount: live at once (mdstat readable, both legs in), its daemon recorded.
+fn assert_live(mnt: &Path, mounts: &mut Mounts, what: &str) {
+    let pid = daemon_pid(mnt);
+    if pid > 0 {
+        mounts.pids.push(pid);
+    }
+    assert!(is_mounted(mnt), "{what}: {} is not a mount", mnt.display());
+    assert!(pid > 0 && pid_alive(pid), "{what}: no live daemon");
+    let mdstat = std::fs::read_to_string(mnt.join("mdstat")).unwrap_or_default();
+    assert!(mdstat.contains("[2/2] [UU]"), "{what}: mdstat:\n{mdstat}");
+}
+
+/// After an umount: the daemon is gone, the legs say clean (by mdadm).
+fn assert_stopped(mnt: &Path, mounts: &Mounts, legs: &Legs, what: &str) {
+    assert!(!is_mounted(mnt), "{what}: still mounted");
+    if let Some(&pid) = mounts.pids.last() {
+        assert!(
+            wait_pid_gone(pid, Duration::from_secs(30)),
+            "{what}: daemon {pid} still running 30 s after umount"
+        );
+    }
+    assert_stopped_clean(&legs.paths, None);
+}
+
+// ---------------------------------------------------------------- the README, run
+
+/// The shell block of the README's "mount(8) and fstab" section.
+fn readme_install_block() -> Vec<String> {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+        .expect("read README.md");
+    let section = readme
+        .split_once("### mount(8) and fstab")
+        .expect("the README has a \"mount(8) and fstab\" section")
+        .1;
+    let block = section
+        .split_once("```sh\n")
+        .and_then(|(_, b)| b.split_once("```"))
+        .expect("a ```sh block in that section")
+        .0;
+    block.lines().map(String::from).collect()
+}
+
+/// The README's install lines, word for word (only the legs and the mountpoint are the
+/// test's), with the PATH of a boot: `install` and `ln` into the real /usr/local/sbin and
+/// /sbin, `mount -t mdfuse`, `umount`, the fstab line and `mount MOUNTPOINT`, `umount`. Each
+/// mount is live on return and each umount stops the array clean.
+#[test]
+fn the_readme_install_lines_give_a_working_mount_fstab_line_and_umount() {
+    if !needs_root("the_readme_install_lines") {
+        return;
+    }
+    let block = readme_install_block();
+    let installs_into: Vec<&str> = block
+        .iter()
+        .filter(|l| l.starts_with("install ") || l.starts_with("ln "))
+        .filter_map(|l| l.split_whitespace().last())
+        .collect();
+    assert!(
+        installs_into.contains(&"/sbin/mount.mdfuse"),
+        "the README installs no /sbin/mount.mdfuse: {block:#?}"
+    );
+    let _installed = Installed::guard(&installs_into);
+
+    let dir = common::mdfuse::tempdir("mdfuse-operator-install");
+    let legs = Legs::new(dir.path(), 2, LEG_BYTES);
+    create(&legs, &["--name", "readme"]);
+    let mnt = dir.path().join("data");
+    // `target/release/mdfuse` as the README's cwd (the clone) has it: the binary under test.
+    let clone = dir.path().join("clone");
+    std::fs::create_dir_all(clone.join("target/release")).expect("scratch clone");
+    std::os::unix::fs::symlink(
+        env!("CARGO_BIN_EXE_mdfuse"),
+        clone.join("target/release/mdfuse"),
+    )
+    .expect("link the binary under test");
+    // The separate helper too, when the workspace was built (a README may install it).
+    let helper = Path::new(env!("CARGO_BIN_EXE_mdfuse")).with_file_name("mount-mdfuse");
+    if helper.is_file() {
+        std::os::unix::fs::symlink(&helper, clone.join("target/release/mount-mdfuse"))
+            .expect("link the built helper");
+    }
+    let ours = |line: &str| {
+        line.replace("/srv/leg0.img", &legs.paths[0].display().to_string())
+            .replace("/srv/leg1.img", &legs.paths[1].display().to_string())
+            .replace("/mnt/data", &mnt.display().to_string())
+    };
+
+    let mut mounts = Mounts {
+        mnt: mnt.clone(),
+        pids: Vec::new(),
+    };
+    let mut fstab = None;
+    let (mut mounted, mut unmounted) = (0, 0);
+    for line in &block {
+        let line = line.trim();
+        if line.is_empty() || line == "# /etc/fstab:" {
+            continue;
+        }
+        if let Some(entry) = line.strip_prefix("# ") {
+            assert!(
+                entry.contains(" mdfuse "),
+                "a comment that is no fstab line: {line}"
+            );
+            fstab = Some(FstabLine::add(&ours(entry)));
+            continue;
+        }
+        if line.starts_with("cargo build") {
+            continue; // the binary under test is built
+        }
+        let run = ours(line);
+        let out = sh(&run, &clone);
+        eprintln!("$ {run}\n{}", text(&out));
+        assert!(out.status.success(), "`{line}` failed: {}", text(&out));
+        if line.starts_with("mount ") {
+            assert_live(&mnt, &mut mounts, line);
+            mounted += 1;
+        } else if line.starts_with("umount ") {
+            assert_stopped(&mnt, &mounts, &legs, line);
+            unmounted += 1;
+        }
+    }
+    assert!(fstab.is_some(), "the README shows no fstab line");
+    assert_eq!((mounted, unmounted), (2, 2), "two mounts and two umounts");
+    let mdfuse_installed = Path::new("/usr/local/sbin/mdfuse");
+    assert!(
+        !installs_into.contains(&"/usr/local/sbin/mdfuse") || mdfuse_installed.is_file(),
+        "no /usr/local/sbin/mdfuse after the install lines"
+    );
+}
+
+/// `mdfuse` hard-linked as `mount.mdfuse` (how mount.fuse3 and friends are installed) is the
+/// helper: run by that name with mount(8)'s arguments it mounts, and its daemon (started
+/// through the same link) is mdfuse, not a second helper.
+#[test]
+fn mdfuse_hard_linked_as_mount_mdfuse_is_the_mount_helper() {
+    if !needs_root("mdfuse_hard_linked_as_mount_mdfuse") {
+        return;
+    }
+    let dir = common::mdfuse::tempdir("mdfuse-operator-hardlink");
+    let legs = Legs::new(dir.path(), 2, LEG_BYTES);
+    create(&legs, &["--name", "hardlink"]);
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).expect("mountpoint");
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).expect("bin dir");
+    std::fs::copy(env!("CARGO_BIN_EXE_mdfuse"), bin.join("mdfuse")).expect("copy mdfuse");
+    std::fs::hard_link(bin.join("mdfuse"), bin.join("mount.mdfuse")).expect("hard link");
+    let helper = bin.join("mount.mdfuse");
+    let legs_opt = format!(
+        "legs={}:{}",
+        legs.paths[0].display(),
+        legs.paths[1].display()
+    );
+    let mut mounts = Mounts {
+        mnt: mnt.clone(),
+        pids: Vec::new(),
+    };
+    // -f (fake): says what it would run, runs nothing.
+    let out = sh(
+        &format!(
+            "{} mirror {} -f -o {legs_opt}",
+            helper.display(),
+            mnt.display()
+        ),
+        dir.path(),
+    );
+    assert!(out.status.success(), "mount.mdfuse -f: {}", text(&out));
+    assert!(
+        text(&out).contains("mdfuse mount -- "),
+        "mount.mdfuse -f: {}",
+        text(&out)
+    );
+    assert!(!is_mounted(&mnt), "-f mounted");
+    let out = sh(
+        &format!(
+            "{} mirror {} -o {legs_opt}",
+            helper.display(),
+            mnt.display()
+        ),
+        dir.path(),
+    );
+    assert!(out.status.success(), "mount.mdfuse: {}", text(&out));
+    assert_live(&mnt, &mut mounts, "mount.mdfuse");
+    let out = sh(&format!("umount {}", mnt.display()), dir.path());
+    assert!(out.status.success(), "umount: {}", text(&out));
+    assert_stopped(&mnt, &mounts, &legs, "umount");
+}
