@@ -344,3 +344,286 @@ fn mdfuse_hard_linked_as_mount_mdfuse_is_the_mount_helper() {
     assert!(out.status.success(), "umount: {}", text(&out));
     assert_stopped(&mnt, &mounts, &legs, "umount");
 }
+
+// ---------------------------------------------------------------- JSON status
+
+/// `Key : value` lines of an mdadm-style text, in order (the first occurrence of each key).
+fn text_fields(text: &str) -> Vec<(String, String)> {
+    let mut seen = std::collections::HashSet::new();
+    text.lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(" : ")?;
+            let k = k.trim().to_string();
+            seen.insert(k.clone()).then(|| (k, v.trim().to_string()))
+        })
+        .collect()
+}
+
+fn json_of(args: &[&str]) -> serde_json::Value {
+    let out = common::mdfuse::mdfuse(args);
+    common::mdfuse::assert_ok(&format!("mdfuse {}", args.join(" ")), &out);
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("mdfuse {}: not JSON ({e}):\n{}", args.join(" "), text(&out)))
+}
+
+/// A JSON value as the text prints it (strings bare, numbers as written).
+fn bare(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Every field `mdfuse detail` prints has its value in `detail --json`; a field the text
+/// gains without a JSON counterpart fails here. Also the device table, row by row.
+fn assert_detail_json_matches_text(mnt: &Path) {
+    let mnt_s = mnt.to_str().expect("UTF-8");
+    let text_out = common::mdfuse::mdfuse_stdout(&["detail", mnt_s]);
+    let j = json_of(&["detail", "--json", mnt_s]);
+    for (key, value) in text_fields(&text_out) {
+        let first = value.split(' ').next().unwrap_or_default().to_string();
+        let (json, want) = match key.as_str() {
+            "Version" => (bare(&j["version"]), value),
+            "Raid Level" => (bare(&j["raid_level"]), value),
+            "Array Size" => (bare(&j["array_size_kib"]), first),
+            "Raid Devices" => (bare(&j["raid_devices"]), value),
+            "Total Devices" => (bare(&j["total_devices"]), value),
+            "Intent Bitmap" => (
+                format!("file, {} byte chunks", j["intent_bitmap"]["chunk_bytes"]),
+                value,
+            ),
+            "State" => (bare(&j["state"]), value),
+            "Active Devices" => (bare(&j["active_devices"]), value),
+            "Working Devices" => (bare(&j["working_devices"]), value),
+            "Failed Devices" => (bare(&j["failed_devices"]), value),
+            "Spare Devices" => (bare(&j["spare_devices"]), value),
+            "Rebuild Status" | "Check Status" | "Resync Status" => {
+                assert_eq!(bare(&j["sync_progress"]["label"]), key);
+                // Read apart: the sync moves between the two reads.
+                let pct = j["sync_progress"]["percent"].as_f64().expect("percent");
+                assert!((0.0..=100.0).contains(&pct), "percent {pct}");
+                continue;
+            }
+            "Consistency Policy" => (bare(&j["consistency_policy"]), value),
+            "UUID" => (bare(&j["uuid"]), value),
+            "Mismatch Count" => (bare(&j["mismatch_count"]), value),
+            "Sync Copied" => (
+                format!(
+                    "{} bytes ({})",
+                    j["sync_copied_bytes"],
+                    bare(&j["last_sync_action"])
+                ),
+                value,
+            ),
+            other => panic!("detail prints {other:?} and this test has no JSON field for it"),
+        };
+        assert_eq!(
+            json, want,
+            "{key}: JSON {json:?}, text {want:?}\n{text_out}\n{j:#}"
+        );
+    }
+    let rows: Vec<Vec<&str>> = text_out
+        .lines()
+        .skip_while(|l| !l.contains("Number   RaidDevice State"))
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    let devices = j["devices"].as_array().expect("devices");
+    assert_eq!(rows.len(), devices.len(), "{text_out}\n{j:#}");
+    for (row, d) in rows.iter().zip(devices) {
+        let slot = d["raid_device"]
+            .as_u64()
+            .map_or("none".to_string(), |s| s.to_string());
+        let state_text = bare(&d["state_text"]);
+        let mut want = vec![d["number"].to_string(), slot];
+        want.extend(state_text.split(' ').map(String::from));
+        want.push(bare(&d["name"]));
+        assert_eq!(row.join(" "), want.join(" "), "{text_out}\n{j:#}");
+    }
+}
+
+/// `detail --json` parses and carries what `detail` shows: healthy with a bitmap, then
+/// degraded with a failed leg, then with the leg removed.
+#[test]
+fn detail_json_carries_everything_the_text_shows() {
+    if !needs_root("detail_json") {
+        return;
+    }
+    let legs = Legs::temp(LEG_BYTES);
+    let bitmap = legs.dir().join("md.bitmap");
+    create(
+        &legs,
+        &[
+            "--name",
+            "json",
+            "--bitmap",
+            bitmap.to_str().expect("UTF-8"),
+        ],
+    );
+    let mnt = legs.mountpoint("mnt");
+    let m = common::mdfuse::MountedArray::mount(
+        &legs,
+        &mnt,
+        &[
+            "--bitmap",
+            bitmap.to_str().expect("UTF-8"),
+            "--bitmap-file-io",
+        ],
+    );
+    assert_detail_json_matches_text(&mnt);
+    let j = json_of(&["detail", "--json", mnt.to_str().expect("UTF-8")]);
+    assert_eq!(j["degraded"], false);
+    assert_eq!(j["format_version"], 1);
+    assert_eq!(j["daemon_pid"], m.pid());
+    assert_eq!(bare(&j["bitmap_file"]), bitmap.display().to_string());
+    m.set_md("dev-leg1.img/state", "faulty");
+    assert_detail_json_matches_text(&mnt);
+    let j = json_of(&["detail", "--json", mnt.to_str().expect("UTF-8")]);
+    assert_eq!(j["degraded"], true);
+    assert_eq!(j["degraded_devices"], 1);
+    assert_eq!(j["devices"][1]["state"], "faulty");
+    m.set_md("dev-leg1.img/state", "remove");
+    assert_detail_json_matches_text(&mnt);
+    m.stop();
+}
+
+/// `examine --json` and `examine-bitmap --json` against their text, field by field: each
+/// leg of a stopped array, and a bitmap left dirty by a killed daemon.
+#[test]
+fn examine_and_examine_bitmap_json_match_their_text() {
+    if !needs_root("examine_json") {
+        return;
+    }
+    let legs = Legs::temp(LEG_BYTES);
+    let bitmap = legs.dir().join("md.bitmap");
+    let bitmap_s = bitmap.to_str().expect("UTF-8").to_string();
+    create(
+        &legs,
+        &[
+            "--name",
+            "exj",
+            "--bitmap",
+            &bitmap_s,
+            "--bitmap-chunk",
+            "64K",
+        ],
+    );
+    let mnt = legs.mountpoint("mnt");
+    let m = common::mdfuse::MountedArray::mount(
+        &legs,
+        &mnt,
+        &["--bitmap", &bitmap_s, "--bitmap-file-io", "--delay", "600"],
+    );
+    m.fill_random(3 << 20, 256 << 10, 7);
+    m.kill9();
+
+    let leg_strs = legs.strs();
+    let mut args = vec!["examine", "--json"];
+    args.extend(leg_strs.iter().map(String::as_str));
+    let j = json_of(&args);
+    for (i, leg) in leg_strs.iter().enumerate() {
+        let t = common::mdfuse::mdfuse_stdout(&["examine", leg]);
+        let d = &j["devices"][i];
+        assert_eq!(bare(&d["device"]), *leg);
+        for (key, value) in text_fields(&t) {
+            let first = value.split(' ').next().unwrap_or_default().to_string();
+            let (json, want) = match key.as_str() {
+                "Magic" => (bare(&d["magic"]), value),
+                "Version" => (bare(&d["version"]), value),
+                "Feature Map" => (format!("{:#x}", d["feature_map"].as_u64().unwrap()), value),
+                "Array UUID" => (bare(&d["array_uuid"]), value),
+                "Name" => (bare(&d["name"]), value),
+                "Creation Time" => (bare(&d["creation_time_text"]), value),
+                "Raid Level" => (bare(&d["raid_level"]), value),
+                "Raid Devices" => (bare(&d["raid_devices"]), value),
+                "Avail Dev Size" => (bare(&d["avail_dev_size_sectors"]), first),
+                "Array Size" => (bare(&d["array_size_kib"]), first),
+                "Used Dev Size" => (bare(&d["used_dev_size_sectors"]), first),
+                "Data Offset" => (bare(&d["data_offset_sectors"]), first),
+                "Super Offset" => (bare(&d["super_offset_sectors"]), first),
+                "Unused Space" => (
+                    format!(
+                        "before={} sectors, after={} sectors",
+                        d["unused_space_before_sectors"], d["unused_space_after_sectors"]
+                    ),
+                    value,
+                ),
+                "State" => (bare(&d["state"]), value),
+                "Device UUID" => (bare(&d["device_uuid"]), value),
+                "Update Time" => (bare(&d["update_time_text"]), value),
+                "Bad Block Log" => (
+                    format!(
+                        "{} entries available at offset {} sectors",
+                        d["bad_block_log_entries"], d["bad_block_log_offset_sectors"]
+                    ),
+                    value,
+                ),
+                "Checksum" => (format!("{} - correct", bare(&d["checksum"])), value),
+                "Events" => (bare(&d["events"]), value),
+                "Device Role" => (bare(&d["device_role"]), value),
+                "Array State" => (bare(&d["array_state"]), first),
+                other => panic!("examine prints {other:?} and this test has no JSON field"),
+            };
+            assert_eq!(json, want, "{leg} {key}\n{t}\n{d:#}");
+        }
+        // Killed: the superblocks say active (resync owed), and the JSON says from where.
+        assert_eq!(d["state"], "active");
+        assert!(d["resync_offset_sectors"].is_u64(), "{d:#}");
+    }
+
+    let t = common::mdfuse::mdfuse_stdout(&["examine-bitmap", "--chunks", &bitmap_s]);
+    let b = json_of(&["examine-bitmap", "--json", "--chunks", &bitmap_s]);
+    for (key, value) in text_fields(&t) {
+        let (json, want) = match key.as_str() {
+            "Filename" => (bare(&b["filename"]), value),
+            "Magic" => (bare(&b["magic"]), value),
+            "Version" => (bare(&b["version"]), value),
+            "UUID" => (bare(&b["uuid"]), value),
+            "Events" => (bare(&b["events"]), value),
+            "Events Cleared" => (bare(&b["events_cleared"]), value),
+            "State" => (bare(&b["state"]), value),
+            "Chunksize" => (
+                (b["chunksize_bytes"].as_u64().unwrap() >> 10).to_string() + " KB",
+                value,
+            ),
+            "Daemon" => (
+                format!("{}s flush period", b["daemon_sleep_seconds"]),
+                value,
+            ),
+            "Write Mode" => (
+                if b["write_behind"] == 0 {
+                    "Normal".to_string()
+                } else {
+                    format!("Allow write behind, max {}", b["write_behind"])
+                },
+                value,
+            ),
+            "Sync Size" => (
+                bare(&b["sync_size_kib"]),
+                value.split(' ').next().unwrap_or_default().to_string(),
+            ),
+            "Bitmap" => (
+                format!(
+                    "{} bits (chunks), {} dirty ({:2.1}%)",
+                    b["chunks"],
+                    b["dirty_chunks"],
+                    b["dirty_percent"].as_f64().unwrap()
+                ),
+                value,
+            ),
+            "Dirty Chunks" => (
+                b["dirty_chunk_list"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|c| c.to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
+                value,
+            ),
+            other => panic!("examine-bitmap prints {other:?} and this test has no JSON field"),
+        };
+        assert_eq!(json, want, "{key}\n{t}\n{b:#}");
+    }
+    assert!(b["dirty_chunks"].as_u64().unwrap() >= 4, "{b:#}");
+}

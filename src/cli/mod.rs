@@ -6,6 +6,7 @@ pub mod helper;
 mod panic_stop;
 mod sandbox;
 mod size;
+mod status;
 
 use clap::{Args, Parser, Subcommand};
 use mdfuse::array::{
@@ -38,6 +39,9 @@ enum Command {
     Examine {
         #[arg(required = true)]
         legs: Vec<PathBuf>,
+        /// Print JSON (fields in docs/json.md) instead of mdadm's text.
+        #[arg(long)]
+        json: bool,
     },
     /// Print a bitmap file's header and dirty chunks, like `mdadm --examine-bitmap`.
     ExamineBitmap {
@@ -45,6 +49,9 @@ enum Command {
         /// Also list the dirty chunks.
         #[arg(long)]
         chunks: bool,
+        /// Print JSON (fields in docs/json.md) instead of mdadm's text.
+        #[arg(long)]
+        json: bool,
     },
     /// Assemble an array from its legs and serve it at MOUNTPOINT as array.img.
     Mount(MountArgs),
@@ -59,7 +66,12 @@ enum Command {
     /// through its md/ control files.
     Manage(ManageArgs),
     /// Print a running array's state, like `mdadm --detail`.
-    Detail { mountpoint: PathBuf },
+    Detail {
+        mountpoint: PathBuf,
+        /// Print JSON (fields in docs/json.md) instead of mdadm's text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Wait until a resync, recovery, check or repair has ended.
     Wait { mountpoint: PathBuf },
     /// Make a sandbox array in DIR (two leg files) and mount it at DIR/mnt.
@@ -185,8 +197,18 @@ pub fn main() -> i32 {
     init_logging(foreground_mount);
     let result = match cli.command {
         Command::Create(a) => cmd_create(a),
-        Command::Examine { legs } => cmd_examine(&legs),
-        Command::ExamineBitmap { file, chunks } => cmd_examine_bitmap(&file, chunks),
+        Command::Examine { legs, json: false } => cmd_examine(&legs),
+        Command::Examine { legs, json: true } => status::cmd_examine_json(&legs),
+        Command::ExamineBitmap {
+            file,
+            chunks,
+            json: false,
+        } => cmd_examine_bitmap(&file, chunks),
+        Command::ExamineBitmap {
+            file,
+            chunks,
+            json: true,
+        } => status::cmd_examine_bitmap_json(&file, chunks),
         Command::Mount(m) if m.foreground => mount_foreground(&m, &mut ready),
         Command::Mount(m) => return mount_detached(&m),
         Command::Stop {
@@ -195,7 +217,14 @@ pub fn main() -> i32 {
         } => cmd_stop(&mountpoint, timeout),
         Command::Manage(a) => cmd_manage(&a),
         Command::Wait { mountpoint } => cmd_wait(&mountpoint),
-        Command::Detail { mountpoint } => cmd_detail(&mountpoint),
+        Command::Detail {
+            mountpoint,
+            json: false,
+        } => cmd_detail(&mountpoint),
+        Command::Detail {
+            mountpoint,
+            json: true,
+        } => status::cmd_detail_json(&mountpoint),
         Command::Sandbox(a) => sandbox::run(&a),
     };
     match result {
