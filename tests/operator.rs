@@ -627,3 +627,210 @@ fn examine_and_examine_bitmap_json_match_their_text() {
     }
     assert!(b["dirty_chunks"].as_u64().unwrap() >= 4, "{b:#}");
 }
+
+// ---------------------------------------------------------------- metrics
+
+/// The parser of Prometheus' own Python client: Debian's python3 with
+/// python3-prometheus-client (scripts/test.sh installs it).
+const PROM_PARSE: &str = r#"
+import json, sys
+from prometheus_client.parser import text_string_to_metric_families
+out = []
+for fam in text_string_to_metric_families(sys.stdin.read()):
+    for s in fam.samples:
+        out.append({"family": fam.name, "type": fam.type, "name": s.name,
+                    "labels": s.labels, "value": s.value})
+print(json.dumps(out))
+"#;
+
+/// One parsed sample.
+#[derive(Debug)]
+struct Sample {
+    name: String,
+    labels: std::collections::BTreeMap<String, String>,
+    value: f64,
+}
+
+/// `mdfuse metrics ARGS`, parsed by prometheus_client (a parse error fails the test).
+fn metrics(args: &[&str]) -> Vec<Sample> {
+    let mut all = vec!["metrics"];
+    all.extend_from_slice(args);
+    let out = common::mdfuse::mdfuse(&all);
+    common::mdfuse::assert_ok("mdfuse metrics", &out);
+    let python = if Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    };
+    let mut child = Command::new(python)
+        .args(["-c", PROM_PARSE])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run python3");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(&out.stdout).expect("feed the parser");
+    }
+    let parsed = child.wait_with_output().expect("python3");
+    assert!(
+        parsed.status.success(),
+        "prometheus_client does not parse `mdfuse metrics` (install python3-prometheus-client):\n{}\n{}",
+        text(&parsed),
+        common::mdfuse::stdout(&out)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&parsed.stdout).expect("parser's JSON");
+    v.as_array()
+        .expect("samples")
+        .iter()
+        .map(|s| Sample {
+            name: bare(&s["name"]),
+            labels: s["labels"]
+                .as_object()
+                .expect("labels")
+                .iter()
+                .map(|(k, v)| (k.clone(), bare(v)))
+                .collect(),
+            value: s["value"].as_f64().expect("value"),
+        })
+        .collect()
+}
+
+/// The value of the one sample `name` whose labels include `labels`.
+fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    let hits: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| s.name == name)
+        .filter(|s| {
+            labels
+                .iter()
+                .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
+        .collect();
+    assert_eq!(hits.len(), 1, "{name} {labels:?}: {hits:?}");
+    hits[0].value
+}
+
+/// `mdfuse metrics` parses with Prometheus' parser and follows the array: healthy, a leg
+/// failed (degraded, the leg faulty, the bitmap keeping the chunks written meanwhile dirty),
+/// removed, and re-added (recovered back in sync); the daemon's byte counters grow with
+/// writes. Every mdfuse mount is listed when none is named.
+#[test]
+fn metrics_parse_and_change_when_a_leg_fails() {
+    if !needs_root("metrics") {
+        return;
+    }
+    let legs = Legs::temp(LEG_BYTES);
+    let bitmap = legs.dir().join("md.bitmap");
+    let bitmap_s = bitmap.to_str().expect("UTF-8").to_string();
+    create(
+        &legs,
+        &[
+            "--name",
+            "prom",
+            "--bitmap",
+            &bitmap_s,
+            "--bitmap-chunk",
+            "64K",
+        ],
+    );
+    let mnt = legs.mountpoint("mnt");
+    let mnt_s = mnt.to_str().expect("UTF-8").to_string();
+    let m = common::mdfuse::MountedArray::mount(
+        &legs,
+        &mnt,
+        &["--bitmap", &bitmap_s, "--bitmap-file-io", "--delay", "1"],
+    );
+    let at = [("mountpoint", mnt_s.as_str())];
+    let leg = |name: &'static str, state: &'static str| {
+        [
+            ("mountpoint", mnt_s.as_str()),
+            ("leg", name),
+            ("state", state),
+        ]
+    };
+    let count = |state: &'static str| [("mountpoint", mnt_s.as_str()), ("state", state)];
+
+    let s = metrics(&[&mnt_s]);
+    assert_eq!(value(&s, "mdfuse_up", &at), 1.0);
+    assert_eq!(value(&s, "mdfuse_array_degraded", &at), 0.0);
+    assert_eq!(value(&s, "mdfuse_legs", &count("in_sync")), 2.0);
+    assert_eq!(
+        value(&s, "mdfuse_leg_state", &leg("leg1.img", "in_sync")),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &s,
+            "mdfuse_sync_action",
+            &[("mountpoint", &mnt_s), ("action", "idle")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(&s, "mdfuse_array_size_bytes", &at),
+        (LEG_BYTES - (1 << 20)) as f64
+    );
+    assert_eq!(value(&s, "mdfuse_mismatch_sectors", &at), 0.0);
+    let written0 = value(&s, "mdfuse_daemon_written_bytes_total", &at);
+    // Every mdfuse mount when none is named: this one among them.
+    let all = metrics(&[]);
+    assert_eq!(value(&all, "mdfuse_up", &at), 1.0);
+
+    m.set_md("dev-leg1.img/state", "faulty");
+    m.fill_random(1 << 20, 512 << 10, 3);
+    let s = metrics(&[&mnt_s]);
+    assert_eq!(value(&s, "mdfuse_array_degraded", &at), 1.0);
+    assert_eq!(value(&s, "mdfuse_array_degraded_legs", &at), 1.0);
+    assert_eq!(value(&s, "mdfuse_legs", &count("faulty")), 1.0);
+    assert_eq!(
+        value(&s, "mdfuse_leg_state", &leg("leg1.img", "faulty")),
+        1.0
+    );
+    assert_eq!(
+        value(&s, "mdfuse_leg_state", &leg("leg1.img", "in_sync")),
+        0.0
+    );
+    assert_eq!(
+        value(
+            &s,
+            "mdfuse_leg_slot",
+            &[("mountpoint", &mnt_s), ("leg", "leg1.img")]
+        ),
+        -1.0
+    );
+    // Degraded: the written chunks stay dirty (8 of 64 KiB), whatever the delay.
+    std::thread::sleep(Duration::from_secs(3));
+    let s = metrics(&[&mnt_s]);
+    assert!(value(&s, "mdfuse_bitmap_dirty_chunks", &at) >= 8.0);
+    assert!(
+        value(&s, "mdfuse_daemon_written_bytes_total", &at) >= written0 + (512 << 10) as f64,
+        "the written bytes did not grow"
+    );
+
+    m.set_md("dev-leg1.img/state", "remove");
+    let s = metrics(&[&mnt_s]);
+    assert_eq!(value(&s, "mdfuse_legs", &count("removed")), 1.0);
+    assert_eq!(value(&s, "mdfuse_legs", &count("faulty")), 0.0);
+    assert!(s
+        .iter()
+        .all(|x| x.labels.get("leg").map(String::as_str) != Some("leg1.img")));
+
+    m.set_md("new_dev", &format!("re-add {}", legs.paths[1].display()));
+    m.wait_sync_idle(Duration::from_secs(60));
+    let s = metrics(&[&mnt_s]);
+    assert_eq!(value(&s, "mdfuse_array_degraded", &at), 0.0);
+    assert_eq!(value(&s, "mdfuse_legs", &count("in_sync")), 2.0);
+    assert_eq!(value(&s, "mdfuse_legs", &count("removed")), 0.0);
+    assert_eq!(
+        value(&s, "mdfuse_leg_state", &leg("leg1.img", "in_sync")),
+        1.0
+    );
+    m.stop();
+
+    // Gone: named, it is reported down (the text stays valid).
+    let s = metrics(&[&mnt_s]);
+    assert_eq!(value(&s, "mdfuse_up", &at), 0.0);
+}

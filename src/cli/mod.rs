@@ -3,6 +3,7 @@
 
 mod detach;
 pub mod helper;
+mod metrics;
 mod panic_stop;
 mod sandbox;
 mod size;
@@ -76,6 +77,18 @@ enum Command {
     Wait { mountpoint: PathBuf },
     /// Make a sandbox array in DIR (two leg files) and mount it at DIR/mnt.
     Sandbox(sandbox::SandboxArgs),
+    /// Print the running arrays' state as Prometheus metrics (text format,
+    /// for node_exporter's textfile collector); every mdfuse mount when none
+    /// is named.
+    ///
+    /// Example: mdfuse metrics --output /var/lib/prometheus/node-exporter/mdfuse.prom
+    Metrics {
+        /// Write the metrics to FILE (atomically: a new file renamed over
+        /// it) instead of standard output.
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        mountpoints: Vec<PathBuf>,
+    },
 }
 
 #[derive(Args)]
@@ -226,6 +239,10 @@ pub fn main() -> i32 {
             json: true,
         } => status::cmd_detail_json(&mountpoint),
         Command::Sandbox(a) => sandbox::run(&a),
+        Command::Metrics {
+            output,
+            mountpoints,
+        } => metrics::cmd_metrics(&mountpoints, output.as_deref()),
     };
     match result {
         Ok(()) => 0,
