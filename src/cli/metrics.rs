@@ -318,7 +318,7 @@ fn add_array(f: &mut Families, mnt: &str, s: &ArrayStatus) {
 }
 
 /// Every mdfuse mount of this mount namespace, from /proc/self/mounts.
-fn mdfuse_mounts() -> Vec<PathBuf> {
+pub(super) fn mdfuse_mounts() -> Vec<PathBuf> {
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
     mounts
         .lines()

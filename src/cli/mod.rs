@@ -4,6 +4,7 @@
 mod detach;
 pub mod helper;
 mod metrics;
+mod monitor;
 mod panic_stop;
 mod sandbox;
 mod size;
@@ -77,6 +78,13 @@ enum Command {
     Wait { mountpoint: PathBuf },
     /// Make a sandbox array in DIR (two leg files) and mount it at DIR/mnt.
     Sandbox(sandbox::SandboxArgs),
+    /// Report md's events for running arrays, in mdadm --monitor's words
+    /// (Fail, DegradedArray, RebuildStarted, Rebuild20..80, RebuildFinished,
+    /// SpareActive, NewArray, DeviceDisappeared, TestMessage), on standard
+    /// output and to --program.
+    ///
+    /// Example (cron): mdfuse monitor --oneshot || echo "an mdfuse array needs care"
+    Monitor(monitor::MonitorArgs),
     /// Print the running arrays' state as Prometheus metrics (text format,
     /// for node_exporter's textfile collector); every mdfuse mount when none
     /// is named.
@@ -239,6 +247,10 @@ pub fn main() -> i32 {
             json: true,
         } => status::cmd_detail_json(&mountpoint),
         Command::Sandbox(a) => sandbox::run(&a),
+        Command::Monitor(a) => match monitor::cmd_monitor(&a) {
+            Ok(code) => return code,
+            Err(e) => Err(e),
+        },
         Command::Metrics {
             output,
             mountpoints,

@@ -1,0 +1,352 @@
+//! `mdfuse monitor`: md's events for running mdfuse arrays, in mdadm
+//! --monitor's words (Fail, FailSpare, SpareActive, DegradedArray,
+//! RebuildStarted, RebuildNN, RebuildFinished, NewArray, DeviceDisappeared,
+//! TestMessage), found by comparing each array's state (cli/status.rs) with
+//! the last one seen, every `--delay` seconds; `--oneshot` looks once (for
+//! cron) and exits 1 when an array is degraded or its daemon has gone.
+//!
+//! A poller, as mdadm's monitor is: a change undone between two looks (a
+//! leg failed and re-added within one delay) is not seen.
+
+use super::status::{self, ArrayStatus};
+use clap::Args;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Args)]
+pub struct MonitorArgs {
+    /// Check once and exit: 1 when an array is degraded or its daemon has
+    /// gone, else 0 (for cron).
+    #[arg(short = '1', long)]
+    oneshot: bool,
+    /// Also report a TestMessage for each array at the start.
+    #[arg(short = 't', long)]
+    test: bool,
+    /// Run PROG EVENT MOUNTPOINT [LEG] for each event (as mdadm's --program).
+    #[arg(short = 'p', long, value_name = "PROG")]
+    program: Option<PathBuf>,
+    /// Seconds between looks (mdadm's --delay).
+    #[arg(short = 'd', long, default_value_t = 60.0, value_parser = parse_delay)]
+    delay: f64,
+    /// Rebuild progress events every N percent (mdadm's --increment).
+    #[arg(short = 'r', long, default_value_t = 20, value_parser = clap::value_parser!(u8).range(1..=99))]
+    increment: u8,
+    /// The arrays to watch (mountpoints); every mdfuse mount when none is
+    /// named, arrays mounted later included.
+    mountpoints: Vec<PathBuf>,
+}
+
+fn parse_delay(s: &str) -> Result<f64, String> {
+    s.parse::<f64>()
+        .ok()
+        .filter(|d| d.is_finite() && *d >= 0.05 && *d <= 86_400.0)
+        .ok_or_else(|| format!("{s:?}: seconds from 0.05 to 86400"))
+}
+
+/// One event, as mdadm names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub name: String,
+    pub mountpoint: String,
+    pub leg: Option<String>,
+}
+
+/// What the monitor remembers of an array between two looks.
+#[derive(Debug, Clone, Default)]
+struct Seen {
+    /// Leg name -> its md state word.
+    legs: BTreeMap<String, String>,
+    sync_action: String,
+    /// The last RebuildNN reported for the running sync (0: none yet).
+    rebuild_step: u64,
+    /// The daemon has gone and DeviceDisappeared was reported.
+    gone: bool,
+}
+
+fn event(name: &str, mnt: &str, leg: Option<&str>) -> Event {
+    Event {
+        name: name.into(),
+        mountpoint: mnt.into(),
+        leg: leg.map(String::from),
+    }
+}
+
+/// The events between `before` (None: first sight) and `now`; updates the
+/// memory. `new_array`: a first sight after the monitor's first look.
+fn diff(
+    mnt: &str,
+    before: Option<&Seen>,
+    now: &ArrayStatus,
+    new_array: bool,
+    increment: u64,
+) -> (Vec<Event>, Seen) {
+    let mut events = Vec::new();
+    let legs: BTreeMap<String, String> = now
+        .devices
+        .iter()
+        .map(|d| (d.name.clone(), d.state.clone()))
+        .collect();
+    let syncing = now.sync_action != "idle" && now.sync_action != "frozen";
+    let mut seen = Seen {
+        legs: legs.clone(),
+        sync_action: now.sync_action.clone(),
+        rebuild_step: 0,
+        gone: false,
+    };
+    match before {
+        None => {
+            if new_array {
+                events.push(event("NewArray", mnt, None));
+            }
+            if now.degraded {
+                events.push(event("DegradedArray", mnt, None));
+            }
+            if syncing {
+                events.push(event("RebuildStarted", mnt, None));
+            }
+        }
+        Some(b) => {
+            for (leg, state) in &legs {
+                let was = b.legs.get(leg).map(String::as_str);
+                if state == "faulty" && was != Some("faulty") {
+                    // A leg failing while being recovered is md's FailSpare.
+                    let name = if was == Some("spare") {
+                        "FailSpare"
+                    } else {
+                        "Fail"
+                    };
+                    events.push(event(name, mnt, Some(leg)));
+                }
+                if state == "in_sync" && was == Some("spare") {
+                    events.push(event("SpareActive", mnt, Some(leg)));
+                }
+            }
+            let was_syncing = b.sync_action != "idle" && b.sync_action != "frozen";
+            if syncing && (!was_syncing || b.sync_action != now.sync_action) {
+                events.push(event("RebuildStarted", mnt, None));
+            } else if syncing {
+                seen.rebuild_step = b.rebuild_step;
+            }
+            if was_syncing && !syncing {
+                events.push(event("RebuildFinished", mnt, None));
+            }
+        }
+    }
+    if let Some(p) = now.sync_progress.as_ref().filter(|_| syncing) {
+        // The highest multiple of the increment passed (below 100), once each.
+        let step = (p.percent.clamp(0.0, 100.0) as u64 / increment) * increment;
+        if step > seen.rebuild_step && step < 100 {
+            events.push(event(&format!("Rebuild{step:02}"), mnt, None));
+            seen.rebuild_step = step;
+        }
+    }
+    (events, seen)
+}
+
+/// Whether `mnt` is still listed as an mdfuse mount (its daemon may be
+/// gone: then the mount stays until unmounted, and reads fail).
+fn still_mounted(mnt: &Path) -> bool {
+    let abs = super::absolute(mnt);
+    super::metrics::mdfuse_mounts()
+        .iter()
+        .any(|m| m.as_os_str() == abs.as_str())
+}
+
+/// Prints (mdadm's line) and runs the program for each event.
+fn report(events: &[Event], program: Option<&Path>) {
+    for e in events {
+        match &e.leg {
+            Some(leg) => println!(
+                "{} event detected on mdfuse array {}, component device {leg}",
+                e.name, e.mountpoint
+            ),
+            None => println!("{} event detected on mdfuse array {}", e.name, e.mountpoint),
+        }
+        if let Some(prog) = program {
+            let mut cmd = std::process::Command::new(prog);
+            cmd.arg(&e.name).arg(&e.mountpoint);
+            if let Some(leg) = &e.leg {
+                cmd.arg(leg);
+            }
+            match cmd.status() {
+                Ok(s) if s.success() => {}
+                Ok(s) => eprintln!("mdfuse: monitor: {} {}: {s}", prog.display(), e.name),
+                Err(err) => eprintln!("mdfuse: monitor: cannot run {}: {err}", prog.display()),
+            }
+        }
+    }
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+}
+
+pub fn cmd_monitor(a: &MonitorArgs) -> Result<i32, String> {
+    let increment = u64::from(a.increment);
+    let mut memory: BTreeMap<String, Seen> = BTreeMap::new();
+    let mut first = true;
+    loop {
+        let arrays: Vec<PathBuf> = if a.mountpoints.is_empty() {
+            let mut listed = super::metrics::mdfuse_mounts();
+            // Arrays seen before and no longer listed were stopped (cleanly:
+            // their mount went away): forgotten.
+            let listed_s: Vec<String> = listed.iter().map(|m| super::absolute(m)).collect();
+            memory.retain(|k, _| listed_s.contains(k));
+            listed.sort();
+            listed
+        } else {
+            a.mountpoints.clone()
+        };
+        let mut problem = false;
+        for mnt in &arrays {
+            let label = super::absolute(mnt);
+            let mut events = Vec::new();
+            if first && a.test {
+                events.push(event("TestMessage", &label, None));
+            }
+            match status::read(mnt) {
+                Ok(s) => {
+                    let before = memory.get(&label).filter(|b| !b.gone);
+                    let (mut ev, seen) = diff(&label, before, &s, !first, increment);
+                    events.append(&mut ev);
+                    problem |= s.degraded;
+                    memory.insert(label.clone(), seen);
+                }
+                Err(e) => {
+                    // Listed but unreadable: the daemon went away uncleanly
+                    // (a clean stop unmounts). Reported once.
+                    if still_mounted(mnt) || memory.contains_key(&label) {
+                        problem = true;
+                        let entry = memory.entry(label.clone()).or_default();
+                        if !entry.gone {
+                            entry.gone = true;
+                            events.push(event("DeviceDisappeared", &label, None));
+                        }
+                    } else if !a.mountpoints.is_empty() && first {
+                        eprintln!("mdfuse: monitor: {e}");
+                        problem = true;
+                    }
+                }
+            }
+            report(&events, a.program.as_deref());
+        }
+        if a.oneshot {
+            return Ok(if problem { 1 } else { 0 });
+        }
+        first = false;
+        std::thread::sleep(Duration::from_secs_f64(a.delay));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::status::{DeviceStatus, SyncProgress};
+
+    fn array(legs: &[(&str, &str)], action: &str, percent: f64) -> ArrayStatus {
+        let devices: Vec<DeviceStatus> = legs
+            .iter()
+            .enumerate()
+            .map(|(i, (name, state))| DeviceStatus {
+                number: i,
+                raid_device: Some(i),
+                state: state.to_string(),
+                state_text: String::new(),
+                name: name.to_string(),
+                errors: 0,
+            })
+            .collect();
+        let in_sync = legs.iter().filter(|l| l.1 == "in_sync").count();
+        ArrayStatus {
+            format_version: 1,
+            mountpoint: "/m".into(),
+            version: "1.2".into(),
+            raid_level: "raid1".into(),
+            array_size_kib: 1,
+            raid_devices: 2,
+            total_devices: legs.len(),
+            intent_bitmap: None,
+            array_state: "clean".into(),
+            state: String::new(),
+            degraded: in_sync < 2,
+            degraded_devices: 2 - in_sync.min(2),
+            active_devices: in_sync,
+            working_devices: 0,
+            failed_devices: 0,
+            spare_devices: 0,
+            sync_action: action.into(),
+            sync_progress: (action != "idle").then(|| SyncProgress {
+                label: String::new(),
+                completed_sectors: 0,
+                total_sectors: 0,
+                percent,
+                speed_kib: None,
+            }),
+            consistency_policy: String::new(),
+            uuid: String::new(),
+            mismatch_count: 0,
+            last_sync_action: None,
+            sync_copied_bytes: None,
+            devices,
+            daemon_pid: None,
+            bitmap_file: None,
+        }
+    }
+
+    fn names(e: &[Event]) -> Vec<String> {
+        e.iter()
+            .map(|e| match &e.leg {
+                Some(l) => format!("{} {l}", e.name),
+                None => e.name.clone(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_failure_a_rebuild_and_its_end_each_once() {
+        let looks = [
+            array(&[("a", "in_sync"), ("b", "in_sync")], "idle", 0.0),
+            array(&[("a", "in_sync"), ("b", "faulty")], "idle", 0.0),
+            array(&[("a", "in_sync"), ("b", "faulty")], "idle", 0.0),
+            array(&[("a", "in_sync"), ("b", "spare")], "recover", 5.0),
+            array(&[("a", "in_sync"), ("b", "spare")], "recover", 45.0),
+            array(&[("a", "in_sync"), ("b", "spare")], "recover", 47.0),
+            array(&[("a", "in_sync"), ("b", "spare")], "recover", 85.0),
+            array(&[("a", "in_sync"), ("b", "in_sync")], "idle", 0.0),
+        ];
+        let mut seen: Option<Seen> = None;
+        let mut all = Vec::new();
+        for a in &looks {
+            let (ev, s) = diff("/m", seen.as_ref(), a, false, 20);
+            all.extend(names(&ev));
+            seen = Some(s);
+        }
+        assert_eq!(
+            all,
+            [
+                "Fail b",
+                "RebuildStarted",
+                "Rebuild40",
+                "Rebuild80",
+                "SpareActive b",
+                "RebuildFinished"
+            ]
+        );
+    }
+
+    #[test]
+    fn first_sight_of_a_degraded_array() {
+        let a = array(&[("a", "in_sync")], "idle", 0.0);
+        let (ev, _) = diff("/m", None, &a, false, 20);
+        assert_eq!(names(&ev), ["DegradedArray"]);
+        let (ev, _) = diff("/m", None, &a, true, 20);
+        assert_eq!(names(&ev), ["NewArray", "DegradedArray"]);
+        let (ev, _) = diff(
+            "/m",
+            None,
+            &array(&[("a", "in_sync"), ("b", "spare")], "recover", 1.0),
+            false,
+            20,
+        );
+        assert_eq!(names(&ev), ["DegradedArray", "RebuildStarted"]);
+    }
+}
