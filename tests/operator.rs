@@ -938,6 +938,17 @@ fn monitor_reports_fail_rebuild_progress_and_a_killed_daemon_each_once() {
     create(&legs, &["--name", "mon2"]);
     let mnt = legs.mountpoint("mnt");
     let mnt_s = mnt.to_str().expect("UTF-8").to_string();
+    // The monitor watches every mdfuse mount (named, a mountpoint would be on its command
+    // line, where the harness looks for a daemon to kill): this array's events only.
+    let ours = |got: Vec<String>| -> Vec<String> {
+        got.into_iter()
+            .filter(|l| {
+                l.contains(&format!("{mnt_s} "))
+                    || l.ends_with(&mnt_s)
+                    || l.contains(&format!("{mnt_s},"))
+            })
+            .collect()
+    };
     let (prog, log) = event_program(legs.dir());
     let spare = legs.dir().join("leg2.img");
     common::loopdev::sparse_file(&spare, LEG_BYTES).expect("the new leg");
@@ -947,7 +958,6 @@ fn monitor_reports_fail_rebuild_progress_and_a_killed_daemon_each_once() {
         Command::new(common::mdfuse::bin())
             .args(["monitor", "--delay", "0.1", "--program"])
             .arg(&prog)
-            .arg(&mnt)
             .stdout(File::create(&out_path).expect("monitor's stdout"))
             .spawn()
             .expect("start mdfuse monitor"),
@@ -960,7 +970,7 @@ fn monitor_reports_fail_rebuild_progress_and_a_killed_daemon_each_once() {
     };
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(
-        lines(&log),
+        ours(lines(&log)),
         Vec::<String>::new(),
         "events on a healthy array"
     );
@@ -997,7 +1007,7 @@ fn monitor_reports_fail_rebuild_progress_and_a_killed_daemon_each_once() {
     // The new leg's SpareActive and the RebuildFinished may be seen in either order (one
     // look or two); everything else in order, and each exactly once.
     assert_eq!(
-        spare_active_first(lines(&log)),
+        spare_active_first(ours(lines(&log))),
         want,
         "the program's events"
     );
@@ -1015,8 +1025,99 @@ fn monitor_reports_fail_rebuild_progress_and_a_killed_daemon_each_once() {
         })
         .collect();
     assert_eq!(
-        spare_active_first(lines(&out_path)),
+        spare_active_first(ours(lines(&out_path))),
         printed,
         "the monitor's standard output"
     );
+}
+
+/// Between two looks of a monitor (3 s apart) a leg fails, is removed, re-added and
+/// recovered: the state at the second look is the state at the first, yet each event is
+/// reported once, from the daemon's event log. A second array started degraded (`--run`
+/// with one leg) while the monitor watches is reported as NewArray and DegradedArray.
+#[test]
+fn monitor_misses_nothing_between_two_looks_and_reports_a_degraded_start() {
+    if !needs_root("monitor_between_looks") {
+        return;
+    }
+    let legs = Legs::temp(LEG_BYTES);
+    create(&legs, &["--name", "mon3"]);
+    let mnt = legs.mountpoint("mnt");
+    let mnt_s = mnt.to_str().expect("UTF-8").to_string();
+    let mnt2 = legs.mountpoint("mnt2");
+    let mnt2_s = mnt2.to_str().expect("UTF-8").to_string();
+    std::fs::create_dir_all(&mnt2).expect("second mountpoint");
+    let dir2 = legs.dir().join("second");
+    std::fs::create_dir(&dir2).expect("second array's dir");
+    let legs2 = Legs::new(&dir2, 2, LEG_BYTES);
+    create(&legs2, &["--name", "mon3b"]);
+    let (prog, log) = event_program(legs.dir());
+    let m = common::mdfuse::MountedArray::mount(&legs, &mnt, &[]);
+    let _monitor = Monitor(
+        Command::new(common::mdfuse::bin())
+            .args(["monitor", "--delay", "3", "--test", "--program"])
+            .arg(&prog)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start mdfuse monitor"),
+    );
+    let wait_for_event = |what: String, timeout: u64| {
+        common::mdfuse::wait_for(&what, Duration::from_secs(timeout), || {
+            lines(&log).contains(&what)
+        });
+    };
+    wait_for_event(format!("TestMessage {mnt_s}"), 30);
+
+    // All within one delay: the daemon's log has it all before the monitor looks again.
+    let daemon_log = mdfuse::serve::run_file(&mnt, "events");
+    m.set_md("dev-leg1.img/state", "faulty");
+    m.set_md("dev-leg1.img/state", "remove");
+    m.set_md("new_dev", &format!("re-add {}", legs.paths[1].display()));
+    m.wait_sync_idle(Duration::from_secs(30));
+    common::mdfuse::wait_for("the daemon's SpareActive", Duration::from_secs(5), || {
+        std::fs::read_to_string(&daemon_log)
+            .unwrap_or_default()
+            .contains("SpareActive leg1.img")
+    });
+    let quick = lines(&log);
+    wait_for_event(format!("SpareActive {mnt_s} leg1.img"), 30);
+    assert!(
+        !quick.iter().any(|l| l.starts_with("Fail")),
+        "the monitor looked in between (the test wants one delay): {quick:?}"
+    );
+
+    // A degraded start, seen by the running monitor.
+    let one = Legs::from_paths(vec![legs2.paths[0].clone()]);
+    let m2 = common::mdfuse::MountedArray::mount(&one, &mnt2, &["--run"]);
+    wait_for_event(format!("DegradedArray {mnt2_s}"), 30);
+    std::thread::sleep(Duration::from_secs(4));
+    let got = lines(&log);
+    let of = |m: &str| -> Vec<String> {
+        got.iter()
+            .filter(|l| l.split(' ').nth(1) == Some(m))
+            .map(|l| {
+                l.split(' ')
+                    .filter(|w| *w != m)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .filter(|l| {
+                !l.starts_with("Rebuild") || l == "RebuildStarted" || l == "RebuildFinished"
+            })
+            .collect()
+    };
+    assert_eq!(
+        spare_active_first(of(&mnt_s)),
+        [
+            "TestMessage",
+            "Fail leg1.img",
+            "RebuildStarted",
+            "SpareActive leg1.img",
+            "RebuildFinished"
+        ],
+        "{got:#?}"
+    );
+    assert_eq!(of(&mnt2_s), ["NewArray", "DegradedArray"], "{got:#?}");
+    m2.stop();
+    m.stop();
 }

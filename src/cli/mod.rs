@@ -2,6 +2,7 @@
 //! shell over the library: parse, call, report.
 
 mod detach;
+mod events;
 pub mod helper;
 mod metrics;
 mod monitor;
@@ -702,6 +703,7 @@ pub fn mount_foreground(m: &MountArgs, ready: &mut detach::Ready) -> Result<(), 
         ),
     };
     let mut pid_file = None;
+    let mut event_log = None;
     let served = serve::serve(array.clone(), &opts, &signals, || {
         let msg = format!(
             "mdfuse: array {name} ({uuid}) is live at {}: raid1 [{raid_disks}/{members}], image {}, pid {}",
@@ -712,8 +714,11 @@ pub fn mount_foreground(m: &MountArgs, ready: &mut detach::Ready) -> Result<(), 
         log::info!("{msg}");
         panic_stop::mounted(&mountpoint);
         pid_file = Some(PidFile::create(&mountpoint));
+        event_log = events::EventLog::start(array.clone(), &mountpoint);
         ready.live(&msg);
     });
+    // Its thread holds the array: stopped before the array is.
+    drop(event_log);
     let stopped = array.stop();
     // Close the legs before the pid file goes: `stop` waits for that.
     drop(array);

@@ -5,9 +5,14 @@
 //! the last one seen, every `--delay` seconds; `--oneshot` looks once (for
 //! cron) and exits 1 when an array is degraded or its daemon has gone.
 //!
-//! A poller, as mdadm's monitor is: a change undone between two looks (a
-//! leg failed and re-added within one delay) is not seen.
+//! The events come from each daemon's event log (cli/events.rs) when it has
+//! one: none is missed between two looks and none is reported twice. Without
+//! a log (a daemon that cannot write /run/mdfuse) the monitor compares the
+//! states it sees, as mdadm's monitor does: a change undone between two
+//! looks is then not seen. First-sight events (NewArray, DegradedArray) and
+//! DeviceDisappeared are always the monitor's own.
 
+use super::events;
 use super::status::{self, ArrayStatus};
 use clap::Args;
 use std::collections::BTreeMap;
@@ -54,7 +59,7 @@ pub struct Event {
 
 /// What the monitor remembers of an array between two looks.
 #[derive(Debug, Clone, Default)]
-struct Seen {
+pub(super) struct Seen {
     /// Leg name -> its md state word.
     legs: BTreeMap<String, String>,
     sync_action: String,
@@ -62,6 +67,10 @@ struct Seen {
     rebuild_step: u64,
     /// The daemon has gone and DeviceDisappeared was reported.
     gone: bool,
+    /// The daemon seen (its pid): another one is a new start of the array.
+    instance: Option<u32>,
+    /// Its event log's header and the events read from it so far.
+    log: Option<(String, usize)>,
 }
 
 fn event(name: &str, mnt: &str, leg: Option<&str>) -> Event {
@@ -74,7 +83,7 @@ fn event(name: &str, mnt: &str, leg: Option<&str>) -> Event {
 
 /// The events between `before` (None: first sight) and `now`; updates the
 /// memory. `new_array`: a first sight after the monitor's first look.
-fn diff(
+pub(super) fn diff(
     mnt: &str,
     before: Option<&Seen>,
     now: &ArrayStatus,
@@ -93,6 +102,8 @@ fn diff(
         sync_action: now.sync_action.clone(),
         rebuild_step: 0,
         gone: false,
+        instance: now.daemon_pid,
+        log: None,
     };
     match before {
         None => {
@@ -109,7 +120,10 @@ fn diff(
         Some(b) => {
             for (leg, state) in &legs {
                 let was = b.legs.get(leg).map(String::as_str);
-                if state == "faulty" && was != Some("faulty") {
+                // In sync, then a spare: md gets there only through a
+                // failure, a removal and an add, between two looks.
+                let failed_unseen = state == "spare" && was == Some("in_sync");
+                if (state == "faulty" && was != Some("faulty")) || failed_unseen {
                     // A leg failing while being recovered is md's FailSpare.
                     let name = if was == Some("spare") {
                         "FailSpare"
@@ -120,6 +134,14 @@ fn diff(
                 }
                 if state == "in_sync" && was == Some("spare") {
                     events.push(event("SpareActive", mnt, Some(leg)));
+                }
+            }
+            // Gone without being seen faulty: md removes only a failed leg
+            // (or a spare), so it failed between two looks.
+            for (leg, was) in &b.legs {
+                if !legs.contains_key(leg) && was != "faulty" {
+                    let name = if was == "spare" { "FailSpare" } else { "Fail" };
+                    events.push(event(name, mnt, Some(leg)));
                 }
             }
             let was_syncing = b.sync_action != "idle" && b.sync_action != "frozen";
@@ -142,6 +164,15 @@ fn diff(
         }
     }
     (events, seen)
+}
+
+/// The events of a daemon's log after the first `read`.
+fn logged_events(mnt: &str, logged: &[events::Logged], read: usize) -> Vec<Event> {
+    logged
+        .iter()
+        .skip(read)
+        .map(|(name, leg)| event(name, mnt, leg.as_deref()))
+        .collect()
 }
 
 /// Whether `mnt` is still listed as an mdfuse mount (its daemon may be
@@ -200,25 +231,56 @@ pub fn cmd_monitor(a: &MonitorArgs) -> Result<i32, String> {
         for mnt in &arrays {
             let label = super::absolute(mnt);
             let mut events = Vec::new();
-            if first && a.test {
-                events.push(event("TestMessage", &label, None));
-            }
+            // The log before the state: an event logged in between is in
+            // the next look's log, never lost between the two reads.
+            let log = events::read_log(mnt);
             match status::read(mnt) {
                 Ok(s) => {
-                    let before = memory.get(&label).filter(|b| !b.gone);
-                    let (mut ev, seen) = diff(&label, before, &s, !first, increment);
+                    // mdadm's --test: one for each array found at the start.
+                    if first && a.test {
+                        events.push(event("TestMessage", &label, None));
+                    }
+                    let before = memory
+                        .get(&label)
+                        .filter(|b| !b.gone && b.instance == s.daemon_pid);
+                    let (mut ev, mut seen) = diff(&label, before, &s, !first, increment);
+                    // The daemon's own log, when it keeps one: its events
+                    // since the last look replace the compared ones (first
+                    // sight keeps the monitor's: the log's past is not news).
+                    let log = log.filter(|(h, _)| {
+                        s.daemon_pid
+                            .is_some_and(|pid| h.starts_with(&events::header(pid, "")))
+                    });
+                    if let Some((header, logged)) = log {
+                        let read = before
+                            .and_then(|b| b.log.as_ref())
+                            .filter(|(h, _)| *h == header)
+                            .map(|(_, n)| *n);
+                        if let Some(read) = read {
+                            ev = logged_events(&label, &logged, read);
+                        }
+                        seen.log = Some((header, logged.len()));
+                    }
                     events.append(&mut ev);
                     problem |= s.degraded;
                     memory.insert(label.clone(), seen);
                 }
                 Err(e) => {
                     // Listed but unreadable: the daemon went away uncleanly
-                    // (a clean stop unmounts). Reported once.
+                    // (a clean stop unmounts). Reported once, after what it
+                    // logged since the last look.
                     if still_mounted(mnt) || memory.contains_key(&label) {
                         problem = true;
                         let entry = memory.entry(label.clone()).or_default();
                         if !entry.gone {
                             entry.gone = true;
+                            if let (Some((header, read)), Some((h, logged))) =
+                                (&entry.log, events::read_log(mnt))
+                            {
+                                if *header == h {
+                                    events.extend(logged_events(&label, &logged, *read));
+                                }
+                            }
                             events.push(event("DeviceDisappeared", &label, None));
                         }
                     } else if !a.mountpoints.is_empty() && first {
@@ -312,6 +374,11 @@ mod tests {
             array(&[("a", "in_sync"), ("b", "spare")], "recover", 47.0),
             array(&[("a", "in_sync"), ("b", "spare")], "recover", 85.0),
             array(&[("a", "in_sync"), ("b", "in_sync")], "idle", 0.0),
+            // b failed and removed between two looks.
+            array(&[("a", "in_sync")], "idle", 0.0),
+            array(&[("a", "in_sync"), ("b", "in_sync")], "idle", 0.0),
+            // b failed, removed and re-added between two looks.
+            array(&[("a", "in_sync"), ("b", "spare")], "recover", 1.0),
         ];
         let mut seen: Option<Seen> = None;
         let mut all = Vec::new();
@@ -328,7 +395,10 @@ mod tests {
                 "Rebuild40",
                 "Rebuild80",
                 "SpareActive b",
-                "RebuildFinished"
+                "RebuildFinished",
+                "Fail b",
+                "Fail b",
+                "RebuildStarted"
             ]
         );
     }

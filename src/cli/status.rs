@@ -106,17 +106,36 @@ pub fn read(mnt: &Path) -> Result<ArrayStatus, String> {
             mnt.display()
         ));
     }
-    let get = |rel: &str| control_read(mnt, &format!("md/{rel}"));
-    let raid_disks: usize = num("raid_disks", &get("raid_disks")?)?;
-    let kib: u64 = num("component_size", &get("component_size")?)?;
     let md_dir = mnt.join("md");
-    let mut devices = Vec::new();
+    let mut dev_dirs = Vec::new();
     let entries = std::fs::read_dir(&md_dir).map_err(|e| format!("{}: {e}", md_dir.display()))?;
     for entry in entries {
         let name = entry
             .map_err(|e| format!("{}: {e}", md_dir.display()))?
             .file_name();
         let name = name.to_string_lossy();
+        if name.starts_with("dev-") {
+            dev_dirs.push(name.into_owned());
+        }
+    }
+    let mut status = from_controls(&dev_dirs, |rel| control_read(mnt, &format!("md/{rel}")))?;
+    status.mountpoint = super::absolute(mnt);
+    status.daemon_pid = daemon_pid(mnt);
+    status.bitmap_file = status.daemon_pid.and_then(daemon_bitmap);
+    Ok(status)
+}
+
+/// The state from md's control values: `dev_dirs` are the `dev-NAME`
+/// directories of `md/`, `get("raid_disks")` reads `md/raid_disks`. The
+/// mountpoint, daemon pid and bitmap file are left for the caller.
+pub fn from_controls(
+    dev_dirs: &[String],
+    get: impl Fn(&str) -> Result<String, String>,
+) -> Result<ArrayStatus, String> {
+    let raid_disks: usize = num("raid_disks", &get("raid_disks")?)?;
+    let kib: u64 = num("component_size", &get("component_size")?)?;
+    let mut devices = Vec::new();
+    for name in dev_dirs {
         let Some(leg) = name.strip_prefix("dev-") else {
             continue;
         };
@@ -187,10 +206,9 @@ pub fn read(mnt: &Path) -> Result<ArrayStatus, String> {
     };
     let last = get("last_sync_action")?;
     let ran = last != "none";
-    let daemon = daemon_pid(mnt);
     Ok(ArrayStatus {
         format_version: mdfuse::report::json::JSON_FORMAT_VERSION,
-        mountpoint: super::absolute(mnt),
+        mountpoint: String::new(),
         version: get("metadata_version")?,
         raid_level: get("level")?,
         array_size_kib: kib,
@@ -217,8 +235,8 @@ pub fn read(mnt: &Path) -> Result<ArrayStatus, String> {
             None
         },
         devices,
-        daemon_pid: daemon,
-        bitmap_file: daemon.and_then(daemon_bitmap),
+        daemon_pid: None,
+        bitmap_file: None,
     })
 }
 
