@@ -1121,3 +1121,97 @@ fn monitor_misses_nothing_between_two_looks_and_reports_a_degraded_start() {
     m2.stop();
     m.stop();
 }
+
+/// Kills a daemonised monitor (by the pid it printed) on drop.
+struct Detached(i32);
+
+impl Drop for Detached {
+    fn drop(&mut self) {
+        if self.0 > 0 {
+            common::mdfuse::signal(self.0, libc::SIGTERM);
+            wait_pid_gone(self.0, Duration::from_secs(5));
+        }
+    }
+}
+
+/// `--mail` without a sendmail says what to install; `--daemonise --pid-file` goes on in
+/// the background (its pid printed and in the file) and reports to its program; `--syslog`
+/// is accepted with or without a syslog daemon.
+#[test]
+fn monitor_mail_needs_sendmail_and_daemonise_runs_in_the_background() {
+    if !needs_root("monitor_outputs") {
+        return;
+    }
+    let legs = Legs::temp(LEG_BYTES);
+    create(&legs, &["--name", "mon4"]);
+    let mnt = legs.mountpoint("mnt");
+    let mnt_s = mnt.to_str().expect("UTF-8").to_string();
+    let (prog, log) = event_program(legs.dir());
+    let m = common::mdfuse::MountedArray::mount(&legs, &mnt, &[]);
+
+    let has_sendmail = ["/usr/sbin/sendmail", "/usr/lib/sendmail"]
+        .iter()
+        .any(|p| Path::new(p).is_file());
+    if !has_sendmail {
+        let out = common::mdfuse::mdfuse(&["monitor", "--oneshot", "--mail", "root"]);
+        assert!(
+            !out.status.success(),
+            "--mail without sendmail: {}",
+            text(&out)
+        );
+        let t = text(&out);
+        assert!(
+            t.contains("no sendmail is installed") && t.contains("--program"),
+            "--mail without sendmail does not say what to do: {t}"
+        );
+    }
+    let out = common::mdfuse::mdfuse(&["monitor", "--oneshot", "--syslog", "--test"]);
+    assert!(
+        common::mdfuse::stdout(&out).contains(&format!(
+            "TestMessage event detected on mdfuse array {mnt_s}\n"
+        )),
+        "--syslog: {}",
+        text(&out)
+    );
+
+    let pid_file = legs.dir().join("monitor.pid");
+    let out = Command::new(common::mdfuse::bin())
+        .args([
+            "monitor",
+            "--daemonise",
+            "--test",
+            "--delay",
+            "0.2",
+            "--pid-file",
+        ])
+        .arg(&pid_file)
+        .arg("--program")
+        .arg(&prog)
+        // The detached monitor keeps standard error: not a pipe this test would wait on.
+        .stderr(File::create(legs.dir().join("monitor.err")).expect("stderr file"))
+        .output()
+        .expect("mdfuse monitor --daemonise");
+    assert!(out.status.success(), "--daemonise: {}", text(&out));
+    let pid: i32 = common::mdfuse::stdout(&out)
+        .trim()
+        .parse()
+        .expect("the monitor's pid");
+    let _detached = Detached(pid);
+    assert_eq!(
+        std::fs::read_to_string(&pid_file).expect("pid file").trim(),
+        pid.to_string()
+    );
+    common::mdfuse::wait_for(
+        "the detached monitor's TestMessage",
+        Duration::from_secs(10),
+        || lines(&log).contains(&format!("TestMessage {mnt_s}")),
+    );
+    assert!(pid_alive(pid), "the detached monitor has gone");
+    m.set_md("dev-leg1.img/state", "faulty");
+    common::mdfuse::wait_for(
+        "the detached monitor's Fail",
+        Duration::from_secs(10),
+        || lines(&log).contains(&format!("Fail {mnt_s} leg1.img")),
+    );
+    m.stop();
+}

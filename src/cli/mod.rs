@@ -1,6 +1,7 @@
 //! Command-line parsing and the commands themselves. Each command is a thin
 //! shell over the library: parse, call, report.
 
+mod alert;
 mod detach;
 mod events;
 pub mod helper;

@@ -12,6 +12,7 @@
 //! looks is then not seen. First-sight events (NewArray, DegradedArray) and
 //! DeviceDisappeared are always the monitor's own.
 
+use super::alert;
 use super::events;
 use super::status::{self, ArrayStatus};
 use clap::Args;
@@ -31,6 +32,21 @@ pub struct MonitorArgs {
     /// Run PROG EVENT MOUNTPOINT [LEG] for each event (as mdadm's --program).
     #[arg(short = 'p', long, value_name = "PROG")]
     program: Option<PathBuf>,
+    /// Also send each event to syslog (daemon facility; failures critical).
+    #[arg(short = 'y', long)]
+    syslog: bool,
+    /// Also mail failures (Fail, FailSpare, DegradedArray,
+    /// DeviceDisappeared) and TestMessage to ADDR through sendmail, which
+    /// must be installed.
+    #[arg(short = 'm', long, value_name = "ADDR")]
+    mail: Option<String>,
+    /// Go on in the background (standard output to /dev/null: use
+    /// --program, --syslog or --mail); prints the monitor's pid.
+    #[arg(short = 'f', long, alias = "daemonize", conflicts_with = "oneshot")]
+    daemonise: bool,
+    /// With --daemonise, write the monitor's pid to FILE.
+    #[arg(short = 'i', long, value_name = "FILE", requires = "daemonise")]
+    pid_file: Option<PathBuf>,
     /// Seconds between looks (mdadm's --delay).
     #[arg(short = 'd', long, default_value_t = 60.0, value_parser = parse_delay)]
     delay: f64,
@@ -184,34 +200,13 @@ fn still_mounted(mnt: &Path) -> bool {
         .any(|m| m.as_os_str() == abs.as_str())
 }
 
-/// Prints (mdadm's line) and runs the program for each event.
-fn report(events: &[Event], program: Option<&Path>) {
-    for e in events {
-        match &e.leg {
-            Some(leg) => println!(
-                "{} event detected on mdfuse array {}, component device {leg}",
-                e.name, e.mountpoint
-            ),
-            None => println!("{} event detected on mdfuse array {}", e.name, e.mountpoint),
-        }
-        if let Some(prog) = program {
-            let mut cmd = std::process::Command::new(prog);
-            cmd.arg(&e.name).arg(&e.mountpoint);
-            if let Some(leg) = &e.leg {
-                cmd.arg(leg);
-            }
-            match cmd.status() {
-                Ok(s) if s.success() => {}
-                Ok(s) => eprintln!("mdfuse: monitor: {} {}: {s}", prog.display(), e.name),
-                Err(err) => eprintln!("mdfuse: monitor: cannot run {}: {err}", prog.display()),
-            }
+pub fn cmd_monitor(a: &MonitorArgs) -> Result<i32, String> {
+    let outputs = alert::Outputs::new(a.program.clone(), a.syslog, a.mail.clone())?;
+    if a.daemonise {
+        if let Some(code) = alert::daemonise(a.pid_file.as_deref())? {
+            return Ok(code);
         }
     }
-    use std::io::Write;
-    let _ = std::io::stdout().flush();
-}
-
-pub fn cmd_monitor(a: &MonitorArgs) -> Result<i32, String> {
     let increment = u64::from(a.increment);
     let mut memory: BTreeMap<String, Seen> = BTreeMap::new();
     let mut first = true;
@@ -289,7 +284,7 @@ pub fn cmd_monitor(a: &MonitorArgs) -> Result<i32, String> {
                     }
                 }
             }
-            report(&events, a.program.as_deref());
+            outputs.report(&events);
         }
         if a.oneshot {
             return Ok(if problem { 1 } else { 0 });
