@@ -27,6 +27,8 @@ if [ "${#need_pkgs[@]}" -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
 fi
+# tests/operator.rs builds and installs the Debian package with cargo-deb.
+cargo deb --version >/dev/null 2>&1 || cargo install --locked cargo-deb
 [ -e /dev/fuse ] || { echo "/dev/fuse is missing: load the fuse module" >&2; exit 1; }
 
 echo "== cargo fmt --check"

@@ -1215,3 +1215,157 @@ fn monitor_mail_needs_sendmail_and_daemonise_runs_in_the_background() {
     );
     m.stop();
 }
+
+// ---------------------------------------------------------------- the Debian package
+
+/// Removes the package on drop if it is (still) installed.
+struct DebInstalled;
+
+fn deb_installed() -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f", "${Status}", "mdfuse"])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+}
+
+impl Drop for DebInstalled {
+    fn drop(&mut self) {
+        if deb_installed() {
+            let _ = Command::new("dpkg").args(["--purge", "mdfuse"]).output();
+        }
+    }
+}
+
+/// The package `scripts/deb.sh` makes (`cargo deb --no-build` on the binary under test,
+/// with the man pages and completions `mdfuse gen-assets` writes) installs with `dpkg -i`
+/// (mdfuse in /usr/sbin, /sbin/mount.mdfuse a link to it, man pages, completions), mounts an
+/// fstab line with `mount MOUNTPOINT` under a boot's PATH, umount stops it clean, and
+/// `dpkg -r` leaves none of its files.
+#[test]
+fn the_debian_package_installs_mounts_through_fstab_and_removes_cleanly() {
+    if !needs_root("the_debian_package") {
+        return;
+    }
+    let bin = Path::new(env!("CARGO_BIN_EXE_mdfuse"));
+    let profile_dir = bin.parent().expect("the binary's directory");
+    if profile_dir.file_name().is_none_or(|n| n != "release") {
+        eprintln!(
+            "SKIPPED the_debian_package: cargo deb packages the release build (run with --release)"
+        );
+        return;
+    }
+    assert!(
+        Command::new("cargo")
+            .args(["deb", "--version"])
+            .output()
+            .is_ok_and(|o| o.status.success()),
+        "cargo-deb is missing: `cargo install cargo-deb` (scripts/test.sh does)"
+    );
+    assert!(
+        !deb_installed(),
+        "a package mdfuse is installed: this test will not touch it"
+    );
+    // The paths the package owns, moved aside if something is there (and put back).
+    let _installed = Installed::guard(&["/usr/sbin/mdfuse", "/usr/sbin/mount.mdfuse"]);
+    let dir = common::mdfuse::tempdir("mdfuse-operator-deb");
+    let deb = dir.path().join("mdfuse.deb");
+
+    let out = common::mdfuse::mdfuse(&[
+        "gen-assets",
+        &profile_dir.join("assets").display().to_string(),
+    ]);
+    common::mdfuse::assert_ok("mdfuse gen-assets", &out);
+    let out = Command::new("cargo")
+        .args(["deb", "-p", "mdfuse", "--no-build", "--strip", "--output"])
+        .arg(&deb)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env(
+            "CARGO_TARGET_DIR",
+            profile_dir.parent().expect("target dir"),
+        )
+        .output()
+        .expect("run cargo deb");
+    assert!(out.status.success(), "cargo deb: {}", text(&out));
+
+    let _remove = DebInstalled;
+    let out = Command::new("dpkg")
+        .arg("-i")
+        .arg(&deb)
+        .output()
+        .expect("dpkg -i");
+    assert!(out.status.success(), "dpkg -i: {}", text(&out));
+    assert!(
+        Path::new("/usr/sbin/mdfuse").is_file(),
+        "no /usr/sbin/mdfuse"
+    );
+    assert_eq!(
+        std::fs::read_link("/sbin/mount.mdfuse").expect("/sbin/mount.mdfuse is a link"),
+        Path::new("mdfuse")
+    );
+    let listed = Command::new("dpkg")
+        .args(["-L", "mdfuse"])
+        .output()
+        .expect("dpkg -L");
+    let listed = common::mdfuse::stdout(&listed);
+    for want in [
+        "/usr/share/man/man8/mdfuse.8",
+        "/usr/share/man/man8/mdfuse-monitor.8",
+        "/usr/share/man/man8/mount.mdfuse.8",
+        "/usr/share/bash-completion/completions/mdfuse",
+        "/usr/share/doc/mdfuse/docs/json.md",
+    ] {
+        assert!(
+            listed.lines().any(|l| l.starts_with(want)),
+            "the package has no {want}:\n{listed}"
+        );
+    }
+
+    let legs = Legs::new(dir.path(), 2, LEG_BYTES);
+    create(&legs, &["--name", "deb"]);
+    let mnt = dir.path().join("data");
+    std::fs::create_dir(&mnt).expect("mountpoint");
+    let mut mounts = Mounts {
+        mnt: mnt.clone(),
+        pids: Vec::new(),
+    };
+    {
+        let _fstab = FstabLine::add(&format!(
+            "mirror {} mdfuse legs={}:{},nofail 0 0",
+            mnt.display(),
+            legs.paths[0].display(),
+            legs.paths[1].display()
+        ));
+        let out = sh(&format!("mount {}", mnt.display()), dir.path());
+        assert!(out.status.success(), "mount MNT: {}", text(&out));
+        assert_live(&mnt, &mut mounts, "mount by the fstab line");
+        let daemon = std::fs::read_link(format!("/proc/{}/exe", mounts.pids[0]))
+            .expect("the daemon's executable");
+        assert_eq!(
+            daemon,
+            Path::new("/usr/sbin/mdfuse"),
+            "the daemon is the package's"
+        );
+        let out = sh(&format!("umount {}", mnt.display()), dir.path());
+        assert!(out.status.success(), "umount: {}", text(&out));
+        assert_stopped(&mnt, &mounts, &legs, "umount");
+    }
+
+    let out = Command::new("dpkg")
+        .args(["-r", "mdfuse"])
+        .output()
+        .expect("dpkg -r");
+    assert!(out.status.success(), "dpkg -r: {}", text(&out));
+    for gone in [
+        "/usr/sbin/mdfuse",
+        "/usr/sbin/mount.mdfuse",
+        "/usr/share/man/man8/mdfuse.8",
+        "/usr/share/man/man8/mdfuse.8.gz",
+        "/usr/share/bash-completion/completions/mdfuse",
+        "/usr/share/doc/mdfuse/README.md",
+    ] {
+        assert!(
+            std::fs::symlink_metadata(gone).is_err(),
+            "{gone} left after dpkg -r"
+        );
+    }
+}

@@ -2,6 +2,7 @@
 //! shell over the library: parse, call, report.
 
 mod alert;
+mod assets;
 mod detach;
 mod events;
 pub mod helper;
@@ -99,6 +100,9 @@ enum Command {
         output: Option<PathBuf>,
         mountpoints: Vec<PathBuf>,
     },
+    /// Write the man pages and shell completions into DIR (for packaging).
+    #[command(hide = true)]
+    GenAssets { dir: PathBuf },
 }
 
 #[derive(Args)]
@@ -257,6 +261,7 @@ pub fn main() -> i32 {
             output,
             mountpoints,
         } => metrics::cmd_metrics(&mountpoints, output.as_deref()),
+        Command::GenAssets { dir } => assets::cmd_gen_assets(&dir),
     };
     match result {
         Ok(()) => 0,
