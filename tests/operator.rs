@@ -1369,3 +1369,65 @@ fn the_debian_package_installs_mounts_through_fstab_and_removes_cleanly() {
         );
     }
 }
+
+// ---------------------------------------------------------------- the sandbox
+
+/// Removes a sandbox (its array, bitmap filesystem, loop device) on drop.
+struct Sandbox(PathBuf);
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        let mnt = self.0.join("mnt");
+        let pid = daemon_pid(&mnt);
+        let _ = common::mdfuse::mdfuse(&["sandbox", "--remove", self.0.to_str().unwrap_or("")]);
+        let _ = Mounts {
+            mnt,
+            pids: vec![pid].into_iter().filter(|p| *p > 0).collect(),
+        };
+    }
+}
+
+/// `mdfuse sandbox` run from a binary that is not on PATH, in a directory whose name holds
+/// a blank: every command it prints (status, examine, stop, mount again, remove) runs as
+/// printed in a shell with a boot's PATH.
+#[test]
+fn the_sandbox_prints_commands_that_run_as_printed() {
+    if !needs_root("the_sandbox_prints_commands") {
+        return;
+    }
+    let top = common::mdfuse::tempdir("mdfuse-operator-sandbox");
+    let dir = top.path().join("my sandbox");
+    let _sandbox = Sandbox(dir.clone());
+    let out = Command::new(common::mdfuse::bin())
+        .args(["sandbox", "--size", "32M"])
+        .arg(&dir)
+        .env("PATH", MINIMAL_PATH)
+        .output()
+        .expect("mdfuse sandbox");
+    assert!(out.status.success(), "mdfuse sandbox: {}", text(&out));
+    let printed = common::mdfuse::stdout(&out);
+    let command = |what: &str| -> String {
+        printed
+            .lines()
+            .find_map(|l| l.trim_start().strip_prefix(&format!("{what}:")))
+            .unwrap_or_else(|| panic!("no {what}: line in\n{printed}"))
+            .trim()
+            .to_string()
+    };
+    let bin = Path::new(env!("CARGO_BIN_EXE_mdfuse"))
+        .canonicalize()
+        .expect("the binary's path");
+    assert!(
+        command("stop").starts_with(&bin.display().to_string()),
+        "the printed commands do not name the binary by its path:\n{printed}"
+    );
+    for what in ["status", "superblock", "stop", "again", "stop", "remove"] {
+        let line = command(what);
+        let out = sh(&line, top.path());
+        assert!(out.status.success(), "{what}: `{line}`: {}", text(&out));
+    }
+    assert!(
+        !dir.exists(),
+        "the sandbox's directory is left after remove"
+    );
+}
