@@ -1431,3 +1431,29 @@ fn the_sandbox_prints_commands_that_run_as_printed() {
         "the sandbox's directory is left after remove"
     );
 }
+
+// ---------------------------------------------------------------- help
+
+/// Every subcommand `mdfuse --help` lists shows an example in its own `--help` and `-h`.
+#[test]
+fn every_subcommand_help_has_an_example() {
+    let top = common::mdfuse::mdfuse_stdout(&["--help"]);
+    let commands: Vec<String> = top
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next().map(String::from))
+        .filter(|c| c != "help")
+        .collect();
+    assert!(commands.len() >= 10, "commands: {commands:?}\n{top}");
+    for c in &commands {
+        for flag in ["--help", "-h"] {
+            let help = common::mdfuse::mdfuse_stdout(&[c, flag]);
+            assert!(
+                help.contains("Example") && help.contains(&format!("mdfuse {c}")),
+                "`mdfuse {c} {flag}` has no example:\n{help}"
+            );
+        }
+    }
+}

@@ -39,8 +39,14 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Create a RAID1 array: write md v1.2 superblocks to every leg.
+    #[command(
+        after_help = "Examples:\n  mdfuse create --name data /srv/leg0.img /srv/leg1.img\n  mdfuse create --name data --bitmap /var/lib/mdfuse/data.bitmap /dev/sdb /dev/sdc"
+    )]
     Create(CreateArgs),
     /// Print the md superblock of each leg, like `mdadm --examine`.
+    #[command(
+        after_help = "Examples:\n  mdfuse examine /srv/leg0.img /srv/leg1.img\n  mdfuse examine --json /srv/leg0.img"
+    )]
     Examine {
         #[arg(required = true)]
         legs: Vec<PathBuf>,
@@ -49,6 +55,9 @@ enum Command {
         json: bool,
     },
     /// Print a bitmap file's header and dirty chunks, like `mdadm --examine-bitmap`.
+    #[command(
+        after_help = "Examples:\n  mdfuse examine-bitmap --chunks /var/lib/mdfuse/data.bitmap\n  mdfuse examine-bitmap --json /var/lib/mdfuse/data.bitmap"
+    )]
     ExamineBitmap {
         file: PathBuf,
         /// Also list the dirty chunks.
@@ -59,8 +68,12 @@ enum Command {
         json: bool,
     },
     /// Assemble an array from its legs and serve it at MOUNTPOINT as array.img.
+    #[command(
+        after_help = "Examples:\n  mdfuse mount /srv/leg0.img /srv/leg1.img /mnt/data\n  mdfuse mount --bitmap /var/lib/mdfuse/data.bitmap --run /srv/leg0.img /mnt/data   (degraded)\n  mount -t mdfuse -o legs=/srv/leg0.img:/srv/leg1.img mirror /mnt/data   (through mount.mdfuse)"
+    )]
     Mount(MountArgs),
     /// Unmount an array and wait until it has stopped cleanly.
+    #[command(after_help = "Example:\n  mdfuse stop /mnt/data")]
     Stop {
         mountpoint: PathBuf,
         /// Seconds to wait for the array to stop.
@@ -69,8 +82,14 @@ enum Command {
     },
     /// Fail, remove, re-add or add a leg of a running array (md's words),
     /// through its md/ control files.
+    #[command(
+        after_help = "Examples:\n  mdfuse manage /mnt/data --fail /srv/leg1.img\n  mdfuse manage /mnt/data --remove /srv/leg1.img\n  mdfuse manage /mnt/data --re-add /srv/leg1.img"
+    )]
     Manage(ManageArgs),
     /// Print a running array's state, like `mdadm --detail`.
+    #[command(
+        after_help = "Examples:\n  mdfuse detail /mnt/data\n  mdfuse detail --json /mnt/data"
+    )]
     Detail {
         mountpoint: PathBuf,
         /// Print JSON (fields in docs/json.md) instead of mdadm's text.
@@ -78,21 +97,29 @@ enum Command {
         json: bool,
     },
     /// Wait until a resync, recovery, check or repair has ended.
+    #[command(
+        after_help = "Example:\n  mdfuse manage /mnt/data --re-add /srv/leg1.img && mdfuse wait /mnt/data"
+    )]
     Wait { mountpoint: PathBuf },
     /// Make a sandbox array in DIR (two leg files) and mount it at DIR/mnt.
+    #[command(
+        after_help = "Examples:\n  mdfuse sandbox /tmp/mdfuse-sandbox\n  mdfuse sandbox --remove /tmp/mdfuse-sandbox"
+    )]
     Sandbox(sandbox::SandboxArgs),
     /// Report md's events for running arrays, in mdadm --monitor's words
     /// (Fail, DegradedArray, RebuildStarted, Rebuild20..80, RebuildFinished,
     /// SpareActive, NewArray, DeviceDisappeared, TestMessage), on standard
     /// output and to --program.
-    ///
-    /// Example (cron): mdfuse monitor --oneshot || echo "an mdfuse array needs care"
+    #[command(
+        after_help = "Examples:\n  mdfuse monitor --oneshot                       (cron: exit 1 when an array is degraded)\n  mdfuse monitor --daemonise --program /usr/local/sbin/page-me --pid-file /run/mdfuse-monitor.pid"
+    )]
     Monitor(monitor::MonitorArgs),
     /// Print the running arrays' state as Prometheus metrics (text format,
     /// for node_exporter's textfile collector); every mdfuse mount when none
     /// is named.
-    ///
-    /// Example: mdfuse metrics --output /var/lib/prometheus/node-exporter/mdfuse.prom
+    #[command(
+        after_help = "Examples:\n  mdfuse metrics\n  mdfuse metrics --output /var/lib/prometheus/node-exporter/mdfuse.prom /mnt/data"
+    )]
     Metrics {
         /// Write the metrics to FILE (atomically: a new file renamed over
         /// it) instead of standard output.
