@@ -1457,3 +1457,71 @@ fn every_subcommand_help_has_an_example() {
         }
     }
 }
+
+// ---------------------------------------------------------------- common mistakes
+
+/// The commonest mistakes are refused, each with what to do next, and change nothing: a
+/// second array mounted over a mountpoint already serving one (before: mounted on top of
+/// it), a leg of an array running elsewhere, legs of two different arrays.
+#[test]
+fn common_mistakes_are_refused_with_what_to_do_next() {
+    if !needs_root("common_mistakes") {
+        return;
+    }
+    let one = Legs::temp(LEG_BYTES);
+    create(&one, &["--name", "one"]);
+    let dir2 = one.dir().join("two");
+    std::fs::create_dir(&dir2).expect("dir");
+    let two = Legs::new(&dir2, 2, LEG_BYTES);
+    create(&two, &["--name", "two"]);
+    let mnt = one.mountpoint("mnt");
+    let mnt_s = mnt.to_str().expect("UTF-8").to_string();
+    let m = common::mdfuse::MountedArray::mount(&one, &mnt, &[]);
+    let refused = |what: &str, args: Vec<String>, needles: &[&str]| {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = common::mdfuse::mdfuse(&refs);
+        let t = text(&out);
+        if out.status.success() {
+            // Mounted after all: take it down before failing.
+            let _ = common::mdfuse::mdfuse(&["stop", refs[refs.len() - 1]]);
+            panic!("{what} was not refused: {t}");
+        }
+        for n in needles {
+            assert!(t.contains(n), "{what}: no {n:?} in {t}");
+        }
+    };
+    let strs = |legs: &[&Path], mnt: &Path| -> Vec<String> {
+        let mut a = vec!["mount".to_string()];
+        a.extend(legs.iter().map(|l| l.display().to_string()));
+        a.push(mnt.display().to_string());
+        a
+    };
+    refused(
+        "a second array over a mountpoint in use",
+        strs(&[two.path(0), two.path(1)], &mnt),
+        &["already mounted there", &format!("mdfuse stop {mnt_s}")],
+    );
+    let mnt2 = one.mountpoint("mnt2");
+    std::fs::create_dir_all(&mnt2).expect("mnt2");
+    refused(
+        "a leg of a running array",
+        strs(&[one.path(0), one.path(1)], &mnt2),
+        &[&mnt_s, &format!("mdfuse stop {mnt_s}")],
+    );
+    assert!(
+        m.mdstat().contains("[UU]"),
+        "the first array: {}",
+        m.mdstat()
+    );
+    m.stop();
+    refused(
+        "legs of two arrays",
+        strs(&[two.path(0), one.path(1)], &mnt2),
+        &["two different arrays", "mdfuse examine"],
+    );
+    assert!(
+        !is_mounted(&mnt2),
+        "something was mounted at {}",
+        mnt2.display()
+    );
+}

@@ -9,6 +9,7 @@ pub mod helper;
 mod metrics;
 mod monitor;
 mod panic_stop;
+mod preflight;
 mod sandbox;
 mod size;
 mod status;
@@ -663,6 +664,8 @@ pub fn mount_foreground(m: &MountArgs, ready: &mut detach::Ready) -> Result<(), 
     panic_stop::install();
     // Refuse a bad mountpoint before any leg is touched.
     serve::check_mountpoint(&mountpoint).map_err(|e| e.to_string())?;
+    // The commonest mistakes, each refused with what to do next.
+    preflight::check(&legs, &mountpoint)?;
     ensure_fd_room(m.threads)?;
     // Caught from here on: a stop signal during the start ends it cleanly.
     let signals = serve::StopSignals::install().map_err(|e| e.to_string())?;
