@@ -36,4 +36,7 @@ cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --features mdfuse/failpoints -- -D warnings
 echo "== cargo test"
+# A test that cannot run here (no root, a missing tool or fixture) fails
+# instead of skipping (tests/common/loopdev.rs: skipped).
+export MDFUSE_REQUIRE_ALL=1
 cargo test --workspace --release --features mdfuse/failpoints 2>&1 | tee /tmp/mdfuse-test.log

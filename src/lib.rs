@@ -9,14 +9,14 @@
 //! - [`bitmap`]: the write-intent bitmap service the RAID1 engine calls.
 //! - [`raid1`]: the mirror engine: write fan-out, read balance, ordering.
 //! - [`array`]: create, assemble and stop an array (superblocks, events).
-//! - [`fuse_fs`]: the FUSE adapter; it only translates.
+//! - [`transport`]: what serves the array (the FUSE adapter, its mount and
+//!   session); it only translates requests into calls on [`array::ServedArray`].
 
 pub mod array;
 pub mod bitmap;
 pub mod blockmap;
 pub mod format;
-pub mod fuse_fs;
 pub mod io;
 pub mod raid1;
 pub mod report;
-pub mod serve;
+pub mod transport;

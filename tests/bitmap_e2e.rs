@@ -971,7 +971,13 @@ fn refuses_a_second_mount_in_use() {
 fn fixture(name: &str) -> Option<(Manifest, PathBuf)> {
     let set = kmd::fixture_set(name);
     if !set.exists() {
-        eprintln!("SKIPPED: no fixtures at {}", set.display());
+        common::loopdev::skipped(
+            &format!("the tests of fixture set {name}"),
+            &format!(
+                "no fixtures at {} (../shared beside the clone)",
+                set.display()
+            ),
+        );
         return None;
     }
     Some((Manifest::load(&set), set))

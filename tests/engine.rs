@@ -36,7 +36,7 @@ impl Recorder {
 }
 
 impl ArrayEvents for Recorder {
-    fn mark_active(&self) -> Result<(), String> {
+    fn mark_active(&self) -> Result<(), RecordError> {
         self.active.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
@@ -370,4 +370,73 @@ fn a_durable_write_reaches_every_leg() {
             assert!(data_region(p)[12_345..12_345 + data.len()] == data[..]);
         }
     }
+}
+
+/// A new kind of leg is one implementation of the device seam: the engine
+/// serves legs in memory (no files, no io_uring descriptor) as it serves
+/// files, reads back what it wrote, and fails out the leg whose device
+/// starts failing its writes while the array goes on.
+#[test]
+fn the_engine_serves_legs_in_memory_through_the_device_seam() {
+    use mdfuse::io::device::MemDevice;
+    let devs: Vec<Arc<MemDevice>> = (0..2)
+        .map(|_| Arc::new(MemDevice::new((DATA_OFFSET + ARRAY) as usize)))
+        .collect();
+    let specs = devs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            Some(LegSpec {
+                leg: Arc::new(Leg::in_memory(
+                    &format!("leg{i}"),
+                    Box::new(d.clone()),
+                    DATA_OFFSET + ARRAY,
+                )),
+                data_offset: DATA_OFFSET,
+                state: LegState::InSync,
+            })
+        })
+        .collect();
+    let rec = Arc::new(Recorder::default());
+    let engine = Raid1::new(
+        specs,
+        ARRAY,
+        None,
+        rec.clone(),
+        &EngineOptions { workers_per_leg: 2 },
+    )
+    .unwrap();
+    assert_eq!(
+        engine.slots()[0].io().unwrap().leg().path(),
+        std::path::Path::new("mem:leg0")
+    );
+    let mut rng = Rng(0x3e3);
+    let mut model = vec![0u8; ARRAY as usize];
+    for _ in 0..100 {
+        let off = rng.below(ARRAY - 1);
+        let len = (1 + rng.below(300_000)).min(ARRAY - off);
+        let data = rng.bytes(len as usize);
+        assert_eq!(
+            engine.write(off, &data, rng.below(2) == 0).unwrap(),
+            len as usize
+        );
+        model[off as usize..(off + len) as usize].copy_from_slice(&data);
+    }
+    engine.flush().unwrap();
+    for d in &devs {
+        assert!(
+            d.contents(DATA_OFFSET as usize, ARRAY as usize) == model,
+            "a leg differs"
+        );
+        assert!(d.flushes() > 0);
+    }
+    let got = engine.read(0, ARRAY, |b| b.to_vec()).unwrap();
+    assert!(got == model);
+
+    devs[1].fail_writes(true);
+    assert_eq!(engine.write(4096, &[9u8; 5000], false).unwrap(), 5000);
+    assert_eq!(engine.slots()[1].state(), LegState::Faulty);
+    assert_eq!(*rec.failed.lock(), vec![1]);
+    model[4096..9096].fill(9);
+    assert!(engine.read(0, 16384, |b| b.to_vec()).unwrap() == model[..16384]);
 }

@@ -930,7 +930,9 @@ fn check_counts_known_mismatches_and_repair_fixes_them_under_user_io() {
             .expect("open array.img");
         let mut buf = AlignedVec::zeroed(MIB as usize);
         for off in (0..half).step_by(MIB as usize) {
-            for b in 0..MIB / BLOCK {
+            // Up to `half` only: the workload's half must start unwritten.
+            let len = (half - off).min(MIB);
+            for b in 0..len / BLOCK {
                 let at = (b * BLOCK) as usize;
                 workload::fill_block(
                     &mut buf.as_mut_slice()[at..at + BLOCK as usize],
@@ -939,7 +941,8 @@ fn check_counts_known_mismatches_and_repair_fixes_them_under_user_io() {
                 );
                 first_half.insert(off + b * BLOCK, 1);
             }
-            f.write_all_at(buf.as_slice(), off).expect("fill");
+            f.write_all_at(&buf.as_slice()[..len as usize], off)
+                .expect("fill");
         }
         f.sync_all().expect("fsync");
     }

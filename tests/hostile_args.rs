@@ -496,11 +496,13 @@ fn the_daemon_keeps_no_descriptor_directory_or_umask_of_its_caller() {
     let o = cmd.output().expect("run mdfuse mount");
     drop(lock);
     let pid = daemons_for(&mnt).first().copied();
-    let free = {
+    // Another test's child, forked from this process at the same moment,
+    // holds every descriptor of it until its exec: look for a while.
+    let free = poll(std::time::Duration::from_secs(3), || {
         let again = std::fs::File::open(&lock_path).unwrap();
         // SAFETY: as above.
         unsafe { libc::flock(again.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
-    };
+    });
     let cwd = pid.and_then(|p| std::fs::read_link(format!("/proc/{p}/cwd")).ok());
     let status = pid
         .and_then(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())

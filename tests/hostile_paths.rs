@@ -388,8 +388,19 @@ fn a_bitmap_on_device_mapper_needs_the_trust_flag() {
     if !needs_root("a_bitmap_on_device_mapper_needs_the_trust_flag") {
         return;
     }
-    if run("dmsetup", &["version"]).is_err() {
-        eprintln!("skipped: no device-mapper here");
+    let misc = std::fs::read_to_string("/proc/misc").unwrap_or_default();
+    if !misc.lines().any(|l| l.ends_with(" device-mapper")) {
+        common::loopdev::kernel_lacks(
+            "a_bitmap_on_device_mapper_needs_the_trust_flag",
+            "device-mapper (not in /proc/misc)",
+        );
+        return;
+    }
+    if let Err(e) = run("dmsetup", &["version"]) {
+        common::loopdev::skipped(
+            "a_bitmap_on_device_mapper_needs_the_trust_flag",
+            &format!("dmsetup does not run ({e}); install the dmsetup package"),
+        );
         return;
     }
     let dir = tempdir("mdfuse-dm");

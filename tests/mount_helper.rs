@@ -137,7 +137,7 @@ fn mount(args: &[&str]) -> Output {
 
 /// The daemon's pid file: /run/mdfuse/<absolute mountpoint, as systemd-escape --path>.pid.
 fn pid_file(mnt: &Path) -> PathBuf {
-    mdfuse::serve::run_file(mnt, "pid")
+    mdfuse::transport::serve::run_file(mnt, "pid")
 }
 
 /// The pid in the daemon's pid file (0 if there is none).

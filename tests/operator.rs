@@ -138,7 +138,7 @@ impl Drop for Mounts {
 }
 
 fn daemon_pid(mnt: &Path) -> i32 {
-    std::fs::read_to_string(mdfuse::serve::run_file(mnt, "pid"))
+    std::fs::read_to_string(mdfuse::transport::serve::run_file(mnt, "pid"))
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(0)
@@ -1069,7 +1069,7 @@ fn monitor_misses_nothing_between_two_looks_and_reports_a_degraded_start() {
     wait_for_event(format!("TestMessage {mnt_s}"), 30);
 
     // All within one delay: the daemon's log has it all before the monitor looks again.
-    let daemon_log = mdfuse::serve::run_file(&mnt, "events");
+    let daemon_log = mdfuse::transport::serve::run_file(&mnt, "events");
     m.set_md("dev-leg1.img/state", "faulty");
     m.set_md("dev-leg1.img/state", "remove");
     m.set_md("new_dev", &format!("re-add {}", legs.paths[1].display()));

@@ -3,7 +3,7 @@
 
 use super::error::ArrayError;
 use super::superblocks::{is_recovering, read_superblock};
-use crate::format::superblock::{DevRole, Superblock, LEVEL_RAID1};
+use crate::format::superblock::{DevRole, Superblock, SuperblockError, LEVEL_RAID1};
 use crate::io::leg::{IoMode, Leg};
 use crate::report::uuid_string;
 use std::path::PathBuf;
@@ -26,14 +26,6 @@ pub struct Member {
     pub leg: Arc<Leg>,
     pub sb: Superblock,
     pub slot: u16,
-}
-
-/// A member before the array's I/O mode is settled.
-struct Opened {
-    path: PathBuf,
-    leg: Leg,
-    sb: Superblock,
-    slot: u16,
 }
 
 /// A leg that was given but does not take part (stale: older events).
@@ -67,37 +59,176 @@ impl Assembly {
     }
 }
 
+/// Most slots (`raid_disks`) an array may have: the engine keeps its legs in
+/// 64-bit masks. md allows 1920 (`(4096 - 256) / 2`, what the role table
+/// holds); an array with more is refused by name. `mdfuse create` makes at
+/// most [`super::create::MAX_LEGS`].
+pub const MAX_RAID_DISKS: u32 = 64;
+
+/// A leg given to assembly, as read from it: its path, its size in bytes,
+/// what its superblock block held, and its handle (the open leg; the fuzz
+/// target and the property tests pass `()`).
+pub struct Candidate<L> {
+    pub path: PathBuf,
+    pub size: u64,
+    pub sb: Result<Superblock, SuperblockError>,
+    pub handle: L,
+}
+
+/// A leg chosen as a member, by [`plan`].
+pub struct Planned<L> {
+    pub path: PathBuf,
+    pub handle: L,
+    pub sb: Superblock,
+    pub slot: u16,
+}
+
+/// What assembly decided from the legs' superblocks, before any I/O mode
+/// is settled: [`plan`]'s answer.
+pub struct Plan<L> {
+    /// Current members, by slot.
+    pub members: Vec<Planned<L>>,
+    pub left_out: Vec<Left>,
+    pub raid_disks: u32,
+    pub array_sectors: u64,
+    pub set_uuid: [u8; 16],
+    pub name: String,
+    pub events: u64,
+    pub was_clean: bool,
+    pub resync_from_sectors: u64,
+    /// Every member's data and the array's size are 4 KiB aligned (direct
+    /// I/O possible).
+    pub aligned: bool,
+}
+
 pub fn assemble(paths: &[PathBuf], opts: &AssembleOptions) -> Result<Assembly, ArrayError> {
-    if paths.is_empty() {
-        return Err(ArrayError::TooFewLegs(0));
-    }
+    check_leg_count(paths.len())?;
     super::create::check_distinct(paths)?;
-    let mut found: Vec<(PathBuf, Leg, Superblock)> = Vec::new();
+    let mut candidates = Vec::with_capacity(paths.len());
     for p in paths {
         let leg = Leg::open(p, opts.io_mode, !opts.read_only, true)?;
-        let sb = read_superblock(&leg)?.map_err(|source| ArrayError::BadSuperblock {
+        let sb = read_superblock(&leg)?;
+        candidates.push(Candidate {
             path: p.clone(),
-            source,
-        })?;
+            size: leg.size(),
+            sb,
+            handle: leg,
+        });
+    }
+    let plan = plan(candidates, opts)?;
+    let mut members = plan.members;
+    let io_mode = if opts.io_mode == IoMode::Direct && !plan.aligned {
+        log::warn!(
+            "array {}: data offset or size not 4 KiB aligned; using buffered I/O",
+            plan.name
+        );
+        members = members
+            .into_iter()
+            .map(|m| {
+                Ok(Planned {
+                    handle: m.handle.reopen(IoMode::Buffered, !opts.read_only)?,
+                    ..m
+                })
+            })
+            .collect::<Result<_, ArrayError>>()?;
+        IoMode::Buffered
+    } else {
+        opts.io_mode
+    };
+    Ok(Assembly {
+        was_clean: plan.was_clean,
+        resync_from_sectors: plan.resync_from_sectors,
+        members: members
+            .into_iter()
+            .map(|m| Member {
+                path: m.path,
+                leg: Arc::new(m.handle),
+                sb: m.sb,
+                slot: m.slot,
+            })
+            .collect(),
+        left_out: plan.left_out,
+        raid_disks: plan.raid_disks,
+        array_sectors: plan.array_sectors,
+        set_uuid: plan.set_uuid,
+        name: plan.name,
+        events: plan.events,
+        io_mode,
+    })
+}
+
+fn check_leg_count(given: usize) -> Result<(), ArrayError> {
+    if given == 0 {
+        return Err(ArrayError::TooFewLegs(0));
+    }
+    if given > MAX_RAID_DISKS as usize {
+        return Err(ArrayError::TooManyLegs {
+            given,
+            max: MAX_RAID_DISKS as usize,
+        });
+    }
+    Ok(())
+}
+
+/// Decides, from what was read of each leg and nothing else (no I/O), which
+/// legs form the array: every superblock is checked on its own leg
+/// ([`Superblock::validate_on_leg`]) and against the others (same array,
+/// the freshest superblock's roles, its size within every member's data),
+/// following md's rules: a member one event behind the freshest is current
+/// (md and mdadm allow that difference), a member whose superblock fails
+/// its checksum is left out (its slot is then missing: `--run` starts the
+/// rest), and anything impossible is refused with the leg and the field
+/// named.
+pub fn plan<L>(legs: Vec<Candidate<L>>, opts: &AssembleOptions) -> Result<Plan<L>, ArrayError> {
+    check_leg_count(legs.len())?;
+    let mut found: Vec<(PathBuf, L, Superblock)> = Vec::new();
+    let mut left_out = Vec::new();
+    let mut first_kicked = None;
+    for c in legs {
+        let path = c.path;
+        let sb = match c.sb {
+            Ok(sb) => sb,
+            Err(source @ SuperblockError::BadChecksum { .. }) => {
+                // md (super_1_load) does not import such a device and
+                // assembles the others; mdfuse leaves it out the same way.
+                log::warn!(
+                    "leg {}: {source}; it is left out, as md leaves out such a member",
+                    path.display()
+                );
+                left_out.push(Left {
+                    path: path.clone(),
+                    reason: format!("{source}; left out, as md does"),
+                });
+                first_kicked.get_or_insert(ArrayError::BadSuperblock { path, source });
+                continue;
+            }
+            Err(source) => return Err(ArrayError::BadSuperblock { path, source }),
+        };
+        if sb.level != LEVEL_RAID1 {
+            return Err(ArrayError::NotRaid1 {
+                path,
+                level: sb.level,
+            });
+        }
+        if let Err(source) = sb.validate_on_leg(c.size, MAX_RAID_DISKS) {
+            return Err(ArrayError::InvalidSuperblock { path, source });
+        }
         if let Some((first, _, fsb)) = found.first() {
             if fsb.set_uuid != sb.set_uuid {
                 return Err(ArrayError::ForeignLeg {
-                    path: p.clone(),
+                    path,
                     found: uuid_string(&sb.set_uuid),
                     first: first.clone(),
                     expected: uuid_string(&fsb.set_uuid),
                 });
             }
         }
-        if sb.level != LEVEL_RAID1 {
-            return Err(ArrayError::NotRaid1 {
-                path: p.clone(),
-                level: sb.level,
-            });
-        }
-        found.push((p.clone(), leg, sb));
+        found.push((path, c.handle, sb));
     }
-    let mut left_out = Vec::new();
+    if found.is_empty() {
+        // Only legs whose checksum failed: nothing to assemble from.
+        return Err(first_kicked.unwrap_or(ArrayError::TooFewLegs(0)));
+    }
     let sbs: Vec<&Superblock> = found.iter().map(|f| &f.2).collect();
     let pairs = diverged_pairs(&sbs);
     if !pairs.is_empty() {
@@ -142,15 +273,38 @@ pub fn assemble(paths: &[PathBuf], opts: &AssembleOptions) -> Result<Assembly, A
             !drop
         });
     }
-    // md trusts the freshest superblock for the array's roles.
-    let events = found.iter().map(|f| f.2.events).max().unwrap_or(0);
-    let freshest = found
+    // md trusts the freshest superblock for the array's roles and geometry,
+    // the freshest among the members (md's analyze_sbs ignores spares' events).
+    let member = |sb: &Superblock| !matches!(sb.own_role(), DevRole::Spare);
+    let pool: Vec<&(PathBuf, L, Superblock)> = match found.iter().any(|f| member(&f.2)) {
+        true => found.iter().filter(|f| member(&f.2)).collect(),
+        false => found.iter().collect(),
+    };
+    // Between legs of the same events, one that records another as gone
+    // (faulty or removed) went on after that one: it is the fresher, in
+    // whatever order the legs were given. (Each recording the other as gone
+    // is a split brain, refused above.)
+    let top = pool.iter().map(|f| f.2.events).max();
+    let tied: Vec<&&(PathBuf, L, Superblock)> =
+        pool.iter().filter(|f| Some(f.2.events) == top).collect();
+    let dropped_by_a_peer = |sb: &Superblock| {
+        tied.iter().any(|g| {
+            g.2.dev_number != sb.dev_number
+                && !matches!(g.2.role_of(sb.dev_number), DevRole::Active(_))
+        })
+    };
+    let Some((freshest_path, freshest)) = tied
         .iter()
-        .find(|f| f.2.events == events)
-        .map(|f| f.2.clone())
-        .expect("at least one leg");
-    let mut members: Vec<Opened> = Vec::new();
-    for (path, leg, sb) in found {
+        .find(|f| !dropped_by_a_peer(&f.2))
+        .or(tied.first())
+        .map(|f| (f.0.clone(), f.2.clone()))
+    else {
+        return Err(first_kicked.unwrap_or(ArrayError::TooFewLegs(0)));
+    };
+    let events = freshest.events;
+    let raid_disks = freshest.raid_disks;
+    let mut members: Vec<Planned<L>> = Vec::new();
+    for (path, handle, sb) in found {
         let slot = match sb.own_role() {
             DevRole::Active(slot) => slot,
             DevRole::Spare => {
@@ -176,6 +330,14 @@ pub fn assemble(paths: &[PathBuf], opts: &AssembleOptions) -> Result<Assembly, A
                 })
             }
         };
+        if u32::from(slot) >= raid_disks {
+            return Err(ArrayError::SlotBeyondArray {
+                path,
+                slot,
+                raid_disks,
+                freshest: freshest_path,
+            });
+        }
         if let Some(other) = members.iter().find(|m| m.slot == slot) {
             return Err(ArrayError::DuplicateSlot {
                 a: other.path.clone(),
@@ -183,8 +345,12 @@ pub fn assemble(paths: &[PathBuf], opts: &AssembleOptions) -> Result<Assembly, A
                 slot,
             });
         }
+        // md (super_1_validate) and mdadm (Assemble.c, event_margin) take a
+        // member one event behind the freshest as current: it was being
+        // updated when the array stopped. Its role is the freshest one's.
+        let behind = events.saturating_sub(sb.events);
         let current_role = freshest.role_of(sb.dev_number);
-        if sb.events < events || current_role != DevRole::Active(slot) {
+        if behind > 1 || current_role != DevRole::Active(slot) {
             left_out.push(Left {
                 reason: format!(
                     "stale: events {} < {} (the array went on without it); it needs a recovery",
@@ -194,17 +360,29 @@ pub fn assemble(paths: &[PathBuf], opts: &AssembleOptions) -> Result<Assembly, A
             });
             continue;
         }
-        let needed = (sb.data_offset + freshest.size) * 512;
-        if leg.size() < needed {
-            return Err(ArrayError::LegTooSmall {
+        if behind == 1 {
+            log::warn!(
+                "leg {}: events {} is one behind the freshest ({events}, {}): an update was \
+                 cut short when the array stopped; it is taken as current, as md does, and \
+                 its superblock is brought up to date at the next update",
+                path.display(),
+                sb.events,
+                freshest_path.display()
+            );
+        }
+        // The array's size (the freshest superblock's) must fit this
+        // member's data area; validate_on_leg put that area inside the leg.
+        if freshest.size > sb.data_size {
+            return Err(ArrayError::DataSizeBelowArray {
                 path,
-                size: leg.size(),
-                needed,
+                data_size: sb.data_size,
+                size: freshest.size,
+                freshest: freshest_path,
             });
         }
-        members.push(Opened {
+        members.push(Planned {
             path,
-            leg,
+            handle,
             sb,
             slot,
         });
@@ -229,7 +407,6 @@ pub fn assemble(paths: &[PathBuf], opts: &AssembleOptions) -> Result<Assembly, A
             m.sb.recovery_offset
         );
     }
-    let raid_disks = freshest.raid_disks;
     let present: Vec<u16> = members.iter().map(|m| m.slot).collect();
     // As mdadm: without --run, every slot the newest superblock still calls
     // active must be here; an array that was already running degraded
@@ -258,30 +435,12 @@ pub fn assemble(paths: &[PathBuf], opts: &AssembleOptions) -> Result<Assembly, A
             raid_disks,
         });
     }
-    // Direct I/O needs 4 KiB alignment of the data on every leg.
-    let aligned = (freshest.size * 512).is_multiple_of(4096)
-        && members
-            .iter()
-            .all(|m| (m.sb.data_offset * 512).is_multiple_of(4096));
-    let io_mode = if opts.io_mode == IoMode::Direct && !aligned {
-        log::warn!(
-            "array {}: data offset or size not 4 KiB aligned; using buffered I/O",
-            freshest.name()
-        );
-        members = members
-            .into_iter()
-            .map(|m| {
-                Ok(Opened {
-                    leg: m.leg.reopen(IoMode::Buffered, !opts.read_only)?,
-                    ..m
-                })
-            })
-            .collect::<Result<_, ArrayError>>()?;
-        IoMode::Buffered
-    } else {
-        opts.io_mode
-    };
-    Ok(Assembly {
+    // Direct I/O needs 4 KiB alignment of the data on every leg. The
+    // products cannot overflow: validate_on_leg put every data area, and
+    // the size within it, inside a leg whose length is a u64 of bytes.
+    let aligned = freshest.size.is_multiple_of(8)
+        && members.iter().all(|m| m.sb.data_offset.is_multiple_of(8));
+    Ok(Plan {
         was_clean: members.iter().all(|m| m.sb.is_clean()),
         resync_from_sectors: members
             .iter()
@@ -289,23 +448,43 @@ pub fn assemble(paths: &[PathBuf], opts: &AssembleOptions) -> Result<Assembly, A
             .min()
             .filter(|&o| o < freshest.size)
             .unwrap_or(0),
-        members: members
-            .into_iter()
-            .map(|m| Member {
-                path: m.path,
-                leg: Arc::new(m.leg),
-                sb: m.sb,
-                slot: m.slot,
-            })
-            .collect(),
+        members,
         left_out,
         raid_disks,
         array_sectors: freshest.size,
         set_uuid: freshest.set_uuid,
         name: freshest.name(),
         events,
-        io_mode,
+        aligned,
     })
+}
+
+/// The checks assembly makes of a member's superblock, for a former member
+/// given back to a running array (`mdfuse manage --re-add`/`--add`): its
+/// own fields on its leg ([`Superblock::validate_on_leg`]), and the array's
+/// size (`current`, the freshest superblock) within its data area. A
+/// re-added leg's data_offset is used for its I/O, so it is no more
+/// trusted than at assembly.
+pub fn check_former_member(
+    path: &std::path::Path,
+    leg_bytes: u64,
+    sb: &Superblock,
+    current: &Superblock,
+) -> Result<(), ArrayError> {
+    sb.validate_on_leg(leg_bytes, MAX_RAID_DISKS)
+        .map_err(|source| ArrayError::InvalidSuperblock {
+            path: path.to_owned(),
+            source,
+        })?;
+    if current.size > sb.data_size {
+        return Err(ArrayError::DataSizeBelowArray {
+            path: path.to_owned(),
+            data_size: sb.data_size,
+            size: current.size,
+            freshest: PathBuf::from("the running array's"),
+        });
+    }
+    Ok(())
 }
 
 /// Whether two legs' histories diverged: each one's superblock records the
@@ -369,6 +548,7 @@ fn same_path(a: &std::path::Path, b: &std::path::Path) -> bool {
 mod tests {
     use super::*;
     use crate::format::superblock::{NewMember, Superblock};
+    use std::path::Path;
 
     fn member(dev_number: u32) -> Superblock {
         let mut sb = Superblock::new_raid1_member(&NewMember {
@@ -385,6 +565,192 @@ mod tests {
         .expect("superblock");
         sb.events = 10;
         sb
+    }
+
+    fn opts(run: bool) -> AssembleOptions {
+        AssembleOptions {
+            io_mode: IoMode::Buffered,
+            read_only: false,
+            run_degraded: run,
+            force_from: None,
+        }
+    }
+
+    const LEG: u64 = (1 << 16) * 512;
+
+    fn cand(name: &str, sb: Result<Superblock, SuperblockError>) -> Candidate<()> {
+        Candidate {
+            path: PathBuf::from(name),
+            size: LEG,
+            sb,
+            handle: (),
+        }
+    }
+
+    fn slots(p: &Plan<()>) -> Vec<u16> {
+        p.members.iter().map(|m| m.slot).collect()
+    }
+
+    #[test]
+    fn a_member_one_event_behind_is_current_two_is_stale() {
+        let a = member(0);
+        let mut b = member(1);
+        b.events -= 1;
+        let p = plan(
+            vec![cand("a", Ok(a.clone())), cand("b", Ok(b.clone()))],
+            &opts(false),
+        )
+        .expect("one behind is current");
+        assert_eq!(slots(&p), vec![0, 1]);
+        assert_eq!(p.events, 10);
+        b.events -= 1;
+        let err = plan(
+            vec![cand("a", Ok(a.clone())), cand("b", Ok(b.clone()))],
+            &opts(false),
+        )
+        .err()
+        .expect("two behind is stale");
+        assert!(err.to_string().contains("stale"), "{err}");
+        let p = plan(vec![cand("a", Ok(a)), cand("b", Ok(b))], &opts(true)).unwrap();
+        assert_eq!(slots(&p), vec![0]);
+    }
+
+    #[test]
+    fn a_member_whose_checksum_fails_is_left_out_and_needs_run() {
+        let bad = || {
+            Err(SuperblockError::BadChecksum {
+                stored: 1,
+                computed: 2,
+            })
+        };
+        let err = plan(
+            vec![cand("a", Ok(member(0))), cand("b", bad())],
+            &opts(false),
+        )
+        .err()
+        .expect("slot 1 is missing");
+        let text = err.to_string();
+        assert!(
+            text.contains("b (superblock checksum is wrong") && text.contains("--run"),
+            "{text}"
+        );
+        let p = plan(
+            vec![cand("a", Ok(member(0))), cand("b", bad())],
+            &opts(true),
+        )
+        .unwrap();
+        assert_eq!(slots(&p), vec![0]);
+        assert_eq!(p.left_out.len(), 1);
+        // Only bad legs: the first one's error.
+        let err = plan(vec![cand("a", bad()), cand("b", bad())], &opts(true))
+            .err()
+            .unwrap();
+        assert!(
+            matches!(err, ArrayError::BadSuperblock { ref path, .. } if path == Path::new("a"))
+        );
+        // Any other parse error refuses the leg, as before.
+        let err = plan(
+            vec![
+                cand("a", Ok(member(0))),
+                cand("b", Err(SuperblockError::BadMagic { found: 0 })),
+            ],
+            &opts(true),
+        )
+        .err()
+        .unwrap();
+        assert!(matches!(err, ArrayError::BadSuperblock { .. }), "{err}");
+    }
+
+    #[test]
+    fn between_equal_events_the_leg_that_recorded_the_other_gone_is_freshest() {
+        // b ran alone (recording a removed) up to the events a reached by an
+        // update cut short: b's history is the later one, in either order.
+        let a = member(0);
+        let mut b = member(1);
+        b.set_role(0, DevRole::Spare).unwrap();
+        for legs in [
+            vec![cand("a", Ok(a.clone())), cand("b", Ok(b.clone()))],
+            vec![cand("b", Ok(b.clone())), cand("a", Ok(a.clone()))],
+        ] {
+            let p = plan(legs, &opts(true)).unwrap();
+            assert_eq!(slots(&p), vec![1]);
+            assert_eq!(p.left_out[0].path, PathBuf::from("a"));
+        }
+    }
+
+    #[test]
+    fn a_spare_never_gives_the_array_its_view() {
+        let a = member(0);
+        let b = member(1);
+        let mut spare = member(1);
+        spare.dev_number = 2;
+        spare.set_role(2, DevRole::Spare).unwrap();
+        spare.raid_disks = 1;
+        spare.set_role(1, DevRole::Faulty).unwrap();
+        spare.events = 100;
+        let p = plan(
+            vec![cand("s", Ok(spare)), cand("a", Ok(a)), cand("b", Ok(b))],
+            &opts(false),
+        )
+        .unwrap();
+        assert_eq!(slots(&p), vec![0, 1]);
+        assert_eq!(p.raid_disks, 2);
+    }
+
+    #[test]
+    fn a_slot_beyond_the_freshest_raid_disks_is_refused_by_name() {
+        let mut a = member(0);
+        a.raid_disks = 1;
+        a.events = 11;
+        let err = plan(
+            vec![cand("a", Ok(a)), cand("b", Ok(member(1)))],
+            &opts(true),
+        )
+        .err()
+        .unwrap();
+        let text = err.to_string();
+        assert!(
+            matches!(
+                err,
+                ArrayError::SlotBeyondArray {
+                    slot: 1,
+                    raid_disks: 1,
+                    ..
+                }
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("leg b:") && text.contains("freshest superblock (a)"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_array_must_fit_every_members_data_area() {
+        let a = member(0);
+        let mut b = member(1);
+        b.data_size = a.size - 8;
+        b.size = b.data_size;
+        let err = plan(vec![cand("a", Ok(a)), cand("b", Ok(b))], &opts(true))
+            .err()
+            .unwrap();
+        assert!(
+            matches!(err, ArrayError::DataSizeBelowArray { .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn more_legs_than_the_engine_holds_are_refused() {
+        let legs: Vec<Candidate<()>> = (0..65)
+            .map(|i| cand(&format!("l{i}"), Ok(member(0))))
+            .collect();
+        let err = plan(legs, &opts(true)).err().unwrap();
+        assert!(
+            matches!(err, ArrayError::TooManyLegs { given: 65, max: 64 }),
+            "{err}"
+        );
     }
 
     #[test]

@@ -175,7 +175,7 @@ fn check_belongs(path: &Path, sb: &BitmapSuper, asm: &Assembly) -> Result<(), Ar
         return Err(bitmap_error(
             path,
             format!(
-                "it belongs to array {}, not to this array ({}); give this array's bitmap file",
+                "its uuid says it belongs to array {}, not to this array ({}); give this array's bitmap file",
                 uuid_string(&sb.uuid),
                 asm.uuid()
             ),
@@ -185,7 +185,7 @@ fn check_belongs(path: &Path, sb: &BitmapSuper, asm: &Assembly) -> Result<(), Ar
         return Err(bitmap_error(
             path,
             format!(
-                "it covers {} sectors but the array has {}; it was made for another size",
+                "its sync_size is {} sectors but the array has {}; it was made for another size",
                 sb.sync_size, asm.array_sectors
             ),
         ));

@@ -6,7 +6,7 @@
 
 use super::error::ArrayError;
 use super::running::RunningArray;
-use crate::fuse_fs::ControlAccess::{self, Read, ReadWrite, Write};
+use super::served::ControlAccess::{self, Read, ReadWrite, Write};
 use crate::raid1::{LegState, SpeedLimits, SyncAction};
 use crate::report::mdstat::escape_name;
 use std::sync::atomic::Ordering;
@@ -284,7 +284,12 @@ impl RunningArray {
             "level" => "raid1".into(),
             "raid_disks" => self.raid_disks.to_string(),
             "degraded" => (self.raid_disks - engine.in_sync_count()).to_string(),
-            "metadata_version" => "1.2".into(),
+            // md: "1.0", "1.1" or "1.2", by the superblocks' place.
+            "metadata_version" => crate::format::superblock::MetadataVersion::of_super_offset(
+                self.keeper.current()?.super_offset,
+            )
+            .name()
+            .into(),
             "uuid" => uuid_pu(&self.keeper.current()?.set_uuid),
             "component_size" => (engine.size() / 1024).to_string(),
             // md prints a size only when one was set through this file.

@@ -1,6 +1,6 @@
-//! `mdfuse create`: md v1.2 superblocks on every leg, as
-//! `mdadm --create --metadata=1.2 --level=1` writes them, and optionally the
-//! write-intent bitmap file.
+//! `mdfuse create`: md v1.x superblocks on every leg (metadata 1.2 by
+//! default, or 1.0 or 1.1), as `mdadm --create --metadata=1.x --level=1`
+//! writes them, and optionally the write-intent bitmap file.
 //!
 //! Order: every check first; then the bitmap file is written and synced
 //! beside its final name; then the legs; then the bitmap is renamed into
@@ -12,7 +12,8 @@ use crate::bitmap::stage_bitmap_file;
 use crate::format::bitmap::{default_chunk_size, BitmapSuper};
 use crate::format::signatures;
 use crate::format::superblock::{
-    mdadm_default_data_offset, mdadm_raid1_array_sectors, min_leg_sectors, NewMember, Superblock,
+    mdadm_default_data_offset_for, mdadm_raid1_array_sectors_for, MetadataVersion, NewMember,
+    Superblock,
 };
 use crate::io::aligned::AlignedBuf;
 use crate::io::leg::{IoMode, Leg};
@@ -34,6 +35,10 @@ pub struct CreateOptions {
     pub force: bool,
     /// The write-intent bitmap file to create with the array.
     pub bitmap: Option<NewBitmap>,
+    /// Where the superblocks go: 1.2 (4 KiB from the start, mdadm's
+    /// default), 1.1 (at the start) or 1.0 (at the end, the data from
+    /// sector 0).
+    pub metadata: MetadataVersion,
 }
 
 /// A bitmap file to create with the array.
@@ -52,6 +57,7 @@ pub struct Created {
     pub name: String,
     pub array_sectors: u64,
     pub data_offset_sectors: u64,
+    pub metadata: MetadataVersion,
     pub legs: Vec<PathBuf>,
     /// The bitmap file's header, when one was created.
     pub bitmap: Option<BitmapSuper>,
@@ -153,6 +159,18 @@ pub(super) fn check_blank(leg: &Leg, force: bool) -> Result<(), ArrayError> {
     Ok(())
 }
 
+/// Smallest leg `mdfuse create` takes for `version`: its metadata plus one
+/// 64 KiB unit of data (mdadm rounds a RAID1's size down to 64 KiB).
+pub fn min_leg_sectors_for(version: MetadataVersion) -> u64 {
+    (24u64..)
+        .step_by(8)
+        .find(|&s| {
+            mdadm_raid1_array_sectors_for(version, s, mdadm_default_data_offset_for(version, s))
+                >= 128
+        })
+        .unwrap_or(u64::MAX)
+}
+
 /// Creates a RAID1 on `paths`. Nothing is written until every leg has been
 /// checked. The data regions are zeroed (holes punched in file legs), so the
 /// legs start identical, like `--assume-clean` on blank disks.
@@ -167,18 +185,23 @@ pub fn create(paths: &[PathBuf], opts: &CreateOptions) -> Result<Created, ArrayE
         });
     }
     check_distinct(paths)?;
+    let version = opts.metadata;
     let mut legs = Vec::with_capacity(paths.len());
     for p in paths {
         let leg = Leg::open(p, IoMode::Direct, true, true)?;
         let sectors = leg.size() / 512;
-        if sectors < min_leg_sectors() {
+        // One 64 KiB unit of data at least (mdadm's rounding of a RAID1's
+        // size), after this version's metadata.
+        let data_offset = mdadm_default_data_offset_for(version, sectors);
+        if mdadm_raid1_array_sectors_for(version, sectors, data_offset) < 128 {
+            let min = min_leg_sectors_for(version);
             return Err(ArrayError::Geometry {
                 path: p.clone(),
                 source: crate::format::superblock::GeometryError::DeviceTooSmall {
                     device_sectors: sectors,
-                    data_offset: mdadm_default_data_offset(sectors),
+                    data_offset,
                     needed_data: 128,
-                    min: min_leg_sectors(),
+                    min,
                 },
             });
         }
@@ -186,12 +209,12 @@ pub fn create(paths: &[PathBuf], opts: &CreateOptions) -> Result<Created, ArrayE
         legs.push(leg);
     }
     // mdadm takes the data offset from the first leg and uses it for all.
-    let data_offset = mdadm_default_data_offset(legs[0].size() / 512);
+    let data_offset = mdadm_default_data_offset_for(version, legs[0].size() / 512);
     let smallest = legs
         .iter()
         .min_by_key(|l| l.size())
         .expect("at least two legs");
-    let available = mdadm_raid1_array_sectors(smallest.size() / 512, data_offset);
+    let available = mdadm_raid1_array_sectors_for(version, smallest.size() / 512, data_offset);
     let array_sectors = match opts.size {
         None => available,
         Some(bytes) => {
@@ -214,17 +237,20 @@ pub fn create(paths: &[PathBuf], opts: &CreateOptions) -> Result<Created, ArrayE
     let ctime = now_md_time();
     let mut superblocks = Vec::with_capacity(legs.len());
     for (slot, leg) in legs.iter().enumerate() {
-        let sb = Superblock::new_raid1_member(&NewMember {
-            set_uuid,
-            name: &opts.name,
-            raid_disks: legs.len() as u32,
-            dev_number: slot as u32,
-            device_uuid: random_uuid()?,
-            device_sectors: leg.size() / 512,
-            array_sectors,
-            data_offset: Some(data_offset),
-            ctime,
-        })
+        let sb = Superblock::new_raid1_member_of(
+            &NewMember {
+                set_uuid,
+                name: &opts.name,
+                raid_disks: legs.len() as u32,
+                dev_number: slot as u32,
+                device_uuid: random_uuid()?,
+                device_sectors: leg.size() / 512,
+                array_sectors,
+                data_offset: Some(data_offset),
+                ctime,
+            },
+            version,
+        )
         .map_err(|source| ArrayError::Geometry {
             path: leg.path().to_owned(),
             source,
@@ -264,6 +290,7 @@ pub fn create(paths: &[PathBuf], opts: &CreateOptions) -> Result<Created, ArrayE
         name: opts.name.clone(),
         array_sectors,
         data_offset_sectors: data_offset,
+        metadata: version,
         legs: paths.to_vec(),
         bitmap,
     })

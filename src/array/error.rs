@@ -1,5 +1,5 @@
 use crate::bitmap::BitmapError;
-use crate::format::superblock::{GeometryError, SuperblockError};
+use crate::format::superblock::{GeometryError, InvalidSuperblock, SuperblockError};
 use crate::io::leg::LegError;
 use crate::raid1::EngineError;
 use std::path::PathBuf;
@@ -32,6 +32,40 @@ pub enum ArrayError {
     BadSuperblock {
         path: PathBuf,
         source: SuperblockError,
+    },
+    #[error(
+        "leg {path}: its superblock cannot be used: {source}. What to do: {advice}",
+        path = .path.display(), advice = .source.advice()
+    )]
+    InvalidSuperblock {
+        path: PathBuf,
+        source: InvalidSuperblock,
+    },
+    #[error(
+        "leg {path}: its role (dev_roles) is slot {slot}, but the freshest superblock \
+         ({freshest}) gives the array raid_disks {raid_disks}: there is no such slot. \
+         What to do: give only this array's legs; to start without this leg, leave it \
+         out and add --run",
+        path = .path.display(), freshest = .freshest.display()
+    )]
+    SlotBeyondArray {
+        path: PathBuf,
+        slot: u16,
+        raid_disks: u32,
+        freshest: PathBuf,
+    },
+    #[error(
+        "leg {path}: its data_size is {data_size} sectors, but the freshest superblock \
+         ({freshest}) gives the array size {size} sectors: the array does not fit this \
+         leg's data area. What to do: give only this array's legs; to start without this \
+         leg, leave it out and add --run",
+        path = .path.display(), freshest = .freshest.display()
+    )]
+    DataSizeBelowArray {
+        path: PathBuf,
+        data_size: u64,
+        size: u64,
+        freshest: PathBuf,
     },
     #[error(
         "leg {path} already carries an md superblock (array {uuid}, name {name:?}); \
@@ -68,7 +102,11 @@ pub enum ArrayError {
         first: PathBuf,
         expected: String,
     },
-    #[error("leg {path} is md level {level}, not raid1", path = .path.display())]
+    #[error(
+        "leg {path} is md level {level} ({name}), not raid1: mdfuse serves RAID1 only. What to \
+         do: assemble it with Linux md (mdadm --assemble)",
+        path = .path.display(), name = crate::report::examine::level_name(*.level)
+    )]
     NotRaid1 { path: PathBuf, level: i32 },
     #[error("legs {a} and {b} both claim slot {slot}", a = .a.display(), b = .b.display())]
     DuplicateSlot { a: PathBuf, b: PathBuf, slot: u16 },
@@ -118,8 +156,21 @@ pub enum ArrayError {
     BitmapFile { path: PathBuf, what: String },
     #[error("{0}")]
     Engine(#[from] EngineError),
+    /// Busy (md's EBUSY): a sync runs, the leg is in sync, no slot is free.
     #[error("{0}")]
     Busy(String),
+    #[error("the array is read-only")]
+    ReadOnly,
+    /// The leg is not what the request needs it to be (md's EINVAL).
+    #[error("{path}: {why}", path = .path.display())]
+    NotAMember { path: PathBuf, why: String },
+    #[error("the array has no member left")]
+    NoMemberLeft,
+    #[error("cannot start {what}: {source}")]
+    Thread {
+        what: String,
+        source: std::io::Error,
+    },
     #[error("cannot read random bytes for a UUID: {0}")]
     Random(std::io::Error),
 }
@@ -129,6 +180,9 @@ impl ArrayError {
     pub fn errno(&self) -> i32 {
         match self {
             ArrayError::Busy(_) => libc::EBUSY,
+            ArrayError::ReadOnly => libc::EROFS,
+            ArrayError::NoMemberLeft => libc::EIO,
+            ArrayError::Thread { source, .. } => source.raw_os_error().unwrap_or(libc::EAGAIN),
             ArrayError::Leg(e) => e.errno(),
             ArrayError::Engine(e) => e.errno(),
             ArrayError::HasSuperblock { .. }

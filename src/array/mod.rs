@@ -8,6 +8,7 @@ pub mod create;
 pub mod error;
 pub mod md_thread;
 pub mod running;
+pub mod served;
 pub mod superblocks;
 pub mod sync_control;
 
@@ -16,3 +17,4 @@ pub use bitmap_attach::{attach as attach_bitmap, AttachedBitmap, BitmapAttachOpt
 pub use create::{create, CreateOptions, Created, NewBitmap};
 pub use error::ArrayError;
 pub use running::{RunOptions, RunningArray};
+pub use served::{ControlAccess, ServedArray};

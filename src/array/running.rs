@@ -5,12 +5,12 @@ use super::assemble::Assembly;
 use super::bitmap_attach::AttachedBitmap;
 use super::error::ArrayError;
 use super::md_thread::MdThread;
+use super::served::ServedArray;
 use super::superblocks::is_recovering;
 use super::superblocks::SuperblockKeeper;
 use super::sync_control::{regions_from, Joining, PendingRecovery, SyncControl};
 use crate::bitmap::{WriteIntent, WriteIntentBitmap};
-use crate::format::superblock::FEATURE_RECOVERY_BITMAP;
-use crate::fuse_fs::ServedArray;
+use crate::format::superblock::{mdadm_layout, MetadataVersion, FEATURE_RECOVERY_BITMAP};
 use crate::raid1::{
     ArrayEvents, EngineOptions, LegSpec, LegState, Raid1, RecordError, Region, SpeedLimits,
     SyncAction, SyncProgress, Syncer,
@@ -35,7 +35,7 @@ struct EventSink {
 }
 
 impl ArrayEvents for EventSink {
-    fn mark_active(&self) -> Result<(), String> {
+    fn mark_active(&self) -> Result<(), RecordError> {
         ArrayEvents::mark_active(&*self.keeper)
     }
 
@@ -140,7 +140,7 @@ impl RunningArray {
                     Some(engine) => match engine.flush_background() {
                         Ok(true) => Ok(()),
                         Ok(false) => Err("a leg missed the flush (the array is degraded)".into()),
-                        Err(e) => Err(e.to_string()),
+                        Err(e) => Err(e.into()),
                     },
                     None => Err("the array has stopped".into()),
                 }));
@@ -184,8 +184,11 @@ impl RunningArray {
         if array.needs_resync() && !opts.read_only {
             array.start_resync()?;
         }
-        let thread = MdThread::start(Arc::downgrade(&array))
-            .map_err(|e| ArrayError::Busy(format!("cannot start the array's thread: {e}")))?;
+        let thread =
+            MdThread::start(Arc::downgrade(&array)).map_err(|source| ArrayError::Thread {
+                what: "the array's thread".into(),
+                source,
+            })?;
         *array.md_thread.lock() = Some(thread);
         Ok(array)
     }
@@ -205,18 +208,6 @@ impl RunningArray {
             }
         }
         regions
-    }
-
-    /// The slot whose leg is `leg` (a path, or the leg's name as in `dev-NAME`).
-    pub fn slot_of(&self, leg: &str) -> Option<usize> {
-        let wanted = std::path::Path::new(leg);
-        let canonical = wanted.canonicalize().ok();
-        self.engine.slots().iter().position(|s| {
-            s.io().is_some_and(|io| {
-                let p = io.leg().path();
-                leg_name(p) == leg || Some(p.to_path_buf()) == canonical || p == wanted
-            })
-        })
     }
 
     /// md's `--fail`: the leg becomes faulty, the array goes on degraded.
@@ -251,7 +242,7 @@ impl RunningArray {
         use crate::format::superblock::{DevRole, Superblock};
         use crate::io::leg::{IoMode, Leg};
         if self.read_only {
-            return Err(ArrayError::Busy("the array is read-only".into()));
+            return Err(ArrayError::ReadOnly);
         }
         if self.sync_progress().is_some() {
             return Err(ArrayError::Busy(
@@ -272,10 +263,7 @@ impl RunningArray {
             .filter_map(|s| s.io().map(|io| io.leg().path().to_path_buf()))
             .collect();
         super::create::check_unique_names(others.iter().map(|p| p.as_path()).chain([path]))?;
-        let current = self
-            .keeper
-            .current()
-            .ok_or_else(|| ArrayError::Busy("the array has no member left".into()))?;
+        let current = self.keeper.current().ok_or(ArrayError::NoMemberLeft)?;
         let found = super::superblocks::read_superblock(&leg)?;
         let former = match &found {
             Ok(sb) if sb.set_uuid == current.set_uuid => match sb.own_role() {
@@ -297,13 +285,15 @@ impl RunningArray {
             Err(_) => None,
         };
         if former.is_none() && re_add_only {
-            return Err(ArrayError::Busy(format!(
-                "{} is not a former member of this array that can go back into an empty slot; \
-                 use add for a new leg",
-                path.display()
-            )));
+            return Err(ArrayError::NotAMember {
+                path: path.to_owned(),
+                why: "not a former member of this array that can go back into an empty slot; \
+                      use add for a new leg"
+                    .into(),
+            });
         }
         if let Some((_, sb)) = &former {
+            super::assemble::check_former_member(path, leg.size(), sb, &current)?;
             if sb.events > current.events {
                 return Err(ArrayError::Busy(format!(
                     "{} has newer events ({}) than the array ({}): it was written apart from it; \
@@ -354,9 +344,15 @@ impl RunningArray {
                     size: leg.size(),
                     needed,
                 };
-                sb.data_size = (leg.size() / 512)
-                    .checked_sub(sb.data_offset)
+                // The array's metadata version, placed on this leg as mdadm
+                // --add places it (1.0: the superblock at this leg's end).
+                let version = MetadataVersion::of_super_offset(current.super_offset);
+                let layout = mdadm_layout(version, leg.size() / 512, sb.size, sb.data_offset)
                     .ok_or_else(too_small)?;
+                sb.super_offset = layout.super_offset;
+                sb.data_size = layout.data_size;
+                sb.bblog_size = layout.bblog_size;
+                sb.bblog_offset = layout.bblog_offset;
                 let _ = sb.set_role(sb.dev_number, DevRole::Spare);
                 if sb.data_size < sb.size {
                     return Err(too_small());
@@ -475,7 +471,7 @@ impl RunningArray {
     pub fn check_re_add(&self, slot: usize) -> Result<std::path::PathBuf, ArrayError> {
         use crate::format::superblock::DevRole;
         if self.read_only {
-            return Err(ArrayError::Busy("the array is read-only".into()));
+            return Err(ArrayError::ReadOnly);
         }
         if self.sync_progress().is_some() {
             return Err(ArrayError::Busy(
@@ -494,10 +490,7 @@ impl RunningArray {
                 s.state().md_word()
             )));
         }
-        let current = self
-            .keeper
-            .current()
-            .ok_or_else(|| ArrayError::Busy("the array has no member left".into()))?;
+        let current = self.keeper.current().ok_or(ArrayError::NoMemberLeft)?;
         let sb = super::superblocks::read_superblock(io.leg())?.map_err(|source| {
             ArrayError::BadSuperblock {
                 path: path.clone(),
@@ -505,10 +498,10 @@ impl RunningArray {
             }
         })?;
         if sb.set_uuid != current.set_uuid || sb.own_role() != DevRole::Active(slot as u16) {
-            return Err(ArrayError::Busy(format!(
-                "{} is not this array's member of slot {slot} by its superblock",
-                path.display()
-            )));
+            return Err(ArrayError::NotAMember {
+                path: path.clone(),
+                why: format!("not this array's member of slot {slot} by its superblock"),
+            });
         }
         if sb.events > current.events {
             return Err(ArrayError::Busy(format!(
@@ -762,7 +755,7 @@ impl ServedArray for RunningArray {
         render_mdstat(&self.mdstat_view())
     }
 
-    fn control_files(&self) -> Vec<(String, crate::fuse_fs::ControlAccess)> {
+    fn control_files(&self) -> Vec<(String, super::served::ControlAccess)> {
         self.control_file_list()
     }
 

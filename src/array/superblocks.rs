@@ -1,11 +1,12 @@
-//! Reading and writing md v1.2 superblocks on legs, and the keeper that
-//! records the array's state changes in them (md's md_update_sb): every
-//! change bumps `events` and is written to every member still in the array.
+//! Reading and writing md v1.x superblocks on legs (metadata 1.0, 1.1 and
+//! 1.2, each at its place), and the keeper that records the array's state
+//! changes in them (md's md_update_sb): every change bumps `events` and is
+//! written to every member still in the array.
 
 use super::error::ArrayError;
 use crate::format::superblock::{
-    DevRole, MdTime, Superblock, SuperblockError, FEATURE_RECOVERY_BITMAP, FEATURE_RECOVERY_OFFSET,
-    MAX_SECTOR,
+    choose_superblock, v0_90_super_sector, DevRole, MdTime, MetadataVersion, Superblock,
+    SuperblockError, FEATURE_RECOVERY_BITMAP, FEATURE_RECOVERY_OFFSET, MAX_SECTOR,
 };
 use crate::io::aligned::AlignedBuf;
 use crate::io::leg::{Leg, LegError};
@@ -13,21 +14,94 @@ use crate::raid1::{ArrayEvents, RecordError};
 use parking_lot::Mutex;
 use std::sync::Arc;
 
-/// Byte offset of a v1.2 superblock on its leg.
-pub const SUPER_OFFSET_BYTES: u64 = 4096;
+/// Bytes read and written for a superblock: md reads 4 KiB at its place.
 pub const SUPER_BYTES: usize = 4096;
 
-/// Reads the 4 KiB superblock block of `leg` (aligned, so direct-mode legs work).
-pub fn read_superblock_block(leg: &Leg) -> Result<Vec<u8>, LegError> {
-    let mut buf = AlignedBuf::new(SUPER_BYTES);
-    leg.read_at(&mut buf.as_mut_slice()[..SUPER_BYTES], SUPER_OFFSET_BYTES)?;
-    Ok(buf.as_slice()[..SUPER_BYTES].to_vec())
+/// What a leg's superblock places hold: the block that answers for the leg
+/// (the superblock, or what stands in its way) and the verdict of
+/// [`choose_superblock`].
+pub struct Probe {
+    /// The 4 KiB block found (zeroes when the leg holds nothing md wrote).
+    pub block: Vec<u8>,
+    /// The metadata version whose superblock it is, or why there is none.
+    pub version: Result<MetadataVersion, SuperblockError>,
 }
 
-/// Reads and checks the superblock of `leg`; the outer error is I/O, the
-/// inner one says the bytes are not a valid superblock.
+fn read_block(leg: &Leg, sector: u64) -> Result<Option<Vec<u8>>, LegError> {
+    let Some(at) = sector.checked_mul(512) else {
+        return Ok(None);
+    };
+    if at
+        .checked_add(SUPER_BYTES as u64)
+        .is_none_or(|end| end > leg.size())
+    {
+        return Ok(None);
+    }
+    let mut buf = AlignedBuf::new(SUPER_BYTES);
+    leg.read_at(&mut buf.as_mut_slice()[..SUPER_BYTES], at)?;
+    Ok(Some(buf.as_slice()[..SUPER_BYTES].to_vec()))
+}
+
+/// Reads the 4 KiB at each place a metadata 1.x superblock may sit on
+/// `leg` (1.0 near its end, 1.1 at sector 0, 1.2 at sector 8) and at
+/// metadata 0.90's, and decides which is the leg's superblock as mdadm
+/// does ([`choose_superblock`]). Aligned reads, so direct-mode legs work.
+pub fn probe_superblock(leg: &Leg) -> Result<Probe, LegError> {
+    let sectors = leg.size() / 512;
+    let mut reads: Vec<(MetadataVersion, u64, Vec<u8>)> = Vec::new();
+    for version in MetadataVersion::ALL {
+        let Some(at) = version.super_offset(sectors) else {
+            continue;
+        };
+        if let Some(block) = read_block(leg, at)? {
+            reads.push((version, at, block));
+        }
+    }
+    if reads.is_empty() {
+        // Shorter than any superblock place: the read at 1.2's place says so.
+        let mut buf = AlignedBuf::new(SUPER_BYTES);
+        leg.read_at(
+            &mut buf.as_mut_slice()[..SUPER_BYTES],
+            MetadataVersion::V1_2.super_offset(sectors).unwrap_or(8) * 512,
+        )?;
+    }
+    let v0_90 = match v0_90_super_sector(sectors) {
+        Some(at) => read_block(leg, at)?.map(|b| (at, b)),
+        None => None,
+    };
+    let views: Vec<(MetadataVersion, u64, &[u8])> =
+        reads.iter().map(|(v, at, b)| (*v, *at, &b[..])).collect();
+    let (index, version) = choose_superblock(&views, v0_90.as_ref().map(|(at, b)| (*at, &b[..])));
+    let block = match index {
+        Some(i) => reads.swap_remove(i).2,
+        None => vec![0; SUPER_BYTES],
+    };
+    Ok(Probe { block, version })
+}
+
+/// The 4 KiB block that answers for `leg`'s superblock (see
+/// [`probe_superblock`]), for `mdfuse examine`.
+pub fn read_superblock_block(leg: &Leg) -> Result<Vec<u8>, LegError> {
+    let probe = probe_superblock(leg)?;
+    match probe.version {
+        // Examine shows why, as mdadm says it finds no superblock.
+        Err(SuperblockError::Version0_90 { at }) => {
+            let mut block = vec![0; SUPER_BYTES];
+            if let Some(b) = read_block(leg, at)? {
+                block = b;
+            }
+            Ok(block)
+        }
+        _ => Ok(probe.block),
+    }
+}
+
+/// Reads and checks the superblock of `leg`, wherever its metadata version
+/// keeps it; the outer error is I/O, the inner one says the leg holds no
+/// valid superblock (with the block's own fault when one was found).
 pub fn read_superblock(leg: &Leg) -> Result<Result<Superblock, SuperblockError>, LegError> {
-    Ok(Superblock::parse(&read_superblock_block(leg)?))
+    let probe = probe_superblock(leg)?;
+    Ok(probe.version.and_then(|_| Superblock::parse(&probe.block)))
 }
 
 /// Writes `sb` at its place on `leg` and makes it durable.
@@ -386,10 +460,10 @@ pub fn is_recovering(sb: &Superblock) -> bool {
 }
 
 impl ArrayEvents for SuperblockKeeper {
-    fn mark_active(&self) -> Result<(), String> {
+    fn mark_active(&self) -> Result<(), RecordError> {
         SuperblockKeeper::mark_active(self)
             .map(|_| ())
-            .map_err(|e| e.to_string())
+            .map_err(RecordError::from)
     }
 
     fn leg_failed(&self, slot: usize, reason: &str) -> Result<(), RecordError> {

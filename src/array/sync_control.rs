@@ -281,7 +281,10 @@ impl RunningArray {
             self.sync_limits.clone(),
             sink,
         )
-        .map_err(|e| ArrayError::Busy(format!("cannot start the {}: {e}", action.md_word())))?;
+        .map_err(|source| ArrayError::Thread {
+            what: format!("the {}", action.md_word()),
+            source,
+        })?;
         *self.last_sync.lock() = Some(syncer.progress().clone());
         // md resets mismatch_cnt when a resync, check or repair starts, not
         // when a recovery does.

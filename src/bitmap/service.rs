@@ -120,7 +120,8 @@ impl BitmapOptions {
 /// Makes every data write that has ended durable on the legs (their
 /// volatile caches flushed). The array layer provides it; the bitmap knows
 /// nothing of legs.
-pub type DurabilityHook = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+pub type DurabilityHook =
+    Arc<dyn Fn() -> Result<(), Box<dyn std::error::Error + Send + Sync>> + Send + Sync>;
 
 /// Counters for mdstat and monitoring.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -432,11 +433,6 @@ impl WriteIntentBitmap {
             s.events.store(events, Ordering::SeqCst);
         }
         s.write_header_now()
-    }
-
-    /// Same as [`update_header`](Self::update_header).
-    pub fn set_events(&self, events: u64) -> Result<(), BitmapError> {
-        self.update_header(events)
     }
 
     /// md's `need_sync` (`bitmap/can_clear` reads "false" while it holds):

@@ -244,17 +244,8 @@ fn refuse_data_journaling(path: &Path, file: &File, st_dev: u64) -> Result<(), B
         }
     }
     let wanted = format!("{}:{}", libc::major(st_dev), libc::minor(st_dev));
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    for line in mountinfo.lines() {
-        let mut fields = line.split(' ');
-        if fields.nth(2) != Some(wanted.as_str()) {
-            continue;
-        }
-        let Some((_, tail)) = line.split_once(" - ") else {
-            continue;
-        };
-        let super_options = tail.split(' ').nth(2).unwrap_or("");
-        if super_options.split(',').any(|o| o == "data=journal") {
+    for m in crate::io::mounts::mountinfo() {
+        if m.dev == wanted && m.super_options.split(',').any(|o| o == "data=journal") {
             return refuse("its filesystem is mounted with data=journal".into());
         }
     }

@@ -156,12 +156,8 @@ pub fn device_stack(dev: u64) -> DeviceStack {
 /// `fuse.sshfs`, `tmpfs`, ...), from /proc/self/mountinfo.
 pub fn fs_type_of_dev(dev: u64) -> Option<String> {
     let wanted = format!("{}:{}", libc::major(dev), libc::minor(dev));
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    mountinfo.lines().find_map(|line| {
-        if line.split(' ').nth(2) != Some(wanted.as_str()) {
-            return None;
-        }
-        let (_, tail) = line.split_once(" - ")?;
-        tail.split(' ').next().map(str::to_string)
-    })
+    crate::io::mounts::mountinfo()
+        .into_iter()
+        .find(|m| m.dev == wanted)
+        .map(|m| m.fstype)
 }

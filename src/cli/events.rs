@@ -32,7 +32,7 @@ pub fn header(pid: u32, uuid: &str) -> String {
 
 /// The log's path for the array at `mountpoint`.
 pub fn path(mountpoint: &Path) -> PathBuf {
-    mdfuse::serve::run_file(mountpoint, "events")
+    mdfuse::transport::serve::run_file(mountpoint, "events")
 }
 
 /// The logging thread; dropping it stops the thread and removes the file.

@@ -319,15 +319,15 @@ fn add_array(f: &mut Families, mnt: &str, s: &ArrayStatus) {
 
 /// Every mdfuse mount of this mount namespace, from /proc/self/mounts.
 pub(super) fn mdfuse_mounts() -> Vec<PathBuf> {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-    mounts
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            let is_ours =
-                f.first()?.starts_with(super::MOUNT_SOURCE_PREFIX) && f.get(2)?.starts_with("fuse");
-            is_ours.then(|| PathBuf::from(super::unescape_mount_field(f[1])))
+    mdfuse::io::mounts::mounts()
+        .into_iter()
+        .filter(|m| {
+            m.source
+                .to_string_lossy()
+                .starts_with(super::MOUNT_SOURCE_PREFIX)
+                && m.fstype.starts_with("fuse")
         })
+        .map(|m| m.point)
         .collect()
 }
 

@@ -20,10 +20,11 @@ use mdfuse::array::{
 };
 use mdfuse::format::superblock::Superblock;
 use mdfuse::io::leg::{IoMode, Leg};
+use mdfuse::io::mounts::mounts;
 use mdfuse::raid1::EngineOptions;
 use mdfuse::report::examine::render_examine;
 use mdfuse::report::mdstat::escape_name;
-use mdfuse::serve::{self, run_file, ServeOptions};
+use mdfuse::transport::serve::{self, run_file, ServeOptions};
 use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
@@ -39,7 +40,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Create a RAID1 array: write md v1.2 superblocks to every leg.
+    /// Create a RAID1 array: write md v1.x superblocks (1.2 by default) to every leg.
     #[command(
         after_help = "Examples:\n  mdfuse create --name data /srv/leg0.img /srv/leg1.img\n  mdfuse create --name data --bitmap /var/lib/mdfuse/data.bitmap /dev/sdb /dev/sdc"
     )]
@@ -156,6 +157,11 @@ struct CreateArgs {
     /// daemon_sleep: 1 or more, as md reads it).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     delay: u32,
+    /// Metadata version, as mdadm's --metadata: 1.2 (the superblock 4 KiB
+    /// from the start), 1.1 (at the start) or 1.0 (at the end, the data
+    /// from sector 0, so one leg reads as a plain filesystem).
+    #[arg(long, short = 'e', default_value = "1.2")]
+    metadata: mdfuse::format::superblock::MetadataVersion,
     /// The legs: regular files or block devices (two or more).
     #[arg(required = true)]
     legs: Vec<PathBuf>,
@@ -370,15 +376,17 @@ fn cmd_create(a: CreateArgs) -> Result<(), String> {
                 chunk: a.bitmap_chunk.map(|c| c as u32),
                 daemon_sleep: a.delay,
             }),
+            metadata: a.metadata,
         },
     )
     .map_err(|e| e.to_string())?;
     println!(
-        "mdfuse: array {} created: raid1, {} legs, {} bytes{}, data offset {} sectors, UUID {}",
+        "mdfuse: array {} created: raid1, {} legs, {} bytes{}, metadata {}, data offset {} sectors, UUID {}",
         escape_name(&created.name),
         created.legs.len(),
         created.array_sectors * 512,
         mdfuse::report::human_size(created.array_sectors as u128 * 512),
+        created.metadata,
         created.data_offset_sectors,
         mdfuse::report::uuid_string(&created.uuid)
     );
@@ -744,7 +752,7 @@ pub fn mount_foreground(m: &MountArgs, ready: &mut detach::Ready) -> Result<(), 
         let msg = format!(
             "mdfuse: array {name} ({uuid}) is live at {}: raid1 [{raid_disks}/{members}], image {}, pid {}",
             mountpoint.display(),
-            mountpoint.join(mdfuse::fuse_fs::IMAGE_NAME).display(),
+            mountpoint.join(mdfuse::transport::fuse::IMAGE_NAME).display(),
             std::process::id()
         );
         log::info!("{msg}");
@@ -770,21 +778,11 @@ const MOUNT_SOURCE_PREFIX: &str = "mdfuse:";
 /// The first leg of the mdfuse mount at `mountpoint`, from /proc/mounts.
 fn mdfuse_mount_source(mountpoint: &Path) -> Option<String> {
     let abs = mountpoint.canonicalize().ok()?;
-    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
-    mounts.lines().find_map(|l| {
-        let f: Vec<&str> = l.split(' ').collect();
-        let source = unescape_mount_field(f.first()?);
+    mounts().into_iter().find_map(|m| {
+        let source = m.source.to_string_lossy().into_owned();
         let leg = source.strip_prefix(MOUNT_SOURCE_PREFIX)?;
-        (f.len() > 2 && Path::new(&unescape_mount_field(f[1])) == abs && f[2].starts_with("fuse"))
-            .then(|| leg.to_string())
+        (m.point == abs && m.fstype.starts_with("fuse")).then(|| leg.to_string())
     })
-}
-
-fn unescape_mount_field(s: &str) -> String {
-    s.replace("\\040", " ")
-        .replace("\\011", "\t")
-        .replace("\\012", "\n")
-        .replace("\\134", "\\")
 }
 
 /// Writes `value` to the control file `rel` of the array at `mountpoint`.

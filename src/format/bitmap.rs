@@ -42,18 +42,36 @@ pub const MIN_DEFAULT_CHUNK: u32 = 1024 * 1024;
 
 #[derive(Debug, Error, PartialEq, Eq, Clone)]
 pub enum BitmapFormatError {
-    #[error("bitmap header too short: {len} bytes, need {BITMAP_SUPER_SIZE}")]
+    #[error(
+        "bitmap header too short: {len} bytes, need {BITMAP_SUPER_SIZE}; not an md bitmap file"
+    )]
     TooShort { len: usize },
-    #[error("bad bitmap magic {found:#010x} (expected {BITMAP_MAGIC:#010x} \"bitm\"): not an md bitmap file")]
+    #[error(
+        "bitmap magic is {found:#010x}, not {BITMAP_MAGIC:#010x} (\"bitm\"): not an md bitmap file"
+    )]
     BadMagic { found: u32 },
-    #[error("unsupported bitmap version {found} (md accepts {BITMAP_MAJOR_LO}..={BITMAP_MAJOR_CLUSTERED})")]
+    #[error("bitmap version is {found}; md accepts {BITMAP_MAJOR_LO} to {BITMAP_MAJOR_CLUSTERED}")]
     BadVersion { found: u32 },
-    #[error("bitmap chunksize {chunksize} is not a power of two >= 512")]
+    #[error("bitmap chunksize is {chunksize}; md needs a power of two of at least 512 bytes")]
     BadChunkSize { chunksize: u32 },
-    #[error("bitmap daemon sleep {daemon_sleep}s out of range (must be >= 1)")]
+    #[error("bitmap daemon_sleep is {daemon_sleep} s; md needs at least 1")]
     BadDaemonSleep { daemon_sleep: u32 },
-    #[error("bitmap write-behind limit {write_behind} out of range (0 - {WRITE_BEHIND_MAX})")]
+    #[error("bitmap write_behind is {write_behind}; md allows 0 to {WRITE_BEHIND_MAX}")]
     BadWriteBehind { write_behind: u32 },
+}
+
+impl BitmapFormatError {
+    /// The header field at fault (md's name).
+    pub fn field(&self) -> &'static str {
+        match self {
+            BitmapFormatError::TooShort { .. } => "header",
+            BitmapFormatError::BadMagic { .. } => "magic",
+            BitmapFormatError::BadVersion { .. } => "version",
+            BitmapFormatError::BadChunkSize { .. } => "chunksize",
+            BitmapFormatError::BadDaemonSleep { .. } => "daemon_sleep",
+            BitmapFormatError::BadWriteBehind { .. } => "write_behind",
+        }
+    }
 }
 
 /// md's `bitmap_super_t`, decoded.
@@ -409,6 +427,31 @@ mod tests {
         let mut s = sample();
         s.write_behind = WRITE_BEHIND_MAX + 1;
         assert!(BitmapSuper::parse(&s.to_bytes()).is_err());
+    }
+
+    #[test]
+    fn every_refusal_names_its_field() {
+        let mut cases: Vec<[u8; BITMAP_SUPER_SIZE]> = Vec::new();
+        let mut b = sample().to_bytes();
+        b[0] ^= 1;
+        cases.push(b);
+        for edit in [
+            (|s: &mut BitmapSuper| s.version = 9) as fn(&mut BitmapSuper),
+            |s| s.chunksize = 0,
+            |s| s.chunksize = 3 << 20,
+            |s| s.daemon_sleep = 0,
+            |s| s.write_behind = u32::MAX,
+        ] {
+            let mut s = sample();
+            edit(&mut s);
+            cases.push(s.to_bytes());
+        }
+        for b in cases {
+            let err = BitmapSuper::parse(&b).unwrap_err();
+            assert!(err.to_string().contains(err.field()), "{err}");
+        }
+        let err = BitmapSuper::parse(&[0; 10]).unwrap_err();
+        assert_eq!(err.field(), "header");
     }
 
     #[test]

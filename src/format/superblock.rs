@@ -75,6 +75,95 @@ pub const SB_BLOCK_BYTES: usize = 4096;
 pub const MAX_DEV_LIMIT: u32 = ((SB_BLOCK_BYTES - SB_FIXED_BYTES) / 2) as u32;
 /// Metadata 1.2: the superblock is 8 sectors (4 KiB) from the start of the device.
 pub const SUPER_OFFSET_V1_2: u64 = 8;
+/// Metadata 1.1: the superblock is at sector 0.
+pub const SUPER_OFFSET_V1_1: u64 = 0;
+
+/// Where a metadata 1.x superblock sits on its device (md's minor version).
+/// md (kernel `super_1_load`) and mdadm (super1.c `load_super1`) compute the
+/// place the same way: 1.0 at least 8 KiB and less than 12 KiB before the
+/// device's end, on a 4 KiB boundary; 1.1 at sector 0; 1.2 at sector 8.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MetadataVersion {
+    V1_0,
+    V1_1,
+    V1_2,
+}
+
+impl MetadataVersion {
+    /// In mdadm's probing order (minor 0, 1, 2).
+    pub const ALL: [MetadataVersion; 3] = [
+        MetadataVersion::V1_0,
+        MetadataVersion::V1_1,
+        MetadataVersion::V1_2,
+    ];
+
+    /// "1.0", "1.1" or "1.2", as mdadm names them.
+    pub fn name(self) -> &'static str {
+        match self {
+            MetadataVersion::V1_0 => "1.0",
+            MetadataVersion::V1_1 => "1.1",
+            MetadataVersion::V1_2 => "1.2",
+        }
+    }
+
+    /// The superblock's sector on a device of `device_sectors`:
+    /// `(device_sectors - 8*2) & ~(4*2-1)` for 1.0, 0 for 1.1, 8 for 1.2.
+    /// `None` for 1.0 on a device of fewer than 16 sectors (no place).
+    pub fn super_offset(self, device_sectors: u64) -> Option<u64> {
+        match self {
+            MetadataVersion::V1_0 => device_sectors.checked_sub(8 * 2).map(|s| s & !(4 * 2 - 1)),
+            MetadataVersion::V1_1 => Some(SUPER_OFFSET_V1_1),
+            MetadataVersion::V1_2 => Some(SUPER_OFFSET_V1_2),
+        }
+    }
+
+    /// The version whose place on a device of `device_sectors` is
+    /// `super_offset`, if any.
+    pub fn at(super_offset: u64, device_sectors: u64) -> Option<MetadataVersion> {
+        Self::ALL
+            .into_iter()
+            .find(|v| v.super_offset(device_sectors) == Some(super_offset))
+    }
+
+    /// The version a superblock's own super_offset names, by mdadm's rule
+    /// (`examine_super1`: up to 4 is 1.1, up to 8 is 1.2, beyond is 1.0).
+    pub fn of_super_offset(super_offset: u64) -> MetadataVersion {
+        match super_offset {
+            0..=4 => MetadataVersion::V1_1,
+            5..=8 => MetadataVersion::V1_2,
+            _ => MetadataVersion::V1_0,
+        }
+    }
+
+    /// The data lies after the superblock (1.1, 1.2), not before it (1.0).
+    pub fn data_after_superblock(self) -> bool {
+        self != MetadataVersion::V1_0
+    }
+}
+
+impl std::fmt::Display for MetadataVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for MetadataVersion {
+    type Err = String;
+
+    /// mdadm's spellings (`match_metadata_desc1`): 1.0/1.00, 1.1/1.01, 1.2/1.02.
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim_start_matches('0') {
+            "1.0" | "1.00" => Ok(MetadataVersion::V1_0),
+            "1.1" | "1.01" => Ok(MetadataVersion::V1_1),
+            "1.2" | "1.02" | "default" => Ok(MetadataVersion::V1_2),
+            "0.90" | ".90" | ".9" => Err(format!(
+                "{s}: metadata 0.90 is not written by mdfuse (md's old format, limited to 2 TiB \
+                 legs); use 1.0 for a superblock at the end of the leg"
+            )),
+            _ => Err(format!("{s}: metadata 1.0, 1.1 or 1.2")),
+        }
+    }
+}
 /// `level` value for RAID1.
 pub const LEVEL_RAID1: i32 = 1;
 
@@ -210,7 +299,10 @@ pub enum SuperblockError {
     Truncated { needed: usize, got: usize },
     #[error("no md superblock: magic is {found:#010x}, md v1 uses 0xa92b4efc")]
     BadMagic { found: u32 },
-    #[error("md superblock major version {found} is not supported (only version 1 is)")]
+    #[error(
+        "md superblock major version {found} is not supported (mdfuse reads metadata 1.x; \
+         major version 0 is metadata 0.90)"
+    )]
     BadVersion { found: u32 },
     #[error("superblock max_dev {max_dev} exceeds md's limit of {MAX_DEV_LIMIT} roles")]
     TooManyRoles { max_dev: u32 },
@@ -226,6 +318,19 @@ pub enum SuperblockError {
     UnknownFeatures { bits: u32 },
     #[error("superblock reserved bytes at offset {offset} are not zero; Linux md would refuse it")]
     NonZeroPadding { offset: usize },
+    #[error(
+        "the md superblock read at sector {read_at} says super_offset {super_offset}: a \
+         superblock must name the sector it sits at (md and mdadm refuse one that names \
+         another place, and its updates would be written there)"
+    )]
+    Misplaced { read_at: u64, super_offset: u64 },
+    #[error(
+        "it holds a metadata 0.90 superblock (magic a92b4efc, major version 0) at sector \
+         {at}; mdfuse serves metadata 1.0, 1.1 and 1.2 only. What to do: convert the array \
+         to metadata 1.0 with Linux md (`mdadm --assemble /dev/mdX --update=metadata LEG...`, \
+         then stop it), or assemble it with Linux md"
+    )]
+    Version0_90 { at: u64 },
 }
 
 /// Why a superblock cannot be built or does not fit the device.
@@ -253,8 +358,11 @@ pub enum GeometryError {
     },
     #[error("data_offset {data_offset} overlaps the superblock (must be at least {min})")]
     DataOffsetTooSmall { data_offset: u64, min: u64 },
-    #[error("super_offset is {found} sectors; metadata 1.2 keeps it at {SUPER_OFFSET_V1_2}")]
-    NotVersion1_2 { found: u64 },
+    #[error(
+        "super_offset is {found} sectors, where no metadata 1.x keeps a superblock on a \
+         device of {device_sectors} sectors"
+    )]
+    BadSuperOffset { found: u64, device_sectors: u64 },
     #[error("array size {size} sectors exceeds the leg's data_size {data_size}")]
     SizeExceedsData { size: u64, data_size: u64 },
     #[error("data_size {data_size} sectors is below md's minimum of 10")]
@@ -634,18 +742,19 @@ impl Superblock {
         (raw as u16 as i16, (raw >> 16) as u16)
     }
 
-    /// Checks what the kernel checks of a 1.2 superblock against its device
-    /// (super_1_load): superblock at sector 8, data after the superblock's sectors, data
-    /// inside the device, at least 10 data sectors, and `size` within `data_size`.
-    pub fn check_fits_v1_2(&self, device_sectors: u64) -> Result<(), GeometryError> {
-        if self.super_offset != SUPER_OFFSET_V1_2 {
-            return Err(GeometryError::NotVersion1_2 {
+    /// Checks what the kernel checks of a 1.x superblock against its device
+    /// (super_1_load): the superblock at its version's place, 1.1/1.2 data after the
+    /// superblock's sectors, 1.0 data below the superblock, data inside the device, at
+    /// least 10 data sectors, and `size` within `data_size`.
+    pub fn check_fits(&self, device_sectors: u64) -> Result<(), GeometryError> {
+        let Some(version) = MetadataVersion::at(self.super_offset, device_sectors) else {
+            return Err(GeometryError::BadSuperOffset {
                 found: self.super_offset,
+                device_sectors,
             });
-        }
-        let sb_sectors = (SB_FIXED_BYTES as u64 + 2 * u64::from(self.max_dev())).div_ceil(512);
-        let min_offset = SUPER_OFFSET_V1_2 + sb_sectors;
-        if self.data_offset < min_offset {
+        };
+        let min_offset = self.super_offset + self.superblock_sectors();
+        if version.data_after_superblock() && self.data_offset < min_offset {
             return Err(GeometryError::DataOffsetTooSmall {
                 data_offset: self.data_offset,
                 min: min_offset,
@@ -656,10 +765,14 @@ impl Superblock {
                 data_size: self.data_size,
             });
         }
+        let limit = match version.data_after_superblock() {
+            true => device_sectors,
+            false => self.super_offset,
+        };
         let fits = self
             .data_offset
             .checked_add(self.data_size)
-            .is_some_and(|end| end <= device_sectors);
+            .is_some_and(|end| end <= limit);
         if !fits {
             return Err(GeometryError::DeviceTooSmall {
                 device_sectors,
@@ -672,6 +785,445 @@ impl Superblock {
             return Err(GeometryError::SizeExceedsData {
                 size: self.size,
                 data_size: self.data_size,
+            });
+        }
+        Ok(())
+    }
+
+    /// The data area (`data_offset .. data_offset + data_size`) and the superblock's
+    /// sectors (`super_offset ..` [`superblock_sectors`](Self::superblock_sectors)) do
+    /// not overlap: user writes never reach the superblock. False when a sum wraps.
+    pub fn data_clear_of_superblock(&self) -> bool {
+        let (Some(data_end), Some(sb_end)) = (
+            self.data_offset.checked_add(self.data_size),
+            self.super_offset.checked_add(self.superblock_sectors()),
+        ) else {
+            return false;
+        };
+        data_end <= self.super_offset || sb_end <= self.data_offset
+    }
+
+    /// The metadata version this superblock's super_offset names on a device of
+    /// `device_sectors`, if any.
+    pub fn version_on(&self, device_sectors: u64) -> Option<MetadataVersion> {
+        MetadataVersion::at(self.super_offset, device_sectors)
+    }
+}
+
+/// Sector of a metadata 0.90 superblock on a device of `device_sectors` (md's
+/// `MD_NEW_SIZE_SECTORS`: the last whole 64 KiB before the device's end rounded down to
+/// 64 KiB), if the device has one.
+pub fn v0_90_super_sector(device_sectors: u64) -> Option<u64> {
+    (device_sectors & !127).checked_sub(128)
+}
+
+/// A metadata 0.90 superblock: md's magic and major version 0 (`mdp_super_t`).
+pub fn is_v0_90_superblock(block: &[u8]) -> bool {
+    block.len() >= 8 && le32(block, OFF_MAGIC) == MD_MAGIC && le32(block, OFF_MAJOR) == 0
+}
+
+/// Which block read from a leg is its superblock: `reads` holds the 4 KiB read at each
+/// metadata 1.x place (version, sector, bytes; mdadm's order 1.0, 1.1, 1.2, a place the
+/// leg is too short for left out) and `v0_90` the block at metadata 0.90's place.
+///
+/// As mdadm's `load_super1` guesses the version: a block counts when it has md's magic,
+/// major version 1 and a super_offset naming the sector it was read at (the checksum is
+/// checked later, so a damaged superblock is still found, and reported, where it is).
+/// Of several, one whose sector lies inside another's data area is that one's data (an
+/// array stacked on a 1.0 array shows its own superblock at sector 0 or 8 of the legs)
+/// and is passed over; then the latest ctime wins, the first in mdadm's order on a tie.
+///
+/// Returns the index of the block that answers for the leg (`None`: nothing there) and
+/// its version, or why the leg holds no usable one: a block naming another place
+/// ([`SuperblockError::Misplaced`]), one that is not version 1 or does not parse, a
+/// metadata 0.90 superblock, or no magic at the 1.2 place.
+pub fn choose_superblock(
+    reads: &[(MetadataVersion, u64, &[u8])],
+    v0_90: Option<(u64, &[u8])>,
+) -> (Option<usize>, Result<MetadataVersion, SuperblockError>) {
+    let placed: Vec<(usize, Superblock)> = reads
+        .iter()
+        .enumerate()
+        .filter_map(|(i, &(_, at, block))| {
+            let sb = Superblock::parse_unverified(block).ok()?.superblock;
+            (sb.super_offset == at).then_some((i, sb))
+        })
+        .collect();
+    let inside_data_of = |at: u64, other: &Superblock| {
+        at >= other.data_offset && at - other.data_offset < other.data_size
+    };
+    let outer: Vec<&(usize, Superblock)> = placed
+        .iter()
+        .filter(|(i, _)| {
+            !placed
+                .iter()
+                .any(|(j, other)| j != i && inside_data_of(reads[*i].1, other))
+        })
+        .collect();
+    let pool: Vec<&(usize, Superblock)> = match outer.is_empty() {
+        true => placed.iter().collect(),
+        false => outer,
+    };
+    let mut best: Option<&(usize, Superblock)> = None;
+    for c in pool {
+        if best.is_none_or(|b| c.1.ctime.seconds() > b.1.ctime.seconds()) {
+            best = Some(c);
+        }
+    }
+    if let Some((i, _)) = best {
+        return (Some(*i), Ok(reads[*i].0));
+    }
+    // Nothing placed right: report what there is, the 1.2 place first.
+    let has_magic = |b: &[u8]| b.len() >= 4 && le32(b, OFF_MAGIC) == MD_MAGIC;
+    for (i, &(_, at, block)) in reads.iter().enumerate().rev() {
+        if !has_magic(block) {
+            continue;
+        }
+        let err = match Superblock::parse_unverified(block) {
+            Ok(u) => SuperblockError::Misplaced {
+                read_at: at,
+                super_offset: u.superblock.super_offset,
+            },
+            Err(e) => e,
+        };
+        return (Some(i), Err(err));
+    }
+    if let Some((at, block)) = v0_90 {
+        if is_v0_90_superblock(block) {
+            return (None, Err(SuperblockError::Version0_90 { at }));
+        }
+    }
+    let v1_2 = reads.iter().position(|r| r.0 == MetadataVersion::V1_2);
+    let err = match v1_2 {
+        Some(i) => match Superblock::parse_unverified(reads[i].2) {
+            Err(e) => e,
+            Ok(_) => SuperblockError::BadMagic { found: 0 },
+        },
+        None => SuperblockError::Truncated {
+            needed: SB_BLOCK_BYTES,
+            got: 0,
+        },
+    };
+    (v1_2, Err(err))
+}
+
+/// Highest `events` a leg may carry. md adds one per superblock update, so a real count
+/// never comes near 2^63 (a million updates a second for 290,000 years); a count above it
+/// is forged or corrupt, and one at `u64::MAX` would wrap to 0 at the next update and
+/// make this leg look older than every other one.
+pub const EVENTS_LIMIT: u64 = 1 << 63;
+
+/// Feature bits md acts on that mdfuse does not implement, with md's name for each, what
+/// md would do with the leg, and what the operator can do. Assembly refuses a superblock
+/// carrying any of them.
+pub const UNSUPPORTED_FEATURES: [(u32, &str, &str, &str); 10] = [
+    (
+        FEATURE_BITMAP_OFFSET,
+        "MD_FEATURE_BITMAP_OFFSET",
+        "an internal write-intent bitmap at bitmap_offset, which mdfuse would not keep \
+         up to date (md would later trust its stale bits and skip a needed resync)",
+        "assemble it with Linux md (mdadm --assemble); or there, remove the internal \
+         bitmap (mdadm --grow /dev/mdX --bitmap=none), stop the array, and mount the legs \
+         with mdfuse (with --bitmap FILE for an external bitmap)",
+    ),
+    (
+        FEATURE_BAD_BLOCKS,
+        "MD_FEATURE_BAD_BLOCKS",
+        "a bad-block log with recorded bad sectors, which md reads around and mdfuse \
+         would serve as data",
+        "assemble it with Linux md (mdadm --assemble), or copy the data off this leg and \
+         replace it",
+    ),
+    (
+        FEATURE_RESHAPE_ACTIVE,
+        "MD_FEATURE_RESHAPE_ACTIVE",
+        "a reshape in progress (reshape_position, new_level, delta_disks)",
+        "let Linux md finish the reshape (mdadm --assemble, then wait), then stop it",
+    ),
+    (
+        FEATURE_REPLACEMENT,
+        "MD_FEATURE_REPLACEMENT",
+        "a replacement device being built for another member",
+        "let Linux md finish the replacement (mdadm --assemble), or leave this leg out",
+    ),
+    (
+        FEATURE_RESHAPE_BACKWARDS,
+        "MD_FEATURE_RESHAPE_BACKWARDS",
+        "a reshape that moves data backwards",
+        "let Linux md finish the reshape (mdadm --assemble, then wait), then stop it",
+    ),
+    (
+        FEATURE_NEW_OFFSET,
+        "MD_FEATURE_NEW_OFFSET",
+        "a reshape moving the data to new_offset",
+        "let Linux md finish the reshape (mdadm --assemble, then wait), then stop it",
+    ),
+    (
+        FEATURE_CLUSTERED,
+        "MD_FEATURE_CLUSTERED",
+        "a clustered array shared between nodes (md-cluster, its bitmap per node)",
+        "assemble it with Linux md on a node of its cluster (mdadm --assemble with the \
+         cluster running); mdfuse serves arrays of one host only",
+    ),
+    (
+        FEATURE_JOURNAL,
+        "MD_FEATURE_JOURNAL",
+        "a write journal device (raid4/5/6's write-hole log)",
+        "assemble it with Linux md (mdadm --assemble); mdfuse serves RAID1 without a journal",
+    ),
+    (
+        FEATURE_PPL | FEATURE_MULTIPLE_PPLS,
+        "MD_FEATURE_PPL",
+        "a partial parity log (raid5's write-hole log)",
+        "assemble it with Linux md (mdadm --assemble); mdfuse serves RAID1 without a PPL",
+    ),
+    (
+        FEATURE_RAID0_LAYOUT,
+        "MD_FEATURE_RAID0_LAYOUT",
+        "a RAID0 layout, which md refuses on any level but 0",
+        "assemble it with Linux md (mdadm --assemble), which refuses it too on RAID1: the \
+         superblock is damaged or forged",
+    ),
+];
+
+/// Why a superblock whose checksum is right still cannot be used on the leg it was read
+/// from: its fields contradict each other, the leg, md's rules or mdfuse's limits. Each
+/// variant names the field ([`InvalidSuperblock::field`]); the caller adds the leg.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum InvalidSuperblock {
+    #[error("feature_map has {name} ({bit:#x}): {what}; mdfuse does not support it")]
+    UnsupportedFeature {
+        bit: u32,
+        name: &'static str,
+        what: &'static str,
+        advice: &'static str,
+    },
+    #[error(
+        "super_offset is {found}, which is none of the places metadata 1.x keeps a \
+         superblock on this leg of {leg_sectors} sectors (1.1: 0, 1.2: {SUPER_OFFSET_V1_2}, \
+         1.0: {v1_0}); md refuses one that names another place than it was read at (its \
+         updates would be written there)",
+        v1_0 = MetadataVersion::V1_0.super_offset(*leg_sectors).map_or("none".to_string(), |s| s.to_string())
+    )]
+    SuperOffset { found: u64, leg_sectors: u64 },
+    #[error("raid_disks is 0: the array has no slot at all")]
+    NoRaidDisks,
+    #[error("raid_disks is {raid_disks}; mdfuse runs at most {max} legs")]
+    TooManyRaidDisks { raid_disks: u32, max: u32 },
+    #[error(
+        "events is {events}, above {EVENTS_LIMIT} (2^63): no array counts that far, the \
+         count is forged or corrupt, and it would wrap at the next update"
+    )]
+    EventsTooHigh { events: u64 },
+    #[error(
+        "data_offset {data_offset} lies inside the superblock, which takes sectors \
+         {super_offset}..{sb_end} ({max_dev} roles in max_dev): user writes would \
+         overwrite it (md refuses it)"
+    )]
+    DataOffsetInSuperblock {
+        data_offset: u64,
+        super_offset: u64,
+        max_dev: u32,
+        sb_end: u64,
+    },
+    #[error(
+        "data_size {data_size} sectors from data_offset {data_offset} runs into the metadata \
+         1.0 superblock at sector {super_offset}: user writes would overwrite it (the data \
+         of a 1.0 leg lies below its superblock)"
+    )]
+    DataIntoSuperblock {
+        data_offset: u64,
+        data_size: u64,
+        super_offset: u64,
+    },
+    #[error("data_offset {data_offset} is past the leg's end ({leg_sectors} sectors)")]
+    DataOffsetBeyondLeg { data_offset: u64, leg_sectors: u64 },
+    #[error("data_size {data_size} is below md's minimum of 10 sectors")]
+    DataSizeTooSmall { data_size: u64 },
+    #[error(
+        "data_size {data_size} sectors from data_offset {data_offset} runs past the leg's \
+         end ({leg_sectors} sectors; md refuses it)"
+    )]
+    DataSizeBeyondLeg {
+        data_offset: u64,
+        data_size: u64,
+        leg_sectors: u64,
+    },
+    #[error("size is 0: the array holds no data")]
+    SizeZero,
+    #[error(
+        "size {size} sectors (the array) is more than data_size {data_size} (this leg's data area)"
+    )]
+    SizeBeyondData { size: u64, data_size: u64 },
+    #[error(
+        "its own role (dev_roles[{dev_number}]) is slot {slot}, but raid_disks is \
+         {raid_disks}: there is no such slot"
+    )]
+    SlotBeyondRaidDisks {
+        dev_number: u32,
+        slot: u16,
+        raid_disks: u32,
+    },
+    #[error(
+        "recovery_offset {recovery_offset} (MD_FEATURE_RECOVERY_OFFSET) is past the \
+         array's end (size {size})"
+    )]
+    RecoveryOffsetBeyondSize { recovery_offset: u64, size: u64 },
+}
+
+impl InvalidSuperblock {
+    /// The superblock field at fault (md's name).
+    pub fn field(&self) -> &'static str {
+        match self {
+            InvalidSuperblock::UnsupportedFeature { .. } => "feature_map",
+            InvalidSuperblock::SuperOffset { .. } => "super_offset",
+            InvalidSuperblock::NoRaidDisks | InvalidSuperblock::TooManyRaidDisks { .. } => {
+                "raid_disks"
+            }
+            InvalidSuperblock::EventsTooHigh { .. } => "events",
+            InvalidSuperblock::DataOffsetInSuperblock { .. }
+            | InvalidSuperblock::DataOffsetBeyondLeg { .. } => "data_offset",
+            InvalidSuperblock::DataSizeTooSmall { .. }
+            | InvalidSuperblock::DataSizeBeyondLeg { .. }
+            | InvalidSuperblock::DataIntoSuperblock { .. } => "data_size",
+            InvalidSuperblock::SizeZero | InvalidSuperblock::SizeBeyondData { .. } => "size",
+            InvalidSuperblock::SlotBeyondRaidDisks { .. } => "dev_roles",
+            InvalidSuperblock::RecoveryOffsetBeyondSize { .. } => "recovery_offset",
+        }
+    }
+
+    /// What the operator can do about it.
+    pub fn advice(&self) -> &'static str {
+        match self {
+            InvalidSuperblock::UnsupportedFeature { advice, .. } => advice,
+            InvalidSuperblock::TooManyRaidDisks { .. } => {
+                "assemble this array with Linux md (mdadm --assemble) instead"
+            }
+            _ => {
+                "this is not a superblock md or mdfuse writes: check that the right file was \
+                 given (`mdfuse examine LEG` shows it); to start without a damaged leg, leave \
+                 it out and add --run, then give it back with `mdfuse manage --add`"
+            }
+        }
+    }
+}
+
+impl Superblock {
+    /// Sectors the superblock takes from `super_offset`: 256 bytes plus two per role,
+    /// rounded up to whole sectors, as md's super_1_load computes `sb_size` (md rounds to
+    /// the device's logical block size; 512 is the smallest).
+    pub fn superblock_sectors(&self) -> u64 {
+        (SB_FIXED_BYTES as u64 + 2 * u64::from(self.max_dev())).div_ceil(512)
+    }
+
+    /// Checks a superblock whose checksum was right against the leg it was read from
+    /// (`leg_bytes` long) before anything trusts it: what md's super_1_load and
+    /// super_1_validate refuse, plus mdfuse's own limits (feature bits it does not
+    /// implement, at most `max_raid_disks` slots, events below [`EVENTS_LIMIT`], a
+    /// non-empty array, a recovery offset inside it). Once this passes, every sector
+    /// count here times 512 fits a u64: `data_offset + data_size` is within the leg.
+    /// The checks between legs (same array, the freshest superblock's view) are the
+    /// array layer's.
+    pub fn validate_on_leg(
+        &self,
+        leg_bytes: u64,
+        max_raid_disks: u32,
+    ) -> Result<(), InvalidSuperblock> {
+        for (bits, name, what, advice) in UNSUPPORTED_FEATURES {
+            if self.feature_map & bits != 0 {
+                return Err(InvalidSuperblock::UnsupportedFeature {
+                    bit: self.feature_map & bits,
+                    name,
+                    what,
+                    advice,
+                });
+            }
+        }
+        let leg_sectors = leg_bytes / 512;
+        let Some(version) = MetadataVersion::at(self.super_offset, leg_sectors) else {
+            return Err(InvalidSuperblock::SuperOffset {
+                found: self.super_offset,
+                leg_sectors,
+            });
+        };
+        if self.raid_disks == 0 {
+            return Err(InvalidSuperblock::NoRaidDisks);
+        }
+        if self.raid_disks > max_raid_disks {
+            return Err(InvalidSuperblock::TooManyRaidDisks {
+                raid_disks: self.raid_disks,
+                max: max_raid_disks,
+            });
+        }
+        if self.events > EVENTS_LIMIT {
+            return Err(InvalidSuperblock::EventsTooHigh {
+                events: self.events,
+            });
+        }
+        // 1.1 and 1.2: the data after the superblock (md: data_offset at
+        // least sb_start + sb_size). 1.0: below it, checked with data_size.
+        let sb_end = self.super_offset + self.superblock_sectors();
+        if version.data_after_superblock() && self.data_offset < sb_end {
+            return Err(InvalidSuperblock::DataOffsetInSuperblock {
+                data_offset: self.data_offset,
+                super_offset: self.super_offset,
+                max_dev: self.max_dev(),
+                sb_end,
+            });
+        }
+        if self.data_offset > leg_sectors {
+            return Err(InvalidSuperblock::DataOffsetBeyondLeg {
+                data_offset: self.data_offset,
+                leg_sectors,
+            });
+        }
+        if self.data_size < 10 {
+            return Err(InvalidSuperblock::DataSizeTooSmall {
+                data_size: self.data_size,
+            });
+        }
+        // md: the sectors after data_offset must hold data_size.
+        if self.data_size > leg_sectors - self.data_offset {
+            return Err(InvalidSuperblock::DataSizeBeyondLeg {
+                data_offset: self.data_offset,
+                data_size: self.data_size,
+                leg_sectors,
+            });
+        }
+        // 1.0: the data ends at or below the superblock. (md checks only
+        // data_size <= sb_start, which equals this for mdadm's data_offset
+        // 0; mdfuse keeps user writes off the superblock whatever the
+        // data_offset.) The sum cannot wrap: both are within the leg.
+        if !version.data_after_superblock() && self.data_offset + self.data_size > self.super_offset
+        {
+            return Err(InvalidSuperblock::DataIntoSuperblock {
+                data_offset: self.data_offset,
+                data_size: self.data_size,
+                super_offset: self.super_offset,
+            });
+        }
+        if self.size == 0 {
+            return Err(InvalidSuperblock::SizeZero);
+        }
+        if self.size > self.data_size {
+            return Err(InvalidSuperblock::SizeBeyondData {
+                size: self.size,
+                data_size: self.data_size,
+            });
+        }
+        if let DevRole::Active(slot) = self.own_role() {
+            if u32::from(slot) >= self.raid_disks {
+                return Err(InvalidSuperblock::SlotBeyondRaidDisks {
+                    dev_number: self.dev_number,
+                    slot,
+                    raid_disks: self.raid_disks,
+                });
+            }
+        }
+        if self.has_feature(FEATURE_RECOVERY_OFFSET) && self.recovery_offset > self.size {
+            return Err(InvalidSuperblock::RecoveryOffsetBeyondSize {
+                recovery_offset: self.recovery_offset,
+                size: self.size,
             });
         }
         Ok(())
@@ -736,15 +1288,103 @@ pub fn min_leg_sectors() -> u64 {
 /// mdadm 4.2's bad-block-log placement for a new 1.2 member without an internal bitmap
 /// (super1.c `write_init_super1`): (bblog_size, bblog_offset), or (0, 0) if no room.
 pub fn mdadm_bblog_placement(data_offset: u64, array_sectors: u64) -> (u16, i32) {
+    bblog_after_superblock(SUPER_OFFSET_V1_2, data_offset, array_sectors)
+}
+
+/// 1.1 and 1.2 (`write_init_super1`, case 1/2): the log after the bitmap space that
+/// follows the superblock, else just below the data, else none.
+fn bblog_after_superblock(sb_offset: u64, data_offset: u64, array_sectors: u64) -> (u16, i32) {
     let bm_offset = 8u64;
     let bm_space = mdadm_bitmap_space(array_sectors);
-    let sb = SUPER_OFFSET_V1_2;
-    if data_offset >= sb + bm_offset + bm_space + 8 {
+    if data_offset >= sb_offset + bm_offset + bm_space + 8 {
         (8, (bm_offset + bm_space) as i32)
-    } else if data_offset >= sb + 16 {
-        (8, (data_offset - 8 - sb) as i32)
+    } else if data_offset >= sb_offset + 16 {
+        (8, (data_offset - 8 - sb_offset) as i32)
     } else {
         (0, 0)
+    }
+}
+
+/// mdadm 4.2's default data offset for `version` on a leg of `device_sectors`
+/// (`validate_geometry1`): 0 for 1.0 (the data from the device's start), else
+/// [`mdadm_default_data_offset`].
+pub fn mdadm_default_data_offset_for(version: MetadataVersion, device_sectors: u64) -> u64 {
+    match version {
+        MetadataVersion::V1_0 => 0,
+        MetadataVersion::V1_1 | MetadataVersion::V1_2 => mdadm_default_data_offset(device_sectors),
+    }
+}
+
+/// The array size mdadm 4.2 gives a RAID1 of `version` whose smallest leg is
+/// `min_device_sectors` (`validate_geometry1`'s free size, then Create.c's rounding down
+/// to 64 KiB). 1.0: the device rounded down to 4 KiB, less 8 KiB for the superblock's
+/// place, 8 sectors of bad-block log and `choose_bm_space(device)`; 1.1 and 1.2: the
+/// space after `data_offset` ([`mdadm_raid1_array_sectors`]).
+pub fn mdadm_raid1_array_sectors_for(
+    version: MetadataVersion,
+    min_device_sectors: u64,
+    data_offset: u64,
+) -> u64 {
+    match version {
+        MetadataVersion::V1_0 => {
+            let overhead = 8 * 2 + 8 + mdadm_bitmap_space(min_device_sectors);
+            let free = (min_device_sectors & !(4 * 2 - 1)).saturating_sub(overhead);
+            ((free / 2) & !63) * 2
+        }
+        MetadataVersion::V1_1 | MetadataVersion::V1_2 => {
+            mdadm_raid1_array_sectors(min_device_sectors, data_offset)
+        }
+    }
+}
+
+/// Where mdadm 4.2 puts a new member's metadata and data (`write_init_super1`, without
+/// an internal bitmap): the superblock's sector, the data size and the bad-block log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MdadmLayout {
+    pub super_offset: u64,
+    pub data_size: u64,
+    pub bblog_size: u16,
+    pub bblog_offset: i32,
+}
+
+/// mdadm 4.2's layout of a member of `version` on a device of `device_sectors` for an
+/// array of `array_sectors` with data at `data_offset`. 1.0: superblock at
+/// `(device - 16) & ~7`; below it `choose_bm_space(array) + 8` sectors are kept for a
+/// bitmap and the bad-block log (less if the array leaves less), the log 8 sectors just
+/// below the superblock (offset -8), the data size all below that. 1.1 and 1.2: the
+/// superblock at 0 or 8, the data size all after `data_offset`.
+/// `None` when the device has no room for the superblock or the data offset.
+pub fn mdadm_layout(
+    version: MetadataVersion,
+    device_sectors: u64,
+    array_sectors: u64,
+    data_offset: u64,
+) -> Option<MdadmLayout> {
+    let super_offset = version.super_offset(device_sectors)?;
+    match version {
+        MetadataVersion::V1_0 => {
+            let mut bm_space = mdadm_bitmap_space(array_sectors) + 8;
+            if super_offset < array_sectors.saturating_add(bm_space) {
+                bm_space = super_offset.saturating_sub(array_sectors);
+            }
+            let (bblog_size, bblog_offset) = if bm_space >= 8 { (8, -8) } else { (0, 0) };
+            Some(MdadmLayout {
+                super_offset,
+                data_size: super_offset - bm_space,
+                bblog_size,
+                bblog_offset,
+            })
+        }
+        MetadataVersion::V1_1 | MetadataVersion::V1_2 => {
+            let (bblog_size, bblog_offset) =
+                bblog_after_superblock(super_offset, data_offset, array_sectors);
+            Some(MdadmLayout {
+                super_offset,
+                data_size: device_sectors.checked_sub(data_offset)?,
+                bblog_size,
+                bblog_offset,
+            })
+        }
     }
 }
 
@@ -774,6 +1414,17 @@ impl Superblock {
     /// fill a 512-byte superblock), events 0 (md bumps it when it first starts the array),
     /// resync_offset MaxSector (clean), utime = ctime, bad-block log as mdadm places it.
     pub fn new_raid1_member(m: &NewMember<'_>) -> Result<Superblock, GeometryError> {
+        Self::new_raid1_member_of(m, MetadataVersion::V1_2)
+    }
+
+    /// The superblock mdadm 4.2 `--create --metadata=VERSION --level=1 --assume-clean`
+    /// writes on a member (as [`Superblock::new_raid1_member`] for 1.2), its places as
+    /// [`mdadm_layout`] gives them; `data_offset: None` is mdadm's default for the version
+    /// ([`mdadm_default_data_offset_for`]).
+    pub fn new_raid1_member_of(
+        m: &NewMember<'_>,
+        version: MetadataVersion,
+    ) -> Result<Superblock, GeometryError> {
         let name_bytes = m.name.as_bytes();
         if name_bytes.len() > 31 {
             return Err(GeometryError::NameTooLong {
@@ -799,15 +1450,18 @@ impl Superblock {
         }
         let data_offset = m
             .data_offset
-            .unwrap_or_else(|| mdadm_default_data_offset(m.device_sectors));
-        let data_size = m.device_sectors.saturating_sub(data_offset);
+            .unwrap_or_else(|| mdadm_default_data_offset_for(version, m.device_sectors));
+        let too_small = || GeometryError::DeviceTooSmall {
+            device_sectors: m.device_sectors,
+            data_offset,
+            needed_data: m.array_sectors.max(10),
+            min: data_offset.saturating_add(m.array_sectors.max(10)),
+        };
+        let layout = mdadm_layout(version, m.device_sectors, m.array_sectors, data_offset)
+            .ok_or_else(too_small)?;
+        let data_size = layout.data_size;
         if data_size < m.array_sectors.max(10) {
-            return Err(GeometryError::DeviceTooSmall {
-                device_sectors: m.device_sectors,
-                data_offset,
-                needed_data: m.array_sectors.max(10),
-                min: data_offset + m.array_sectors.max(10),
-            });
+            return Err(too_small());
         }
         // init_super1: 256 bytes + 2 per device, rounded up to 512.
         let sb_bytes = (SB_FIXED_BYTES as u32 + 2 * m.raid_disks).div_ceil(512) * 512;
@@ -818,7 +1472,12 @@ impl Superblock {
         }
         let mut set_name = [0u8; 32];
         set_name[..name_bytes.len()].copy_from_slice(name_bytes);
-        let (bblog_size, bblog_offset) = mdadm_bblog_placement(data_offset, m.array_sectors);
+        let MdadmLayout {
+            super_offset,
+            bblog_size,
+            bblog_offset,
+            ..
+        } = layout;
         let sb = Superblock {
             feature_map: 0,
             set_uuid: m.set_uuid,
@@ -838,7 +1497,7 @@ impl Superblock {
             new_offset: 0,
             data_offset,
             data_size,
-            super_offset: SUPER_OFFSET_V1_2,
+            super_offset,
             recovery_offset: 0,
             dev_number: m.dev_number,
             cnt_corrected_read: 0,
@@ -852,7 +1511,7 @@ impl Superblock {
             resync_offset: MAX_SECTOR,
             dev_roles,
         };
-        sb.check_fits_v1_2(m.device_sectors)?;
+        sb.check_fits(m.device_sectors)?;
         Ok(sb)
     }
 }
@@ -1160,6 +1819,319 @@ mod tests {
         let mut b = bytes;
         b[SB_FIXED_BYTES + 6] = 0x55;
         assert!(Superblock::parse(&b).is_ok());
+    }
+
+    /// Each impossible field, with a valid checksum, is refused by name.
+    #[test]
+    fn validate_on_leg_refuses_each_impossible_field() {
+        let leg = 65536 * 512;
+        assert_eq!(sample().validate_on_leg(leg, 64), Ok(()));
+        // raid_disks 1 is a RAID1 md runs (mdadm --create -n1 --force).
+        let mut one = sample();
+        one.raid_disks = 1;
+        one.set_role(1, DevRole::Active(0)).unwrap();
+        assert_eq!(one.validate_on_leg(leg, 64), Ok(()));
+        type Edit = fn(&mut Superblock);
+        let cases: Vec<(&str, Edit)> = vec![
+            ("feature_map", |s| s.feature_map |= FEATURE_BITMAP_OFFSET),
+            ("feature_map", |s| s.feature_map |= FEATURE_RESHAPE_ACTIVE),
+            ("feature_map", |s| s.feature_map |= FEATURE_JOURNAL),
+            ("feature_map", |s| s.feature_map |= FEATURE_PPL),
+            ("feature_map", |s| s.feature_map |= FEATURE_MULTIPLE_PPLS),
+            ("feature_map", |s| s.feature_map |= FEATURE_CLUSTERED),
+            ("feature_map", |s| s.feature_map |= FEATURE_REPLACEMENT),
+            ("feature_map", |s| s.feature_map |= FEATURE_BAD_BLOCKS),
+            ("feature_map", |s| s.feature_map |= FEATURE_NEW_OFFSET),
+            ("feature_map", |s| s.feature_map |= FEATURE_RAID0_LAYOUT),
+            ("super_offset", |s| s.super_offset = 3072),
+            ("super_offset", |s| s.super_offset = 1 << 30),
+            // The 1.0 place on this leg, but the data runs into it.
+            ("data_size", |s| s.super_offset = 65520),
+            ("raid_disks", |s| s.raid_disks = 0),
+            ("raid_disks", |s| s.raid_disks = 65),
+            ("raid_disks", |s| s.raid_disks = 1 << 31),
+            ("events", |s| s.events = u64::MAX),
+            ("events", |s| s.events = EVENTS_LIMIT + 1),
+            ("data_offset", |s| s.data_offset = 0),
+            ("data_offset", |s| s.data_offset = 8),
+            // 129 roles take a second sector: sector 9 is theirs.
+            ("data_offset", |s| {
+                s.set_max_dev(129).unwrap();
+                s.data_offset = 9;
+            }),
+            ("data_offset", |s| {
+                s.set_max_dev(MAX_DEV_LIMIT).unwrap();
+                s.data_offset = 15;
+            }),
+            ("data_offset", |s| s.data_offset = 65537),
+            ("data_offset", |s| s.data_offset = u64::MAX),
+            ("data_size", |s| s.data_size = 9),
+            ("data_size", |s| s.data_size += 1),
+            // data_offset + data_size wraps around u64.
+            ("data_size", |s| s.data_size = u64::MAX - 100),
+            ("size", |s| s.size = 0),
+            ("size", |s| s.size = s.data_size + 1),
+            ("size", |s| s.size = u64::MAX),
+            ("dev_roles", |s| s.set_role(1, DevRole::Active(2)).unwrap()),
+            ("dev_roles", |s| s.set_role(1, DevRole::Active(5)).unwrap()),
+            ("dev_roles", |s| s.raid_disks = 1),
+            ("recovery_offset", |s| {
+                s.feature_map |= FEATURE_RECOVERY_OFFSET;
+                s.recovery_offset = s.size + 1;
+            }),
+        ];
+        for (field, edit) in cases {
+            let mut sb = sample();
+            edit(&mut sb);
+            // Through the bytes: a valid checksum, as an attacker would write it.
+            let sb = Superblock::parse(&sb.to_bytes()).expect("checksum is valid");
+            let err = sb.validate_on_leg(leg, 64).expect_err(field);
+            assert_eq!(err.field(), field, "{err}");
+            assert!(
+                err.to_string().contains(field),
+                "{err} does not name {field}"
+            );
+        }
+        // A leg shorter than data_offset + data_size.
+        let err = sample().validate_on_leg(leg - 512, 64).unwrap_err();
+        assert_eq!(err.field(), "data_size", "{err}");
+        // A recovery_offset up to the array's end is one md writes.
+        let mut sb = sample();
+        sb.feature_map |= FEATURE_RECOVERY_OFFSET | FEATURE_RECOVERY_BITMAP;
+        sb.recovery_offset = sb.size;
+        assert_eq!(sb.validate_on_leg(leg, 64), Ok(()));
+        // A spare's role is not checked against raid_disks.
+        let mut sb = sample();
+        sb.set_role(1, DevRole::Spare).unwrap();
+        sb.raid_disks = 1;
+        assert_eq!(sb.validate_on_leg(leg, 64), Ok(()));
+    }
+
+    #[test]
+    fn metadata_versions_sit_where_md_puts_them() {
+        use MetadataVersion::*;
+        // md: (sectors - 16) & ~7; 1.1 at 0; 1.2 at 8.
+        assert_eq!(V1_0.super_offset(65536), Some(65520));
+        assert_eq!(V1_0.super_offset(65536 + 5), Some(65520));
+        assert_eq!(V1_0.super_offset(65536 + 8), Some(65528));
+        assert_eq!(V1_0.super_offset(15), None);
+        assert_eq!(V1_1.super_offset(65536), Some(0));
+        assert_eq!(V1_2.super_offset(65536), Some(8));
+        assert_eq!(MetadataVersion::at(65520, 65536), Some(V1_0));
+        assert_eq!(MetadataVersion::at(0, 65536), Some(V1_1));
+        assert_eq!(MetadataVersion::at(8, 65536), Some(V1_2));
+        assert_eq!(MetadataVersion::at(65512, 65536), None);
+        assert_eq!(MetadataVersion::of_super_offset(65520), V1_0);
+        for (s, v) in [
+            ("1.0", V1_0),
+            ("1.01", V1_1),
+            ("01.2", V1_2),
+            ("default", V1_2),
+        ] {
+            assert_eq!(s.parse::<MetadataVersion>(), Ok(v), "{s}");
+        }
+        assert!("0.90"
+            .parse::<MetadataVersion>()
+            .unwrap_err()
+            .contains("0.90"));
+        assert!("1.3".parse::<MetadataVersion>().is_err());
+        // 0.90: the last whole 64 KiB before the end rounded down to 64 KiB.
+        assert_eq!(v0_90_super_sector(65536), Some(65408));
+        assert_eq!(v0_90_super_sector(65536 + 127), Some(65408));
+        assert_eq!(v0_90_super_sector(127), None);
+    }
+
+    /// What mdadm 4.2's super1.c computes for each version (validate_geometry1,
+    /// write_init_super1), worked by hand for a 32 MiB and a 10 GiB leg.
+    #[test]
+    fn mdadm_layouts_of_each_version() {
+        use MetadataVersion::*;
+        // 32 MiB, 1.0: free (65536 & ~7) - (16 + 8 + bm_space 8) = 65504 sectors,
+        // 32752 KiB rounded to 64 KiB: 32704 KiB. The superblock at 65520; below it
+        // bm_space(array) + 8 = 16 sectors; the log at -8.
+        assert_eq!(mdadm_raid1_array_sectors_for(V1_0, 65536, 0), 65408);
+        assert_eq!(
+            mdadm_layout(V1_0, 65536, 65408, 0),
+            Some(MdadmLayout {
+                super_offset: 65520,
+                data_size: 65504,
+                bblog_size: 8,
+                bblog_offset: -8
+            })
+        );
+        // An array that leaves less than bm_space + 8 below the superblock.
+        let tight = mdadm_layout(V1_0, 65536, 65516, 0).unwrap();
+        assert_eq!((tight.data_size, tight.bblog_size), (65516, 0));
+        // 1.1: data offset as 1.2's; the log after the bitmap space.
+        assert_eq!(mdadm_default_data_offset_for(V1_1, 65536), 2048);
+        assert_eq!(mdadm_default_data_offset_for(V1_0, 65536), 0);
+        assert_eq!(
+            mdadm_layout(V1_1, 65536, 63488, 2048),
+            Some(MdadmLayout {
+                super_offset: 0,
+                data_size: 63488,
+                bblog_size: 8,
+                bblog_offset: 16
+            })
+        );
+        // 1.2 as before.
+        let l = mdadm_layout(V1_2, 65536, 63488, 2048).unwrap();
+        assert_eq!((l.super_offset, l.bblog_offset), (8, 16));
+        // 10 GiB, 1.0: bm_space(device) 128 (over 8 GiB): free 20971520 - 152.
+        let dev = 10 * 1024 * 1024 * 2;
+        let array = mdadm_raid1_array_sectors_for(V1_0, dev, 0);
+        assert_eq!(array, (((dev - 152) / 2) & !63) * 2);
+        let l = mdadm_layout(V1_0, dev, array, 0).unwrap();
+        assert_eq!(l.super_offset, dev - 16);
+        assert_eq!(l.data_size, dev - 16 - (128 + 8));
+    }
+
+    #[test]
+    fn members_of_each_version_fit_their_leg() {
+        for version in MetadataVersion::ALL {
+            let dev = 65536;
+            let data_offset = mdadm_default_data_offset_for(version, dev);
+            let sb = Superblock::new_raid1_member_of(
+                &NewMember {
+                    set_uuid: [7; 16],
+                    name: "v",
+                    raid_disks: 2,
+                    dev_number: 0,
+                    device_uuid: [9; 16],
+                    device_sectors: dev,
+                    array_sectors: mdadm_raid1_array_sectors_for(version, dev, data_offset),
+                    data_offset: None,
+                    ctime: MdTime(0),
+                },
+                version,
+            )
+            .unwrap();
+            assert_eq!(sb.version_on(dev), Some(version));
+            assert_eq!(sb.validate_on_leg(dev * 512, 64), Ok(()), "{version}");
+            assert!(sb.data_clear_of_superblock());
+            // The same superblock on a leg one 4 KiB block longer: a 1.0
+            // superblock is then not at its place.
+            let longer = sb.validate_on_leg((dev + 8) * 512, 64);
+            match version {
+                MetadataVersion::V1_0 => assert_eq!(longer.unwrap_err().field(), "super_offset"),
+                _ => assert_eq!(longer, Ok(())),
+            }
+        }
+        // 1.1: data_offset inside the superblock at 0.
+        let mut sb = sample();
+        sb.super_offset = 0;
+        sb.data_offset = 0;
+        let err = sb.validate_on_leg(65536 * 512, 64).unwrap_err();
+        assert_eq!(err.field(), "data_offset", "{err}");
+        assert!(err.to_string().contains("sectors 0..1"), "{err}");
+    }
+
+    fn at(sb: &Superblock, sector: u64) -> (u64, Vec<u8>) {
+        let mut sb = sb.clone();
+        sb.super_offset = sector;
+        (sector, sb.to_bytes())
+    }
+
+    #[test]
+    fn the_probe_finds_each_version_and_refuses_what_md_refuses() {
+        use MetadataVersion::*;
+        let blank = vec![0u8; SB_BLOCK_BYTES];
+        let dev: u64 = 65536;
+        let places = |blocks: [&[u8]; 3]| -> Vec<(MetadataVersion, u64, Vec<u8>)> {
+            MetadataVersion::ALL
+                .into_iter()
+                .zip(blocks)
+                .map(|(v, b)| (v, v.super_offset(dev).unwrap(), b.to_vec()))
+                .collect()
+        };
+        let choose = |reads: &[(MetadataVersion, u64, Vec<u8>)], v090: Option<&[u8]>| {
+            let views: Vec<(MetadataVersion, u64, &[u8])> =
+                reads.iter().map(|(v, a, b)| (*v, *a, &b[..])).collect();
+            choose_superblock(&views, v090.map(|b| (65408, b)))
+        };
+        let sb = sample();
+        // Each version at its own place.
+        for (i, version) in MetadataVersion::ALL.into_iter().enumerate() {
+            let (_, block) = at(&sb, version.super_offset(dev).unwrap());
+            let mut blocks: [&[u8]; 3] = [&blank, &blank, &blank];
+            blocks[i] = &block;
+            assert_eq!(choose(&places(blocks), None), (Some(i), Ok(version)));
+        }
+        // Nothing: no magic at 1.2's place.
+        assert_eq!(
+            choose(&places([&blank, &blank, &blank]), None),
+            (Some(2), Err(SuperblockError::BadMagic { found: 0 }))
+        );
+        // A block at sector 8 naming sector 0 (or the 1.0 place) is misplaced.
+        for named in [0, 65520, 3072] {
+            let (_, block) = at(&sb, named);
+            assert_eq!(
+                choose(&places([&blank, &blank, &block]), None).1,
+                Err(SuperblockError::Misplaced {
+                    read_at: 8,
+                    super_offset: named
+                })
+            );
+        }
+        // A bad checksum is still found where it is (and refused by parse later).
+        let (_, mut bad) = at(&sb, 65520);
+        bad[OFF_EVENTS] ^= 1;
+        assert_eq!(choose(&places([&bad, &blank, &blank]), None).1, Ok(V1_0));
+        // Metadata 0.90 at its place.
+        let mut v090 = vec![0u8; SB_BLOCK_BYTES];
+        v090[..4].copy_from_slice(&MD_MAGIC.to_le_bytes());
+        assert_eq!(
+            choose(&places([&blank, &blank, &blank]), Some(&v090)).1,
+            Err(SuperblockError::Version0_90 { at: 65408 })
+        );
+        // An array stacked on a 1.0 array: its 1.2 superblock at sector 8
+        // lies in the 1.0 member's data, and is newer; the 1.0 one is the leg's.
+        let mut outer = sample();
+        outer.super_offset = 65520;
+        outer.data_offset = 0;
+        outer.data_size = 65504;
+        outer.ctime = MdTime(100);
+        let mut inner = sample();
+        inner.ctime = MdTime(200);
+        // Its device is the outer array (65408 sectors).
+        inner.data_size = 65408 - 2048;
+        inner.size = inner.data_size;
+        let reads = places([&outer.to_bytes(), &blank, &inner.to_bytes()]);
+        assert_eq!(choose(&reads, None), (Some(0), Ok(V1_0)));
+        // Two superblocks neither inside the other's data: the latest ctime.
+        let mut old_1_1 = sample();
+        old_1_1.super_offset = 0;
+        old_1_1.ctime = MdTime(50);
+        let reads = places([&blank, &old_1_1.to_bytes(), &inner.to_bytes()]);
+        assert_eq!(choose(&reads, None), (Some(2), Ok(V1_2)));
+    }
+
+    /// Whatever a checksummed superblock holds, either it is refused or every
+    /// product assembly makes of it fits a u64 and lies inside the leg.
+    #[test]
+    fn validated_geometry_fits_the_leg_for_any_fields() {
+        let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(2000));
+        let leg = (0u64..1 << 50, any::<bool>()).prop_map(|(n, sectors)| match sectors {
+            true => n * 512,
+            false => n,
+        });
+        runner
+            .run(&(arb_superblock(), leg), |(sb, leg_bytes)| {
+                if sb.validate_on_leg(leg_bytes, 64).is_ok() {
+                    let end = sb.data_offset.checked_add(sb.data_size).unwrap();
+                    prop_assert!(end.checked_mul(512).unwrap() <= leg_bytes);
+                    prop_assert!(sb.size >= 1 && sb.size <= sb.data_size);
+                    prop_assert!(sb.data_clear_of_superblock());
+                    prop_assert!(sb.version_on(leg_bytes / 512).is_some());
+                    prop_assert!(sb.raid_disks >= 1 && sb.raid_disks <= 64);
+                    prop_assert!(sb.events <= EVENTS_LIMIT);
+                    if let DevRole::Active(slot) = sb.own_role() {
+                        prop_assert!(u32::from(slot) < sb.raid_disks);
+                    }
+                }
+                Ok(())
+            })
+            .unwrap();
     }
 
     fn arb_superblock() -> impl Strategy<Value = Superblock> {

@@ -217,16 +217,7 @@ mod tests {
     use super::*;
     use crate::io::aligned::AlignedBuf;
     use crate::io::leg::{IoMode, Leg};
-
-    fn legs(dir: &std::path::Path, n: usize) -> Vec<Leg> {
-        (0..n)
-            .map(|i| {
-                let p = dir.join(format!("leg{i}"));
-                std::fs::write(&p, vec![0u8; 1 << 20]).unwrap();
-                Leg::open(&p, IoMode::Direct, true, true).unwrap()
-            })
-            .collect()
-    }
+    use crate::io::uring::tests::direct_legs as legs;
 
     /// Both ways (ring, threads) run every operation once, report each by
     /// its index, and leave the data on every leg.

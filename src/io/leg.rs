@@ -4,14 +4,14 @@
 //! Offsets here are absolute byte offsets on the leg; the RAID1 engine adds
 //! the data offset.
 
-use std::fs::File;
-use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::os::unix::fs::FileTypeExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use parking_lot::{Mutex, MutexGuard};
 
 use super::checked_open::{kind_name, CheckedPath};
+use super::device::{FileDevice, LegDevice};
 use super::lock::{lock_exclusive, LockError};
 
 /// How a leg's data is read and written.
@@ -98,10 +98,29 @@ impl LegError {
     }
 }
 
+/// Where a leg is, parsed once from what the user gave: today a path (a
+/// file or a block device) or, for tests, a name in memory; tomorrow a URI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Locator {
+    Path(PathBuf),
+    Memory(String),
+}
+
+impl std::fmt::Display for Locator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Locator::Path(p) => write!(f, "{}", p.display()),
+            Locator::Memory(name) => write!(f, "mem:{name}"),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Leg {
+    /// The leg's name in messages and md's files (its path, or `mem:NAME`).
     path: PathBuf,
-    file: File,
+    locator: Locator,
+    device: Box<dyn LegDevice>,
     mode: IoMode,
     is_block_device: bool,
     size: u64,
@@ -165,7 +184,6 @@ impl FlushGuard<'_> {
 }
 
 const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
-const BLKZEROOUT: libc::c_ulong = 0x127f;
 
 impl Leg {
     /// Opens a leg. With `IoMode::Direct` a filesystem that refuses O_DIRECT
@@ -264,7 +282,8 @@ impl Leg {
         };
         Ok(Leg {
             path: path.to_owned(),
-            file,
+            locator: Locator::Path(path.to_owned()),
+            device: Box::new(FileDevice::new(file, is_block_device)),
             mode,
             is_block_device,
             size,
@@ -279,8 +298,28 @@ impl Leg {
         Leg::open(&path, mode, writable, true)
     }
 
+    /// A leg in memory (`mem:NAME`) on `device`, for tests of the engine:
+    /// buffered (no alignment), not locked.
+    pub fn in_memory(name: &str, device: Box<dyn LegDevice>, size: u64) -> Leg {
+        let locator = Locator::Memory(name.to_owned());
+        Leg {
+            path: PathBuf::from(locator.to_string()),
+            locator,
+            device,
+            mode: IoMode::Buffered,
+            is_block_device: false,
+            size,
+            flushes: Mutex::new(None),
+        }
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Where the leg is, as parsed.
+    pub fn locator(&self) -> &Locator {
+        &self.locator
     }
 
     pub fn mode(&self) -> IoMode {
@@ -299,47 +338,24 @@ impl Leg {
     /// Reads exactly `buf.len()` bytes at `offset`. In direct mode `buf`,
     /// `offset` and the length must be 4 KiB aligned.
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), LegError> {
-        self.file
+        self.device
             .read_exact_at(buf, offset)
             .map_err(|source| self.io_error("read", offset, buf.len(), source))
     }
 
     /// Writes all of `buf` at `offset` (same alignment rules as `read_at`).
     pub fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), LegError> {
-        self.file
+        self.device
             .write_all_at(buf, offset)
             .map_err(|source| self.io_error("write", offset, buf.len(), source))
     }
 
     /// Writes all of `buf` at `offset` and makes it durable before returning
-    /// (RWF_DSYNC: a FUA write on a block device, the write and a flush of
-    /// what it needs on a file).
+    /// (FUA: RWF_DSYNC on a file or block device).
     pub fn write_at_durable(&self, buf: &[u8], offset: u64) -> Result<(), LegError> {
-        let mut done = 0usize;
-        while done < buf.len() {
-            let iov = libc::iovec {
-                iov_base: buf[done..].as_ptr() as *mut libc::c_void,
-                iov_len: buf.len() - done,
-            };
-            let at = offset + done as u64;
-            // SAFETY: one iovec over a live borrowed buffer.
-            let n = unsafe {
-                libc::pwritev2(self.file.as_raw_fd(), &iov, 1, at as i64, libc::RWF_DSYNC)
-            };
-            if n < 0 {
-                let e = std::io::Error::last_os_error();
-                if e.kind() == std::io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(self.io_error("write", at, buf.len() - done, e));
-            }
-            if n == 0 {
-                let e = std::io::Error::new(std::io::ErrorKind::WriteZero, "wrote nothing");
-                return Err(self.io_error("write", at, buf.len() - done, e));
-            }
-            done += n as usize;
-        }
-        Ok(())
+        self.device
+            .write_all_at_durable(buf, offset)
+            .map_err(|source| self.io_error("write", offset, buf.len(), source))
     }
 
     /// Makes every completed write durable (fdatasync: data and the metadata
@@ -360,10 +376,10 @@ impl Leg {
         }
     }
 
-    /// fdatasync with no bookkeeping: for callers holding the leg's
-    /// [`FlushGuard`] (the engine's fan-out, a worker doing its share).
+    /// A flush with no bookkeeping: for callers holding the leg's
+    /// [`FlushGuard`] (the engine's fan-out).
     pub(crate) fn fdatasync(&self) -> Result<(), LegError> {
-        self.file.sync_data().map_err(|source| LegError::Sync {
+        self.device.flush().map_err(|source| LegError::Sync {
             path: self.path.clone(),
             source,
         })
@@ -373,36 +389,13 @@ impl Leg {
     /// leg (writes zeros where the filesystem cannot punch), BLKZEROOUT on a
     /// block device.
     pub fn zero_range(&self, offset: u64, len: u64) -> std::io::Result<()> {
-        let fd = self.file.as_raw_fd();
-        if self.is_block_device {
-            let range: [u64; 2] = [offset, len];
-            // SAFETY: BLKZEROOUT reads two u64 from the pointer.
-            if unsafe { libc::ioctl(fd, BLKZEROOUT, &range) } != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            return Ok(());
-        }
-        let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
-        // SAFETY: fallocate on a valid fd.
-        if unsafe { libc::fallocate(fd, mode, offset as i64, len as i64) } == 0 {
-            return Ok(());
-        }
-        let err = std::io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::EOPNOTSUPP) {
-            return Err(err);
-        }
-        log::info!(
-            "leg {}: its filesystem cannot punch holes; writing zeros",
-            self.path.display()
-        );
-        let zeros = crate::io::aligned::AlignedBuf::new(1 << 20);
-        let mut pos = offset;
-        while pos < offset + len {
-            let n = (offset + len - pos).min(1 << 20) as usize;
-            self.file.write_all_at(&zeros.as_slice()[..n], pos)?;
-            pos += n as u64;
-        }
-        Ok(())
+        self.device.zero_range(offset, len)
+    }
+
+    /// The descriptor io_uring may use for this leg's I/O (None: the
+    /// fan-out runs it as plain calls).
+    pub fn raw_fd(&self) -> Option<std::os::unix::io::RawFd> {
+        self.device.raw_fd()
     }
 
     /// A failed read or write, named with the leg, offset and length.
@@ -454,12 +447,6 @@ fn open_checked(path: &Path) -> Result<CheckedPath, LegError> {
         });
     }
     Ok(checked)
-}
-
-impl AsRawFd for Leg {
-    fn as_raw_fd(&self) -> std::os::unix::io::RawFd {
-        self.file.as_raw_fd()
-    }
 }
 
 #[cfg(test)]

@@ -12,7 +12,6 @@
 use super::leg::{Leg, LegError};
 use io_uring::{opcode, types, IoUring};
 use std::cell::RefCell;
-use std::os::unix::io::AsRawFd;
 use std::sync::OnceLock;
 
 /// Entries of each thread's ring: more than the legs of any array, so one
@@ -242,7 +241,11 @@ impl Flight {
     /// Queues `op` (known to the completions as `index`); false when the
     /// ring cannot take it and the caller must run it itself.
     fn push(&mut self, ring: &mut IoUring, op: &LegOp<'_>, index: usize) -> bool {
-        let fd = types::Fd(op.leg().as_raw_fd());
+        // A leg without a descriptor (in memory, or a network leg) is run
+        // by the caller.
+        let Some(fd) = op.leg().raw_fd().map(types::Fd) else {
+            return false;
+        };
         let entry = match *op {
             LegOp::Write {
                 buf,
@@ -384,13 +387,14 @@ fn failure(op: &LegOp<'_>, errno: i32) -> LegError {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::io::aligned::AlignedBuf;
     use crate::io::leg::IoMode;
 
-    /// `n` zeroed 1 MiB leg files in `dir`, opened O_DIRECT.
-    fn direct_legs(dir: &std::path::Path, n: usize) -> Vec<Leg> {
+    /// `n` zeroed 1 MiB leg files in `dir`, opened O_DIRECT (also for the
+    /// fan-out's tests).
+    pub(crate) fn direct_legs(dir: &std::path::Path, n: usize) -> Vec<Leg> {
         (0..n)
             .map(|i| {
                 let p = dir.join(format!("leg{i}"));

@@ -11,14 +11,35 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// True when running as root; otherwise prints why `test` is skipped.
-/// Use as `if !needs_root("name") { return; }`.
+/// `test` (or a part of it) cannot run here, because `why`: it is skipped
+/// with a line saying so, or, when `MDFUSE_REQUIRE_ALL=1` (the test script
+/// sets it), fails, so that a run missing a tool, a fixture or root cannot
+/// pass silently.
+pub fn skipped(test: &str, why: &str) {
+    if std::env::var("MDFUSE_REQUIRE_ALL").is_ok_and(|v| v == "1") {
+        panic!("{test} cannot run: {why} (MDFUSE_REQUIRE_ALL=1 requires every test to run)");
+    }
+    eprintln!("SKIPPED {test}: {why}");
+}
+
+/// `test` needs what this kernel does not have (`what`): it is skipped with
+/// a line saying so, even under `MDFUSE_REQUIRE_ALL=1`, since no setup of
+/// the machine's userland can give it (docs: README, "Tests").
+pub fn kernel_lacks(test: &str, what: &str) {
+    eprintln!("SKIPPED {test}: this kernel has no {what}");
+}
+
+/// True when running as root; otherwise says why `test` is skipped (see
+/// [`skipped`]). Use as `if !needs_root("name") { return; }`.
 pub fn needs_root(test: &str) -> bool {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
         return true;
     }
-    eprintln!("SKIPPED {test}: needs root (loop devices, mkfs, mount); run the tests as root");
+    skipped(
+        test,
+        "needs root (loop devices, mkfs, mount); run the tests as root",
+    );
     false
 }
 

@@ -834,7 +834,7 @@ impl Drop for MountedArray {
 /// /run/mdfuse (its name as `mdfuse` makes it), so crash tests leave nothing
 /// behind; a file naming another process is left alone.
 fn remove_dead_pid_file(mnt: &Path, pid: i32) {
-    let file = mdfuse::serve::run_file(mnt, "pid");
+    let file = mdfuse::transport::serve::run_file(mnt, "pid");
     let named = std::fs::read_to_string(&file).ok();
     if named.as_deref().map(str::trim) == Some(pid.to_string().as_str()) && !pid_alive(pid) {
         let _ = std::fs::remove_file(&file);
