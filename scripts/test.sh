@@ -17,12 +17,18 @@ for tool in mdadm:mdadm fio:fio mkfs.ext4:e2fsprogs mkfs.xfs:xfsprogs zstd:zstd 
             losetup:mount sha256sum:coreutils filefrag:e2fsprogs mkfs.erofs:erofs-utils; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || need_pkgs+=("${tool##*:}")
 done
+# tests/operator.rs parses `mdfuse metrics` with Debian's python3 and its
+# Prometheus client's text-format parser.
+/usr/bin/python3 -c 'import prometheus_client.parser' >/dev/null 2>&1 ||
+  need_pkgs+=(python3-prometheus-client)
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
   echo "== installing: ${need_pkgs[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
 fi
+# tests/operator.rs builds and installs the Debian package with cargo-deb.
+cargo deb --version >/dev/null 2>&1 || cargo install --locked cargo-deb
 [ -e /dev/fuse ] || { echo "/dev/fuse is missing: load the fuse module" >&2; exit 1; }
 
 echo "== cargo fmt --check"

@@ -1,4 +1,56 @@
-//! mount(8)'s helper arguments and `-o` options, translated to `mdfuse mount`.
+//! mount(8)'s helper arguments and `-o` options, translated to `mdfuse mount`,
+//! and where the helper finds `mdfuse`. Shared by the `mdfuse` binary (which
+//! is the helper itself when run as `mount.mdfuse`, through a symlink or a
+//! hard link) and the separate `mount-mdfuse` binary.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+
+/// The name mount(8) runs the helper by: `/sbin/mount.mdfuse`.
+pub const HELPER_NAME: &str = "mount.mdfuse";
+
+/// Whether a program started with this `argv[0]` is the mount helper (its
+/// file name is `mount.mdfuse`, whatever directory it was run from).
+pub fn invoked_as_helper(argv0: Option<&OsStr>) -> bool {
+    argv0
+        .map(Path::new)
+        .and_then(Path::file_name)
+        .is_some_and(|n| n == HELPER_NAME)
+}
+
+/// The standard directories searched for `mdfuse` after the helper's own
+/// directory and PATH: mount(8) and systemd run helpers with a PATH that
+/// may lack some of them (no /usr/local/sbin at boot on many systems).
+pub const STANDARD_DIRS: &[&str] = &[
+    "/usr/sbin",
+    "/sbin",
+    "/usr/local/sbin",
+    "/usr/bin",
+    "/bin",
+    "/usr/local/bin",
+];
+
+/// Where the `mount-mdfuse` binary finds `mdfuse`: beside itself first (an
+/// install puts both in one place), then each directory of `path_env`,
+/// then [`STANDARD_DIRS`]. The first executable regular file named `mdfuse`
+/// wins; None when there is none anywhere.
+pub fn find_mdfuse(own_dir: Option<&Path>, path_env: Option<&OsStr>) -> Option<PathBuf> {
+    let from_path: Vec<PathBuf> = path_env
+        .map(|p| std::env::split_paths(p).collect())
+        .unwrap_or_default();
+    own_dir
+        .map(Path::to_path_buf)
+        .into_iter()
+        .chain(from_path.into_iter().filter(|d| d.is_absolute()))
+        .chain(STANDARD_DIRS.iter().map(PathBuf::from))
+        .map(|d| d.join("mdfuse"))
+        .find(|p| is_executable_file(p))
+}
+
+fn is_executable_file(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
 
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct MountRequest {
@@ -293,6 +345,43 @@ impl MountRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn helper_by_its_name_only() {
+        for (argv0, yes) in [
+            ("/sbin/mount.mdfuse", true),
+            ("mount.mdfuse", true),
+            ("/usr/local/sbin/mdfuse", false),
+            ("/sbin/mount.mdfuse.old", false),
+            ("mount-mdfuse", false),
+        ] {
+            assert_eq!(invoked_as_helper(Some(OsStr::new(argv0))), yes, "{argv0}");
+        }
+        assert!(!invoked_as_helper(None));
+    }
+
+    #[test]
+    fn mdfuse_is_found_beside_then_on_path_then_in_standard_dirs() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("mount-mdfuse-find-{}", std::process::id()));
+        let (own, on_path, not_exec) = (dir.join("own"), dir.join("path"), dir.join("noexec"));
+        for d in [&own, &on_path, &not_exec] {
+            std::fs::create_dir_all(d).unwrap();
+            std::fs::write(d.join("mdfuse"), b"#!/bin/sh\n").unwrap();
+            let mode = if d == &not_exec { 0o644 } else { 0o755 };
+            std::fs::set_permissions(d.join("mdfuse"), std::fs::Permissions::from_mode(mode))
+                .unwrap();
+        }
+        let path = std::env::join_paths([&not_exec, &on_path]).unwrap();
+        let beside = find_mdfuse(Some(&own), Some(&path));
+        let on_path_found = find_mdfuse(Some(&dir), Some(&path));
+        let relative = find_mdfuse(None, Some(OsStr::new("path")));
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(beside, Some(own.join("mdfuse")));
+        assert_eq!(on_path_found, Some(on_path.join("mdfuse")));
+        // A relative PATH entry is skipped; the standard directories come last.
+        assert!(relative.is_none_or(|p| STANDARD_DIRS.iter().any(|d| p.starts_with(d))));
+    }
 
     fn args(s: &str) -> Vec<String> {
         s.split_whitespace().map(String::from).collect()

@@ -10,6 +10,10 @@
 //! (defaults, auto, noauto, nofail, _netdev, user, nouser, x-*, comment=) are
 //! accepted and ignored. The legs and the mountpoint are passed after `--`;
 //! a `legs=` list that cannot be split one way only is refused.
+//!
+//! `mdfuse` itself is this helper when run as `mount.mdfuse` (the README's
+//! install links it so); this separate binary finds `mdfuse` beside itself,
+//! on PATH or in the standard sbin and bin directories.
 
 use mount_mdfuse as options;
 
@@ -17,20 +21,20 @@ use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Command;
 
-fn mdfuse_binary() -> PathBuf {
+fn mdfuse_binary() -> Result<PathBuf, String> {
     if let Some(p) = std::env::var_os("MDFUSE") {
-        return PathBuf::from(p);
+        return Ok(PathBuf::from(p));
     }
-    // Beside this helper first (an install puts both in one place), else PATH.
-    if let Ok(me) = std::env::current_exe() {
-        if let Some(dir) = me.parent() {
-            let beside = dir.join("mdfuse");
-            if beside.is_file() {
-                return beside;
-            }
-        }
-    }
-    PathBuf::from("mdfuse")
+    let me = std::env::current_exe().ok();
+    let own_dir = me.as_deref().and_then(|m| m.parent());
+    options::find_mdfuse(own_dir, std::env::var_os("PATH").as_deref()).ok_or_else(|| {
+        format!(
+            "cannot find mdfuse beside {}, on PATH or in {} (install it in one of them, \
+             or link /sbin/mount.mdfuse to mdfuse itself)",
+            own_dir.map_or("this helper".into(), |d| d.display().to_string()),
+            options::STANDARD_DIRS.join(", ")
+        )
+    })
 }
 
 fn main() {
@@ -42,7 +46,13 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let bin = mdfuse_binary();
+    let bin = match mdfuse_binary() {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("mount.mdfuse: {e}");
+            std::process::exit(1);
+        }
+    };
     let argv = request.mdfuse_args();
     if request.verbose || request.fake {
         eprintln!("mount.mdfuse: {} {}", bin.display(), argv.join(" "));

@@ -118,7 +118,12 @@ pub fn spawn_and_wait(args: &[String], log: &Path) -> i32 {
             return 1;
         }
     };
-    let mut cmd = Command::new(exe);
+    let mut cmd = Command::new(&exe);
+    // Run through a hard link named mount.mdfuse, the executable is that
+    // link: the child is told by argv[0] that it is mdfuse, not the helper.
+    if mount_mdfuse::invoked_as_helper(Some(exe.as_os_str())) {
+        cmd.arg0("mdfuse");
+    }
     // A daemon's start: its own session, `/` as its directory (it holds no
     // directory of its caller busy; every path it is given is absolute),
     // umask 022, and none of the caller's descriptors but the pipe (a

@@ -1,10 +1,18 @@
 //! Command-line parsing and the commands themselves. Each command is a thin
 //! shell over the library: parse, call, report.
 
+mod alert;
+mod assets;
 mod detach;
+mod events;
+pub mod helper;
+mod metrics;
+mod monitor;
 mod panic_stop;
+mod preflight;
 mod sandbox;
 mod size;
+mod status;
 
 use clap::{Args, Parser, Subcommand};
 use mdfuse::array::{
@@ -33,22 +41,41 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Create a RAID1 array: write md v1.x superblocks (1.2 by default) to every leg.
+    #[command(
+        after_help = "Examples:\n  mdfuse create --name data /srv/leg0.img /srv/leg1.img\n  mdfuse create --name data --bitmap /var/lib/mdfuse/data.bitmap /dev/sdb /dev/sdc"
+    )]
     Create(CreateArgs),
     /// Print the md superblock of each leg, like `mdadm --examine`.
+    #[command(
+        after_help = "Examples:\n  mdfuse examine /srv/leg0.img /srv/leg1.img\n  mdfuse examine --json /srv/leg0.img"
+    )]
     Examine {
         #[arg(required = true)]
         legs: Vec<PathBuf>,
+        /// Print JSON (fields in docs/json.md) instead of mdadm's text.
+        #[arg(long)]
+        json: bool,
     },
     /// Print a bitmap file's header and dirty chunks, like `mdadm --examine-bitmap`.
+    #[command(
+        after_help = "Examples:\n  mdfuse examine-bitmap --chunks /var/lib/mdfuse/data.bitmap\n  mdfuse examine-bitmap --json /var/lib/mdfuse/data.bitmap"
+    )]
     ExamineBitmap {
         file: PathBuf,
         /// Also list the dirty chunks.
         #[arg(long)]
         chunks: bool,
+        /// Print JSON (fields in docs/json.md) instead of mdadm's text.
+        #[arg(long)]
+        json: bool,
     },
     /// Assemble an array from its legs and serve it at MOUNTPOINT as array.img.
+    #[command(
+        after_help = "Examples:\n  mdfuse mount /srv/leg0.img /srv/leg1.img /mnt/data\n  mdfuse mount --bitmap /var/lib/mdfuse/data.bitmap --run /srv/leg0.img /mnt/data   (degraded)\n  mount -t mdfuse -o legs=/srv/leg0.img:/srv/leg1.img mirror /mnt/data   (through mount.mdfuse)"
+    )]
     Mount(MountArgs),
     /// Unmount an array and wait until it has stopped cleanly.
+    #[command(after_help = "Example:\n  mdfuse stop /mnt/data")]
     Stop {
         mountpoint: PathBuf,
         /// Seconds to wait for the array to stop.
@@ -57,13 +84,54 @@ enum Command {
     },
     /// Fail, remove, re-add or add a leg of a running array (md's words),
     /// through its md/ control files.
+    #[command(
+        after_help = "Examples:\n  mdfuse manage /mnt/data --fail /srv/leg1.img\n  mdfuse manage /mnt/data --remove /srv/leg1.img\n  mdfuse manage /mnt/data --re-add /srv/leg1.img"
+    )]
     Manage(ManageArgs),
     /// Print a running array's state, like `mdadm --detail`.
-    Detail { mountpoint: PathBuf },
+    #[command(
+        after_help = "Examples:\n  mdfuse detail /mnt/data\n  mdfuse detail --json /mnt/data"
+    )]
+    Detail {
+        mountpoint: PathBuf,
+        /// Print JSON (fields in docs/json.md) instead of mdadm's text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Wait until a resync, recovery, check or repair has ended.
+    #[command(
+        after_help = "Example:\n  mdfuse manage /mnt/data --re-add /srv/leg1.img && mdfuse wait /mnt/data"
+    )]
     Wait { mountpoint: PathBuf },
     /// Make a sandbox array in DIR (two leg files) and mount it at DIR/mnt.
+    #[command(
+        after_help = "Examples:\n  mdfuse sandbox /tmp/mdfuse-sandbox\n  mdfuse sandbox --remove /tmp/mdfuse-sandbox"
+    )]
     Sandbox(sandbox::SandboxArgs),
+    /// Report md's events for running arrays, in mdadm --monitor's words
+    /// (Fail, DegradedArray, RebuildStarted, Rebuild20..80, RebuildFinished,
+    /// SpareActive, NewArray, DeviceDisappeared, TestMessage), on standard
+    /// output and to --program.
+    #[command(
+        after_help = "Examples:\n  mdfuse monitor --oneshot                       (cron: exit 1 when an array is degraded)\n  mdfuse monitor --daemonise --program /usr/local/sbin/page-me --pid-file /run/mdfuse-monitor.pid"
+    )]
+    Monitor(monitor::MonitorArgs),
+    /// Print the running arrays' state as Prometheus metrics (text format,
+    /// for node_exporter's textfile collector); every mdfuse mount when none
+    /// is named.
+    #[command(
+        after_help = "Examples:\n  mdfuse metrics\n  mdfuse metrics --output /var/lib/prometheus/node-exporter/mdfuse.prom /mnt/data"
+    )]
+    Metrics {
+        /// Write the metrics to FILE (atomically: a new file renamed over
+        /// it) instead of standard output.
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        mountpoints: Vec<PathBuf>,
+    },
+    /// Write the man pages and shell completions into DIR (for packaging).
+    #[command(hide = true)]
+    GenAssets { dir: PathBuf },
 }
 
 #[derive(Args)]
@@ -190,8 +258,18 @@ pub fn main() -> i32 {
     init_logging(foreground_mount);
     let result = match cli.command {
         Command::Create(a) => cmd_create(a),
-        Command::Examine { legs } => cmd_examine(&legs),
-        Command::ExamineBitmap { file, chunks } => cmd_examine_bitmap(&file, chunks),
+        Command::Examine { legs, json: false } => cmd_examine(&legs),
+        Command::Examine { legs, json: true } => status::cmd_examine_json(&legs),
+        Command::ExamineBitmap {
+            file,
+            chunks,
+            json: false,
+        } => cmd_examine_bitmap(&file, chunks),
+        Command::ExamineBitmap {
+            file,
+            chunks,
+            json: true,
+        } => status::cmd_examine_bitmap_json(&file, chunks),
         Command::Mount(m) if m.foreground => mount_foreground(&m, &mut ready),
         Command::Mount(m) => return mount_detached(&m),
         Command::Stop {
@@ -200,8 +278,24 @@ pub fn main() -> i32 {
         } => cmd_stop(&mountpoint, timeout),
         Command::Manage(a) => cmd_manage(&a),
         Command::Wait { mountpoint } => cmd_wait(&mountpoint),
-        Command::Detail { mountpoint } => cmd_detail(&mountpoint),
+        Command::Detail {
+            mountpoint,
+            json: false,
+        } => cmd_detail(&mountpoint),
+        Command::Detail {
+            mountpoint,
+            json: true,
+        } => status::cmd_detail_json(&mountpoint),
         Command::Sandbox(a) => sandbox::run(&a),
+        Command::Monitor(a) => match monitor::cmd_monitor(&a) {
+            Ok(code) => return code,
+            Err(e) => Err(e),
+        },
+        Command::Metrics {
+            output,
+            mountpoints,
+        } => metrics::cmd_metrics(&mountpoints, output.as_deref()),
+        Command::GenAssets { dir } => assets::cmd_gen_assets(&dir),
     };
     match result {
         Ok(()) => 0,
@@ -578,6 +672,8 @@ pub fn mount_foreground(m: &MountArgs, ready: &mut detach::Ready) -> Result<(), 
     panic_stop::install();
     // Refuse a bad mountpoint before any leg is touched.
     serve::check_mountpoint(&mountpoint).map_err(|e| e.to_string())?;
+    // The commonest mistakes, each refused with what to do next.
+    preflight::check(&legs, &mountpoint)?;
     ensure_fd_room(m.threads)?;
     // Caught from here on: a stop signal during the start ends it cleanly.
     let signals = serve::StopSignals::install().map_err(|e| e.to_string())?;
@@ -651,6 +747,7 @@ pub fn mount_foreground(m: &MountArgs, ready: &mut detach::Ready) -> Result<(), 
         ),
     };
     let mut pid_file = None;
+    let mut event_log = None;
     let served = serve::serve(array.clone(), &opts, &signals, || {
         let msg = format!(
             "mdfuse: array {name} ({uuid}) is live at {}: raid1 [{raid_disks}/{members}], image {}, pid {}",
@@ -661,8 +758,11 @@ pub fn mount_foreground(m: &MountArgs, ready: &mut detach::Ready) -> Result<(), 
         log::info!("{msg}");
         panic_stop::mounted(&mountpoint);
         pid_file = Some(PidFile::create(&mountpoint));
+        event_log = events::EventLog::start(array.clone(), &mountpoint);
         ready.live(&msg);
     });
+    // Its thread holds the array: stopped before the array is.
+    drop(event_log);
     let stopped = array.stop();
     // Close the legs before the pid file goes: `stop` waits for that.
     drop(array);

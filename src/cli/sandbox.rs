@@ -60,6 +60,38 @@ fn make_bitmap_fs(dir: &Path) -> Result<PathBuf, String> {
     Ok(mnt.join(BITMAP_FILE))
 }
 
+/// A word for a shell line: as is when it holds only characters no shell
+/// reads specially, else in single quotes.
+fn shell_word(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+:,=@%".contains(c));
+    if plain {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+/// How to call this program in a printed command: `mdfuse` when PATH finds
+/// this very binary under that name, else its full path (a newcomer's
+/// `cargo run` or `target/release/mdfuse` is not on PATH).
+fn invocation(exe: &Path) -> String {
+    let me = exe.canonicalize().unwrap_or_else(|_| exe.to_path_buf());
+    let on_path = std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path)
+            .map(|d| d.join("mdfuse"))
+            .find(|p| p.is_file())
+            .and_then(|p| p.canonicalize().ok())
+            .is_some_and(|p| p == me)
+    });
+    if on_path {
+        "mdfuse".into()
+    } else {
+        shell_word(&me.display().to_string())
+    }
+}
+
 fn remove_bitmap_fs(dir: &Path) {
     let mnt = dir.join(BITMAP_FS_DIR);
     let _ = sh("umount", &[&mnt.display().to_string()]);
@@ -145,22 +177,29 @@ pub fn run(a: &SandboxArgs) -> Result<(), String> {
         remove_bitmap_fs(&dir);
         return Err(e);
     }
+    // Every command below runs as printed (paths quoted for the shell).
+    let q = |s: &str| shell_word(s);
     println!(
         "\nA sandbox RAID1 is running in {d}:
   legs:       {l0} and {l1} ({sz} bytes{hsz} each)
-  bitmap:     {bm}   (mdfuse examine-bitmap {bm})
-  the array:  {mnt}/array.img   (a disk image: losetup it, mkfs it, or read/write it directly)
-  status:     cat {mnt}/mdstat
-  superblock: mdfuse examine {l0}
+  bitmap:     {bm}   ({md} examine-bitmap {bm})
+  the array:  {img}   (a disk image: losetup it, mkfs it, or read/write it directly)
+  status:     cat {mdstat}
+  superblock: {md} examine {l0}
   log:        {log}
-  stop:       mdfuse stop {mnt}
-  again:      mdfuse mount --bitmap {bm}{fio} {l0} {l1} {mnt}
-  remove:     mdfuse sandbox --remove {d}",
-        d = dir.display(),
-        l0 = leg_args[0],
-        l1 = leg_args[1],
+  stop:       {md} stop {mnt}
+  again:      {md} mount --bitmap {bm}{fio} {l0} {l1} {mnt}
+  remove:     {md} sandbox --remove {d}",
+        md = invocation(&exe),
+        d = q(&dir.display().to_string()),
+        l0 = q(&leg_args[0]),
+        l1 = q(&leg_args[1]),
         sz = a.size,
-        bm = bitmap_s,
+        bm = q(&bitmap_s),
+        img = q(&format!("{mnt}/array.img")),
+        mdstat = q(&format!("{mnt}/mdstat")),
+        mnt = q(&mnt),
+        log = q(&log),
         fio = if file_io { " --bitmap-file-io" } else { "" },
         hsz = mdfuse::report::human_size(a.size as u128),
     );

@@ -253,7 +253,7 @@ pub fn level_name(level: i32) -> &'static str {
 }
 
 /// Bytes of array data, as mdadm computes "Array Size" (None if mdadm prints no line).
-fn array_bytes(sb: &Superblock) -> Option<u128> {
+pub(crate) fn array_bytes(sb: &Superblock) -> Option<u128> {
     let raid_disks = i128::from(sb.raid_disks);
     let (data_disks, denominator): (i128, i128) = match sb.level {
         1 => (1, 1),
@@ -276,7 +276,7 @@ fn array_bytes(sb: &Superblock) -> Option<u128> {
 /// mdadm's "Unused Space" (super1.c getinfo_super1): sectors free before the data (after
 /// the superblock, bad-block log and bitmap/PPL) and after the used part of the data.
 /// Returns after = 1 when both are 0: mdadm's marker, and it then prints no line.
-fn unused_space(sb: &Superblock, device_sectors: u64) -> (u64, u64) {
+pub(crate) fn unused_space(sb: &Superblock, device_sectors: u64) -> (u64, u64) {
     let bitmap_offset = if sb.has_feature(FEATURE_BITMAP_OFFSET) {
         i64::from(sb.bitmap_offset)
     } else {
@@ -350,7 +350,7 @@ fn own_raw_role(sb: &Superblock) -> u16 {
         .unwrap_or(ROLE_FAULTY)
 }
 
-fn device_role(sb: &Superblock) -> String {
+pub(crate) fn device_role(sb: &Superblock) -> String {
     let role = sb
         .dev_roles()
         .get(sb.dev_number as usize)
@@ -369,7 +369,7 @@ fn device_role(sb: &Superblock) -> String {
 
 /// mdadm's Array State string: per slot, 'A' one device, 'R' two (replacing), '.' none,
 /// '?' more; and whether the role table is inconsistent.
-fn array_state(sb: &Superblock, delta_extra: u64) -> (String, bool) {
+pub(crate) fn array_state(sb: &Superblock, delta_extra: u64) -> (String, bool) {
     let mut count = vec![0u32; 1 << 16];
     for &role in sb.dev_roles() {
         count[usize::from(role)] += 1;

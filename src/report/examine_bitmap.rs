@@ -16,7 +16,7 @@ pub fn human_chunksize(bytes: u32) -> String {
 }
 
 /// mdadm's state names: only 0 and BITMAP_STALE have one.
-fn state_name(state: u32) -> &'static str {
+pub(crate) fn state_name(state: u32) -> &'static str {
     match state {
         0 => "OK",
         2 => "Out of date",

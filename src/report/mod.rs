@@ -1,8 +1,9 @@
 //! Text renderings in md's words: `mdadm --examine`, `--examine-bitmap`,
-//! `/proc/mdstat`. Pure: structs in, strings out.
+//! `/proc/mdstat`, and the same as JSON (`json`). Pure: structs in, strings out.
 
 pub mod examine;
 pub mod examine_bitmap;
+pub mod json;
 pub mod mdstat;
 
 pub use examine::format_uuid as uuid_string;
