@@ -11,29 +11,172 @@ use crate::raid1::{LegState, SpeedLimits, SyncAction};
 use crate::report::mdstat::escape_name;
 use std::sync::atomic::Ordering;
 
-/// Attributes of the array, under `md/`.
-const ARRAY_FILES: &[(&str, ControlAccess)] = &[
-    ("array_state", Read),
-    ("level", Read),
-    ("raid_disks", Read),
-    ("degraded", Read),
-    ("metadata_version", Read),
-    ("uuid", Read),
-    ("component_size", Read),
-    ("array_size", Read),
-    ("consistency_policy", Read),
-    ("resync_start", Read),
-    ("sync_action", ReadWrite),
-    ("sync_completed", Read),
-    ("sync_speed", Read),
-    ("sync_speed_min", ReadWrite),
-    ("sync_speed_max", ReadWrite),
-    ("mismatch_cnt", Read),
-    ("last_sync_action", Read),
-    ("sync_copied", Read),
-    ("max_read_errors", ReadWrite),
-    ("safe_mode_delay", ReadWrite),
-    ("new_dev", Write),
+/// How an attribute is shown: its value, without the newline (None: there
+/// is none to show now, and a read fails with ENOENT).
+type Show = fn(&RunningArray) -> Option<String>;
+/// How a write to an attribute is taken: `path` and `value` (one trailing
+/// newline off) for the refusal's log line; Err is the writer's errno.
+type Store = fn(&RunningArray, &str, &str) -> Result<(), i32>;
+
+/// One md attribute under `md/`, as md's `md_sysfs_entry` is: its name, and
+/// how it is shown and stored (a file without `show` cannot be read, one
+/// without `store` cannot be written; its mode follows).
+struct Attr {
+    name: &'static str,
+    show: Option<Show>,
+    store: Option<Store>,
+}
+
+impl Attr {
+    fn access(&self) -> ControlAccess {
+        match (self.show.is_some(), self.store.is_some()) {
+            (true, true) => ReadWrite,
+            (false, true) => Write,
+            _ => Read,
+        }
+    }
+}
+
+const fn ro(name: &'static str, show: Show) -> Attr {
+    Attr {
+        name,
+        show: Some(show),
+        store: None,
+    }
+}
+
+const fn rw(name: &'static str, show: Show, store: Store) -> Attr {
+    Attr {
+        name,
+        show: Some(show),
+        store: Some(store),
+    }
+}
+
+/// The attributes of the array, under `md/`, in md's words and values.
+const ARRAY_ATTRS: &[Attr] = &[
+    ro("array_state", |a| {
+        Some(
+            if a.read_only {
+                "readonly"
+            } else if a.engine.is_active() {
+                "active"
+            } else {
+                "clean"
+            }
+            .into(),
+        )
+    }),
+    ro("level", |_| Some("raid1".into())),
+    ro("raid_disks", |a| Some(a.raid_disks.to_string())),
+    ro("degraded", |a| {
+        Some((a.raid_disks - a.engine.in_sync_count()).to_string())
+    }),
+    // md: "1.0", "1.1" or "1.2", by the superblocks' place.
+    ro("metadata_version", |a| {
+        let sb = a.keeper.current()?;
+        Some(
+            crate::format::superblock::MetadataVersion::of_super_offset(sb.super_offset)
+                .name()
+                .into(),
+        )
+    }),
+    ro("uuid", |a| Some(uuid_pu(&a.keeper.current()?.set_uuid))),
+    ro("component_size", |a| {
+        Some((a.engine.size() / 1024).to_string())
+    }),
+    // md prints a size only when one was set through this file.
+    ro("array_size", |_| Some("default".into())),
+    ro("consistency_policy", |a| {
+        Some(
+            if a.bitmap.is_some() {
+                "bitmap"
+            } else {
+                "resync"
+            }
+            .into(),
+        )
+    }),
+    ro("resync_start", |a| Some(a.resync_start())),
+    rw(
+        "sync_action",
+        |a| {
+            Some(
+                match a.sync_progress() {
+                    Some(p) => p.action.md_word(),
+                    None if a.is_frozen() => "frozen",
+                    None => "idle",
+                }
+                .into(),
+            )
+        },
+        RunningArray::store_sync_action,
+    ),
+    ro("sync_completed", |a| {
+        Some(match a.sync_progress() {
+            Some(p) => format!(
+                "{} / {}",
+                p.done_bytes.load(Ordering::Relaxed) / 512,
+                p.total_bytes / 512
+            ),
+            None => "none".into(),
+        })
+    }),
+    ro("sync_speed", |a| {
+        Some(
+            a.sync_progress()
+                .map(|p| p.speed_kib().to_string())
+                .unwrap_or_else(|| "none".into()),
+        )
+    }),
+    rw(
+        "sync_speed_min",
+        |a| Some(a.show_speed_limit(false)),
+        |a, path, value| a.set_speed_limit(path, false, value),
+    ),
+    rw(
+        "sync_speed_max",
+        |a| Some(a.show_speed_limit(true)),
+        |a, path, value| a.set_speed_limit(path, true, value),
+    ),
+    ro("mismatch_cnt", |a| Some(a.mismatch_cnt().to_string())),
+    ro("last_sync_action", |a| {
+        Some(
+            a.last_sync_progress()
+                .map(|p| p.action.md_word())
+                .unwrap_or("none")
+                .into(),
+        )
+    }),
+    // mdfuse's own: bytes the current (or last) sync read and wrote or
+    // compared; clean chunks skipped by the bitmap do not count.
+    ro("sync_copied", |a| {
+        Some(
+            a.last_sync_progress()
+                .map(|p| p.worked_bytes.load(Ordering::Relaxed))
+                .unwrap_or(0)
+                .to_string(),
+        )
+    }),
+    rw(
+        "max_read_errors",
+        |a| Some(a.engine.max_read_errors().to_string()),
+        RunningArray::store_max_read_errors,
+    ),
+    rw(
+        "safe_mode_delay",
+        |a| {
+            Some(super::md_thread::format_delay(
+                a.control.safe_mode_delay_ms.load(Ordering::Relaxed),
+            ))
+        },
+        RunningArray::store_safe_mode_delay,
+    ),
+    Attr {
+        name: "new_dev",
+        show: None,
+        store: Some(RunningArray::store_new_dev),
+    },
 ];
 
 /// md has `bitmap/` whether or not the array has a bitmap (`location` then
@@ -154,10 +297,10 @@ impl RunningArray {
     pub fn control_file_list(&self) -> Vec<(String, ControlAccess)> {
         // A read-only array takes no control writes.
         let access = |a: ControlAccess| if self.read_only { Read } else { a };
-        let mut out: Vec<(String, ControlAccess)> = ARRAY_FILES
+        let mut out: Vec<(String, ControlAccess)> = ARRAY_ATTRS
             .iter()
-            .filter(|(_, a)| !(self.read_only && *a == Write))
-            .map(|(n, a)| (format!("md/{n}"), access(*a)))
+            .filter(|a| !(self.read_only && a.access() == Write))
+            .map(|a| (format!("md/{}", a.name), access(a.access())))
             .collect();
         out.extend(
             BITMAP_FILES
@@ -271,79 +414,9 @@ impl RunningArray {
     /// `new_dev`, cannot be read).
     pub fn control_read_value(&self, path: &str) -> Option<String> {
         let rel = path.strip_prefix("md/")?;
-        let engine = &self.engine;
-        let v = match rel {
-            "array_state" => if self.read_only {
-                "readonly"
-            } else if engine.is_active() {
-                "active"
-            } else {
-                "clean"
-            }
-            .to_string(),
-            "level" => "raid1".into(),
-            "raid_disks" => self.raid_disks.to_string(),
-            "degraded" => (self.raid_disks - engine.in_sync_count()).to_string(),
-            // md: "1.0", "1.1" or "1.2", by the superblocks' place.
-            "metadata_version" => crate::format::superblock::MetadataVersion::of_super_offset(
-                self.keeper.current()?.super_offset,
-            )
-            .name()
-            .into(),
-            "uuid" => uuid_pu(&self.keeper.current()?.set_uuid),
-            "component_size" => (engine.size() / 1024).to_string(),
-            // md prints a size only when one was set through this file.
-            "array_size" => "default".into(),
-            "consistency_policy" => if self.bitmap.is_some() {
-                "bitmap"
-            } else {
-                "resync"
-            }
-            .into(),
-            "resync_start" => self.resync_start(),
-            "sync_action" => match self.sync_progress() {
-                Some(p) => p.action.md_word(),
-                None if self.is_frozen() => "frozen",
-                None => "idle",
-            }
-            .to_string(),
-            "sync_completed" => match self.sync_progress() {
-                Some(p) => format!(
-                    "{} / {}",
-                    p.done_bytes.load(Ordering::Relaxed) / 512,
-                    p.total_bytes / 512
-                ),
-                None => "none".into(),
-            },
-            "sync_speed" => self
-                .sync_progress()
-                .map(|p| p.speed_kib().to_string())
-                .unwrap_or_else(|| "none".into()),
-            "sync_speed_min" | "sync_speed_max" => {
-                let l = *self.sync_limits().lock();
-                let is_max = rel == "sync_speed_max";
-                let local = self.sync_limits_local.lock()[is_max as usize];
-                let v = if is_max { l.max_kib } else { l.min_kib };
-                format!("{v} ({})", if local { "local" } else { "system" })
-            }
-            "mismatch_cnt" => self.mismatch_cnt().to_string(),
-            "last_sync_action" => self
-                .last_sync_progress()
-                .map(|p| p.action.md_word())
-                .unwrap_or("none")
-                .to_string(),
-            // mdfuse's own: bytes the current (or last) sync read and wrote
-            // or compared; clean chunks skipped by the bitmap do not count.
-            "sync_copied" => self
-                .last_sync_progress()
-                .map(|p| p.worked_bytes.load(Ordering::Relaxed))
-                .unwrap_or(0)
-                .to_string(),
-            "max_read_errors" => engine.max_read_errors().to_string(),
-            "safe_mode_delay" => super::md_thread::format_delay(
-                self.control.safe_mode_delay_ms.load(Ordering::Relaxed),
-            ),
-            _ => {
+        let v = match ARRAY_ATTRS.iter().find(|a| a.name == rel) {
+            Some(attr) => (attr.show?)(self)?,
+            None => {
                 let (dir, attr) = rel.split_once('/')?;
                 if dir == "bitmap" {
                     self.bitmap_value(attr)?
@@ -363,84 +436,17 @@ impl RunningArray {
         if self.read_only {
             return Err(refuse(path, value, "the array is read-only", libc::EROFS));
         }
-        let failed = |e: ArrayError| refuse(path, value, &e, e.errno());
         if value.contains('\0') {
             // md would read up to the NUL; a NUL in a value is refused here.
             return Err(refuse(path, value, "a NUL byte in the value", libc::EINVAL));
         }
         let rel = path.strip_prefix("md/").unwrap_or(path);
-        match rel {
-            // md's action_store: idle/frozen stop the running sync (idle
-            // lets an owed one restart); the others are refused (EBUSY)
-            // while a sync runs.
-            "sync_action" => match value {
-                "idle" => {
-                    self.set_sync_idle(false);
-                    Ok(())
-                }
-                "frozen" => {
-                    self.set_sync_idle(true);
-                    Ok(())
-                }
-                "check" | "repair" if self.sync_progress().is_some() => Err(refuse(
-                    path,
-                    value,
-                    "a sync is already running",
-                    libc::EBUSY,
-                )),
-                "check" => self.start_scrub(SyncAction::Check).map_err(failed),
-                "repair" => self.start_scrub(SyncAction::Repair).map_err(failed),
-                "resync" | "recover" => self.request_owed_sync().map_err(failed),
-                _ => Err(refuse(
-                    path,
-                    value,
-                    "sync_action takes idle, frozen, resync, recover, check or repair",
-                    libc::EINVAL,
-                )),
+        match ARRAY_ATTRS.iter().find(|a| a.name == rel) {
+            Some(attr) => match attr.store {
+                Some(store) => store(self, path, value),
+                None => Err(refuse(path, value, "not writable", libc::EACCES)),
             },
-            "sync_speed_min" | "sync_speed_max" => self.set_speed_limit(path, rel, value),
-            "safe_mode_delay" => {
-                let ms = md_sysfs::safe_delay_ms(value).ok_or_else(|| {
-                    refuse(
-                        path,
-                        value,
-                        "a delay in seconds (e.g. 0.2), at most 17179.869",
-                        libc::EINVAL,
-                    )
-                })?;
-                self.control.safe_mode_delay_ms.store(ms, Ordering::Relaxed);
-                Ok(())
-            }
-            "max_read_errors" => {
-                let n = md_sysfs::max_read_errors(value).map_err(|errno| {
-                    refuse(
-                        path,
-                        value,
-                        "a count of read errors (0 to 2147483647)",
-                        errno,
-                    )
-                })?;
-                self.engine.set_max_read_errors(n);
-                Ok(())
-            }
-            "new_dev" => {
-                let (re_add_only, leg) = match value.strip_prefix("re-add ") {
-                    Some(p) => (true, p),
-                    None => (false, value),
-                };
-                if !leg.starts_with('/') {
-                    return Err(refuse(
-                        path,
-                        value,
-                        "new_dev takes a leg's absolute path",
-                        libc::EINVAL,
-                    ));
-                }
-                self.add_leg(std::path::Path::new(leg), re_add_only)
-                    .map(|_| ())
-                    .map_err(failed)
-            }
-            _ => {
+            None => {
                 let Some((dev, "state")) = rel.split_once('/') else {
                     return Err(refuse(path, value, "not writable", libc::EACCES));
                 };
@@ -452,10 +458,95 @@ impl RunningArray {
         }
     }
 
+    /// md's action_store: idle/frozen stop the running sync (idle lets an
+    /// owed one restart); the others are refused (EBUSY) while a sync runs.
+    fn store_sync_action(&self, path: &str, value: &str) -> Result<(), i32> {
+        let failed = |e: ArrayError| refuse(path, value, &e, e.errno());
+        match value {
+            "idle" => {
+                self.set_sync_idle(false);
+                Ok(())
+            }
+            "frozen" => {
+                self.set_sync_idle(true);
+                Ok(())
+            }
+            "check" | "repair" if self.sync_progress().is_some() => Err(refuse(
+                path,
+                value,
+                "a sync is already running",
+                libc::EBUSY,
+            )),
+            "check" => self.start_scrub(SyncAction::Check).map_err(failed),
+            "repair" => self.start_scrub(SyncAction::Repair).map_err(failed),
+            "resync" | "recover" => self.request_owed_sync().map_err(failed),
+            _ => Err(refuse(
+                path,
+                value,
+                "sync_action takes idle, frozen, resync, recover, check or repair",
+                libc::EINVAL,
+            )),
+        }
+    }
+
+    fn store_safe_mode_delay(&self, path: &str, value: &str) -> Result<(), i32> {
+        let ms = md_sysfs::safe_delay_ms(value).ok_or_else(|| {
+            refuse(
+                path,
+                value,
+                "a delay in seconds (e.g. 0.2), at most 17179.869",
+                libc::EINVAL,
+            )
+        })?;
+        self.control.safe_mode_delay_ms.store(ms, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn store_max_read_errors(&self, path: &str, value: &str) -> Result<(), i32> {
+        let n = md_sysfs::max_read_errors(value).map_err(|errno| {
+            refuse(
+                path,
+                value,
+                "a count of read errors (0 to 2147483647)",
+                errno,
+            )
+        })?;
+        self.engine.set_max_read_errors(n);
+        Ok(())
+    }
+
+    /// md's new_dev: a leg's absolute path (added, as a new leg or a former
+    /// member), or `re-add PATH` (only a former member).
+    fn store_new_dev(&self, path: &str, value: &str) -> Result<(), i32> {
+        let (re_add_only, leg) = match value.strip_prefix("re-add ") {
+            Some(p) => (true, p),
+            None => (false, value),
+        };
+        if !leg.starts_with('/') {
+            return Err(refuse(
+                path,
+                value,
+                "new_dev takes a leg's absolute path",
+                libc::EINVAL,
+            ));
+        }
+        self.add_leg(std::path::Path::new(leg), re_add_only)
+            .map(|_| ())
+            .map_err(|e| refuse(path, value, &e, e.errno()))
+    }
+
+    /// `sync_speed_min`/`max` as md shows them: KiB/s, and whether it was
+    /// set for this array ("local") or is the default ("system").
+    fn show_speed_limit(&self, is_max: bool) -> String {
+        let l = *self.sync_limits().lock();
+        let local = self.sync_limits_local.lock()[is_max as usize];
+        let v = if is_max { l.max_kib } else { l.min_kib };
+        format!("{v} ({})", if local { "local" } else { "system" })
+    }
+
     /// `sync_speed_min`/`max`: KiB/s (a positive 32-bit number, "local"), or
     /// `system` for md's default.
-    fn set_speed_limit(&self, path: &str, rel: &str, value: &str) -> Result<(), i32> {
-        let is_max = rel == "sync_speed_max";
+    fn set_speed_limit(&self, path: &str, is_max: bool, value: &str) -> Result<(), i32> {
         let local = md_sysfs::speed_limit(value)
             .map_err(|errno| {
                 refuse(
