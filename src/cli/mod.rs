@@ -18,7 +18,7 @@ use clap::{Args, Parser, Subcommand};
 use mdfuse::array::{
     self, AssembleOptions, BitmapAttachOptions, BitmapIo, CreateOptions, RunOptions, RunningArray,
 };
-use mdfuse::format::superblock::Superblock;
+use mdfuse::format::superblock::{Superblock, Unverified};
 use mdfuse::io::leg::{IoMode, Leg};
 use mdfuse::io::mounts::mounts;
 use mdfuse::raid1::EngineOptions;
@@ -431,24 +431,23 @@ fn cmd_examine_bitmap(file: &Path, list_chunks: bool) -> Result<(), String> {
     Ok(())
 }
 
+/// A leg's superblock as `examine` shows it (its checksum not required to
+/// match: examine says when it does not) and the leg's size in sectors.
+fn examine_leg(p: &Path) -> Result<(Unverified, u64), String> {
+    // Direct reads: the page cache may be stale while the array runs.
+    let leg = Leg::open(p, IoMode::Direct, false, false).map_err(|e| e.to_string())?;
+    let block = array::superblocks::read_superblock_block(&leg).map_err(|e| e.to_string())?;
+    let parsed =
+        Superblock::parse_unverified(&block).map_err(|e| format!("{}: {e}", p.display()))?;
+    Ok((parsed, leg.size() / 512))
+}
+
 fn cmd_examine(legs: &[PathBuf]) -> Result<(), String> {
     let mut failed = Vec::new();
     for p in legs {
-        // Direct reads: the page cache may be stale while the array runs.
-        let examined = Leg::open(p, IoMode::Direct, false, false)
-            .map_err(|e| e.to_string())
-            .and_then(|leg| {
-                let block =
-                    array::superblocks::read_superblock_block(&leg).map_err(|e| e.to_string())?;
-                let parsed = Superblock::parse_unverified(&block)
-                    .map_err(|e| format!("{}: {e}", p.display()))?;
-                Ok(render_examine(
-                    &p.display().to_string(),
-                    &parsed,
-                    leg.size() / 512,
-                    None,
-                ))
-            });
+        let examined = examine_leg(p).map(|(parsed, sectors)| {
+            render_examine(&p.display().to_string(), &parsed, sectors, None)
+        });
         match examined {
             Ok(text) => println!("{text}"),
             Err(e) => failed.push(e),

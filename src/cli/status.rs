@@ -289,9 +289,6 @@ struct DeviceError {
 /// `mdfuse examine --json LEG...`: the legs that could be read, and why the
 /// others could not (then the exit status is 1, as without --json).
 pub fn cmd_examine_json(legs: &[PathBuf]) -> Result<(), String> {
-    use mdfuse::array;
-    use mdfuse::format::superblock::Superblock;
-    use mdfuse::io::leg::{IoMode, Leg};
     let mut out = ExamineOut {
         format_version: mdfuse::report::json::JSON_FORMAT_VERSION,
         devices: Vec::new(),
@@ -299,19 +296,8 @@ pub fn cmd_examine_json(legs: &[PathBuf]) -> Result<(), String> {
     };
     for p in legs {
         let device = p.display().to_string();
-        let examined = Leg::open(p, IoMode::Direct, false, false)
-            .map_err(|e| e.to_string())
-            .and_then(|leg| {
-                let block =
-                    array::superblocks::read_superblock_block(&leg).map_err(|e| e.to_string())?;
-                let parsed = Superblock::parse_unverified(&block)
-                    .map_err(|e| format!("{}: {e}", p.display()))?;
-                Ok(mdfuse::report::json::examine_json(
-                    &device,
-                    &parsed,
-                    leg.size() / 512,
-                ))
-            });
+        let examined = super::examine_leg(p)
+            .map(|(parsed, sectors)| mdfuse::report::json::examine_json(&device, &parsed, sectors));
         match examined {
             Ok(j) => out.devices.push(j),
             Err(error) => out.errors.push(DeviceError { device, error }),
