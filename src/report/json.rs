@@ -205,7 +205,7 @@ mod tests {
 
     #[test]
     fn bitmap_fields_follow_the_header_and_bits() {
-        let sb = BitmapSuper::new_for_array([7; 16], 10, 2048 * 64, 64 << 10, 5);
+        let sb = BitmapSuper::new_for_array([7; 16], 2048 * 64, 64 << 10, 5, 10);
         // 128 chunks; chunks 0, 9 and 127 dirty.
         let mut bits = vec![0u8; 16];
         bits[0] = 1;
