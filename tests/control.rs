@@ -400,6 +400,19 @@ fn every_md_file_reads_as_md_prints_it() {
     }
     let mut want_tree: BTreeSet<String> = expected.iter().map(|e| e.0.clone()).collect();
     want_tree.insert("new_dev".into());
+    for leg in [&l0, &l1] {
+        want_tree.insert(format!("dev-{leg}/block/stat"));
+        // A block device's stat line: 17 counters, each right-aligned in 8.
+        let rel = format!("dev-{leg}/block/stat");
+        let stat = m.md(&rel);
+        let fields: Vec<u64> = stat
+            .split_whitespace()
+            .map(|f| f.parse().expect("a counter"))
+            .collect();
+        assert_eq!(fields.len(), 17, "md/{rel}: {stat:?}");
+        assert!(fields[0] > 0 && fields[2] > 0, "the leg was read: {stat:?}");
+        assert_eq!(mode_of(&mnt.join("md").join(&rel)), 0o444);
+    }
     assert_eq!(md_tree(&mnt), want_tree, "the files under md/");
     for (rel, value, mode) in &expected {
         assert_eq!(&m.md(rel), value, "md/{rel}");

@@ -775,6 +775,15 @@ fn metrics_parse_and_change_when_a_leg_fails() {
     );
     assert_eq!(value(&s, "mdfuse_mismatch_sectors", &at), 0.0);
     let written0 = value(&s, "mdfuse_daemon_written_bytes_total", &at);
+    let leg_io = |s: &[Sample], what: &str, name: &'static str| {
+        value(
+            s,
+            &format!("mdfuse_leg_{what}_bytes_total"),
+            &[("mountpoint", mnt_s.as_str()), ("leg", name)],
+        )
+    };
+    let leg0_written = leg_io(&s, "written", "leg0.img");
+    let leg1_written = leg_io(&s, "written", "leg1.img");
     // Every mdfuse mount when none is named: this one among them.
     let all = metrics(&[]);
     assert_eq!(value(&all, "mdfuse_up", &at), 1.0);
@@ -809,6 +818,12 @@ fn metrics_parse_and_change_when_a_leg_fails() {
         value(&s, "mdfuse_daemon_written_bytes_total", &at) >= written0 + (512 << 10) as f64,
         "the written bytes did not grow"
     );
+    // Per leg: the in-sync leg took the write, the faulty one nothing.
+    assert!(
+        leg_io(&s, "written", "leg0.img") >= leg0_written + (512 << 10) as f64,
+        "leg0's written bytes did not grow"
+    );
+    assert_eq!(leg_io(&s, "written", "leg1.img"), leg1_written);
 
     m.set_md("dev-leg1.img/state", "remove");
     let s = metrics(&[&mnt_s]);
@@ -821,6 +836,9 @@ fn metrics_parse_and_change_when_a_leg_fails() {
     m.set_md("new_dev", &format!("re-add {}", legs.paths[1].display()));
     m.wait_sync_idle(Duration::from_secs(60));
     let s = metrics(&[&mnt_s]);
+    // The recovery wrote the chunks the bitmap kept to leg1, read from leg0.
+    assert!(leg_io(&s, "written", "leg1.img") >= (512 << 10) as f64);
+    assert!(leg_io(&s, "read", "leg0.img") > 0.0);
     assert_eq!(value(&s, "mdfuse_array_degraded", &at), 0.0);
     assert_eq!(value(&s, "mdfuse_legs", &count("in_sync")), 2.0);
     assert_eq!(value(&s, "mdfuse_legs", &count("removed")), 0.0);

@@ -199,6 +199,9 @@ const DEV_FILES: &[(&str, ControlAccess)] = &[
     ("offset", Read),
     ("size", Read),
     ("recovery_start", Read),
+    // md's dev-*/block is the member's block device, whose stat counts its
+    // I/O; here the leg's own counters, in that file's layout.
+    ("block/stat", Read),
 ];
 
 /// Why a control write was refused: logged with the reason, answered with
@@ -406,6 +409,7 @@ impl RunningArray {
                 (sectors / 2).to_string()
             }
             "recovery_start" => self.recovery_start(slot, state),
+            "block/stat" => io.leg().io_stats().block_stat_line(),
             _ => return None,
         })
     }

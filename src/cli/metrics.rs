@@ -234,6 +234,20 @@ fn add_array(f: &mut Families, mnt: &str, s: &ArrayStatus) {
             &[("mountpoint", mnt), ("leg", &d.name)],
             d.errors as f64,
         );
+        f.add(
+            "mdfuse_leg_read_bytes_total",
+            "counter",
+            "Bytes read from a leg since it joined this run of the array (md's dev-*/block/stat).",
+            &[("mountpoint", mnt), ("leg", &d.name)],
+            d.read_bytes as f64,
+        );
+        f.add(
+            "mdfuse_leg_written_bytes_total",
+            "counter",
+            "Bytes written to a leg since it joined this run of the array (md's dev-*/block/stat).",
+            &[("mountpoint", mnt), ("leg", &d.name)],
+            d.written_bytes as f64,
+        );
     }
     for a in SYNC_ACTIONS {
         f.add(

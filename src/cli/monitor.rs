@@ -310,6 +310,8 @@ mod tests {
                 state_text: String::new(),
                 name: name.to_string(),
                 errors: 0,
+                read_bytes: 0,
+                written_bytes: 0,
             })
             .collect();
         let in_sync = legs.iter().filter(|l| l.1 == "in_sync").count();

@@ -81,6 +81,11 @@ pub struct DeviceStatus {
     pub name: String,
     /// Read errors corrected on this leg (md's dev-*/errors).
     pub errors: u64,
+    /// Bytes read from and written to the leg since it joined this run of
+    /// the array (md's dev-*/block/stat, sectors × 512): data, superblocks
+    /// and syncs.
+    pub read_bytes: u64,
+    pub written_bytes: u64,
 }
 
 /// mdadm --detail's words for a leg's md state.
@@ -142,6 +147,14 @@ pub fn from_controls(
         let state = get(&format!("{name}/state"))?;
         let slot = get(&format!("{name}/slot"))?;
         let errors = get(&format!("{name}/errors"))?;
+        // Fields 3 and 7 of the block stat line: sectors read and written.
+        let stat = get(&format!("{name}/block/stat")).unwrap_or_default();
+        let sectors = |k: usize| {
+            stat.split_whitespace()
+                .nth(k)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
         devices.push(DeviceStatus {
             number: 0,
             raid_device: slot.parse().ok(),
@@ -149,6 +162,8 @@ pub fn from_controls(
             state,
             name: leg.to_string(),
             errors: num(&format!("{name}/errors"), &errors)?,
+            read_bytes: sectors(2).saturating_mul(512),
+            written_bytes: sectors(6).saturating_mul(512),
         });
     }
     // As the text: by slot, legs without one last.

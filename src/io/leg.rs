@@ -9,6 +9,7 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use parking_lot::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::checked_open::{kind_name, CheckedPath};
 use super::device::{FileDevice, LegDevice};
@@ -121,6 +122,7 @@ pub struct Leg {
     path: PathBuf,
     locator: Locator,
     device: Box<dyn LegDevice>,
+    stats: LegIoStats,
     mode: IoMode,
     is_block_device: bool,
     size: u64,
@@ -128,6 +130,63 @@ pub struct Leg {
     /// one that starts after a failed one learns of it); holds the failure
     /// of a background flush until a reported flush takes it.
     flushes: Mutex<Option<FailedFlush>>,
+}
+
+/// A leg's I/O since it was opened, as a block device's `stat` counts it:
+/// requests and bytes read and written, flushes (md's `dev-*/block/stat`
+/// shows them).
+#[derive(Debug, Default)]
+pub struct LegIoStats {
+    pub read_ios: AtomicU64,
+    pub read_bytes: AtomicU64,
+    pub write_ios: AtomicU64,
+    pub write_bytes: AtomicU64,
+    pub flushes: AtomicU64,
+}
+
+impl LegIoStats {
+    pub(crate) fn count_read(&self, bytes: u64) {
+        self.read_ios.fetch_add(1, Ordering::Relaxed);
+        self.read_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+    pub(crate) fn count_write(&self, bytes: u64) {
+        self.write_ios.fetch_add(1, Ordering::Relaxed);
+        self.write_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+    pub(crate) fn count_flush(&self) {
+        self.flushes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The leg's line in the layout of the kernel's block `stat` file
+    /// (Documentation/block/stat.rst): 17 fields, each right-aligned in 8;
+    /// times, merges, requests in flight and discards are 0 (not kept).
+    pub fn block_stat_line(&self) -> String {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let fields: [u64; 17] = [
+            g(&self.read_ios),
+            0,
+            g(&self.read_bytes) / 512,
+            0,
+            g(&self.write_ios),
+            0,
+            g(&self.write_bytes) / 512,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            g(&self.flushes),
+            0,
+        ];
+        fields
+            .iter()
+            .map(|v| format!("{v:>8}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
 }
 
 /// A failed flush whose caller could not tell the user.
@@ -287,6 +346,7 @@ impl Leg {
             mode,
             is_block_device,
             size,
+            stats: LegIoStats::default(),
             flushes: Mutex::new(None),
         })
     }
@@ -309,6 +369,7 @@ impl Leg {
             mode: IoMode::Buffered,
             is_block_device: false,
             size,
+            stats: LegIoStats::default(),
             flushes: Mutex::new(None),
         }
     }
@@ -340,14 +401,23 @@ impl Leg {
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), LegError> {
         self.device
             .read_exact_at(buf, offset)
-            .map_err(|source| self.io_error("read", offset, buf.len(), source))
+            .map_err(|source| self.io_error("read", offset, buf.len(), source))?;
+        self.stats.count_read(buf.len() as u64);
+        Ok(())
+    }
+
+    /// What the leg has read, written and flushed since it was opened.
+    pub fn io_stats(&self) -> &LegIoStats {
+        &self.stats
     }
 
     /// Writes all of `buf` at `offset` (same alignment rules as `read_at`).
     pub fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), LegError> {
         self.device
             .write_all_at(buf, offset)
-            .map_err(|source| self.io_error("write", offset, buf.len(), source))
+            .map_err(|source| self.io_error("write", offset, buf.len(), source))?;
+        self.stats.count_write(buf.len() as u64);
+        Ok(())
     }
 
     /// Writes all of `buf` at `offset` and makes it durable before returning
@@ -355,7 +425,10 @@ impl Leg {
     pub fn write_at_durable(&self, buf: &[u8], offset: u64) -> Result<(), LegError> {
         self.device
             .write_all_at_durable(buf, offset)
-            .map_err(|source| self.io_error("write", offset, buf.len(), source))
+            .map_err(|source| self.io_error("write", offset, buf.len(), source))?;
+        self.stats.count_write(buf.len() as u64);
+        self.stats.count_flush();
+        Ok(())
     }
 
     /// Makes every completed write durable (fdatasync: data and the metadata
@@ -382,7 +455,9 @@ impl Leg {
         self.device.flush().map_err(|source| LegError::Sync {
             path: self.path.clone(),
             source,
-        })
+        })?;
+        self.stats.count_flush();
+        Ok(())
     }
 
     /// Makes `[offset, offset+len)` read as zeros: punches a hole in a file

@@ -305,6 +305,15 @@ impl Flight {
 
 /// The outcome of `op` from its completion's result.
 fn finish(op: &LegOp<'_>, res: i32) -> Result<(), LegError> {
+    // What the ring did, in the leg's counters (a plain call's rest counts
+    // itself).
+    if res >= 0 {
+        match op {
+            LegOp::Read { leg, .. } => leg.io_stats().count_read(res as u64),
+            LegOp::Write { leg, .. } => leg.io_stats().count_write(res as u64),
+            LegOp::SyncData { leg } => leg.io_stats().count_flush(),
+        }
+    }
     match (op, res) {
         (_, r) if r < 0 => Err(failure(op, -r)),
         (
