@@ -68,6 +68,7 @@ pub struct MountRequest {
     pub log: Option<String>,
     pub bitmap: Option<String>,
     pub bitmap_file_io: bool,
+    pub bitmap_trust_device: bool,
     pub delay: Option<u32>,
     pub verbose: bool,
     pub fake: bool,
@@ -245,6 +246,7 @@ pub fn parse_mount_args(args: &[String]) -> Result<MountRequest, String> {
                 req.bitmap = Some(v);
             }
             "bitmap_file_io" => req.bitmap_file_io = true,
+            "bitmap_trust_device" => req.bitmap_trust_device = true,
             "threads" => {
                 req.threads = Some(
                     need(value)?
@@ -272,7 +274,7 @@ pub fn parse_mount_args(args: &[String]) -> Result<MountRequest, String> {
                     ""
                 };
                 return Err(format!(
-                    "unknown option {opt:?} (known: legs=, bitmap=, bitmap_file_io, ro, rw, allow_other, \
+                    "unknown option {opt:?} (known: legs=, bitmap=, bitmap_file_io, bitmap_trust_device, ro, rw, allow_other, \
                      image_mode=, run, force_from=, buffered, write_through, threads=, delay=, log=){cut}"
                 ));
             }
@@ -330,6 +332,9 @@ impl MountRequest {
         }
         if self.bitmap_file_io {
             a.push("--bitmap-file-io".into());
+        }
+        if self.bitmap_trust_device {
+            a.push("--bitmap-trust-device".into());
         }
         if let Some(d) = self.delay {
             a.push(format!("--delay={d}"));
@@ -398,6 +403,20 @@ mod tests {
         assert_eq!(
             r.mdfuse_args(),
             args("mount --allow-other -- /d/a.img /d/b.img /mnt/m")
+        );
+    }
+
+    #[test]
+    fn bitmap_options_are_passed_on() {
+        let r = parse_mount_args(&args(
+            "/d/a:/d/b /m -o bitmap=/b/md.bitmap,bitmap_file_io,bitmap_trust_device",
+        ))
+        .unwrap();
+        assert_eq!(
+            r.mdfuse_args(),
+            args(
+                "mount --bitmap=/b/md.bitmap --bitmap-file-io --bitmap-trust-device -- /d/a /d/b /m"
+            )
         );
     }
 
