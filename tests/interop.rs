@@ -78,6 +78,13 @@ struct TestArray {
     dir: tempfile::TempDir,
 }
 
+impl Drop for TestArray {
+    fn drop(&mut self) {
+        // What its daemons left in /run/mdfuse (a killed one's event log).
+        common::mdfuse::forget_run_files_under(self.dir.path());
+    }
+}
+
 impl TestArray {
     fn scratch() -> (tempfile::TempDir, ScratchFs) {
         let dir = tempfile::Builder::new()

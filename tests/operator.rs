@@ -134,6 +134,10 @@ impl Drop for Mounts {
                 wait_pid_gone(pid, Duration::from_secs(5));
             }
         }
+        // The daemons' logs (mount(8) and fstab mounts log to /run/mdfuse).
+        if let Some(dir) = self.mnt.parent() {
+            common::mdfuse::forget_run_files_under(dir);
+        }
     }
 }
 

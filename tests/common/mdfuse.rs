@@ -97,12 +97,61 @@ pub fn tempdir(prefix: &str) -> tempfile::TempDir {
         .expect("tempdir")
 }
 
+/// Removes what mdfuse keeps in /run/mdfuse for every mountpoint under
+/// `dir` (a daemon's log outlives it by design, and a killed one leaves its
+/// event log and pid file): a test leaves none of it behind. A pid file
+/// whose daemon still runs is kept.
+pub fn forget_run_files_under(dir: &Path) {
+    let probe = mdfuse::transport::serve::run_file(&dir.join("x"), "log");
+    let (Some(run_dir), Some(prefix)) = (
+        probe.parent(),
+        probe
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix("x.log")),
+    ) else {
+        return;
+    };
+    let Ok(entries) = std::fs::read_dir(run_dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.starts_with(prefix) {
+            continue;
+        }
+        let live_pid = name.ends_with(".pid")
+            && std::fs::read_to_string(e.path())
+                .ok()
+                .and_then(|s| s.trim().parse::<i32>().ok())
+                .is_some_and(pid_alive);
+        if [".log", ".events", ".pid"]
+            .iter()
+            .any(|x| name.ends_with(x))
+            && !live_pid
+        {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
 /// Leg files: in a directory the caller owns, or in a temporary directory of
-/// their own (removed with the last clone of them).
+/// their own (removed with the last clone of them, with what mdfuse kept in
+/// /run/mdfuse for mountpoints in it).
 #[derive(Debug, Clone)]
 pub struct Legs {
     pub paths: Vec<PathBuf>,
     temp: Option<Arc<tempfile::TempDir>>,
+}
+
+impl Drop for Legs {
+    fn drop(&mut self) {
+        if let Some(t) = &self.temp {
+            if Arc::strong_count(t) == 1 {
+                forget_run_files_under(t.path());
+            }
+        }
+    }
 }
 
 impl Legs {
@@ -119,10 +168,10 @@ impl Legs {
     /// also takes the test's mountpoints and scratch files ([`Legs::dir`]).
     pub fn temp(size: u64) -> Legs {
         let temp = tempdir("mdfuse-legs");
-        let legs = Legs::new(temp.path(), 2, size);
+        let paths = Legs::new(temp.path(), 2, size).paths.clone();
         Legs {
+            paths,
             temp: Some(Arc::new(temp)),
-            ..legs
         }
     }
 
