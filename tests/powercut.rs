@@ -131,6 +131,15 @@ struct Rig {
     _dir: tempfile::TempDir,
 }
 
+impl Drop for Rig {
+    fn drop(&mut self) {
+        // A daemon killed at a cut leaves its event log in /run/mdfuse:
+        // once the array is stopped, nothing of the test's stays there.
+        drop(self.array.take());
+        common::mdfuse::forget_run_files_under(self._dir.path());
+    }
+}
+
 impl Rig {
     /// Creates the array (with a bitmap file of `bitmap_chunk` chunks, or
     /// none) and puts everything on stable storage.
