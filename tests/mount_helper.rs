@@ -13,9 +13,10 @@
 mod common;
 
 use common::loopdev::{needs_root, ScratchFs};
+use common::mdfuse::FSTAB;
 use common::mdfuse::{
     assert_stopped_clean, create, daemons_for, data_offset, data_region, examine_field, is_mounted,
-    mdadm_examine, path_str, pid_alive, sha256_file, text, wait_pid_gone, Legs,
+    mdadm_examine, path_str, pid_alive, sha256_file, text, wait_pid_gone, FstabLine, Legs,
 };
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -466,56 +467,6 @@ fn an_fstab_line_mounts_with_mount_t_fstab_and_umount_stops_it_clean() {
     let out = mount(&["--fstab", fstab_s, arr.mnt_str()]);
     LiveMount::after_mount(&arr.mnt, &out).umount();
     arr.assert_stopped_clean();
-}
-
-/// A line in the real /etc/fstab for the guard's life, after a marker comment. Drop puts
-/// the file back as it was (also when the test panics). Lines a killed run left (marker and
-/// line) are dropped first, and not restored.
-struct FstabLine {
-    restore: Vec<u8>,
-}
-
-const FSTAB: &str = "/etc/fstab";
-const FSTAB_MARK: &str =
-    "# mdfuse tests/mount_helper.rs: the next line goes at the end of the test";
-
-impl FstabLine {
-    fn add(line: &str) -> FstabLine {
-        let original = std::fs::read(FSTAB).unwrap_or_default();
-        let text = String::from_utf8(original.clone()).expect("/etc/fstab is not UTF-8");
-        let mut kept = String::new();
-        let mut skip_next = false;
-        for l in text.split_inclusive('\n') {
-            if skip_next {
-                skip_next = false;
-            } else if l.trim_end() == FSTAB_MARK {
-                skip_next = true;
-            } else {
-                kept.push_str(l);
-            }
-        }
-        let restore = if kept == text {
-            original
-        } else {
-            kept.into_bytes()
-        };
-        let mut with_line = restore.clone();
-        if !with_line.is_empty() && !with_line.ends_with(b"\n") {
-            with_line.push(b'\n');
-        }
-        with_line.extend_from_slice(format!("{FSTAB_MARK}\n{line}\n").as_bytes());
-        // Written in place: /etc/fstab may be a bind mount that a rename would not reach.
-        std::fs::write(FSTAB, &with_line).expect("write /etc/fstab");
-        FstabLine { restore }
-    }
-}
-
-impl Drop for FstabLine {
-    fn drop(&mut self) {
-        if let Err(e) = std::fs::write(FSTAB, &self.restore) {
-            eprintln!("warning: cannot restore {FSTAB}: {e}");
-        }
-    }
 }
 
 /// The fstab line for real: `mount MOUNTPOINT` finds it in /etc/fstab, the array (with its

@@ -10,7 +10,7 @@ mod common;
 
 use common::loopdev::needs_root;
 use common::mdfuse::{
-    assert_stopped_clean, create, is_mounted, pid_alive, text, wait_pid_gone, Legs,
+    assert_stopped_clean, create, is_mounted, pid_alive, text, wait_pid_gone, FstabLine, Legs,
 };
 use std::fs::File;
 use std::os::unix::io::AsRawFd;
@@ -76,35 +76,6 @@ impl Drop for Installed {
                     eprintln!("warning: cannot put back {}: {e}", p.display());
                 }
             }
-        }
-    }
-}
-
-/// A line in the real /etc/fstab for the guard's life; drop writes the file back as it was.
-struct FstabLine {
-    restore: Vec<u8>,
-}
-
-const FSTAB: &str = "/etc/fstab";
-
-impl FstabLine {
-    fn add(line: &str) -> FstabLine {
-        let restore = std::fs::read(FSTAB).unwrap_or_default();
-        let mut with_line = restore.clone();
-        if !with_line.is_empty() && !with_line.ends_with(b"\n") {
-            with_line.push(b'\n');
-        }
-        with_line.extend_from_slice(format!("{line}\n").as_bytes());
-        // In place: /etc/fstab may be a bind mount that a rename would not reach.
-        std::fs::write(FSTAB, &with_line).expect("write /etc/fstab");
-        FstabLine { restore }
-    }
-}
-
-impl Drop for FstabLine {
-    fn drop(&mut self) {
-        if let Err(e) = std::fs::write(FSTAB, &self.restore) {
-            eprintln!("warning: cannot restore {FSTAB}: {e}");
         }
     }
 }

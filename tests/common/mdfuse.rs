@@ -1005,3 +1005,52 @@ pub fn attach_loop_rw(file: &Path) -> super::loopdev::LoopDevice {
     }
     lo
 }
+
+/// A line in the real /etc/fstab for the guard's life, after a marker comment. Drop puts
+/// the file back as it was (also when the test panics). Lines a killed run left (marker and
+/// line) are dropped first, and not restored.
+pub struct FstabLine {
+    restore: Vec<u8>,
+}
+
+pub const FSTAB: &str = "/etc/fstab";
+const FSTAB_MARK: &str = "# mdfuse tests: the next line goes at the end of the test";
+
+impl FstabLine {
+    pub fn add(line: &str) -> FstabLine {
+        let original = std::fs::read(FSTAB).unwrap_or_default();
+        let text = String::from_utf8(original.clone()).expect("/etc/fstab is not UTF-8");
+        let mut kept = String::new();
+        let mut skip_next = false;
+        for l in text.split_inclusive('\n') {
+            if skip_next {
+                skip_next = false;
+            } else if l.trim_end() == FSTAB_MARK {
+                skip_next = true;
+            } else {
+                kept.push_str(l);
+            }
+        }
+        let restore = if kept == text {
+            original
+        } else {
+            kept.into_bytes()
+        };
+        let mut with_line = restore.clone();
+        if !with_line.is_empty() && !with_line.ends_with(b"\n") {
+            with_line.push(b'\n');
+        }
+        with_line.extend_from_slice(format!("{FSTAB_MARK}\n{line}\n").as_bytes());
+        // Written in place: /etc/fstab may be a bind mount that a rename would not reach.
+        std::fs::write(FSTAB, &with_line).expect("write /etc/fstab");
+        FstabLine { restore }
+    }
+}
+
+impl Drop for FstabLine {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::write(FSTAB, &self.restore) {
+            eprintln!("warning: cannot restore {FSTAB}: {e}");
+        }
+    }
+}
