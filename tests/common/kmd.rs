@@ -127,6 +127,35 @@ pub struct VerifyRun {
 }
 
 impl VerifyRun {
+    /// The run whose output is in `out` (removed on drop, or kept with
+    /// KMD_KEEP_RUNS=1 as evidence: console logs), described on stderr.
+    fn finish(
+        what: &str,
+        out: tempfile::TempDir,
+        output: &std::process::Output,
+        console: String,
+        summary: String,
+        wall: Duration,
+    ) -> VerifyRun {
+        let dir = out.path().to_path_buf();
+        let guard = if std::env::var_os("KMD_KEEP_RUNS").is_some() {
+            eprintln!("{what} output kept in {}", out.keep().display());
+            None
+        } else {
+            Some(out)
+        };
+        let run = VerifyRun {
+            rc: output.status.code().unwrap_or(-1),
+            dir,
+            guard,
+            console,
+            summary,
+            wall,
+        };
+        eprintln!("{}", run.describe());
+        run
+    }
+
     /// The last `KMD-VAL key=...` the guest printed.
     pub fn val(&self, key: &str) -> Option<String> {
         let prefix = format!("KMD-VAL {key}=");
@@ -263,24 +292,7 @@ pub fn verify_foreign(
             String::from_utf8_lossy(&output.stderr)
         )
     });
-    // KMD_KEEP_RUNS=1 keeps every run's output directory (console logs as evidence).
-    let dir = out.path().to_path_buf();
-    let guard = if std::env::var_os("KMD_KEEP_RUNS").is_some() {
-        eprintln!("verify-foreign output kept in {}", out.keep().display());
-        None
-    } else {
-        Some(out)
-    };
-    let run = VerifyRun {
-        rc: output.status.code().unwrap_or(-1),
-        dir,
-        guard,
-        console,
-        summary,
-        wall,
-    };
-    eprintln!("{}", run.describe());
-    run
+    VerifyRun::finish("verify-foreign", out, &output, console, summary, wall)
 }
 
 /// A guest scenario kept with the tests (`tests/kmd/NAME.sh`).
@@ -332,23 +344,7 @@ pub fn run_scenario(
             .join("\n"),
         String::from_utf8_lossy(&output.stderr)
     );
-    let dir = out.path().to_path_buf();
-    let guard = if std::env::var_os("KMD_KEEP_RUNS").is_some() {
-        eprintln!("rig run output kept in {}", out.keep().display());
-        None
-    } else {
-        Some(out)
-    };
-    let run = VerifyRun {
-        rc: output.status.code().unwrap_or(-1),
-        dir,
-        guard,
-        console,
-        summary,
-        wall,
-    };
-    eprintln!("{}", run.describe());
-    run
+    VerifyRun::finish("rig run", out, &output, console, summary, wall)
 }
 
 /// `key : value` lines of mdadm's `--examine` / `--examine-bitmap` / `--detail` layouts
