@@ -811,7 +811,7 @@ fn cmd_manage(a: &ManageArgs) -> Result<(), String> {
         ));
     }
     let dev = |leg: &Path| {
-        let name = escape_name(&mdfuse::array::running::leg_name(leg));
+        let name = escape_name(&mdfuse::io::leg::short_name(leg));
         let rel = format!("md/dev-{name}/state");
         if mnt.join(&rel).exists() {
             Ok(rel)

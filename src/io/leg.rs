@@ -116,6 +116,25 @@ impl std::fmt::Display for Locator {
     }
 }
 
+impl Locator {
+    /// The leg's short name, as md names a member by its kernel name
+    /// (`dev-NAME` in md/, mdstat): a path's file name, a memory leg's name.
+    pub fn short_name(&self) -> String {
+        match self {
+            Locator::Path(p) => short_name(p),
+            Locator::Memory(name) => name.clone(),
+        }
+    }
+}
+
+/// The short name of a leg at `path` (its file name): see
+/// [`Locator::short_name`].
+pub fn short_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
+}
+
 #[derive(Debug)]
 pub struct Leg {
     /// The leg's name in messages and md's files (its path, or `mem:NAME`).
@@ -379,6 +398,11 @@ impl Leg {
     }
 
     /// Where the leg is, as parsed.
+    /// md's name for this leg (see [`Locator::short_name`]).
+    pub fn short_name(&self) -> String {
+        self.locator.short_name()
+    }
+
     pub fn locator(&self) -> &Locator {
         &self.locator
     }
