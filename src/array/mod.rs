@@ -6,6 +6,7 @@ pub mod bitmap_attach;
 mod control;
 pub mod create;
 pub mod error;
+mod join;
 pub mod md_thread;
 pub mod running;
 pub mod served;

@@ -4,19 +4,19 @@
 use super::assemble::Assembly;
 use super::bitmap_attach::AttachedBitmap;
 use super::error::ArrayError;
+use super::join::{self, JoinPlan};
 use super::md_thread::{MdThread, TICK};
 use super::served::ServedArray;
 use super::superblocks::is_recovering;
 use super::superblocks::SuperblockKeeper;
 use super::sync_control::{dirty_regions, regions_from, Joining, SyncContext, SyncMachine};
 use crate::bitmap::{WriteIntent, WriteIntentBitmap};
-use crate::format::superblock::{mdadm_layout, MetadataVersion, FEATURE_RECOVERY_BITMAP};
+use crate::format::superblock::FEATURE_RECOVERY_BITMAP;
 use crate::raid1::{
     ArrayEvents, EngineOptions, LegSpec, LegState, Raid1, RecordError, Region, SpeedLimits,
     SyncAction, SyncProgress,
 };
 use crate::report::mdstat::{render_mdstat, MdstatLeg, MdstatSync, MdstatView};
-use crate::report::uuid_string;
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -241,7 +241,6 @@ impl RunningArray {
     /// copied; any other leg a full recovery. `re_add_only` refuses a leg
     /// that is not a former member.
     pub fn add_leg(&self, path: &std::path::Path, re_add_only: bool) -> Result<String, ArrayError> {
-        use crate::format::superblock::{DevRole, Superblock};
         use crate::io::leg::{IoMode, Leg};
         if self.read_only {
             return Err(ArrayError::ReadOnly);
@@ -267,105 +266,37 @@ impl RunningArray {
         super::create::check_unique_names(others.iter().map(|p| p.as_path()).chain([path]))?;
         let current = self.keeper.current().ok_or(ArrayError::NoMemberLeft)?;
         let found = super::superblocks::read_superblock(&leg)?;
-        let former = match &found {
-            Ok(sb) if sb.set_uuid == current.set_uuid => match sb.own_role() {
-                DevRole::Active(slot)
-                    if (slot as usize) < self.raid_disks
-                        && self.engine.slots()[slot as usize].state() == LegState::Missing =>
-                {
-                    Some((slot as usize, sb.clone()))
-                }
-                _ => None,
-            },
-            Ok(sb) => {
-                return Err(ArrayError::HasSuperblock {
-                    path: path.to_owned(),
-                    uuid: uuid_string(&sb.set_uuid),
-                    name: sb.name(),
-                })
-            }
-            Err(_) => None,
+        let states: Vec<LegState> = self.engine.slots().iter().map(|s| s.state()).collect();
+        let view = join::ArrayView {
+            current: &current,
+            slots: &states,
+            bitmap_events_cleared: self
+                .bitmap
+                .as_ref()
+                .map(|b| b.service().header().events_cleared),
         };
-        if former.is_none() && re_add_only {
-            return Err(ArrayError::NotAMember {
-                path: path.to_owned(),
-                why: "not a former member of this array that can go back into an empty slot; \
-                      use add for a new leg"
-                    .into(),
-            });
-        }
-        if let Some((_, sb)) = &former {
-            super::assemble::check_former_member(path, leg.size(), sb, &current)?;
-            if sb.events > current.events {
-                return Err(ArrayError::Busy(format!(
-                    "{} has newer events ({}) than the array ({}): it was written apart from it; \
-                     refusing to overwrite it",
-                    path.display(),
-                    sb.events,
-                    current.events
-                )));
-            }
-        }
-        let tracked = former.is_some();
-        let (slot, sb, bitmap_guided, how) = match former {
-            Some((slot, sb)) => {
-                // md's rule; a leg whose own earlier recovery was a full one
-                // (no MD_FEATURE_RECOVERY_BITMAP) is not guided by the bitmap.
-                // A leg that went on apart from the array (each records
-                // the other gone) shares no history the bitmap describes.
-                let apart = super::assemble::diverged(&sb, &current);
-                let bitmap_guided = !apart
-                    && self.bitmap.as_ref().is_some_and(|b| {
-                        sb.events >= b.service().header().events_cleared
-                            && (!is_recovering(&sb) || sb.has_feature(FEATURE_RECOVERY_BITMAP))
-                    });
-                let how = if bitmap_guided {
-                    "re-added: bitmap-guided recovery"
-                } else if apart {
-                    "re-added: full recovery (its history diverged from the array's)"
-                } else {
-                    "re-added: full recovery (its events are older than the bitmap's events_cleared, or no bitmap)"
-                };
-                (slot, sb, bitmap_guided, how)
-            }
-            None => {
-                let slot = (0..self.raid_disks)
-                    .find(|&s| self.engine.slots()[s].state() == LegState::Missing)
-                    .ok_or_else(|| {
-                        ArrayError::Busy(format!(
-                            "no empty slot: all {} slots hold a leg; remove a faulty one first",
-                            self.raid_disks
-                        ))
-                    })?;
-                let mut sb: Superblock = current.clone();
-                sb.dev_number = self.keeper.free_dev_number();
-                sb.device_uuid = super::create::random_uuid()?;
-                let needed = (sb.data_offset + sb.size) * 512;
-                let too_small = || ArrayError::LegTooSmall {
-                    path: path.to_owned(),
-                    size: leg.size(),
-                    needed,
-                };
-                // The array's metadata version, placed on this leg as mdadm
-                // --add places it (1.0: the superblock at this leg's end).
-                let version = MetadataVersion::of_super_offset(current.super_offset);
-                let layout = mdadm_layout(version, leg.size() / 512, sb.size, sb.data_offset)
-                    .ok_or_else(too_small)?;
-                sb.super_offset = layout.super_offset;
-                sb.data_size = layout.data_size;
-                sb.bblog_size = layout.bblog_size;
-                sb.bblog_offset = layout.bblog_offset;
-                let _ = sb.set_role(sb.dev_number, DevRole::Spare);
-                if sb.data_size < sb.size {
-                    return Err(too_small());
+        let (slot, sb, bitmap_guided, tracked, how) =
+            match join::plan(path, leg.size(), &found, &view, re_add_only)? {
+                JoinPlan::Former {
+                    slot,
+                    sb,
+                    bitmap_guided,
+                    how,
+                } => (slot, *sb, bitmap_guided, true, how),
+                JoinPlan::New { slot } => {
+                    let sb = join::spare_superblock(
+                        path,
+                        &leg,
+                        &current,
+                        self.keeper.free_dev_number(),
+                    )?;
+                    super::create::check_blank(&leg, false)?;
+                    // Written now as a spare, so it is never taken for a
+                    // member before its recovery ends.
+                    super::superblocks::write_superblock(&leg, &sb)?;
+                    (slot, sb, false, false, "added: full recovery")
                 }
-                super::create::check_blank(&leg, false)?;
-                // Written now as a spare, so it is never taken for a member
-                // before its recovery ends.
-                super::superblocks::write_superblock(&leg, &sb)?;
-                (slot, sb, false, "added: full recovery")
-            }
-        };
+            };
         let leg = Arc::new(leg);
         self.engine.attach(
             slot,

@@ -186,7 +186,7 @@ struct ManageArgs {
     add: Option<PathBuf>,
 }
 
-#[derive(Args, Clone)]
+#[derive(Args, Clone, Debug)]
 pub struct MountArgs {
     /// Stay in the foreground (log to stderr) instead of detaching.
     #[arg(short = 'f', long)]
@@ -1080,4 +1080,145 @@ fn cmd_stop(mountpoint: &Path, timeout_s: u64) -> Result<(), String> {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+    use mount_mdfuse::{Takes, MOUNT_OPTIONS};
+
+    /// A value for each valued option that is not its default.
+    fn sample(name: &str) -> &'static str {
+        match name {
+            "image_mode" => "0640",
+            "force_from" => "/l/a",
+            "threads" => "3",
+            "log" => "/run/x.log",
+            "bitmap" => "/b/bm",
+            "delay" => "7",
+            other => panic!("no sample value for option {other}: add one"),
+        }
+    }
+
+    fn parse_mount(argv: impl IntoIterator<Item = String>) -> MountArgs {
+        let argv = std::iter::once("mdfuse".to_string()).chain(argv);
+        match Cli::try_parse_from(argv)
+            .expect("mdfuse mount parses")
+            .command
+        {
+            Command::Mount(m) => m,
+            _ => panic!("not a mount"),
+        }
+    }
+
+    #[test]
+    fn mount_flags_are_the_mount_helpers_options() {
+        let cmd = Cli::command();
+        let mount = cmd.find_subcommand("mount").expect("mount subcommand");
+        let mut flags: Vec<(String, bool)> = mount
+            .get_arguments()
+            .filter_map(|a| Some((a.get_long()?.to_string(), a.get_action().takes_values())))
+            .filter(|(l, _)| l != "foreground" && l != "help")
+            .collect();
+        flags.sort();
+        let mut table: Vec<(String, bool)> = MOUNT_OPTIONS
+            .iter()
+            .map(|o| (o.flag.to_string(), o.takes == Takes::Value))
+            .collect();
+        table.sort();
+        assert_eq!(
+            flags, table,
+            "mdfuse mount's flags and mount.mdfuse's options differ"
+        );
+    }
+
+    #[test]
+    fn the_daemons_arguments_carry_every_mount_option() {
+        let mut argv = vec!["mount".to_string()];
+        for o in MOUNT_OPTIONS {
+            argv.push(match o.takes {
+                Takes::Nothing => format!("--{}", o.flag),
+                Takes::Value => format!("--{}={}", o.flag, sample(o.name)),
+            });
+        }
+        argv.extend(["/l/a", "/l/b", "/m"].map(String::from));
+        let given = parse_mount(argv);
+        let child = parse_mount(given.foreground_args(Path::new("/run/child.log")));
+        let expected = MountArgs {
+            foreground: true,
+            log: Some(PathBuf::from("/run/child.log")),
+            ..given
+        };
+        assert_eq!(format!("{expected:?}"), format!("{child:?}"));
+    }
+
+    #[test]
+    fn every_helper_option_becomes_its_mdfuse_mount_flag() {
+        let opts: Vec<String> = MOUNT_OPTIONS
+            .iter()
+            .map(|o| match o.takes {
+                Takes::Nothing => o.name.to_string(),
+                Takes::Value => format!("{}={}", o.name, sample(o.name)),
+            })
+            .collect();
+        let args: Vec<String> = [
+            "src",
+            "/m",
+            "-o",
+            &format!("legs=/l/a:/l/b,{}", opts.join(",")),
+        ]
+        .map(String::from)
+        .to_vec();
+        let req = mount_mdfuse::parse_mount_args(&args).expect("helper parses");
+        let m = parse_mount(req.mdfuse_args());
+        let shown = format!("{m:?}");
+        for o in MOUNT_OPTIONS {
+            match o.takes {
+                Takes::Nothing => assert!(
+                    shown.contains(&format!("{}: true", o.name)),
+                    "{}: not set in {shown}",
+                    o.name
+                ),
+                Takes::Value => assert!(
+                    req.option(o.name) == Some(sample(o.name)),
+                    "{}: not passed",
+                    o.name
+                ),
+            }
+        }
+        assert_eq!(m.image_mode, 0o640);
+        assert_eq!(m.threads, 3);
+        assert_eq!(m.delay, Some(7.0));
+        assert_eq!(m.bitmap, Some(PathBuf::from("/b/bm")));
+        assert_eq!(m.force_from, Some(PathBuf::from("/l/a")));
+        assert_eq!(m.log, Some(PathBuf::from("/run/x.log")));
+        assert_eq!(m.paths, ["/l/a", "/l/b", "/m"].map(PathBuf::from));
+    }
+
+    #[test]
+    fn the_helpers_man_page_and_the_readme_list_every_option() {
+        let dir = std::env::temp_dir().join(format!("mdfuse-assets-{}", std::process::id()));
+        assets::cmd_gen_assets(&dir).expect("assets");
+        let man = std::fs::read_to_string(dir.join("man/mount.mdfuse.8")).expect("page");
+        let _ = std::fs::remove_dir_all(&dir);
+        for o in mount_mdfuse::options_synopsis() {
+            assert!(
+                man.contains(&o.replace('-', "\\-")),
+                "{o} missing from the man page"
+            );
+        }
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+            .expect("README.md");
+        for o in MOUNT_OPTIONS {
+            let named = match o.takes {
+                Takes::Nothing => format!("`{}`", o.name),
+                Takes::Value => format!("`{}=", o.name),
+            };
+            assert!(
+                readme.contains(&named),
+                "{named} missing from the README's mount options"
+            );
+        }
+    }
 }
