@@ -4,6 +4,7 @@
 use super::assemble::Assembly;
 use super::bitmap_attach::AttachedBitmap;
 use super::error::ArrayError;
+use super::events::{Listener, Listeners, MdEvent};
 use super::join::{self, JoinPlan};
 use super::md_thread::{MdThread, TICK};
 use super::served::ServedArray;
@@ -32,6 +33,7 @@ pub struct RunOptions {
 struct EventSink {
     keeper: Arc<SuperblockKeeper>,
     bitmap: Option<Arc<WriteIntentBitmap>>,
+    listeners: Arc<Listeners>,
 }
 
 impl ArrayEvents for EventSink {
@@ -48,6 +50,15 @@ impl ArrayEvents for EventSink {
 
     fn take_unwritten(&self) -> Vec<(usize, String)> {
         self.keeper.take_unwritten()
+    }
+
+    fn became_faulty(&self, _slot: usize, name: &str, was: LegState) {
+        let leg = name.to_string();
+        self.listeners.tell(if was == LegState::Recovering {
+            MdEvent::FailSpare { leg }
+        } else {
+            MdEvent::Fail { leg }
+        });
     }
 }
 
@@ -66,6 +77,8 @@ pub struct RunningArray {
     pub(super) read_only: bool,
     pub(super) md_thread: Mutex<Option<MdThread>>,
     pub(super) stopped: AtomicBool,
+    /// Who hears md's events (the daemon's event log).
+    pub(super) listeners: Arc<Listeners>,
 }
 
 impl RunningArray {
@@ -94,9 +107,11 @@ impl RunningArray {
             }));
         }
         let intent = service.clone().map(|s| s as Arc<dyn WriteIntent>);
+        let listeners = Arc::new(Listeners::default());
         let sink = Arc::new(EventSink {
             keeper: keeper.clone(),
             bitmap: service,
+            listeners: listeners.clone(),
         });
         let mut legs: Vec<Option<LegSpec>> = (0..asm.raid_disks).map(|_| None).collect();
         for m in &asm.members {
@@ -166,6 +181,7 @@ impl RunningArray {
             read_only: opts.read_only,
             md_thread: Mutex::new(None),
             stopped: AtomicBool::new(false),
+            listeners,
         });
         array.resume_recoveries(&asm);
         if array.needs_resync() && !opts.read_only {
@@ -203,7 +219,14 @@ impl RunningArray {
             bitmap: self.bitmap.as_ref().map(|b| b.service()),
             read_only: self.read_only,
             stopped: self.stopped.load(Ordering::Acquire),
+            listeners: &self.listeners,
         }
+    }
+
+    /// From now on, md's events of this array are told to `listener` (None:
+    /// to nobody).
+    pub fn set_listener(&self, listener: Option<Listener>) {
+        self.listeners.set(listener);
     }
 
     /// The bitmap's dirty chunks as regions (what a bitmap-guided resync or

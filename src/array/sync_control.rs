@@ -8,6 +8,7 @@
 //! reaches back into the array.
 
 use super::error::ArrayError;
+use super::events::{Listeners, MdEvent};
 use super::superblocks::SuperblockKeeper;
 use crate::bitmap::WriteIntentBitmap;
 use crate::raid1::{
@@ -54,6 +55,8 @@ pub(super) struct SyncContext<'a> {
     pub read_only: bool,
     /// The array is stopping: nothing new starts.
     pub stopped: bool,
+    /// Who hears that a sync starts and ends, and that a leg joins.
+    pub listeners: &'a Arc<Listeners>,
 }
 
 /// The state a running sync shares with its thread (through its sink).
@@ -109,6 +112,7 @@ struct SyncSink {
     keeper: Arc<SuperblockKeeper>,
     bitmap: Option<Arc<WriteIntentBitmap>>,
     shared: Arc<SyncShared>,
+    listeners: Arc<Listeners>,
     action: SyncAction,
     regions: Vec<Region>,
     /// For a recovery: the leg that joins the array when it completes.
@@ -213,6 +217,7 @@ impl SyncEvents for SyncSink {
                 }
             });
         }
+        self.listeners.tell(MdEvent::RebuildFinished);
     }
 }
 
@@ -232,6 +237,9 @@ impl SyncSink {
                     j.leg.path().display(),
                     j.slot
                 );
+                self.listeners.tell(MdEvent::SpareActive {
+                    leg: j.leg.short_name(),
+                });
             }
             Err(e) => log::error!("recovery of {}: {e}", j.leg.path().display()),
         }
@@ -334,11 +342,15 @@ impl SyncMachine {
             keeper: cx.keeper.clone(),
             bitmap: cx.bitmap.cloned(),
             shared: self.shared.clone(),
+            listeners: cx.listeners.clone(),
             action,
             regions: regions.clone(),
             joining,
             checkpoint: AtomicU64::new(regions.first().map_or(0, |r| r.offset)),
         });
+        // Told before the sync's thread starts: a short sync can end (and
+        // tell RebuildFinished) before Syncer::start returns.
+        cx.listeners.tell(MdEvent::RebuildStarted);
         let syncer = Syncer::start(
             cx.engine.clone(),
             action,
@@ -346,9 +358,12 @@ impl SyncMachine {
             self.limits.clone(),
             sink,
         )
-        .map_err(|source| ArrayError::Thread {
-            what: format!("the {}", action.md_word()),
-            source,
+        .map_err(|source| {
+            cx.listeners.tell(MdEvent::RebuildFinished);
+            ArrayError::Thread {
+                what: format!("the {}", action.md_word()),
+                source,
+            }
         })?;
         *self.last_sync.lock() = Some(syncer.progress().clone());
         // md resets mismatch_cnt when a resync, check or repair starts, not

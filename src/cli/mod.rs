@@ -860,116 +860,14 @@ fn cmd_manage(a: &ManageArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// `mdfuse detail MOUNTPOINT`: mdadm --detail's text.
 fn cmd_detail(mnt: &Path) -> Result<(), String> {
-    if mdfuse_mount_source(mnt).is_none() {
-        return Err(format!(
-            "{}: no mdfuse array is mounted there",
-            mnt.display()
-        ));
-    }
-    let get = |rel: &str| control_read(mnt, rel);
-    let raid_disks: usize = get("md/raid_disks")?.parse().unwrap_or(0);
-    let kib: u64 = get("md/component_size")?.parse().unwrap_or(0);
-    let mut legs = Vec::new();
-    for entry in std::fs::read_dir(mnt.join("md")).map_err(|e| e.to_string())? {
-        let name = entry.map_err(|e| e.to_string())?.file_name();
-        let name = name.to_string_lossy();
-        if let Some(leg) = name.strip_prefix("dev-") {
-            let state = get(&format!("md/{name}/state"))?;
-            let slot = get(&format!("md/{name}/slot"))?;
-            legs.push((leg.to_string(), state, slot));
-        }
-    }
-    legs.sort_by_key(|l| l.2.parse::<usize>().unwrap_or(usize::MAX));
-    let active = legs.iter().filter(|l| l.1 == "in_sync").count();
-    let failed = legs.iter().filter(|l| l.1 == "faulty").count();
-    let spare = legs.iter().filter(|l| l.1 == "spare").count();
-    let action = get("md/sync_action")?;
-    let mut state = get("md/array_state")?;
-    if active < raid_disks {
-        state.push_str(", degraded");
-    }
-    if action != "idle" {
-        state.push_str(&format!(
-            ", {}",
-            if action == "recover" {
-                "recovering"
-            } else {
-                &action
-            }
-        ));
-    }
-    let line = |k: &str, v: &str| println!("{k:>18} : {v}");
-    println!("{}:", mnt.display());
-    line("Version", &get("md/metadata_version")?);
-    line("Raid Level", &get("md/level")?);
-    line(
-        "Array Size",
-        &format!("{kib}{}", mdfuse::report::human_size(kib as u128 * 1024)),
+    let status = status::read(mnt)?;
+    print!(
+        "{}",
+        mdfuse::report::detail::render(&mnt.display().to_string(), &status)
     );
-    line("Raid Devices", &raid_disks.to_string());
-    line("Total Devices", &legs.len().to_string());
-    if get("md/bitmap/location")? != "none" {
-        line(
-            "Intent Bitmap",
-            &format!("file, {} byte chunks", get("md/bitmap/chunksize")?),
-        );
-    }
-    println!();
-    line("State", &state);
-    line("Active Devices", &active.to_string());
-    line("Working Devices", &(legs.len() - failed).to_string());
-    line("Failed Devices", &failed.to_string());
-    line("Spare Devices", &spare.to_string());
-    if action != "idle" {
-        let completed = get("md/sync_completed")?;
-        let pct = completed
-            .split_once(" / ")
-            .and_then(|(d, t)| Some(d.parse::<f64>().ok()? * 100.0 / t.parse::<f64>().ok()?))
-            .unwrap_or(0.0);
-        // mdadm's words: Rebuild for a recovery, Check for a check.
-        let label = match action.as_str() {
-            "recover" => "Rebuild Status",
-            "check" => "Check Status",
-            _ => "Resync Status",
-        };
-        line(label, &format!("{pct:.0}% complete"));
-    }
-    println!();
-    line("Consistency Policy", &get("md/consistency_policy")?);
-    println!();
-    line("UUID", &mdadm_uuid(&get("md/uuid")?));
-    line("Mismatch Count", &get("md/mismatch_cnt")?);
-    let last = get("md/last_sync_action")?;
-    if last != "none" {
-        // mdfuse's own: what the current (or last) sync actually copied.
-        line(
-            "Sync Copied",
-            &format!("{} bytes ({last})", get("md/sync_copied")?),
-        );
-    }
-    println!();
-    println!("    Number   RaidDevice State");
-    for (i, (leg, st, slot)) in legs.iter().enumerate() {
-        let words = match st.as_str() {
-            "in_sync" => "active sync",
-            "spare" => "spare rebuilding",
-            "faulty" => "faulty",
-            other => other,
-        };
-        println!("    {i:>6}   {slot:>10} {words:<17} {leg}");
-    }
     Ok(())
-}
-
-/// md's sysfs UUID (8-4-4-4-12) in mdadm's words (four colon-separated
-/// groups of 8 hex digits).
-fn mdadm_uuid(sysfs: &str) -> String {
-    let hex: String = sysfs.chars().filter(|c| *c != '-').collect();
-    if hex.len() != 32 {
-        return sysfs.to_string();
-    }
-    [&hex[..8], &hex[8..16], &hex[16..24], &hex[24..]].join(":")
 }
 
 fn cmd_wait(mnt: &Path) -> Result<(), String> {
