@@ -154,6 +154,8 @@ pub enum ArrayError {
     BlockMap(#[from] crate::blockmap::BlockMapError),
     #[error("bitmap file {path}: {what}", path = .path.display())]
     BitmapFile { path: PathBuf, what: String },
+    #[error("leg {path}: internal bitmap: {what}", path = .path.display())]
+    InternalBitmap { path: PathBuf, what: String },
     #[error("{0}")]
     Engine(#[from] EngineError),
     /// Busy (md's EBUSY): a sync runs, the leg is in sync, no slot is free.
