@@ -344,8 +344,8 @@ pub fn has_internal_bitmap(asm: &Assembly) -> Result<bool, ArrayError> {
         return Err(refuse(
             &m.path,
             format!(
-                "its superblock has no internal bitmap while {}'s has one; md would not \
-                 assemble them together either: give only this array's current legs",
+                "its superblock has no internal bitmap while {}'s has one (feature_map \
+                 bit MD_FEATURE_BITMAP_OFFSET); md would not assemble them together either",
                 with[0].path.display()
             ),
         ));
