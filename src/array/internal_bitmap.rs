@@ -203,6 +203,12 @@ impl LegPageStore {
         Ok(())
     }
 
+    /// A leg leaves the array (md's --remove): its copy is no longer
+    /// written and the leg is let go (its file closed with the engine's).
+    pub fn remove_leg(&self, slot: usize) {
+        self.targets.lock().retain(|x| x.slot != slot);
+    }
+
     /// Fails `slot` through the engine (md_error), and returns once it is
     /// faulty (later writes then miss it and wait for its record, as with a
     /// data write error) or the engine refused (the last in-sync leg). The

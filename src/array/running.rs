@@ -254,6 +254,9 @@ impl RunningArray {
             }
         }
         let leg = self.engine.detach(slot)?;
+        if let Some(store) = self.bitmap.as_ref().and_then(|b| b.leg_store()) {
+            store.remove_leg(slot);
+        }
         self.keeper.remove(slot)?;
         if let Some(b) = &self.bitmap {
             b.service().set_degraded(true);
@@ -360,6 +363,9 @@ impl RunningArray {
                 .begin_recovery(slot, leg.clone(), sb.clone(), bitmap_guided)
             {
                 let _ = self.engine.detach(slot);
+                if let Some(store) = self.bitmap.as_ref().and_then(|b| b.leg_store()) {
+                    store.remove_leg(slot);
+                }
                 let _ = self.keeper.remove(slot);
                 return Err(e);
             }
