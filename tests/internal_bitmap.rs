@@ -7,11 +7,12 @@
 
 mod common;
 
+use common::faultyfs::leg1_faulty;
 use common::io::{read_at, write_at, write_direct};
 use common::loopdev::{needs_root, LoopDevice};
 use common::mdfuse::{
     assert_fails, assert_legs_identical, create, examine_field, mdadm_examine, mdfuse, mdfuse_with,
-    path_str, Legs, MountedArray,
+    path_str, tempdir, Legs, MountedArray,
 };
 use std::path::Path;
 use std::process::Command;
@@ -328,4 +329,42 @@ fn hostile_internal_bitmaps_are_refused_by_name() {
         Err(o) => assert_fails("--bitmap over internal", &o),
     };
     assert!(err.contains("internal write-intent bitmap"), "{err}");
+}
+
+/// A leg that refuses a bitmap page is failed, as after a data write error:
+/// the write goes on degraded, its bit on the other leg's copy, and the
+/// superblocks record the leg faulty.
+#[test]
+fn a_leg_refusing_a_bitmap_page_is_failed() {
+    if !needs_root("a_leg_refusing_a_bitmap_page_is_failed") {
+        return;
+    }
+    let dir = tempdir("mdfuse-ibitmap");
+    let (faulty, legs) = leg1_faulty(dir.path(), LEG);
+    create(
+        &legs,
+        &[
+            "--bitmap",
+            "internal",
+            "--bitmap-chunk",
+            "1M",
+            "--delay",
+            "30",
+        ],
+    );
+    let m = MountedArray::mount(&legs, &dir.path().join("mnt"), &[]);
+    // Once active, so the failure is the bitmap page's (not the superblock's).
+    write_direct(&m.image(), 0, &pattern(1, 4096)).expect("a write with both legs");
+    // Page 0 of leg1's copy (the header and the first bits) fails.
+    faulty.fail_writes("leg1.img", BITMAP_AT_1_2..BITMAP_AT_1_2 + 4096);
+    write_direct(&m.image(), 5 * MIB, &pattern(4, 65536)).expect("the write goes on degraded");
+    assert_eq!(m.md("dev-leg1.img/state"), "faulty", "{}", m.log());
+    assert_eq!(read_at(&m.image(), 5 * MIB, 65536), pattern(4, 65536));
+    let (_, dirty) = mdfuse_dirty(legs.path(0));
+    assert!(dirty.contains(&5), "leg0's copy holds the bit: {dirty:?}");
+    assert!(m.log().contains("internal bitmap page 0"), "{}", m.log());
+    m.stop();
+    let e = mdadm_examine(legs.path(0));
+    let state = examine_field(&e, "Array State").unwrap_or_default();
+    assert!(state.starts_with("A."), "leg0 records leg1 gone: {e}");
 }

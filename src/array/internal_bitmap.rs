@@ -4,7 +4,8 @@
 //! bit per chunk, in 4 KiB pages).
 //!
 //! - Reading: as md's `md_bitmap_read_sb`, the copy of the first in-sync
-//!   member (by slot) that reads is used; it is checked as hostile input
+//!   member (by slot) that reads gives the header (the other in-sync
+//!   copies add their bits: a superset); it is checked as hostile input
 //!   (magic, version, chunk size, this array's uuid and size, and its place
 //!   on every leg clear of the superblock, the data and the bad-block log).
 //!   The service then trusts it by events/events_cleared as it trusts a file.
@@ -209,11 +210,15 @@ impl LegPageStore {
         self.targets.lock().retain(|x| x.slot != slot);
     }
 
-    /// Fails `slot` through the engine (md_error), and returns once it is
-    /// faulty (later writes then miss it and wait for its record, as with a
-    /// data write error) or the engine refused (the last in-sync leg). The
-    /// record itself is written by another thread: it updates the bitmap's
-    /// header, whose page may be the one this store is writing.
+    /// Fails `slot` through the engine (md_error) from another thread:
+    /// recording the failure updates the bitmap's header, whose page may be
+    /// the one this store is writing, and the caller may hold the engine's
+    /// activation lock (a header written while the array is marked active).
+    /// Waits a moment for the leg to turn faulty (later writes then miss it
+    /// and wait for its record, as after a data write error) or for the
+    /// engine's refusal (the last in-sync leg: an error). A leg that turns
+    /// faulty later is covered at the next assembly, which takes the union
+    /// of the in-sync legs' copies.
     fn fail(engine: &Arc<Raid1>, slot: usize, reason: String) -> Result<(), String> {
         let (tx, rx) = std::sync::mpsc::channel();
         let e = engine.clone();
@@ -221,12 +226,16 @@ impl LegPageStore {
             .name("bitmap-fail".into())
             .spawn(move || {
                 let r = e.fail_leg(slot, &reason).map_err(|e| e.to_string());
+                if let Err(why) = &r {
+                    log::error!("leg {slot}: its internal bitmap copy is not written: {why}");
+                }
                 let _ = tx.send(r);
             });
         if let Err(e) = spawned {
             return Err(format!("cannot start a thread to fail the leg: {e}"));
         }
-        loop {
+        let deadline = std::time::Instant::now() + Duration::from_millis(50);
+        while std::time::Instant::now() < deadline {
             match rx.recv_timeout(Duration::from_millis(1)) {
                 Ok(r) => return r,
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
@@ -243,6 +252,7 @@ impl LegPageStore {
                 }
             }
         }
+        Ok(())
     }
 }
 
@@ -267,20 +277,26 @@ impl PageStore for LegPageStore {
         }
         let engine = self.engine.lock().as_ref().and_then(Weak::upgrade);
         let targets = self.targets.lock().clone();
+        // Pages taken by in-sync legs: with none, the page fails (a
+        // recovering leg's copy is never the one read).
         let mut written = 0usize;
         for t in targets {
+            let mut in_sync = true;
             if let Some(engine) = &engine {
-                let live = engine.slots().get(t.slot).is_some_and(|s| {
-                    matches!(s.state(), LegState::InSync | LegState::Recovering)
-                        && s.io().is_some_and(|io| Arc::ptr_eq(io.leg(), &t.leg))
-                });
-                if !live {
-                    continue;
+                let state = engine
+                    .slots()
+                    .get(t.slot)
+                    .filter(|s| s.io().is_some_and(|io| Arc::ptr_eq(io.leg(), &t.leg)))
+                    .map(|s| s.state());
+                match state {
+                    Some(LegState::InSync) => {}
+                    Some(LegState::Recovering) => in_sync = false,
+                    _ => continue,
                 }
             }
             let at = t.start + page_off;
             let Err(e) = t.leg.write_at_durable(buf.as_slice(), at) else {
-                written += 1;
+                written += usize::from(in_sync);
                 continue;
             };
             self.targets.lock().retain(|x| !Arc::ptr_eq(&x.leg, &t.leg));
@@ -303,7 +319,7 @@ impl PageStore for LegPageStore {
         }
         if written == 0 {
             done.finish(Err(fail(
-                format!("internal bitmap page {page_index}: no leg took it"),
+                format!("internal bitmap page {page_index}: no in-sync leg took it"),
                 libc::EIO,
             )));
             return done;
@@ -366,24 +382,42 @@ pub fn attach_internal(
     asm: &Assembly,
     opts: &InternalBitmapOptions,
 ) -> Result<AttachedBitmap, ArrayError> {
-    let in_sync = asm
+    let in_sync: Vec<&super::assemble::Member> = asm
         .members
         .iter()
-        .filter(|m| !super::superblocks::is_recovering(&m.sb));
+        .filter(|m| !super::superblocks::is_recovering(&m.sb))
+        .collect();
     let mut first_err = None;
-    let mut found = None;
-    for m in in_sync {
-        match read_from_leg(&m.leg, &m.sb, Some((asm.set_uuid, asm.array_sectors))) {
-            Ok(r) => {
-                found = Some(r);
-                break;
+    let mut found: Option<(BitmapSuper, Vec<u8>)> = None;
+    let expect = Some((asm.set_uuid, asm.array_sectors));
+    for m in &in_sync {
+        match (&mut found, read_from_leg(&m.leg, &m.sb, expect)) {
+            (None, Ok(r)) => found = Some(r),
+            // Another in-sync leg's copy: its bits are added (a superset
+            // is always safe). md reads the first copy only; the others
+            // may hold bits the first missed when a leg failed to take a
+            // page and the array stopped before that leg was failed.
+            (Some((sb, bits)), Ok((other, more))) => {
+                if other.chunksize == sb.chunksize && more.len() == bits.len() {
+                    for (b, o) in bits.iter_mut().zip(&more) {
+                        *b |= o;
+                    }
+                } else {
+                    log::warn!(
+                        "leg {}: its internal bitmap copy differs from the first's; ignored",
+                        m.path.display()
+                    );
+                }
             }
             // A read error: md tries the next leg.
-            Err(ArrayError::Leg(e)) => {
+            (_, Err(ArrayError::Leg(e))) => {
                 log::warn!("leg {}: internal bitmap unreadable: {e}", m.path.display());
                 first_err.get_or_insert(ArrayError::Leg(e));
             }
-            Err(e) => return Err(e),
+            (None, Err(e)) => return Err(e),
+            (Some(_), Err(e)) => {
+                log::warn!("{e}; that copy is ignored (md reads the first leg's only)");
+            }
         }
     }
     let Some((sb, bits)) = found else {

@@ -2078,6 +2078,79 @@ mod tests {
         assert_eq!(v0_90_super_sector(127), None);
     }
 
+    /// mdadm 4.2's add_internal_bitmap1 (creating), worked by hand: a 95 MiB
+    /// array gets 64 MiB chunks by default; a 1 TiB one has 128 KiB of room,
+    /// so its smallest chunk is 2 MiB and 1 MiB is refused.
+    #[test]
+    fn internal_bitmap_chunk_as_mdadm_picks_it() {
+        assert_eq!(mdadm_internal_bitmap_chunk(194560, None), Ok(64 << 20));
+        assert_eq!(
+            mdadm_internal_bitmap_chunk(194560, Some(1 << 20)),
+            Ok(1 << 20)
+        );
+        let tib = 1u64 << 31;
+        assert_eq!(mdadm_internal_bitmap_chunk(tib, Some(2 << 20)), Ok(2 << 20));
+        assert_eq!(
+            mdadm_internal_bitmap_chunk(tib, Some(1 << 20)),
+            Err(GeometryError::BitmapChunkTooSmall {
+                chunk: 1 << 20,
+                min: 2 << 20
+            })
+        );
+        assert!(matches!(
+            mdadm_internal_bitmap_chunk(100, None),
+            Err(GeometryError::NoBitmapRoom { .. })
+        ));
+    }
+
+    /// Where create puts an internal bitmap (mdadm's write_init_super1): 1.2
+    /// at +8 with the bad-block log after its 4 KiB; 1.0 at -(4 KiB + 8) with
+    /// the log at -8 and the data below both; and the placement checks.
+    #[test]
+    fn internal_bitmap_layouts_and_their_checks() {
+        let mut sb = sample();
+        sb.add_internal_bitmap(1 << 20).unwrap();
+        assert!(sb.has_feature(FEATURE_BITMAP_OFFSET));
+        assert_eq!(
+            (sb.bitmap_offset, sb.bblog_size, sb.bblog_offset),
+            (8, 8, 16)
+        );
+        assert_eq!(sb.internal_bitmap_start(8, 65536), Ok(16));
+        assert!(sb
+            .internal_bitmap_start(9, 65536)
+            .unwrap_err()
+            .contains("bad-block log"));
+        let m = NewMember {
+            set_uuid: [7; 16],
+            name: "x",
+            raid_disks: 2,
+            dev_number: 0,
+            device_uuid: [1; 16],
+            device_sectors: 65536,
+            array_sectors: 63488,
+            data_offset: None,
+            ctime: MdTime::from_parts(1_700_000_000, 0),
+        };
+        let mut one = Superblock::new_raid1_member_of(&m, MetadataVersion::V1_0).unwrap();
+        one.add_internal_bitmap(1 << 20).unwrap();
+        assert_eq!((one.bitmap_offset, one.bblog_offset), (-16, -8));
+        assert_eq!(one.data_size, one.super_offset - 16);
+        assert_eq!(
+            one.internal_bitmap_start(8, 65536),
+            Ok(one.super_offset - 16)
+        );
+        one.check_fits(65536).unwrap();
+        for (offset, words) in [
+            (0, "superblock"),
+            (-100_000, "outside the leg"),
+            (-24, "data area"),
+        ] {
+            one.bitmap_offset = offset;
+            let e = one.internal_bitmap_start(8, 65536).unwrap_err();
+            assert!(e.contains(words), "{offset}: {e}");
+        }
+    }
+
     /// What mdadm 4.2's super1.c computes for each version (validate_geometry1,
     /// write_init_super1), worked by hand for a 32 MiB and a 10 GiB leg.
     #[test]
