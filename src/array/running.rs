@@ -688,6 +688,7 @@ impl RunningArray {
                         slot: i,
                         faulty: s.state() == LegState::Faulty,
                         in_sync: s.state() == LegState::InSync,
+                        volatile: s.io().is_some_and(|io| io.leg().is_volatile()),
                     })
                 })
                 .collect(),
@@ -702,8 +703,12 @@ impl RunningArray {
     }
 }
 
-/// A leg's short name: its file name.
+/// A leg's short name: its file name, or for an NBD URI a file-name-safe
+/// name derived from it (host, port, export).
 pub fn leg_name(path: &std::path::Path) -> String {
+    if let Ok(l @ crate::io::leg::Locator::Nbd(_)) = crate::io::leg::Locator::parse(path) {
+        return l.short_name();
+    }
     path.file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| path.display().to_string())

@@ -251,6 +251,10 @@ fn yes(b: bool) -> &'static str {
 }
 
 impl LegDevice for NbdDevice {
+    fn is_volatile(&self) -> bool {
+        NbdDevice::is_volatile(self)
+    }
+
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
         self.check_range(offset, buf.len() as u64)?;
         if self.aligned(offset) && self.aligned(buf.len() as u64) {
