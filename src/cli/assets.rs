@@ -41,7 +41,11 @@ legs=LEG:LEG... (or the legs as SOURCE, LEG:LEG), bitmap=FILE,
 bitmap_file_io, bitmap_trust_device, delay=SECS, ro, rw, allow_other, image_mode=MODE, run,
 force_from=LEG, buffered, write_through, threads=N, log=FILE; mount's own
 (defaults, noauto, nofail, x\-*, ...) are accepted; anything else is refused.
-A leg path holding ':' or ',' cannot be given: use a symlink.
+A leg path holding ':' or ',' cannot be given: use a symlink. A leg that
+is an NBD URI (nbd://HOST:PORT/EXPORT, nbd+unix:///EXPORT?socket=PATH)
+keeps its own ':'s: it runs up to the first ':' after its scheme:// that is
+followed by '/' or by another nbd URI (the next leg, an absolute path or a
+URI); inside a URI, write a ':' followed by '/' as %3A.
 .SH SEE ALSO
 mdfuse(8), mdfuse\-mount(8), mount(8), fstab(5)
 "#;

@@ -162,7 +162,7 @@ struct CreateArgs {
     /// from sector 0, so one leg reads as a plain filesystem).
     #[arg(long, short = 'e', default_value = "1.2")]
     metadata: mdfuse::format::superblock::MetadataVersion,
-    /// The legs: regular files or block devices (two or more).
+    /// The legs: regular files, block devices or NBD URIs (nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH); two or more.
     #[arg(required = true)]
     legs: Vec<PathBuf>,
 }
