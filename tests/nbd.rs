@@ -453,3 +453,145 @@ fn an_nbd_leg_is_added_to_a_degraded_array() {
     assert_data_identical(files.path(0), &img);
     server.kill();
 }
+
+/// Writes `n` blocks of 64 KiB of a pattern from `seed` at `offset` of
+/// array.img, one O_DIRECT write each, `pause` apart; every write must
+/// succeed (a leg lost meanwhile is no user error). Returns the data.
+fn paced_writes(image: &Path, offset: u64, n: usize, seed: u64, pause: Duration) -> Vec<u8> {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    let data = common::rng::Rng(seed).bytes(n * 65536);
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(image)
+        .expect("open array.img");
+    let mut buf = common::io::AlignedVec::zeroed(65536);
+    for i in 0..n {
+        buf.as_mut_slice()
+            .copy_from_slice(&data[i * 65536..(i + 1) * 65536]);
+        f.write_all_at(buf.as_slice(), offset + (i * 65536) as u64)
+            .unwrap_or_else(|e| panic!("write {i} of array.img failed: {e}"));
+        std::thread::sleep(pause);
+    }
+    f.sync_all().expect("fsync array.img");
+    data
+}
+
+/// Starts qemu-nbd again on `sock` (a killed one leaves its socket file).
+fn restart_on(img: &Path, export: &str, sock: &Path) -> Server {
+    let _ = std::fs::remove_file(sock);
+    Server::qemu_nbd(img, export, &["-k", &sock.display().to_string()])
+}
+
+#[test]
+fn a_remote_leg_lost_during_writes_comes_back_by_itself_copying_only_dirty_chunks() {
+    let t = "a_remote_leg_lost_during_writes_comes_back_by_itself_copying_only_dirty_chunks";
+    if !tools(t, &["qemu-nbd", "mdadm"]) {
+        return;
+    }
+    let fs = match common::loopdev::ScratchFs::ext4(4096) {
+        Ok(fs) => fs,
+        Err(e) => return skipped(t, &format!("no scratch filesystem for the bitmap: {e}")),
+    };
+    let bitmap = fs.path("nbd.bitmap");
+    let bm = bitmap.display().to_string();
+    let (files, img) = file_and_image();
+    let sock = files.dir().join("leg1.sock");
+    let mut server = Server::qemu_nbd(&img, "leg1", &["-k", &sock.display().to_string()]);
+    let uri = format!("nbd+unix:///leg1?socket={}", sock.display());
+    let legs = with_uri(&files, &uri);
+    create(
+        &legs,
+        &["--bitmap", &bm, "--bitmap-chunk", "1M", "--delay", "1"],
+    );
+    let mnt = files.mountpoint("mnt");
+    let m = MountedArray::mount(&legs, &mnt, &["--bitmap", &bm]);
+    let first = m.fill_random(0, 8 << 20, 1);
+    // The bits of those writes go once idle (delay 1 s).
+    wait_for("a clean bitmap", Duration::from_secs(30), || {
+        common::bitmap::dirty_on_disk(&bitmap).is_empty()
+    });
+    // 4 MiB at 20 MiB, in 64 paced writes; the server dies meanwhile.
+    let image = m.image();
+    let writer = std::thread::spawn(move || {
+        paced_writes(&image, 20 << 20, 64, 2, Duration::from_millis(20))
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    server.kill();
+    let second = writer.join().expect("the writes went on without an error");
+    wait_for("the NBD leg faulty", Duration::from_secs(10), || {
+        m.md("dev-nbd-unix-leg1.sock-leg1/state") == "faulty"
+    });
+    assert!(m.mdstat().contains("[2/1] [U_]"), "{}", m.mdstat());
+    // The server comes back on the same image: the leg comes back alone.
+    let _server = restart_on(&img, "leg1", &sock);
+    wait_for("the NBD leg back in sync", Duration::from_secs(60), || {
+        m.md("dev-nbd-unix-leg1.sock-leg1/state") == "in_sync"
+    });
+    m.wait_sync_idle(Duration::from_secs(60));
+    let copied: u64 = m
+        .md("sync_copied")
+        .split_whitespace()
+        .next()
+        .and_then(|v| v.parse().ok())
+        .expect("md/sync_copied");
+    eprintln!("re-added after a server restart: recovery copied {copied} bytes");
+    assert_eq!(
+        copied,
+        4 << 20,
+        "only the 4 chunks written while the leg was away are copied"
+    );
+    let log = m.log();
+    assert!(log.contains("reconnecting in the background"), "{log}");
+    assert!(log.contains("the server is back after"), "{log}");
+    assert!(m.mdstat().contains("[2/2] [UU]"), "{}", m.mdstat());
+    let back = std::fs::read(m.image()).expect("read array.img");
+    assert!(
+        back[..8 << 20] == first[..],
+        "the first writes read back wrong"
+    );
+    assert!(
+        back[20 << 20..24 << 20] == second[..],
+        "the degraded writes read back wrong"
+    );
+    m.stop();
+    assert_data_identical(files.path(0), &img);
+}
+
+#[test]
+fn a_remote_leg_on_another_image_is_not_re_added_and_the_log_says_why() {
+    let t = "a_remote_leg_on_another_image_is_not_re_added_and_the_log_says_why";
+    if !tools(t, &["qemu-nbd"]) {
+        return;
+    }
+    let (files, img) = file_and_image();
+    let sock = files.dir().join("leg1.sock");
+    let mut server = Server::qemu_nbd(&img, "leg1", &["-k", &sock.display().to_string()]);
+    let uri = format!("nbd+unix:///leg1?socket={}", sock.display());
+    let legs = with_uri(&files, &uri);
+    create(&legs, &[]);
+    let mnt = files.mountpoint("mnt");
+    let m = MountedArray::mount(&legs, &mnt, &[]);
+    server.kill();
+    m.fill_random(0, 1 << 20, 9);
+    assert_eq!(m.md("dev-nbd-unix-leg1.sock-leg1/state"), "faulty");
+    // Back, but serving a blank image under the same name.
+    let other = files.dir().join("other.img");
+    common::loopdev::sparse_file(&other, LEG).expect("other image");
+    let _server = restart_on(&other, "leg1", &sock);
+    wait_for("the refusal in the log", Duration::from_secs(60), || {
+        m.log().contains("the leg is not re-added")
+    });
+    let log = m.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("the leg is not re-added"))
+        .expect("the line");
+    assert!(
+        line.contains(&uri) && line.contains("no md superblock"),
+        "{line}"
+    );
+    assert_eq!(m.md("dev-nbd-unix-leg1.sock-leg1/state"), "faulty");
+    assert!(m.mdstat().contains("[2/1] [U_]"), "{}", m.mdstat());
+    m.stop();
+}

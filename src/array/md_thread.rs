@@ -3,7 +3,8 @@
 //! (after `idle` stopped it, or an error ended it) unless the array is
 //! frozen, and it runs md's safe mode: once writes have been idle for
 //! `safe_mode_delay`, the legs are flushed and the superblocks recorded
-//! clean, so a crash of an idle array needs no resync.
+//! clean, so a crash of an idle array needs no resync. It also brings
+//! faulty remote legs back (`reconnect.rs`).
 
 use super::running::RunningArray;
 use parking_lot::{Condvar, Mutex};
@@ -63,6 +64,7 @@ impl MdThread {
                 .name("md-thread".into())
                 .spawn(move || {
                     let mut idle = None;
+                    let mut reconnects = super::reconnect::Reconnects::default();
                     loop {
                         {
                             let mut stopped = stop.0.lock();
@@ -80,6 +82,7 @@ impl MdThread {
                         array.engine().fail_unwritten();
                         array.check_recovery();
                         array.safe_mode(idle);
+                        array.reconnect_remote_legs(&mut reconnects, Instant::now());
                     }
                 })?
         };

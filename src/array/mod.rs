@@ -7,6 +7,7 @@ mod control;
 pub mod create;
 pub mod error;
 pub mod md_thread;
+mod reconnect;
 pub mod running;
 pub mod served;
 pub mod superblocks;

@@ -491,7 +491,16 @@ impl RunningArray {
             )));
         }
         let current = self.keeper.current().ok_or(ArrayError::NoMemberLeft)?;
-        let sb = super::superblocks::read_superblock(io.leg())?.map_err(|source| {
+        // A remote leg's connection died with it: its superblock is read
+        // over a new one (the server may be back).
+        let probe;
+        let leg = if io.leg().locator().is_remote() {
+            probe = crate::io::leg::Leg::open(&path, io.leg().mode(), false, false)?;
+            &probe
+        } else {
+            io.leg()
+        };
+        let sb = super::superblocks::read_superblock(leg)?.map_err(|source| {
             ArrayError::BadSuperblock {
                 path: path.clone(),
                 source,
