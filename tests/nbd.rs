@@ -339,6 +339,20 @@ fn a_server_without_flush_makes_its_leg_volatile() {
         "{}",
         m.log()
     );
+    // mdfuse detail counts it as an active leg and says it is volatile.
+    let o = mdfuse_with(&["detail"], &[m.mountpoint()]);
+    assert_ok("mdfuse detail", &o);
+    let detail = stdout(&o);
+    assert!(
+        detail
+            .lines()
+            .any(|l| l.contains("active sync volatile") && l.ends_with(name)),
+        "{detail}"
+    );
+    assert!(
+        examine_field(&detail, "Active Devices").as_deref() == Some("2"),
+        "{detail}"
+    );
     // It still mirrors.
     m.fill_random(0, 1 << 20, 3);
     m.stop();

@@ -891,9 +891,14 @@ fn cmd_detail(mnt: &Path) -> Result<(), String> {
         let name = entry.map_err(|e| e.to_string())?.file_name();
         let name = name.to_string_lossy();
         if let Some(leg) = name.strip_prefix("dev-") {
+            // md's state word, then its flags (`in_sync,volatile`).
             let state = get(&format!("md/{name}/state"))?;
+            let (state, flags) = match state.split_once(',') {
+                Some((w, f)) => (w.to_string(), format!(" {}", f.replace(',', " "))),
+                None => (state, String::new()),
+            };
             let slot = get(&format!("md/{name}/slot"))?;
-            legs.push((leg.to_string(), state, slot));
+            legs.push((leg.to_string(), state, slot, flags));
         }
     }
     legs.sort_by_key(|l| l.2.parse::<usize>().unwrap_or(usize::MAX));
@@ -966,13 +971,14 @@ fn cmd_detail(mnt: &Path) -> Result<(), String> {
     }
     println!();
     println!("    Number   RaidDevice State");
-    for (i, (leg, st, slot)) in legs.iter().enumerate() {
+    for (i, (leg, st, slot, flags)) in legs.iter().enumerate() {
         let words = match st.as_str() {
             "in_sync" => "active sync",
             "spare" => "spare rebuilding",
             "faulty" => "faulty",
             other => other,
         };
+        let words = format!("{words}{flags}");
         println!("    {i:>6}   {slot:>10} {words:<17} {leg}");
     }
     Ok(())

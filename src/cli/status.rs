@@ -144,7 +144,13 @@ pub fn from_controls(
         let Some(leg) = name.strip_prefix("dev-") else {
             continue;
         };
-        let state = get(&format!("{name}/state"))?;
+        // md's state word, then its flags (`in_sync,volatile`): the word
+        // is the state; a flag is said after it in the text's column.
+        let full = get(&format!("{name}/state"))?;
+        let (state, flags) = match full.split_once(',') {
+            Some((w, f)) => (w.to_string(), f.replace(',', " ")),
+            None => (full, String::new()),
+        };
         let slot = get(&format!("{name}/slot"))?;
         let errors = get(&format!("{name}/errors"))?;
         // Fields 3 and 7 of the block stat line: sectors read and written.
@@ -158,7 +164,11 @@ pub fn from_controls(
         devices.push(DeviceStatus {
             number: 0,
             raid_device: slot.parse().ok(),
-            state_text: state_text(&state).to_string(),
+            state_text: if flags.is_empty() {
+                state_text(&state).to_string()
+            } else {
+                format!("{} {flags}", state_text(&state))
+            },
             state,
             name: leg.to_string(),
             errors: num(&format!("{name}/errors"), &errors)?,
