@@ -14,7 +14,8 @@ for comp in rustfmt:fmt clippy:clippy; do
 done
 need_pkgs=()
 for tool in mdadm:mdadm fio:fio mkfs.ext4:e2fsprogs mkfs.xfs:xfsprogs zstd:zstd \
-            losetup:mount sha256sum:coreutils filefrag:e2fsprogs mkfs.erofs:erofs-utils; do
+            losetup:mount sha256sum:coreutils filefrag:e2fsprogs mkfs.erofs:erofs-utils \
+            qemu-nbd:qemu-utils nbdkit:nbdkit ip:iproute2; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || need_pkgs+=("${tool##*:}")
 done
 # tests/operator.rs parses `mdfuse metrics` with Debian's python3 and its

@@ -9,6 +9,7 @@ pub mod error;
 pub mod events;
 mod join;
 pub mod md_thread;
+mod reconnect;
 pub mod running;
 pub mod served;
 pub mod superblocks;

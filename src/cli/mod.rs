@@ -162,7 +162,7 @@ struct CreateArgs {
     /// from sector 0, so one leg reads as a plain filesystem).
     #[arg(long, short = 'e', default_value = "1.2")]
     metadata: mdfuse::format::superblock::MetadataVersion,
-    /// The legs: regular files or block devices (two or more).
+    /// The legs: regular files, block devices or NBD URIs (nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH); two or more.
     #[arg(required = true)]
     legs: Vec<PathBuf>,
 }
@@ -554,7 +554,11 @@ fn split_mount_paths(m: &MountArgs) -> Result<(Vec<PathBuf>, PathBuf), String> {
     Ok((legs.to_vec(), mountpoint.clone()))
 }
 
+/// `p` made absolute; an NBD URI as it is (it is no path).
 fn absolute(p: &Path) -> String {
+    if mdfuse::io::leg::is_remote_name(p) {
+        return p.display().to_string();
+    }
     std::path::absolute(p)
         .unwrap_or_else(|_| p.to_owned())
         .display()
@@ -635,6 +639,23 @@ fn daemon_pid(mountpoint: &Path) -> Option<u32> {
     let mnt = absolute(mountpoint);
     let ours = cmdline.split(|&b| b == 0).any(|arg| arg == mnt.as_bytes());
     ours.then_some(pid)
+}
+
+/// A live process whose command line holds `mountpoint` (absolute) and
+/// `mount`: a daemon serving it, found without its pid file.
+fn daemon_by_cmdline(mountpoint: &Path) -> bool {
+    let mnt = absolute(mountpoint);
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != std::process::id() && !process_gone(pid))
+        .any(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                let args: Vec<&[u8]> = c.split(|&b| b == 0).collect();
+                args.contains(&b"mount".as_slice()) && args.contains(&mnt.as_bytes())
+            })
+        })
 }
 
 /// A process that has exited (gone, or a zombie not yet reaped).
@@ -738,12 +759,7 @@ pub fn mount_foreground(m: &MountArgs, ready: &mut detach::Ready) -> Result<(), 
         image_mode: m.image_mode,
         threads: m.threads,
         writeback_cache: !m.write_through,
-        fsname: format!(
-            "{MOUNT_SOURCE_PREFIX}{}",
-            std::path::absolute(&legs[0])
-                .unwrap_or(legs[0].clone())
-                .display()
-        ),
+        fsname: format!("{MOUNT_SOURCE_PREFIX}{}", absolute(&legs[0])),
     };
     let mut pid_file = None;
     let mut event_log = None;
@@ -963,6 +979,11 @@ fn cmd_stop(mountpoint: &Path, timeout_s: u64) -> Result<(), String> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(timeout_s);
     let stopped = || match pid {
         Some(pid) => process_gone(pid),
+        // A network leg has no lock to probe (and a probe would connect
+        // to its server): the daemon is found by its command line.
+        None if mdfuse::io::leg::is_remote_name(Path::new(&source)) => {
+            !daemon_by_cmdline(mountpoint)
+        }
         None => !matches!(
             Leg::open(Path::new(&source), IoMode::Buffered, false, true),
             Err(mdfuse::io::leg::LegError::InUse { .. })
