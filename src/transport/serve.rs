@@ -2,7 +2,8 @@
 //! stop it cleanly, and the moment the mount is live (so a caller that
 //! detached can return).
 
-use super::fuse::{ArrayFs, ImageAccess};
+use super::core::{ImageAccess, MountCore};
+use super::fuse::{ArrayFs, InitSeen};
 use crate::array::ServedArray;
 use fuser::{Config, MountOption, SessionACL};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -207,7 +208,9 @@ pub fn serve<A: ServedArray>(
         uid,
         gid,
     };
-    let fs = ArrayFs::new(array, uid, gid, image, opts.writeback_cache);
+    let core = Arc::new(MountCore::new(array, uid, gid, image, opts.writeback_cache));
+    let init = Arc::new(parking_lot::Mutex::new(InitSeen::default()));
+    let fs = ArrayFs::new(core, false, init);
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::FSName(opts.fsname.clone()),
