@@ -65,6 +65,8 @@ pub struct MountRequest {
     pub buffered: bool,
     pub write_through: bool,
     pub threads: Option<u32>,
+    /// auto, uring or dev-fuse.
+    pub transport: Option<String>,
     pub log: Option<String>,
     pub bitmap: Option<String>,
     pub bitmap_file_io: bool,
@@ -254,6 +256,16 @@ pub fn parse_mount_args(args: &[String]) -> Result<MountRequest, String> {
                         .map_err(|_| format!("threads={}: not a number", value.unwrap_or("")))?,
                 )
             }
+            "transport" => {
+                let v = need(value)?;
+                if !matches!(v.as_str(), "auto" | "uring" | "dev-fuse") {
+                    return Err(format!(
+                        "transport={v}: not a transport (auto, uring or dev-fuse)"
+                    ));
+                }
+                once(req.transport.as_ref(), &v)?;
+                req.transport = Some(v);
+            }
             "delay" => {
                 req.delay = Some(need(value)?.parse().map_err(|_| {
                     format!("delay={}: not a number of seconds", value.unwrap_or(""))
@@ -275,7 +287,7 @@ pub fn parse_mount_args(args: &[String]) -> Result<MountRequest, String> {
                 };
                 return Err(format!(
                     "unknown option {opt:?} (known: legs=, bitmap=, bitmap_file_io, bitmap_trust_device, ro, rw, allow_other, \
-                     image_mode=, run, force_from=, buffered, write_through, threads=, delay=, log=){cut}"
+                     image_mode=, run, force_from=, buffered, write_through, threads=, transport=, delay=, log=){cut}"
                 ));
             }
         }
@@ -323,6 +335,9 @@ impl MountRequest {
         }
         if let Some(t) = self.threads {
             a.push(format!("--threads={t}"));
+        }
+        if let Some(t) = &self.transport {
+            a.push(format!("--transport={t}"));
         }
         if let Some(l) = &self.log {
             a.push(format!("--log={l}"));
@@ -458,6 +473,25 @@ mod tests {
             r.mdfuse_args(),
             args("mount --ro --threads=4 -- /d/a /d/b /m")
         );
+    }
+
+    #[test]
+    fn transport_goes_through() {
+        let r = parse_mount_args(&args("/d/a:/d/b /m -o transport=uring,threads=4")).unwrap();
+        assert_eq!(
+            r.mdfuse_args(),
+            args("mount --threads=4 --transport=uring -- /d/a /d/b /m")
+        );
+        for bad in [
+            "transport",
+            "transport=io_uring",
+            "transport=uring,transport=auto",
+        ] {
+            assert!(
+                parse_mount_args(&args(&format!("/d/a:/d/b /m -o {bad}"))).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -39,7 +39,8 @@ translates mount(8)'s arguments into \fBmdfuse mount\fR \fIoptions\fR \fB\-\-\fR
 .SH OPTIONS
 legs=LEG:LEG... (or the legs as SOURCE, LEG:LEG), bitmap=FILE,
 bitmap_file_io, bitmap_trust_device, delay=SECS, ro, rw, allow_other, image_mode=MODE, run,
-force_from=LEG, buffered, write_through, threads=N, log=FILE; mount's own
+force_from=LEG, buffered, write_through, threads=N,
+transport=auto|uring|dev\-fuse, log=FILE; mount's own
 (defaults, noauto, nofail, x\-*, ...) are accepted; anything else is refused.
 A leg path holding ':' or ',' cannot be given: use a symlink.
 .SH SEE ALSO
