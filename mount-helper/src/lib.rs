@@ -98,6 +98,15 @@ fn number(v: &str) -> Result<(), String> {
         .map_err(|_| format!("threads={v}: not a number"))
 }
 
+fn transport_name(v: &str) -> Result<(), String> {
+    match v {
+        "auto" | "uring" | "dev-fuse" => Ok(()),
+        _ => Err(format!(
+            "transport={v}: not a transport (auto, uring or dev-fuse)"
+        )),
+    }
+}
+
 fn seconds(v: &str) -> Result<(), String> {
     v.parse::<u32>()
         .map(|_| ())
@@ -141,6 +150,12 @@ pub const MOUNT_OPTIONS: &[MountOption] = &[
     switch("buffered", "buffered"),
     switch("write_through", "write-through"),
     valued("threads", "threads", "N", number),
+    valued(
+        "transport",
+        "transport",
+        "auto|uring|dev-fuse",
+        transport_name,
+    ),
     valued("log", "log", "FILE", any_value),
     valued("bitmap", "bitmap", "FILE", any_value),
     switch("bitmap_file_io", "bitmap-file-io"),
@@ -590,6 +605,25 @@ mod tests {
             r.mdfuse_args(),
             args("mount --ro --threads=4 -- /d/a /d/b /m")
         );
+    }
+
+    #[test]
+    fn transport_goes_through() {
+        let r = parse_mount_args(&args("/d/a:/d/b /m -o transport=uring,threads=4")).unwrap();
+        assert_eq!(
+            r.mdfuse_args(),
+            args("mount --threads=4 --transport=uring -- /d/a /d/b /m")
+        );
+        for bad in [
+            "transport",
+            "transport=io_uring",
+            "transport=uring,transport=auto",
+        ] {
+            assert!(
+                parse_mount_args(&args(&format!("/d/a:/d/b /m -o {bad}"))).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

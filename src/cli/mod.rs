@@ -225,6 +225,11 @@ pub struct MountArgs {
     /// leg. From 1 to 256.
     #[arg(long, default_value_t = 16, value_parser = parse_threads)]
     threads: usize,
+    /// How FUSE requests reach mdfuse: auto (io_uring when the kernel
+    /// offers it, else /dev/fuse; the log says which and why), uring
+    /// (refuse to start without it), dev-fuse.
+    #[arg(long, default_value = "auto", value_name = "auto|uring|dev-fuse")]
+    transport: mdfuse::transport::Transport,
     /// Log file when detached (default: /run/mdfuse/<mountpoint>.log).
     #[arg(long)]
     log: Option<PathBuf>,
@@ -580,6 +585,7 @@ impl MountArgs {
         ];
         a.extend(flags.iter().filter(|f| f.0).map(|f| f.1.to_string()));
         a.push(format!("--threads={}", self.threads));
+        a.push(format!("--transport={}", self.transport));
         a.push(format!("--image-mode={:04o}", self.image_mode));
         a.push(format!("--log={}", log.display()));
         if let Some(b) = &self.bitmap {
@@ -760,6 +766,7 @@ pub fn mount_foreground(m: &MountArgs, ready: &mut detach::Ready) -> Result<(), 
         threads: m.threads,
         writeback_cache: !m.write_through,
         fsname: format!("{MOUNT_SOURCE_PREFIX}{}", absolute(&legs[0])),
+        transport: m.transport,
     };
     let mut pid_file = None;
     let mut event_log = None;
@@ -1016,6 +1023,7 @@ mod tests {
             "log" => "/run/x.log",
             "bitmap" => "/b/bm",
             "delay" => "7",
+            "transport" => "uring",
             other => panic!("no sample value for option {other}: add one"),
         }
     }
