@@ -722,6 +722,30 @@ mod tests {
     }
 
     #[test]
+    fn nbd_uris_are_located_once_and_compared_as_legs() {
+        let a = Locator::parse(Path::new("nbd://Host/x")).unwrap();
+        let b = Locator::parse(Path::new("nbd://host:10809/x?x-timeout=5")).unwrap();
+        assert!(a.is_remote() && a.same_leg(&b) && a != b);
+        assert_eq!(a.short_name(), "nbd-host-10809-x");
+        assert_eq!(a.to_string(), "nbd://host:10809/x");
+        let p = Locator::parse(Path::new("/srv/nbd:leg")).unwrap();
+        assert_eq!(p, Locator::Path("/srv/nbd:leg".into()));
+        assert!(!p.is_remote() && !p.same_leg(&a));
+        assert_eq!(p.short_name(), "nbd:leg");
+        let e = Leg::open(Path::new("nbds://h/x"), IoMode::Direct, true, true).unwrap_err();
+        assert!(matches!(e, LegError::Uri { .. }), "{e}");
+        assert_eq!(e.errno(), libc::EINVAL);
+        assert!(e.to_string().contains("TLS"), "{e}");
+        // Nothing listens there: a connect error, named with the URI.
+        let dir = tempfile::tempdir().unwrap();
+        let uri = format!("nbd+unix:///x?socket={}/none.sock", dir.path().display());
+        let e = Leg::open(Path::new(&uri), IoMode::Direct, true, true).unwrap_err();
+        assert!(matches!(e, LegError::Remote { .. }), "{e}");
+        assert!(e.to_string().contains("cannot connect"), "{e}");
+        assert_eq!(e.errno(), libc::ENOENT);
+    }
+
+    #[test]
     fn missing_leg_is_named() {
         let err =
             Leg::open(Path::new("/nonexistent/leg0"), IoMode::Direct, true, true).unwrap_err();
