@@ -11,7 +11,7 @@
 mod common;
 
 use common::bitmap::{bitmap_chunk, chunk_bytes, dirty_on_disk};
-use common::faultyfs::FaultyFs;
+use common::faultyfs::{leg1_faulty, FaultyFs};
 use common::io::{read_direct, AlignedVec};
 use common::loopdev::{serial, sparse_file, ScratchFs};
 use common::mdfuse::{
@@ -37,15 +37,6 @@ const ROLE_FAULTY: u16 = 0xfffe;
 fn sparse(path: PathBuf, size: u64) -> PathBuf {
     sparse_file(&path, size).expect("sparse leg file");
     path
-}
-
-/// leg0.img, a sparse file in `dir`, and leg1.img on a fresh [`FaultyFs`]
-/// (bind the FaultyFs before any mount of the legs: it must outlive them).
-fn leg1_on_faultyfs(dir: &Path) -> (FaultyFs, Legs) {
-    let faulty = FaultyFs::new(&[("leg1.img", LEG_SIZE)]);
-    let leg0 = sparse(dir.join("leg0.img"), LEG_SIZE);
-    let legs = Legs::from_paths(vec![leg0, faulty.path("leg1.img")]);
-    (faulty, legs)
 }
 
 /// A loop-backed ext4 of the test's own and the path of a bitmap file on it
@@ -591,7 +582,7 @@ fn a_leg_failing_the_first_write_after_a_clean_start_is_failed_out_unseen() {
         return;
     };
     let dir = tempdir("mdfuse-failures");
-    let (faulty, legs) = leg1_on_faultyfs(dir.path());
+    let (faulty, legs) = leg1_faulty(dir.path(), LEG_SIZE);
     let leg0 = legs.paths[0].clone();
     h::create(&legs, &[]);
     let m = MountedArray::mount(&legs, &dir.path().join("mnt"), &[]);
@@ -609,67 +600,6 @@ fn a_leg_failing_the_first_write_after_a_clean_start_is_failed_out_unseen() {
     m.stop();
 }
 
-/// md corrects a read error from another mirror (raid1 `fix_read_error`):
-/// it reads the range from a good leg, rewrites it on the leg that failed
-/// the read, reads it back, and keeps the leg, counting the corrected error
-/// in `dev-*/errors`. Only a leg whose rewrite fails is failed.
-#[test]
-fn a_read_error_is_corrected_from_the_other_leg_and_the_leg_stays_in_sync() {
-    let Some(_serial) =
-        serial("a_read_error_is_corrected_from_the_other_leg_and_the_leg_stays_in_sync")
-    else {
-        return;
-    };
-    let dir = tempdir("mdfuse-failures");
-    let (faulty, legs) = leg1_on_faultyfs(dir.path());
-    let leg0 = legs.paths[0].clone();
-    let created = h::create(&legs, &[]);
-    let data_offset = created.data_offset_sectors * 512;
-    let m = MountedArray::mount(&legs, &dir.path().join("mnt"), &[]);
-    let img = m.image();
-    let base = 4 * MIB;
-    for b in 0..MIB / BLOCK {
-        write_block(&img, base + b * BLOCK, 1).expect("write with both legs");
-    }
-    fsync_image(&img).expect("fsync");
-    // One bad 4 KiB block on leg1, 64 KiB into the range.
-    let bad = data_offset + base + 64 * KIB;
-    faulty.fail_reads_until_written("leg1.img", bad..bad + BLOCK);
-    // Balanced reads reach leg1 within a few tries; every one must succeed.
-    for _ in 0..64 {
-        for b in [16, 17] {
-            let off = base + b * BLOCK;
-            assert_block(&img, off, 1, "no read error reaches the user");
-        }
-        if faulty.counters("leg1.img").failed_reads > 0 {
-            break;
-        }
-    }
-    assert!(
-        faulty.counters("leg1.img").failed_reads > 0,
-        "no read reached leg1's bad block"
-    );
-    assert_eq!(
-        dev_state(&m, "leg1.img"),
-        "in_sync",
-        "a corrected read error failed the leg"
-    );
-    assert_eq!(m.md("degraded"), "0");
-    assert!(
-        faulty.unwritten_read_faults("leg1.img").is_empty(),
-        "the bad block was not rewritten from leg0"
-    );
-    let errors: u64 = m.md("dev-leg1.img/errors").parse().expect("errors");
-    assert!(errors >= 1, "dev-leg1.img/errors is {errors}");
-    m.stop();
-    assert_legs_identical(
-        &leg0,
-        &faulty.backing("leg1.img"),
-        data_offset,
-        created.array_bytes,
-    );
-}
-
 // ---------------------------------------------------------------- re-add
 
 /// A leg fails on write errors, N MiB are written degraded, the leg heals
@@ -682,7 +612,7 @@ fn re_add_after_degraded_writes_copies_only_the_chunks_written() {
     };
     let dir = tempdir("mdfuse-failures");
     let (_bitmap_fs, bitmap) = bitmap_on_ext4();
-    let (faulty, legs) = leg1_on_faultyfs(dir.path());
+    let (faulty, legs) = leg1_faulty(dir.path(), LEG_SIZE);
     let leg0 = legs.paths[0].clone();
     let created = h::create(&legs, &["--bitmap", path_str(&bitmap)]);
     let size = created.array_bytes;
@@ -1042,7 +972,7 @@ fn a_resync_without_bitmap_stopped_partway_resumes_where_it_stopped() {
     };
     let dir = tempdir("mdfuse-failures");
     // leg1 on faultyfs: slowed down, so the resync can be caught partway.
-    let (faulty, legs) = leg1_on_faultyfs(dir.path());
+    let (faulty, legs) = leg1_faulty(dir.path(), LEG_SIZE);
     let leg0 = legs.paths[0].clone();
     let created = h::create(&legs, &[]);
     let (size, data_offset) = (created.array_bytes, created.data_offset_sectors * 512);

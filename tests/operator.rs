@@ -1518,3 +1518,59 @@ fn common_mistakes_are_refused_with_what_to_do_next() {
         mnt2.display()
     );
 }
+
+/// A leg failed, removed and re-added by the bitmap (nothing was written meanwhile, so the
+/// recovery copies nothing and ends at once), all quicker than any look at the array's
+/// state: the daemon's event log still has every event, once each and in order, because
+/// the array tells them as they happen.
+#[test]
+fn the_event_log_has_events_closer_together_than_any_look() {
+    if !needs_root("events_at_the_source") {
+        return;
+    }
+    let legs = Legs::temp(LEG_BYTES);
+    let bitmap = legs.dir().join("md.bitmap");
+    let bitmap_s = bitmap.to_str().expect("UTF-8");
+    create(&legs, &["--name", "quick", "--bitmap", bitmap_s]);
+    let mnt = legs.mountpoint("mnt");
+    let m = common::mdfuse::MountedArray::mount(
+        &legs,
+        &mnt,
+        &["--bitmap", bitmap_s, "--bitmap-file-io"],
+    );
+    let daemon_log = mdfuse::transport::serve::run_file(&mnt, "events");
+    let events = || -> Vec<String> {
+        lines(&daemon_log)
+            .iter()
+            .skip(1)
+            .map(|l| l.splitn(3, ' ').nth(2).unwrap_or_default().to_string())
+            .collect()
+    };
+    common::mdfuse::wait_for("the event log", Duration::from_secs(10), || {
+        daemon_log.exists()
+    });
+    let leg1 = legs.paths[1].to_str().expect("UTF-8").to_string();
+    for round in 0..3 {
+        m.set_md("dev-leg1.img/state", "faulty");
+        m.set_md("dev-leg1.img/state", "remove");
+        m.set_md("new_dev", &format!("re-add {leg1}"));
+        m.wait_sync_idle(Duration::from_secs(30));
+        let want: Vec<String> = (0..=round)
+            .flat_map(|_| {
+                [
+                    "Fail leg1.img",
+                    "RebuildStarted",
+                    "SpareActive leg1.img",
+                    "RebuildFinished",
+                ]
+            })
+            .map(String::from)
+            .collect();
+        common::mdfuse::wait_for("the re-add's events", Duration::from_secs(5), || {
+            events().len() >= want.len()
+        });
+        assert_eq!(events(), want, "round {round}\n{}", m.log());
+        assert_eq!(m.md("dev-leg1.img/state"), "in_sync");
+    }
+    m.stop();
+}

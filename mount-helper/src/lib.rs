@@ -52,26 +52,159 @@ fn is_executable_file(p: &Path) -> bool {
     std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
+/// What a mount option carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Takes {
+    /// A switch: `ro`, `run`.
+    Nothing,
+    /// A value: `threads=N`.
+    Value,
+}
+
+/// One `-o` option of `mount.mdfuse` and the `mdfuse mount` flag it
+/// becomes. [`MOUNT_OPTIONS`] is the one list of them: the helper parses by
+/// it, the man page lists it, and the CLI's tests check that `mdfuse mount`
+/// takes exactly these flags (and the daemon's own arguments carry each).
+#[derive(Debug)]
+pub struct MountOption {
+    /// The name in `-o` and fstab: `image_mode`.
+    pub name: &'static str,
+    /// The `mdfuse mount` long flag, without its dashes: `image-mode`.
+    pub flag: &'static str,
+    pub takes: Takes,
+    /// The value's placeholder in help texts (`MODE`), "" for a switch.
+    pub value: &'static str,
+    /// Checks a value before the daemon is started (the daemon checks it
+    /// again); an error says what was expected.
+    pub check: fn(&str) -> Result<(), String>,
+}
+
+fn any_value(_: &str) -> Result<(), String> {
+    Ok(())
+}
+
+fn octal_mode(mode: &str) -> Result<(), String> {
+    match u16::from_str_radix(mode, 8) {
+        Ok(m) if m <= 0o777 => Ok(()),
+        _ => Err(format!(
+            "image_mode={mode}: not an octal mode from 0000 to 0777 (e.g. 0660)"
+        )),
+    }
+}
+
+fn number(v: &str) -> Result<(), String> {
+    v.parse::<u32>()
+        .map(|_| ())
+        .map_err(|_| format!("threads={v}: not a number"))
+}
+
+fn transport_name(v: &str) -> Result<(), String> {
+    match v {
+        "auto" | "uring" | "dev-fuse" => Ok(()),
+        _ => Err(format!(
+            "transport={v}: not a transport (auto, uring or dev-fuse)"
+        )),
+    }
+}
+
+fn seconds(v: &str) -> Result<(), String> {
+    v.parse::<u32>()
+        .map(|_| ())
+        .map_err(|_| format!("delay={v}: not a number of seconds"))
+}
+
+const fn switch(name: &'static str, flag: &'static str) -> MountOption {
+    MountOption {
+        name,
+        flag,
+        takes: Takes::Nothing,
+        value: "",
+        check: any_value,
+    }
+}
+
+const fn valued(
+    name: &'static str,
+    flag: &'static str,
+    value: &'static str,
+    check: fn(&str) -> Result<(), String>,
+) -> MountOption {
+    MountOption {
+        name,
+        flag,
+        takes: Takes::Value,
+        value,
+        check,
+    }
+}
+
+/// Every mount option but `legs=` (the legs are positional to `mdfuse
+/// mount`) and `rw` (which only undoes `ro`), in the order their flags are
+/// given to `mdfuse mount`.
+pub const MOUNT_OPTIONS: &[MountOption] = &[
+    switch("ro", "ro"),
+    switch("allow_other", "allow-other"),
+    valued("image_mode", "image-mode", "MODE", octal_mode),
+    switch("run", "run"),
+    valued("force_from", "force-from", "LEG", any_value),
+    switch("buffered", "buffered"),
+    switch("write_through", "write-through"),
+    valued("threads", "threads", "N", number),
+    valued(
+        "transport",
+        "transport",
+        "auto|uring|dev-fuse",
+        transport_name,
+    ),
+    valued("log", "log", "FILE", any_value),
+    valued("bitmap", "bitmap", "FILE", any_value),
+    switch("bitmap_file_io", "bitmap-file-io"),
+    switch("bitmap_trust_device", "bitmap-trust-device"),
+    valued("delay", "delay", "SECS", seconds),
+];
+
+/// The options as help texts list them: `legs=LEG:LEG...`, then each of
+/// [`MOUNT_OPTIONS`] (`image_mode=MODE`), with `rw` after `ro`.
+pub fn options_synopsis() -> Vec<String> {
+    let mut out = vec!["legs=LEG:LEG...".to_string()];
+    for o in MOUNT_OPTIONS {
+        match o.takes {
+            Takes::Nothing => out.push(o.name.to_string()),
+            Takes::Value => out.push(format!("{}={}", o.name, o.value)),
+        }
+        if o.name == "ro" {
+            out.push("rw".into());
+        }
+    }
+    out
+}
+
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct MountRequest {
     pub legs: Vec<String>,
     pub mountpoint: String,
-    pub read_only: bool,
-    pub allow_other: bool,
-    /// array.img's mode, octal as given (e.g. "0660").
-    pub image_mode: Option<String>,
-    pub run_degraded: bool,
-    pub force_from: Option<String>,
-    pub buffered: bool,
-    pub write_through: bool,
-    pub threads: Option<u32>,
-    pub log: Option<String>,
-    pub bitmap: Option<String>,
-    pub bitmap_file_io: bool,
-    pub bitmap_trust_device: bool,
-    pub delay: Option<u32>,
+    /// What was given of each of [`MOUNT_OPTIONS`], by its index: None when
+    /// not given, an empty string for a switch.
+    options: Vec<Option<String>>,
     pub verbose: bool,
     pub fake: bool,
+}
+
+impl MountRequest {
+    fn index(name: &str) -> Option<usize> {
+        MOUNT_OPTIONS.iter().position(|o| o.name == name)
+    }
+
+    /// The value given for option `name` ("" for a switch), if it was given.
+    pub fn option(&self, name: &str) -> Option<&str> {
+        let i = Self::index(name)?;
+        self.options.get(i)?.as_deref()
+    }
+
+    /// Whether option `name` was given.
+    pub fn has(&self, name: &str) -> bool {
+        self.option(name).is_some()
+    }
 }
 
 /// Options mount(8) or fstab may pass that concern mount(8) itself, not us.
@@ -188,7 +321,10 @@ fn split_legs(what: &str, list: &str) -> Result<Vec<String>, String> {
 }
 
 pub fn parse_mount_args(args: &[String]) -> Result<MountRequest, String> {
-    let mut req = MountRequest::default();
+    let mut req = MountRequest {
+        options: vec![None; MOUNT_OPTIONS.len()],
+        ..MountRequest::default()
+    };
     // mount(8) runs helpers as `mount.TYPE SOURCE MOUNTPOINT [options]`:
     // the first two are those two whatever they look like (a leg or a
     // mountpoint may begin with '-').
@@ -252,63 +388,39 @@ pub fn parse_mount_args(args: &[String]) -> Result<MountRequest, String> {
             )),
             _ => Ok(()),
         };
+        if key == "legs" {
+            let legs = split_legs("legs=", &need(value)?)?;
+            if !req.legs.is_empty() && req.legs != legs {
+                return Err(format!(
+                    "option legs given twice (legs={} and legs={})",
+                    req.legs.join(":"),
+                    legs.join(":")
+                ));
+            }
+            req.legs = legs;
+            continue;
+        }
+        if key == "rw" {
+            if let Some(i) = MountRequest::index("ro") {
+                req.options[i] = None;
+            }
+            continue;
+        }
+        if let Some(i) = MountRequest::index(key) {
+            let o = &MOUNT_OPTIONS[i];
+            let given = match o.takes {
+                Takes::Nothing => String::new(),
+                Takes::Value => {
+                    let v = need(value)?;
+                    (o.check)(&v)?;
+                    once(req.options[i].as_ref(), &v)?;
+                    v
+                }
+            };
+            req.options[i] = Some(given);
+            continue;
+        }
         match key {
-            "legs" => {
-                let legs = split_legs("legs=", &need(value)?)?;
-                if !req.legs.is_empty() && req.legs != legs {
-                    return Err(format!(
-                        "option legs given twice (legs={} and legs={})",
-                        req.legs.join(":"),
-                        legs.join(":")
-                    ));
-                }
-                req.legs = legs;
-            }
-            "ro" => req.read_only = true,
-            "rw" => req.read_only = false,
-            "allow_other" => req.allow_other = true,
-            "image_mode" => {
-                let mode = need(value)?;
-                let octal = u16::from_str_radix(&mode, 8).ok().filter(|m| *m <= 0o777);
-                if octal.is_none() {
-                    return Err(format!(
-                        "image_mode={mode}: not an octal mode from 0000 to 0777 (e.g. 0660)"
-                    ));
-                }
-                req.image_mode = Some(mode);
-            }
-            "run" => req.run_degraded = true,
-            "force_from" => {
-                let v = need(value)?;
-                once(req.force_from.as_ref(), &v)?;
-                req.force_from = Some(v);
-            }
-            "buffered" => req.buffered = true,
-            "write_through" => req.write_through = true,
-            "bitmap" => {
-                let v = need(value)?;
-                once(req.bitmap.as_ref(), &v)?;
-                req.bitmap = Some(v);
-            }
-            "bitmap_file_io" => req.bitmap_file_io = true,
-            "bitmap_trust_device" => req.bitmap_trust_device = true,
-            "threads" => {
-                req.threads = Some(
-                    need(value)?
-                        .parse()
-                        .map_err(|_| format!("threads={}: not a number", value.unwrap_or("")))?,
-                )
-            }
-            "delay" => {
-                req.delay = Some(need(value)?.parse().map_err(|_| {
-                    format!("delay={}: not a number of seconds", value.unwrap_or(""))
-                })?)
-            }
-            "log" => {
-                let v = need(value)?;
-                once(req.log.as_ref(), &v)?;
-                req.log = Some(v);
-            }
             _ if is_generic(opt) => {}
             _ => {
                 // What is left of a path cut at a comma looks like this.
@@ -319,8 +431,8 @@ pub fn parse_mount_args(args: &[String]) -> Result<MountRequest, String> {
                     ""
                 };
                 return Err(format!(
-                    "unknown option {opt:?} (known: legs=, bitmap=, bitmap_file_io, bitmap_trust_device, ro, rw, allow_other, \
-                     image_mode=, run, force_from=, buffered, write_through, threads=, delay=, log=){cut}"
+                    "unknown option {opt:?} (known: {}){cut}",
+                    options_synopsis().join(", ")
                 ));
             }
         }
@@ -345,44 +457,12 @@ impl MountRequest {
     /// The `mdfuse` arguments that do this mount.
     pub fn mdfuse_args(&self) -> Vec<String> {
         let mut a = vec!["mount".to_string()];
-        if self.read_only {
-            a.push("--ro".into());
-        }
-        if self.allow_other {
-            a.push("--allow-other".into());
-        }
-        if let Some(m) = &self.image_mode {
-            a.push(format!("--image-mode={m}"));
-        }
-        if self.run_degraded {
-            a.push("--run".into());
-        }
-        if let Some(leg) = &self.force_from {
-            a.push(format!("--force-from={leg}"));
-        }
-        if self.buffered {
-            a.push("--buffered".into());
-        }
-        if self.write_through {
-            a.push("--write-through".into());
-        }
-        if let Some(t) = self.threads {
-            a.push(format!("--threads={t}"));
-        }
-        if let Some(l) = &self.log {
-            a.push(format!("--log={l}"));
-        }
-        if let Some(b) = &self.bitmap {
-            a.push(format!("--bitmap={b}"));
-        }
-        if self.bitmap_file_io {
-            a.push("--bitmap-file-io".into());
-        }
-        if self.bitmap_trust_device {
-            a.push("--bitmap-trust-device".into());
-        }
-        if let Some(d) = self.delay {
-            a.push(format!("--delay={d}"));
+        for (o, given) in MOUNT_OPTIONS.iter().zip(&self.options) {
+            match (o.takes, given) {
+                (_, None) => {}
+                (Takes::Nothing, Some(_)) => a.push(format!("--{}", o.flag)),
+                (Takes::Value, Some(v)) => a.push(format!("--{}={v}", o.flag)),
+            }
         }
         // After `--`: a leg or a mountpoint named like an option stays a path.
         a.push("--".into());
@@ -444,7 +524,7 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(r.legs, vec!["/d/a.img", "/d/b.img"]);
-        assert!(r.allow_other && !r.read_only);
+        assert!(r.has("allow_other") && !r.has("ro"));
         assert_eq!(
             r.mdfuse_args(),
             args("mount --allow-other -- /d/a.img /d/b.img /mnt/m")
@@ -525,6 +605,25 @@ mod tests {
             r.mdfuse_args(),
             args("mount --ro --threads=4 -- /d/a /d/b /m")
         );
+    }
+
+    #[test]
+    fn transport_goes_through() {
+        let r = parse_mount_args(&args("/d/a:/d/b /m -o transport=uring,threads=4")).unwrap();
+        assert_eq!(
+            r.mdfuse_args(),
+            args("mount --threads=4 --transport=uring -- /d/a /d/b /m")
+        );
+        for bad in [
+            "transport",
+            "transport=io_uring",
+            "transport=uring,transport=auto",
+        ] {
+            assert!(
+                parse_mount_args(&args(&format!("/d/a:/d/b /m -o {bad}"))).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

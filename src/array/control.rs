@@ -7,7 +7,7 @@
 use super::error::ArrayError;
 use super::running::RunningArray;
 use super::served::ControlAccess::{self, Read, ReadWrite, Write};
-use crate::raid1::{LegState, SpeedLimits, SyncAction};
+use crate::raid1::{LegState, SyncAction};
 use crate::report::mdstat::escape_name;
 use std::sync::atomic::Ordering;
 
@@ -166,8 +166,8 @@ const ARRAY_ATTRS: &[Attr] = &[
     rw(
         "safe_mode_delay",
         |a| {
-            Some(super::md_thread::format_delay(
-                a.control.safe_mode_delay_ms.load(Ordering::Relaxed),
+            Some(super::sync_control::format_delay(
+                a.sync.safe_mode_delay_ms(),
             ))
         },
         RunningArray::store_safe_mode_delay,
@@ -338,12 +338,10 @@ impl RunningArray {
             return "none".into();
         }
         let reached = self
-            .last_sync
-            .lock()
-            .as_ref()
+            .last_sync_progress()
             .filter(|p| p.action == SyncAction::Resync)
             .map(|p| p.done_bytes.load(Ordering::Relaxed));
-        (reached.unwrap_or(self.control.resync_cp.load(Ordering::Acquire)) / 512).to_string()
+        (reached.unwrap_or(self.sync.resync_cp()) / 512).to_string()
     }
 
     /// md's `dev-*/recovery_start`: `none` for an in-sync leg, the sector its
@@ -354,9 +352,7 @@ impl RunningArray {
             return "none".into();
         }
         let reached = self
-            .last_sync
-            .lock()
-            .as_ref()
+            .last_sync_progress()
             .filter(|p| p.action == (SyncAction::Recover { target: slot }))
             .filter(|_| state == LegState::Recovering)
             .map(|p| p.done_bytes.load(Ordering::Relaxed) / 512);
@@ -505,7 +501,7 @@ impl RunningArray {
                 libc::EINVAL,
             )
         })?;
-        self.control.safe_mode_delay_ms.store(ms, Ordering::Relaxed);
+        self.sync.set_safe_mode_delay_ms(ms);
         Ok(())
     }
 
@@ -545,9 +541,7 @@ impl RunningArray {
     /// `sync_speed_min`/`max` as md shows them: KiB/s, and whether it was
     /// set for this array ("local") or is the default ("system").
     fn show_speed_limit(&self, is_max: bool) -> String {
-        let l = *self.sync_limits().lock();
-        let local = self.sync_limits_local.lock()[is_max as usize];
-        let v = if is_max { l.max_kib } else { l.min_kib };
+        let (v, local) = self.sync.limit(is_max);
         format!("{v} ({})", if local { "local" } else { "system" })
     }
 
@@ -564,14 +558,7 @@ impl RunningArray {
                 )
             })?
             .map(u64::from);
-        let d = SpeedLimits::default();
-        let mut l = self.sync_limits().lock();
-        if is_max {
-            l.max_kib = local.unwrap_or(d.max_kib);
-        } else {
-            l.min_kib = local.unwrap_or(d.min_kib);
-        }
-        self.sync_limits_local.lock()[is_max as usize] = local.is_some();
+        self.sync.set_limit(is_max, local);
         Ok(())
     }
 

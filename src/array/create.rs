@@ -119,7 +119,7 @@ pub fn check_unique_names<'a>(
 ) -> Result<(), ArrayError> {
     let mut seen: Vec<(String, &std::path::Path)> = Vec::new();
     for p in paths {
-        let name = super::running::leg_name(p);
+        let name = crate::io::leg::short_name(p);
         if let Some((_, prev)) = seen.iter().find(|(n, _)| *n == name) {
             return Err(ArrayError::SameName {
                 a: prev.to_path_buf(),

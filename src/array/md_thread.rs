@@ -1,54 +1,17 @@
-//! The array's own thread, as md's per-array thread running
-//! `md_check_recovery`: it restarts a resync or recovery that is still owed
-//! (after `idle` stopped it, or an error ended it) unless the array is
-//! frozen, and it runs md's safe mode: once writes have been idle for
-//! `safe_mode_delay`, the legs are flushed and the superblocks recorded
-//! clean, so a crash of an idle array needs no resync. It also brings
-//! faulty remote legs back (`reconnect.rs`).
+//! The array's own thread, as md's per-array thread (`md_register_thread`):
+//! it wakes every tick and runs what the array gave it as a closure (for a
+//! running array: fail legs whose failure could not be recorded, restart an
+//! owed resync or recovery, safe mode, and bring faulty remote legs back),
+//! until it is stopped or the closure says the array is gone.
 
-use super::running::RunningArray;
 use parking_lot::{Condvar, Mutex};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How often the thread looks (md wakes its thread on events and timers;
 /// a short poll is simpler and cheap).
-const TICK: Duration = Duration::from_millis(50);
-
-/// md's default safe_mode_delay: 200 ms.
-pub const DEFAULT_SAFE_MODE_DELAY_MS: u64 = 200;
-
-/// What safe mode has seen of the writes.
-pub(super) struct IdleWatch {
-    writes_seen: u64,
-    since: Instant,
-}
-
-impl IdleWatch {
-    pub(super) fn new(writes: u64) -> IdleWatch {
-        IdleWatch {
-            writes_seen: writes,
-            since: Instant::now(),
-        }
-    }
-
-    /// True once `writes` (the count of writes ended) has not moved for
-    /// `delay`.
-    pub(super) fn idle_for(&mut self, writes: u64, delay: Duration, now: Instant) -> bool {
-        if writes != self.writes_seen {
-            self.writes_seen = writes;
-            self.since = now;
-            return false;
-        }
-        now.saturating_duration_since(self.since) >= delay
-    }
-
-    /// Starts the wait again (after a failed attempt).
-    pub(super) fn restart(&mut self, now: Instant) {
-        self.since = now;
-    }
-}
+pub(super) const TICK: Duration = Duration::from_millis(50);
 
 pub(super) struct MdThread {
     stop: Arc<(Mutex<bool>, Condvar)>,
@@ -56,33 +19,30 @@ pub(super) struct MdThread {
 }
 
 impl MdThread {
-    pub(super) fn start(array: Weak<RunningArray>) -> std::io::Result<MdThread> {
+    /// Starts the thread `name`, running `work` every `tick` until
+    /// [`stop`](Self::stop) or until `work` returns false.
+    pub(super) fn start(
+        name: &str,
+        tick: Duration,
+        mut work: impl FnMut() -> bool + Send + 'static,
+    ) -> std::io::Result<MdThread> {
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let handle = {
             let stop = stop.clone();
             std::thread::Builder::new()
-                .name("md-thread".into())
-                .spawn(move || {
-                    let mut idle = None;
-                    let mut reconnects = super::reconnect::Reconnects::default();
-                    loop {
-                        {
-                            let mut stopped = stop.0.lock();
-                            if !*stopped {
-                                stop.1.wait_for(&mut stopped, TICK);
-                            }
-                            if *stopped {
-                                return;
-                            }
+                .name(name.into())
+                .spawn(move || loop {
+                    {
+                        let mut stopped = stop.0.lock();
+                        if !*stopped {
+                            stop.1.wait_for(&mut stopped, tick);
                         }
-                        let Some(array) = array.upgrade() else { return };
-                        let idle = idle.get_or_insert_with(|| array.idle_watch());
-                        // A superblock write that failed elsewhere (a sync's
-                        // checkpoint, say) fails its leg here.
-                        array.engine().fail_unwritten();
-                        array.check_recovery();
-                        array.safe_mode(idle);
-                        array.reconnect_remote_legs(&mut reconnects, Instant::now());
+                        if *stopped {
+                            return;
+                        }
+                    }
+                    if !work() {
+                        return;
                     }
                 })?
         };
@@ -110,61 +70,29 @@ impl Drop for MdThread {
     }
 }
 
-/// md's safe_mode_delay as its sysfs file shows it: seconds, 3 decimals.
-pub fn format_delay(ms: u64) -> String {
-    format!("{}.{:03}", ms / 1000, ms % 1000)
-}
-
-/// Parses seconds ("0.2", "1", "0.125") to milliseconds, as md's
-/// safe_delay_store (strict decimal, at most 3 decimals kept).
-pub fn parse_delay(text: &str) -> Option<u64> {
-    let (whole, frac) = text.split_once('.').unwrap_or((text, ""));
-    if whole.is_empty() && frac.is_empty() {
-        return None;
-    }
-    let whole: u64 = if whole.is_empty() {
-        0
-    } else {
-        whole.parse().ok()?
-    };
-    if !frac.chars().all(|c| c.is_ascii_digit()) {
-        return None;
-    }
-    let mut ms = 0;
-    for (i, c) in frac.chars().take(3).enumerate() {
-        ms += (c as u64 - '0' as u64) * [100, 10, 1][i];
-    }
-    whole.checked_mul(1000)?.checked_add(ms)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
 
     #[test]
-    fn delays_read_and_print_as_md() {
-        assert_eq!(format_delay(200), "0.200");
-        assert_eq!(format_delay(1500), "1.500");
-        assert_eq!(parse_delay("0.2"), Some(200));
-        assert_eq!(parse_delay("1"), Some(1000));
-        assert_eq!(parse_delay("0.1255"), Some(125));
-        assert_eq!(parse_delay(".5"), Some(500));
-        assert_eq!(parse_delay("x"), None);
-        assert_eq!(parse_delay("1.-2"), None);
-        assert_eq!(parse_delay(""), None);
+    fn runs_until_its_work_says_stop() {
+        let runs = Arc::new(AtomicU32::new(0));
+        let r = runs.clone();
+        let mut t = MdThread::start("t", Duration::from_millis(1), move || {
+            r.fetch_add(1, Ordering::SeqCst) < 2
+        })
+        .expect("spawn");
+        let h = t.handle.take().expect("handle");
+        h.join().expect("join");
+        assert_eq!(runs.load(Ordering::SeqCst), 3);
     }
 
     #[test]
-    fn idle_only_after_the_delay_without_writes() {
-        let t0 = Instant::now();
-        let mut w = IdleWatch::new(5);
-        let d = Duration::from_millis(200);
-        assert!(!w.idle_for(6, d, t0));
-        assert!(!w.idle_for(6, d, t0 + Duration::from_millis(150)));
-        assert!(w.idle_for(6, d, t0 + Duration::from_millis(250)));
-        assert!(!w.idle_for(7, d, t0 + Duration::from_millis(300)));
-        w.restart(t0 + Duration::from_millis(600));
-        assert!(!w.idle_for(7, d, t0 + Duration::from_millis(700)));
-        assert!(w.idle_for(7, d, t0 + Duration::from_millis(800)));
+    fn stop_ends_it() {
+        let mut t = MdThread::start("t", Duration::from_secs(3600), || true).expect("spawn");
+        let began = std::time::Instant::now();
+        t.stop();
+        assert!(began.elapsed() < Duration::from_secs(60));
     }
 }

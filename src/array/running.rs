@@ -4,19 +4,20 @@
 use super::assemble::Assembly;
 use super::bitmap_attach::AttachedBitmap;
 use super::error::ArrayError;
-use super::md_thread::MdThread;
+use super::events::{Listener, Listeners, MdEvent};
+use super::join::{self, JoinPlan};
+use super::md_thread::{MdThread, TICK};
 use super::served::ServedArray;
 use super::superblocks::is_recovering;
 use super::superblocks::SuperblockKeeper;
-use super::sync_control::{regions_from, Joining, PendingRecovery, SyncControl};
+use super::sync_control::{dirty_regions, regions_from, Joining, SyncContext, SyncMachine};
 use crate::bitmap::{WriteIntent, WriteIntentBitmap};
-use crate::format::superblock::{mdadm_layout, MetadataVersion, FEATURE_RECOVERY_BITMAP};
+use crate::format::superblock::FEATURE_RECOVERY_BITMAP;
 use crate::raid1::{
     ArrayEvents, EngineOptions, LegSpec, LegState, Raid1, RecordError, Region, SpeedLimits,
-    SyncAction, SyncProgress, Syncer,
+    SyncAction, SyncProgress,
 };
 use crate::report::mdstat::{render_mdstat, MdstatLeg, MdstatSync, MdstatView};
-use crate::report::uuid_string;
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -32,6 +33,7 @@ pub struct RunOptions {
 struct EventSink {
     keeper: Arc<SuperblockKeeper>,
     bitmap: Option<Arc<WriteIntentBitmap>>,
+    listeners: Arc<Listeners>,
 }
 
 impl ArrayEvents for EventSink {
@@ -49,20 +51,23 @@ impl ArrayEvents for EventSink {
     fn take_unwritten(&self) -> Vec<(usize, String)> {
         self.keeper.take_unwritten()
     }
+
+    fn became_faulty(&self, _slot: usize, name: &str, was: LegState) {
+        let leg = name.to_string();
+        self.listeners.tell(if was == LegState::Recovering {
+            MdEvent::FailSpare { leg }
+        } else {
+            MdEvent::Fail { leg }
+        });
+    }
 }
 
 pub struct RunningArray {
     // Field order is drop order: the engine (and its legs' locks) goes last
     // but one, after the bitmap has been released by `stop`.
-    pub(super) syncer: Mutex<Option<Syncer>>,
-    pub(super) last_sync: Mutex<Option<Arc<SyncProgress>>>,
-    /// The last resync, check or repair: md resets `mismatch_cnt` when one
-    /// starts, not when a recovery does.
-    pub(super) last_scrub: Mutex<Option<Arc<SyncProgress>>>,
-    pub(super) sync_limits: Arc<Mutex<SpeedLimits>>,
-    /// Whether sync_speed_min and sync_speed_max were set for this array
-    /// ("local") or are the defaults ("system"), as md tells them apart.
-    pub(super) sync_limits_local: Mutex<[bool; 2]>,
+    /// All sync state: the running sync, owed ones, frozen, limits,
+    /// checkpoint, safe mode's delay.
+    pub(super) sync: SyncMachine,
     pub(super) engine: Arc<Raid1>,
     pub(super) keeper: Arc<SuperblockKeeper>,
     pub(super) bitmap: Option<AttachedBitmap>,
@@ -70,10 +75,10 @@ pub struct RunningArray {
     pub(super) uuid: String,
     pub(super) raid_disks: usize,
     pub(super) read_only: bool,
-    /// Frozen, owed resync and recovery, checkpoint, safe mode delay.
-    pub(super) control: Arc<SyncControl>,
     pub(super) md_thread: Mutex<Option<MdThread>>,
     pub(super) stopped: AtomicBool,
+    /// Who hears md's events (the daemon's event log).
+    pub(super) listeners: Arc<Listeners>,
 }
 
 impl RunningArray {
@@ -102,9 +107,11 @@ impl RunningArray {
             }));
         }
         let intent = service.clone().map(|s| s as Arc<dyn WriteIntent>);
+        let listeners = Arc::new(Listeners::default());
         let sink = Arc::new(EventSink {
             keeper: keeper.clone(),
             bitmap: service,
+            listeners: listeners.clone(),
         });
         let mut legs: Vec<Option<LegSpec>> = (0..asm.raid_disks).map(|_| None).collect();
         for m in &asm.members {
@@ -157,11 +164,14 @@ impl RunningArray {
             log::warn!("leg {} left out: {}", l.path.display(), l.reason);
         }
         let array = Arc::new(RunningArray {
-            syncer: Mutex::new(None),
-            last_sync: Mutex::new(None),
-            last_scrub: Mutex::new(None),
-            sync_limits: Arc::new(Mutex::new(SpeedLimits::default())),
-            sync_limits_local: Mutex::new([false; 2]),
+            sync: SyncMachine::new(
+                !asm.was_clean,
+                if asm.was_clean {
+                    asm.array_sectors * 512
+                } else {
+                    asm.resync_from_sectors * 512
+                },
+            ),
             engine,
             keeper,
             bitmap,
@@ -169,45 +179,63 @@ impl RunningArray {
             uuid: asm.uuid(),
             raid_disks: asm.raid_disks as usize,
             read_only: opts.read_only,
-            control: Arc::new(SyncControl::new(
-                !asm.was_clean,
-                if asm.was_clean {
-                    asm.array_sectors * 512
-                } else {
-                    asm.resync_from_sectors * 512
-                },
-            )),
             md_thread: Mutex::new(None),
             stopped: AtomicBool::new(false),
+            listeners,
         });
         array.resume_recoveries(&asm);
         if array.needs_resync() && !opts.read_only {
-            array.start_resync()?;
+            array.sync.start_resync(&array.sync_cx())?;
         }
-        let thread =
-            MdThread::start(Arc::downgrade(&array)).map_err(|source| ArrayError::Thread {
-                what: "the array's thread".into(),
-                source,
-            })?;
+        let weak = Arc::downgrade(&array);
+        let mut idle = None;
+        // Faulty remote legs being reconnected (`reconnect.rs`).
+        let mut reconnects = Default::default();
+        let thread = MdThread::start("md-thread", TICK, move || {
+            let Some(array) = weak.upgrade() else {
+                return false;
+            };
+            let idle = idle.get_or_insert_with(|| array.sync.idle_watch(&array.engine));
+            // A superblock write that failed elsewhere (a sync's
+            // checkpoint, say) fails its leg here.
+            array.engine.fail_unwritten();
+            let cx = array.sync_cx();
+            array.sync.check_recovery(&cx);
+            array.sync.safe_mode(&cx, idle);
+            array.reconnect_remote_legs(&mut reconnects, std::time::Instant::now());
+            true
+        })
+        .map_err(|source| ArrayError::Thread {
+            what: "the array's thread".into(),
+            source,
+        })?;
         *array.md_thread.lock() = Some(thread);
         Ok(array)
     }
 
+    /// What the sync machinery works on, lent for one call.
+    pub(super) fn sync_cx(&self) -> SyncContext<'_> {
+        SyncContext {
+            name: &self.name,
+            engine: &self.engine,
+            keeper: &self.keeper,
+            bitmap: self.bitmap.as_ref().map(|b| b.service()),
+            read_only: self.read_only,
+            stopped: self.stopped.load(Ordering::Acquire),
+            listeners: &self.listeners,
+        }
+    }
+
+    /// From now on, md's events of this array are told to `listener` (None:
+    /// to nobody).
+    pub fn set_listener(&self, listener: Option<Listener>) {
+        self.listeners.set(listener);
+    }
+
     /// The bitmap's dirty chunks as regions (what a bitmap-guided resync or
     /// recovery copies).
-    pub(super) fn dirty_regions(&self, b: &AttachedBitmap) -> Vec<Region> {
-        let size = self.engine.size();
-        let chunk = b.service().chunk_size() as u64;
-        let mut regions: Vec<Region> = Vec::new();
-        for c in b.service().dirty_chunks() {
-            let offset = c * chunk;
-            let len = chunk.min(size - offset);
-            match regions.last_mut() {
-                Some(r) if r.offset + r.len == offset => r.len += len,
-                _ => regions.push(Region { offset, len }),
-            }
-        }
-        regions
+    fn dirty_regions(&self, b: &AttachedBitmap) -> Vec<Region> {
+        dirty_regions(b.service(), self.engine.size())
     }
 
     /// md's `--fail`: the leg becomes faulty, the array goes on degraded.
@@ -239,7 +267,6 @@ impl RunningArray {
     /// copied; any other leg a full recovery. `re_add_only` refuses a leg
     /// that is not a former member.
     pub fn add_leg(&self, path: &std::path::Path, re_add_only: bool) -> Result<String, ArrayError> {
-        use crate::format::superblock::{DevRole, Superblock};
         use crate::io::leg::{IoMode, Leg};
         if self.read_only {
             return Err(ArrayError::ReadOnly);
@@ -265,105 +292,37 @@ impl RunningArray {
         super::create::check_unique_names(others.iter().map(|p| p.as_path()).chain([path]))?;
         let current = self.keeper.current().ok_or(ArrayError::NoMemberLeft)?;
         let found = super::superblocks::read_superblock(&leg)?;
-        let former = match &found {
-            Ok(sb) if sb.set_uuid == current.set_uuid => match sb.own_role() {
-                DevRole::Active(slot)
-                    if (slot as usize) < self.raid_disks
-                        && self.engine.slots()[slot as usize].state() == LegState::Missing =>
-                {
-                    Some((slot as usize, sb.clone()))
-                }
-                _ => None,
-            },
-            Ok(sb) => {
-                return Err(ArrayError::HasSuperblock {
-                    path: path.to_owned(),
-                    uuid: uuid_string(&sb.set_uuid),
-                    name: sb.name(),
-                })
-            }
-            Err(_) => None,
+        let states: Vec<LegState> = self.engine.slots().iter().map(|s| s.state()).collect();
+        let view = join::ArrayView {
+            current: &current,
+            slots: &states,
+            bitmap_events_cleared: self
+                .bitmap
+                .as_ref()
+                .map(|b| b.service().header().events_cleared),
         };
-        if former.is_none() && re_add_only {
-            return Err(ArrayError::NotAMember {
-                path: path.to_owned(),
-                why: "not a former member of this array that can go back into an empty slot; \
-                      use add for a new leg"
-                    .into(),
-            });
-        }
-        if let Some((_, sb)) = &former {
-            super::assemble::check_former_member(path, leg.size(), sb, &current)?;
-            if sb.events > current.events {
-                return Err(ArrayError::Busy(format!(
-                    "{} has newer events ({}) than the array ({}): it was written apart from it; \
-                     refusing to overwrite it",
-                    path.display(),
-                    sb.events,
-                    current.events
-                )));
-            }
-        }
-        let tracked = former.is_some();
-        let (slot, sb, bitmap_guided, how) = match former {
-            Some((slot, sb)) => {
-                // md's rule; a leg whose own earlier recovery was a full one
-                // (no MD_FEATURE_RECOVERY_BITMAP) is not guided by the bitmap.
-                // A leg that went on apart from the array (each records
-                // the other gone) shares no history the bitmap describes.
-                let apart = super::assemble::diverged(&sb, &current);
-                let bitmap_guided = !apart
-                    && self.bitmap.as_ref().is_some_and(|b| {
-                        sb.events >= b.service().header().events_cleared
-                            && (!is_recovering(&sb) || sb.has_feature(FEATURE_RECOVERY_BITMAP))
-                    });
-                let how = if bitmap_guided {
-                    "re-added: bitmap-guided recovery"
-                } else if apart {
-                    "re-added: full recovery (its history diverged from the array's)"
-                } else {
-                    "re-added: full recovery (its events are older than the bitmap's events_cleared, or no bitmap)"
-                };
-                (slot, sb, bitmap_guided, how)
-            }
-            None => {
-                let slot = (0..self.raid_disks)
-                    .find(|&s| self.engine.slots()[s].state() == LegState::Missing)
-                    .ok_or_else(|| {
-                        ArrayError::Busy(format!(
-                            "no empty slot: all {} slots hold a leg; remove a faulty one first",
-                            self.raid_disks
-                        ))
-                    })?;
-                let mut sb: Superblock = current.clone();
-                sb.dev_number = self.keeper.free_dev_number();
-                sb.device_uuid = super::create::random_uuid()?;
-                let needed = (sb.data_offset + sb.size) * 512;
-                let too_small = || ArrayError::LegTooSmall {
-                    path: path.to_owned(),
-                    size: leg.size(),
-                    needed,
-                };
-                // The array's metadata version, placed on this leg as mdadm
-                // --add places it (1.0: the superblock at this leg's end).
-                let version = MetadataVersion::of_super_offset(current.super_offset);
-                let layout = mdadm_layout(version, leg.size() / 512, sb.size, sb.data_offset)
-                    .ok_or_else(too_small)?;
-                sb.super_offset = layout.super_offset;
-                sb.data_size = layout.data_size;
-                sb.bblog_size = layout.bblog_size;
-                sb.bblog_offset = layout.bblog_offset;
-                let _ = sb.set_role(sb.dev_number, DevRole::Spare);
-                if sb.data_size < sb.size {
-                    return Err(too_small());
+        let (slot, sb, bitmap_guided, tracked, how) =
+            match join::plan(path, leg.size(), &found, &view, re_add_only)? {
+                JoinPlan::Former {
+                    slot,
+                    sb,
+                    bitmap_guided,
+                    how,
+                } => (slot, *sb, bitmap_guided, true, how),
+                JoinPlan::New { slot } => {
+                    let sb = join::spare_superblock(
+                        path,
+                        &leg,
+                        &current,
+                        self.keeper.free_dev_number(),
+                    )?;
+                    super::create::check_blank(&leg, false)?;
+                    // Written now as a spare, so it is never taken for a
+                    // member before its recovery ends.
+                    super::superblocks::write_superblock(&leg, &sb)?;
+                    (slot, sb, false, false, "added: full recovery")
                 }
-                super::create::check_blank(&leg, false)?;
-                // Written now as a spare, so it is never taken for a member
-                // before its recovery ends.
-                super::superblocks::write_superblock(&leg, &sb)?;
-                (slot, sb, false, "added: full recovery")
-            }
-        };
+            };
         let leg = Arc::new(leg);
         self.engine.attach(
             slot,
@@ -414,22 +373,21 @@ impl RunningArray {
         };
         if self.is_frozen() {
             // md: nothing starts while frozen; `idle` lets it run.
-            self.control
-                .pending_recovery
-                .lock()
-                .push(PendingRecovery { joining, regions });
+            self.sync.owe_recovery(joining, regions);
             return Ok(format!("{msg} (held: sync_action is frozen)"));
         }
         if self.sync_progress().is_some() {
             // The array's thread started an owed sync meanwhile: the
             // recovery follows it.
-            self.control
-                .pending_recovery
-                .lock()
-                .push(PendingRecovery { joining, regions });
+            self.sync.owe_recovery(joining, regions);
             return Ok(format!("{msg} (after the sync running now)"));
         }
-        self.start_sync_joining(SyncAction::Recover { target: slot }, regions, Some(joining))?;
+        self.sync.start(
+            &self.sync_cx(),
+            SyncAction::Recover { target: slot },
+            regions,
+            Some(joining),
+        )?;
         Ok(msg)
     }
 
@@ -452,15 +410,15 @@ impl RunningArray {
                     len: size - from,
                 }],
             };
-            self.control.pending_recovery.lock().push(PendingRecovery {
-                joining: Joining {
+            self.sync.owe_recovery(
+                Joining {
                     slot: m.slot as usize,
                     leg: m.leg.clone(),
                     sb: m.sb.clone(),
                     tracked: true,
                 },
                 regions,
-            });
+            );
         }
     }
 
@@ -525,56 +483,58 @@ impl RunningArray {
 
     /// A check or repair of the whole array.
     pub fn start_scrub(&self, action: SyncAction) -> Result<(), ArrayError> {
-        let size = self.engine.size();
-        // md: a requested check or repair unfreezes.
-        self.control.frozen.store(false, Ordering::Release);
-        self.start_sync(
-            action,
-            vec![Region {
-                offset: 0,
-                len: size,
-            }],
-        )
+        self.sync.start_scrub(&self.sync_cx(), action)
+    }
+
+    /// Starts a sync of `regions` in the background (one at a time, as md).
+    pub fn start_sync(&self, action: SyncAction, regions: Vec<Region>) -> Result<(), ArrayError> {
+        self.sync.start(&self.sync_cx(), action, regions, None)
+    }
+
+    /// md's sync_action writes `idle` and `frozen`: the running sync stops;
+    /// `idle` lets an owed resync or recovery start again, `frozen` holds
+    /// everything until `idle` (or a start) is written.
+    pub fn set_sync_idle(&self, frozen: bool) {
+        self.sync.set_idle(&self.sync_cx(), frozen)
+    }
+
+    /// md's `resync` and `recover` writes: unfreeze; an owed sync starts.
+    pub fn request_owed_sync(&self) -> Result<(), ArrayError> {
+        self.sync.request_owed(&self.sync_cx())
+    }
+
+    pub fn is_frozen(&self) -> bool {
+        self.sync.is_frozen()
     }
 
     /// Stops a running sync (md: `idle`).
     pub fn stop_sync(&self) {
-        if let Some(mut s) = self.syncer.lock().take() {
-            s.stop();
-        }
+        self.sync.stop()
     }
 
     /// The running sync, if any.
     pub fn sync_progress(&self) -> Option<Arc<SyncProgress>> {
-        self.syncer
-            .lock()
-            .as_ref()
-            .map(|s| s.progress().clone())
-            .filter(|p| !p.finished.load(Ordering::Acquire))
+        self.sync.progress()
     }
 
     /// The running sync or, when none runs, the last one.
     pub fn last_sync_progress(&self) -> Option<Arc<SyncProgress>> {
-        self.last_sync.lock().clone()
+        self.sync.last_progress()
     }
 
     /// The mismatches the last resync, check or repair found so far, in
     /// sectors (md's mismatch_cnt; a recovery leaves it).
     pub fn mismatch_cnt(&self) -> u64 {
-        self.last_scrub
-            .lock()
-            .as_ref()
-            .map(|p| p.mismatch_sectors.load(Ordering::Relaxed))
-            .unwrap_or(0)
+        self.sync.mismatch_cnt()
     }
 
     pub fn sync_limits(&self) -> &Arc<Mutex<SpeedLimits>> {
-        &self.sync_limits
+        self.sync.limits()
     }
 
     /// True until a resync owed since an unclean stop has completed.
     pub fn needs_resync(&self) -> bool {
-        self.control.needs_resync.load(Ordering::Acquire)
+        self.sync.needs_resync()
     }
 
     pub fn engine(&self) -> &Arc<Raid1> {
@@ -641,7 +601,7 @@ impl RunningArray {
                 }
             } else {
                 // Below the checkpoint the legs are in sync: resume there.
-                let sectors = self.control.resync_cp.load(Ordering::Acquire) / 512;
+                let sectors = self.sync.resync_cp() / 512;
                 if let Err(e) = self.keeper.record_resync_offset(sectors) {
                     first_error.get_or_insert(e);
                 }
@@ -675,7 +635,7 @@ impl RunningArray {
         self.engine
             .slots()
             .iter()
-            .map(|s| s.io().map(|io| leg_name(io.leg().path())))
+            .map(|s| s.io().map(|io| io.leg().short_name()))
             .collect()
     }
 
@@ -710,17 +670,6 @@ impl RunningArray {
             }),
         }
     }
-}
-
-/// A leg's short name: its file name, or for an NBD URI a file-name-safe
-/// name derived from it (host, port, export).
-pub fn leg_name(path: &std::path::Path) -> String {
-    if let Ok(l @ crate::io::leg::Locator::Nbd(_)) = crate::io::leg::Locator::parse(path) {
-        return l.short_name();
-    }
-    path.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| path.display().to_string())
 }
 
 fn log_errno(what: &str, e: &crate::raid1::EngineError) -> i32 {

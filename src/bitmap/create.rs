@@ -97,9 +97,9 @@ pub fn stage_bitmap_file(
             "bitmap FILE {shown}: cannot create it (staged as {})",
             staged.staged.display()
         );
-        match e.source {
-            Some(source) => BitmapError::io(context, source),
-            None => BitmapError::msg(format!("{context}: {}", e.context)),
+        match e {
+            BitmapError::Io { source, .. } => BitmapError::io(context, source),
+            refused => refused.within(&context),
         }
     })?;
     Ok(staged)

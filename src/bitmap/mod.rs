@@ -8,7 +8,6 @@
 //!   the raw block-map writer is adapted to [`PageStore`] by the integrator.
 //! - [`create`]: creating and loading a bitmap FILE.
 
-use std::fmt;
 use std::sync::Arc;
 
 use crate::io::completion::Completion;
@@ -26,43 +25,50 @@ pub use raw_store::RawPageStore;
 pub use service::{BitmapOptions, BitmapStats, DurabilityHook, WriteIntentBitmap};
 pub use store::{FilePageStore, MemPageStore};
 
-/// Errors of the write-intent service; they carry the file and what was being done.
-#[derive(Debug)]
-pub struct BitmapError {
-    pub context: String,
-    pub source: Option<std::io::Error>,
+/// Errors of the write-intent service; they carry the file and what was
+/// being done.
+#[derive(Debug, thiserror::Error)]
+pub enum BitmapError {
+    /// An OS call failed.
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// What was found or asked cannot be used (a bad header, a file too
+    /// small, a stopped service).
+    #[error("{context}")]
+    Refused { context: String },
 }
 
 impl BitmapError {
     /// An error with no OS cause.
     pub fn msg(context: impl Into<String>) -> Self {
-        BitmapError {
+        BitmapError::Refused {
             context: context.into(),
-            source: None,
         }
     }
 
     /// An error caused by an OS call.
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        BitmapError {
+        BitmapError::Io {
             context: context.into(),
-            source: Some(source),
+            source,
         }
     }
-}
 
-impl fmt::Display for BitmapError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.source {
-            Some(e) => write!(f, "{}: {}", self.context, e),
-            None => write!(f, "{}", self.context),
+    /// The same error with `outer` said first.
+    pub fn within(self, outer: &str) -> Self {
+        match self {
+            BitmapError::Io { context, source } => BitmapError::Io {
+                context: format!("{outer}: {context}"),
+                source,
+            },
+            BitmapError::Refused { context } => BitmapError::Refused {
+                context: format!("{outer}: {context}"),
+            },
         }
-    }
-}
-
-impl std::error::Error for BitmapError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source.as_ref().map(|e| e as _)
     }
 }
 

@@ -22,9 +22,14 @@ fn man_page(cmd: clap::Command) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
-/// The helper's page: mount(8)'s arguments and the options, from the
-/// README's words (the helper has no clap definition).
-const MOUNT_HELPER_MAN: &str = r#".TH mount.mdfuse 8 "" "mdfuse" "System Administration"
+/// The helper's page: mount(8)'s arguments and the options (the helper has
+/// no clap definition; its options come from its table, `MOUNT_OPTIONS`).
+fn mount_helper_man() -> String {
+    let options = mount_mdfuse::options_synopsis()
+        .join(", ")
+        .replace('-', "\\-");
+    format!(
+        r#".TH mount.mdfuse 8 "" "mdfuse" "System Administration"
 .SH NAME
 mount.mdfuse \- mount an mdfuse RAID1 array (the mount(8) helper)
 .SH SYNOPSIS
@@ -37,9 +42,8 @@ translates mount(8)'s arguments into \fBmdfuse mount\fR \fIoptions\fR \fB\-\-\fR
 \fILEG...\fR \fIMOUNTPOINT\fR and returns once the array is live.
 \fBumount\fR stops the array clean.
 .SH OPTIONS
-legs=LEG:LEG... (or the legs as SOURCE, LEG:LEG), bitmap=FILE,
-bitmap_file_io, bitmap_trust_device, delay=SECS, ro, rw, allow_other, image_mode=MODE, run,
-force_from=LEG, buffered, write_through, threads=N, log=FILE; mount's own
+{options} (the legs may be given as SOURCE instead, LEG:LEG); each is the
+\fBmdfuse mount\fR flag of the same name (see mdfuse\-mount(8)); mount's own
 (defaults, noauto, nofail, x\-*, ...) are accepted; anything else is refused.
 A leg path holding ':' or ',' cannot be given: use a symlink. A leg that
 is an NBD URI (nbd://HOST:PORT/EXPORT, nbd+unix:///EXPORT?socket=PATH)
@@ -48,7 +52,9 @@ followed by '/' or by another nbd URI (the next leg, an absolute path or a
 URI); inside a URI, write a ':' followed by '/' as %3A.
 .SH SEE ALSO
 mdfuse(8), mdfuse\-mount(8), mount(8), fstab(5)
-"#;
+"#
+    )
+}
 
 pub fn cmd_gen_assets(dir: &Path) -> Result<(), String> {
     let cmd = super::Cli::command();
@@ -60,7 +66,7 @@ pub fn cmd_gen_assets(dir: &Path) -> Result<(), String> {
         let page = man_page(sub.clone().name(name))?;
         write(&man.join(format!("{name}.8")), &page)?;
     }
-    write(&man.join("mount.mdfuse.8"), MOUNT_HELPER_MAN.as_bytes())?;
+    write(&man.join("mount.mdfuse.8"), mount_helper_man().as_bytes())?;
     let completions = dir.join("completions");
     for (shell, file) in [
         (clap_complete::Shell::Bash, "mdfuse.bash"),

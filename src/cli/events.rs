@@ -1,25 +1,29 @@
 //! The daemon's event log, `/run/mdfuse/<mountpoint>.events`: md's events
 //! for this array (the words of `mdfuse monitor`), written by the daemon
-//! itself as it sees them, so a monitor looking seldom misses none and
-//! reports each once (it remembers how many lines it has read).
+//! itself, so a monitor looking seldom misses none and reports each once (it
+//! remembers how many lines it has read).
 //!
-//! A thread of the daemon compares the array's state with the last one it
-//! saw every [`LOOK`] (cli/monitor.rs's rules, on the values of the `md/`
-//! files read in the process); its first look is the baseline, with no
-//! event (a monitor reports a degraded start when it first sees the array). The file starts with a header naming the
-//! daemon; then one line per event: `SEQ EPOCH_SECONDS EVENT [LEG]` (LEG is
-//! the rest of the line, as `md/dev-LEG` spells it). It is made anew at each
-//! start and removed at a clean stop.
+//! The array tells its events as they happen ([`MdEvent`]: a leg's failure,
+//! a sync's start and end, a recovered leg's join), over a channel to the
+//! log's thread, so events closer together than any look are all written,
+//! in order. The thread also looks at the running sync every [`LOOK`] for
+//! its progress (`RebuildNN`, every [`INCREMENT`] percent). The file starts
+//! with a header naming the daemon; then one line per event: `SEQ
+//! EPOCH_SECONDS EVENT [LEG]` (LEG is the rest of the line, as `md/dev-LEG`
+//! spells it). It is made anew at each start and removed at a clean stop.
+//! What holds at the start (a degraded array) is not an event here: a
+//! monitor reports it when it first sees the array.
 
-use super::monitor::{diff, Seen};
-use mdfuse::array::RunningArray;
+use crossbeam_channel::RecvTimeoutError;
+use mdfuse::array::{MdEvent, RunningArray};
+use mdfuse::report::mdstat::escape_name;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How often the daemon looks at its array's state.
+/// How often the daemon looks at its running sync's progress.
 const LOOK: Duration = Duration::from_millis(100);
 
 /// Rebuild progress events every this many percent (mdadm's default).
@@ -68,39 +72,65 @@ impl EventLog {
         };
         let stop = Arc::new(AtomicBool::new(false));
         let stop_seen = stop.clone();
+        let (tx, rx) = crossbeam_channel::unbounded::<MdEvent>();
+        array.set_listener(Some(Arc::new(move |e: &MdEvent| {
+            let _ = tx.send(e.clone());
+        })));
+        let listened = array.clone();
         let thread = std::thread::Builder::new()
             .name("mdfuse-events".into())
             .spawn(move || {
-                let mut seen: Option<Seen> = None;
                 let mut seq: u64 = 0;
+                let mut write = |name: &str, leg: Option<&str>| {
+                    seq += 1;
+                    let epoch = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs());
+                    let line = match leg {
+                        Some(leg) => format!("{seq} {epoch} {name} {}\n", escape_name(leg)),
+                        None => format!("{seq} {epoch} {name}\n"),
+                    };
+                    log::info!("event: {}", line.trim_end());
+                    // One write per line, appended: a reader sees whole
+                    // lines (it counts only those ending in \n).
+                    if let Err(err) = file.write_all(line.as_bytes()) {
+                        log::warn!("event log: {err}");
+                    }
+                };
+                // The running sync's last RebuildNN (None: no sync started
+                // since the log began).
+                let mut step: Option<u64> = None;
                 while !stop_seen.load(Ordering::Relaxed) {
-                    if let Some(now) = read_state(&array) {
-                        let (events, next) = diff("", seen.as_ref(), &now, false, INCREMENT);
-                        // The first look is the baseline: what holds at the
-                        // start (a degraded array, a resync) a monitor
-                        // reports when it first sees the array.
-                        let events = if seen.is_some() { events } else { Vec::new() };
-                        for e in events {
-                            seq += 1;
-                            let epoch = std::time::SystemTime::now()
-                                .duration_since(std::time::UNIX_EPOCH)
-                                .map_or(0, |d| d.as_secs());
-                            let line = match &e.leg {
-                                Some(leg) => format!("{seq} {epoch} {} {leg}\n", e.name),
-                                None => format!("{seq} {epoch} {}\n", e.name),
-                            };
-                            log::info!("event: {}", line.trim_end());
-                            // One write per line, appended: a reader sees
-                            // whole lines (it counts only those ending in \n).
-                            if let Err(err) = file.write_all(line.as_bytes()) {
-                                log::warn!("event log: {err}");
+                    match rx.recv_timeout(LOOK) {
+                        Ok(e) => {
+                            match e {
+                                MdEvent::RebuildStarted => step = Some(0),
+                                MdEvent::RebuildFinished => step = None,
+                                _ => {}
+                            }
+                            write(e.name(), e.leg());
+                            // Every event told so far first, then progress.
+                            if !rx.is_empty() {
+                                continue;
                             }
                         }
-                        seen = Some(next);
+                        Err(RecvTimeoutError::Timeout) => {}
+                        Err(RecvTimeoutError::Disconnected) => return,
                     }
-                    std::thread::sleep(LOOK);
+                    if let (Some(done), Some(p)) = (step, array.sync_progress()) {
+                        let percent = p.percent().clamp(0.0, 100.0) as u64;
+                        // The highest multiple passed (below 100), once each.
+                        let next = percent / INCREMENT * INCREMENT;
+                        if next > done && next < 100 {
+                            write(&format!("Rebuild{next:02}"), None);
+                            step = Some(next);
+                        }
+                    }
                 }
             });
+        if thread.is_err() {
+            listened.set_listener(None);
+        }
         match thread {
             Ok(t) => Some(EventLog {
                 stop,
@@ -114,25 +144,6 @@ impl EventLog {
             }
         }
     }
-}
-
-/// The array's state from its control values, read in the process.
-fn read_state(array: &RunningArray) -> Option<super::status::ArrayStatus> {
-    let dev_dirs: Vec<String> = array
-        .control_file_list()
-        .into_iter()
-        .filter_map(|(p, _)| {
-            let dev = p.strip_prefix("md/")?.strip_suffix("/state")?;
-            dev.starts_with("dev-").then(|| dev.to_string())
-        })
-        .collect();
-    super::status::from_controls(&dev_dirs, |rel| {
-        array
-            .control_read_value(&format!("md/{rel}"))
-            .map(|v| v.trim().to_string())
-            .ok_or_else(|| format!("md/{rel}: no value"))
-    })
-    .ok()
 }
 
 impl Drop for EventLog {

@@ -297,7 +297,7 @@ pub fn cmd_monitor(a: &MonitorArgs) -> Result<i32, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::status::{DeviceStatus, SyncProgress};
+    use mdfuse::report::detail::{DeviceStatus, SyncProgress};
 
     fn array(legs: &[(&str, &str)], action: &str, percent: f64) -> ArrayStatus {
         let devices: Vec<DeviceStatus> = legs

@@ -194,6 +194,15 @@ impl std::fmt::Display for Locator {
     }
 }
 
+/// The short name of the leg given as `given` (a path or a URI): see
+/// [`Locator::short_name`].
+pub fn short_name(given: &Path) -> String {
+    match Locator::parse(given) {
+        Ok(l) => l.short_name(),
+        Err(_) => Locator::Path(given.to_owned()).short_name(),
+    }
+}
+
 #[derive(Debug)]
 pub struct Leg {
     /// The leg's name in messages and md's files (its path, or `mem:NAME`).
@@ -483,6 +492,11 @@ impl Leg {
     }
 
     /// Where the leg is, as parsed.
+    /// md's name for this leg (see [`Locator::short_name`]).
+    pub fn short_name(&self) -> String {
+        self.locator.short_name()
+    }
+
     pub fn locator(&self) -> &Locator {
         &self.locator
     }

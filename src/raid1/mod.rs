@@ -6,5 +6,7 @@ pub mod read_fix;
 pub mod readahead;
 pub mod sync;
 
-pub use engine::{ArrayEvents, EngineError, EngineOptions, LegSpec, LegState, Raid1, RecordError};
+pub use engine::{
+    ArrayEvents, EngineError, EngineOptions, LegFailure, LegSpec, LegState, Raid1, RecordError,
+};
 pub use sync::{Region, SpeedLimits, SyncAction, SyncEvents, SyncProgress, Syncer};

@@ -10,9 +10,8 @@
 //! fall between reading the good copy and writing it back: it never puts
 //! stale data over a newer write.
 
-use super::engine::{EngineError, LegState, Raid1};
+use super::engine::{EngineError, LegFailure, LegState, Raid1};
 use crate::io::aligned::AlignedBuf;
-use crate::io::completion::OpFailure;
 use crate::io::leg::LegError;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -87,10 +86,9 @@ impl Raid1 {
         held: RangeHeld,
     ) -> Result<(), EngineError> {
         log::error!("{err}");
-        let mut failures = vec![OpFailure {
-            target: bad,
-            errno: err.errno(),
-            what: err.to_string(),
+        let mut failures = vec![LegFailure {
+            slot: bad,
+            error: err,
         }];
         if self.is_read_only() {
             // md does not write a read-only array: the error is counted and
@@ -135,7 +133,7 @@ impl Raid1 {
         &self,
         offset: u64,
         buf: &mut [u8],
-        failures: &mut Vec<OpFailure>,
+        failures: &mut Vec<LegFailure>,
         tried: &mut Vec<usize>,
     ) -> Result<(), EngineError> {
         for (i, s) in self.slots().iter().enumerate() {
@@ -147,11 +145,7 @@ impl Raid1 {
                 Ok(()) => return Ok(()),
                 Err(e) => {
                     log::error!("{e}");
-                    failures.push(OpFailure {
-                        target: i,
-                        errno: e.errno(),
-                        what: e.to_string(),
-                    });
+                    failures.push(LegFailure { slot: i, error: e });
                     tried.push(i);
                 }
             }

@@ -99,6 +99,15 @@ pub struct SyncProgress {
 }
 
 impl SyncProgress {
+    /// How far it got, 0 to 100 (md's sync_completed as a percentage).
+    pub fn percent(&self) -> f64 {
+        let total = self.total_bytes / 512;
+        if total == 0 {
+            return 0.0;
+        }
+        (self.done_bytes.load(Ordering::Relaxed) / 512) as f64 * 100.0 / total as f64
+    }
+
     pub fn speed_kib(&self) -> u64 {
         let secs = self.started.elapsed().as_secs_f64().max(0.001);
         (self.worked_bytes.load(Ordering::Relaxed) as f64 / 1024.0 / secs) as u64

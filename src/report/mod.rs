@@ -1,6 +1,7 @@
 //! Text renderings in md's words: `mdadm --examine`, `--examine-bitmap`,
-//! `/proc/mdstat`, and the same as JSON (`json`). Pure: structs in, strings out.
+//! `--detail`, `/proc/mdstat`, and the same as JSON (`json`). Pure: structs in, strings out.
 
+pub mod detail;
 pub mod examine;
 pub mod examine_bitmap;
 pub mod json;

@@ -1170,3 +1170,79 @@ impl FaultyFs {
         }
     }
 }
+
+// ------------------------------------------------ an array with a faulty leg
+
+use super::mdfuse::{self as h, tempdir, Legs, MountedArray};
+
+/// Legs `leg0.img` (a plain sparse file in `dir`) and `leg1.img` (on a new
+/// [`FaultyFs`]), each `size` bytes, not yet made into an array.
+pub fn leg1_faulty(dir: &Path, size: u64) -> (FaultyFs, Legs) {
+    let good = dir.join("leg0.img");
+    super::loopdev::sparse_file(&good, size).expect("leg0");
+    let faulty = FaultyFs::new(&[(BAD_LEG, size)]);
+    let legs = Legs::from_paths(vec![good, faulty.path(BAD_LEG)]);
+    (faulty, legs)
+}
+
+/// The faulty leg's file name on its [`FaultyFs`].
+pub const BAD_LEG: &str = "leg1.img";
+
+/// A plain leg file `leg0.img` and a faulty leg `leg1.img` (on a
+/// [`FaultyFs`]), made into an array (no bitmap).
+pub struct FaultyArray {
+    _dir: tempfile::TempDir,
+    pub dir: PathBuf,
+    pub legs: Legs,
+    // Declared last: the FUSE leg outlives the mount that uses it.
+    pub faulty: FaultyFs,
+}
+
+impl FaultyArray {
+    pub fn new(size: u64, create_args: &[&str]) -> FaultyArray {
+        let tmp = tempdir("mdfuse-faulty-array-");
+        let dir = tmp.path().to_path_buf();
+        let (faulty, legs) = leg1_faulty(&dir, size);
+        h::create(&legs, create_args);
+        FaultyArray {
+            _dir: tmp,
+            dir,
+            legs,
+            faulty,
+        }
+    }
+
+    /// Bad sectors on leg1 at leg bytes `[at, at + len)`: reads fail until
+    /// they are rewritten.
+    pub fn bad_range(&self, at: u64, len: u64) {
+        self.faulty.fail_reads_until_written(BAD_LEG, at..at + len);
+    }
+
+    /// Reads of leg1 that failed (EIO) so far.
+    pub fn failed_reads(&self) -> u64 {
+        self.faulty.counters(BAD_LEG).failed_reads
+    }
+
+    /// Bytes of leg1's bad ranges not rewritten yet.
+    pub fn bad_bytes_left(&self) -> u64 {
+        self.faulty.bad_bytes_left(BAD_LEG)
+    }
+
+    /// After reads over leg1's bad range: a read failed there (`unseen`
+    /// says why the test proves nothing otherwise), md rewrote the range
+    /// from leg0, and leg1 stays in sync.
+    pub fn assert_corrected(&self, m: &MountedArray, unseen: &str) {
+        assert!(self.failed_reads() >= 1, "{unseen}");
+        assert_eq!(self.bad_bytes_left(), 0, "the bad range was rewritten");
+        assert_eq!(m.md("dev-leg1.img/state"), "in_sync", "{}", m.log());
+    }
+
+    pub fn mount(&self, extra: &[&str]) -> MountedArray {
+        MountedArray::mount(&self.legs, &self.dir.join("mnt"), extra)
+    }
+
+    /// Leg bytes of array offset `offset`.
+    pub fn leg_offset(&self, offset: u64) -> u64 {
+        h::data_offset(self.legs.path(0)) + offset
+    }
+}

@@ -98,7 +98,8 @@ impl Raid1 {
         })?;
         // Serialize failures so two racing errors cannot fail the last two legs.
         let one = self.activating.lock();
-        match s.state() {
+        let was = s.state();
+        match was {
             LegState::InSync if self.in_sync_count() <= 1 => {
                 return Err(EngineError::CannotFail {
                     slot,
@@ -119,6 +120,8 @@ impl Raid1 {
                 .map(|io| io.leg.path().display().to_string())
                 .unwrap_or_default()
         );
+        let name = s.io().map(|io| io.leg.short_name()).unwrap_or_default();
+        self.events.became_faulty(slot, &name, was);
         let recorded = self.events.leg_failed(slot, reason);
         if let Err(e) = &recorded {
             log::error!(

@@ -24,7 +24,6 @@ use super::read_fix::{RangeHeld, ReadErrors, DEFAULT_MAX_READ_ERRORS};
 use super::readahead::{Fetch, ReadAhead, READAHEAD_MIN};
 use crate::bitmap::{BitmapError, WriteIntent};
 use crate::io::aligned::with_scratch;
-use crate::io::completion::OpFailure;
 use crate::io::fanout::FanOut;
 use crate::io::leg::FlushGuard;
 use crate::io::leg::{IoMode, Leg, LegError};
@@ -100,6 +99,9 @@ pub trait ArrayEvents: Send + Sync {
     /// are acknowledged only once this returned Ok (md's
     /// MD_SB_CHANGE_PENDING); an Err (no leg took the record) fails them.
     fn leg_failed(&self, slot: usize, reason: &str) -> Result<(), RecordError>;
+    /// Leg `slot` (md's short name `name`) has just become faulty; `was` is
+    /// its state before. Told once per failure, before it is recorded.
+    fn became_faulty(&self, _slot: usize, _name: &str, _was: LegState) {}
     /// Legs whose superblock could not be written since the last call, with
     /// why: the engine fails them (md: a superblock write error fails its
     /// member, not the update).
@@ -112,6 +114,20 @@ pub trait ArrayEvents: Send + Sync {
 /// recorded in the superblocks: the array layer's error, kept whole.
 pub type RecordError = Box<dyn std::error::Error + Send + Sync>;
 
+/// A leg's failed share of a request: its slot and the leg's own error
+/// (which names the leg, the operation, the offset and the length).
+#[derive(Debug)]
+pub struct LegFailure {
+    pub slot: usize,
+    pub error: LegError,
+}
+
+impl std::fmt::Display for LegFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.error)
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error("request at offset {offset} (+{len}) is beyond the array's end ({size} bytes)")]
@@ -122,7 +138,7 @@ pub enum EngineError {
     AllLegsFailed {
         op: &'static str,
         offset: u64,
-        failures: Vec<OpFailure>,
+        failures: Vec<LegFailure>,
     },
     #[error("write-intent bitmap: {0}")]
     Bitmap(#[from] BitmapError),
@@ -148,7 +164,7 @@ pub enum EngineError {
     },
 }
 
-fn join(failures: &[OpFailure]) -> String {
+fn join(failures: &[LegFailure]) -> String {
     failures
         .iter()
         .map(|f| f.to_string())
@@ -161,9 +177,10 @@ impl EngineError {
     pub fn errno(&self) -> i32 {
         match self {
             EngineError::OutOfRange { .. } => libc::ENOSPC,
-            EngineError::AllLegsFailed { failures, .. } => {
-                failures.first().map(|f| f.errno).unwrap_or(libc::EIO)
-            }
+            EngineError::AllLegsFailed { failures, .. } => failures
+                .first()
+                .map(|f| f.error.errno())
+                .unwrap_or(libc::EIO),
             EngineError::Leg(e) => e.errno(),
             EngineError::CannotFail { .. } | EngineError::BadSlot { .. } => libc::EBUSY,
             EngineError::FailureNotRecorded { .. } => libc::EIO,

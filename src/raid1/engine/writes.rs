@@ -38,12 +38,8 @@ pub(super) fn flush_guards<'t>(
 }
 
 /// A leg's failed share, as the fan-out reports it.
-pub(super) fn leg_failure(slot: usize, e: LegError) -> OpFailure {
-    OpFailure {
-        target: slot,
-        errno: e.errno(),
-        what: e.to_string(),
-    }
+pub(super) fn leg_failure(slot: usize, error: LegError) -> LegFailure {
+    LegFailure { slot, error }
 }
 
 impl<'a> Share<'a> {
@@ -249,7 +245,7 @@ impl Raid1 {
         &self,
         op: &'static str,
         offset: u64,
-        run: impl FnOnce(&[(usize, Arc<SlotIo>, bool)], &mut dyn FnMut(OpFailure)),
+        run: impl FnOnce(&[(usize, Arc<SlotIo>, bool)], &mut dyn FnMut(LegFailure)),
     ) -> Result<bool, EngineError> {
         // (slot, its I/O, in sync); in-sync legs first, so that without
         // io_uring the calling thread does an in-sync leg's share.
@@ -265,9 +261,9 @@ impl Raid1 {
         if in_sync == 0 {
             return Err(EngineError::NoInSyncLeg);
         }
-        let mut failures: Vec<OpFailure> = Vec::new();
+        let mut failures: Vec<LegFailure> = Vec::new();
         run(&targets, &mut |failure| {
-            if failures.iter().all(|f| f.target != failure.target) {
+            if failures.iter().all(|f| f.slot != failure.slot) {
                 failures.push(failure);
             }
         });
@@ -276,7 +272,7 @@ impl Raid1 {
         }
         let in_sync_failed = failures
             .iter()
-            .filter(|f| targets.iter().any(|t| t.0 == f.target && t.2))
+            .filter(|f| targets.iter().any(|t| t.0 == f.slot && t.2))
             .count();
         if in_sync_failed == in_sync {
             return Err(EngineError::AllLegsFailed {
@@ -286,13 +282,13 @@ impl Raid1 {
             });
         }
         for f in &failures {
-            self.fail_after_error(f.target, &f.to_string());
+            self.fail_after_error(f.slot, &f.to_string());
         }
         let everywhere = failures.is_empty() && targets.len() == self.slots.len();
         if !everywhere {
             let reached = targets
                 .iter()
-                .filter(|t| failures.iter().all(|f| f.target != t.0))
+                .filter(|t| failures.iter().all(|f| f.slot != t.0))
                 .fold(0u64, |m, t| m | 1 << t.0);
             self.await_failures_recorded(op, offset, reached)?;
         }

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::faultyfs::FaultyFs;
+use common::faultyfs::{FaultyArray, FaultyFs, BAD_LEG};
 use common::io::{open_direct, read_direct, AlignedVec};
 use common::loopdev::needs_root;
 use common::mdfuse::{self as h, tempdir, wait_for, Legs, MountedArray};
@@ -25,71 +25,6 @@ fn open_image(m: &MountedArray) -> std::fs::File {
         .write(true)
         .open(m.image())
         .expect("open array.img")
-}
-
-/// The faulty leg's file name on its [`FaultyFs`].
-const BAD_LEG: &str = "leg1.img";
-
-/// A plain leg file `leg0.img` and a faulty leg `leg1.img` (on a
-/// [`FaultyFs`]), made into an array (no bitmap).
-struct FaultyArray {
-    _dir: tempfile::TempDir,
-    dir: PathBuf,
-    legs: Legs,
-    // Declared last: the FUSE leg outlives the mount that uses it.
-    faulty: FaultyFs,
-}
-
-impl FaultyArray {
-    fn new(size: u64, create_args: &[&str]) -> FaultyArray {
-        let tmp = tempdir("mdfuse-engine-failures-");
-        let dir = tmp.path().to_path_buf();
-        let good = dir.join("leg0.img");
-        common::loopdev::sparse_file(&good, size).expect("leg0");
-        let faulty = FaultyFs::new(&[(BAD_LEG, size)]);
-        let legs = Legs::from_paths(vec![good, faulty.path(BAD_LEG)]);
-        h::create(&legs, create_args);
-        FaultyArray {
-            _dir: tmp,
-            dir,
-            legs,
-            faulty,
-        }
-    }
-
-    /// Bad sectors on leg1 at leg bytes `[at, at + len)`: reads fail until
-    /// they are rewritten.
-    fn bad_range(&self, at: u64, len: u64) {
-        self.faulty.fail_reads_until_written(BAD_LEG, at..at + len);
-    }
-
-    /// Reads of leg1 that failed (EIO) so far.
-    fn failed_reads(&self) -> u64 {
-        self.faulty.counters(BAD_LEG).failed_reads
-    }
-
-    /// Bytes of leg1's bad ranges not rewritten yet.
-    fn bad_bytes_left(&self) -> u64 {
-        self.faulty.bad_bytes_left(BAD_LEG)
-    }
-
-    /// After reads over leg1's bad range: a read failed there (`unseen`
-    /// says why the test proves nothing otherwise), md rewrote the range
-    /// from leg0, and leg1 stays in sync.
-    fn assert_corrected(&self, m: &MountedArray, unseen: &str) {
-        assert!(self.failed_reads() >= 1, "{unseen}");
-        assert_eq!(self.bad_bytes_left(), 0, "the bad range was rewritten");
-        assert_eq!(m.md("dev-leg1.img/state"), "in_sync", "{}", m.log());
-    }
-
-    fn mount(&self, extra: &[&str]) -> MountedArray {
-        MountedArray::mount(&self.legs, &self.dir.join("mnt"), extra)
-    }
-
-    /// Leg bytes of array offset `offset`.
-    fn leg_offset(&self, offset: u64) -> u64 {
-        h::data_offset(self.legs.path(0)) + offset
-    }
 }
 
 /// Reads the 4 KiB blocks of `[offset, offset+len)` one by one, last first,
@@ -143,6 +78,13 @@ fn a_read_error_is_corrected_from_the_other_leg_and_the_leg_stays_in_sync() {
     let on_leg = h::data_region(&a.faulty.backing(BAD_LEG), bad_at, 8192);
     assert!(on_leg == data[(MIB + 4096) as usize..(MIB + 4096 + 8192) as usize]);
     m.stop();
+    // Nothing else differs between the legs either.
+    h::assert_legs_identical(
+        a.legs.path(0),
+        &a.faulty.backing(BAD_LEG),
+        h::data_offset(a.legs.path(0)),
+        4 * MIB,
+    );
 }
 
 /// A large O_DIRECT read is split over the legs (each reads a piece); a
@@ -332,7 +274,7 @@ struct BitmapArray {
 
 impl BitmapArray {
     fn new(leg_size: u64) -> BitmapArray {
-        let dir = tempdir("mdfuse-engine-failures-");
+        let dir = tempdir("mdfuse-md-errors-");
         let fs = common::loopdev::ScratchFs::ext4(4096).expect("ext4 for the bitmap");
         let legs = Legs::new(dir.path(), 2, leg_size);
         let bitmap = fs.path("md.bitmap");
@@ -449,7 +391,7 @@ fn a_refused_re_add_through_dev_state_leaves_the_leg_where_it_was() {
     if !needs_root("a_refused_re_add_through_dev_state_leaves_the_leg_where_it_was") {
         return;
     }
-    let dir = tempdir("mdfuse-engine-failures-");
+    let dir = tempdir("mdfuse-md-errors-");
     let legs = Legs::new(dir.path(), 3, 64 * MIB);
     h::create(&legs, &[]);
     let m = MountedArray::mount(&legs, &dir.path().join("mnt"), &[]);
@@ -516,7 +458,7 @@ fn sync_action_idle_restarts_an_owed_resync_and_frozen_holds_it() {
     if !needs_root("sync_action_idle_restarts_an_owed_resync_and_frozen_holds_it") {
         return;
     }
-    let dir = tempdir("mdfuse-engine-failures-");
+    let dir = tempdir("mdfuse-md-errors-");
     let legs = unclean_array(dir.path(), 512 * MIB);
     let m = MountedArray::mount(&legs, &dir.path().join("mnt"), &[]);
     m.write_md("sync_speed_max", "5000")
@@ -579,7 +521,7 @@ fn a_resync_interrupted_by_a_crash_resumes_near_its_checkpoint() {
     if !needs_root("a_resync_interrupted_by_a_crash_resumes_near_its_checkpoint") {
         return;
     }
-    let dir = tempdir("mdfuse-engine-failures-");
+    let dir = tempdir("mdfuse-md-errors-");
     let legs = unclean_array(dir.path(), 256 * MIB);
     let m = MountedArray::mount(&legs, &dir.path().join("mnt"), &[]);
     m.write_md("sync_speed_max", "40000")
@@ -665,7 +607,7 @@ fn legs_with_the_same_file_name_are_refused_and_a_tiny_leg_is_too_small() {
     if !needs_root("legs_with_the_same_file_name_are_refused_and_a_tiny_leg_is_too_small") {
         return;
     }
-    let dir = tempdir("mdfuse-engine-failures-");
+    let dir = tempdir("mdfuse-md-errors-");
     for sub in ["a", "b"] {
         std::fs::create_dir(dir.path().join(sub)).expect("dir");
     }
@@ -714,7 +656,7 @@ fn a_spare_is_left_out_of_assembly_and_a_recovering_leg_shows_its_slot() {
     if !needs_root("a_spare_is_left_out_of_assembly_and_a_recovering_leg_shows_its_slot") {
         return;
     }
-    let dir = tempdir("mdfuse-engine-failures-");
+    let dir = tempdir("mdfuse-md-errors-");
     let all = Legs::new(dir.path(), 3, 128 * MIB);
     let pair = Legs::from_paths(all.paths[..2].to_vec());
     h::create(&pair, &[]);
@@ -751,7 +693,7 @@ fn a_resync_goes_on_past_a_leg_that_fails_under_it() {
     if !needs_root("a_resync_goes_on_past_a_leg_that_fails_under_it") {
         return;
     }
-    let tmp = tempdir("mdfuse-engine-failures-");
+    let tmp = tempdir("mdfuse-md-errors-");
     let dir = tmp.path();
     let size = 32 * MIB;
     for name in ["leg0.img", "leg2.img"] {
