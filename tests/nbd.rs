@@ -339,6 +339,20 @@ fn a_server_without_flush_makes_its_leg_volatile() {
         "{}",
         m.log()
     );
+    // mdfuse detail counts it as an active leg and says it is volatile.
+    let o = mdfuse_with(&["detail"], &[m.mountpoint()]);
+    assert_ok("mdfuse detail", &o);
+    let detail = stdout(&o);
+    assert!(
+        detail
+            .lines()
+            .any(|l| l.contains("active sync volatile") && l.ends_with(name)),
+        "{detail}"
+    );
+    assert!(
+        examine_field(&detail, "Active Devices").as_deref() == Some("2"),
+        "{detail}"
+    );
     // It still mirrors.
     m.fill_random(0, 1 << 20, 3);
     m.stop();
@@ -477,6 +491,14 @@ fn paced_writes(image: &Path, offset: u64, n: usize, seed: u64, pause: Duration)
     data
 }
 
+/// `md/dev-NAME/state` of `m`, None while the leg is out of its slot (a
+/// re-add removes it, then adds it back).
+fn dev_state(m: &MountedArray, name: &str) -> Option<String> {
+    std::fs::read_to_string(m.mountpoint().join(format!("md/dev-{name}/state")))
+        .ok()
+        .map(|s| s.trim_end().to_string())
+}
+
 /// Starts qemu-nbd again on `sock` (a killed one leaves its socket file).
 fn restart_on(img: &Path, export: &str, sock: &Path) -> Server {
     let _ = std::fs::remove_file(sock);
@@ -526,7 +548,7 @@ fn a_remote_leg_lost_during_writes_comes_back_by_itself_copying_only_dirty_chunk
     // The server comes back on the same image: the leg comes back alone.
     let _server = restart_on(&img, "leg1", &sock);
     wait_for("the NBD leg back in sync", Duration::from_secs(60), || {
-        m.md("dev-nbd-unix-leg1.sock-leg1/state") == "in_sync"
+        dev_state(&m, "nbd-unix-leg1.sock-leg1").as_deref() == Some("in_sync")
     });
     m.wait_sync_idle(Duration::from_secs(60));
     let copied: u64 = m
@@ -594,4 +616,50 @@ fn a_remote_leg_on_another_image_is_not_re_added_and_the_log_says_why() {
     assert_eq!(m.md("dev-nbd-unix-leg1.sock-leg1/state"), "faulty");
     assert!(m.mdstat().contains("[2/1] [U_]"), "{}", m.mdstat());
     m.stop();
+}
+
+#[test]
+fn a_cut_link_times_the_remote_leg_out_and_it_comes_back_with_the_link() {
+    let t = "a_cut_link_times_the_remote_leg_out_and_it_comes_back_with_the_link";
+    if !tools(t, &["qemu-nbd", "ip"]) {
+        return;
+    }
+    let ns = Netns::new("link");
+    let _inside = ns.enter();
+    let (files, img) = file_and_image();
+    // Two clients: the dead connection may linger on the server's side
+    // while the reconnect comes.
+    let _server = Server::qemu_nbd(&img, "leg1", &["-e", "2", "-b", "127.0.0.1", "-p", "10811"]);
+    let uri = "nbd://127.0.0.1:10811/leg1?x-timeout=2";
+    let legs = with_uri(&files, uri);
+    create(&legs, &[]);
+    let mnt = files.mountpoint("mnt");
+    let m = MountedArray::mount(&legs, &mnt, &[]);
+    let first = m.fill_random(0, 1 << 20, 1);
+    let link = |state: &str| {
+        let o = Command::new("ip")
+            .args(["-n", &ns.name, "link", "set", "lo", state])
+            .output()
+            .expect("run ip");
+        assert_ok(&format!("ip link set lo {state}"), &o);
+    };
+    link("down");
+    // No reply comes: the write waits for the request timeout (2 s), the
+    // leg is failed, and the write succeeds on the file leg.
+    let started = std::time::Instant::now();
+    let second = m.fill_random(4 << 20, 1 << 20, 2);
+    let took = started.elapsed();
+    let dev = "nbd-127.0.0.1-10811-leg1";
+    assert_eq!(dev_state(&m, dev).as_deref(), Some("faulty"));
+    assert!(took < Duration::from_secs(20), "the write took {took:?}");
+    assert!(m.log().contains("no reply within 2 s"), "{}", m.log());
+    link("up");
+    wait_for("the NBD leg back in sync", Duration::from_secs(90), || {
+        dev_state(&m, dev).as_deref() == Some("in_sync")
+    });
+    m.wait_sync_idle(Duration::from_secs(60));
+    let back = std::fs::read(m.image()).expect("read array.img");
+    assert!(back[..1 << 20] == first[..] && back[4 << 20..5 << 20] == second[..]);
+    m.stop();
+    assert_data_identical(files.path(0), &img);
 }
