@@ -80,6 +80,16 @@ pub enum RingError {
     Dup(std::io::Error),
 }
 
+impl RingError {
+    /// The kernel refused an entry: it then turns the rings off for the
+    /// connection and serves on /dev/fuse. After any other failure some
+    /// queue may have no entry, and the kernel holds every request until
+    /// all have one: the mount cannot be served.
+    pub fn kernel_falls_back(&self) -> bool {
+        matches!(self, RingError::Register { .. })
+    }
+}
+
 /// Why FUSE over io_uring cannot be used here, if it cannot: checked
 /// before the mount (the module parameter, io_uring itself).
 pub fn support() -> Result<(), String> {
