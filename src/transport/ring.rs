@@ -353,7 +353,15 @@ fn queue_thread<A: ServedArray>(
     // Declared before the ring, so dropped after it: the kernel lets go of
     // the buffers when the ring goes.
     let mut entry = Entry::new(cfg.payload);
-    let mut ring = match IoUring::<squeue::Entry128, cqueue::Entry>::builder().build(4) {
+    // Only this thread submits to and waits on its ring, and it waits
+    // whenever it is idle: the kernel's completions (a request for the
+    // entry) run as this thread's deferred work when it waits, instead of
+    // interrupting it (SINGLE_ISSUER, DEFER_TASKRUN; Linux 6.1).
+    let mut ring = match IoUring::<squeue::Entry128, cqueue::Entry>::builder()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .build(4)
+    {
         Ok(r) => r,
         Err(source) => {
             let _ = registered.send(Err(RingError::Setup { qid, source }));
