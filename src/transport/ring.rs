@@ -80,6 +80,16 @@ pub enum RingError {
     Dup(std::io::Error),
 }
 
+impl RingError {
+    /// The kernel refused an entry: it then turns the rings off for the
+    /// connection and serves on /dev/fuse. After any other failure some
+    /// queue may have no entry, and the kernel holds every request until
+    /// all have one: the mount cannot be served.
+    pub fn kernel_falls_back(&self) -> bool {
+        matches!(self, RingError::Register { .. })
+    }
+}
+
 /// Why FUSE over io_uring cannot be used here, if it cannot: checked
 /// before the mount (the module parameter, io_uring itself).
 pub fn support() -> Result<(), String> {
@@ -343,7 +353,15 @@ fn queue_thread<A: ServedArray>(
     // Declared before the ring, so dropped after it: the kernel lets go of
     // the buffers when the ring goes.
     let mut entry = Entry::new(cfg.payload);
-    let mut ring = match IoUring::<squeue::Entry128, cqueue::Entry>::builder().build(4) {
+    // Only this thread submits to and waits on its ring, and it waits
+    // whenever it is idle: the kernel's completions (a request for the
+    // entry) run as this thread's deferred work when it waits, instead of
+    // interrupting it (SINGLE_ISSUER, DEFER_TASKRUN; Linux 6.1).
+    let mut ring = match IoUring::<squeue::Entry128, cqueue::Entry>::builder()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .build(4)
+    {
         Ok(r) => r,
         Err(source) => {
             let _ = registered.send(Err(RingError::Setup { qid, source }));

@@ -60,6 +60,8 @@ pub enum ServeError {
          dev-fuse serve through /dev/fuse)"
     )]
     UringUnavailable(String),
+    #[error("cannot serve through FUSE over io_uring: {0}")]
+    Rings(String),
 }
 
 /// SIGTERM, SIGINT and SIGHUP, caught from before the array is assembled:
@@ -282,15 +284,19 @@ pub fn serve<A: ServedArray>(
     let rings = if want_uring {
         match start_rings(core, &session, &init.lock().clone(), opts) {
             Ok(r) => r,
-            Err((why, rings)) => {
-                if opts.transport == Transport::Uring {
-                    log::error!("--transport uring: {why}; unmounting");
+            Err((why, fatal, rings)) => {
+                if opts.transport == Transport::Uring || fatal {
+                    log::error!("FUSE over io_uring: {why}; unmounting");
                     unmount(&mountpoint);
                     drop(session);
                     if let Some(r) = rings {
                         let _ = r.join(Duration::from_secs(5), || abort_connection(&mountpoint));
                     }
-                    return Err(ServeError::UringUnavailable(why));
+                    return Err(if fatal {
+                        ServeError::Rings(why)
+                    } else {
+                        ServeError::UringUnavailable(why)
+                    });
                 }
                 log::warn!(
                     "transport: /dev/fuse with {} threads (FUSE over io_uring failed: {why})",
@@ -330,19 +336,24 @@ pub fn serve<A: ServedArray>(
     result
 }
 
-/// Registers the rings after INIT. Err: why they are not used (with the
-/// threads started, if any, which end with the connection).
+/// Why the rings are not used, whether the mount cannot be served at all
+/// then (some queue may lack an entry), and the threads started, if any,
+/// which end with the connection.
+type RingsRefused = (String, bool, Option<ring::RingTransport>);
+
+/// Registers the rings after INIT.
 fn start_rings<A: ServedArray>(
     core: Arc<MountCore<A>>,
     session: &fuser::Session<ArrayFs<A>>,
     init: &InitSeen,
     opts: &ServeOptions,
-) -> Result<Option<ring::RingTransport>, (String, Option<ring::RingTransport>)> {
+) -> Result<Option<ring::RingTransport>, RingsRefused> {
     if !init.uring_offered {
         return Err((
             "the kernel did not offer FUSE_OVER_IO_URING at INIT (is \
              /sys/module/fuse/parameters/enable_uring Y?)"
                 .into(),
+            false,
             None,
         ));
     }
@@ -364,7 +375,7 @@ fn start_rings<A: ServedArray>(
             );
             Ok(Some(rings))
         }
-        Err(e) => Err((e.to_string(), Some(rings))),
+        Err(e) => Err((e.to_string(), !e.kernel_falls_back(), Some(rings))),
     }
 }
 
