@@ -11,7 +11,7 @@ import subprocess
 import sys
 from datetime import datetime, timezone
 
-TARGETS = ["raw", "mdfuse_bitmap", "mdfuse_nobitmap", "qemu_quorum"]
+TARGETS = ["raw", "mdfuse_bitmap", "mdfuse_bitmap_uring", "mdfuse_nobitmap", "qemu_quorum"]
 WORKLOADS = [
     "seqwrite_direct", "seqread_direct", "randwrite_direct", "randread_direct", "randrw_direct",
     "seqwrite_buffered", "seqread_buffered", "randwrite_buffered", "randread_buffered",
@@ -55,6 +55,21 @@ def lat_us(fio):
     return job[d]["clat_ns"]["mean"] / 1000
 
 
+def cpu_per_request(out, t, w, fio):
+    """The daemon's context switches and CPU microseconds per request
+    during a workload (bench/run.sh's cpu_snapshot before and after)."""
+    try:
+        v0, n0, t0, hz = (int(x) for x in open(os.path.join(out, f"{t}.{w}.cpu0")).read().split())
+        v1, n1, t1, _ = (int(x) for x in open(os.path.join(out, f"{t}.{w}.cpu1")).read().split())
+    except (OSError, ValueError):
+        return None
+    reqs = sum(job[d]["total_ios"] for job in fio["jobs"] for d in ("read", "write"))
+    if not reqs:
+        return None
+    return {"daemon_ctxsw_per_req": round((v1 - v0 + n1 - n0) / reqs, 2),
+            "daemon_cpu_us_per_req": round((t1 - t0) * 1e6 / hz / reqs, 1)}
+
+
 def mem_kib(path):
     m = {}
     with open(path) as f:
@@ -91,9 +106,14 @@ def main():
             value, unit = figure(fio, w)
             figures[t][w] = {"value": round(value, 1), "unit": "MiB/s" if unit == "mibs" else "IOPS",
                              "clat_mean_us": round(lat_us(fio), 1)}
+            per_req = cpu_per_request(a.out, t, w, fio)
+            if per_req:
+                figures[t][w].update(per_req)
 
     ratios = {}
     for t in TARGETS[1:]:
+        if not figures[t]:
+            continue
         ratios[t] = {}
         for w, f in figures[t].items():
             raw = figures["raw"].get(w, {}).get("value")
@@ -112,6 +132,8 @@ def main():
                    for w in ("randwrite_direct", "randrw_direct", "randwrite_buffered",
                              "seqwrite_direct")}
     vs_qemu = {w: vs("mdfuse_bitmap", "qemu_quorum", w) for w in WORKLOADS}
+    uring_vs_dev_fuse = {w: vs("mdfuse_bitmap_uring", "mdfuse_bitmap", w) for w in WORKLOADS}
+    uring_vs_qemu = {w: vs("mdfuse_bitmap_uring", "qemu_quorum", w) for w in WORKLOADS}
 
     big = {}
     bm = os.path.join(a.out, "big.mount")
@@ -142,6 +164,13 @@ def main():
     for w in ("seqwrite_buffered", "randwrite_buffered"):
         check(f"{w} (+fsync) vs raw (bitmap on)", r("mdfuse_bitmap", w), ">=", 0.80)
     check("bitmap on/off, 4k random writes over the array", bitmap_cost["randwrite_direct"], ">=", 0.90)
+    if figures.get("mdfuse_bitmap_uring"):
+        # Issue 16's targets, on the FUSE-over-io_uring transport.
+        for w in ("seqwrite_direct", "seqread_direct", "randwrite_direct", "randread_direct",
+                  "randrw_direct", "seqwrite_buffered"):
+            check(f"uring: {w} vs raw (bitmap on)", r("mdfuse_bitmap_uring", w), ">=", 0.90)
+        for w in ("randwrite_direct", "randread_direct", "randrw_direct"):
+            check(f"uring: {w} vs qemu quorum", uring_vs_qemu[w], ">=", 2.0)
     if big:
         check("1 TiB mount seconds", big["mount_seconds"], "<=", 1.0)
         check("1 TiB resident MiB after I/O", round(big["mem_after_io_kib"]["VmRSS"] / 1024, 1),
@@ -177,6 +206,7 @@ def main():
         "figures": figures,
         "ratios_to_raw": ratios,
         "mdfuse_bitmap_vs_qemu": vs_qemu,
+        "uring_vs_dev_fuse": uring_vs_dev_fuse,
         "bitmap_on_vs_off": bitmap_cost,
         "startup_memory_1tib": big,
         "recovery": recovery,
@@ -187,7 +217,7 @@ def main():
         f.write("\n")
 
     # The table.
-    cols = TARGETS[1:]
+    cols = [c for c in TARGETS[1:] if figures[c]]
     print(f"\n{'workload':<20}{'raw':>12}  " + "".join(f"{c:>16}" for c in cols) + f"{'md/qemu':>9}")
     for w in ["fill"] + WORKLOADS:
         raw = figures["raw"].get(w)
@@ -202,6 +232,12 @@ def main():
         print(line)
     print("\n(ratios to raw from this run; seq in MiB/s, random in IOPS; md/qemu = mdfuse bitmap-on / qemu)")
     print(f"bitmap on/off: {bitmap_cost}")
+    if figures.get("mdfuse_bitmap_uring"):
+        print(f"uring / dev-fuse (bitmap on): {uring_vs_dev_fuse}")
+        for t in ("mdfuse_bitmap", "mdfuse_bitmap_uring"):
+            per = {w: (f.get("daemon_ctxsw_per_req"), f.get("daemon_cpu_us_per_req"))
+                   for w, f in figures[t].items() if "daemon_ctxsw_per_req" in f}
+            print(f"{t}: (daemon context switches, CPU us) per request: {per}")
     if big:
         print(f"1 TiB: mount {big['mount_seconds']} s, VmRSS {big['mem_after_io_kib']['VmRSS']} KiB, "
               f"VmHWM {big['mem_after_io_kib']['VmHWM']} KiB after I/O, {big['threads']} threads")

@@ -11,7 +11,10 @@
 # SKIP_BUILD=1, KEEP_OUTPUT=1 (keep the raw fio JSON in $WORK/out),
 # MDFUSE (another mdfuse binary, e.g. an experiment; implies nothing about
 # SKIP_BUILD), BDI_MAX_RATIO (experiment: raise the mdfuse mount's dirty-page
-# share, /sys/class/bdi/<dev>/max_ratio, and clear strict_limit).
+# share, /sys/class/bdi/<dev>/max_ratio, and clear strict_limit), URING=0
+# (leave out the FUSE-over-io_uring target; by default it runs when the
+# kernel has /sys/module/fuse/parameters/enable_uring, which the run sets
+# to Y and puts back as it was on exit).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -40,6 +43,7 @@ FSMOUNTS=() # ext4 mounts
 cleanup() {
     local rc=$?
     set +e
+    restore_uring
     for m in "${MOUNTS[@]}"; do
         if mountpoint -q "$m" 2>/dev/null || grep -q " $m fuse" /proc/mounts; then
             "$MDFUSE" stop --timeout 30 "$m" >/dev/null 2>&1 || umount -l "$m" 2>/dev/null
@@ -63,6 +67,13 @@ cleanup() {
     [ $rc -ne 0 ] && log "exit $rc; cleaned up"
     exit $rc
 }
+# FUSE over io_uring: the kernel's switch, on for this run, put back after.
+URING_PARAM=/sys/module/fuse/parameters/enable_uring
+URING_OLD=
+if [ "${URING:-1}" = 1 ] && [ -w "$URING_PARAM" ]; then
+    URING_OLD=$(cat "$URING_PARAM")
+fi
+restore_uring() { [ -n "$URING_OLD" ] && echo "$URING_OLD" > "$URING_PARAM"; return 0; }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
@@ -96,8 +107,11 @@ read -r RAW0 RAW1 <<< "$(pair raw)"
 read -r BM0 BM1 <<< "$(pair bitmap)"
 read -r NB0 NB1 <<< "$(pair nobitmap)"
 read -r Q0 Q1 <<< "$(pair qemu)"
-log "legs: 4 pairs x 2 x $LEG_SIZE in $WORK ($fstype)"
-for l in "$RAW0" "$RAW1" "$BM0" "$BM1" "$NB0" "$NB1" "$Q0" "$Q1"; do
+read -r BU0 BU1 <<< "$(pair bitmap-uring)"
+URING_LEGS=()
+[ -n "$URING_OLD" ] && URING_LEGS=("$BU0" "$BU1")
+log "legs: $((4 + ${#URING_LEGS[@]} / 2)) pairs x 2 x $LEG_SIZE in $WORK ($fstype)"
+for l in "$RAW0" "$RAW1" "$BM0" "$BM1" "$NB0" "$NB1" "$Q0" "$Q1" "${URING_LEGS[@]}"; do
     fallocate -l "$LEG_SIZE" "$l"
     dd if=/dev/zero of="$l" bs=1M count=$(( $(stat -c %s "$l") >> 20 )) oflag=direct conv=notrunc status=none
 done
@@ -116,8 +130,9 @@ FSMOUNTS+=("$BMFS")
 MNT=$WORK/mnt
 MNT_BM=$WORK/mnt-bitmap
 MNT_NB=$WORK/mnt-nobitmap
-mkdir -p "$MNT" "$MNT_BM" "$MNT_NB"
-MOUNTS+=("$MNT" "$MNT_BM" "$MNT_NB")
+MNT_BU=$WORK/mnt-bitmap-uring
+mkdir -p "$MNT" "$MNT_BM" "$MNT_NB" "$MNT_BU"
+MOUNTS+=("$MNT" "$MNT_BM" "$MNT_NB" "$MNT_BU")
 
 # ---------------------------------------------------------------- fio
 # Common options; a job's own options follow. Each job is time based over the
@@ -156,8 +171,23 @@ fio_on() {
         i=$((i + 1))
     done
     drop_caches
+    local pid=${TARGET_PID[$target]:-}
+    [ -n "$pid" ] && cpu_snapshot "$pid" > "$OUT/$target.$wl.cpu0"
     fio "${FIO_COMMON[@]}" "${args[@]}" > "$OUT/$target.$wl.json" 2>"$OUT/$target.$wl.err" ||
         die "fio $wl on $target: $(tail -3 "$OUT/$target.$wl.err")"
+    [ -n "$pid" ] && cpu_snapshot "$pid" > "$OUT/$target.$wl.cpu1"
+    return 0
+}
+
+# cpu_snapshot PID: the daemon's context switches (voluntary, involuntary,
+# summed over its threads) and its CPU time (utime + stime, clock ticks).
+cpu_snapshot() {
+    local sw ticks
+    sw=$(cat /proc/"$1"/task/*/status 2>/dev/null |
+        awk '/^voluntary_ctxt_switches/ { v += $2 } /^nonvoluntary_ctxt_switches/ { n += $2 }
+             END { print v + 0, n + 0 }')
+    ticks=$(awk '{ print $14 + $15 }' /proc/"$1"/stat)
+    echo "$sw $ticks $(getconf CLK_TCK)"
 }
 
 # fill TARGET FILE... : writes the whole extent once (1 MiB, O_DIRECT), so
@@ -176,7 +206,8 @@ fill() {
 # targets, in the order each workload runs on them; TARGET_READ/TARGET_WRITE:
 # a target's file(s) (the raw writes go to both legs at once).
 TARGETS=(raw mdfuse_bitmap mdfuse_nobitmap qemu_quorum)
-declare -A TARGET_READ TARGET_WRITE
+[ -n "$URING_OLD" ] && TARGETS=(raw mdfuse_bitmap mdfuse_bitmap_uring mdfuse_nobitmap qemu_quorum)
+declare -A TARGET_READ TARGET_WRITE TARGET_PID
 
 run_all_targets() {
     local t wl
@@ -202,7 +233,12 @@ daemon_pid() { sed -n 's/.*, pid \([0-9]*\)$/\1/p' "$1" | tail -1; }
 
 mount_mdfuse() { # LOGFILE [--bitmap FILE] LEGS... MNT
     local logf=$1; shift
-    "$MDFUSE" mount --threads "$THREADS" --log "$logf" "$@" >/dev/null || die "mdfuse mount: $(tail -5 "$logf")"
+    # --transport dev-fuse unless the caller says otherwise (the switch
+    # may be on for this run: auto would take the rings).
+    local transport=(--transport dev-fuse)
+    case " $* " in *" --transport "*) transport=() ;; esac
+    "$MDFUSE" mount --threads "$THREADS" --log "$logf" "${transport[@]}" "$@" >/dev/null ||
+        die "mdfuse mount: $(tail -5 "$logf")"
     local pid
     pid=$(daemon_pid "$logf")
     [ -n "$pid" ] && PIDS+=("$pid")
@@ -226,6 +262,18 @@ log "mdfuse create --bitmap"
 mount_mdfuse "$OUT/mdfuse-bitmap.log" --bitmap "$BMFS/array.bitmap" "$BM0" "$BM1" "$MNT_BM"
 TARGET_READ[mdfuse_bitmap]=$MNT_BM/array.img
 TARGET_WRITE[mdfuse_bitmap]=$MNT_BM/array.img
+TARGET_PID[mdfuse_bitmap]=$(daemon_pid "$OUT/mdfuse-bitmap.log")
+
+if [ -n "$URING_OLD" ]; then
+    echo Y > "$URING_PARAM"
+    log "mdfuse create --bitmap (FUSE over io_uring)"
+    "$MDFUSE" create --force --bitmap "$BMFS/array-uring.bitmap" "$BU0" "$BU1" >> "$OUT/create.txt"
+    mount_mdfuse "$OUT/mdfuse-bitmap-uring.log" --transport uring --bitmap "$BMFS/array-uring.bitmap" \
+        "$BU0" "$BU1" "$MNT_BU"
+    TARGET_READ[mdfuse_bitmap_uring]=$MNT_BU/array.img
+    TARGET_WRITE[mdfuse_bitmap_uring]=$MNT_BU/array.img
+    TARGET_PID[mdfuse_bitmap_uring]=$(daemon_pid "$OUT/mdfuse-bitmap-uring.log")
+fi
 
 log "mdfuse create (no bitmap)"
 "$MDFUSE" create --force "$NB0" "$NB1" >> "$OUT/create.txt"
@@ -268,10 +316,15 @@ run_all_targets
 cat "$MNT_BM/mdstat" > "$OUT/mdfuse_bitmap.mdstat" || true
 stop_mdfuse "$MNT_BM"
 stop_mdfuse "$MNT_NB"
+if [ -n "$URING_OLD" ]; then
+    stop_mdfuse "$MNT_BU"
+    grep -h "FUSE over io_uring" "$OUT/mdfuse-bitmap-uring.log" >&2 || true
+    restore_uring
+fi
 umount "$QIMG" 2>/dev/null || true
 kill "$QSD_PID" 2>/dev/null || true
 wait "$QSD_PID" 2>/dev/null || true
-rm -f "$RAW0" "$RAW1" "$BM0" "$BM1" "$NB0" "$NB1" "$Q0" "$Q1"
+rm -f "$RAW0" "$RAW1" "$BM0" "$BM1" "$NB0" "$NB1" "$Q0" "$Q1" "${URING_LEGS[@]}"
 
 # ---------------------------------------------------------------- start-up and memory, 1 TiB
 log "start-up: 1 TiB sparse array"

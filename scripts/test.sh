@@ -12,9 +12,14 @@ fi
 for comp in rustfmt:fmt clippy:clippy; do
   cargo "${comp##*:}" --version >/dev/null 2>&1 || rustup component add "${comp%%:*}"
 done
+# The kernel-md rig first: its setup installs Debian's qemu-system-x86, which
+# takes away a qemu-utils of another qemu version (qemu-nbd with it); the
+# check below then puts back the one that goes with it.
+./scripts/kmd-rig-setup.sh
 need_pkgs=()
 for tool in mdadm:mdadm fio:fio mkfs.ext4:e2fsprogs mkfs.xfs:xfsprogs zstd:zstd \
-            losetup:mount sha256sum:coreutils filefrag:e2fsprogs mkfs.erofs:erofs-utils; do
+            losetup:mount sha256sum:coreutils filefrag:e2fsprogs mkfs.erofs:erofs-utils \
+            qemu-nbd:qemu-utils nbdkit:nbdkit ip:iproute2; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || need_pkgs+=("${tool##*:}")
 done
 # tests/operator.rs parses `mdfuse metrics` with Debian's python3 and its

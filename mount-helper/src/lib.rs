@@ -98,6 +98,15 @@ fn number(v: &str) -> Result<(), String> {
         .map_err(|_| format!("threads={v}: not a number"))
 }
 
+fn transport_name(v: &str) -> Result<(), String> {
+    match v {
+        "auto" | "uring" | "dev-fuse" => Ok(()),
+        _ => Err(format!(
+            "transport={v}: not a transport (auto, uring or dev-fuse)"
+        )),
+    }
+}
+
 fn seconds(v: &str) -> Result<(), String> {
     v.parse::<u32>()
         .map(|_| ())
@@ -141,6 +150,12 @@ pub const MOUNT_OPTIONS: &[MountOption] = &[
     switch("buffered", "buffered"),
     switch("write_through", "write-through"),
     valued("threads", "threads", "N", number),
+    valued(
+        "transport",
+        "transport",
+        "auto|uring|dev-fuse",
+        transport_name,
+    ),
     valued("log", "log", "FILE", any_value),
     valued("bitmap", "bitmap", "FILE", any_value),
     switch("bitmap_file_io", "bitmap-file-io"),
@@ -236,18 +251,63 @@ fn split_options(list: &str) -> Result<Vec<String>, String> {
         .collect())
 }
 
-/// The legs of `legs=` or of SOURCE, split at `:`. The split is refused
-/// when it is not the only reading: an empty piece, or pieces that, joined
-/// again with their `:`, name a file that exists (a leg path holding a
-/// `:`); such a leg is given through a symlink without one.
+/// True when `s` starts with an NBD URI's scheme (`nbd://`, `nbd+unix://`,
+/// and the TLS ones, which mdfuse refuses with its reason).
+fn starts_with_nbd_uri(s: &str) -> bool {
+    ["nbd://", "nbd+unix://", "nbds://", "nbds+unix://"]
+        .iter()
+        .any(|p| s.len() >= p.len() && s[..p.len()].eq_ignore_ascii_case(p))
+}
+
+/// The legs of `legs=` or of SOURCE, split at `:`. A leg that is an NBD
+/// URI (`nbd://HOST:PORT/EXPORT`, `nbd+unix:///EXPORT?socket=PATH`) holds
+/// `:`s of its own: it runs up to the first `:` after its `scheme://` that
+/// is followed by `/` or by another NBD URI (the start of the next leg,
+/// which after a URI must be an absolute path or a URI); a `:` followed by
+/// `/` inside a URI is written `%3A`. The split is refused when it is not
+/// the only reading: an empty piece, or path pieces that, joined again
+/// with their `:`, name a file that exists (a leg path holding a `:`);
+/// such a leg is given through a symlink without one.
 fn split_legs(what: &str, list: &str) -> Result<Vec<String>, String> {
-    let legs: Vec<String> = list.split(':').map(String::from).collect();
-    if legs.iter().any(|l| l.is_empty()) {
+    // (leg, is a URI)
+    let mut legs: Vec<(String, bool)> = Vec::new();
+    let mut rest = list;
+    loop {
+        let (leg, next) = if starts_with_nbd_uri(rest) {
+            let body = rest.find("://").map_or(0, |i| i + 3);
+            let end = rest[body..]
+                .match_indices(':')
+                .map(|(i, _)| body + i)
+                .find(|&at| {
+                    let after = &rest[at + 1..];
+                    after.starts_with('/') || starts_with_nbd_uri(after)
+                });
+            match end {
+                Some(at) => (&rest[..at], Some(&rest[at + 1..])),
+                None => (rest, None),
+            }
+        } else {
+            match rest.split_once(':') {
+                Some((leg, after)) => (leg, Some(after)),
+                None => (rest, None),
+            }
+        };
+        legs.push((leg.to_string(), starts_with_nbd_uri(leg)));
+        match next {
+            Some(n) => rest = n,
+            None => break,
+        }
+    }
+    if legs.iter().any(|(l, _)| l.is_empty()) {
         return Err(format!("{what}{list}: an empty leg path"));
     }
     for first in 0..legs.len() {
         for last in first + 1..legs.len() {
-            let joined = legs[first..=last].join(":");
+            if legs[first..=last].iter().any(|(_, uri)| *uri) {
+                break;
+            }
+            let joined: Vec<&str> = legs[first..=last].iter().map(|(l, _)| l.as_str()).collect();
+            let joined = joined.join(":");
             if std::path::Path::new(&joined).exists() {
                 return Err(format!(
                     "{what}{list}: cannot be split into legs unambiguously: {joined:?} exists; \
@@ -257,7 +317,7 @@ fn split_legs(what: &str, list: &str) -> Result<Vec<String>, String> {
             }
         }
     }
-    Ok(legs)
+    Ok(legs.into_iter().map(|(l, _)| l).collect())
 }
 
 pub fn parse_mount_args(args: &[String]) -> Result<MountRequest, String> {
@@ -516,6 +576,28 @@ mod tests {
     }
 
     #[test]
+    fn nbd_uris_in_legs_keep_their_colons() {
+        let r = parse_mount_args(&args(
+            "mirror /m -o legs=/d/a.img:nbd://10.0.0.2:10809/leg1:nbd+unix:///e?socket=/run/s.sock",
+        ))
+        .unwrap();
+        assert_eq!(
+            r.legs,
+            vec![
+                "/d/a.img",
+                "nbd://10.0.0.2:10809/leg1",
+                "nbd+unix:///e?socket=/run/s.sock"
+            ]
+        );
+        let r = parse_mount_args(&args("nbd://[fd00::2]/x:/d/b /m")).unwrap();
+        assert_eq!(r.legs, vec!["nbd://[fd00::2]/x", "/d/b"]);
+        // Two URIs in a row; an export holding ':' not followed by '/'.
+        let r = parse_mount_args(&args("mirror /m -o legs=nbd://h/a:b:nbd://g:7/c%3A/d")).unwrap();
+        assert_eq!(r.legs, vec!["nbd://h/a:b", "nbd://g:7/c%3A/d"]);
+        assert!(parse_mount_args(&args("mirror /m -o legs=/d/a::nbd://h/x")).is_err());
+    }
+
+    #[test]
     fn source_names_legs() {
         let r = parse_mount_args(&args("/d/a:/d/b /m -s -o ro,threads=4")).unwrap();
         assert_eq!(r.legs, vec!["/d/a", "/d/b"]);
@@ -523,6 +605,25 @@ mod tests {
             r.mdfuse_args(),
             args("mount --ro --threads=4 -- /d/a /d/b /m")
         );
+    }
+
+    #[test]
+    fn transport_goes_through() {
+        let r = parse_mount_args(&args("/d/a:/d/b /m -o transport=uring,threads=4")).unwrap();
+        assert_eq!(
+            r.mdfuse_args(),
+            args("mount --threads=4 --transport=uring -- /d/a /d/b /m")
+        );
+        for bad in [
+            "transport",
+            "transport=io_uring",
+            "transport=uring,transport=auto",
+        ] {
+            assert!(
+                parse_mount_args(&args(&format!("/d/a:/d/b /m -o {bad}"))).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

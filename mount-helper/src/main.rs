@@ -6,7 +6,7 @@
 //! Usage (from mount(8)): mount.mdfuse SOURCE MOUNTPOINT [-sfnv] [-o OPTIONS]
 //! Options: legs=LEG:LEG[:LEG...] (or give them as SOURCE), bitmap=FILE,
 //! bitmap_file_io, bitmap_trust_device, delay=SECS, ro/rw, allow_other, image_mode=MODE, run,
-//! force_from=LEG, buffered, write_through, threads=N, log=FILE; mount's generic ones
+//! force_from=LEG, buffered, write_through, threads=N, transport=auto|uring|dev-fuse, log=FILE; mount's generic ones
 //! (defaults, auto, noauto, nofail, _netdev, user, nouser, x-*, comment=) are
 //! accepted and ignored. The legs and the mountpoint are passed after `--`;
 //! a `legs=` list that cannot be split one way only is refused.

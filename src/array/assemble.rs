@@ -554,25 +554,9 @@ fn same_path(a: &std::path::Path, b: &std::path::Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::superblock::{NewMember, Superblock};
+    use crate::array::test_support::member;
+    use crate::format::superblock::Superblock;
     use std::path::Path;
-
-    fn member(dev_number: u32) -> Superblock {
-        let mut sb = Superblock::new_raid1_member(&NewMember {
-            set_uuid: [7; 16],
-            name: "t",
-            raid_disks: 2,
-            dev_number,
-            device_uuid: [dev_number as u8; 16],
-            device_sectors: 1 << 16,
-            array_sectors: 1 << 15,
-            data_offset: None,
-            ctime: Default::default(),
-        })
-        .expect("superblock");
-        sb.events = 10;
-        sb
-    }
 
     fn opts(run: bool) -> AssembleOptions {
         AssembleOptions {

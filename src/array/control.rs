@@ -392,6 +392,9 @@ impl RunningArray {
         let io = s.io()?;
         let state = s.state();
         Some(match attr {
+            // md lists a device's flags comma-separated; a leg whose writes
+            // are never known durable (an NBD server without flush) says so.
+            "state" if io.leg().is_volatile() => format!("{},volatile", state.md_word()),
             "state" => state.md_word().to_string(),
             "errors" => s.errors().to_string(),
             // md keeps a recovering spare in its slot; a faulty leg leaves it.
@@ -520,18 +523,18 @@ impl RunningArray {
         Ok(())
     }
 
-    /// md's new_dev: a leg's absolute path (added, as a new leg or a former
-    /// member), or `re-add PATH` (only a former member).
+    /// md's new_dev: a leg's absolute path or NBD URI (added, as a new leg
+    /// or a former member), or `re-add LEG` (only a former member).
     fn store_new_dev(&self, path: &str, value: &str) -> Result<(), i32> {
         let (re_add_only, leg) = match value.strip_prefix("re-add ") {
             Some(p) => (true, p),
             None => (false, value),
         };
-        if !leg.starts_with('/') {
+        if !leg.starts_with('/') && !crate::io::leg::is_remote_name(std::path::Path::new(leg)) {
             return Err(refuse(
                 path,
                 value,
-                "new_dev takes a leg's absolute path",
+                "new_dev takes a leg's absolute path or an NBD URI",
                 libc::EINVAL,
             ));
         }

@@ -80,7 +80,21 @@ pub(super) fn random_uuid() -> Result<[u8; 16], ArrayError> {
 /// under two names), before anything is opened or locked.
 pub fn check_distinct(paths: &[PathBuf]) -> Result<(), ArrayError> {
     let mut seen: Vec<((u64, u64, u64), &PathBuf)> = Vec::new();
+    // NBD URIs: the same leg when equal once parsed (the same host, port
+    // and export; or socket and export).
+    let mut remote: Vec<(crate::io::leg::Locator, &PathBuf)> = Vec::new();
     for p in paths {
+        if crate::io::leg::is_remote_name(p) {
+            let l = crate::io::leg::Locator::parse(p)?;
+            if let Some((_, prev)) = remote.iter().find(|(other, _)| other.same_leg(&l)) {
+                return Err(ArrayError::SameLeg {
+                    a: (*prev).clone(),
+                    b: p.clone(),
+                });
+            }
+            remote.push((l, p));
+            continue;
+        }
         let m = std::fs::metadata(p).map_err(|source| crate::io::leg::LegError::Open {
             path: p.clone(),
             source,

@@ -163,23 +163,11 @@ pub(super) fn spare_superblock(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::superblock::NewMember;
 
     const LEG: u64 = (1 << 16) * 512;
 
     fn member(dev_number: u32, events: u64) -> Superblock {
-        let mut sb = Superblock::new_raid1_member(&NewMember {
-            set_uuid: [7; 16],
-            name: "t",
-            raid_disks: 2,
-            dev_number,
-            device_uuid: [dev_number as u8; 16],
-            device_sectors: 1 << 16,
-            array_sectors: 1 << 15,
-            data_offset: None,
-            ctime: Default::default(),
-        })
-        .expect("superblock");
+        let mut sb = crate::array::test_support::member(dev_number);
         sb.events = events;
         sb
     }

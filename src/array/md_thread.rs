@@ -1,8 +1,8 @@
 //! The array's own thread, as md's per-array thread (`md_register_thread`):
 //! it wakes every tick and runs what the array gave it as a closure (for a
 //! running array: fail legs whose failure could not be recorded, restart an
-//! owed resync or recovery, and safe mode), until it is stopped or the
-//! closure says the array is gone.
+//! owed resync or recovery, safe mode, and bring faulty remote legs back),
+//! until it is stopped or the closure says the array is gone.
 
 use parking_lot::{Condvar, Mutex};
 use std::sync::Arc;

@@ -10,6 +10,7 @@ pub mod events;
 pub mod internal_bitmap;
 mod join;
 pub mod md_thread;
+mod reconnect;
 pub mod running;
 pub mod served;
 pub mod superblocks;
@@ -23,3 +24,28 @@ pub use events::{Listener, MdEvent};
 pub use internal_bitmap::{attach_internal, has_internal_bitmap, InternalBitmapOptions};
 pub use running::{RunOptions, RunningArray};
 pub use served::{ControlAccess, ServedArray};
+
+/// What the array layer's unit tests share.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use crate::format::superblock::{NewMember, Superblock};
+
+    /// A member of a 2-leg array (set UUID 7s, name "t", 32 MiB legs, 16
+    /// MiB array) with device number `dev_number`, at events 10.
+    pub fn member(dev_number: u32) -> Superblock {
+        let mut sb = Superblock::new_raid1_member(&NewMember {
+            set_uuid: [7; 16],
+            name: "t",
+            raid_disks: 2,
+            dev_number,
+            device_uuid: [dev_number as u8; 16],
+            device_sectors: 1 << 16,
+            array_sectors: 1 << 15,
+            data_offset: None,
+            ctime: Default::default(),
+        })
+        .expect("superblock");
+        sb.events = 10;
+        sb
+    }
+}

@@ -194,6 +194,8 @@ impl RunningArray {
         }
         let weak = Arc::downgrade(&array);
         let mut idle = None;
+        // Faulty remote legs being reconnected (`reconnect.rs`).
+        let mut reconnects = Default::default();
         let thread = MdThread::start("md-thread", TICK, move || {
             let Some(array) = weak.upgrade() else {
                 return false;
@@ -205,6 +207,7 @@ impl RunningArray {
             let cx = array.sync_cx();
             array.sync.check_recovery(&cx);
             array.sync.safe_mode(&cx, idle);
+            array.reconnect_remote_legs(&mut reconnects, std::time::Instant::now());
             true
         })
         .map_err(|source| ArrayError::Thread {
@@ -464,7 +467,16 @@ impl RunningArray {
             )));
         }
         let current = self.keeper.current().ok_or(ArrayError::NoMemberLeft)?;
-        let sb = super::superblocks::read_superblock(io.leg())?.map_err(|source| {
+        // A remote leg's connection died with it: its superblock is read
+        // over a new one (the server may be back).
+        let probe;
+        let leg = if io.leg().locator().is_remote() {
+            probe = crate::io::leg::Leg::open(&path, io.leg().mode(), false, false)?;
+            &probe
+        } else {
+            io.leg()
+        };
+        let sb = super::superblocks::read_superblock(leg)?.map_err(|source| {
             ArrayError::BadSuperblock {
                 path: path.clone(),
                 source,
@@ -663,6 +675,7 @@ impl RunningArray {
                         slot: i,
                         faulty: s.state() == LegState::Faulty,
                         in_sync: s.state() == LegState::InSync,
+                        volatile: s.io().is_some_and(|io| io.leg().is_volatile()),
                     })
                 })
                 .collect(),

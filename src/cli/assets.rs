@@ -45,7 +45,11 @@ translates mount(8)'s arguments into \fBmdfuse mount\fR \fIoptions\fR \fB\-\-\fR
 {options} (the legs may be given as SOURCE instead, LEG:LEG); each is the
 \fBmdfuse mount\fR flag of the same name (see mdfuse\-mount(8)); mount's own
 (defaults, noauto, nofail, x\-*, ...) are accepted; anything else is refused.
-A leg path holding ':' or ',' cannot be given: use a symlink.
+A leg path holding ':' or ',' cannot be given: use a symlink. A leg that
+is an NBD URI (nbd://HOST:PORT/EXPORT, nbd+unix:///EXPORT?socket=PATH)
+keeps its own ':'s: it runs up to the first ':' after its scheme:// that is
+followed by '/' or by another nbd URI (the next leg, an absolute path or a
+URI); inside a URI, write a ':' followed by '/' as %3A.
 .SH SEE ALSO
 mdfuse(8), mdfuse\-mount(8), mount(8), fstab(5)
 "#

@@ -6,7 +6,8 @@
 //!
 //! Implementations here: [`FileDevice`] (a regular file or a block device,
 //! what `Leg::open` gives) and [`MemDevice`] (bytes in memory, for the
-//! engine's tests, with errors on demand).
+//! engine's tests, with errors on demand); in `io::nbd`, `NbdDevice` (an
+//! export on an NBD server).
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -35,6 +36,11 @@ pub trait LegDevice: Send + Sync + std::fmt::Debug {
     fn raw_fd(&self) -> Option<RawFd> {
         None
     }
+    /// Nothing written is known durable: the device has no flush to give
+    /// (an NBD server that advertises none).
+    fn is_volatile(&self) -> bool {
+        false
+    }
 }
 
 /// A shared device (a test keeps a handle to fail it on demand).
@@ -56,6 +62,9 @@ impl<D: LegDevice + ?Sized> LegDevice for std::sync::Arc<D> {
     }
     fn raw_fd(&self) -> Option<RawFd> {
         (**self).raw_fd()
+    }
+    fn is_volatile(&self) -> bool {
+        (**self).is_volatile()
     }
 }
 

@@ -1,5 +1,6 @@
 //! One backing leg: a regular file or a block device, opened for direct I/O
-//! where it allows it, locked against a second mdfuse.
+//! where it allows it, locked against a second mdfuse; or an export on an
+//! NBD server, named by its URI (`nbd://`, `nbd+unix://`).
 //!
 //! Offsets here are absolute byte offsets on the leg; the RAID1 engine adds
 //! the data offset.
@@ -14,6 +15,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use super::checked_open::{kind_name, CheckedPath};
 use super::device::{FileDevice, LegDevice};
 use super::lock::{lock_exclusive, LockError};
+use super::nbd::uri::{is_nbd_uri, NbdUri};
+use super::nbd::NbdDevice;
 
 /// How a leg's data is read and written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,6 +82,18 @@ pub enum LegError {
         what: String,
         errno: i32,
     },
+    /// A leg named by a URI that does not parse (or asks for TLS).
+    #[error("leg {source}")]
+    Uri {
+        path: PathBuf,
+        source: super::nbd::uri::UriError,
+    },
+    /// An NBD leg that cannot be connected to or cannot serve as a leg.
+    #[error("leg {source}")]
+    Remote {
+        path: PathBuf,
+        source: super::nbd::client::NbdError,
+    },
 }
 
 impl LegError {
@@ -90,6 +105,16 @@ impl LegError {
             | LegError::Io { source, .. }
             | LegError::Sync { source, .. } => source,
             LegError::NotFileOrDevice { .. } => return libc::ENODEV,
+            LegError::Uri { .. } => return libc::EINVAL,
+            LegError::Remote { source, .. } => {
+                return match source {
+                    super::nbd::client::NbdError::Connect { source, .. } => {
+                        source.raw_os_error().unwrap_or(libc::EIO)
+                    }
+                    super::nbd::client::NbdError::Unsuitable { .. } => libc::EINVAL,
+                    _ => libc::EIO,
+                }
+            }
             LegError::EarlierFlush { errno, .. } => return *errno,
             LegError::InUse { .. } | LegError::OpenTwice { .. } | LegError::DeviceBusy { .. } => {
                 return libc::EBUSY
@@ -99,12 +124,64 @@ impl LegError {
     }
 }
 
-/// Where a leg is, parsed once from what the user gave: today a path (a
-/// file or a block device) or, for tests, a name in memory; tomorrow a URI.
+/// Where a leg is, parsed once from what the user gave: a path (a file or
+/// a block device), an NBD URI, or, for tests, a name in memory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Locator {
     Path(PathBuf),
     Memory(String),
+    Nbd(NbdUri),
+}
+
+impl Locator {
+    /// What the user gave as a leg: an `nbd*://` URI (refused when it does
+    /// not parse or asks for TLS), else a path.
+    pub fn parse(given: &Path) -> Result<Locator, LegError> {
+        match given.to_str() {
+            Some(s) if is_nbd_uri(s) => {
+                NbdUri::parse(s)
+                    .map(Locator::Nbd)
+                    .map_err(|source| LegError::Uri {
+                        path: given.to_owned(),
+                        source,
+                    })
+            }
+            _ => Ok(Locator::Path(given.to_owned())),
+        }
+    }
+
+    /// Names the same leg as `other`: equal paths, or URIs naming the same
+    /// export on the same server (whatever their options).
+    pub fn same_leg(&self, other: &Locator) -> bool {
+        match (self, other) {
+            (Locator::Nbd(a), Locator::Nbd(b)) => a.addr == b.addr && a.export == b.export,
+            (a, b) => a == b,
+        }
+    }
+
+    /// A leg on another machine (or behind a socket): not a file here.
+    pub fn is_remote(&self) -> bool {
+        matches!(self, Locator::Nbd(_))
+    }
+
+    /// The leg's short name (md's `dev-NAME`): a file's name, or a safe
+    /// name derived from a URI.
+    pub fn short_name(&self) -> String {
+        match self {
+            Locator::Path(p) => p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| p.display().to_string()),
+            Locator::Memory(name) => format!("mem:{name}"),
+            Locator::Nbd(u) => u.safe_name(),
+        }
+    }
+}
+
+/// True when `given` names a leg by an NBD URI (a network leg: no file to
+/// stat, lock or canonicalize).
+pub fn is_remote_name(given: &Path) -> bool {
+    given.to_str().is_some_and(is_nbd_uri)
 }
 
 impl std::fmt::Display for Locator {
@@ -112,27 +189,18 @@ impl std::fmt::Display for Locator {
         match self {
             Locator::Path(p) => write!(f, "{}", p.display()),
             Locator::Memory(name) => write!(f, "mem:{name}"),
+            Locator::Nbd(u) => write!(f, "{u}"),
         }
     }
 }
 
-impl Locator {
-    /// The leg's short name, as md names a member by its kernel name
-    /// (`dev-NAME` in md/, mdstat): a path's file name, a memory leg's name.
-    pub fn short_name(&self) -> String {
-        match self {
-            Locator::Path(p) => short_name(p),
-            Locator::Memory(name) => name.clone(),
-        }
-    }
-}
-
-/// The short name of a leg at `path` (its file name): see
+/// The short name of the leg given as `given` (a path or a URI): see
 /// [`Locator::short_name`].
-pub fn short_name(path: &Path) -> String {
-    path.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| path.display().to_string())
+pub fn short_name(given: &Path) -> String {
+    match Locator::parse(given) {
+        Ok(l) => l.short_name(),
+        Err(_) => Locator::Path(given.to_owned()).short_name(),
+    }
 }
 
 #[derive(Debug)]
@@ -269,6 +337,9 @@ impl Leg {
     /// with a log line saying so. `lock` takes an exclusive flock so a second
     /// mdfuse cannot use the leg at the same time.
     pub fn open(path: &Path, mode: IoMode, writable: bool, lock: bool) -> Result<Leg, LegError> {
+        if let Locator::Nbd(uri) = Locator::parse(path)? {
+            return Leg::open_nbd(uri, mode, writable);
+        }
         let checked = open_checked(path)?;
         let meta = checked.metadata();
         let is_block_device = meta.file_type().is_block_device();
@@ -370,6 +441,29 @@ impl Leg {
         })
     }
 
+    /// A leg on an NBD server: connected and handshaken. Its I/O needs no
+    /// alignment of its own beyond the server's minimum block (at most
+    /// 4 KiB, which direct mode's alignment satisfies), so it keeps the
+    /// mode asked for. No lock: the server decides who may connect
+    /// (qemu-nbd serves one client unless told `--shared`).
+    fn open_nbd(uri: NbdUri, mode: IoMode, writable: bool) -> Result<Leg, LegError> {
+        let path = PathBuf::from(uri.to_string());
+        let device = NbdDevice::open(&uri, writable).map_err(|source| LegError::Remote {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(Leg {
+            path,
+            size: device.size(),
+            locator: Locator::Nbd(uri),
+            device: Box::new(device),
+            mode,
+            is_block_device: false,
+            stats: LegIoStats::default(),
+            flushes: Mutex::new(None),
+        })
+    }
+
     /// Closes this handle (releasing its lock) and opens the leg again in `mode`.
     pub fn reopen(self, mode: IoMode, writable: bool) -> Result<Leg, LegError> {
         let path = self.path.clone();
@@ -409,6 +503,12 @@ impl Leg {
 
     pub fn mode(&self) -> IoMode {
         self.mode
+    }
+
+    /// Nothing written to the leg is known to be durable: an NBD server
+    /// that advertises no flush.
+    pub fn is_volatile(&self) -> bool {
+        self.device.is_volatile()
     }
 
     pub fn is_block_device(&self) -> bool {
@@ -619,6 +719,30 @@ mod tests {
         let err = Leg::open(&p, IoMode::Buffered, true, true).unwrap_err();
         assert!(matches!(err, LegError::OpenTwice { .. }), "{err}");
         assert!(err.to_string().contains("given twice"), "{err}");
+    }
+
+    #[test]
+    fn nbd_uris_are_located_once_and_compared_as_legs() {
+        let a = Locator::parse(Path::new("nbd://Host/x")).unwrap();
+        let b = Locator::parse(Path::new("nbd://host:10809/x?x-timeout=5")).unwrap();
+        assert!(a.is_remote() && a.same_leg(&b) && a != b);
+        assert_eq!(a.short_name(), "nbd-host-10809-x");
+        assert_eq!(a.to_string(), "nbd://host:10809/x");
+        let p = Locator::parse(Path::new("/srv/nbd:leg")).unwrap();
+        assert_eq!(p, Locator::Path("/srv/nbd:leg".into()));
+        assert!(!p.is_remote() && !p.same_leg(&a));
+        assert_eq!(p.short_name(), "nbd:leg");
+        let e = Leg::open(Path::new("nbds://h/x"), IoMode::Direct, true, true).unwrap_err();
+        assert!(matches!(e, LegError::Uri { .. }), "{e}");
+        assert_eq!(e.errno(), libc::EINVAL);
+        assert!(e.to_string().contains("TLS"), "{e}");
+        // Nothing listens there: a connect error, named with the URI.
+        let dir = tempfile::tempdir().unwrap();
+        let uri = format!("nbd+unix:///x?socket={}/none.sock", dir.path().display());
+        let e = Leg::open(Path::new(&uri), IoMode::Direct, true, true).unwrap_err();
+        assert!(matches!(e, LegError::Remote { .. }), "{e}");
+        assert!(e.to_string().contains("cannot connect"), "{e}");
+        assert_eq!(e.errno(), libc::ENOENT);
     }
 
     #[test]

@@ -10,4 +10,5 @@ pub mod fanout;
 pub mod leg;
 pub mod lock;
 pub mod mounts;
+pub mod nbd;
 pub mod uring;

@@ -126,7 +126,13 @@ pub fn from_controls(
         let Some(leg) = name.strip_prefix("dev-") else {
             continue;
         };
-        let state = get(&format!("{name}/state"))?;
+        // md's state word, then its flags (`in_sync,volatile`): the word
+        // is the state; a flag is said after it in the text's column.
+        let full = get(&format!("{name}/state"))?;
+        let (state, flags) = match full.split_once(',') {
+            Some((w, f)) => (w.to_string(), f.replace(',', " ")),
+            None => (full, String::new()),
+        };
         let slot = get(&format!("{name}/slot"))?;
         let errors = get(&format!("{name}/errors"))?;
         // Fields 3 and 7 of the block stat line: sectors read and written.
@@ -140,7 +146,11 @@ pub fn from_controls(
         devices.push(DeviceStatus {
             number: 0,
             raid_device: slot.parse().ok(),
-            state_text: state_text(&state).to_string(),
+            state_text: if flags.is_empty() {
+                state_text(&state).to_string()
+            } else {
+                format!("{} {flags}", state_text(&state))
+            },
             state,
             name: leg.to_string(),
             errors: num(&format!("{name}/errors"), &errors)?,
@@ -374,6 +384,25 @@ Consistency Policy : bitmap
             s.sync_progress.as_ref().and_then(|p| p.speed_kib),
             Some(1000)
         );
+    }
+
+    #[test]
+    fn a_flag_after_the_state_word_is_said_and_the_leg_still_counts() {
+        let dirs = ["dev-b.img".to_string(), "dev-a.img".to_string()];
+        let s = from_controls(&dirs, |rel| match rel {
+            "dev-a.img/state" => Ok("in_sync,volatile".into()),
+            "dev-b.img/state" => Ok("in_sync".into()),
+            "sync_action" => Ok("idle".into()),
+            other => md_file(other),
+        })
+        .expect("status");
+        let a = &s.devices[0];
+        assert_eq!(
+            (a.state.as_str(), a.state_text.as_str()),
+            ("in_sync", "active sync volatile")
+        );
+        assert_eq!(s.active_devices, 2);
+        assert!(render("/mnt/m", &s).contains("active sync volatile a.img"));
     }
 
     #[test]

@@ -11,6 +11,9 @@ pub struct MdstatLeg {
     pub slot: usize,
     pub faulty: bool,
     pub in_sync: bool,
+    /// Its writes are never known durable (an NBD server without flush):
+    /// `(V)` after its name.
+    pub volatile: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,6 +82,9 @@ pub fn render_mdstat(v: &MdstatView) -> String {
     legs.sort_by_key(|l| std::cmp::Reverse(l.slot));
     for leg in &legs {
         let _ = write!(s, " {}[{}]", escape_name(&leg.name), leg.slot);
+        if leg.volatile {
+            s.push_str("(V)");
+        }
         if leg.faulty {
             s.push_str("(F)");
         }
@@ -169,12 +175,14 @@ mod tests {
                     slot: 0,
                     faulty: false,
                     in_sync: true,
+                    volatile: false,
                 },
                 MdstatLeg {
                     name: "vdb".into(),
                     slot: 1,
                     faulty: false,
                     in_sync: true,
+                    volatile: false,
                 },
             ],
             bitmap: Some(MdstatBitmap {
@@ -221,6 +229,10 @@ bitmap: 0/1 pages [0KB], 64KB chunk, file: /mnt/bm/md0.bitmap\n\nunused devices:
         v.legs[1].in_sync = false;
         let text = render_mdstat(&v);
         assert!(text.contains("vdb[1](F) vda[0]"), "{text}");
+        v.legs[1].volatile = true;
+        let text = render_mdstat(&v);
+        assert!(text.contains("vdb[1](V)(F) vda[0]"), "{text}");
+        v.legs[1].volatile = false;
         assert!(text.contains("[2/1] [U_]"), "{text}");
         v.legs[1].faulty = false;
         v.sync = Some(MdstatSync {

@@ -2,7 +2,10 @@
 //! stop it cleanly, and the moment the mount is live (so a caller that
 //! detached can return).
 
-use super::fuse::{ArrayFs, ImageAccess};
+use super::core::{ImageAccess, MountCore};
+use super::fuse::{ArrayFs, InitSeen};
+use super::ring::{self, RingConfig};
+use super::Transport;
 use crate::array::ServedArray;
 use fuser::{Config, MountOption, SessionACL};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -12,6 +15,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
@@ -29,6 +33,8 @@ pub struct ServeOptions {
     /// The kernel's FUSE writeback cache for buffered writes (faster; but a
     /// buffered write past the image's end then fails only at writeback).
     pub writeback_cache: bool,
+    /// How requests come: /dev/fuse, io_uring, or io_uring when it can.
+    pub transport: Transport,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +55,13 @@ pub enum ServeError {
     Signals(std::io::Error),
     #[error("stopped by signal {0} before the mount was live")]
     Interrupted(i32),
+    #[error(
+        "--transport uring: FUSE over io_uring is not available: {0} (--transport auto or \
+         dev-fuse serve through /dev/fuse)"
+    )]
+    UringUnavailable(String),
+    #[error("cannot serve through FUSE over io_uring: {0}")]
+    Rings(String),
 }
 
 /// SIGTERM, SIGINT and SIGHUP, caught from before the array is assembled:
@@ -207,7 +220,23 @@ pub fn serve<A: ServedArray>(
         uid,
         gid,
     };
-    let fs = ArrayFs::new(array, uid, gid, image, opts.writeback_cache);
+    let want_uring = match opts.transport {
+        Transport::DevFuse => false,
+        Transport::Uring => {
+            ring::support().map_err(ServeError::UringUnavailable)?;
+            true
+        }
+        Transport::Auto => match ring::support() {
+            Ok(()) => true,
+            Err(why) => {
+                log::info!("transport: /dev/fuse (FUSE over io_uring is not used: {why})");
+                false
+            }
+        },
+    };
+    let core = Arc::new(MountCore::new(array, uid, gid, image, opts.writeback_cache));
+    let init = Arc::new(parking_lot::Mutex::new(InitSeen::default()));
+    let fs = ArrayFs::new(core.clone(), want_uring, init.clone());
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::FSName(opts.fsname.clone()),
@@ -226,7 +255,13 @@ pub fn serve<A: ServedArray>(
     } else {
         SessionACL::Owner
     };
-    config.n_threads = Some(opts.threads.max(1));
+    // With the rings, /dev/fuse carries only what comes before they are
+    // registered, and FORGET and INTERRUPT: two threads are enough.
+    config.n_threads = Some(if want_uring {
+        opts.threads.clamp(1, 2)
+    } else {
+        opts.threads.max(1)
+    });
     config.clone_fd = true;
     let session =
         fuser::Session::new(fs, &mountpoint, &config).map_err(|source| ServeError::Mount {
@@ -246,6 +281,36 @@ pub fn serve<A: ServedArray>(
         return Err(ServeError::Interrupted(signals.received().unwrap_or(0)));
     }
     tune_bdi(&mountpoint);
+    let rings = if want_uring {
+        match start_rings(core, &session, &init.lock().clone(), opts) {
+            Ok(r) => r,
+            Err((why, fatal, rings)) => {
+                if opts.transport == Transport::Uring || fatal {
+                    log::error!("FUSE over io_uring: {why}; unmounting");
+                    unmount(&mountpoint);
+                    drop(session);
+                    if let Some(r) = rings {
+                        let _ = r.join(Duration::from_secs(5), || abort_connection(&mountpoint));
+                    }
+                    return Err(if fatal {
+                        ServeError::Rings(why)
+                    } else {
+                        ServeError::UringUnavailable(why)
+                    });
+                }
+                log::warn!(
+                    "transport: /dev/fuse with {} threads (FUSE over io_uring failed: {why})",
+                    opts.threads.clamp(1, 2)
+                );
+                rings
+            }
+        }
+    } else {
+        if opts.transport == Transport::DevFuse {
+            log::info!("transport: /dev/fuse (--transport dev-fuse)");
+        }
+        None
+    };
     log::info!("serving at {}", mountpoint.display());
     on_live();
     let result = match session.run() {
@@ -262,7 +327,109 @@ pub fn serve<A: ServedArray>(
             source,
         }),
     };
+    if let Some(rings) = rings {
+        // Every ring thread finishes its request before it sees the end of
+        // the connection: the array stops after them.
+        let served = rings.join(Duration::from_secs(5), || abort_connection(&mountpoint));
+        log::info!("FUSE over io_uring served {served} requests");
+    }
     result
+}
+
+/// Why the rings are not used, whether the mount cannot be served at all
+/// then (some queue may lack an entry), and the threads started, if any,
+/// which end with the connection.
+type RingsRefused = (String, bool, Option<ring::RingTransport>);
+
+/// Registers the rings after INIT.
+fn start_rings<A: ServedArray>(
+    core: Arc<MountCore<A>>,
+    session: &fuser::Session<ArrayFs<A>>,
+    init: &InitSeen,
+    opts: &ServeOptions,
+) -> Result<Option<ring::RingTransport>, RingsRefused> {
+    if !init.uring_offered {
+        return Err((
+            "the kernel did not offer FUSE_OVER_IO_URING at INIT (is \
+             /sys/module/fuse/parameters/enable_uring Y?)"
+                .into(),
+            false,
+            None,
+        ));
+    }
+    let cfg = RingConfig::new(
+        opts.threads,
+        init.max_write,
+        init.max_readahead,
+        opts.allow_other,
+    );
+    use std::os::fd::AsFd;
+    let (rings, registered) = ring::start(core, session.as_fd(), cfg);
+    match registered {
+        Ok(()) => {
+            log::info!(
+                "transport: FUSE over io_uring ({} queues, {} entries each, {} KiB payload per entry)",
+                cfg.queues,
+                cfg.threads_per_queue,
+                cfg.payload / 1024
+            );
+            Ok(Some(rings))
+        }
+        Err(e) => Err((e.to_string(), !e.kernel_falls_back(), Some(rings))),
+    }
+}
+
+/// Ends the FUSE connection of the mount at `mountpoint` through
+/// /sys/fs/fuse/connections/N/abort, for ring threads that outlive the
+/// session (it ended without an unmount). Best effort: logged.
+fn abort_connection(mountpoint: &Path) {
+    let Some(dev) = mount_device(mountpoint) else {
+        log::warn!(
+            "cannot find the FUSE connection of {} to end its rings",
+            mountpoint.display()
+        );
+        return;
+    };
+    let minor = dev.split_once(':').map_or(dev.as_str(), |(_, m)| m);
+    log::warn!("ring threads still running after the session ended: aborting the connection");
+    let abort = |dir: &Path| std::fs::write(dir.join(minor).join("abort"), "1");
+    let host = Path::new("/sys/fs/fuse/connections");
+    if host.join(minor).exists() {
+        if let Err(e) = abort(host) {
+            log::error!("{}/{minor}/abort: {e}", host.display());
+        }
+        return;
+    }
+    // fusectl is not mounted there: a private instance for this.
+    let dir = std::env::temp_dir().join(format!("mdfuse-fusectl-{}", std::process::id()));
+    let mounted = std::fs::create_dir_all(&dir).is_ok() && {
+        let (Ok(src), Ok(target), Ok(kind)) = (
+            CString::new("fusectl"),
+            CString::new(dir.as_os_str().as_bytes()),
+            CString::new("fusectl"),
+        ) else {
+            return;
+        };
+        // SAFETY: valid C strings; no data argument.
+        unsafe {
+            libc::mount(
+                src.as_ptr(),
+                target.as_ptr(),
+                kind.as_ptr(),
+                0,
+                std::ptr::null(),
+            ) == 0
+        }
+    };
+    if !mounted {
+        log::error!("cannot mount fusectl to abort the connection");
+    } else {
+        if let Err(e) = abort(&dir) {
+            log::error!("fusectl {minor}/abort: {e}");
+        }
+        unmount(&dir);
+    }
+    let _ = std::fs::remove_dir(&dir);
 }
 
 /// The kernel gives a FUSE mount a 1% share of dirty memory with a strict

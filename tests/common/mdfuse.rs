@@ -641,6 +641,24 @@ impl MountedArray {
         Ok(m)
     }
 
+    /// An array some other way mounted at `mnt` (mount(8) through
+    /// mount.mdfuse), its daemon logging to `log`: from now on this guard
+    /// stops it, as if [`MountedArray::mount`] had mounted it.
+    pub fn adopt(legs: &Legs, mnt: &Path, log: PathBuf) -> MountedArray {
+        let pid = daemons_for(mnt)
+            .first()
+            .copied()
+            .unwrap_or_else(|| panic!("no mdfuse daemon serves {}", mnt.display()));
+        MountedArray {
+            mnt: mnt.to_owned(),
+            log,
+            legs: legs.clone(),
+            pid,
+            done: false,
+            mount_stdout: String::new(),
+        }
+    }
+
     pub fn mountpoint(&self) -> &Path {
         &self.mnt
     }

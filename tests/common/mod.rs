@@ -4,6 +4,8 @@
 //!   (RAII guards), md/ control files, checks on legs;
 //! - `bitmap`: the write-intent bitmap file as tests see it;
 //! - `faultyfs`: a FUSE filesystem that injects I/O errors and delays;
+//! - `fuse_uring`: the kernel's FUSE-over-io_uring switch, set for a test
+//!   and put back (RAII);
 //! - `loopdev`: loop devices, filesystems and mounts (RAII guards);
 //! - `io`: aligned buffers, O_DIRECT and plain positioned reads and writes;
 //! - `rng`: deterministic pseudo-random test data;
@@ -12,6 +14,7 @@
 
 pub mod bitmap;
 pub mod faultyfs;
+pub mod fuse_uring;
 pub mod io;
 pub mod kmd;
 pub mod loopdev;
