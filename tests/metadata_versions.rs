@@ -3,8 +3,8 @@
 //! `mdfuse examine` prints what it prints), and mdfuse assembles, serves,
 //! fails, re-adds, adds and resyncs them with the real `mdfuse mount`. The
 //! refusals of what mdfuse does not serve (metadata 0.90, other levels,
-//! internal bitmaps, clustered arrays, journals, PPL) name the leg, the
-//! feature and what to do, and change no byte of any leg.
+//! clustered arrays, journals, PPL; an internal bitmap that is not valid)
+//! name the leg, the feature and what to do, and change no byte of any leg.
 
 mod common;
 
@@ -340,7 +340,8 @@ fn what_mdfuse_does_not_serve_is_refused_with_what_to_do() {
                 s.feature_map |= FEATURE_BITMAP_OFFSET;
                 s.bitmap_offset = 2;
             },
-            &["MD_FEATURE_BITMAP_OFFSET", "internal", "--bitmap=none"],
+            // Served now, but nothing valid lies at +2: refused by name.
+            &["internal bitmap", "magic", "--bitmap=none"],
         ),
         (
             "clustered",

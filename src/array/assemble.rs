@@ -435,11 +435,18 @@ pub fn plan<L>(legs: Vec<Candidate<L>>, opts: &AssembleOptions) -> Result<Plan<L
             raid_disks,
         });
     }
-    // Direct I/O needs 4 KiB alignment of the data on every leg. The
+    // Direct I/O needs 4 KiB alignment of the data (and of an internal
+    // bitmap, written in whole pages) on every leg. The
     // products cannot overflow: validate_on_leg put every data area, and
     // the size within it, inside a leg whose length is a u64 of bytes.
     let aligned = freshest.size.is_multiple_of(8)
-        && members.iter().all(|m| m.sb.data_offset.is_multiple_of(8));
+        && members.iter().all(|m| {
+            m.sb.data_offset.is_multiple_of(8)
+                && (!m
+                    .sb
+                    .has_feature(crate::format::superblock::FEATURE_BITMAP_OFFSET)
+                    || (i128::from(m.sb.super_offset) + i128::from(m.sb.bitmap_offset)) % 8 == 0)
+        });
     Ok(Plan {
         was_clean: members.iter().all(|m| m.sb.is_clean()),
         resync_from_sectors: members

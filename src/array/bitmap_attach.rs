@@ -61,6 +61,10 @@ pub struct AttachedBitmap {
     watch: Mutex<Option<MapWatch>>,
     path: PathBuf,
     note: Option<String>,
+    /// The legs' page store of an internal bitmap (None for a file, or a
+    /// read-only array).
+    internal: Option<Arc<super::internal_bitmap::LegPageStore>>,
+    is_internal: bool,
 }
 
 enum Protection {
@@ -229,8 +233,14 @@ fn lock(path: &Path, file: &std::fs::File) -> Result<(), ArrayError> {
 /// writes no data, so no bit has to reach the disk; the service may still
 /// ask (a stale bitmap made all-dirty in memory, the pages at a stop), and
 /// each such write is dropped.
-struct ReadOnlyStore {
+pub(super) struct ReadOnlyStore {
     name: String,
+}
+
+impl ReadOnlyStore {
+    pub(super) fn new(name: String) -> Self {
+        ReadOnlyStore { name }
+    }
 }
 
 impl PageStore for ReadOnlyStore {
@@ -412,6 +422,8 @@ fn finish(
         watch: Mutex::new(None),
         path: opts.path.clone(),
         note,
+        internal: None,
+        is_internal: false,
     };
     if attached.raw.is_some() {
         *attached.watch.get_mut() = Some(MapWatch::start(&attached)?);
@@ -525,6 +537,34 @@ fn kick(
 }
 
 impl AttachedBitmap {
+    /// An internal bitmap's service and (read-write) its legs' store.
+    pub(super) fn internal(
+        service: Arc<WriteIntentBitmap>,
+        store: Option<Arc<super::internal_bitmap::LegPageStore>>,
+    ) -> Self {
+        AttachedBitmap {
+            service,
+            raw: None,
+            guard: Arc::new(Mutex::new(None)),
+            kicked: Arc::new(Mutex::new(None)),
+            watch: Mutex::new(None),
+            path: PathBuf::new(),
+            note: None,
+            internal: store,
+            is_internal: true,
+        }
+    }
+
+    /// The legs' page store, when the bitmap is internal and written.
+    pub(super) fn leg_store(&self) -> Option<&Arc<super::internal_bitmap::LegPageStore>> {
+        self.internal.as_ref()
+    }
+
+    /// The bitmap lives on the legs (md's internal bitmap).
+    pub fn is_internal(&self) -> bool {
+        self.is_internal
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -362,7 +362,12 @@ impl RunningArray {
     fn bitmap_value(&self, attr: &str) -> Option<String> {
         let service = self.bitmap.as_ref().map(|b| b.service());
         Some(match attr {
-            "location" => if service.is_some() { "file" } else { "none" }.into(),
+            // md: "+N" (signed sectors from the superblock) for an internal one.
+            "location" => match (&self.bitmap, self.keeper.current()) {
+                (Some(b), Some(sb)) if b.is_internal() => format!("{:+}", sb.bitmap_offset),
+                (Some(_), _) => "file".into(),
+                (None, _) => "none".into(),
+            },
             // Sectors reserved for an internal bitmap: none with a file.
             "space" => "0".into(),
             "time_base" => service

@@ -12,8 +12,8 @@ use crate::bitmap::stage_bitmap_file;
 use crate::format::bitmap::{default_chunk_size, BitmapSuper};
 use crate::format::signatures;
 use crate::format::superblock::{
-    mdadm_default_data_offset_for, mdadm_raid1_array_sectors_for, MetadataVersion, NewMember,
-    Superblock,
+    mdadm_default_data_offset_for, mdadm_internal_bitmap_chunk, mdadm_raid1_array_sectors_for,
+    MetadataVersion, NewMember, Superblock,
 };
 use crate::io::aligned::AlignedBuf;
 use crate::io::leg::{IoMode, Leg};
@@ -49,6 +49,9 @@ pub struct NewBitmap {
     pub chunk: Option<u32>,
     /// The header's daemon_sleep, seconds.
     pub daemon_sleep: u32,
+    /// An internal bitmap on every leg (mdadm's `--bitmap=internal`):
+    /// `path` is not used.
+    pub internal: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -271,10 +274,38 @@ pub fn create(paths: &[PathBuf], opts: &CreateOptions) -> Result<Created, ArrayE
         })?;
         superblocks.push(sb);
     }
+    // An internal bitmap: placed in every superblock as mdadm places it,
+    // written on each leg before its superblock.
+    let internal = match &opts.bitmap {
+        Some(b) if b.internal => {
+            let chunk = mdadm_internal_bitmap_chunk(array_sectors, b.chunk.map(u64::from))
+                .map_err(|source| ArrayError::Geometry {
+                    path: legs[0].path().to_owned(),
+                    source,
+                })?;
+            for (leg, sb) in legs.iter().zip(superblocks.iter_mut()) {
+                sb.add_internal_bitmap(chunk)
+                    .and_then(|()| sb.check_fits(leg.size() / 512))
+                    .map_err(|source| ArrayError::Geometry {
+                        path: leg.path().to_owned(),
+                        source,
+                    })?;
+            }
+            Some(BitmapSuper::new_for_array(
+                set_uuid,
+                array_sectors,
+                chunk,
+                b.daemon_sleep,
+                0,
+            ))
+        }
+        _ => None,
+    };
     // The bitmap before the legs: if it cannot be made (missing directory,
     // read-only filesystem, file in use), no leg has been touched. Dropped
     // uncommitted (a leg write failed), it is removed.
     let bitmap = match &opts.bitmap {
+        Some(b) if b.internal => None,
         None => None,
         Some(b) => {
             let chunk = b
@@ -290,10 +321,13 @@ pub fn create(paths: &[PathBuf], opts: &CreateOptions) -> Result<Created, ArrayE
                 path: leg.path().to_owned(),
                 source,
             })?;
+        if let Some(bsb) = &internal {
+            super::internal_bitmap::write_new(leg, sb, bsb)?;
+        }
         write_superblock(leg, sb)?;
     }
     let bitmap = match bitmap {
-        None => None,
+        None => internal,
         Some((staged, sb)) => {
             staged.commit()?;
             Some(sb)

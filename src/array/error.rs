@@ -154,6 +154,14 @@ pub enum ArrayError {
     BlockMap(#[from] crate::blockmap::BlockMapError),
     #[error("bitmap file {path}: {what}", path = .path.display())]
     BitmapFile { path: PathBuf, what: String },
+    #[error(
+        "leg {path}: internal bitmap: {what}. What to do: give only this array's legs \
+         (`mdfuse examine-bitmap {path}` shows the bitmap it holds); to serve the array \
+         without its internal bitmap, remove it with Linux md (mdadm --grow /dev/mdX \
+         --bitmap=none)",
+        path = .path.display()
+    )]
+    InternalBitmap { path: PathBuf, what: String },
     #[error("{0}")]
     Engine(#[from] EngineError),
     /// Busy (md's EBUSY): a sync runs, the leg is in sync, no slot is free.

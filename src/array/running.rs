@@ -136,6 +136,11 @@ impl RunningArray {
         engine
             .start_readahead()
             .map_err(|e| ArrayError::Engine(crate::raid1::EngineError::Threads(e)))?;
+        if let Some(store) = bitmap.as_ref().and_then(|b| b.leg_store()) {
+            // An internal bitmap's pages go to the legs the engine has in
+            // the array, and a leg that refuses one is failed through it.
+            store.bind_engine(&engine);
+        }
         if let Some(b) = &bitmap {
             // A bit is cleared only once its chunk's writes are on the legs'
             // stable storage (the bitmap knows nothing of legs: a hook).
@@ -252,6 +257,9 @@ impl RunningArray {
             }
         }
         let leg = self.engine.detach(slot)?;
+        if let Some(store) = self.bitmap.as_ref().and_then(|b| b.leg_store()) {
+            store.remove_leg(slot);
+        }
         self.keeper.remove(slot)?;
         if let Some(b) = &self.bitmap {
             b.service().set_degraded(true);
@@ -324,6 +332,13 @@ impl RunningArray {
                 }
             };
         let leg = Arc::new(leg);
+        if let Some(store) = self.bitmap.as_ref().and_then(|b| b.leg_store()) {
+            // Its copy of the internal bitmap, before it takes any write.
+            let header = self.bitmap.as_ref().map(|b| b.service().header());
+            if let Some(header) = header {
+                store.add_leg(slot, leg.clone(), &sb, &header)?;
+            }
+        }
         self.engine.attach(
             slot,
             LegSpec {
@@ -351,6 +366,9 @@ impl RunningArray {
                 .begin_recovery(slot, leg.clone(), sb.clone(), bitmap_guided)
             {
                 let _ = self.engine.detach(slot);
+                if let Some(store) = self.bitmap.as_ref().and_then(|b| b.leg_store()) {
+                    store.remove_leg(slot);
+                }
                 let _ = self.keeper.remove(slot);
                 return Err(e);
             }

@@ -154,11 +154,13 @@ struct CreateArgs {
     /// existing bitmap file).
     #[arg(long)]
     force: bool,
-    /// Create a write-intent bitmap in this host file (md's bitmap-file format).
+    /// Create a write-intent bitmap in this host file (md's bitmap-file
+    /// format), or `internal`: on every leg, beside its superblock, as
+    /// `mdadm --bitmap=internal` (a file named internal: ./internal).
     #[arg(long)]
     bitmap: Option<PathBuf>,
-    /// Bytes of array per bitmap bit (default: 1M, doubled until the
-    /// bitmap has at most 2^20 chunks).
+    /// Bytes of array per bitmap bit (default for a file: 1M, doubled until
+    /// the bitmap has at most 2^20 chunks; internal: mdadm's, at least 64M).
     #[arg(long, value_parser = size::parse_size, requires = "bitmap")]
     bitmap_chunk: Option<u64>,
     /// Seconds a chunk stays idle before its bit is cleared (md's
@@ -295,9 +297,10 @@ fn escape_log(msg: &str) -> String {
 }
 
 fn cmd_create(a: CreateArgs) -> Result<(), String> {
+    let internal = a.bitmap.as_deref() == Some(Path::new("internal"));
     if let Some(b) = &a.bitmap {
         // Refuse before any leg is written.
-        if b.exists() && !a.force {
+        if !internal && b.exists() && !a.force {
             return Err(format!(
                 "bitmap file {} exists; use --force to overwrite it",
                 b.display()
@@ -321,6 +324,7 @@ fn cmd_create(a: CreateArgs) -> Result<(), String> {
                 path: path.clone(),
                 chunk: a.bitmap_chunk.map(|c| c as u32),
                 daemon_sleep: a.delay,
+                internal,
             }),
             metadata: a.metadata,
         },
@@ -339,7 +343,11 @@ fn cmd_create(a: CreateArgs) -> Result<(), String> {
     if let (Some(path), Some(sb)) = (&a.bitmap, &created.bitmap) {
         println!(
             "mdfuse: bitmap {} created: {} chunks of {}",
-            path.display(),
+            if internal {
+                "internal".to_string()
+            } else {
+                path.display().to_string()
+            },
             sb.chunks(),
             mdfuse::report::examine_bitmap::human_chunksize(sb.chunksize)
         );
@@ -349,7 +357,11 @@ fn cmd_create(a: CreateArgs) -> Result<(), String> {
 
 fn cmd_examine_bitmap(file: &Path, list_chunks: bool) -> Result<(), String> {
     // O_DIRECT: while an array runs, its raw writes bypass the page cache.
-    let (sb, bits) = mdfuse::bitmap::read_bitmap_for_examine(file).map_err(|e| e.to_string())?;
+    // A leg carrying an internal bitmap (as `mdadm -X LEG`), else a file.
+    let (sb, bits) = match mdfuse::array::internal_bitmap::examine_leg(file) {
+        Some(r) => r.map_err(|e| e.to_string())?,
+        None => mdfuse::bitmap::read_bitmap_for_examine(file).map_err(|e| e.to_string())?,
+    };
     let bits = &bits[..];
     print!(
         "{}",

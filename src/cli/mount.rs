@@ -282,7 +282,26 @@ pub fn mount_foreground(m: &MountArgs, ready: &mut detach::Ready) -> Result<(), 
         .map(std::time::Duration::try_from_secs_f64)
         .transpose()
         .map_err(|e| format!("--delay: {e}"))?;
+    let internal = array::has_internal_bitmap(&asm).map_err(|e| e.to_string())?;
     let bitmap = match &m.bitmap {
+        Some(path) if internal => {
+            return Err(format!(
+                "the legs carry an internal write-intent bitmap (mdadm --examine shows \
+                 \"Internal Bitmap\"); mount them without --bitmap {}: mdfuse keeps the \
+                 internal one",
+                path.display()
+            ))
+        }
+        None if internal => Some(
+            array::attach_internal(
+                &asm,
+                &array::InternalBitmapOptions {
+                    clear_delay,
+                    read_only: m.ro,
+                },
+            )
+            .map_err(|e| e.to_string())?,
+        ),
         None => None,
         Some(path) => Some(
             array::attach_bitmap(

@@ -113,7 +113,10 @@ pub fn cmd_examine_json(legs: &[PathBuf]) -> Result<(), String> {
 
 /// `mdfuse examine-bitmap --json [--chunks] FILE`.
 pub fn cmd_examine_bitmap_json(file: &Path, list_chunks: bool) -> Result<(), String> {
-    let (sb, bits) = mdfuse::bitmap::read_bitmap_for_examine(file).map_err(|e| e.to_string())?;
+    let (sb, bits) = match mdfuse::array::internal_bitmap::examine_leg(file) {
+        Some(r) => r.map_err(|e| e.to_string())?,
+        None => mdfuse::bitmap::read_bitmap_for_examine(file).map_err(|e| e.to_string())?,
+    };
     let j = mdfuse::report::json::examine_bitmap_json(
         &file.display().to_string(),
         &sb,

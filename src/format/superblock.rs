@@ -367,6 +367,16 @@ pub enum GeometryError {
     SizeExceedsData { size: u64, data_size: u64 },
     #[error("data_size {data_size} sectors is below md's minimum of 10")]
     DataTooSmall { data_size: u64 },
+    #[error(
+        "no room for an internal bitmap: it needs {needed} sectors beside the superblock \
+         and only {room} are free"
+    )]
+    NoBitmapRoom { needed: u64, room: u64 },
+    #[error(
+        "bitmap chunk {chunk} bytes is too small for an internal bitmap of this array: \
+         at least {min} (mdadm's limit for the space it keeps)"
+    )]
+    BitmapChunkTooSmall { chunk: u64, min: u64 },
 }
 
 /// `struct mdp_superblock_1`. Two fields are derived rather than stored: `max_dev` is
@@ -916,16 +926,7 @@ pub const EVENTS_LIMIT: u64 = 1 << 63;
 /// Feature bits md acts on that mdfuse does not implement, with md's name for each, what
 /// md would do with the leg, and what the operator can do. Assembly refuses a superblock
 /// carrying any of them.
-pub const UNSUPPORTED_FEATURES: [(u32, &str, &str, &str); 10] = [
-    (
-        FEATURE_BITMAP_OFFSET,
-        "MD_FEATURE_BITMAP_OFFSET",
-        "an internal write-intent bitmap at bitmap_offset, which mdfuse would not keep \
-         up to date (md would later trust its stale bits and skip a needed resync)",
-        "assemble it with Linux md (mdadm --assemble); or there, remove the internal \
-         bitmap (mdadm --grow /dev/mdX --bitmap=none), stop the array, and mount the legs \
-         with mdfuse (with --bitmap FILE for an external bitmap)",
-    ),
+pub const UNSUPPORTED_FEATURES: [(u32, &str, &str, &str); 9] = [
     (
         FEATURE_BAD_BLOCKS,
         "MD_FEATURE_BAD_BLOCKS",
@@ -1388,6 +1389,54 @@ pub fn mdadm_layout(
     }
 }
 
+/// mdadm 4.2's bitmap chunk for an internal bitmap of an array of `array_sectors`
+/// (super1.c `add_internal_bitmap1` when creating): the room is
+/// `choose_bm_space(size)` sectors (at most 128 KiB when no chunk is asked for); the
+/// smallest chunk is 4 KiB, doubled until the bits fit the room less the 256-byte header;
+/// without a `requested` chunk it is at least 64 MiB. A requested chunk below the
+/// smallest is refused.
+pub fn mdadm_internal_bitmap_chunk(
+    array_sectors: u64,
+    requested: Option<u64>,
+) -> Result<u32, GeometryError> {
+    let mut room = mdadm_bitmap_space(array_sectors);
+    if requested.is_none() {
+        room = room.min(128 * 2);
+    }
+    if room <= 1 {
+        return Err(GeometryError::NoBitmapRoom { needed: 8, room: 0 });
+    }
+    let max_bits = (room * 512 - 256) * 8;
+    let mut min_chunk: u64 = 4096;
+    let mut bits = array_sectors.saturating_mul(512) / min_chunk + 1;
+    while bits > max_bits {
+        min_chunk *= 2;
+        bits = bits.div_ceil(2);
+    }
+    let chunk = match requested {
+        None => min_chunk.max(64 * 1024 * 1024),
+        Some(c) if c < min_chunk => {
+            return Err(GeometryError::BitmapChunkTooSmall {
+                chunk: c,
+                min: min_chunk,
+            })
+        }
+        Some(c) => c,
+    };
+    u32::try_from(chunk).map_err(|_| GeometryError::BitmapChunkTooSmall {
+        chunk,
+        min: min_chunk,
+    })
+}
+
+/// Sectors an internal bitmap of `array_sectors` at `chunk` bytes a bit takes on disk:
+/// its header and bits rounded up to 4 KiB (mdadm's `calc_bitmap_size(bms, 4096)`).
+pub fn internal_bitmap_sectors(array_sectors: u64, chunk: u32) -> u64 {
+    let bits = crate::format::bitmap::chunk_count(array_sectors, chunk);
+    let bytes = (bits.div_ceil(8) + 256).div_ceil(4096) * 4096;
+    bytes / 512
+}
+
 /// What `mdfuse create` knows about one new RAID1 member.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewMember<'a> {
@@ -1513,6 +1562,95 @@ impl Superblock {
         };
         sb.check_fits(m.device_sectors)?;
         Ok(sb)
+    }
+}
+
+impl Superblock {
+    /// Gives this new member an internal bitmap of `chunk` bytes a bit where mdadm 4.2
+    /// puts it (`add_internal_bitmap1` and `write_init_super1` when creating): 1.1 and
+    /// 1.2 at 8 sectors after the superblock, the bad-block log right after it when the
+    /// data leaves room (else just below the data, if clear of the bitmap); 1.0 below the
+    /// superblock, below the 8-sector bad-block log, its whole 4 KiB blocks, the data
+    /// size everything below. Refused when the bitmap would reach the data.
+    pub fn add_internal_bitmap(&mut self, chunk: u32) -> Result<(), GeometryError> {
+        let bm_space = internal_bitmap_sectors(self.size, chunk);
+        let so = self.super_offset;
+        match MetadataVersion::of_super_offset(so) {
+            MetadataVersion::V1_1 | MetadataVersion::V1_2 => {
+                let bm_end = so + 8 + bm_space;
+                if self.data_offset < bm_end {
+                    return Err(GeometryError::NoBitmapRoom {
+                        needed: 8 + bm_space,
+                        room: self.data_offset.saturating_sub(so),
+                    });
+                }
+                self.bitmap_offset = 8;
+                (self.bblog_size, self.bblog_offset) = if self.data_offset >= bm_end + 8 {
+                    (8, (8 + bm_space) as i32)
+                } else {
+                    (0, 0)
+                };
+            }
+            MetadataVersion::V1_0 => {
+                let total = bm_space + 8;
+                if so < self.size.saturating_add(total) {
+                    return Err(GeometryError::NoBitmapRoom {
+                        needed: total,
+                        room: so.saturating_sub(self.size),
+                    });
+                }
+                self.bitmap_offset = -((bm_space + 8) as i32);
+                self.data_size = so - total;
+                self.bblog_size = 8;
+                self.bblog_offset = -8;
+            }
+        }
+        self.feature_map |= FEATURE_BITMAP_OFFSET;
+        Ok(())
+    }
+
+    /// The sectors an internal bitmap of `bitmap_sectors` would occupy on this leg, and
+    /// what it must stay clear of, checked: `Ok(start sector)` when it lies inside the
+    /// leg of `leg_sectors`, clear of the superblock, the data area and the bad-block
+    /// log; else the first thing it runs into.
+    pub fn internal_bitmap_start(
+        &self,
+        bitmap_sectors: u64,
+        leg_sectors: u64,
+    ) -> Result<u64, String> {
+        let start = i128::from(self.super_offset) + i128::from(self.bitmap_offset);
+        let end = start + i128::from(bitmap_sectors);
+        if start < 0 || end > i128::from(leg_sectors) {
+            return Err(format!(
+                "it would lie at sectors {start}..{end}, outside the leg's {leg_sectors} sectors"
+            ));
+        }
+        let overlaps = |a: i128, len: i128| len > 0 && start < a + len && a < end;
+        if overlaps(
+            i128::from(self.super_offset),
+            i128::from(self.superblock_sectors()),
+        ) {
+            return Err(format!(
+                "its sectors {start}..{end} overlap the superblock at sector {}",
+                self.super_offset
+            ));
+        }
+        if overlaps(i128::from(self.data_offset), i128::from(self.data_size)) {
+            return Err(format!(
+                "its sectors {start}..{end} overlap the data area (sectors {}..{})",
+                self.data_offset,
+                i128::from(self.data_offset) + i128::from(self.data_size)
+            ));
+        }
+        let bbl = i128::from(self.super_offset) + i128::from(self.bblog_offset);
+        if self.bblog_offset != 0 && overlaps(bbl, i128::from(self.bblog_size)) {
+            return Err(format!(
+                "its sectors {start}..{end} overlap the bad-block log (sectors {bbl}..{})",
+                bbl + i128::from(self.bblog_size)
+            ));
+        }
+        // Inside 0..leg_sectors (a u64), checked above.
+        Ok(start as u64)
     }
 }
 
@@ -1833,7 +1971,6 @@ mod tests {
         assert_eq!(one.validate_on_leg(leg, 64), Ok(()));
         type Edit = fn(&mut Superblock);
         let cases: Vec<(&str, Edit)> = vec![
-            ("feature_map", |s| s.feature_map |= FEATURE_BITMAP_OFFSET),
             ("feature_map", |s| s.feature_map |= FEATURE_RESHAPE_ACTIVE),
             ("feature_map", |s| s.feature_map |= FEATURE_JOURNAL),
             ("feature_map", |s| s.feature_map |= FEATURE_PPL),
@@ -1939,6 +2076,79 @@ mod tests {
         assert_eq!(v0_90_super_sector(65536), Some(65408));
         assert_eq!(v0_90_super_sector(65536 + 127), Some(65408));
         assert_eq!(v0_90_super_sector(127), None);
+    }
+
+    /// mdadm 4.2's add_internal_bitmap1 (creating), worked by hand: a 95 MiB
+    /// array gets 64 MiB chunks by default; a 1 TiB one has 128 KiB of room,
+    /// so its smallest chunk is 2 MiB and 1 MiB is refused.
+    #[test]
+    fn internal_bitmap_chunk_as_mdadm_picks_it() {
+        assert_eq!(mdadm_internal_bitmap_chunk(194560, None), Ok(64 << 20));
+        assert_eq!(
+            mdadm_internal_bitmap_chunk(194560, Some(1 << 20)),
+            Ok(1 << 20)
+        );
+        let tib = 1u64 << 31;
+        assert_eq!(mdadm_internal_bitmap_chunk(tib, Some(2 << 20)), Ok(2 << 20));
+        assert_eq!(
+            mdadm_internal_bitmap_chunk(tib, Some(1 << 20)),
+            Err(GeometryError::BitmapChunkTooSmall {
+                chunk: 1 << 20,
+                min: 2 << 20
+            })
+        );
+        assert!(matches!(
+            mdadm_internal_bitmap_chunk(100, None),
+            Err(GeometryError::NoBitmapRoom { .. })
+        ));
+    }
+
+    /// Where create puts an internal bitmap (mdadm's write_init_super1): 1.2
+    /// at +8 with the bad-block log after its 4 KiB; 1.0 at -(4 KiB + 8) with
+    /// the log at -8 and the data below both; and the placement checks.
+    #[test]
+    fn internal_bitmap_layouts_and_their_checks() {
+        let mut sb = sample();
+        sb.add_internal_bitmap(1 << 20).unwrap();
+        assert!(sb.has_feature(FEATURE_BITMAP_OFFSET));
+        assert_eq!(
+            (sb.bitmap_offset, sb.bblog_size, sb.bblog_offset),
+            (8, 8, 16)
+        );
+        assert_eq!(sb.internal_bitmap_start(8, 65536), Ok(16));
+        assert!(sb
+            .internal_bitmap_start(9, 65536)
+            .unwrap_err()
+            .contains("bad-block log"));
+        let m = NewMember {
+            set_uuid: [7; 16],
+            name: "x",
+            raid_disks: 2,
+            dev_number: 0,
+            device_uuid: [1; 16],
+            device_sectors: 65536,
+            array_sectors: 63488,
+            data_offset: None,
+            ctime: MdTime::from_parts(1_700_000_000, 0),
+        };
+        let mut one = Superblock::new_raid1_member_of(&m, MetadataVersion::V1_0).unwrap();
+        one.add_internal_bitmap(1 << 20).unwrap();
+        assert_eq!((one.bitmap_offset, one.bblog_offset), (-16, -8));
+        assert_eq!(one.data_size, one.super_offset - 16);
+        assert_eq!(
+            one.internal_bitmap_start(8, 65536),
+            Ok(one.super_offset - 16)
+        );
+        one.check_fits(65536).unwrap();
+        for (offset, words) in [
+            (0, "superblock"),
+            (-100_000, "outside the leg"),
+            (-24, "data area"),
+        ] {
+            one.bitmap_offset = offset;
+            let e = one.internal_bitmap_start(8, 65536).unwrap_err();
+            assert!(e.contains(words), "{offset}: {e}");
+        }
     }
 
     /// What mdadm 4.2's super1.c computes for each version (validate_geometry1,

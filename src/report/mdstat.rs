@@ -116,14 +116,13 @@ pub fn render_mdstat(v: &MdstatView) -> String {
         };
         let _ = write!(
             s,
-            "      bitmap: {}/{} pages [{}KB], {}{} chunk, file: {}",
-            b.pages_used,
-            b.pages_total,
-            kb,
-            chunk,
-            unit,
-            escape_name(&b.file)
+            "      bitmap: {}/{} pages [{}KB], {}{} chunk",
+            b.pages_used, b.pages_total, kb, chunk, unit,
         );
+        // An internal bitmap has no file (md prints none).
+        if !b.file.is_empty() {
+            let _ = write!(s, ", file: {}", escape_name(&b.file));
+        }
         if let Some(note) = &b.note {
             let _ = write!(s, " ({})", escape_name(note));
         }
