@@ -17,10 +17,8 @@
 //! The bitmap service knows nothing of legs: the store is built here and
 //! handed to it.
 
-use super::assemble::Assembly;
-use super::bitmap_attach::{AttachedBitmap, ReadOnlyStore};
 use super::error::ArrayError;
-use crate::bitmap::{BitmapError, BitmapOptions, PageStore, WriteIntentBitmap};
+use crate::bitmap::{BitmapError, PageStore};
 use crate::format::bitmap::{BitmapSuper, BITMAP_MAJOR_CLUSTERED, BITMAP_PAGE_SIZE};
 use crate::format::superblock::{Superblock, FEATURE_BITMAP_OFFSET};
 use crate::io::aligned::AlignedBuf;
@@ -37,7 +35,7 @@ use std::time::Duration;
 /// (12 bytes a chunk). mdadm's default stays below 2^20.
 pub const MAX_INTERNAL_CHUNKS: u64 = 1 << 24;
 
-fn refuse(path: &Path, what: impl Into<String>) -> ArrayError {
+pub(super) fn refuse(path: &Path, what: impl Into<String>) -> ArrayError {
     ArrayError::InternalBitmap {
         path: path.to_owned(),
         what: what.into(),
@@ -46,7 +44,7 @@ fn refuse(path: &Path, what: impl Into<String>) -> ArrayError {
 
 /// Bytes an internal bitmap of `sb` occupies on a leg: its file length
 /// rounded up to whole 4 KiB pages (every page is written whole).
-fn on_disk_bytes(sb: &BitmapSuper) -> u64 {
+pub(super) fn on_disk_bytes(sb: &BitmapSuper) -> u64 {
     sb.file_len().div_ceil(BITMAP_PAGE_SIZE as u64) * BITMAP_PAGE_SIZE as u64
 }
 
@@ -155,11 +153,11 @@ pub fn read_from_leg(
 
 /// One leg's copy of the internal bitmap.
 #[derive(Clone)]
-struct Target {
-    slot: usize,
-    leg: Arc<Leg>,
+pub(super) struct Target {
+    pub(super) slot: usize,
+    pub(super) leg: Arc<Leg>,
     /// Byte offset of the copy's page 0 on the leg.
-    start: u64,
+    pub(super) start: u64,
 }
 
 /// Writes bitmap pages to every in-sync or recovering leg's copy (md's
@@ -173,6 +171,16 @@ pub struct LegPageStore {
 }
 
 impl LegPageStore {
+    /// A store writing a bitmap of `bytes` to each of `targets` (the
+    /// in-sync legs' copies) once it is bound to the engine.
+    pub(super) fn new(targets: Vec<Target>, bytes: u64) -> LegPageStore {
+        LegPageStore {
+            targets: Mutex::new(targets),
+            engine: Mutex::new(None),
+            bytes,
+        }
+    }
+
     /// Pages go to the engine's legs in these slots once it is bound; a leg
     /// whose slot is neither in sync nor recovering is skipped.
     pub fn bind_engine(&self, engine: &Arc<Raid1>) {
@@ -336,136 +344,6 @@ impl PageStore for LegPageStore {
     fn describe(&self) -> String {
         "internal bitmap (on the legs)".to_string()
     }
-}
-
-/// Options for an internal bitmap at assembly.
-#[derive(Debug, Clone, Default)]
-pub struct InternalBitmapOptions {
-    /// Overrides the header's daemon_sleep as the idle time before a bit is cleared.
-    pub clear_delay: Option<Duration>,
-    /// Read, never written.
-    pub read_only: bool,
-}
-
-/// Whether the assembled legs carry an internal bitmap; refuses members
-/// that disagree.
-pub fn has_internal_bitmap(asm: &Assembly) -> Result<bool, ArrayError> {
-    let with: Vec<&super::assemble::Member> = asm
-        .members
-        .iter()
-        .filter(|m| m.sb.has_feature(FEATURE_BITMAP_OFFSET))
-        .collect();
-    if with.is_empty() {
-        return Ok(false);
-    }
-    if let Some(m) = asm
-        .members
-        .iter()
-        .find(|m| !m.sb.has_feature(FEATURE_BITMAP_OFFSET))
-    {
-        return Err(refuse(
-            &m.path,
-            format!(
-                "its superblock has no internal bitmap while {}'s has one (feature_map \
-                 bit MD_FEATURE_BITMAP_OFFSET); md would not assemble them together either",
-                with[0].path.display()
-            ),
-        ));
-    }
-    Ok(true)
-}
-
-/// Reads the internal bitmap as md does (the first in-sync member's copy
-/// that reads) and starts the service over [`LegPageStore`]. Every member's
-/// place is checked before anything is written.
-pub fn attach_internal(
-    asm: &Assembly,
-    opts: &InternalBitmapOptions,
-) -> Result<AttachedBitmap, ArrayError> {
-    let in_sync: Vec<&super::assemble::Member> = asm
-        .members
-        .iter()
-        .filter(|m| !super::superblocks::is_recovering(&m.sb))
-        .collect();
-    let mut first_err = None;
-    let mut found: Option<(BitmapSuper, Vec<u8>)> = None;
-    let expect = Some((asm.set_uuid, asm.array_sectors));
-    for m in &in_sync {
-        match (&mut found, read_from_leg(&m.leg, &m.sb, expect)) {
-            (None, Ok(r)) => found = Some(r),
-            // Another in-sync leg's copy: its bits are added (a superset
-            // is always safe). md reads the first copy only; the others
-            // may hold bits the first missed when a leg failed to take a
-            // page and the array stopped before that leg was failed.
-            (Some((sb, bits)), Ok((other, more))) => {
-                if other.chunksize == sb.chunksize && more.len() == bits.len() {
-                    for (b, o) in bits.iter_mut().zip(&more) {
-                        *b |= o;
-                    }
-                } else {
-                    log::warn!(
-                        "leg {}: its internal bitmap copy differs from the first's; ignored",
-                        m.path.display()
-                    );
-                }
-            }
-            // A read error: md tries the next leg.
-            (_, Err(ArrayError::Leg(e))) => {
-                log::warn!("leg {}: internal bitmap unreadable: {e}", m.path.display());
-                first_err.get_or_insert(ArrayError::Leg(e));
-            }
-            (None, Err(e)) => return Err(e),
-            (Some(_), Err(e)) => {
-                log::warn!("{e}; that copy is ignored (md reads the first leg's only)");
-            }
-        }
-    }
-    let Some((sb, bits)) = found else {
-        return Err(first_err.unwrap_or(ArrayError::NoMemberLeft));
-    };
-    let bytes = on_disk_bytes(&sb);
-    let mut targets = Vec::new();
-    for m in &asm.members {
-        let start = place_on_leg(&m.path, &m.sb, m.leg.size(), bytes)?;
-        targets.push(Target {
-            slot: m.slot as usize,
-            leg: m.leg.clone(),
-            start,
-        });
-    }
-    let (store, legs): (Arc<dyn PageStore>, Option<Arc<LegPageStore>>) = if opts.read_only {
-        (
-            Arc::new(ReadOnlyStore::new(
-                "internal bitmap (read-only array)".to_string(),
-            )),
-            None,
-        )
-    } else {
-        let s = Arc::new(LegPageStore {
-            targets: Mutex::new(targets),
-            engine: Mutex::new(None),
-            bytes,
-        });
-        (s.clone(), Some(s))
-    };
-    log::info!(
-        "array {}: internal bitmap: {} chunks of {} bytes, events {} cleared {}",
-        asm.name,
-        sb.chunks(),
-        sb.chunksize,
-        sb.events,
-        sb.events_cleared
-    );
-    let mut bopts = BitmapOptions::for_super(&sb);
-    if let Some(d) = opts.clear_delay {
-        bopts.clear_delay = d;
-    }
-    bopts.array_events = Some(asm.events);
-    let service = Arc::new(WriteIntentBitmap::new(sb, &bits, store, bopts)?);
-    if asm.is_degraded() {
-        service.set_degraded(true);
-    }
-    Ok(AttachedBitmap::internal(service, legs))
 }
 
 /// The internal bitmap of the leg at `path`, for `mdfuse examine-bitmap`:

@@ -7,6 +7,7 @@ mod control;
 pub mod create;
 pub mod error;
 pub mod events;
+mod internal_attach;
 pub mod internal_bitmap;
 mod join;
 pub mod md_thread;
@@ -21,7 +22,7 @@ pub use bitmap_attach::{attach as attach_bitmap, AttachedBitmap, BitmapAttachOpt
 pub use create::{create, CreateOptions, Created, NewBitmap};
 pub use error::ArrayError;
 pub use events::{Listener, MdEvent};
-pub use internal_bitmap::{attach_internal, has_internal_bitmap, InternalBitmapOptions};
+pub use internal_attach::{attach_internal, has_internal_bitmap, InternalBitmapOptions};
 pub use running::{RunOptions, RunningArray};
 pub use served::{ControlAccess, ServedArray};
 
