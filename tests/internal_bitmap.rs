@@ -12,7 +12,7 @@ use common::io::{read_at, write_at, write_direct};
 use common::loopdev::{needs_root, LoopDevice};
 use common::mdfuse::{
     assert_fails, assert_legs_identical, create, examine_field, mdadm_examine, mdfuse, mdfuse_with,
-    path_str, tempdir, Legs, MountedArray,
+    path_str, tempdir, Created, Legs, MountedArray,
 };
 use std::path::Path;
 use std::process::Command;
@@ -73,6 +73,22 @@ fn sync_copied(m: &MountedArray) -> u64 {
         .next()
         .and_then(|t| t.parse().ok())
         .unwrap_or_else(|| panic!("cannot parse md/sync_copied {v:?}"))
+}
+
+/// `mdfuse create --bitmap internal` with 1 MiB chunks, bits cleared after
+/// `delay` seconds idle.
+fn create_internal(legs: &Legs, delay: &str) -> Created {
+    create(
+        legs,
+        &[
+            "--bitmap",
+            "internal",
+            "--bitmap-chunk",
+            "1M",
+            "--delay",
+            delay,
+        ],
+    )
 }
 
 fn pattern(seed: u8, len: usize) -> Vec<u8> {
@@ -145,17 +161,7 @@ fn kill9_resyncs_exactly_the_dirty_chunks() {
         return;
     }
     let legs = Legs::temp(LEG);
-    let c = create(
-        &legs,
-        &[
-            "--bitmap",
-            "internal",
-            "--bitmap-chunk",
-            "1M",
-            "--delay",
-            "30",
-        ],
-    );
+    let c = create_internal(&legs, "30");
     let mnt = legs.mountpoint("mnt");
     let m = MountedArray::mount(&legs, &mnt, &[]);
     assert!(
@@ -205,17 +211,7 @@ fn re_add_copies_only_what_was_written_while_away() {
         return;
     }
     let legs = Legs::temp(LEG);
-    let c = create(
-        &legs,
-        &[
-            "--bitmap",
-            "internal",
-            "--bitmap-chunk",
-            "1M",
-            "--delay",
-            "1",
-        ],
-    );
+    let c = create_internal(&legs, "1");
     let mnt = legs.mountpoint("mnt");
     let m = MountedArray::mount(&legs, &mnt, &[]);
     write_direct(&m.image(), 0, &pattern(9, MIB as usize)).expect("write");
@@ -341,17 +337,7 @@ fn a_leg_refusing_a_bitmap_page_is_failed() {
     }
     let dir = tempdir("mdfuse-ibitmap");
     let (faulty, legs) = leg1_faulty(dir.path(), LEG);
-    create(
-        &legs,
-        &[
-            "--bitmap",
-            "internal",
-            "--bitmap-chunk",
-            "1M",
-            "--delay",
-            "30",
-        ],
-    );
+    create_internal(&legs, "30");
     let m = MountedArray::mount(&legs, &dir.path().join("mnt"), &[]);
     // Once active, so the failure is the bitmap page's (not the superblock's).
     write_direct(&m.image(), 0, &pattern(1, 4096)).expect("a write with both legs");

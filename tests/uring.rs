@@ -53,12 +53,7 @@ impl Fixture {
     }
 
     fn leg_name(&self, i: usize) -> String {
-        self.legs
-            .path(i)
-            .file_name()
-            .expect("leg file name")
-            .to_string_lossy()
-            .into_owned()
+        self.legs.name(i)
     }
 }
 

@@ -203,6 +203,15 @@ impl Legs {
         &self.paths[i]
     }
 
+    /// Leg `i`'s file name: its name in md/ (`dev-NAME`) and mdstat.
+    pub fn name(&self, i: usize) -> String {
+        self.paths[i]
+            .file_name()
+            .expect("leg file name")
+            .to_string_lossy()
+            .into_owned()
+    }
+
     /// The first `len` bytes of each leg (the superblock area).
     pub fn heads(&self, len: usize) -> Vec<Vec<u8>> {
         self.paths
