@@ -1527,9 +1527,12 @@ fn serve_md_made(boot: &RigBoot, part: &VerifyRun, name: &str, spec: &str) -> Re
         ));
     }
     let bitmap = (bitmap_kind == "file").then(|| bitmap_on_ext4(&boot.bitmap_after(name)));
-    let md_dirty = match &bitmap {
-        Some((_, b)) => mdfuse_bitmap(b).1,
-        None => Vec::new(),
+    // An internal bitmap is read from the leg itself (each in-sync leg holds a copy).
+    let internal = bitmap_kind == "internal";
+    let md_dirty = match (&bitmap, internal) {
+        (Some((_, b)), _) => mdfuse_bitmap(b).1,
+        (None, true) => mdfuse_bitmap(legs.path(0)).1,
+        (None, false) => Vec::new(),
     };
     // What md's mdadm -X counted (before the crash, or after the stop) is what mdfuse reads.
     if let Some(line) = part.section_fields("examine-bitmap").get("Bitmap") {
@@ -1643,8 +1646,13 @@ fn serve_md_made(boot: &RigBoot, part: &VerifyRun, name: &str, spec: &str) -> Re
         }
         _ => {}
     }
-    if let Some((_, b)) = &bitmap {
-        let (_, after) = mdfuse_bitmap(b);
+    let bitmap_after = match (&bitmap, internal) {
+        (Some((_, b)), _) => Some(b.clone()),
+        (None, true) => Some(legs.path(0).to_path_buf()),
+        (None, false) => None,
+    };
+    if let Some(b) = bitmap_after {
+        let (_, after) = mdfuse_bitmap(&b);
         if !after.is_empty() {
             problems.push(format!("bits left after mdfuse: {after:?}"));
         }
@@ -1652,10 +1660,10 @@ fn serve_md_made(boot: &RigBoot, part: &VerifyRun, name: &str, spec: &str) -> Re
     problems.verdict()
 }
 
-/// Linux md creates metadata 1.0 and 1.1 RAID1s in one boot (with a bitmap file or none)
-/// and leaves them clean, degraded or crashed; mdfuse serves each with md's sha256,
-/// re-adds a degraded one's stale leg by copying only md's dirty chunks, and resyncs
-/// exactly md's dirty chunks of the crashed one.
+/// Linux md creates metadata 1.0, 1.1 and 1.2 RAID1s in one boot (with a bitmap file, an
+/// internal bitmap or none) and leaves them clean, degraded or crashed; mdfuse serves
+/// each with md's sha256, re-adds a degraded one's stale leg by copying only md's dirty
+/// chunks, and resyncs exactly md's dirty chunks of the crashed one.
 #[test]
 fn mdfuse_serves_md_metadata_1_0_and_1_1_arrays_clean_degraded_and_crashed() {
     let Some(_serial) = start("mdfuse_serves_md_metadata_1_0_and_1_1_arrays") else {
@@ -1667,7 +1675,9 @@ fn mdfuse_serves_md_metadata_1_0_and_1_1_arrays_clean_degraded_and_crashed() {
         ("m11clean", "1.1:file:clean"),
         ("m10deg", "1.0:file:degraded"),
         ("m11deg", "1.1:file:degraded"),
-        ("m11crash", "1.1:file:crash"),
+        ("i12clean", "1.2:internal:clean"),
+        ("i10deg", "1.0:internal:degraded"),
+        ("i12crash", "1.2:internal:crash"),
     ];
     let mut boot = RigBoot::new();
     for (name, _) in specs {

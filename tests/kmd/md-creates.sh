@@ -3,7 +3,8 @@
 # Disks: bm (ext4 that receives NAME.bitmap), pbase (base pattern), palt (overlay pattern)
 # and, per array NAME of ARRAYS, NAME0 and NAME1 (zeroed legs).
 # Env: ARRAYS="NAME ..."; per array a variable NAME="METADATA:BITMAP:MODE" with
-#      METADATA 1.0|1.1|1.2, BITMAP file|none (file: --bitmap=/mnt/bm/NAME.bitmap, 64K chunks),
+#      METADATA 1.0|1.1|1.2, BITMAP file|internal|none (file: --bitmap=/mnt/bm/NAME.bitmap;
+#      internal: --bitmap=internal, in the legs; 64K chunks either way),
 #      MODE clean     create, fill from pbase, overlays, stop
 #           degraded  create, fill, (bitmap clean), --fail/--remove leg1, overlays, stop
 #           crash     create, fill, (bitmap clean), safe_mode_delay 0, bitmap/time_base 60,
@@ -36,6 +37,8 @@ EOS
   BMF=/mnt/bm/$NAME.bitmap
   case $BM in
     file) BMOPT="--bitmap=$BMF --bitmap-chunk=64K" ;;
+    # mdadm -X reads an internal bitmap from a leg.
+    internal) BMF=$L0; BMOPT="--bitmap=internal --bitmap-chunk=64K" ;;
     none) BMOPT=--bitmap=none ;;
     *) fail "$NAME: bitmap $BM" ;;
   esac
@@ -46,13 +49,13 @@ EOS
   val "metadata_version=$(cat /sys/block/md0/md/metadata_version)"
   val "offset0=$(cat /sys/block/md0/md/dev-${L0##*/}/offset)"
   # The fill's bits cleared in ~2 s instead of ~10 (md's default 5 s daemon), back to 5 after.
-  [ "$BM" != file ] || echo 1 > /sys/block/md0/md/bitmap/time_base
+  [ "$BM" = none ] || echo 1 > /sys/block/md0/md/bitmap/time_base
   dd if=/dev/kmd/pbase of=/dev/md0 bs=65536 count=$((SIZE/65536)) 2>/dev/null || fail "fill $NAME"
   sync
-  if [ "$MODE" != clean ] && [ "$BM" = file ]; then
+  if [ "$MODE" != clean ] && [ "$BM" != none ]; then
     wait_bitmap_clean "$BMF" 40 || fail "bitmap of $NAME did not get clean"
   fi
-  [ "$BM" != file ] || echo 5 > /sys/block/md0/md/bitmap/time_base
+  [ "$BM" = none ] || echo 5 > /sys/block/md0/md/bitmap/time_base
   case $MODE in
     clean) write_overlays ;;
     degraded)
@@ -62,7 +65,7 @@ EOS
     crash)
       echo 0 > /sys/block/md0/md/safe_mode_delay
       # No bit of the overlays may be cleared before the crash (TCG is slow).
-      [ "$BM" != file ] || echo 60 > /sys/block/md0/md/bitmap/time_base
+      [ "$BM" = none ] || echo 60 > /sys/block/md0/md/bitmap/time_base
       write_overlays ;;
     *) fail "$NAME: mode $MODE" ;;
   esac
@@ -70,7 +73,7 @@ EOS
   val "events=$(mdadm -D /dev/md0 | awk '/Events :/{print $3}')"
   if [ "$MODE" = crash ]; then
     dropcaches
-    [ "$BM" != file ] || sect examine-bitmap mdadm -X "$BMF"
+    [ "$BM" = none ] || sect examine-bitmap mdadm -X "$BMF"
     sect examine-leg0 mdadm -E "$L0"
     echo "KMD-PART end"
     step "crash: $NAME left active; emergency restart follows"
@@ -81,7 +84,7 @@ EOS
   dropcaches
   sect examine-leg0 mdadm -E "$L0"
   sect examine-leg1 mdadm -E "$L1"
-  [ "$BM" != file ] || sect examine-bitmap mdadm -X "$BMF"
+  [ "$BM" = none ] || sect examine-bitmap mdadm -X "$BMF"
 done
 echo "KMD-PART end"
 umount /mnt/bm || fail "umount"
