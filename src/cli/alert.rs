@@ -2,9 +2,16 @@
 //! works out of the box), `--program`, `--syslog`, `--mail` through a
 //! sendmail when one is installed; and `--daemonise` with a pid file.
 
-use super::monitor::Event;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+
+/// One event, as mdadm names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub name: String,
+    pub mountpoint: String,
+    pub leg: Option<String>,
+}
 
 /// Where sendmail is looked for (the MTAs' usual place, and the old one).
 const SENDMAIL: [&str; 2] = ["/usr/sbin/sendmail", "/usr/lib/sendmail"];

@@ -12,7 +12,7 @@
 //! looks is then not seen. First-sight events (NewArray, DegradedArray) and
 //! DeviceDisappeared are always the monitor's own.
 
-use super::alert;
+use super::alert::{self, Event};
 use super::events;
 use super::status::{self, ArrayStatus};
 use clap::Args;
@@ -63,14 +63,6 @@ fn parse_delay(s: &str) -> Result<f64, String> {
         .ok()
         .filter(|d| d.is_finite() && *d >= 0.05 && *d <= 86_400.0)
         .ok_or_else(|| format!("{s:?}: seconds from 0.05 to 86400"))
-}
-
-/// One event, as mdadm names it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Event {
-    pub name: String,
-    pub mountpoint: String,
-    pub leg: Option<String>,
 }
 
 /// What the monitor remembers of an array between two looks.

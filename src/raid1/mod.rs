@@ -2,7 +2,6 @@
 
 pub mod engine;
 pub mod range_lock;
-pub mod read_fix;
 pub mod readahead;
 pub mod sync;
 

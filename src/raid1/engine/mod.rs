@@ -15,12 +15,13 @@
 //! 5. `WriteIntent::end_write`, release the range.
 
 mod failures;
+mod read_fix;
 mod reads;
 mod writes;
 
 use self::failures::Record;
+use self::read_fix::{RangeHeld, ReadErrors, DEFAULT_MAX_READ_ERRORS};
 use super::range_lock::RangeLock;
-use super::read_fix::{RangeHeld, ReadErrors, DEFAULT_MAX_READ_ERRORS};
 use super::readahead::{Fetch, ReadAhead, READAHEAD_MIN};
 use crate::bitmap::{BitmapError, WriteIntent};
 use crate::io::aligned::with_scratch;

@@ -37,7 +37,7 @@ impl Raid1 {
     /// A read error is corrected as md's fix_read_error does: the good copy
     /// comes from another in-sync leg and is written back over the bad
     /// range; the leg is failed only if that rewrite fails or it has had
-    /// more than `max_read_errors` (see [`crate::raid1::read_fix`]).
+    /// more than `max_read_errors` (see `read_fix.rs`).
     pub fn read<R>(
         &self,
         offset: u64,

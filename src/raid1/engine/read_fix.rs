@@ -10,7 +10,7 @@
 //! fall between reading the good copy and writing it back: it never puts
 //! stale data over a newer write.
 
-use super::engine::{EngineError, LegFailure, LegState, Raid1};
+use super::{EngineError, LegFailure, LegState, Raid1};
 use crate::io::aligned::AlignedBuf;
 use crate::io::leg::LegError;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
