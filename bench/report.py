@@ -11,7 +11,7 @@ import subprocess
 import sys
 from datetime import datetime, timezone
 
-TARGETS = ["raw", "mdfuse_bitmap", "mdfuse_bitmap_uring", "mdfuse_nobitmap", "qemu_quorum"]
+TARGETS = ["raw", "mdfuse_bitmap", "baseline_bitmap", "mdfuse_bitmap_uring", "mdfuse_nobitmap", "qemu_quorum"]
 WORKLOADS = [
     "seqwrite_direct", "seqread_direct", "randwrite_direct", "randread_direct", "randrw_direct",
     "seqwrite_buffered", "seqread_buffered", "randwrite_buffered", "randread_buffered",
@@ -91,7 +91,7 @@ def main():
     ap.add_argument("out")
     ap.add_argument("result")
     for opt in ("runtime", "io-size", "leg-size", "threads", "work", "fstype", "qemu-aio",
-                "mdfuse-rev"):
+                "mdfuse-rev", "baseline", "baseline-rev"):
         ap.add_argument("--" + opt)
     a = ap.parse_args()
 
@@ -134,6 +134,8 @@ def main():
     vs_qemu = {w: vs("mdfuse_bitmap", "qemu_quorum", w) for w in WORKLOADS}
     uring_vs_dev_fuse = {w: vs("mdfuse_bitmap_uring", "mdfuse_bitmap", w) for w in WORKLOADS}
     uring_vs_qemu = {w: vs("mdfuse_bitmap_uring", "qemu_quorum", w) for w in WORKLOADS}
+    # A/B: this build against another binary (BASELINE=), same run, same legs' disk.
+    vs_baseline = {w: vs("mdfuse_bitmap", "baseline_bitmap", w) for w in ["fill"] + WORKLOADS}
 
     big = {}
     bm = os.path.join(a.out, "big.mount")
@@ -203,10 +205,12 @@ def main():
         "setup": {"runtime_s": int(a.runtime), "io_size": a.io_size, "leg_size": a.leg_size,
                   "mdfuse_threads": int(a.threads), "mdfuse_rev": a.mdfuse_rev,
                   "qemu_aio": a.qemu_aio},
+        **({"baseline": {"binary": a.baseline, "rev": a.baseline_rev}} if a.baseline else {}),
         "figures": figures,
         "ratios_to_raw": ratios,
         "mdfuse_bitmap_vs_qemu": vs_qemu,
         "uring_vs_dev_fuse": uring_vs_dev_fuse,
+        **({"mdfuse_bitmap_vs_baseline": vs_baseline} if figures.get("baseline_bitmap") else {}),
         "bitmap_on_vs_off": bitmap_cost,
         "startup_memory_1tib": big,
         "recovery": recovery,
@@ -232,6 +236,8 @@ def main():
         print(line)
     print("\n(ratios to raw from this run; seq in MiB/s, random in IOPS; md/qemu = mdfuse bitmap-on / qemu)")
     print(f"bitmap on/off: {bitmap_cost}")
+    if figures.get("baseline_bitmap"):
+        print(f"this build / baseline {a.baseline_rev or a.baseline} (bitmap on, /dev/fuse): {vs_baseline}")
     if figures.get("mdfuse_bitmap_uring"):
         print(f"uring / dev-fuse (bitmap on): {uring_vs_dev_fuse}")
         for t in ("mdfuse_bitmap", "mdfuse_bitmap_uring"):

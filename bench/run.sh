@@ -14,7 +14,10 @@
 # share, /sys/class/bdi/<dev>/max_ratio, and clear strict_limit), URING=0
 # (leave out the FUSE-over-io_uring target; by default it runs when the
 # kernel has /sys/module/fuse/parameters/enable_uring, which the run sets
-# to Y and puts back as it was on exit).
+# to Y and puts back as it was on exit), BASELINE (another mdfuse binary,
+# e.g. one built from an older commit: an A/B target 'baseline_bitmap',
+# bitmap on and /dev/fuse, run right after mdfuse_bitmap on each workload,
+# so both face the same machine; see "A/B" in METHOD.md).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -25,6 +28,7 @@ IO_SIZE=${IO_SIZE:-1000M}
 RUNTIME=${RUNTIME:-8}
 THREADS=${THREADS:-16}
 MDFUSE=${MDFUSE:-$REPO/target/release/mdfuse}
+BASELINE=${BASELINE:-}
 OUT=$WORK/out
 STAMP=$(date -u +%Y-%m-%dT%H%MZ)
 RESULT=${RESULT:-$HERE/results/$STAMP.json}
@@ -92,6 +96,7 @@ if [ "${SKIP_BUILD:-0}" != 1 ]; then
     (cd "$REPO" && cargo build --release -q) || die "build failed"
 fi
 [ -x "$MDFUSE" ] || die "$MDFUSE missing"
+[ -z "$BASELINE" ] || [ -x "$BASELINE" ] || die "BASELINE=$BASELINE is not an executable"
 
 rm -rf "$WORK"
 mkdir -p "$WORK" "$OUT"
@@ -108,10 +113,13 @@ read -r BM0 BM1 <<< "$(pair bitmap)"
 read -r NB0 NB1 <<< "$(pair nobitmap)"
 read -r Q0 Q1 <<< "$(pair qemu)"
 read -r BU0 BU1 <<< "$(pair bitmap-uring)"
+read -r BB0 BB1 <<< "$(pair baseline)"
 URING_LEGS=()
 [ -n "$URING_OLD" ] && URING_LEGS=("$BU0" "$BU1")
-log "legs: $((4 + ${#URING_LEGS[@]} / 2)) pairs x 2 x $LEG_SIZE in $WORK ($fstype)"
-for l in "$RAW0" "$RAW1" "$BM0" "$BM1" "$NB0" "$NB1" "$Q0" "$Q1" "${URING_LEGS[@]}"; do
+BASELINE_LEGS=()
+[ -n "$BASELINE" ] && BASELINE_LEGS=("$BB0" "$BB1")
+log "legs: $((4 + ${#URING_LEGS[@]} / 2 + ${#BASELINE_LEGS[@]} / 2)) pairs x 2 x $LEG_SIZE in $WORK ($fstype)"
+for l in "$RAW0" "$RAW1" "$BM0" "$BM1" "$NB0" "$NB1" "$Q0" "$Q1" "${URING_LEGS[@]}" "${BASELINE_LEGS[@]}"; do
     fallocate -l "$LEG_SIZE" "$l"
     dd if=/dev/zero of="$l" bs=1M count=$(( $(stat -c %s "$l") >> 20 )) oflag=direct conv=notrunc status=none
 done
@@ -131,8 +139,9 @@ MNT=$WORK/mnt
 MNT_BM=$WORK/mnt-bitmap
 MNT_NB=$WORK/mnt-nobitmap
 MNT_BU=$WORK/mnt-bitmap-uring
-mkdir -p "$MNT" "$MNT_BM" "$MNT_NB" "$MNT_BU"
-MOUNTS+=("$MNT" "$MNT_BM" "$MNT_NB" "$MNT_BU")
+MNT_BB=$WORK/mnt-baseline
+mkdir -p "$MNT" "$MNT_BM" "$MNT_NB" "$MNT_BU" "$MNT_BB"
+MOUNTS+=("$MNT" "$MNT_BM" "$MNT_NB" "$MNT_BU" "$MNT_BB")
 
 # ---------------------------------------------------------------- fio
 # Common options; a job's own options follow. Each job is time based over the
@@ -207,6 +216,7 @@ fill() {
 # a target's file(s) (the raw writes go to both legs at once).
 TARGETS=(raw mdfuse_bitmap mdfuse_nobitmap qemu_quorum)
 [ -n "$URING_OLD" ] && TARGETS=(raw mdfuse_bitmap mdfuse_bitmap_uring mdfuse_nobitmap qemu_quorum)
+[ -n "$BASELINE" ] && TARGETS=("${TARGETS[0]}" "${TARGETS[1]}" baseline_bitmap "${TARGETS[@]:2}")
 declare -A TARGET_READ TARGET_WRITE TARGET_PID
 
 run_all_targets() {
@@ -231,13 +241,16 @@ run_all_targets() {
 
 daemon_pid() { sed -n 's/.*, pid \([0-9]*\)$/\1/p' "$1" | tail -1; }
 
-mount_mdfuse() { # LOGFILE [--bitmap FILE] LEGS... MNT
+mount_mdfuse() { # LOGFILE [--bitmap FILE] LEGS... MNT  (BIN=binary, default $MDFUSE)
     local logf=$1; shift
+    local bin=${BIN:-$MDFUSE}
     # --transport dev-fuse unless the caller says otherwise (the switch
-    # may be on for this run: auto would take the rings).
+    # may be on for this run: auto would take the rings); a binary from
+    # before the option has only /dev/fuse.
     local transport=(--transport dev-fuse)
     case " $* " in *" --transport "*) transport=() ;; esac
-    "$MDFUSE" mount --threads "$THREADS" --log "$logf" "${transport[@]}" "$@" >/dev/null ||
+    "$bin" mount --help 2>/dev/null | grep -q -- --transport || transport=()
+    "$bin" mount --threads "$THREADS" --log "$logf" "${transport[@]}" "$@" >/dev/null ||
         die "mdfuse mount: $(tail -5 "$logf")"
     local pid
     pid=$(daemon_pid "$logf")
@@ -273,6 +286,15 @@ if [ -n "$URING_OLD" ]; then
     TARGET_READ[mdfuse_bitmap_uring]=$MNT_BU/array.img
     TARGET_WRITE[mdfuse_bitmap_uring]=$MNT_BU/array.img
     TARGET_PID[mdfuse_bitmap_uring]=$(daemon_pid "$OUT/mdfuse-bitmap-uring.log")
+fi
+
+if [ -n "$BASELINE" ]; then
+    log "baseline create --bitmap ($BASELINE)"
+    "$BASELINE" create --force --bitmap "$BMFS/baseline.bitmap" "$BB0" "$BB1" >> "$OUT/create.txt"
+    BIN=$BASELINE mount_mdfuse "$OUT/baseline-bitmap.log" --bitmap "$BMFS/baseline.bitmap" "$BB0" "$BB1" "$MNT_BB"
+    TARGET_READ[baseline_bitmap]=$MNT_BB/array.img
+    TARGET_WRITE[baseline_bitmap]=$MNT_BB/array.img
+    TARGET_PID[baseline_bitmap]=$(daemon_pid "$OUT/baseline-bitmap.log")
 fi
 
 log "mdfuse create (no bitmap)"
@@ -316,6 +338,7 @@ run_all_targets
 cat "$MNT_BM/mdstat" > "$OUT/mdfuse_bitmap.mdstat" || true
 stop_mdfuse "$MNT_BM"
 stop_mdfuse "$MNT_NB"
+[ -n "$BASELINE" ] && { "$BASELINE" stop "$MNT_BB" >/dev/null || die "baseline stop $MNT_BB"; }
 if [ -n "$URING_OLD" ]; then
     stop_mdfuse "$MNT_BU"
     grep -h "FUSE over io_uring" "$OUT/mdfuse-bitmap-uring.log" >&2 || true
@@ -324,7 +347,7 @@ fi
 umount "$QIMG" 2>/dev/null || true
 kill "$QSD_PID" 2>/dev/null || true
 wait "$QSD_PID" 2>/dev/null || true
-rm -f "$RAW0" "$RAW1" "$BM0" "$BM1" "$NB0" "$NB1" "$Q0" "$Q1" "${URING_LEGS[@]}"
+rm -f "$RAW0" "$RAW1" "$BM0" "$BM1" "$NB0" "$NB1" "$Q0" "$Q1" "${URING_LEGS[@]}" "${BASELINE_LEGS[@]}"
 
 # ---------------------------------------------------------------- start-up and memory, 1 TiB
 log "start-up: 1 TiB sparse array"
@@ -424,5 +447,6 @@ mkdir -p "$(dirname "$RESULT")"
 python3 "$HERE/report.py" "$OUT" "$RESULT" \
     --runtime "$RUNTIME" --io-size "$IO_SIZE" --leg-size "$LEG_SIZE" --threads "$THREADS" \
     --work "$WORK" --fstype "$fstype" --qemu-aio "$AIO" \
-    --mdfuse-rev "$(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+    --mdfuse-rev "$(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo unknown)" \
+    --baseline "$BASELINE" --baseline-rev "$([ -n "$BASELINE" ] && git -C "$(dirname "$BASELINE")" rev-parse --short HEAD 2>/dev/null)"
 log "results: $RESULT"
