@@ -376,7 +376,7 @@ pub fn plan<L>(legs: Vec<Candidate<L>>, opts: &AssembleOptions) -> Result<Plan<L
             let bit = crate::format::superblock::FEATURE_BITMAP_OFFSET;
             if sb.has_feature(bit) != freshest.has_feature(bit) {
                 log::warn!(
-                    "leg {}: its superblock {} an internal bitmap and the freshest's {}:                      the bitmap was changed as the array stopped; the freshest is followed",
+                    "leg {}: its superblock {} an internal bitmap and the freshest's {}: the bitmap was changed as the array stopped; the freshest is followed",
                     path.display(),
                     if sb.has_feature(bit) { "names" } else { "has no" },
                     if freshest.has_feature(bit) { "does" } else { "does not" },

@@ -196,7 +196,7 @@ pub(super) fn cmd_grow(a: &GrowArgs) -> Result<(), String> {
         }
         _ if current != "none" => {
             return Err(format!(
-                "{}: the array already has {now}; remove it first (mdfuse grow {} --bitmap none),                  as mdadm requires",
+                "{}: the array already has {now}; remove it first (mdfuse grow {} --bitmap none), as mdadm requires",
                 mnt.display(),
                 mnt.display()
             ));
@@ -206,7 +206,7 @@ pub(super) fn cmd_grow(a: &GrowArgs) -> Result<(), String> {
             let path = absolute(&a.bitmap);
             if std::fs::symlink_metadata(&a.bitmap).is_ok() {
                 return Err(format!(
-                    "bitmap file {path} already exists; give the name of a new file:                      grow creates it for this array"
+                    "bitmap file {path} already exists; give the name of a new file: grow creates it for this array"
                 ));
             }
             format!("file:{path}")
@@ -220,7 +220,7 @@ pub(super) fn cmd_grow(a: &GrowArgs) -> Result<(), String> {
     match location.as_str() {
         "none" => println!("mdfuse: {}: bitmap removed", mnt.display()),
         "file" => println!(
-            "mdfuse: {}: bitmap file {} added ({} bytes a chunk); give it to the next mount              with --bitmap {}",
+            "mdfuse: {}: bitmap file {} added ({} bytes a chunk); give it to the next mount with --bitmap {}",
             mnt.display(),
             &value["file:".len()..],
             control_read(mnt, "md/bitmap/chunksize")?,
