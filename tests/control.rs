@@ -369,11 +369,11 @@ fn every_md_file_reads_as_md_prints_it() {
         ("sync_copied", "0", 0o444),
         ("max_read_errors", "20", 0o644),
         ("safe_mode_delay", "0.200", 0o644),
-        ("bitmap/location", "file", 0o444),
+        ("bitmap/location", "file", 0o644),
         ("bitmap/space", "0", 0o444),
         ("bitmap/time_base", "5", 0o444),
         ("bitmap/backlog", "0", 0o444),
-        ("bitmap/chunksize", "65536", 0o444),
+        ("bitmap/chunksize", "65536", 0o644),
         ("bitmap/metadata", "internal", 0o444),
         ("bitmap/can_clear", "true", 0o444),
         ("bitmap/max_backlog_used", "0", 0o444),
@@ -921,10 +921,15 @@ fn invalid_writes_are_refused_with_a_reason_in_the_log() {
         "mismatch_cnt",
         "sync_completed",
         "uuid",
-        "bitmap/chunksize",
+        "bitmap/space",
     ] {
         assert_refused(&m, ro, "1", libc::EACCES);
     }
+    // md's chunksize_store: only while there is no bitmap; location takes
+    // nothing but none while there is one.
+    assert_refused(&m, "bitmap/chunksize", "65536", libc::EBUSY);
+    assert_refused(&m, "bitmap/location", "+8", libc::EBUSY);
+    assert_refused(&m, "bitmap/location", "bogus", libc::EBUSY);
     assert_refused(&m, &format!("dev-{l0}/state"), "remove", libc::EBUSY);
     assert_refused(&m, &format!("dev-{l0}/state"), "re-add", libc::EBUSY);
     // Failing one leg is fine; the other is then the last and md refuses to fail it.

@@ -71,7 +71,10 @@ struct TestArray {
     /// Held for its Drop: unmount, detach, remove.
     _bitmap_fs: ScratchFs,
     legs: Legs,
+    /// The bitmap file, or for an internal bitmap leg0 (which carries a copy).
     bitmap: PathBuf,
+    /// The bitmap is internal (on the legs): mounts take no `--bitmap`.
+    internal: bool,
     mnt: PathBuf,
     uuid: String,
     geo: Geometry,
@@ -134,6 +137,40 @@ impl TestArray {
             _bitmap_fs: bitmap_fs,
             legs,
             bitmap,
+            internal: false,
+            uuid: created.uuid,
+            dir,
+        }
+    }
+
+    /// `mdfuse create --bitmap internal --bitmap-chunk 64K` (metadata 1.2) on two zero
+    /// 32 MiB leg files.
+    fn create_internal(name: &str) -> TestArray {
+        let (dir, bitmap_fs) = Self::scratch();
+        let legs = Legs::new(dir.path(), 2, LEG_BYTES);
+        let created = create(
+            &legs,
+            &[
+                "--name",
+                name,
+                "--bitmap",
+                "internal",
+                "--bitmap-chunk",
+                "64K",
+            ],
+        );
+        let geo = Geometry {
+            data_offset: created.data_offset_sectors * SECTOR,
+            array_bytes: created.array_bytes,
+        };
+        assert_eq!(geo, V1_2, "internal bitmap, metadata 1.2");
+        TestArray {
+            geo,
+            mnt: dir.path().join("mnt"),
+            _bitmap_fs: bitmap_fs,
+            bitmap: legs.paths[0].clone(),
+            internal: true,
+            legs,
             uuid: created.uuid,
             dir,
         }
@@ -154,6 +191,7 @@ impl TestArray {
             _bitmap_fs: bitmap_fs,
             legs,
             bitmap,
+            internal: false,
             uuid: String::new(),
             geo: V1_2,
             dir,
@@ -168,7 +206,9 @@ impl TestArray {
     /// A session on some of the legs only (the others left out, as if missing).
     fn try_mount_legs(&self, legs: &Legs, extra: &[&str]) -> Result<MountedArray, String> {
         let mut args = extra.to_vec();
-        args.extend(["--bitmap", path_str(&self.bitmap)]);
+        if !self.internal {
+            args.extend(["--bitmap", path_str(&self.bitmap)]);
+        }
         MountedArray::try_mount(legs, &self.mnt, &args).map_err(|o| text(&o))
     }
 
@@ -1701,5 +1741,115 @@ fn mdfuse_serves_md_metadata_1_0_and_1_1_arrays_clean_degraded_and_crashed() {
             verdicts.push((name.to_string(), serve_md_made(&boot, &part, name, spec)));
         }
     }
+    assert_parts_agree(run, verdicts);
+}
+
+// ---------------------------------------------------------------- 7. internal bitmaps with md
+
+/// md on legs `mdfuse create --bitmap internal` made and mdfuse wrote, in one boot: after a
+/// clean stop it assembles them clean (no resync, mdfuse's data, the bitmap at +8); after a
+/// kill -9 it resyncs exactly the chunks mdfuse's internal bitmap holds dirty (leg1
+/// perturbed in all of them and in one clean chunk: only that one still differs after md's
+/// resync); after a session on leg0 alone it starts degraded and re-adds leg1 from the
+/// bitmap only (leg1 perturbed in a clean chunk, which a full recovery would overwrite).
+#[test]
+fn md_assembles_mdfuse_internal_bitmap_arrays_clean_resyncs_their_dirty_chunks_and_re_adds() {
+    let Some(_serial) = start("md_assembles_mdfuse_internal_bitmap_arrays") else {
+        return;
+    };
+    let mut boot = RigBoot::new();
+    // Stopped clean.
+    let clean = TestArray::create_internal("iclean");
+    fill_base(&clean);
+    let served = write_overlays(clean.mount(&[]));
+    let (_, bits) = mdfuse_bitmap(clean.legs.path(1));
+    assert!(
+        bits.is_empty(),
+        "leg1's copy is clean after a clean stop: {bits:?}"
+    );
+    boot.add("iclean", &clean.leg_refs(), None);
+
+    // Killed mid-writes.
+    let killed = TestArray::create_internal("ikilled");
+    fill_base(&killed);
+    let out = write_then_kill(&killed, shuffled_slots()[..600].to_vec(), 4, Some(40));
+    assert!(out.acked.len() >= 40);
+    let (_, dirty) = mdfuse_bitmap(killed.legs.path(0));
+    let (_, dirty1) = mdfuse_bitmap(killed.legs.path(1));
+    assert!(!dirty.is_empty(), "no dirty bit after the kill");
+    // A page goes to leg0's copy, then leg1's: the kill may fall between the two (the
+    // data those bits cover was not written yet). md reads leg0's, the first member's.
+    assert!(
+        dirty1.iter().all(|c| dirty.contains(c)),
+        "leg1's copy holds a bit leg0's lacks: {dirty1:?} / {dirty:?}"
+    );
+    let (k0, k1, untouched) = perturbed_copies(&killed, &dirty, "ik");
+    boot.add("ikilled", &[&k0, &k1], None);
+
+    // A session on leg0 alone: leg1 stale, the overlays' chunks dirty.
+    let deg = TestArray::create_internal("ideg");
+    fill_base(&deg);
+    let expected = write_overlays(deg.mount_leg0_alone());
+    let deg_dirty = assert_leg1_stale_with_the_overlays_dirty(&deg, mdfuse_examine);
+    let d0 = deg.leg_copy(0, "ideg-leg0.img");
+    let d1 = deg.leg_copy(1, "ideg-leg1.img");
+    let deg_untouched = 200;
+    assert!(!deg_dirty.contains(&deg_untouched));
+    perturb_leg_chunk(&d1, deg_untouched, PERTURB_TAG);
+    boot.add("ideg", &[&d0, &d1], None);
+
+    let run = boot.run("assemble-each", &[], &["RE_ADD_NAMES=ideg"]);
+    let mut verdicts = Vec::new();
+    if run.rc != 0 {
+        verdicts.push(("boot".to_string(), Err(format!("rig rc {}", run.rc))));
+    }
+    let part = boot.part(&run, "iclean");
+    let mut v = md_accepts_clean(&part, &served);
+    if part.val("bitmap_location").as_deref() != Some("+8") {
+        v = Err(format!(
+            "md's bitmap/location {:?}, want +8; {v:?}",
+            part.val("bitmap_location")
+        ));
+    }
+    verdicts.push(("iclean".to_string(), v));
+
+    let part = boot.part(&run, "ikilled");
+    let mut v = md_resynced_exactly(&part, V1_2, &dirty, untouched);
+    let mut p = Problems::default();
+    p.want_leg_states(&part, "active");
+    if let Err(e) = p.verdict() {
+        v = Err(format!("{e}\n{v:?}"));
+    }
+    verdicts.push(("ikilled".to_string(), v));
+
+    let part = boot.part(&run, "ideg");
+    let check = || -> Result<(), String> {
+        let mut p = Problems::default();
+        p.want_vals(
+            &part,
+            &[
+                ("assembled", "yes"),
+                ("degraded", "1"),
+                ("degraded_after_sync", "0"),
+            ],
+        );
+        p.want_dirty_before(&part, deg_dirty.len());
+        if !part.dmesg_md().contains("recovery of RAID array md0") {
+            p.push("no recovery");
+        }
+        let (l0, l1) = (leg_data(&part.leg_after(0)), leg_data(&part.leg_after(1)));
+        let differing = differing_chunks(&l0, &l1);
+        if differing != [deg_untouched] {
+            p.push(format!(
+                "legs differ in {differing:?} after the re-add; want only {deg_untouched} \
+                 (not in the bitmap: a full recovery would have overwritten it)"
+            ));
+        }
+        if sha256_bytes(&l0) != expected {
+            p.push("leg0 data is not what mdfuse acknowledged");
+        }
+        p.verdict()
+    };
+    verdicts.push(("ideg".to_string(), check()));
     assert_parts_agree(run, verdicts);
 }

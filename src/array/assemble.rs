@@ -304,7 +304,7 @@ pub fn plan<L>(legs: Vec<Candidate<L>>, opts: &AssembleOptions) -> Result<Plan<L
     let events = freshest.events;
     let raid_disks = freshest.raid_disks;
     let mut members: Vec<Planned<L>> = Vec::new();
-    for (path, handle, sb) in found {
+    for (path, handle, mut sb) in found {
         let slot = match sb.own_role() {
             DevRole::Active(slot) => slot,
             DevRole::Spare => {
@@ -369,6 +369,21 @@ pub fn plan<L>(legs: Vec<Candidate<L>>, opts: &AssembleOptions) -> Result<Plan<L
                 sb.events,
                 freshest_path.display()
             );
+            // The bitmap is the array's: a bitmap added or removed while the
+            // array ran (`bitmap/location`) whose update this member missed
+            // is the freshest's. An added one's copies were all written
+            // before the first superblock named them.
+            let bit = crate::format::superblock::FEATURE_BITMAP_OFFSET;
+            if sb.has_feature(bit) != freshest.has_feature(bit) {
+                log::warn!(
+                    "leg {}: its superblock {} an internal bitmap and the freshest's {}: the bitmap was changed as the array stopped; the freshest is followed",
+                    path.display(),
+                    if sb.has_feature(bit) { "names" } else { "has no" },
+                    if freshest.has_feature(bit) { "does" } else { "does not" },
+                );
+                sb.feature_map = (sb.feature_map & !bit) | (freshest.feature_map & bit);
+                sb.bitmap_offset = freshest.bitmap_offset;
+            }
         }
         // The array's size (the freshest superblock's) must fit this
         // member's data area; validate_on_leg put that area inside the leg.

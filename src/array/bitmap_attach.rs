@@ -50,6 +50,35 @@ pub struct BitmapAttachOptions {
     pub trust_device: bool,
 }
 
+/// What attaching a bitmap file needs to know of the array: at assembly
+/// ([`ArrayFacts::of`]) or while it runs (a bitmap added by `bitmap/location`).
+#[derive(Debug, Clone)]
+pub struct ArrayFacts {
+    pub set_uuid: [u8; 16],
+    pub array_sectors: u64,
+    /// The superblocks' events: a bitmap behind them is out of date.
+    pub events: u64,
+    pub degraded: bool,
+    /// The legs' paths (a bitmap file may not live on any of them).
+    pub legs: Vec<PathBuf>,
+    /// Bits found set mark chunks that may differ (kept until a resync);
+    /// false only for a new bitmap whose bits say nothing yet.
+    pub loaded_bits_needed: bool,
+}
+
+impl ArrayFacts {
+    pub fn of(asm: &Assembly) -> ArrayFacts {
+        ArrayFacts {
+            set_uuid: asm.set_uuid,
+            array_sectors: asm.array_sectors,
+            events: asm.events,
+            degraded: asm.is_degraded(),
+            legs: asm.members.iter().map(|m| m.path.clone()).collect(),
+            loaded_bits_needed: true,
+        }
+    }
+}
+
 pub struct AttachedBitmap {
     service: Arc<WriteIntentBitmap>,
     raw: Option<Arc<RawPageStore>>,
@@ -88,16 +117,16 @@ fn bitmap_error(path: &Path, what: impl Into<String>) -> ArrayError {
 fn check_not_on_array(
     path: &Path,
     st_dev: u64,
-    asm: &Assembly,
+    array: &ArrayFacts,
     trust_device: bool,
 ) -> Result<(), ArrayError> {
-    let legs: Vec<(PathBuf, u64, u64, u64)> = asm
-        .members
+    let legs: Vec<(PathBuf, u64, u64, u64)> = array
+        .legs
         .iter()
-        .filter_map(|m| {
-            std::fs::metadata(&m.path)
+        .filter_map(|p| {
+            std::fs::metadata(p)
                 .ok()
-                .map(|md| (m.path.clone(), md.dev(), md.ino(), md.rdev()))
+                .map(|md| (p.clone(), md.dev(), md.ino(), md.rdev()))
         })
         .collect();
     let stack = device_stack(st_dev);
@@ -174,23 +203,23 @@ fn check_not_on_array(
 }
 
 /// The header must be this array's: its UUID and its size.
-fn check_belongs(path: &Path, sb: &BitmapSuper, asm: &Assembly) -> Result<(), ArrayError> {
-    if sb.uuid != asm.set_uuid {
+fn check_belongs(path: &Path, sb: &BitmapSuper, array: &ArrayFacts) -> Result<(), ArrayError> {
+    if sb.uuid != array.set_uuid {
         return Err(bitmap_error(
             path,
             format!(
                 "its uuid says it belongs to array {}, not to this array ({}); give this array's bitmap file",
                 uuid_string(&sb.uuid),
-                asm.uuid()
+                uuid_string(&array.set_uuid)
             ),
         ));
     }
-    if sb.sync_size != asm.array_sectors {
+    if sb.sync_size != array.array_sectors {
         return Err(bitmap_error(
             path,
             format!(
                 "its sync_size is {} sectors but the array has {}; it was made for another size",
-                sb.sync_size, asm.array_sectors
+                sb.sync_size, array.array_sectors
             ),
         ));
     }
@@ -202,12 +231,12 @@ fn check_belongs(path: &Path, sb: &BitmapSuper, asm: &Assembly) -> Result<(), Ar
 /// refused before it is read.
 fn load_for_array(
     checked: &CheckedPath,
-    asm: &Assembly,
+    array: &ArrayFacts,
 ) -> Result<(BitmapSuper, Vec<u8>), ArrayError> {
     let sb = read_bitmap_header(checked)?;
-    check_belongs(checked.path(), &sb, asm)?;
+    check_belongs(checked.path(), &sb, array)?;
     let (sb, bits) = load_bitmap_checked(checked, &sb)?;
-    check_belongs(checked.path(), &sb, asm)?;
+    check_belongs(checked.path(), &sb, array)?;
     Ok((sb, bits))
 }
 
@@ -261,16 +290,24 @@ impl PageStore for ReadOnlyStore {
 }
 
 pub fn attach(opts: &BitmapAttachOptions, asm: &Assembly) -> Result<AttachedBitmap, ArrayError> {
+    attach_to(opts, &ArrayFacts::of(asm))
+}
+
+/// [`attach`] to an array described by `array` (assembled, or running).
+pub fn attach_to(
+    opts: &BitmapAttachOptions,
+    array: &ArrayFacts,
+) -> Result<AttachedBitmap, ArrayError> {
     let path = &opts.path;
     // Opened once, not following a symlink, and checked on the descriptor:
     // a FIFO, socket or device is refused here, before anything reads it.
     let checked = open_bitmap_path(path)?;
     // Every read-only check first: a refused mount must leave the file as it
     // was (bytes, attributes, ctime), and protecting it changes its flags.
-    let (sb, bits) = load_for_array(&checked, asm)?;
+    let (sb, bits) = load_for_array(&checked, array)?;
     // With ordinary file I/O too: a bitmap inside the array would be written
     // through the array it describes.
-    check_not_on_array(path, checked.metadata().dev(), asm, opts.trust_device)?;
+    check_not_on_array(path, checked.metadata().dev(), array, opts.trust_device)?;
     let reopen = |write: bool| {
         checked
             .reopen(write, 0)
@@ -290,7 +327,7 @@ pub fn attach(opts: &BitmapAttachOptions, asm: &Assembly) -> Result<AttachedBitm
         });
         return finish(
             opts,
-            asm,
+            array,
             sb,
             &bits,
             store,
@@ -344,7 +381,7 @@ pub fn attach(opts: &BitmapAttachOptions, asm: &Assembly) -> Result<AttachedBitm
             (Protection::Lock(lock_fd), Some(file))
         }
     };
-    let (sb, bits) = load_for_array(&checked, asm)?;
+    let (sb, bits) = load_for_array(&checked, array)?;
     let (store, raw, note): (
         Arc<dyn PageStore>,
         Option<Arc<RawPageStore>>,
@@ -391,13 +428,13 @@ pub fn attach(opts: &BitmapAttachOptions, asm: &Assembly) -> Result<AttachedBitm
             )
         }
     };
-    finish(opts, asm, sb, &bits, store, raw, protection, note)
+    finish(opts, array, sb, &bits, store, raw, protection, note)
 }
 
 #[allow(clippy::too_many_arguments)]
 fn finish(
     opts: &BitmapAttachOptions,
-    asm: &Assembly,
+    array: &ArrayFacts,
     sb: BitmapSuper,
     bits: &[u8],
     store: Arc<dyn PageStore>,
@@ -409,9 +446,10 @@ fn finish(
     if let Some(d) = opts.clear_delay {
         bopts.clear_delay = d;
     }
-    bopts.array_events = Some(asm.events);
+    bopts.array_events = Some(array.events);
+    bopts.loaded_bits_needed = array.loaded_bits_needed;
     let service = Arc::new(WriteIntentBitmap::new(sb, bits, store, bopts)?);
-    if asm.is_degraded() {
+    if array.degraded {
         service.set_degraded(true);
     }
     let mut attached = AttachedBitmap {

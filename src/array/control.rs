@@ -89,7 +89,7 @@ const ARRAY_ATTRS: &[Attr] = &[
     ro("array_size", |_| Some("default".into())),
     ro("consistency_policy", |a| {
         Some(
-            if a.bitmap.is_some() {
+            if a.bitmap().is_some() {
                 "bitmap"
             } else {
                 "resync"
@@ -180,16 +180,17 @@ const ARRAY_ATTRS: &[Attr] = &[
 ];
 
 /// md has `bitmap/` whether or not the array has a bitmap (`location` then
-/// reads `none`).
-const BITMAP_FILES: &[&str] = &[
-    "location",
-    "space",
-    "time_base",
-    "backlog",
-    "chunksize",
-    "metadata",
-    "can_clear",
-    "max_backlog_used",
+/// reads `none`). `location` changes the bitmap (md's location_store,
+/// `grow.rs`); `chunksize` is the next bitmap's chunk while there is none.
+const BITMAP_FILES: &[(&str, ControlAccess)] = &[
+    ("location", ReadWrite),
+    ("space", Read),
+    ("time_base", Read),
+    ("backlog", Read),
+    ("chunksize", ReadWrite),
+    ("metadata", Read),
+    ("can_clear", Read),
+    ("max_backlog_used", Read),
 ];
 
 const DEV_FILES: &[(&str, ControlAccess)] = &[
@@ -308,7 +309,7 @@ impl RunningArray {
         out.extend(
             BITMAP_FILES
                 .iter()
-                .map(|n| (format!("md/bitmap/{n}"), Read)),
+                .map(|(n, a)| (format!("md/bitmap/{n}"), access(*a))),
         );
         for name in self.leg_names().into_iter().flatten() {
             let name = escape_name(&name);
@@ -360,23 +361,48 @@ impl RunningArray {
     }
 
     fn bitmap_value(&self, attr: &str) -> Option<String> {
-        let service = self.bitmap.as_ref().map(|b| b.service());
+        let bitmap = self.bitmap();
+        let service = bitmap.as_ref().map(|b| b.service());
+        let internal_at = match (&bitmap, self.keeper.current()) {
+            (Some(b), Some(sb)) if b.is_internal() => Some(sb.bitmap_offset),
+            _ => None,
+        };
         Some(match attr {
             // md: "+N" (signed sectors from the superblock) for an internal one.
-            "location" => match (&self.bitmap, self.keeper.current()) {
-                (Some(b), Some(sb)) if b.is_internal() => format!("{:+}", sb.bitmap_offset),
-                (Some(_), _) => "file".into(),
+            "location" => match (&bitmap, internal_at) {
+                (Some(_), Some(at)) => format!("{at:+}"),
+                (Some(_), None) => "file".into(),
                 (None, _) => "none".into(),
             },
-            // Sectors reserved for an internal bitmap: none with a file.
-            "space" => "0".into(),
+            // md's bitmap_info.space (super_1_validate): the sectors an
+            // internal bitmap below a 1.0 superblock may use, up to it;
+            // 0 on 1.1 and 1.2 ("no change is possible"), with a file or
+            // without a bitmap.
+            "space" => match (internal_at, self.keeper.current()) {
+                (Some(at), Some(sb))
+                    if crate::format::superblock::MetadataVersion::of_super_offset(
+                        sb.super_offset,
+                    ) == crate::format::superblock::MetadataVersion::V1_0 =>
+                {
+                    if at > 0 {
+                        (8 - i64::from(at)).to_string()
+                    } else {
+                        (-i64::from(at)).to_string()
+                    }
+                }
+                _ => "0".into(),
+            },
             "time_base" => service
                 .map(|s| s.header().daemon_sleep)
                 .unwrap_or(0)
                 .to_string(),
             // Write-behind is not supported: no backlog, ever.
             "backlog" | "max_backlog_used" => "0".into(),
-            "chunksize" => service.map(|s| s.chunk_size()).unwrap_or(0).to_string(),
+            // Without a bitmap, the next one's (md shows bitmap_info.chunksize).
+            "chunksize" => service
+                .map(|s| u64::from(s.chunk_size()))
+                .unwrap_or_else(|| self.next_chunk().unwrap_or(0))
+                .to_string(),
             "metadata" => "internal".into(),
             "can_clear" => match service {
                 Some(s) if s.header_write_due() => "false".into(),
@@ -454,6 +480,8 @@ impl RunningArray {
                 Some(store) => store(self, path, value),
                 None => Err(refuse(path, value, "not writable", libc::EACCES)),
             },
+            None if rel == "bitmap/location" => self.store_bitmap_location(path, value),
+            None if rel == "bitmap/chunksize" => self.store_bitmap_chunksize(path, value),
             None => {
                 let Some((dev, "state")) = rel.split_once('/') else {
                     return Err(refuse(path, value, "not writable", libc::EACCES));
@@ -564,6 +592,60 @@ impl RunningArray {
             })?
             .map(u64::from);
         self.sync.set_limit(is_max, local);
+        Ok(())
+    }
+
+    /// md's `bitmap/location` store: `none` removes the bitmap, `+N` (or
+    /// mdfuse's `internal`) adds an internal one, mdfuse's `file:PATH` a
+    /// new bitmap file (see `grow.rs`).
+    fn store_bitmap_location(&self, path: &str, value: &str) -> Result<(), i32> {
+        // md: with a bitmap in place, anything but none is EBUSY, unread.
+        if self.bitmap().is_some() && !value.starts_with("none") {
+            return Err(refuse(
+                path,
+                value,
+                "the array has a bitmap; write none to remove it first, as md requires",
+                libc::EBUSY,
+            ));
+        }
+        let change = super::grow::BitmapChange::parse(value)
+            .map_err(|why| refuse(path, value, why, libc::EINVAL))?;
+        self.change_bitmap(change)
+            .map(|_| ())
+            .map_err(|e| refuse(path, value, &e, e.errno()))
+    }
+
+    /// md's chunksize_store: only without a bitmap (EBUSY), a power of two
+    /// of at least 512 bytes (EINVAL), below 2^32 (EOVERFLOW): the chunk of
+    /// the next bitmap added.
+    fn store_bitmap_chunksize(&self, path: &str, value: &str) -> Result<(), i32> {
+        if self.bitmap().is_some() {
+            return Err(refuse(
+                path,
+                value,
+                "the array has a bitmap; its chunk changes only with a new bitmap",
+                libc::EBUSY,
+            ));
+        }
+        let digits = value.strip_prefix('+').unwrap_or(value);
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(refuse(path, value, "a chunk size in bytes", libc::EINVAL));
+        }
+        let c: u64 = digits
+            .parse()
+            .map_err(|_| refuse(path, value, "out of range", libc::ERANGE))?;
+        if c < 512 || !c.is_power_of_two() {
+            return Err(refuse(
+                path,
+                value,
+                "a power of two of at least 512 bytes",
+                libc::EINVAL,
+            ));
+        }
+        if c >= 1 << 32 {
+            return Err(refuse(path, value, "below 4 GiB", libc::EOVERFLOW));
+        }
+        self.next_chunk.store(c, Ordering::Release);
         Ok(())
     }
 

@@ -167,6 +167,10 @@ pub enum ArrayError {
     /// Busy (md's EBUSY): a sync runs, the leg is in sync, no slot is free.
     #[error("{0}")]
     Busy(String),
+    /// A bitmap change (`bitmap/location`) refused, with the errno md's
+    /// store would give.
+    #[error("bitmap change refused: {why}")]
+    BitmapChange { why: String, errno: i32 },
     #[error("the array is read-only")]
     ReadOnly,
     /// The leg is not what the request needs it to be (md's EINVAL).
@@ -188,6 +192,7 @@ impl ArrayError {
     pub fn errno(&self) -> i32 {
         match self {
             ArrayError::Busy(_) => libc::EBUSY,
+            ArrayError::BitmapChange { errno, .. } => *errno,
             ArrayError::ReadOnly => libc::EROFS,
             ArrayError::NoMemberLeft => libc::EIO,
             ArrayError::Thread { source, .. } => source.raw_os_error().unwrap_or(libc::EAGAIN),

@@ -7,6 +7,7 @@ mod control;
 pub mod create;
 pub mod error;
 pub mod events;
+pub mod grow;
 mod internal_attach;
 pub mod internal_bitmap;
 mod join;
@@ -22,8 +23,9 @@ pub use bitmap_attach::{attach as attach_bitmap, AttachedBitmap, BitmapAttachOpt
 pub use create::{create, CreateOptions, Created, NewBitmap};
 pub use error::ArrayError;
 pub use events::{Listener, MdEvent};
+pub use grow::BitmapChange;
 pub use internal_attach::{attach_internal, has_internal_bitmap, InternalBitmapOptions};
-pub use running::{RunOptions, RunningArray};
+pub use running::{GrowOptions, RunOptions, RunningArray};
 pub use served::{ControlAccess, ServedArray};
 
 /// What the array layer's unit tests share.

@@ -11,13 +11,14 @@ use super::served::ServedArray;
 use super::superblocks::is_recovering;
 use super::superblocks::SuperblockKeeper;
 use super::sync_control::{dirty_regions, regions_from, Joining, SyncContext, SyncMachine};
-use crate::bitmap::{WriteIntent, WriteIntentBitmap};
-use crate::format::superblock::FEATURE_RECOVERY_BITMAP;
+use crate::bitmap::WriteIntent;
+use crate::format::superblock::{FEATURE_BITMAP_OFFSET, FEATURE_RECOVERY_BITMAP};
 use crate::raid1::{
     ArrayEvents, EngineOptions, LegSpec, LegState, Raid1, RecordError, Region, SpeedLimits,
     SyncAction, SyncProgress,
 };
 use crate::report::mdstat::{render_mdstat, MdstatLeg, MdstatSync, MdstatView};
+use arc_swap::ArcSwapOption;
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -26,13 +27,33 @@ use std::sync::Arc;
 pub struct RunOptions {
     pub read_only: bool,
     pub engine: EngineOptions,
+    /// How a bitmap added while the array runs is kept (the mount's
+    /// bitmap options).
+    pub grow: GrowOptions,
 }
+
+/// How a bitmap added while the array runs (`grow.rs`) is kept: the
+/// mount's bitmap options.
+#[derive(Debug, Clone, Default)]
+pub struct GrowOptions {
+    /// `--delay`: idle time before a bit is cleared (also the new header's
+    /// daemon_sleep, in whole seconds).
+    pub clear_delay: Option<std::time::Duration>,
+    /// `--bitmap-file-io`: a bitmap file's pages through ordinary file I/O.
+    pub file_io: bool,
+    /// `--bitmap-trust-device`.
+    pub trust_device: bool,
+}
+
+/// The array's bitmap, if any: changed while it runs (`bitmap/location`),
+/// read by whoever needs it at that moment.
+pub(super) type BitmapSlot = Arc<ArcSwapOption<AttachedBitmap>>;
 
 /// Where the engine's events go: the bitmap first (so no bit is cleared once
 /// a leg is gone), then the superblocks.
 struct EventSink {
     keeper: Arc<SuperblockKeeper>,
-    bitmap: Option<Arc<WriteIntentBitmap>>,
+    bitmap: BitmapSlot,
     listeners: Arc<Listeners>,
 }
 
@@ -42,8 +63,8 @@ impl ArrayEvents for EventSink {
     }
 
     fn leg_failed(&self, slot: usize, reason: &str) -> Result<(), RecordError> {
-        if let Some(b) = &self.bitmap {
-            b.set_degraded(true);
+        if let Some(b) = self.bitmap.load().as_ref() {
+            b.service().set_degraded(true);
         }
         self.keeper.leg_failed(slot, reason)
     }
@@ -70,7 +91,15 @@ pub struct RunningArray {
     pub(super) sync: SyncMachine,
     pub(super) engine: Arc<Raid1>,
     pub(super) keeper: Arc<SuperblockKeeper>,
-    pub(super) bitmap: Option<AttachedBitmap>,
+    /// The bitmap now (see [`RunningArray::bitmap`]).
+    pub(super) bitmap: BitmapSlot,
+    /// Held by what changes the array's make-up (a leg added, re-added or
+    /// removed, the bitmap changed, a scrub started), one at a time.
+    pub(super) config: Mutex<()>,
+    /// How a bitmap added while the array runs is kept.
+    pub(super) grow_opts: GrowOptions,
+    /// The chunk of a bitmap added next (`bitmap/chunksize`), 0: default.
+    pub(super) next_chunk: std::sync::atomic::AtomicU64,
     pub(super) name: String,
     pub(super) uuid: String,
     pub(super) raid_disks: usize,
@@ -96,21 +125,26 @@ impl RunningArray {
                 .map(|m| (m.slot as usize, m.leg.clone(), m.sb.clone()))
                 .collect(),
         ));
-        let service = bitmap.as_ref().map(|b| b.service().clone());
-        if let Some(service) = &service {
-            // The bitmap's header follows the array's events (md_bitmap_update_sb).
-            let service = service.clone();
+        let intent = bitmap
+            .as_ref()
+            .map(|b| b.service().clone() as Arc<dyn WriteIntent>);
+        let slot: BitmapSlot = Arc::new(ArcSwapOption::new(bitmap.map(Arc::new)));
+        {
+            // The bitmap's header follows the array's events
+            // (md_bitmap_update_sb), whichever bitmap the array has then.
+            let slot = slot.clone();
             keeper.set_on_events(Box::new(move |events| {
-                if let Err(e) = service.update_header(events) {
-                    log::error!("{e}");
+                if let Some(b) = slot.load().as_ref() {
+                    if let Err(e) = b.service().update_header(events) {
+                        log::error!("{e}");
+                    }
                 }
             }));
         }
-        let intent = service.clone().map(|s| s as Arc<dyn WriteIntent>);
         let listeners = Arc::new(Listeners::default());
         let sink = Arc::new(EventSink {
             keeper: keeper.clone(),
-            bitmap: service,
+            bitmap: slot.clone(),
             listeners: listeners.clone(),
         });
         let mut legs: Vec<Option<LegSpec>> = (0..asm.raid_disks).map(|_| None).collect();
@@ -136,26 +170,8 @@ impl RunningArray {
         engine
             .start_readahead()
             .map_err(|e| ArrayError::Engine(crate::raid1::EngineError::Threads(e)))?;
-        if let Some(store) = bitmap.as_ref().and_then(|b| b.leg_store()) {
-            // An internal bitmap's pages go to the legs the engine has in
-            // the array, and a leg that refuses one is failed through it.
-            store.bind_engine(&engine);
-        }
-        if let Some(b) = &bitmap {
-            // A bit is cleared only once its chunk's writes are on the legs'
-            // stable storage (the bitmap knows nothing of legs: a hook).
-            let weak = Arc::downgrade(&engine);
-            b.service()
-                .set_durability_hook(Arc::new(move || match weak.upgrade() {
-                    // A flush that missed a leg (it failed, or was absent)
-                    // vouches for nothing there: no bit may be cleared.
-                    Some(engine) => match engine.flush_background() {
-                        Ok(true) => Ok(()),
-                        Ok(false) => Err("a leg missed the flush (the array is degraded)".into()),
-                        Err(e) => Err(e.into()),
-                    },
-                    None => Err("the array has stopped".into()),
-                }));
+        if let Some(b) = slot.load().as_ref() {
+            bind_to_engine(b, &engine);
         }
         if !asm.was_clean {
             log::warn!(
@@ -179,7 +195,10 @@ impl RunningArray {
             ),
             engine,
             keeper,
-            bitmap,
+            bitmap: slot,
+            config: Mutex::new(()),
+            grow_opts: opts.grow.clone(),
+            next_chunk: std::sync::atomic::AtomicU64::new(0),
             name: asm.name.clone(),
             uuid: asm.uuid(),
             raid_disks: asm.raid_disks as usize,
@@ -224,7 +243,7 @@ impl RunningArray {
             name: &self.name,
             engine: &self.engine,
             keeper: &self.keeper,
-            bitmap: self.bitmap.as_ref().map(|b| b.service()),
+            bitmap: self.bitmap().map(|b| b.service().clone()),
             read_only: self.read_only,
             stopped: self.stopped.load(Ordering::Acquire),
             listeners: &self.listeners,
@@ -235,6 +254,11 @@ impl RunningArray {
     /// to nobody).
     pub fn set_listener(&self, listener: Option<Listener>) {
         self.listeners.set(listener);
+    }
+
+    /// The array's bitmap now (it may change while the array runs).
+    pub fn bitmap(&self) -> Option<Arc<AttachedBitmap>> {
+        self.bitmap.load_full()
     }
 
     /// The bitmap's dirty chunks as regions (what a bitmap-guided resync or
@@ -251,17 +275,23 @@ impl RunningArray {
 
     /// md's `--remove`: a faulty leg leaves the array (its file is closed).
     pub fn remove(&self, slot: usize) -> Result<(), ArrayError> {
+        let _config = self.config.lock();
+        self.remove_locked(slot)
+    }
+
+    fn remove_locked(&self, slot: usize) -> Result<(), ArrayError> {
         if let Some(p) = self.sync_progress() {
             if p.action == (SyncAction::Recover { target: slot }) {
                 self.stop_sync();
             }
         }
         let leg = self.engine.detach(slot)?;
-        if let Some(store) = self.bitmap.as_ref().and_then(|b| b.leg_store()) {
+        let bitmap = self.bitmap();
+        if let Some(store) = bitmap.as_ref().and_then(|b| b.leg_store()) {
             store.remove_leg(slot);
         }
         self.keeper.remove(slot)?;
-        if let Some(b) = &self.bitmap {
+        if let Some(b) = &bitmap {
             b.service().set_degraded(true);
             b.service().set_recovering(self.engine.has_recovering_leg());
         }
@@ -275,6 +305,15 @@ impl RunningArray {
     /// copied; any other leg a full recovery. `re_add_only` refuses a leg
     /// that is not a former member.
     pub fn add_leg(&self, path: &std::path::Path, re_add_only: bool) -> Result<String, ArrayError> {
+        let _config = self.config.lock();
+        self.add_leg_locked(path, re_add_only)
+    }
+
+    fn add_leg_locked(
+        &self,
+        path: &std::path::Path,
+        re_add_only: bool,
+    ) -> Result<String, ArrayError> {
         use crate::io::leg::{IoMode, Leg};
         if self.read_only {
             return Err(ArrayError::ReadOnly);
@@ -301,13 +340,11 @@ impl RunningArray {
         let current = self.keeper.current().ok_or(ArrayError::NoMemberLeft)?;
         let found = super::superblocks::read_superblock(&leg)?;
         let states: Vec<LegState> = self.engine.slots().iter().map(|s| s.state()).collect();
+        let bitmap = self.bitmap();
         let view = join::ArrayView {
             current: &current,
             slots: &states,
-            bitmap_events_cleared: self
-                .bitmap
-                .as_ref()
-                .map(|b| b.service().header().events_cleared),
+            bitmap_events_cleared: bitmap.as_ref().map(|b| b.service().header().events_cleared),
         };
         let (slot, sb, bitmap_guided, tracked, how) =
             match join::plan(path, leg.size(), &found, &view, re_add_only)? {
@@ -316,7 +353,15 @@ impl RunningArray {
                     sb,
                     bitmap_guided,
                     how,
-                } => (slot, *sb, bitmap_guided, true, how),
+                } => {
+                    let mut sb = *sb;
+                    // The array's bitmap, which may have changed while the
+                    // leg was away (`bitmap/location`), is its bitmap too.
+                    sb.feature_map = (sb.feature_map & !FEATURE_BITMAP_OFFSET)
+                        | (current.feature_map & FEATURE_BITMAP_OFFSET);
+                    sb.bitmap_offset = current.bitmap_offset;
+                    (slot, sb, bitmap_guided, true, how)
+                }
                 JoinPlan::New { slot } => {
                     let sb = join::spare_superblock(
                         path,
@@ -332,11 +377,10 @@ impl RunningArray {
                 }
             };
         let leg = Arc::new(leg);
-        if let Some(store) = self.bitmap.as_ref().and_then(|b| b.leg_store()) {
-            // Its copy of the internal bitmap, before it takes any write.
-            let header = self.bitmap.as_ref().map(|b| b.service().header());
-            if let Some(header) = header {
-                store.add_leg(slot, leg.clone(), &sb, &header)?;
+        if let Some(b) = &bitmap {
+            if let Some(store) = b.leg_store() {
+                // Its copy of the internal bitmap, before it takes any write.
+                store.add_leg(slot, leg.clone(), &sb, &b.service().header())?;
             }
         }
         self.engine.attach(
@@ -352,7 +396,7 @@ impl RunningArray {
         // degraded) before the dirty chunks are listed. Later writes reach
         // the recovering leg.
         self.engine.wait_for_writes_in_flight();
-        let regions = match (&self.bitmap, bitmap_guided) {
+        let regions = match (&bitmap, bitmap_guided) {
             (Some(b), true) => self.dirty_regions(b),
             _ => vec![Region {
                 offset: 0,
@@ -366,14 +410,14 @@ impl RunningArray {
                 .begin_recovery(slot, leg.clone(), sb.clone(), bitmap_guided)
             {
                 let _ = self.engine.detach(slot);
-                if let Some(store) = self.bitmap.as_ref().and_then(|b| b.leg_store()) {
+                if let Some(store) = bitmap.as_ref().and_then(|b| b.leg_store()) {
                     store.remove_leg(slot);
                 }
                 let _ = self.keeper.remove(slot);
                 return Err(e);
             }
         }
-        if let Some(b) = &self.bitmap {
+        if let Some(b) = &bitmap {
             b.service().set_degraded(self.engine.has_absent_leg());
             b.service().set_recovering(self.engine.has_recovering_leg());
         }
@@ -421,8 +465,8 @@ impl RunningArray {
             } else {
                 0
             };
-            let regions = match (&self.bitmap, m.sb.has_feature(FEATURE_RECOVERY_BITMAP)) {
-                (Some(b), true) => regions_from(&self.dirty_regions(b), from),
+            let regions = match (self.bitmap(), m.sb.has_feature(FEATURE_RECOVERY_BITMAP)) {
+                (Some(b), true) => regions_from(&self.dirty_regions(&b), from),
                 _ => vec![Region {
                     offset: from,
                     len: size - from,
@@ -501,6 +545,7 @@ impl RunningArray {
 
     /// A check or repair of the whole array.
     pub fn start_scrub(&self, action: SyncAction) -> Result<(), ArrayError> {
+        let _config = self.config.lock();
         self.sync.start_scrub(&self.sync_cx(), action)
     }
 
@@ -577,6 +622,8 @@ impl RunningArray {
         if let Some(mut t) = self.md_thread.lock().take() {
             t.stop();
         }
+        // No bitmap change runs on, nor starts.
+        let _config = self.config.lock();
         self.stop_sync();
         // No leg is read (or, by a read error's correction, written) after
         // the stop is recorded.
@@ -586,7 +633,8 @@ impl RunningArray {
             log::error!("array {}: final flush: {e}", self.name);
             first_error.get_or_insert(ArrayError::from(e));
         }
-        if let Some(b) = &self.bitmap {
+        let bitmap = self.bitmap();
+        if let Some(b) = &bitmap {
             if let Err(e) = b.write_clean() {
                 log::error!("array {}: {e}", self.name);
                 first_error.get_or_insert(e);
@@ -629,7 +677,7 @@ impl RunningArray {
                 );
             }
         }
-        if let Some(b) = &self.bitmap {
+        if let Some(b) = &bitmap {
             if let Err(e) = b.release() {
                 log::error!("array {}: {e}", self.name);
                 first_error.get_or_insert(e);
@@ -679,7 +727,7 @@ impl RunningArray {
                     })
                 })
                 .collect(),
-            bitmap: self.bitmap.as_ref().map(|b| b.mdstat()),
+            bitmap: self.bitmap().map(|b| b.mdstat()),
             sync: self.sync_progress().map(|p| MdstatSync {
                 action: p.action.mdstat_word().to_string(),
                 done_kib: p.done_bytes.load(Ordering::Relaxed) / 1024,
@@ -688,6 +736,28 @@ impl RunningArray {
             }),
         }
     }
+}
+
+/// Ties a bitmap to the engine: an internal bitmap's pages go to the legs
+/// the engine has in the array (a leg that refuses one is failed through
+/// it), and a bit is cleared only once its chunk's writes are on the legs'
+/// stable storage (the bitmap knows nothing of legs: a hook).
+pub(super) fn bind_to_engine(b: &AttachedBitmap, engine: &Arc<Raid1>) {
+    if let Some(store) = b.leg_store() {
+        store.bind_engine(engine);
+    }
+    let weak = Arc::downgrade(engine);
+    b.service()
+        .set_durability_hook(Arc::new(move || match weak.upgrade() {
+            // A flush that missed a leg (it failed, or was absent)
+            // vouches for nothing there: no bit may be cleared.
+            Some(engine) => match engine.flush_background() {
+                Ok(true) => Ok(()),
+                Ok(false) => Err("a leg missed the flush (the array is degraded)".into()),
+                Err(e) => Err(e.into()),
+            },
+            None => Err("the array has stopped".into()),
+        }));
 }
 
 fn log_errno(what: &str, e: &crate::raid1::EngineError) -> i32 {

@@ -6,7 +6,8 @@
 use super::error::ArrayError;
 use crate::format::superblock::{
     choose_superblock, v0_90_super_sector, DevRole, MdTime, MetadataVersion, Superblock,
-    SuperblockError, FEATURE_RECOVERY_BITMAP, FEATURE_RECOVERY_OFFSET, MAX_SECTOR,
+    SuperblockError, FEATURE_BITMAP_OFFSET, FEATURE_RECOVERY_BITMAP, FEATURE_RECOVERY_OFFSET,
+    MAX_SECTOR,
 };
 use crate::io::aligned::AlignedBuf;
 use crate::io::leg::{Leg, LegError};
@@ -304,6 +305,26 @@ impl SuperblockKeeper {
         self.update(Vouch::Data, |sb| sb.resync_offset = sectors)
     }
 
+    /// The array's bitmap changed (md's `bitmap/location` store, then
+    /// MD_SB_CHANGE_DEVS): every member records an internal bitmap at
+    /// `internal` sectors from its superblock (MD_FEATURE_BITMAP_OFFSET), or
+    /// none (the feature off, bitmap_offset 0; a bitmap file leaves no trace
+    /// in the superblocks).
+    /// The legs are flushed first: a new bitmap's clean bits say the data
+    /// written so far is on every leg.
+    pub fn set_internal_bitmap(&self, internal: Option<i32>) -> Result<u64, ArrayError> {
+        self.update(Vouch::Data, |sb| match internal {
+            Some(offset) => {
+                sb.feature_map |= FEATURE_BITMAP_OFFSET;
+                sb.bitmap_offset = offset;
+            }
+            None => {
+                sb.feature_map &= !FEATURE_BITMAP_OFFSET;
+                sb.bitmap_offset = 0;
+            }
+        })
+    }
+
     fn dev_number(&self, slot: usize) -> Option<u32> {
         self.members
             .lock()
@@ -336,6 +357,15 @@ impl SuperblockKeeper {
         self.update(Vouch::Nothing, |sb| {
             let _ = sb.set_role(dev_number, DevRole::Spare);
         })
+    }
+
+    /// A copy of the superblock of the member in `slot`, if it is still in
+    /// the array.
+    pub fn member_superblock(&self, slot: usize) -> Option<Superblock> {
+        self.members
+            .lock()
+            .get(slot)
+            .and_then(|k| k.as_ref().filter(|k| k.present).map(|k| k.sb.clone()))
     }
 
     /// The data size (sectors) the superblock of the leg in `slot` records,

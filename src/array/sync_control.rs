@@ -51,7 +51,7 @@ pub(super) struct SyncContext<'a> {
     pub name: &'a str,
     pub engine: &'a Arc<Raid1>,
     pub keeper: &'a Arc<SuperblockKeeper>,
-    pub bitmap: Option<&'a Arc<WriteIntentBitmap>>,
+    pub bitmap: Option<Arc<WriteIntentBitmap>>,
     pub read_only: bool,
     /// The array is stopping: nothing new starts.
     pub stopped: bool,
@@ -296,7 +296,7 @@ impl SyncMachine {
     /// array from the checkpoint reached (md's recovery_cp).
     pub(super) fn start_resync(&self, cx: &SyncContext) -> Result<(), ArrayError> {
         let size = cx.engine.size();
-        let regions = match cx.bitmap {
+        let regions = match &cx.bitmap {
             Some(b) => dirty_regions(b, size),
             None => {
                 let from = self.shared.resync_cp.load(Ordering::Acquire).min(size);
@@ -340,7 +340,7 @@ impl SyncMachine {
         let sink = Arc::new(SyncSink {
             engine: cx.engine.clone(),
             keeper: cx.keeper.clone(),
-            bitmap: cx.bitmap.cloned(),
+            bitmap: cx.bitmap.clone(),
             shared: self.shared.clone(),
             listeners: cx.listeners.clone(),
             action,

@@ -418,6 +418,56 @@ impl WriteIntentBitmap {
         Ok(())
     }
 
+    /// Writes every page and the header as they are in memory (a new
+    /// bitmap's first image, before anything refers to it).
+    pub fn write_all_pages(&self) -> Result<(), BitmapError> {
+        let s = &self.shared;
+        for (p, page) in s.pages.iter().enumerate() {
+            let mut st = page.state.lock();
+            if p == 0 {
+                s.copy_header_into(&mut st);
+            }
+            st.gen += 1;
+            let required = st.gen;
+            s.flush_until(p, st, required)?;
+        }
+        s.store.flush_device()
+    }
+
+    /// Clears every bit (nothing NEEDED, nothing durable) and writes every
+    /// page: a new bitmap of an array whose legs are known identical, with
+    /// no write in flight and none to come until this returns (the caller
+    /// holds them back). Refused while a chunk has a write in flight.
+    pub fn set_all_clean(&self) -> Result<(), BitmapError> {
+        let s = &self.shared;
+        if let Some(c) = s
+            .counters
+            .iter()
+            .position(|c| c.load(Ordering::Acquire) & COUNT_MASK != 0)
+        {
+            return Err(BitmapError::msg(format!(
+                "{}: chunk {c} has a write in flight; the bitmap cannot start clean",
+                s.store.describe()
+            )));
+        }
+        for (p, page) in s.pages.iter().enumerate() {
+            let mut st = page.state.lock();
+            for c in page_chunk_range(p, s.chunks) {
+                s.counters[c as usize].fetch_and(!(DURABLE | NEEDED), Ordering::AcqRel);
+                let bit = chunk_to_page_and_bit(c).1 as u64;
+                clear_bit(&mut st.bytes, bit);
+                clear_bit(&mut st.settled, bit);
+            }
+            if p == 0 {
+                s.copy_header_into(&mut st);
+            }
+            st.gen += 1;
+            let required = st.gen;
+            s.flush_until(p, st, required)?;
+        }
+        s.store.flush_device()
+    }
+
     /// md_bitmap_update_sb: the array superblock now has `events`; write the
     /// header (page 0) with it. Lowers events_cleared if events went below it.
     pub fn update_header(&self, events: u64) -> Result<(), BitmapError> {
@@ -501,7 +551,9 @@ impl WriteIntentBitmap {
         }
     }
 
-    fn stop_daemon(&self) {
+    /// Stops the clearing daemon (no bit is cleared, no page written by it,
+    /// from now on): a bitmap being taken off the array.
+    pub fn stop_daemon(&self) {
         *self.shared.stop.lock() = true;
         self.shared.stop_wake.notify_all();
         if let Some(handle) = self.daemon.lock().take() {

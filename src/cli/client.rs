@@ -131,6 +131,110 @@ pub(super) fn cmd_manage(a: &ManageArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// Why the daemon of `mountpoint` refused `value` > `rel`: the reason its
+/// log gave (every refused control write is logged with it), if the log
+/// can be found (the daemon's `--log`, else the default place).
+fn refusal_reason(mountpoint: &Path, rel: &str, value: &str) -> Option<String> {
+    let log = daemon_pid(mountpoint)
+        .and_then(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).ok())
+        .and_then(|c| {
+            c.split(|&b| b == 0)
+                .filter_map(|a| a.strip_prefix(b"--log="))
+                .map(|p| PathBuf::from(String::from_utf8_lossy(p).into_owned()))
+                .next_back()
+        })
+        .unwrap_or_else(|| run_file(mountpoint, "log"));
+    let text = std::fs::read_to_string(log).ok()?;
+    let needle = format!("refused {value:?} > {rel}: ");
+    let line = text.lines().rev().find(|l| l.contains(&needle))?;
+    let (_, why) = line.split_once(&needle)?;
+    Some(why.to_string())
+}
+
+/// [`control_write`], and on a refusal the daemon's reason.
+fn control_write_explained(mountpoint: &Path, rel: &str, value: &str) -> Result<(), String> {
+    control_write(mountpoint, rel, value).map_err(|e| {
+        match refusal_reason(mountpoint, rel, value) {
+            Some(why) => format!("{}: refused: {why}", mountpoint.display()),
+            None => e,
+        }
+    })
+}
+
+/// `mdfuse grow MOUNTPOINT --bitmap none|internal|FILE`: mdadm's
+/// `--grow --bitmap`, through md/bitmap/location (and md/bitmap/chunksize
+/// for --bitmap-chunk).
+pub(super) fn cmd_grow(a: &GrowArgs) -> Result<(), String> {
+    let mnt = &a.mountpoint;
+    if mdfuse_mount_source(mnt).is_none() {
+        return Err(format!(
+            "{}: no mdfuse array is mounted there",
+            mnt.display()
+        ));
+    }
+    let current = control_read(mnt, "md/bitmap/location")?;
+    let now = match current.as_str() {
+        "none" => "no bitmap".to_string(),
+        "file" => "a bitmap file".to_string(),
+        at => format!("an internal bitmap ({at} sectors from the superblock)"),
+    };
+    let value = match a.bitmap.to_str() {
+        Some("none") => {
+            if current == "none" {
+                return Err(format!(
+                    "{}: the array has no bitmap (md/bitmap/location reads none): nothing to remove",
+                    mnt.display()
+                ));
+            }
+            if a.bitmap_chunk.is_some() {
+                return Err("--bitmap-chunk goes with a new bitmap, not with none".into());
+            }
+            "none".to_string()
+        }
+        Some("internal") if current != "none" && current != "file" => {
+            return Err(format!("{}: the array already has {now}", mnt.display()));
+        }
+        _ if current != "none" => {
+            return Err(format!(
+                "{}: the array already has {now}; remove it first (mdfuse grow {} --bitmap none), as mdadm requires",
+                mnt.display(),
+                mnt.display()
+            ));
+        }
+        Some("internal") => "internal".to_string(),
+        _ => {
+            let path = absolute(&a.bitmap);
+            if std::fs::symlink_metadata(&a.bitmap).is_ok() {
+                return Err(format!(
+                    "bitmap file {path} already exists; give the name of a new file: grow creates it for this array"
+                ));
+            }
+            format!("file:{path}")
+        }
+    };
+    if let Some(c) = a.bitmap_chunk {
+        control_write_explained(mnt, "md/bitmap/chunksize", &c.to_string())?;
+    }
+    control_write_explained(mnt, "md/bitmap/location", &value)?;
+    let location = control_read(mnt, "md/bitmap/location")?;
+    match location.as_str() {
+        "none" => println!("mdfuse: {}: bitmap removed", mnt.display()),
+        "file" => println!(
+            "mdfuse: {}: bitmap file {} added ({} bytes a chunk); give it to the next mount with --bitmap {}",
+            mnt.display(),
+            &value["file:".len()..],
+            control_read(mnt, "md/bitmap/chunksize")?,
+            &value["file:".len()..],
+        ),
+        at => println!(
+            "mdfuse: {}: internal bitmap added at {at} sectors from the superblock ({} bytes a chunk)",
+            mnt.display(),
+            control_read(mnt, "md/bitmap/chunksize")?
+        ),
+    }
+    Ok(())
+}
+
 /// `mdfuse detail MOUNTPOINT`: mdadm --detail's text.
 pub(super) fn cmd_detail(mnt: &Path) -> Result<(), String> {
     let status = status::read(mnt)?;

@@ -96,6 +96,12 @@ enum Command {
         after_help = "Examples:\n  mdfuse manage /mnt/data --fail /srv/leg1.img\n  mdfuse manage /mnt/data --remove /srv/leg1.img\n  mdfuse manage /mnt/data --re-add /srv/leg1.img"
     )]
     Manage(ManageArgs),
+    /// Change a running array's write-intent bitmap, as `mdadm --grow
+    /// --bitmap=none|internal|FILE`, through md/bitmap/location.
+    #[command(
+        after_help = "Examples:\n  mdfuse grow /mnt/data --bitmap internal\n  mdfuse grow /mnt/data --bitmap none\n  mdfuse grow /mnt/data --bitmap /var/lib/mdfuse/data.bitmap   (a new file; give it to the next mount with --bitmap)"
+    )]
+    Grow(GrowArgs),
     /// Print a running array's state, like `mdadm --detail`.
     #[command(
         after_help = "Examples:\n  mdfuse detail /mnt/data\n  mdfuse detail --json /mnt/data"
@@ -196,6 +202,22 @@ struct ManageArgs {
     add: Option<PathBuf>,
 }
 
+#[derive(Args)]
+struct GrowArgs {
+    mountpoint: PathBuf,
+    /// The bitmap the array is to have: `none` (remove it), `internal` (on
+    /// every leg, beside its superblock, placed as mdadm places it), or a
+    /// new bitmap FILE to create outside the array (./internal or ./none
+    /// for a file of that name). A bitmap in place must be removed first.
+    #[arg(long, value_name = "none|internal|FILE")]
+    bitmap: PathBuf,
+    /// Bytes of array per bit of the new bitmap (a power of two; default
+    /// for a file: 1M, doubled until at most 2^20 chunks; internal:
+    /// mdadm's, at least 64M).
+    #[arg(long, value_parser = size::parse_size)]
+    bitmap_chunk: Option<u64>,
+}
+
 pub fn main() -> i32 {
     // Fault points named in the environment (FAILPOINTS), for the tests.
     #[cfg(feature = "failpoints")]
@@ -225,6 +247,7 @@ pub fn main() -> i32 {
             timeout,
         } => cmd_stop(&mountpoint, timeout),
         Command::Manage(a) => cmd_manage(&a),
+        Command::Grow(a) => client::cmd_grow(&a),
         Command::Wait { mountpoint } => cmd_wait(&mountpoint),
         Command::Detail {
             mountpoint,

@@ -56,16 +56,19 @@ pub struct MountArgs {
     #[arg(long)]
     bitmap: Option<PathBuf>,
     /// Write the bitmap through ordinary file I/O instead of raw device
-    /// writes (for containers without access to the block device).
-    #[arg(long, requires = "bitmap")]
+    /// writes (for containers without access to the block device); also
+    /// for a bitmap file added later (`mdfuse grow`).
+    #[arg(long)]
     bitmap_file_io: bool,
     /// Accept a bitmap file on a device stack mdfuse cannot follow to check
-    /// that it is not inside the array (device-mapper, md, nbd, ...).
-    #[arg(long, requires = "bitmap")]
+    /// that it is not inside the array (device-mapper, md, nbd, ...); also
+    /// for a bitmap file added later (`mdfuse grow`).
+    #[arg(long)]
     bitmap_trust_device: bool,
     /// Seconds a chunk stays idle before its bit is cleared (default: the
-    /// bitmap file's daemon_sleep); more than 0, at most 2^32-1.
-    #[arg(long, requires = "bitmap", value_parser = parse_delay)]
+    /// bitmap's daemon_sleep; a bitmap added later, by `mdfuse grow`, gets
+    /// it as its daemon_sleep, rounded up); more than 0, at most 2^32-1.
+    #[arg(long, value_parser = parse_delay)]
     delay: Option<f64>,
     /// The legs, then the mountpoint.
     #[arg(required = true, num_args = 2..)]
@@ -328,6 +331,11 @@ pub fn mount_foreground(m: &MountArgs, ready: &mut detach::Ready) -> Result<(), 
             read_only: m.ro,
             engine: EngineOptions {
                 workers_per_leg: m.threads,
+            },
+            grow: array::GrowOptions {
+                clear_delay,
+                file_io: m.bitmap_file_io,
+                trust_device: m.bitmap_trust_device,
             },
         },
     )

@@ -1609,6 +1609,103 @@ impl Superblock {
         Ok(())
     }
 
+    /// Where an internal bitmap added to the running array this superblock
+    /// belongs to goes, and its chunk, as mdadm 4.2's `add_internal_bitmap1`
+    /// computes them for `--grow --bitmap=internal` (not creating, the
+    /// offset settable through sysfs): (bitmap_offset, chunk in bytes).
+    ///
+    /// 1.1 and 1.2: at +8, the room up to the bad-block log (or, without
+    /// one, to the data less 8 sectors kept for a log). 1.0: the room between
+    /// the data's end and the superblock, less the bad-block log (at least 8
+    /// sectors), the bitmap right below the log. The room is at most 128 KiB
+    /// without a `requested` chunk; the smallest chunk is 4 KiB, doubled until
+    /// the bits fit; without a request at least 64 MiB. mdadm's fallback for
+    /// 1.0 legs with less than 3 KiB of room (a bitmap 1 KiB after the
+    /// superblock, not 4 KiB aligned) is refused: mdfuse writes whole 4 KiB
+    /// pages.
+    pub fn grow_internal_bitmap(
+        &self,
+        requested: Option<u64>,
+    ) -> Result<(i32, u32), GeometryError> {
+        let so = i128::from(self.super_offset);
+        let (room, offset, bbl_size): (i128, Option<i128>, i128) =
+            match MetadataVersion::of_super_offset(self.super_offset) {
+                MetadataVersion::V1_1 | MetadataVersion::V1_2 => {
+                    let mut room = i128::from(self.data_offset) - so;
+                    let mut bbl = i128::from(self.bblog_size);
+                    if bbl != 0 {
+                        room = i128::from(self.bblog_offset) + bbl;
+                    } else {
+                        bbl = 8;
+                    }
+                    (room - 8, Some(8), bbl)
+                }
+                MetadataVersion::V1_0 => {
+                    let room = so - i128::from(self.data_offset) - i128::from(self.data_size);
+                    let bbl = i128::from(self.bblog_size)
+                        .max(8)
+                        .max(-i128::from(self.bblog_offset));
+                    (room, None, bbl)
+                }
+            };
+        // The sectors the bitmap may take, and mdadm's cap on them when no
+        // chunk is asked for (the chunk is chosen by the capped room).
+        let avail = room - bbl_size;
+        let capped = if requested.is_none() {
+            avail.min(128 * 2)
+        } else {
+            avail
+        };
+        let no_room = |needed: u64| GeometryError::NoBitmapRoom {
+            needed,
+            room: u64::try_from(avail.max(0)).unwrap_or(0),
+        };
+        if capped < 8 {
+            return Err(no_room(8));
+        }
+        let capped = u64::try_from(capped).map_err(|_| no_room(8))?;
+        let max_bits = capped
+            .saturating_mul(512)
+            .saturating_sub(256)
+            .saturating_mul(8);
+        let size = self.size;
+        let mut min_chunk: u64 = 4096;
+        let mut bits = size.saturating_mul(512) / min_chunk + 1;
+        while bits > max_bits {
+            min_chunk *= 2;
+            bits = bits.div_ceil(2);
+        }
+        let chunk = match requested {
+            None => min_chunk.max(64 * 1024 * 1024),
+            Some(c) if c < min_chunk => {
+                return Err(GeometryError::BitmapChunkTooSmall {
+                    chunk: c,
+                    min: min_chunk,
+                })
+            }
+            Some(c) => c,
+        };
+        let chunk32 = u32::try_from(chunk).map_err(|_| GeometryError::BitmapChunkTooSmall {
+            chunk,
+            min: min_chunk,
+        })?;
+        // mdadm's count (one bit more than needed at a chunk boundary) and
+        // ours: the bitmap's 4 KiB blocks hold both.
+        let mdadm_bits = size.saturating_mul(512) / chunk + 1;
+        let blocks = (mdadm_bits.div_ceil(8) + 256).div_ceil(4096) * 8;
+        let span = blocks.max(internal_bitmap_sectors(size, chunk32));
+        if i128::from(span) > avail {
+            return Err(no_room(span));
+        }
+        let offset = match offset {
+            Some(o) => o,
+            // Below the bad-block log (mdadm's "movable offset").
+            None => -i128::from(span) - bbl_size,
+        };
+        let offset = i32::try_from(offset).map_err(|_| no_room(span))?;
+        Ok((offset, chunk32))
+    }
+
     /// The sectors an internal bitmap of `bitmap_sectors` would occupy on this leg, and
     /// what it must stay clear of, checked: `Ok(start sector)` when it lies inside the
     /// leg of `leg_sectors`, clear of the superblock, the data area and the bad-block
@@ -2149,6 +2246,60 @@ mod tests {
             let e = one.internal_bitmap_start(8, 65536).unwrap_err();
             assert!(e.contains(words), "{offset}: {e}");
         }
+    }
+
+    /// Where `--grow --bitmap=internal` puts a bitmap on legs made without
+    /// one (mdadm's add_internal_bitmap1, not creating): 1.2 at +8 in the
+    /// space kept before the bad-block log; 1.0 below the log, where create
+    /// would have put it; the chunk by mdadm's rule.
+    #[test]
+    fn grow_internal_bitmap_as_mdadm_places_it() {
+        let m = NewMember {
+            set_uuid: [7; 16],
+            name: "x",
+            raid_disks: 2,
+            dev_number: 0,
+            device_uuid: [1; 16],
+            device_sectors: 65536,
+            array_sectors: 63488,
+            data_offset: None,
+            ctime: MdTime::from_parts(1_700_000_000, 0),
+        };
+        let two = Superblock::new_raid1_member_of(&m, MetadataVersion::V1_2).unwrap();
+        assert_eq!((two.bblog_offset, two.bblog_size), (16, 8));
+        assert_eq!(two.grow_internal_bitmap(None), Ok((8, 64 << 20)));
+        assert_eq!(two.grow_internal_bitmap(Some(1 << 20)), Ok((8, 1 << 20)));
+        assert_eq!(
+            two.grow_internal_bitmap(Some(2048)),
+            Err(GeometryError::BitmapChunkTooSmall {
+                chunk: 2048,
+                min: 4096
+            })
+        );
+        let mut placed = two.clone();
+        placed.feature_map |= FEATURE_BITMAP_OFFSET;
+        placed.bitmap_offset = 8;
+        assert_eq!(placed.internal_bitmap_start(8, 65536), Ok(16));
+        // No room left before the log: refused, never over it.
+        let mut tight = two.clone();
+        tight.bblog_offset = 8;
+        assert!(matches!(
+            tight.grow_internal_bitmap(None),
+            Err(GeometryError::NoBitmapRoom { .. })
+        ));
+        let one = Superblock::new_raid1_member_of(&m, MetadataVersion::V1_0).unwrap();
+        let (offset, chunk) = one.grow_internal_bitmap(None).unwrap();
+        assert_eq!((offset, chunk), (-16, 64 << 20));
+        let mut created = one.clone();
+        created.add_internal_bitmap(chunk).unwrap();
+        assert_eq!(created.bitmap_offset, offset, "where create puts it");
+        let mut placed = one.clone();
+        placed.feature_map |= FEATURE_BITMAP_OFFSET;
+        placed.bitmap_offset = offset;
+        assert_eq!(
+            placed.internal_bitmap_start(8, 65536),
+            Ok(one.super_offset - 16)
+        );
     }
 
     /// What mdadm 4.2's super1.c computes for each version (validate_geometry1,

@@ -348,11 +348,12 @@ impl Raid1 {
     /// Rewrites one leg's unit from the source's bytes; the bitmap bit is on
     /// disk first, as for any write that can leave legs different at a crash.
     fn repair_unit(&self, leg: usize, offset: u64, data: &[u8]) -> Result<(), super::EngineError> {
-        if let Some(intent) = self.intent() {
+        let intent = self.intent();
+        if let Some(intent) = &intent {
             intent.start_write(offset, data.len() as u64)?;
         }
         let r = self.write_leg(leg, offset, data);
-        if let Some(intent) = self.intent() {
+        if let Some(intent) = &intent {
             intent.end_write(offset, data.len() as u64, r.is_ok());
         }
         r

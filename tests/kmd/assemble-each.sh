@@ -6,7 +6,8 @@
 # Each array's output follows a line `KMD-PART NAME`, with the names verify-foreign's guest
 # uses: KMD-VAL assembled= assemble_mode= degraded= degraded_after_sync= mismatch_cnt=
 # md0_sha256=; sections examine-legN-before/-after, examine-bitmap-before/-after, assemble,
-# mdstat-assembled, detail-final, dmesg-md (the kernel's md lines of this array only).
+# mdstat-assembled, detail-final, dmesg-md (the kernel's md lines of this array only);
+# examine-bitmap-* read the bitmap file, or leg0's internal bitmap.
 . /kmd-common.sh
 set -u
 mkdir -p /mnt/bm
@@ -26,7 +27,11 @@ for NAME in $ARRAYS; do
   dropcaches
   sect examine-leg0-before mdadm -E "$L0"
   sect examine-leg1-before mdadm -E "$L1"
-  [ -z "$BMOPT" ] || sect examine-bitmap-before mdadm -X "$BMF"
+  # The bitmap mdadm -X reads: the file, or leg0's internal one.
+  BMX=
+  if [ -n "$BMOPT" ]; then BMX=$BMF
+  elif mdadm -E "$L0" 2>/dev/null | grep -q "Internal Bitmap"; then BMX=$L0; fi
+  [ -z "$BMX" ] || sect examine-bitmap-before mdadm -X "$BMX"
   MODE=
   if sect assemble mdadm --assemble /dev/md0 $BMOPT "$L0" "$L1" && is_active; then MODE=plain
   else
@@ -61,7 +66,7 @@ for NAME in $ARRAYS; do
   dropcaches
   sect examine-leg0-after mdadm -E "$L0"
   sect examine-leg1-after mdadm -E "$L1"
-  [ -z "$BMOPT" ] || sect examine-bitmap-after mdadm -X "$BMF"
+  [ -z "$BMX" ] || sect examine-bitmap-after mdadm -X "$BMX"
   sect dmesg-md sh -c 'dmesg -c | grep -E "md|raid1|bitmap"'
 done
 echo "KMD-PART end"

@@ -279,13 +279,19 @@ impl EngineStats {
     }
 }
 
+/// The bitmap the engine calls (a sized holder, for the atomic swap).
+struct Intent(Arc<dyn WriteIntent>);
+
 pub struct Raid1 {
     slots: Vec<LegSlot>,
     array_size: u64,
     /// Request alignment the legs need (1 when every leg is buffered).
     block: u64,
     ranges: RangeLock,
-    intent: Option<Arc<dyn WriteIntent>>,
+    /// The write-intent bitmap, if any: swapped while every write is held
+    /// back ([`Raid1::with_writes_held`]), so a write's start and end reach
+    /// the same one (md's mddev_suspend around a bitmap change).
+    intent: ArcSwapOption<Intent>,
     events: Arc<dyn ArrayEvents>,
     active: AtomicBool,
     activating: Mutex<()>,
@@ -326,7 +332,7 @@ impl Raid1 {
             array_size,
             block: if direct { DIRECT_BLOCK } else { 1 },
             ranges: RangeLock::new(),
-            intent,
+            intent: ArcSwapOption::new(intent.map(|i| Arc::new(Intent(i)))),
             events,
             active: AtomicBool::new(false),
             activating: Mutex::new(()),
@@ -489,8 +495,25 @@ impl Raid1 {
         &self.ranges
     }
 
-    pub(super) fn intent(&self) -> Option<&Arc<dyn WriteIntent>> {
-        self.intent.as_ref()
+    /// The write-intent bitmap now; a write loads it once, under its
+    /// range lock, and keeps it to its end.
+    pub(super) fn intent(&self) -> Option<Arc<dyn WriteIntent>> {
+        self.intent.load().as_ref().map(|i| i.0.clone())
+    }
+
+    /// Runs `f` with every write held back: once the writes in flight have
+    /// ended, no write (nor a sync's region) starts until `f` returns (a
+    /// range lock over the whole array, md's mddev_suspend).
+    pub fn with_writes_held<R>(&self, f: impl FnOnce() -> R) -> R {
+        let _all = (self.array_size > 0).then(|| self.ranges.lock(0, self.array_size));
+        f()
+    }
+
+    /// Changes the write-intent bitmap (None: none). Only inside
+    /// [`Raid1::with_writes_held`]: a write in flight must end on the
+    /// bitmap it started on.
+    pub fn set_intent(&self, intent: Option<Arc<dyn WriteIntent>>) {
+        self.intent.store(intent.map(|i| Arc::new(Intent(i))));
     }
 
     pub(super) fn slot_io_of(&self, slot: usize) -> Result<Arc<SlotIo>, EngineError> {

@@ -90,7 +90,10 @@ impl Raid1 {
             if !staged {
                 buf[head..head + data.len()].copy_from_slice(data);
             }
-            if let Some(intent) = &self.intent {
+            // Loaded under the range lock: a bitmap change waits for it.
+            let intent = self.intent.load();
+            let intent = intent.as_ref().map(|i| &i.0);
+            if let Some(intent) = intent {
                 intent.start_write(start, end - start)?;
             }
             let result = if staged {
@@ -99,7 +102,7 @@ impl Raid1 {
                 self.fan_out_write(start, buf, durable)
             };
             self.forget_read_ahead(start, end);
-            if let Some(intent) = &self.intent {
+            if let Some(intent) = intent {
                 let everywhere = matches!(result, Ok(true));
                 intent.end_write(start, end - start, everywhere);
             }
