@@ -11,7 +11,8 @@ import subprocess
 import sys
 from datetime import datetime, timezone
 
-TARGETS = ["raw", "mdfuse_bitmap", "baseline_bitmap", "mdfuse_bitmap_uring", "mdfuse_nobitmap", "qemu_quorum"]
+TARGETS = ["raw", "mdfuse_bitmap", "baseline_bitmap", "mdfuse_bitmap_uring", "mdfuse_nobitmap", "qemu_quorum",
+           "mdfuse_remote"]
 WORKLOADS = [
     "seqwrite_direct", "seqread_direct", "randwrite_direct", "randread_direct", "randrw_direct",
     "seqwrite_buffered", "seqread_buffered", "randwrite_buffered", "randread_buffered",

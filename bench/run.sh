@@ -17,7 +17,9 @@
 # to Y and puts back as it was on exit), BASELINE (another mdfuse binary,
 # e.g. one built from an older commit: an A/B target 'baseline_bitmap',
 # bitmap on and /dev/fuse, run right after mdfuse_bitmap on each workload,
-# so both face the same machine; see "A/B" in METHOD.md).
+# so both face the same machine; see "A/B" in METHOD.md), REMOTE=0 (leave
+# out the remote-leg target: one local leg and one served by qemu-nbd over
+# a Unix socket; by default it runs when qemu-nbd is installed).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -114,12 +116,17 @@ read -r NB0 NB1 <<< "$(pair nobitmap)"
 read -r Q0 Q1 <<< "$(pair qemu)"
 read -r BU0 BU1 <<< "$(pair bitmap-uring)"
 read -r BB0 BB1 <<< "$(pair baseline)"
+read -r RM0 RM1 <<< "$(pair remote)"
+REMOTE_LEGS=()
+if [ "${REMOTE:-1}" = 1 ] && command -v qemu-nbd >/dev/null; then
+    REMOTE_LEGS=("$RM0" "$RM1")
+fi
 URING_LEGS=()
 [ -n "$URING_OLD" ] && URING_LEGS=("$BU0" "$BU1")
 BASELINE_LEGS=()
 [ -n "$BASELINE" ] && BASELINE_LEGS=("$BB0" "$BB1")
-log "legs: $((4 + ${#URING_LEGS[@]} / 2 + ${#BASELINE_LEGS[@]} / 2)) pairs x 2 x $LEG_SIZE in $WORK ($fstype)"
-for l in "$RAW0" "$RAW1" "$BM0" "$BM1" "$NB0" "$NB1" "$Q0" "$Q1" "${URING_LEGS[@]}" "${BASELINE_LEGS[@]}"; do
+log "legs: $((4 + ${#URING_LEGS[@]} / 2 + ${#BASELINE_LEGS[@]} / 2 + ${#REMOTE_LEGS[@]} / 2)) pairs x 2 x $LEG_SIZE in $WORK ($fstype)"
+for l in "$RAW0" "$RAW1" "$BM0" "$BM1" "$NB0" "$NB1" "$Q0" "$Q1" "${URING_LEGS[@]}" "${BASELINE_LEGS[@]}" "${REMOTE_LEGS[@]}"; do
     fallocate -l "$LEG_SIZE" "$l"
     dd if=/dev/zero of="$l" bs=1M count=$(( $(stat -c %s "$l") >> 20 )) oflag=direct conv=notrunc status=none
 done
@@ -140,8 +147,9 @@ MNT_BM=$WORK/mnt-bitmap
 MNT_NB=$WORK/mnt-nobitmap
 MNT_BU=$WORK/mnt-bitmap-uring
 MNT_BB=$WORK/mnt-baseline
-mkdir -p "$MNT" "$MNT_BM" "$MNT_NB" "$MNT_BU" "$MNT_BB"
-MOUNTS+=("$MNT" "$MNT_BM" "$MNT_NB" "$MNT_BU" "$MNT_BB")
+MNT_RM=$WORK/mnt-remote
+mkdir -p "$MNT" "$MNT_BM" "$MNT_NB" "$MNT_BU" "$MNT_BB" "$MNT_RM"
+MOUNTS+=("$MNT" "$MNT_BM" "$MNT_NB" "$MNT_BU" "$MNT_BB" "$MNT_RM")
 
 # ---------------------------------------------------------------- fio
 # Common options; a job's own options follow. Each job is time based over the
@@ -217,6 +225,7 @@ fill() {
 TARGETS=(raw mdfuse_bitmap mdfuse_nobitmap qemu_quorum)
 [ -n "$URING_OLD" ] && TARGETS=(raw mdfuse_bitmap mdfuse_bitmap_uring mdfuse_nobitmap qemu_quorum)
 [ -n "$BASELINE" ] && TARGETS=("${TARGETS[0]}" "${TARGETS[1]}" baseline_bitmap "${TARGETS[@]:2}")
+[ ${#REMOTE_LEGS[@]} -gt 0 ] && TARGETS+=(mdfuse_remote)
 declare -A TARGET_READ TARGET_WRITE TARGET_PID
 
 run_all_targets() {
@@ -297,6 +306,22 @@ if [ -n "$BASELINE" ]; then
     TARGET_PID[baseline_bitmap]=$(daemon_pid "$OUT/baseline-bitmap.log")
 fi
 
+if [ ${#REMOTE_LEGS[@]} -gt 0 ]; then
+    # One leg local, one on qemu-nbd (O_DIRECT on its image, as the local
+    # leg is) over a Unix socket: the NBD client's cost without a network's.
+    RSOCK=$WORK/remote.sock
+    log "mdfuse create --bitmap (a local leg and an NBD leg)"
+    qemu-nbd -f raw -x leg1 -t --cache=none --aio=threads --fork \
+        --pid-file="$OUT/qemu-nbd.pid" -k "$RSOCK" "$RM1" || die "qemu-nbd"
+    PIDS+=("$(cat "$OUT/qemu-nbd.pid")")
+    RURI="nbd+unix:///leg1?socket=$RSOCK"
+    "$MDFUSE" create --force --bitmap "$BMFS/remote.bitmap" "$RM0" "$RURI" >> "$OUT/create.txt"
+    mount_mdfuse "$OUT/mdfuse-remote.log" --bitmap "$BMFS/remote.bitmap" "$RM0" "$RURI" "$MNT_RM"
+    TARGET_READ[mdfuse_remote]=$MNT_RM/array.img
+    TARGET_WRITE[mdfuse_remote]=$MNT_RM/array.img
+    TARGET_PID[mdfuse_remote]=$(daemon_pid "$OUT/mdfuse-remote.log")
+fi
+
 log "mdfuse create (no bitmap)"
 "$MDFUSE" create --force "$NB0" "$NB1" >> "$OUT/create.txt"
 mount_mdfuse "$OUT/mdfuse-nobitmap.log" "$NB0" "$NB1" "$MNT_NB"
@@ -339,6 +364,7 @@ cat "$MNT_BM/mdstat" > "$OUT/mdfuse_bitmap.mdstat" || true
 stop_mdfuse "$MNT_BM"
 stop_mdfuse "$MNT_NB"
 [ -n "$BASELINE" ] && { "$BASELINE" stop "$MNT_BB" >/dev/null || die "baseline stop $MNT_BB"; }
+[ ${#REMOTE_LEGS[@]} -gt 0 ] && stop_mdfuse "$MNT_RM"
 if [ -n "$URING_OLD" ]; then
     stop_mdfuse "$MNT_BU"
     grep -h "FUSE over io_uring" "$OUT/mdfuse-bitmap-uring.log" >&2 || true
@@ -347,7 +373,7 @@ fi
 umount "$QIMG" 2>/dev/null || true
 kill "$QSD_PID" 2>/dev/null || true
 wait "$QSD_PID" 2>/dev/null || true
-rm -f "$RAW0" "$RAW1" "$BM0" "$BM1" "$NB0" "$NB1" "$Q0" "$Q1" "${URING_LEGS[@]}" "${BASELINE_LEGS[@]}"
+rm -f "$RAW0" "$RAW1" "$BM0" "$BM1" "$NB0" "$NB1" "$Q0" "$Q1" "${URING_LEGS[@]}" "${BASELINE_LEGS[@]}" "${REMOTE_LEGS[@]}"
 
 # ---------------------------------------------------------------- start-up and memory, 1 TiB
 log "start-up: 1 TiB sparse array"

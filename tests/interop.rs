@@ -20,6 +20,7 @@ use common::mdfuse::{
     create, log_path, mdfuse_stdout, path_str, sha256_bytes, sha256_region, text, Legs,
     MountedArray,
 };
+use common::nbd::Server;
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::fs::OpenOptions;
@@ -1852,4 +1853,48 @@ fn md_assembles_mdfuse_internal_bitmap_arrays_clean_resyncs_their_dirty_chunks_a
     };
     verdicts.push(("ideg".to_string(), check()));
     assert_parts_agree(run, verdicts);
+}
+
+// ---------------------------------------------------------------- 8. a leg on an NBD server, then md
+
+/// md assembles what mdfuse wrote with one leg on an NBD server (qemu-nbd over a Unix
+/// socket, serving leg1's file): md reads the server's image file as a leg. After a clean
+/// stop, clean; after a session in which the server died (leg1 failed, writes on leg0 only),
+/// md starts it degraded and recovers leg1 from the bitmap only.
+#[test]
+fn md_assembles_legs_mdfuse_served_over_nbd_clean_and_recovers_the_remote_one_from_the_bitmap() {
+    let t = "md_assembles_legs_mdfuse_served_over_nbd";
+    let Some(_serial) = start(t) else {
+        return;
+    };
+    let arr = TestArray::create("interop");
+    let sock = arr.dir.path().join("leg1.sock");
+    let listen = ["-k".to_string(), path_str(&sock).to_string()];
+    let listen: Vec<&str> = listen.iter().map(String::as_str).collect();
+    let uri = format!("nbd+unix:///leg1?socket={}&x-timeout=2", sock.display());
+    let remote_legs = Legs::from_paths(vec![arr.legs.paths[0].clone(), PathBuf::from(&uri)]);
+    let mount_remote = || {
+        arr.try_mount_legs(&remote_legs, &[])
+            .unwrap_or_else(|e| panic!("mount with an NBD leg: {e}\n{}", arr.log_text()))
+    };
+
+    // 1. The base pattern through the NBD leg; a clean stop: md assembles clean.
+    let mut server = Server::qemu_nbd(arr.legs.path(1), "leg1", &listen);
+    let m = mount_remote();
+    write_pattern(&m.image(), 0, arr.geo.array_bytes, BASE_TAG).expect("write through array.img");
+    let served = sha256_region(&m.image(), 0, arr.geo.array_bytes);
+    m.stop();
+    assert_eq!(served, sha256_bytes(&expected_image(&[])));
+    let bm = arr.bitmap_copy("md0.bitmap");
+    let run = kmd::verify_foreign(&arr.leg_refs(), &bm, Some(&served), false, &[]);
+    let verdict = md_accepts_clean(&run, &served);
+    assert_md_agrees(run, verdict);
+
+    // 2. The server dies during a session: leg1 is failed, the overlays land on leg0
+    // only, their bits stay; md recovers leg1 from the bitmap only.
+    let m = mount_remote();
+    server.kill();
+    let expected = write_overlays(m);
+    let dirty = assert_leg1_stale_with_the_overlays_dirty(&arr, mdfuse_examine);
+    md_re_adds_the_stale_leg_from_the_bitmap_only(&arr, &dirty, &expected);
 }

@@ -13,9 +13,10 @@ mod common;
 
 use common::loopdev::{needs_root, skipped};
 use common::mdfuse::*;
+use common::nbd::Server;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 /// 64 MiB legs: room for the superblock area and some data.
@@ -41,108 +42,6 @@ fn tools(test: &str, need: &[&str]) -> bool {
             false
         }
         None => true,
-    }
-}
-
-/// A server process. Dropping it kills it and waits for it.
-struct Server {
-    pid: i32,
-    child: Option<Child>,
-    what: String,
-}
-
-impl Server {
-    /// `qemu-nbd` serving `img` (raw, O_DIRECT, persistent) as `export`,
-    /// on `listen` (`-k SOCKET` or `-b ADDR -p PORT`), forked: it returns
-    /// once the server listens.
-    fn qemu_nbd(img: &Path, export: &str, listen: &[&str]) -> Server {
-        let pid_file = img.with_extension("qemu-nbd.pid");
-        let mut args: Vec<String> = [
-            "-f",
-            "raw",
-            "-x",
-            export,
-            "-t",
-            "--cache=none",
-            "--aio=threads",
-            "--fork",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        args.push(format!("--pid-file={}", pid_file.display()));
-        args.extend(listen.iter().map(|s| s.to_string()));
-        args.push(img.display().to_string());
-        let out = Command::new("qemu-nbd")
-            .args(&args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run qemu-nbd");
-        assert_ok(&format!("qemu-nbd {}", args.join(" ")), &out);
-        let pid: i32 = std::fs::read_to_string(&pid_file)
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .expect("qemu-nbd's pid file");
-        Server {
-            pid,
-            child: None,
-            what: format!("qemu-nbd {}", args.join(" ")),
-        }
-    }
-
-    /// nbdkit's eval plugin serving `img` through `dd`, with no flush
-    /// method: it advertises no NBD_FLAG_SEND_FLUSH.
-    fn nbdkit_without_flush(img: &Path, sock: &Path) -> Server {
-        let img = img.display().to_string();
-        let size = std::fs::metadata(&img).expect("image").len();
-        let mut cmd = Command::new("nbdkit");
-        cmd.args(["-f", "--exit-with-parent", "-U"])
-            .arg(sock)
-            .arg("eval")
-            .arg(format!("get_size=echo {size}"))
-            .arg(format!(
-                "pread=dd if={img} skip=$4 count=$3 iflag=skip_bytes,count_bytes status=none"
-            ))
-            .arg(format!(
-                "pwrite=dd of={img} seek=$4 conv=notrunc oflag=seek_bytes status=none"
-            ))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null());
-        let child = cmd.spawn().expect("run nbdkit");
-        let s = Server {
-            pid: child.id() as i32,
-            child: Some(child),
-            what: "nbdkit eval".into(),
-        };
-        wait_for("nbdkit's socket", Duration::from_secs(20), || sock.exists());
-        s
-    }
-
-    /// Kills the server now (a crash of the remote side).
-    fn kill(&mut self) {
-        signal(self.pid, libc::SIGKILL);
-        if let Some(mut c) = self.child.take() {
-            let _ = c.wait();
-        }
-        wait_pid_gone(self.pid, Duration::from_secs(10));
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-            return;
-        }
-        if pid_alive(self.pid) {
-            signal(self.pid, libc::SIGTERM);
-            if !wait_pid_gone(self.pid, Duration::from_secs(10)) {
-                eprintln!("warning: killing {} ({})", self.what, self.pid);
-                signal(self.pid, libc::SIGKILL);
-                wait_pid_gone(self.pid, Duration::from_secs(5));
-            }
-        }
     }
 }
 
@@ -662,4 +561,454 @@ fn a_cut_link_times_the_remote_leg_out_and_it_comes_back_with_the_link() {
     assert!(back[..1 << 20] == first[..] && back[4 << 20..5 << 20] == second[..]);
     m.stop();
     assert_data_identical(files.path(0), &img);
+}
+
+/// `md/dev-NAME/remote/FILE` of `m`.
+fn remote(m: &MountedArray, dev: &str, file: &str) -> String {
+    m.md(&format!("dev-{dev}/remote/{file}"))
+}
+
+/// `mdfuse detail MOUNTPOINT`'s text.
+fn detail(m: &MountedArray) -> String {
+    let o = mdfuse_with(&["detail"], &[m.mountpoint()]);
+    assert_ok("mdfuse detail", &o);
+    stdout(&o)
+}
+
+#[test]
+fn a_hung_server_is_found_by_the_keepalive_on_an_idle_array_and_the_operator_sees_the_link() {
+    let t =
+        "a_hung_server_is_found_by_the_keepalive_on_an_idle_array_and_the_operator_sees_the_link";
+    if !tools(t, &["qemu-nbd"]) {
+        return;
+    }
+    let (files, img) = file_and_image();
+    let sock = files.dir().join("leg1.sock");
+    let server = Server::qemu_nbd(
+        &img,
+        "leg1",
+        &["-e", "4", "-k", &sock.display().to_string()],
+    );
+    let uri = format!(
+        "nbd+unix:///leg1?socket={}&x-timeout=2&x-keepalive=1",
+        sock.display()
+    );
+    let legs = with_uri(&files, &uri);
+    create(&legs, &[]);
+    let mnt = files.mountpoint("mnt");
+    let m = MountedArray::mount(&legs, &mnt, &[]);
+    let dev = "nbd-unix-leg1.sock-leg1";
+    let first = m.fill_random(0, 1 << 20, 1);
+    let o = Command::new("sync").arg(m.image()).output().expect("sync");
+    assert_ok("sync array.img", &o);
+
+    // Connected: the URI, a flush just now, a round trip from the
+    // keepalive's probes once the array is idle.
+    assert_eq!(remote(&m, dev, "link"), "connected");
+    assert!(remote(&m, dev, "uri").starts_with("nbd+unix:///leg1?socket="));
+    let flushed: u64 = remote(&m, dev, "last_flush_ms")
+        .parse()
+        .expect("a flush on record after sync");
+    assert!(flushed < 60_000, "last flush {flushed} ms ago");
+    wait_for("a round trip measured", Duration::from_secs(10), || {
+        remote(&m, dev, "rtt_us") != "none"
+    });
+    assert_eq!(remote(&m, dev, "reconnect_attempts"), "0");
+    let text = detail(&m);
+    assert!(text.contains("Remote Legs"), "{text}");
+    assert!(
+        text.contains(&format!("{dev} : nbd+unix:///leg1")),
+        "{text}"
+    );
+    assert!(text.contains("connected, round trip"), "{text}");
+    let o = mdfuse_with(&["detail", "--json"], &[m.mountpoint()]);
+    assert_ok("mdfuse detail --json", &o);
+    let json: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("detail's JSON");
+    let remote_json = json["devices"]
+        .as_array()
+        .expect("devices")
+        .iter()
+        .find_map(|d| d["remote"].as_object().cloned())
+        .expect("the NBD leg's remote object");
+    assert_eq!(remote_json["link"], "connected");
+    assert!(remote_json["rtt_us"].as_u64().is_some(), "{remote_json:?}");
+    // A local leg has no remote/ files.
+    assert!(!m
+        .mountpoint()
+        .join(format!("md/dev-{}/remote", files.name(0)))
+        .exists());
+
+    // The server hangs (stopped, its socket still open): no I/O comes from
+    // the user, yet the keepalive's probe goes unanswered within the
+    // request timeout and the leg is failed.
+    // Idle: the array marked clean (md's safe mode), no write of the
+    // daemon's own pending.
+    wait_for("the array clean", Duration::from_secs(10), || {
+        m.md("array_state") == "clean"
+    });
+    signal(server.pid, libc::SIGSTOP);
+    let hung = std::time::Instant::now();
+    wait_for(
+        "the hung leg failed with no I/O",
+        Duration::from_secs(20),
+        || dev_state(&m, dev).as_deref() == Some("faulty"),
+    );
+    eprintln!(
+        "a hung server's leg failed {:?} after the hang",
+        hung.elapsed()
+    );
+    assert!(m.log().contains("keepalive probe failed"), "{}", m.log());
+    assert!(m.mdstat().contains("[2/1] [U_]"), "{}", m.mdstat());
+    // Tries to reconnect time out on the stopped server: counted, with why.
+    wait_for("a failed reconnect try", Duration::from_secs(30), || {
+        remote(&m, dev, "link") == "reconnecting" && remote(&m, dev, "reconnect_attempts") != "0"
+    });
+    assert!(!remote(&m, dev, "reason").is_empty());
+    let text = detail(&m);
+    assert!(text.contains("reconnecting, "), "{text}");
+    // Reads go on from the file leg.
+    let back = std::fs::read(m.image()).expect("read array.img");
+    assert!(
+        back[..1 << 20] == first[..],
+        "array.img reads back other data"
+    );
+
+    // The server goes on: the leg comes back by itself.
+    signal(server.pid, libc::SIGCONT);
+    wait_for("the NBD leg back in sync", Duration::from_secs(90), || {
+        dev_state(&m, dev).as_deref() == Some("in_sync")
+    });
+    m.wait_sync_idle(Duration::from_secs(60));
+    assert_eq!(remote(&m, dev, "link"), "connected");
+    assert_eq!(remote(&m, dev, "reconnect_attempts"), "0");
+    m.stop();
+    assert_data_identical(files.path(0), &img);
+    drop(server);
+}
+
+/// A TCP relay from `listen` to `to` that holds every chunk `delay`
+/// before passing it on, in each direction (a long link, as netem's delay
+/// would make one: this kernel has no netem). Dropped: it takes no more
+/// connections (those it carries end when their ends close).
+struct DelayRelay {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    port: u16,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl DelayRelay {
+    fn start(to: std::net::SocketAddr, delay: Duration) -> DelayRelay {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the relay");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let port = listener.local_addr().expect("relay address").port();
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut conns = Vec::new();
+            while !stop2.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((client, _)) => {
+                        let Ok(server) = std::net::TcpStream::connect(to) else {
+                            continue;
+                        };
+                        for (from, into) in [
+                            (client.try_clone(), server.try_clone()),
+                            (server.try_clone(), client.try_clone()),
+                        ] {
+                            let (Ok(from), Ok(into)) = (from, into) else {
+                                continue;
+                            };
+                            conns.push(pipe_delayed(from, into, delay));
+                        }
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        });
+        DelayRelay {
+            stop,
+            port,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for DelayRelay {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Copies `from` to `into`, each chunk sent `delay` after it arrived.
+fn pipe_delayed(
+    mut from: std::net::TcpStream,
+    into: std::net::TcpStream,
+    delay: Duration,
+) -> std::thread::JoinHandle<()> {
+    use std::io::{Read, Write};
+    let (tx, rx) = std::sync::mpsc::channel::<(std::time::Instant, Vec<u8>)>();
+    let mut out = into.try_clone().expect("clone");
+    std::thread::spawn(move || {
+        for (at, chunk) in rx {
+            let now = std::time::Instant::now();
+            if at > now {
+                std::thread::sleep(at - now);
+            }
+            if out.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+        let _ = out.shutdown(std::net::Shutdown::Write);
+    });
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 256 << 10];
+        loop {
+            match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if tx
+                        .send((std::time::Instant::now() + delay, buf[..n].to_vec()))
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = into.shutdown(std::net::Shutdown::Write);
+    })
+}
+
+#[test]
+fn a_remote_leg_over_a_long_narrow_link_mirrors_a_workload_and_shows_its_round_trip() {
+    let t = "a_remote_leg_over_a_long_narrow_link_mirrors_a_workload_and_shows_its_round_trip";
+    if !tools(t, &["qemu-nbd", "ip", "tc"]) {
+        return;
+    }
+    let ns = Netns::new("slow");
+    let _inside = ns.enter();
+    // 100 Mbit/s on the namespace's loopback (tbf), and 15 ms each way
+    // through a relay: a round trip of about 30 ms.
+    let o = Command::new("tc")
+        .args(["-n", &ns.name, "qdisc", "add", "dev", "lo", "root", "tbf"])
+        .args(["rate", "100mbit", "burst", "256kb", "latency", "400ms"])
+        .output()
+        .expect("run tc");
+    assert_ok("tc qdisc add tbf", &o);
+    let (files, img) = file_and_image();
+    let _server = Server::qemu_nbd(&img, "leg1", &["-b", "127.0.0.1", "-p", "10813"]);
+    let relay = DelayRelay::start(
+        "127.0.0.1:10813".parse().expect("addr"),
+        Duration::from_millis(15),
+    );
+    let uri = format!("nbd://127.0.0.1:{}/leg1?x-keepalive=1", relay.port);
+    let legs = with_uri(&files, &uri);
+    create(&legs, &[]);
+    let mnt = files.mountpoint("mnt");
+    let m = MountedArray::mount(&legs, &mnt, &[]);
+    let started = std::time::Instant::now();
+    workload(&m, 11);
+    eprintln!("24 MiB over the long link in {:?}", started.elapsed());
+    let dev = format!("nbd-127.0.0.1-{}-leg1", relay.port);
+    assert_eq!(dev_state(&m, &dev).as_deref(), Some("in_sync"));
+    // Idle now: the probes' round trips settle the average near 30 ms.
+    std::thread::sleep(Duration::from_secs(4));
+    let rtt: u64 = remote(&m, &dev, "rtt_us").parse().expect("a round trip");
+    eprintln!("round trip shown: {rtt} us");
+    assert!((25_000..1_000_000).contains(&rtt), "round trip {rtt} us");
+    m.stop();
+    assert_data_identical(files.path(0), &img);
+    drop(relay);
+}
+
+#[test]
+fn a_bit_is_cleared_only_once_the_remote_leg_has_flushed() {
+    let t = "a_bit_is_cleared_only_once_the_remote_leg_has_flushed";
+    if !tools(t, &["nbdkit"]) {
+        return;
+    }
+    let fs = match common::loopdev::ScratchFs::ext4(4096) {
+        Ok(fs) => fs,
+        Err(e) => return skipped(t, &format!("no scratch filesystem for the bitmap: {e}")),
+    };
+    let bitmap = fs.path("slow.bitmap");
+    let bm = bitmap.display().to_string();
+    let (files, img) = file_and_image();
+    let sock = files.dir().join("slow.sock");
+    // The server's flush takes 6 s: a write reply is no persistence, and
+    // the chunk's bit must wait for the flush that makes it one.
+    const FLUSH: Duration = Duration::from_secs(6);
+    let _server = Server::nbdkit_slow_flush(&img, &sock, FLUSH.as_secs());
+    let uri = format!("nbd+unix:///leg1?socket={}", sock.display());
+    let legs = with_uri(&files, &uri);
+    create(
+        &legs,
+        &["--bitmap", &bm, "--bitmap-chunk", "1M", "--delay", "1"],
+    );
+    let mnt = files.mountpoint("mnt");
+    let m = MountedArray::mount(&legs, &mnt, &["--bitmap", &bm]);
+    // One O_DIRECT write, no fsync: acknowledged once both legs replied.
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(m.image())
+        .expect("open array.img");
+    let mut buf = common::io::AlignedVec::zeroed(1 << 20);
+    buf.as_mut_slice()
+        .copy_from_slice(&common::rng::Rng(5).bytes(1 << 20));
+    f.write_all_at(buf.as_slice(), 3 << 20)
+        .expect("write array.img");
+    let written = std::time::Instant::now();
+    assert_eq!(
+        common::bitmap::dirty_on_disk(&bitmap),
+        vec![3],
+        "the chunk's bit is on disk once the write is acknowledged"
+    );
+    // The bitmap daemon wakes every second; the bit may go only after the
+    // remote leg's flush, which takes FLUSH.
+    let mut cleared = None;
+    while written.elapsed() < Duration::from_secs(40) {
+        if common::bitmap::dirty_on_disk(&bitmap).is_empty() {
+            cleared = Some(written.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let cleared = cleared.expect("the bit is cleared once the flush is done");
+    eprintln!("the bit cleared {cleared:?} after the write (flush takes {FLUSH:?})");
+    assert!(
+        cleared >= FLUSH,
+        "the bit was cleared {cleared:?} after the write, before the remote flush could end"
+    );
+    drop(f);
+    m.stop();
+}
+
+#[test]
+fn a_power_cut_of_the_remote_side_loses_no_acknowledged_write() {
+    let t = "a_power_cut_of_the_remote_side_loses_no_acknowledged_write";
+    if !tools(t, &["qemu-nbd"]) {
+        return;
+    }
+    let fs_bm = match common::loopdev::ScratchFs::ext4(4096) {
+        Ok(fs) => fs,
+        Err(e) => return skipped(t, &format!("no scratch filesystem for the bitmap: {e}")),
+    };
+    let bitmap = fs_bm.path("remote.bitmap");
+    let bm = bitmap.display().to_string();
+    // The remote image on a disk with a volatile write cache; qemu-nbd
+    // over it with its own cache on (writeback): a write reply is in
+    // caches only, a flush makes it durable.
+    let disk = common::faultyfs::FaultyFs::volatile(&[("remote.img", LEG)]);
+    let img = disk.path("remote.img");
+    let files = Legs::temp(LEG);
+    let sock = files.dir().join("remote.sock");
+    let listen = ["-k".to_string(), sock.display().to_string()];
+    let listen: Vec<&str> = listen.iter().map(String::as_str).collect();
+    let mut server = Server::qemu_nbd_cache(&img, "leg1", "writeback", &listen);
+    let uri = format!(
+        "nbd+unix:///leg1?socket={}&x-timeout=2&x-keepalive=1",
+        sock.display()
+    );
+    let legs = with_uri(&files, &uri);
+    create(
+        &legs,
+        &["--bitmap", &bm, "--bitmap-chunk", "1M", "--delay", "1"],
+    );
+    let mnt = files.mountpoint("mnt");
+    let m = MountedArray::mount(&legs, &mnt, &["--bitmap", &bm]);
+    let dev = "nbd-unix-remote.sock-leg1";
+    // Durable writes (fsync returned), then acknowledged writes paced over
+    // 3 s: the bitmap daemon clears the bits of the early ones meanwhile,
+    // each time after a flush of both legs; the late ones are in no
+    // flush when the power goes.
+    let durable = m.fill_random(0, 8 << 20, 1);
+    let o = Command::new("sync").arg(m.image()).output().expect("sync");
+    assert_ok("sync array.img", &o);
+    let image = m.image();
+    let (acked, open_image) = {
+        use std::os::unix::fs::{FileExt, OpenOptionsExt};
+        let data = common::rng::Rng(2).bytes(48 * 65536);
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&image)
+            .expect("open array.img");
+        let mut buf = common::io::AlignedVec::zeroed(65536);
+        for i in 0..48 {
+            std::thread::sleep(Duration::from_millis(60));
+            buf.as_mut_slice()
+                .copy_from_slice(&data[i * 65536..(i + 1) * 65536]);
+            // Spread over 12 chunks, 4 writes each.
+            let at = (10 << 20) + (i as u64 % 12) * (1 << 20) + (i as u64 / 12) * 65536;
+            f.write_all_at(buf.as_slice(), at)
+                .unwrap_or_else(|e| panic!("write {i} of array.img: {e}"));
+        }
+        // Kept open: its close would flush the legs (as fsync).
+        (data, f)
+    };
+    // The remote side loses its power: its disk stops at once, the server
+    // dies, and the writes no flush covered are kept, torn or dropped.
+    eprintln!(
+        "the remote disk before the cut: {:?}, {} writes unflushed",
+        disk.counters("remote.img"),
+        disk.unflushed_writes("remote.img")
+    );
+    disk.cut();
+    server.kill();
+    let mut rng = common::rng::Rng(0x5eed);
+    let outcome = disk.restore_power(common::faultyfs::Survival::Random(&mut rng));
+    eprintln!("remote power cut: {outcome:?}");
+    assert!(
+        outcome.unflushed > 0,
+        "the cut found no write in the remote disk's cache: it tests nothing"
+    );
+    drop(open_image);
+    wait_for("the NBD leg faulty", Duration::from_secs(30), || {
+        dev_state(&m, dev).as_deref() == Some("faulty")
+    });
+    // The server comes back on what its disk kept; the leg is re-added
+    // with the chunks its bitmap holds dirty.
+    let _server = restart_on_cache(&img, "leg1", "writeback", &sock);
+    wait_for("the NBD leg back in sync", Duration::from_secs(90), || {
+        dev_state(&m, dev).as_deref() == Some("in_sync")
+    });
+    m.wait_sync_idle(Duration::from_secs(60));
+    let copied = m.md("sync_copied");
+    eprintln!("recovery after the remote power cut copied {copied}");
+    m.stop();
+    // Both legs hold every write: the durable ones and the acknowledged
+    // ones the remote side had lost.
+    let off = data_offset(files.path(0));
+    let local = data_region(files.path(0), off, 22 << 20);
+    assert!(
+        local[..8 << 20] == durable[..],
+        "the local leg lost a durable write"
+    );
+    for i in 0..48usize {
+        let at = (10 << 20) + (i % 12) * (1 << 20) + (i / 12) * 65536;
+        assert!(
+            local[at..at + 65536] == acked[i * 65536..(i + 1) * 65536],
+            "the local leg lost acknowledged write {i}"
+        );
+    }
+    let diff = differing_units(files.path(0), &img, off, 22 << 20, 65536);
+    assert!(
+        diff.is_empty(),
+        "after the re-add the remote leg differs from the local one in {} 64 KiB units \
+         (first at data offset {:?}): a bit was cleared before the remote side flushed",
+        diff.len(),
+        diff.first()
+    );
+}
+
+/// Starts qemu-nbd with `--cache=CACHE` again on `sock`.
+fn restart_on_cache(img: &Path, export: &str, cache: &str, sock: &Path) -> Server {
+    let _ = std::fs::remove_file(sock);
+    Server::qemu_nbd_cache(img, export, cache, &["-k", &sock.display().to_string()])
 }

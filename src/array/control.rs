@@ -311,13 +311,21 @@ impl RunningArray {
                 .iter()
                 .map(|(n, a)| (format!("md/bitmap/{n}"), access(*a))),
         );
-        for name in self.leg_names().into_iter().flatten() {
+        for (slot, name) in self.leg_names().into_iter().enumerate() {
+            let Some(name) = name else { continue };
             let name = escape_name(&name);
             out.extend(
                 DEV_FILES
                     .iter()
                     .map(|(n, a)| (format!("md/dev-{name}/{n}"), access(*a))),
             );
+            if self.remote_value(slot, "uri").is_some() {
+                out.extend(
+                    super::reconnect::REMOTE_FILES
+                        .iter()
+                        .map(|n| (format!("md/dev-{name}/remote/{n}"), Read)),
+                );
+            }
         }
         out
     }
@@ -440,6 +448,9 @@ impl RunningArray {
             }
             "recovery_start" => self.recovery_start(slot, state),
             "block/stat" => io.leg().io_stats().block_stat_line(),
+            remote if remote.starts_with("remote/") => {
+                return self.remote_value(slot, &remote["remote/".len()..])
+            }
             _ => return None,
         })
     }

@@ -13,6 +13,15 @@
 //! and tries go on at the longest spacing (the operator may restart the
 //! server on the right image, or remove the leg: a removed leg is no
 //! longer tried).
+//!
+//! An in-sync remote leg whose connection died with no I/O under way (the
+//! connection's keepalive probe went unanswered) is failed here, as an I/O
+//! error would fail it, so an idle array notices a lost server too.
+//!
+//! What an operator sees of a remote leg, under `md/dev-NAME/remote/`
+//! ([`REMOTE_FILES`]) and in `mdfuse detail`: its URI, the link's state
+//! (`connected`, `lost`, `reconnecting`, `refused`), the reason, the tries
+//! since it was lost, the round trip, the time since the last flush.
 
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -35,9 +44,12 @@ struct Pending {
     probe: Option<JoinHandle<Result<(), String>>>,
     /// The last refusal logged (logged again only when it changes).
     refused: Option<String>,
+    /// Why the last try failed.
+    last_failure: Option<String>,
 }
 
-/// The reconnect state of an array's slots (the array's thread owns it).
+/// The reconnect state of an array's slots (the array's thread changes it;
+/// the control files read it).
 #[derive(Debug, Default)]
 pub struct Reconnects {
     slots: Vec<Option<Pending>>,
@@ -66,12 +78,28 @@ fn jitter() -> f64 {
 impl RunningArray {
     /// One look at the array's remote legs (from the array's thread):
     /// starts, follows and ends their reconnects.
-    pub(super) fn reconnect_remote_legs(&self, r: &mut Reconnects, now: Instant) {
+    pub(super) fn reconnect_remote_legs(&self, now: Instant) {
+        let mut r = self.reconnects.lock();
         let slots = self.engine().slots();
         if r.slots.len() < slots.len() {
             r.slots.resize_with(slots.len(), || None);
         }
         for (i, s) in slots.iter().enumerate() {
+            // A connection found dead while idle (its keepalive probe went
+            // unanswered) fails its leg as an I/O error would.
+            if matches!(s.state(), LegState::InSync | LegState::Recovering) {
+                let dead = s
+                    .io()
+                    .and_then(|io| io.leg().link_status())
+                    .and_then(|l| l.dead);
+                if let Some(why) = dead {
+                    // The last in-sync leg stays (md's rule); its next I/O
+                    // error goes to the user.
+                    let _ = self
+                        .engine()
+                        .fail_leg(i, &format!("its connection is lost ({why})"));
+                }
+            }
             let remote_faulty = s.state() == LegState::Faulty
                 && s.io().is_some_and(|io| io.leg().locator().is_remote());
             if !remote_faulty || super::served::ServedArray::read_only(self) {
@@ -96,6 +124,7 @@ impl RunningArray {
                         next: now + wait,
                         probe: None,
                         refused: None,
+                        last_failure: None,
                     })
                 }
             };
@@ -119,6 +148,7 @@ impl RunningArray {
             match answered {
                 Some(Ok(())) => self.try_re_add(slot, p, now),
                 Some(Err(why)) => {
+                    p.last_failure = Some(why.clone());
                     let wait = backoff(p.attempts, jitter());
                     log::info!(
                         "leg {}: reconnect try {} failed: {why}; next in {:.1} s",
@@ -188,6 +218,64 @@ impl RunningArray {
                 p.next = now + backoff(u32::MAX, jitter());
             }
         }
+    }
+}
+
+/// The files under `md/dev-NAME/remote/` of a remote leg.
+pub const REMOTE_FILES: &[&str] = &[
+    "uri",
+    "link",
+    "reason",
+    "reconnect_attempts",
+    "next_try_ms",
+    "rtt_us",
+    "last_flush_ms",
+    "in_flight",
+];
+
+/// A duration in whole milliseconds, or `none`.
+fn ms(d: Option<Duration>) -> String {
+    d.map_or_else(|| "none".into(), |d| d.as_millis().to_string())
+}
+
+impl RunningArray {
+    /// The value of `md/dev-NAME/remote/ATTR` for the leg in `slot`; None
+    /// for a local leg or an unknown name.
+    pub(super) fn remote_value(&self, slot: usize, attr: &str) -> Option<String> {
+        let s = self.engine().slots().get(slot)?;
+        let io = s.io()?;
+        if !io.leg().locator().is_remote() {
+            return None;
+        }
+        let link = io.leg().link_status()?;
+        let r = self.reconnects.lock();
+        let pending = r.slots.get(slot).and_then(Option::as_ref);
+        let now = Instant::now();
+        let up = matches!(s.state(), LegState::InSync | LegState::Recovering);
+        Some(match attr {
+            "uri" => io.leg().path().display().to_string(),
+            "link" => match (up, &link.dead, pending) {
+                (true, None, _) => "connected",
+                (_, _, Some(p)) if p.refused.is_some() => "refused",
+                (false, _, Some(_)) => "reconnecting",
+                _ => "lost",
+            }
+            .into(),
+            "reason" => pending
+                .and_then(|p| p.refused.clone().or_else(|| p.last_failure.clone()))
+                .or(link.dead)
+                .unwrap_or_default(),
+            "reconnect_attempts" => pending.map_or(0, |p| p.attempts).to_string(),
+            "next_try_ms" => ms(pending
+                .filter(|p| p.probe.is_none())
+                .map(|p| p.next.saturating_duration_since(now))),
+            "rtt_us" => link
+                .rtt
+                .map_or_else(|| "none".into(), |d| d.as_micros().to_string()),
+            "last_flush_ms" => ms(link.since_flush),
+            "in_flight" => link.in_flight.to_string(),
+            _ => return None,
+        })
     }
 }
 

@@ -108,6 +108,8 @@ pub struct RunningArray {
     pub(super) stopped: AtomicBool,
     /// Who hears md's events (the daemon's event log).
     pub(super) listeners: Arc<Listeners>,
+    /// Faulty remote legs being reconnected (`reconnect.rs`).
+    pub(super) reconnects: Mutex<super::reconnect::Reconnects>,
 }
 
 impl RunningArray {
@@ -206,6 +208,7 @@ impl RunningArray {
             md_thread: Mutex::new(None),
             stopped: AtomicBool::new(false),
             listeners,
+            reconnects: Mutex::new(Default::default()),
         });
         array.resume_recoveries(&asm);
         if array.needs_resync() && !opts.read_only {
@@ -213,8 +216,6 @@ impl RunningArray {
         }
         let weak = Arc::downgrade(&array);
         let mut idle = None;
-        // Faulty remote legs being reconnected (`reconnect.rs`).
-        let mut reconnects = Default::default();
         let thread = MdThread::start("md-thread", TICK, move || {
             let Some(array) = weak.upgrade() else {
                 return false;
@@ -226,7 +227,7 @@ impl RunningArray {
             let cx = array.sync_cx();
             array.sync.check_recovery(&cx);
             array.sync.safe_mode(&cx, idle);
-            array.reconnect_remote_legs(&mut reconnects, std::time::Instant::now());
+            array.reconnect_remote_legs(std::time::Instant::now());
             true
         })
         .map_err(|source| ArrayError::Thread {

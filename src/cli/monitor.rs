@@ -304,6 +304,7 @@ mod tests {
                 errors: 0,
                 read_bytes: 0,
                 written_bytes: 0,
+                remote: None,
             })
             .collect();
         let in_sync = legs.iter().filter(|l| l.1 == "in_sync").count();

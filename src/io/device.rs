@@ -41,6 +41,26 @@ pub trait LegDevice: Send + Sync + std::fmt::Debug {
     fn is_volatile(&self) -> bool {
         false
     }
+    /// The link to a device on another machine, as an operator sees it
+    /// (None: a local device).
+    fn link_status(&self) -> Option<LinkStatus> {
+        None
+    }
+}
+
+/// A remote device's connection, for an operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkStatus {
+    /// Why the connection is dead (None: connected).
+    pub dead: Option<String>,
+    /// The smoothed round trip of small requests and keepalive probes.
+    pub rtt: Option<std::time::Duration>,
+    /// Since the last successful flush (None: none on this connection).
+    pub since_flush: Option<std::time::Duration>,
+    /// Since the last reply of any kind.
+    pub since_reply: Option<std::time::Duration>,
+    /// Requests in flight now.
+    pub in_flight: usize,
 }
 
 /// A shared device (a test keeps a handle to fail it on demand).
@@ -65,6 +85,9 @@ impl<D: LegDevice + ?Sized> LegDevice for std::sync::Arc<D> {
     }
     fn is_volatile(&self) -> bool {
         (**self).is_volatile()
+    }
+    fn link_status(&self) -> Option<LinkStatus> {
+        (**self).link_status()
     }
 }
 

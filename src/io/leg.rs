@@ -511,6 +511,11 @@ impl Leg {
         self.device.is_volatile()
     }
 
+    /// A remote leg's connection (None: a local leg).
+    pub fn link_status(&self) -> Option<super::device::LinkStatus> {
+        self.device.link_status()
+    }
+
     pub fn is_block_device(&self) -> bool {
         self.is_block_device
     }

@@ -85,6 +85,85 @@ pub struct DeviceStatus {
     /// and syncs.
     pub read_bytes: u64,
     pub written_bytes: u64,
+    /// A leg on another machine: its link (null for a local leg).
+    pub remote: Option<RemoteLink>,
+}
+
+/// A remote leg's link, from `md/dev-NAME/remote/`.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct RemoteLink {
+    pub uri: String,
+    /// connected, lost, reconnecting or refused.
+    pub link: String,
+    /// Why it is lost or refused (empty when connected).
+    pub reason: String,
+    /// Reconnect tries since the leg was lost.
+    pub reconnect_attempts: u64,
+    /// Until the next try; null when none is waiting.
+    pub next_try_ms: Option<u64>,
+    /// The smoothed round trip; null before one was measured.
+    pub rtt_us: Option<u64>,
+    /// Since the last successful flush on this connection; null if none.
+    pub last_flush_ms: Option<u64>,
+    pub in_flight: u64,
+}
+
+impl RemoteLink {
+    /// From the files of `md/dev-NAME/remote/` (`get` takes their names);
+    /// None when the leg has none (a local leg).
+    fn from_controls(
+        dir: &str,
+        get: &impl Fn(&str) -> Result<String, String>,
+    ) -> Result<Option<RemoteLink>, String> {
+        let Ok(uri) = get(&format!("{dir}/remote/uri")) else {
+            return Ok(None);
+        };
+        let f = |n: &str| get(&format!("{dir}/remote/{n}"));
+        let opt = |n: &str| -> Result<Option<u64>, String> {
+            match f(n)?.as_str() {
+                "none" => Ok(None),
+                v => num(&format!("{dir}/remote/{n}"), v).map(Some),
+            }
+        };
+        Ok(Some(RemoteLink {
+            uri,
+            link: f("link")?,
+            reason: f("reason")?,
+            reconnect_attempts: num(
+                &format!("{dir}/remote/reconnect_attempts"),
+                &f("reconnect_attempts")?,
+            )?,
+            next_try_ms: opt("next_try_ms")?,
+            rtt_us: opt("rtt_us")?,
+            last_flush_ms: opt("last_flush_ms")?,
+            in_flight: num(&format!("{dir}/remote/in_flight"), &f("in_flight")?)?,
+        }))
+    }
+
+    /// One line: "connected, round trip 0.31 ms, last flush 1.2 s ago".
+    pub fn summary(&self) -> String {
+        let mut out = self.link.clone();
+        if self.link != "connected" && self.reconnect_attempts > 0 {
+            out.push_str(&format!(", {} tries", self.reconnect_attempts));
+        }
+        if let Some(n) = self.next_try_ms {
+            out.push_str(&format!(", next in {:.1} s", n as f64 / 1000.0));
+        }
+        if let Some(r) = self.rtt_us {
+            out.push_str(&format!(", round trip {:.2} ms", r as f64 / 1000.0));
+        }
+        match self.last_flush_ms {
+            Some(f) => out.push_str(&format!(", last flush {:.1} s ago", f as f64 / 1000.0)),
+            None => out.push_str(", no flush yet"),
+        }
+        if self.in_flight > 0 {
+            out.push_str(&format!(", {} in flight", self.in_flight));
+        }
+        if !self.reason.is_empty() {
+            out.push_str(&format!(": {}", self.reason));
+        }
+        out
+    }
 }
 
 /// mdadm --detail's words for a leg's md state.
@@ -156,6 +235,7 @@ pub fn from_controls(
             errors: num(&format!("{name}/errors"), &errors)?,
             read_bytes: sectors(2).saturating_mul(512),
             written_bytes: sectors(6).saturating_mul(512),
+            remote: RemoteLink::from_controls(name, &get)?,
         });
     }
     // As the text: by slot, legs without one last.
@@ -312,6 +392,31 @@ pub fn render(title: &str, s: &ArrayStatus) -> String {
             d.number, d.state_text, d.name
         );
     }
+    let remote: Vec<_> = s
+        .devices
+        .iter()
+        .filter_map(|d| Some((d, d.remote.as_ref()?)))
+        .collect();
+    if !remote.is_empty() {
+        // mdfuse's own: the links of the legs on other machines.
+        out.push_str(
+            "
+    Remote Legs
+",
+        );
+        for (d, r) in remote {
+            let _ = writeln!(
+                out,
+                "    {} : {}
+    {:w$}   {}",
+                d.name,
+                r.uri,
+                "",
+                r.summary(),
+                w = d.name.len()
+            );
+        }
+    }
     out
 }
 
@@ -403,6 +508,41 @@ Consistency Policy : bitmap
         );
         assert_eq!(s.active_devices, 2);
         assert!(render("/mnt/m", &s).contains("active sync volatile a.img"));
+    }
+
+    #[test]
+    fn a_remote_legs_link_is_shown_under_the_devices() {
+        let dirs = ["dev-b.img".to_string(), "dev-a.img".to_string()];
+        let s = from_controls(&dirs, |rel| match rel {
+            "dev-b.img/state" => Ok("faulty".into()),
+            "dev-b.img/slot" => Ok("none".into()),
+            "sync_action" => Ok("idle".into()),
+            "dev-b.img/remote/uri" => Ok("nbd://10.9.0.2:10809/b".into()),
+            "dev-b.img/remote/link" => Ok("reconnecting".into()),
+            "dev-b.img/remote/reason" => Ok("cannot connect: Connection refused".into()),
+            "dev-b.img/remote/reconnect_attempts" => Ok("3".into()),
+            "dev-b.img/remote/next_try_ms" => Ok("4000".into()),
+            "dev-b.img/remote/rtt_us" => Ok("310".into()),
+            "dev-b.img/remote/last_flush_ms" => Ok("none".into()),
+            "dev-b.img/remote/in_flight" => Ok("0".into()),
+            other => md_file(other),
+        })
+        .expect("status");
+        assert_eq!(s.devices[0].remote, None, "a.img is local");
+        let b = s.devices[1].remote.as_ref().expect("b.img is remote");
+        assert_eq!(
+            (b.reconnect_attempts, b.rtt_us, b.last_flush_ms),
+            (3, Some(310), None)
+        );
+        let text = render("/mnt/m", &s);
+        assert!(
+            text.ends_with(
+                "\n    Remote Legs\n    b.img : nbd://10.9.0.2:10809/b\n            \
+                 reconnecting, 3 tries, next in 4.0 s, round trip 0.31 ms, no flush yet: \
+                 cannot connect: Connection refused\n"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

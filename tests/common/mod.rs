@@ -10,7 +10,8 @@
 //! - `io`: aligned buffers, O_DIRECT and plain positioned reads and writes;
 //! - `rng`: deterministic pseudo-random test data;
 //! - `workload`: a verified multi-threaded block workload;
-//! - `kmd`: the kernel-md rig (Linux md under qemu) and md's fixture sets.
+//! - `kmd`: the kernel-md rig (Linux md under qemu) and md's fixture sets;
+//! - `nbd`: NBD servers (qemu-nbd, nbdkit) as RAII guards.
 
 pub mod bitmap;
 pub mod faultyfs;
@@ -19,5 +20,6 @@ pub mod io;
 pub mod kmd;
 pub mod loopdev;
 pub mod mdfuse;
+pub mod nbd;
 pub mod rng;
 pub mod workload;

@@ -255,6 +255,10 @@ impl LegDevice for NbdDevice {
         NbdDevice::is_volatile(self)
     }
 
+    fn link_status(&self) -> Option<crate::io::device::LinkStatus> {
+        Some(self.conn.status())
+    }
+
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
         self.check_range(offset, buf.len() as u64)?;
         if self.aligned(offset) && self.aligned(buf.len() as u64) {

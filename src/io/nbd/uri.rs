@@ -5,8 +5,10 @@
 //! spellings of one export compare equal once parsed.
 //!
 //! `nbds://` and `nbds+unix://` (TLS) are refused: mdfuse has no TLS yet.
-//! Query parameters: `socket` (Unix only, required there) and
-//! `x-timeout=SECONDS` (the per-request timeout); any other is refused.
+//! Query parameters: `socket` (Unix only, required there),
+//! `x-timeout=SECONDS` (the per-request timeout) and `x-keepalive=SECONDS`
+//! (how long a connection may stay silent before it is probed; 0: never);
+//! any other is refused.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -18,6 +20,9 @@ pub const DEFAULT_PORT: u16 = 10809;
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// The longest timeout a URI may ask for.
 pub const MAX_TIMEOUT_S: u64 = 3600;
+/// How long a connection may be silent (no reply) before a probe request
+/// checks the server is there, when the URI does not say: DRBD's ping-int.
+pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum NbdAddr {
@@ -32,6 +37,8 @@ pub struct NbdUri {
     pub export: String,
     /// `x-timeout`: the per-request timeout.
     pub timeout: Option<Duration>,
+    /// `x-keepalive`: the silence before a probe (Some(ZERO): no probes).
+    pub keepalive: Option<Duration>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -145,6 +152,7 @@ impl NbdUri {
         }
         let mut socket: Option<PathBuf> = None;
         let mut timeout = None;
+        let mut keepalive = None;
         for pair in query.into_iter().flat_map(|q| q.split('&')) {
             if pair.is_empty() {
                 continue;
@@ -180,6 +188,18 @@ impl NbdUri {
                         })?;
                     timeout = Some(Duration::from_secs(s));
                 }
+                "x-keepalive" => {
+                    let s = std::str::from_utf8(&v)
+                        .ok()
+                        .and_then(|s| s.parse::<u64>().ok())
+                        .filter(|&s| s <= MAX_TIMEOUT_S)
+                        .ok_or_else(|| {
+                            bad(format!(
+                                "x-keepalive must be whole seconds from 0 (no probes) to {MAX_TIMEOUT_S}"
+                            ))
+                        })?;
+                    keepalive = Some(Duration::from_secs(s));
+                }
                 k if k.starts_with("tls") => {
                     return Err(UriError::Tls {
                         uri: uri.to_owned(),
@@ -188,7 +208,7 @@ impl NbdUri {
                 }
                 k => {
                     return Err(bad(format!(
-                        "unknown query parameter {k:?} (known: socket for nbd+unix://, x-timeout)"
+                        "unknown query parameter {k:?} (known: socket for nbd+unix://, x-timeout, x-keepalive)"
                     )))
                 }
             }
@@ -253,12 +273,18 @@ impl NbdUri {
             addr,
             export,
             timeout,
+            keepalive,
         })
     }
 
     /// The per-request timeout.
     pub fn timeout(&self) -> Duration {
         self.timeout.unwrap_or(DEFAULT_TIMEOUT)
+    }
+
+    /// The silence after which the connection is probed (None: never).
+    pub fn keepalive(&self) -> Option<Duration> {
+        Some(self.keepalive.unwrap_or(DEFAULT_KEEPALIVE)).filter(|d| !d.is_zero())
     }
 
     /// A name safe as a file name (md's `dev-NAME`): the host, port and
@@ -312,13 +338,17 @@ impl std::fmt::Display for NbdUri {
                 )?
             }
         }
+        let mut sep = if matches!(self.addr, NbdAddr::Unix { .. }) {
+            '&'
+        } else {
+            '?'
+        };
         if let Some(t) = self.timeout {
-            let sep = if matches!(self.addr, NbdAddr::Unix { .. }) {
-                '&'
-            } else {
-                '?'
-            };
             write!(f, "{sep}x-timeout={}", t.as_secs())?;
+            sep = '&';
+        }
+        if let Some(k) = self.keepalive {
+            write!(f, "{sep}x-keepalive={}", k.as_secs())?;
         }
         Ok(())
     }
@@ -337,6 +367,7 @@ mod tests {
             },
             export: export.into(),
             timeout: None,
+            keepalive: None,
         }
     }
 
@@ -377,6 +408,14 @@ mod tests {
         let t = NbdUri::parse("nbd://10.0.0.1/x?x-timeout=5").unwrap();
         assert_eq!(t.timeout(), Duration::from_secs(5));
         assert_eq!(tcp("h", 1, "").timeout(), DEFAULT_TIMEOUT);
+        assert_eq!(tcp("h", 1, "").keepalive(), Some(DEFAULT_KEEPALIVE));
+        let k = NbdUri::parse("nbd://h/x?x-keepalive=3&x-timeout=9").unwrap();
+        assert_eq!(k.keepalive(), Some(Duration::from_secs(3)));
+        assert_eq!(k.to_string(), "nbd://h:10809/x?x-timeout=9&x-keepalive=3");
+        assert_eq!(NbdUri::parse(&k.to_string()).unwrap(), k);
+        let off = NbdUri::parse("nbd+unix:///x?socket=/s&x-keepalive=0").unwrap();
+        assert_eq!(off.keepalive(), None);
+        assert_eq!(NbdUri::parse(&off.to_string()).unwrap(), off);
     }
 
     #[test]
@@ -402,6 +441,8 @@ mod tests {
             ("nbd://h/%4", "hex"),
             ("nbd://h/a%00b", "NUL"),
             ("nbd://h/x?x-timeout=0", "x-timeout"),
+            ("nbd://h/x?x-keepalive=-1", "x-keepalive"),
+            ("nbd://h/x?x-keepalive=3601", "x-keepalive"),
             ("nbd://h/x#f", "fragment"),
             ("nbd://h h/x", "host"),
             ("http://h/x", "scheme"),
@@ -451,7 +492,7 @@ mod tests {
 
         #[test]
         fn any_export_name_round_trips(export in "\\PC{0,30}", port in 1u16..) {
-            let u = NbdUri { addr: NbdAddr::Tcp { host: "h".into(), port }, export, timeout: None };
+            let u = NbdUri { addr: NbdAddr::Tcp { host: "h".into(), port }, export, timeout: None, keepalive: None };
             prop_assert_eq!(NbdUri::parse(&u.to_string()), Ok(u));
         }
     }
