@@ -123,6 +123,8 @@ impl RunningArray {
                 } else {
                     LegState::InSync
                 },
+                // md's super_1_validate: WriteMostly1 in its own superblock.
+                write_mostly: m.sb.is_write_mostly(),
             });
         }
         let engine = Arc::new(Raid1::new(
@@ -345,6 +347,7 @@ impl RunningArray {
                 leg: leg.clone(),
                 data_offset: sb.data_offset * 512,
                 state: LegState::Recovering,
+                write_mostly: sb.is_write_mostly(),
             },
         )?;
         // Writes that chose their legs before the attach do not reach the
