@@ -16,6 +16,7 @@ pub mod running;
 pub mod served;
 pub mod superblocks;
 pub mod sync_control;
+pub mod write_mostly;
 
 pub use assemble::{assemble, AssembleOptions, Assembly};
 pub use bitmap_attach::{attach as attach_bitmap, AttachedBitmap, BitmapAttachOptions, BitmapIo};
@@ -25,6 +26,7 @@ pub use events::{Listener, MdEvent};
 pub use internal_attach::{attach_internal, has_internal_bitmap, InternalBitmapOptions};
 pub use running::{RunOptions, RunningArray};
 pub use served::{ControlAccess, ServedArray};
+pub use write_mostly::WriteMostlyChoice;
 
 /// What the array layer's unit tests share.
 #[cfg(test)]
