@@ -68,6 +68,7 @@ fn make_engine(
             leg,
             data_offset: DATA_OFFSET,
             state: LegState::InSync,
+            write_mostly: false,
         }));
         paths.push(p);
     }
@@ -394,6 +395,7 @@ fn the_engine_serves_legs_in_memory_through_the_device_seam() {
                 )),
                 data_offset: DATA_OFFSET,
                 state: LegState::InSync,
+                write_mostly: false,
             })
         })
         .collect();
@@ -439,4 +441,138 @@ fn the_engine_serves_legs_in_memory_through_the_device_seam() {
     assert_eq!(*rec.failed.lock(), vec![1]);
     model[4096..9096].fill(9);
     assert!(engine.read(0, 16384, |b| b.to_vec()).unwrap() == model[..16384]);
+}
+
+/// Reads of each leg so far (its read requests, as `dev-*/block/stat` counts them).
+fn leg_reads(engine: &Raid1) -> Vec<u64> {
+    engine
+        .slots()
+        .iter()
+        .map(|s| {
+            s.io()
+                .map_or(0, |io| io.leg().io_stats().read_ios.load(Ordering::Relaxed))
+        })
+        .collect()
+}
+
+#[test]
+fn a_write_mostly_leg_is_read_only_when_no_other_in_sync_leg_remains() {
+    let dir = tempfile::tempdir().unwrap();
+    // Three direct-mode legs, the first write-mostly: large reads are split
+    // over the other two, small ones balanced between them.
+    let specs = (0..3)
+        .map(|i| {
+            let p = dir.path().join(format!("leg{i}"));
+            let f = std::fs::File::create(&p).unwrap();
+            f.set_len(DATA_OFFSET + ARRAY).unwrap();
+            Some(LegSpec {
+                leg: Arc::new(Leg::open(&p, IoMode::Direct, true, true).unwrap()),
+                data_offset: DATA_OFFSET,
+                state: LegState::InSync,
+                write_mostly: i == 0,
+            })
+        })
+        .collect();
+    let rec = Arc::new(Recorder::default());
+    let engine = Arc::new(
+        Raid1::new(
+            specs,
+            ARRAY,
+            None,
+            rec.clone(),
+            &EngineOptions { workers_per_leg: 4 },
+        )
+        .unwrap(),
+    );
+    let mut rng = Rng(0x57);
+    let model = rng.bytes(ARRAY as usize);
+    engine.write(0, &model, false).unwrap();
+    let before = leg_reads(&engine);
+    // Parallel readers of every size, sequential streams among them.
+    std::thread::scope(|s| {
+        for t in 0..4u64 {
+            let (engine, model) = (&engine, &model);
+            s.spawn(move || {
+                let mut rng = Rng(t + 1);
+                let mut off = 0;
+                for _ in 0..200 {
+                    let len = [4096, 65536, 256 << 10, 1 << 20][rng.below(4) as usize];
+                    if rng.below(2) == 0 || off + len > ARRAY {
+                        off = rng.below(ARRAY / 4096) * 4096;
+                    }
+                    let len = len.min(ARRAY - off);
+                    let got = engine.read(off, len, |b| b.to_vec()).unwrap();
+                    assert!(got[..] == model[off as usize..(off + len) as usize]);
+                    off += len;
+                }
+            });
+        }
+    });
+    let after = leg_reads(&engine);
+    assert_eq!(
+        after[0], before[0],
+        "the write-mostly leg was read: {after:?}"
+    );
+    assert!(after[1] > before[1] && after[2] > before[2], "{after:?}");
+    // Its flag cleared, it is read like the others.
+    assert!(engine.set_write_mostly(0, false).unwrap());
+    for k in 0..64u64 {
+        // Apart, so no read continues a stream.
+        engine.read(k * 16384, 4096, |_| ()).unwrap();
+    }
+    assert!(leg_reads(&engine)[0] > after[0], "{:?}", leg_reads(&engine));
+    engine.set_write_mostly(0, true).unwrap();
+    // The others fail: the write-mostly leg serves, with the data.
+    engine.fail_leg(1, "test").unwrap();
+    engine.fail_leg(2, "test").unwrap();
+    let got = engine.read(0, ARRAY, |b| b.to_vec()).unwrap();
+    assert!(got == model, "the write-mostly leg alone reads other data");
+    assert!(leg_reads(&engine)[0] > after[0]);
+}
+
+#[test]
+fn a_read_error_is_corrected_from_a_write_mostly_leg() {
+    use mdfuse::io::device::MemDevice;
+    let devs: Vec<Arc<MemDevice>> = (0..2)
+        .map(|_| Arc::new(MemDevice::new((DATA_OFFSET + ARRAY) as usize)))
+        .collect();
+    let specs = devs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            Some(LegSpec {
+                leg: Arc::new(Leg::in_memory(
+                    &format!("wm{i}"),
+                    Box::new(d.clone()),
+                    DATA_OFFSET + ARRAY,
+                )),
+                data_offset: DATA_OFFSET,
+                state: LegState::InSync,
+                write_mostly: i == 0,
+            })
+        })
+        .collect();
+    let rec = Arc::new(Recorder::default());
+    let engine = Raid1::new(
+        specs,
+        ARRAY,
+        None,
+        rec.clone(),
+        &EngineOptions { workers_per_leg: 2 },
+    )
+    .unwrap();
+    let data = Rng(9).bytes(1 << 20);
+    engine.write(0, &data, false).unwrap();
+    let before = leg_reads(&engine);
+    assert!(engine.read(0, 1 << 20, |b| b.to_vec()).unwrap() == data);
+    assert_eq!(
+        leg_reads(&engine)[0],
+        before[0],
+        "read from the write-mostly leg"
+    );
+    // The other leg cannot read: md's fix_read_error takes the good copy
+    // from the write-mostly leg, and the reader sees no error.
+    devs[1].fail_reads(true);
+    assert!(engine.read(0, 1 << 20, |b| b.to_vec()).unwrap() == data);
+    assert!(leg_reads(&engine)[0] > before[0]);
 }

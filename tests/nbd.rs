@@ -171,7 +171,15 @@ fn a_file_leg_and_an_nbd_leg_over_tcp_mirror_a_workload() {
     assert!(mdstat.contains("nbd-127.0.0.1-10809-leg1[1]"), "{mdstat}");
     assert!(mdstat.contains("[2/2] [UU]"), "{mdstat}");
     assert!(!mdstat.contains("(V)"), "{mdstat}");
-    assert_eq!(m.md("dev-nbd-127.0.0.1-10809-leg1/state"), "in_sync");
+    // Remote, beside a local leg: write-mostly by default.
+    assert!(
+        mdstat.contains("nbd-127.0.0.1-10809-leg1[1](W)"),
+        "{mdstat}"
+    );
+    assert_eq!(
+        m.md("dev-nbd-127.0.0.1-10809-leg1/state"),
+        "in_sync,write_mostly"
+    );
     workload(&m, 15);
     m.stop();
     assert_stopped_clean(&[files.path(0).to_owned(), img.clone()], None);
@@ -229,9 +237,12 @@ fn a_server_without_flush_makes_its_leg_volatile() {
     let m = MountedArray::mount(&legs, &mnt, &[]);
     let name = "nbd-unix-volatile.sock";
     let mdstat = m.mdstat();
-    assert!(mdstat.contains(&format!("{name}[1](V)")), "{mdstat}");
+    assert!(mdstat.contains(&format!("{name}[1](W)(V)")), "{mdstat}");
     assert!(!mdstat.contains("leg0.img[0](V)"), "{mdstat}");
-    assert_eq!(m.md(&format!("dev-{name}/state")), "in_sync,volatile");
+    assert_eq!(
+        m.md(&format!("dev-{name}/state")),
+        "in_sync,write_mostly,volatile"
+    );
     assert_eq!(m.md("dev-leg0.img/state"), "in_sync");
     assert!(
         m.log().contains("advertises no flush") && m.log().contains("volatile"),
@@ -245,7 +256,7 @@ fn a_server_without_flush_makes_its_leg_volatile() {
     assert!(
         detail
             .lines()
-            .any(|l| l.contains("active sync volatile") && l.ends_with(name)),
+            .any(|l| l.contains("active sync writemostly volatile") && l.ends_with(name)),
         "{detail}"
     );
     assert!(
@@ -361,10 +372,92 @@ fn an_nbd_leg_is_added_to_a_degraded_array() {
     m.wait_sync_idle(Duration::from_secs(60));
     let mdstat = m.mdstat();
     assert!(mdstat.contains("[2/2] [UU]"), "{mdstat}");
-    assert!(mdstat.contains("nbd-unix-add.sock-add["), "{mdstat}");
+    // A new remote leg beside a local one: write-mostly by default.
+    assert!(mdstat.contains("nbd-unix-add.sock-add[1](W)"), "{mdstat}");
     m.stop();
     assert_data_identical(files.path(0), &img);
     server.kill();
+}
+
+/// Read requests leg `name` has served (`md/dev-NAME/block/stat`).
+fn reads_of(m: &MountedArray, name: &str) -> u64 {
+    m.md(&format!("dev-{name}/block/stat"))
+        .split_whitespace()
+        .next()
+        .and_then(|v| v.parse().ok())
+        .expect("md/dev-*/block/stat")
+}
+
+/// Reads the first `DATA` bytes of array.img with O_DIRECT, 256 KiB at a
+/// time (requests large enough to be split over legs that may be).
+fn read_back(m: &MountedArray, want: &[u8]) {
+    let mut off = 0;
+    while off < DATA as usize {
+        let len = (256usize << 10).min(DATA as usize - off);
+        let got = common::io::read_direct(&m.image(), off as u64, len).expect("O_DIRECT read");
+        assert!(
+            got[..] == want[off..off + len],
+            "array.img reads other data at {off}"
+        );
+        off += len;
+    }
+}
+
+#[test]
+fn an_nbd_leg_is_write_mostly_by_default_and_readwrite_undoes_it() {
+    let t = "an_nbd_leg_is_write_mostly_by_default_and_readwrite_undoes_it";
+    if !tools(t, &["qemu-nbd", "mdadm"]) {
+        return;
+    }
+    let (files, img) = file_and_image();
+    let sock = files.dir().join("wm.sock");
+    let _server = Server::qemu_nbd(&img, "wm", &["-k", &sock.display().to_string()]);
+    let uri = format!("nbd+unix:///wm?socket={}", sock.display());
+    let name = "nbd-unix-wm.sock-wm";
+    let legs = with_uri(&files, &uri);
+    let created = create(&legs, &["--name", "wm"]);
+    assert!(
+        created.stdout.contains(&format!("{uri} is write-mostly")),
+        "{}",
+        created.stdout
+    );
+    // In the remote leg's own superblock, as mdadm reads it from the image.
+    assert_eq!(
+        examine_field(&mdadm_examine(&img), "Flags").as_deref(),
+        Some("write-mostly")
+    );
+    assert_eq!(examine_field(&mdadm_examine(files.path(0)), "Flags"), None);
+    let mnt = files.mountpoint("mnt");
+    let m = MountedArray::mount(&legs, &mnt, &[]);
+    assert!(
+        m.mdstat().contains(&format!("{name}[1](W) leg0.img[0]")),
+        "{}",
+        m.mdstat()
+    );
+    assert_eq!(m.md(&format!("dev-{name}/state")), "in_sync,write_mostly");
+    let data = m.fill_random(0, DATA as usize, 31);
+    let (local, remote) = (reads_of(&m, "leg0.img"), reads_of(&m, name));
+    read_back(&m, &data);
+    assert_eq!(reads_of(&m, name), remote, "the remote leg was read");
+    assert!(reads_of(&m, "leg0.img") > local);
+    m.stop();
+    assert_data_identical(files.path(0), &img);
+    // --readwrite URI: read as any leg (large reads split over both).
+    let created = create(&legs, &["--name", "rw", "--force", "--readwrite", &uri]);
+    assert!(
+        !created.stdout.contains("write-mostly"),
+        "{}",
+        created.stdout
+    );
+    assert_eq!(examine_field(&mdadm_examine(&img), "Flags"), None);
+    let m = MountedArray::mount(&legs, &mnt, &[]);
+    assert!(!m.mdstat().contains("(W)"), "{}", m.mdstat());
+    assert_eq!(m.md(&format!("dev-{name}/state")), "in_sync");
+    let data = m.fill_random(0, DATA as usize, 32);
+    let remote = reads_of(&m, name);
+    read_back(&m, &data);
+    assert!(reads_of(&m, name) > remote, "the remote leg was not read");
+    m.stop();
 }
 
 /// Writes `n` blocks of 64 KiB of a pattern from `seed` at `offset` of
@@ -396,6 +489,12 @@ fn dev_state(m: &MountedArray, name: &str) -> Option<String> {
     std::fs::read_to_string(m.mountpoint().join(format!("md/dev-{name}/state")))
         .ok()
         .map(|s| s.trim_end().to_string())
+}
+
+/// The state word of `md/dev-NAME/state` (its flags, such as
+/// `write_mostly`, left off), None while the leg is out of its slot.
+fn dev_word(m: &MountedArray, name: &str) -> Option<String> {
+    dev_state(m, name).map(|s| s.split(',').next().unwrap_or_default().to_string())
 }
 
 /// Starts qemu-nbd again on `sock` (a killed one leaves its socket file).
@@ -441,13 +540,13 @@ fn a_remote_leg_lost_during_writes_comes_back_by_itself_copying_only_dirty_chunk
     server.kill();
     let second = writer.join().expect("the writes went on without an error");
     wait_for("the NBD leg faulty", Duration::from_secs(10), || {
-        m.md("dev-nbd-unix-leg1.sock-leg1/state") == "faulty"
+        m.md("dev-nbd-unix-leg1.sock-leg1/state") == "faulty,write_mostly"
     });
     assert!(m.mdstat().contains("[2/1] [U_]"), "{}", m.mdstat());
     // The server comes back on the same image: the leg comes back alone.
     let _server = restart_on(&img, "leg1", &sock);
     wait_for("the NBD leg back in sync", Duration::from_secs(60), || {
-        dev_state(&m, "nbd-unix-leg1.sock-leg1").as_deref() == Some("in_sync")
+        dev_state(&m, "nbd-unix-leg1.sock-leg1").as_deref() == Some("in_sync,write_mostly")
     });
     m.wait_sync_idle(Duration::from_secs(60));
     let copied: u64 = m
@@ -495,7 +594,10 @@ fn a_remote_leg_on_another_image_is_not_re_added_and_the_log_says_why() {
     let m = MountedArray::mount(&legs, &mnt, &[]);
     server.kill();
     m.fill_random(0, 1 << 20, 9);
-    assert_eq!(m.md("dev-nbd-unix-leg1.sock-leg1/state"), "faulty");
+    assert_eq!(
+        m.md("dev-nbd-unix-leg1.sock-leg1/state"),
+        "faulty,write_mostly"
+    );
     // Back, but serving a blank image under the same name.
     let other = files.dir().join("other.img");
     common::loopdev::sparse_file(&other, LEG).expect("other image");
@@ -512,7 +614,10 @@ fn a_remote_leg_on_another_image_is_not_re_added_and_the_log_says_why() {
         line.contains(&uri) && line.contains("no md superblock"),
         "{line}"
     );
-    assert_eq!(m.md("dev-nbd-unix-leg1.sock-leg1/state"), "faulty");
+    assert_eq!(
+        m.md("dev-nbd-unix-leg1.sock-leg1/state"),
+        "faulty,write_mostly"
+    );
     assert!(m.mdstat().contains("[2/1] [U_]"), "{}", m.mdstat());
     m.stop();
 }
@@ -549,12 +654,12 @@ fn a_cut_link_times_the_remote_leg_out_and_it_comes_back_with_the_link() {
     let second = m.fill_random(4 << 20, 1 << 20, 2);
     let took = started.elapsed();
     let dev = "nbd-127.0.0.1-10811-leg1";
-    assert_eq!(dev_state(&m, dev).as_deref(), Some("faulty"));
+    assert_eq!(dev_state(&m, dev).as_deref(), Some("faulty,write_mostly"));
     assert!(took < Duration::from_secs(20), "the write took {took:?}");
     assert!(m.log().contains("no reply within 2 s"), "{}", m.log());
     link("up");
     wait_for("the NBD leg back in sync", Duration::from_secs(90), || {
-        dev_state(&m, dev).as_deref() == Some("in_sync")
+        dev_state(&m, dev).as_deref() == Some("in_sync,write_mostly")
     });
     m.wait_sync_idle(Duration::from_secs(60));
     let back = std::fs::read(m.image()).expect("read array.img");
@@ -651,7 +756,7 @@ fn a_hung_server_is_found_by_the_keepalive_on_an_idle_array_and_the_operator_see
     wait_for(
         "the hung leg failed with no I/O",
         Duration::from_secs(20),
-        || dev_state(&m, dev).as_deref() == Some("faulty"),
+        || dev_word(&m, dev).as_deref() == Some("faulty"),
     );
     eprintln!(
         "a hung server's leg failed {:?} after the hang",
@@ -676,7 +781,7 @@ fn a_hung_server_is_found_by_the_keepalive_on_an_idle_array_and_the_operator_see
     // The server goes on: the leg comes back by itself.
     signal(server.pid, libc::SIGCONT);
     wait_for("the NBD leg back in sync", Duration::from_secs(90), || {
-        dev_state(&m, dev).as_deref() == Some("in_sync")
+        dev_word(&m, dev).as_deref() == Some("in_sync")
     });
     m.wait_sync_idle(Duration::from_secs(60));
     assert_eq!(remote(&m, dev, "link"), "connected");
@@ -814,7 +919,7 @@ fn a_remote_leg_over_a_long_narrow_link_mirrors_a_workload_and_shows_its_round_t
     workload(&m, 11);
     eprintln!("24 MiB over the long link in {:?}", started.elapsed());
     let dev = format!("nbd-127.0.0.1-{}-leg1", relay.port);
-    assert_eq!(dev_state(&m, &dev).as_deref(), Some("in_sync"));
+    assert_eq!(dev_word(&m, &dev).as_deref(), Some("in_sync"));
     // Idle now: the probes' round trips settle the average near 30 ms.
     std::thread::sleep(Duration::from_secs(4));
     let rtt: u64 = remote(&m, &dev, "rtt_us").parse().expect("a round trip");
@@ -970,13 +1075,13 @@ fn a_power_cut_of_the_remote_side_loses_no_acknowledged_write() {
     );
     drop(open_image);
     wait_for("the NBD leg faulty", Duration::from_secs(30), || {
-        dev_state(&m, dev).as_deref() == Some("faulty")
+        dev_word(&m, dev).as_deref() == Some("faulty")
     });
     // The server comes back on what its disk kept; the leg is re-added
     // with the chunks its bitmap holds dirty.
     let _server = restart_on_cache(&img, "leg1", "writeback", &sock);
     wait_for("the NBD leg back in sync", Duration::from_secs(90), || {
-        dev_state(&m, dev).as_deref() == Some("in_sync")
+        dev_word(&m, dev).as_deref() == Some("in_sync")
     });
     m.wait_sync_idle(Duration::from_secs(60));
     let copied = m.md("sync_copied");

@@ -59,6 +59,9 @@ pub enum Takes {
     Nothing,
     /// A value: `threads=N`.
     Value,
+    /// Legs, `:`-separated as in `legs=` (`write_mostly=LEG:LEG`): each
+    /// becomes one `--flag=LEG`.
+    Legs,
 }
 
 /// One `-o` option of `mount.mdfuse` and the `mdfuse mount` flag it
@@ -123,6 +126,16 @@ const fn switch(name: &'static str, flag: &'static str) -> MountOption {
     }
 }
 
+const fn leg_list(name: &'static str, flag: &'static str) -> MountOption {
+    MountOption {
+        name,
+        flag,
+        takes: Takes::Legs,
+        value: "LEG:LEG...",
+        check: any_value,
+    }
+}
+
 const fn valued(
     name: &'static str,
     flag: &'static str,
@@ -147,6 +160,8 @@ pub const MOUNT_OPTIONS: &[MountOption] = &[
     valued("image_mode", "image-mode", "MODE", octal_mode),
     switch("run", "run"),
     valued("force_from", "force-from", "LEG", any_value),
+    leg_list("write_mostly", "write-mostly"),
+    leg_list("readwrite", "readwrite"),
     switch("buffered", "buffered"),
     switch("write_through", "write-through"),
     valued("threads", "threads", "N", number),
@@ -170,7 +185,7 @@ pub fn options_synopsis() -> Vec<String> {
     for o in MOUNT_OPTIONS {
         match o.takes {
             Takes::Nothing => out.push(o.name.to_string()),
-            Takes::Value => out.push(format!("{}={}", o.name, o.value)),
+            Takes::Value | Takes::Legs => out.push(format!("{}={}", o.name, o.value)),
         }
         if o.name == "ro" {
             out.push("rw".into());
@@ -186,6 +201,8 @@ pub struct MountRequest {
     /// What was given of each of [`MOUNT_OPTIONS`], by its index: None when
     /// not given, an empty string for a switch.
     options: Vec<Option<String>>,
+    /// The legs of each [`Takes::Legs`] option given, split, by its index.
+    leg_lists: Vec<Vec<String>>,
     pub verbose: bool,
     pub fake: bool,
 }
@@ -323,6 +340,7 @@ fn split_legs(what: &str, list: &str) -> Result<Vec<String>, String> {
 pub fn parse_mount_args(args: &[String]) -> Result<MountRequest, String> {
     let mut req = MountRequest {
         options: vec![None; MOUNT_OPTIONS.len()],
+        leg_lists: vec![Vec::new(); MOUNT_OPTIONS.len()],
         ..MountRequest::default()
     };
     // mount(8) runs helpers as `mount.TYPE SOURCE MOUNTPOINT [options]`:
@@ -416,6 +434,12 @@ pub fn parse_mount_args(args: &[String]) -> Result<MountRequest, String> {
                     once(req.options[i].as_ref(), &v)?;
                     v
                 }
+                Takes::Legs => {
+                    let v = need(value)?;
+                    once(req.options[i].as_ref(), &v)?;
+                    req.leg_lists[i] = split_legs(&format!("{key}="), &v)?;
+                    v
+                }
             };
             req.options[i] = Some(given);
             continue;
@@ -457,11 +481,15 @@ impl MountRequest {
     /// The `mdfuse` arguments that do this mount.
     pub fn mdfuse_args(&self) -> Vec<String> {
         let mut a = vec!["mount".to_string()];
-        for (o, given) in MOUNT_OPTIONS.iter().zip(&self.options) {
+        for (i, (o, given)) in MOUNT_OPTIONS.iter().zip(&self.options).enumerate() {
             match (o.takes, given) {
                 (_, None) => {}
                 (Takes::Nothing, Some(_)) => a.push(format!("--{}", o.flag)),
                 (Takes::Value, Some(v)) => a.push(format!("--{}={v}", o.flag)),
+                (Takes::Legs, Some(_)) => {
+                    let legs = self.leg_lists.get(i).map(Vec::as_slice).unwrap_or(&[]);
+                    a.extend(legs.iter().map(|l| format!("--{}={l}", o.flag)));
+                }
             }
         }
         // After `--`: a leg or a mountpoint named like an option stays a path.
@@ -595,6 +623,32 @@ mod tests {
         let r = parse_mount_args(&args("mirror /m -o legs=nbd://h/a:b:nbd://g:7/c%3A/d")).unwrap();
         assert_eq!(r.legs, vec!["nbd://h/a:b", "nbd://g:7/c%3A/d"]);
         assert!(parse_mount_args(&args("mirror /m -o legs=/d/a::nbd://h/x")).is_err());
+    }
+
+    #[test]
+    fn write_mostly_and_readwrite_take_leg_lists() {
+        let r = parse_mount_args(&args(
+            "mirror /m -o legs=/d/a:nbd://h:7/b:/d/c,write_mostly=/d/c:nbd://h:7/b,readwrite=/d/a",
+        ))
+        .unwrap();
+        assert_eq!(
+            r.mdfuse_args(),
+            args(
+                "mount --write-mostly=/d/c --write-mostly=nbd://h:7/b --readwrite=/d/a \
+                 -- /d/a nbd://h:7/b /d/c /m"
+            )
+        );
+        assert_eq!(r.option("write_mostly"), Some("/d/c:nbd://h:7/b"));
+        for bad in [
+            "write_mostly",
+            "write_mostly=/a::/b",
+            "write_mostly=/a,write_mostly=/b",
+        ] {
+            assert!(
+                parse_mount_args(&args(&format!("/d/a:/d/b /m -o {bad}"))).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

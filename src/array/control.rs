@@ -284,6 +284,27 @@ mod md_sysfs {
     }
 }
 
+/// md's `dev-*/state` (state_show): its words comma-separated in md's
+/// order, `faulty`, `in_sync`, `write_mostly`, `spare`; then mdfuse's own
+/// `volatile` for a leg whose writes are never known durable (an NBD
+/// server without flush).
+fn dev_state(state: LegState, write_mostly: bool, volatile: bool) -> String {
+    let mut words: Vec<&str> = Vec::with_capacity(3);
+    if matches!(state, LegState::Faulty | LegState::InSync) {
+        words.push(state.md_word());
+    }
+    if write_mostly {
+        words.push("write_mostly");
+    }
+    if !matches!(state, LegState::Faulty | LegState::InSync) {
+        words.push(state.md_word());
+    }
+    if volatile {
+        words.push("volatile");
+    }
+    words.join(",")
+}
+
 /// md's `%pU`: the 16 UUID bytes as 8-4-4-4-12 lowercase hex.
 fn uuid_pu(bytes: &[u8; 16]) -> String {
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
@@ -426,10 +447,7 @@ impl RunningArray {
         let io = s.io()?;
         let state = s.state();
         Some(match attr {
-            // md lists a device's flags comma-separated; a leg whose writes
-            // are never known durable (an NBD server without flush) says so.
-            "state" if io.leg().is_volatile() => format!("{},volatile", state.md_word()),
-            "state" => state.md_word().to_string(),
+            "state" => dev_state(state, s.is_write_mostly(), io.leg().is_volatile()),
             "errors" => s.errors().to_string(),
             // md keeps a recovering spare in its slot; a faulty leg leaves it.
             "slot" => match state {
@@ -660,11 +678,14 @@ impl RunningArray {
         Ok(())
     }
 
-    /// `dev-*/state`: md's `faulty`, `remove` and `re-add`.
+    /// `dev-*/state`: md's `faulty`, `remove`, `re-add`, `writemostly`
+    /// and `-writemostly`.
     fn write_dev_state(&self, path: &str, slot: usize, value: &str) -> Result<(), i32> {
         let failed = |e: ArrayError| refuse(path, value, &e, e.errno());
         let state = self.engine.slots()[slot].state();
         match value {
+            "writemostly" => self.set_write_mostly(slot, true).map_err(failed),
+            "-writemostly" => self.set_write_mostly(slot, false).map_err(failed),
             "faulty" => self.fail(slot).map_err(failed),
             "remove" => {
                 // md: no device leaves while a sync runs over it; a
@@ -693,7 +714,7 @@ impl RunningArray {
             _ => Err(refuse(
                 path,
                 value,
-                "dev-*/state takes faulty, remove or re-add",
+                "dev-*/state takes faulty, remove, re-add, writemostly or -writemostly",
                 libc::EINVAL,
             )),
         }
@@ -703,7 +724,34 @@ impl RunningArray {
 #[cfg(test)]
 mod tests {
     use super::md_sysfs::*;
-    use super::uuid_pu;
+    use super::{dev_state, uuid_pu};
+    use crate::raid1::LegState;
+
+    #[test]
+    fn dev_state_words_come_in_mds_order() {
+        // md's state_show: faulty, in_sync, write_mostly, ..., spare.
+        assert_eq!(dev_state(LegState::InSync, false, false), "in_sync");
+        assert_eq!(
+            dev_state(LegState::InSync, true, false),
+            "in_sync,write_mostly"
+        );
+        assert_eq!(
+            dev_state(LegState::Faulty, true, false),
+            "faulty,write_mostly"
+        );
+        assert_eq!(
+            dev_state(LegState::Recovering, true, false),
+            "write_mostly,spare"
+        );
+        assert_eq!(
+            dev_state(LegState::InSync, true, true),
+            "in_sync,write_mostly,volatile"
+        );
+        assert_eq!(
+            dev_state(LegState::Recovering, false, true),
+            "spare,volatile"
+        );
+    }
 
     #[test]
     fn numbers_read_as_md_reads_them() {

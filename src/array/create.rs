@@ -39,6 +39,9 @@ pub struct CreateOptions {
     /// default), 1.1 (at the start) or 1.0 (at the end, the data from
     /// sector 0).
     pub metadata: MetadataVersion,
+    /// Legs named write-mostly or read-write; a remote leg named neither
+    /// is write-mostly when a local leg is given too.
+    pub write_mostly: super::write_mostly::WriteMostlyChoice,
 }
 
 /// A bitmap file to create with the array.
@@ -64,6 +67,8 @@ pub struct Created {
     pub legs: Vec<PathBuf>,
     /// The bitmap file's header, when one was created.
     pub bitmap: Option<BitmapSuper>,
+    /// The legs made write-mostly.
+    pub write_mostly: Vec<PathBuf>,
 }
 
 pub(super) fn random_uuid() -> Result<[u8; 16], ArrayError> {
@@ -202,6 +207,8 @@ pub fn create(paths: &[PathBuf], opts: &CreateOptions) -> Result<Created, ArrayE
         });
     }
     check_distinct(paths)?;
+    opts.write_mostly.check(paths)?;
+    let any_local = paths.iter().any(|p| !crate::io::leg::is_remote_name(p));
     let version = opts.metadata;
     let mut legs = Vec::with_capacity(paths.len());
     for p in paths {
@@ -254,7 +261,7 @@ pub fn create(paths: &[PathBuf], opts: &CreateOptions) -> Result<Created, ArrayE
     let ctime = now_md_time();
     let mut superblocks = Vec::with_capacity(legs.len());
     for (slot, leg) in legs.iter().enumerate() {
-        let sb = Superblock::new_raid1_member_of(
+        let mut sb = Superblock::new_raid1_member_of(
             &NewMember {
                 set_uuid,
                 name: &opts.name,
@@ -272,6 +279,12 @@ pub fn create(paths: &[PathBuf], opts: &CreateOptions) -> Result<Created, ArrayE
             path: leg.path().to_owned(),
             source,
         })?;
+        let path = &paths[slot];
+        sb.set_write_mostly(
+            opts.write_mostly
+                .said(path)
+                .unwrap_or_else(|| super::write_mostly::default_for(path, any_local)),
+        );
         superblocks.push(sb);
     }
     // An internal bitmap: placed in every superblock as mdadm places it,
@@ -341,5 +354,11 @@ pub fn create(paths: &[PathBuf], opts: &CreateOptions) -> Result<Created, ArrayE
         metadata: version,
         legs: paths.to_vec(),
         bitmap,
+        write_mostly: paths
+            .iter()
+            .zip(&superblocks)
+            .filter(|(_, sb)| sb.is_write_mostly())
+            .map(|(p, _)| p.clone())
+            .collect(),
     })
 }

@@ -17,6 +17,7 @@ pub mod running;
 pub mod served;
 pub mod superblocks;
 pub mod sync_control;
+pub mod write_mostly;
 
 pub use assemble::{assemble, AssembleOptions, Assembly};
 pub use bitmap_attach::{attach as attach_bitmap, AttachedBitmap, BitmapAttachOptions, BitmapIo};
@@ -27,6 +28,7 @@ pub use grow::BitmapChange;
 pub use internal_attach::{attach_internal, has_internal_bitmap, InternalBitmapOptions};
 pub use running::{GrowOptions, RunOptions, RunningArray};
 pub use served::{ControlAccess, ServedArray};
+pub use write_mostly::WriteMostlyChoice;
 
 /// What the array layer's unit tests share.
 #[cfg(test)]

@@ -11,6 +11,7 @@ use super::served::ServedArray;
 use super::superblocks::is_recovering;
 use super::superblocks::SuperblockKeeper;
 use super::sync_control::{dirty_regions, regions_from, Joining, SyncContext, SyncMachine};
+use super::write_mostly::{self, WriteMostlyChoice};
 use crate::bitmap::WriteIntent;
 use crate::format::superblock::{FEATURE_BITMAP_OFFSET, FEATURE_RECOVERY_BITMAP};
 use crate::raid1::{
@@ -30,6 +31,9 @@ pub struct RunOptions {
     /// How a bitmap added while the array runs is kept (the mount's
     /// bitmap options).
     pub grow: GrowOptions,
+    /// Legs the user made write-mostly or read-write at this start; the
+    /// others keep what their superblock says.
+    pub write_mostly: WriteMostlyChoice,
 }
 
 /// How a bitmap added while the array runs (`grow.rs`) is kept: the
@@ -150,7 +154,19 @@ impl RunningArray {
             listeners: listeners.clone(),
         });
         let mut legs: Vec<Option<LegSpec>> = (0..asm.raid_disks).map(|_| None).collect();
+        // A leg is write-mostly when its superblock says so (md's
+        // super_1_validate), unless this start says otherwise.
+        let mut flags_changed = Vec::new();
         for m in &asm.members {
+            let write_mostly = match opts.write_mostly.said(&m.path) {
+                Some(said) => {
+                    if said != m.sb.is_write_mostly() {
+                        flags_changed.push((m.path.clone(), said));
+                    }
+                    said
+                }
+                None => m.sb.is_write_mostly(),
+            };
             legs[m.slot as usize] = Some(LegSpec {
                 leg: m.leg.clone(),
                 data_offset: m.sb.data_offset * 512,
@@ -159,6 +175,7 @@ impl RunningArray {
                 } else {
                     LegState::InSync
                 },
+                write_mostly,
             });
         }
         let engine = Arc::new(Raid1::new(
@@ -169,6 +186,27 @@ impl RunningArray {
             &opts.engine,
         )?);
         engine.set_read_only(opts.read_only);
+        {
+            // Every superblock written carries its leg's flag as the engine
+            // has it (md's super_1_sync).
+            let weak = Arc::downgrade(&engine);
+            keeper.set_write_mostly_source(Box::new(move |slot| {
+                let engine = weak.upgrade()?;
+                let s = engine.slots().get(slot)?;
+                s.io().map(|_| s.is_write_mostly())
+            }));
+        }
+        for (path, on) in &flags_changed {
+            log::info!(
+                "leg {}: {} as asked",
+                path.display(),
+                if *on {
+                    "write-mostly (read only when no other in-sync leg remains)"
+                } else {
+                    "read-write (no longer write-mostly)"
+                }
+            );
+        }
         engine
             .start_readahead()
             .map_err(|e| ArrayError::Engine(crate::raid1::EngineError::Threads(e)))?;
@@ -185,6 +223,11 @@ impl RunningArray {
         }
         for l in &asm.left_out {
             log::warn!("leg {} left out: {}", l.path.display(), l.reason);
+        }
+        if !flags_changed.is_empty() && !opts.read_only {
+            // Recorded at once (mdadm --update=writemostly would), once the
+            // bitmap's pages know the legs.
+            keeper.record_devflags()?;
         }
         let array = Arc::new(RunningArray {
             sync: SyncMachine::new(
@@ -364,12 +407,18 @@ impl RunningArray {
                     (slot, sb, bitmap_guided, true, how)
                 }
                 JoinPlan::New { slot } => {
-                    let sb = join::spare_superblock(
+                    let mut sb = join::spare_superblock(
                         path,
                         &leg,
                         &current,
                         self.keeper.free_dev_number(),
                     )?;
+                    // A new remote leg is write-mostly while a local leg
+                    // in sync is there to read from.
+                    sb.set_write_mostly(write_mostly::default_for(
+                        path,
+                        self.has_local_in_sync_leg(),
+                    ));
                     super::create::check_blank(&leg, false)?;
                     // Written now as a spare, so it is never taken for a
                     // member before its recovery ends.
@@ -390,6 +439,8 @@ impl RunningArray {
                 leg: leg.clone(),
                 data_offset: sb.data_offset * 512,
                 state: LegState::Recovering,
+                // A former member keeps the flag its superblock has.
+                write_mostly: sb.is_write_mostly(),
             },
         )?;
         // Writes that chose their legs before the attach do not reach the
@@ -452,6 +503,55 @@ impl RunningArray {
             Some(joining),
         )?;
         Ok(msg)
+    }
+
+    /// Some in-sync leg is local (a file or a block device here).
+    fn has_local_in_sync_leg(&self) -> bool {
+        self.engine.slots().iter().any(|s| {
+            s.state() == LegState::InSync
+                && s.io().is_some_and(|io| !io.leg().locator().is_remote())
+        })
+    }
+
+    /// md's `writemostly` / `-writemostly` to `dev-*/state`: the leg in
+    /// `slot` is read only when no other in-sync leg remains (or as any
+    /// leg again), and every member's superblock records it (md_update_sb).
+    /// Refused while a resync is owed: reads are held to the leg the resync
+    /// copies from, which the flag would change under them.
+    pub fn set_write_mostly(&self, slot: usize, on: bool) -> Result<(), ArrayError> {
+        if self.read_only {
+            return Err(ArrayError::ReadOnly);
+        }
+        if self.needs_resync() {
+            return Err(ArrayError::Busy(
+                "a resync is owed (reads come from the leg it copies from until it ends); \
+                 wait for it (mdfuse wait) and try again"
+                    .into(),
+            ));
+        }
+        let was = self.engine.set_write_mostly(slot, on)?;
+        if was == on {
+            return Ok(());
+        }
+        let name = self
+            .leg_names()
+            .get(slot)
+            .cloned()
+            .flatten()
+            .unwrap_or_default();
+        if let Err(e) = self.keeper.record_devflags() {
+            let _ = self.engine.set_write_mostly(slot, was);
+            return Err(e);
+        }
+        log::info!(
+            "leg {name}: {}",
+            if on {
+                "write-mostly (read only when no other in-sync leg remains)"
+            } else {
+                "no longer write-mostly"
+            }
+        );
+        Ok(())
     }
 
     /// Members assembled half-recovered resume their recovery (once a
@@ -725,6 +825,7 @@ impl RunningArray {
                         faulty: s.state() == LegState::Faulty,
                         in_sync: s.state() == LegState::InSync,
                         volatile: s.io().is_some_and(|io| io.leg().is_volatile()),
+                        write_mostly: s.is_write_mostly(),
                     })
                 })
                 .collect(),

@@ -166,6 +166,9 @@ pub fn now_md_time() -> MdTime {
 }
 
 type EventsHook = Box<dyn Fn(u64) + Send + Sync>;
+/// Whether the leg in a slot is write-mostly now (None: no say, the
+/// superblock keeps what it has).
+type WriteMostlyOf = Box<dyn Fn(usize) -> Option<bool> + Send + Sync>;
 
 /// One member as the keeper holds it.
 struct Kept {
@@ -186,6 +189,9 @@ pub struct SuperblockKeeper {
     updating: Mutex<()>,
     /// Members whose superblock write failed, to be failed by the engine.
     unwritten: Mutex<Vec<(usize, String)>>,
+    /// Where each member's WriteMostly flag comes from at every write (md's
+    /// super_1_sync writes devflags from the rdev's flags).
+    write_mostly_of: Mutex<Option<WriteMostlyOf>>,
 }
 
 impl SuperblockKeeper {
@@ -206,11 +212,25 @@ impl SuperblockKeeper {
             on_events: Mutex::new(None),
             updating: Mutex::new(()),
             unwritten: Mutex::new(Vec::new()),
+            write_mostly_of: Mutex::new(None),
         }
     }
 
     pub fn set_on_events(&self, f: EventsHook) {
         *self.on_events.lock() = Some(f);
+    }
+
+    /// From now on every superblock written carries the member's
+    /// WriteMostly flag as `f` says it is (the running engine's).
+    pub fn set_write_mostly_source(&self, f: WriteMostlyOf) {
+        *self.write_mostly_of.lock() = Some(f);
+    }
+
+    /// `sb` (of the member in `slot`) with the WriteMostly flag the source says.
+    fn apply_write_mostly(&self, slot: usize, sb: &mut Superblock) {
+        if let Some(on) = self.write_mostly_of.lock().as_ref().and_then(|f| f(slot)) {
+            sb.set_write_mostly(on);
+        }
     }
 
     pub fn events(&self) -> u64 {
@@ -265,6 +285,7 @@ impl SuperblockKeeper {
                 }
             }
             change(&mut k.sb);
+            self.apply_write_mostly(slot, &mut k.sb);
             k.sb.events = events;
             k.sb.utime = now;
             match write_superblock_with(&k.leg, &k.sb, vouch) {
@@ -298,6 +319,13 @@ impl SuperblockKeeper {
     /// record the array clean.
     pub fn mark_clean(&self) -> Result<u64, ArrayError> {
         self.update(Vouch::Data, |sb| sb.resync_offset = MAX_SECTOR)
+    }
+
+    /// Writes every member's superblock again with its devflags as the
+    /// engine has them now (md_update_sb after `writemostly` or
+    /// `-writemostly` to `dev-*/state`).
+    pub fn record_devflags(&self) -> Result<u64, ArrayError> {
+        self.update(Vouch::Nothing, |_| {})
     }
 
     /// Records where an interrupted resync resumes (md's resync_offset).
@@ -429,6 +457,7 @@ impl SuperblockKeeper {
             return Ok(());
         }
         k.sb.recovery_offset = sectors;
+        self.apply_write_mostly(slot, &mut k.sb);
         // The recovered data below the offset is durable before the offset.
         write_superblock_with(&k.leg, &k.sb, Vouch::Data)
     }

@@ -94,6 +94,14 @@ pub(super) fn cmd_manage(a: &ManageArgs) -> Result<(), String> {
             ))
         }
     };
+    let adding = a.add.as_ref().or(a.re_add.as_ref());
+    if (a.write_mostly || a.readwrite) && adding.is_none() {
+        return Err(
+            "--write-mostly and --readwrite go with --add or --re-add (for a leg in the array: \
+             echo writemostly > MOUNTPOINT/md/dev-LEG/state, or -writemostly)"
+                .into(),
+        );
+    }
     if let Some(leg) = &a.fail {
         control_write(mnt, &dev(leg)?, "faulty")?;
         println!("mdfuse: set {} faulty in {}", leg.display(), mnt.display());
@@ -118,6 +126,16 @@ pub(super) fn cmd_manage(a: &ManageArgs) -> Result<(), String> {
                 };
                 control_write(mnt, "md/new_dev", &value)?;
             }
+        }
+        // md's way, as mdadm does it for a running member: the flag through
+        // dev-*/state (recorded in every superblock).
+        if a.write_mostly || a.readwrite {
+            let value = if a.write_mostly {
+                "writemostly"
+            } else {
+                "-writemostly"
+            };
+            control_write(mnt, &dev(leg)?, value)?;
         }
         let state = control_read(mnt, &dev(leg)?)?;
         println!(

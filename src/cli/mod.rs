@@ -91,9 +91,10 @@ enum Command {
         timeout: u64,
     },
     /// Fail, remove, re-add or add a leg of a running array (md's words),
-    /// through its md/ control files.
+    /// through its md/ control files; --write-mostly or --readwrite with
+    /// --add or --re-add set the leg's write-mostly flag.
     #[command(
-        after_help = "Examples:\n  mdfuse manage /mnt/data --fail /srv/leg1.img\n  mdfuse manage /mnt/data --remove /srv/leg1.img\n  mdfuse manage /mnt/data --re-add /srv/leg1.img"
+        after_help = "Examples:\n  mdfuse manage /mnt/data --fail /srv/leg1.img\n  mdfuse manage /mnt/data --remove /srv/leg1.img\n  mdfuse manage /mnt/data --re-add /srv/leg1.img\n  mdfuse manage /mnt/data --add --write-mostly nbd://10.0.0.2/leg2"
     )]
     Manage(ManageArgs),
     /// Change a running array's write-intent bitmap, as `mdadm --grow
@@ -178,6 +179,16 @@ struct CreateArgs {
     /// from sector 0, so one leg reads as a plain filesystem).
     #[arg(long, short = 'e', default_value = "1.2")]
     metadata: mdfuse::format::superblock::MetadataVersion,
+    /// Make LEG write-mostly (md's WriteMostly, as mdadm --write-mostly):
+    /// it is written as any leg but read only when no other in-sync leg
+    /// remains. May be given more than once. An NBD leg is write-mostly
+    /// by default when a local leg is given too.
+    #[arg(long, short = 'W', value_name = "LEG")]
+    write_mostly: Vec<PathBuf>,
+    /// Read LEG as any leg: an NBD leg is then not write-mostly. May be
+    /// given more than once.
+    #[arg(long, value_name = "LEG")]
+    readwrite: Vec<PathBuf>,
     /// The legs: regular files, block devices or NBD URIs (nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH); two or more.
     #[arg(required = true)]
     legs: Vec<PathBuf>,
@@ -200,6 +211,14 @@ struct ManageArgs {
     /// Add a leg (a former member is re-added; a new one fully recovered).
     #[arg(long, value_name = "LEG", group = "op")]
     add: Option<PathBuf>,
+    /// With --add or --re-add: the leg is write-mostly (read only when no
+    /// other in-sync leg remains), as mdadm --add --write-mostly.
+    #[arg(long, short = 'W', conflicts_with = "readwrite")]
+    write_mostly: bool,
+    /// With --add or --re-add: the leg is read as any leg (mdadm's
+    /// --readwrite; a new NBD leg is otherwise write-mostly).
+    #[arg(long, short = 'w')]
+    readwrite: bool,
 }
 
 #[derive(Args)]
@@ -350,6 +369,10 @@ fn cmd_create(a: CreateArgs) -> Result<(), String> {
                 internal,
             }),
             metadata: a.metadata,
+            write_mostly: array::WriteMostlyChoice {
+                write_mostly: a.write_mostly.clone(),
+                readwrite: a.readwrite.clone(),
+            },
         },
     )
     .map_err(|e| e.to_string())?;
@@ -363,6 +386,12 @@ fn cmd_create(a: CreateArgs) -> Result<(), String> {
         created.data_offset_sectors,
         mdfuse::report::uuid_string(&created.uuid)
     );
+    for leg in &created.write_mostly {
+        println!(
+            "mdfuse: {} is write-mostly (read only when no other in-sync leg remains)",
+            leg.display()
+        );
+    }
     if let (Some(path), Some(sb)) = (&a.bitmap, &created.bitmap) {
         println!(
             "mdfuse: bitmap {} created: {} chunks of {}",

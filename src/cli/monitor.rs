@@ -301,6 +301,7 @@ mod tests {
                 state: state.to_string(),
                 state_text: String::new(),
                 name: name.to_string(),
+                write_mostly: false,
                 errors: 0,
                 read_bytes: 0,
                 written_bytes: 0,

@@ -32,6 +32,16 @@ pub struct MountArgs {
     /// recovery.
     #[arg(long, value_name = "LEG")]
     force_from: Option<PathBuf>,
+    /// Make LEG write-mostly (md's WriteMostly, recorded in its
+    /// superblock): written as any leg, read only when no other in-sync leg
+    /// remains. May be given more than once. Without it a leg keeps what
+    /// its superblock says.
+    #[arg(long, value_name = "LEG")]
+    write_mostly: Vec<PathBuf>,
+    /// Read LEG as any leg again (its write-mostly flag cleared and
+    /// recorded). May be given more than once.
+    #[arg(long, value_name = "LEG")]
+    readwrite: Vec<PathBuf>,
     /// Send every buffered write to the legs at once, one request each,
     /// instead of letting them gather in the kernel's page cache (the FUSE
     /// writeback cache, the default: fsync and close still reach every
@@ -196,6 +206,12 @@ impl MountArgs {
         if let Some(leg) = &self.force_from {
             a.push(format!("--force-from={}", absolute(leg)));
         }
+        for leg in &self.write_mostly {
+            a.push(format!("--write-mostly={}", absolute(leg)));
+        }
+        for leg in &self.readwrite {
+            a.push(format!("--readwrite={}", absolute(leg)));
+        }
         a.push("--".into());
         a.extend(self.paths.iter().map(|p| absolute(p)));
         a
@@ -258,6 +274,11 @@ pub fn mount_foreground(m: &MountArgs, ready: &mut detach::Ready) -> Result<(), 
     serve::check_mountpoint(&mountpoint).map_err(|e| e.to_string())?;
     // The commonest mistakes, each refused with what to do next.
     preflight::check(&legs, &mountpoint)?;
+    let write_mostly = array::WriteMostlyChoice {
+        write_mostly: m.write_mostly.clone(),
+        readwrite: m.readwrite.clone(),
+    };
+    write_mostly.check(&legs).map_err(|e| e.to_string())?;
     ensure_fd_room(m.threads)?;
     // Caught from here on: a stop signal during the start ends it cleanly.
     let signals = serve::StopSignals::install().map_err(|e| e.to_string())?;
@@ -337,6 +358,7 @@ pub fn mount_foreground(m: &MountArgs, ready: &mut detach::Ready) -> Result<(), 
                 file_io: m.bitmap_file_io,
                 trust_device: m.bitmap_trust_device,
             },
+            write_mostly,
         },
     )
     .map_err(|e| e.to_string())?;
@@ -391,6 +413,8 @@ mod tests {
             "bitmap" => "/b/bm",
             "delay" => "7",
             "transport" => "uring",
+            "write_mostly" => "/l/b",
+            "readwrite" => "/l/a",
             other => panic!("no sample value for option {other}: add one"),
         }
     }
@@ -418,7 +442,7 @@ mod tests {
         flags.sort();
         let mut table: Vec<(String, bool)> = MOUNT_OPTIONS
             .iter()
-            .map(|o| (o.flag.to_string(), o.takes == Takes::Value))
+            .map(|o| (o.flag.to_string(), o.takes != Takes::Nothing))
             .collect();
         table.sort();
         assert_eq!(
@@ -433,7 +457,7 @@ mod tests {
         for o in MOUNT_OPTIONS {
             argv.push(match o.takes {
                 Takes::Nothing => format!("--{}", o.flag),
-                Takes::Value => format!("--{}={}", o.flag, sample(o.name)),
+                Takes::Value | Takes::Legs => format!("--{}={}", o.flag, sample(o.name)),
             });
         }
         argv.extend(["/l/a", "/l/b", "/m"].map(String::from));
@@ -453,7 +477,7 @@ mod tests {
             .iter()
             .map(|o| match o.takes {
                 Takes::Nothing => o.name.to_string(),
-                Takes::Value => format!("{}={}", o.name, sample(o.name)),
+                Takes::Value | Takes::Legs => format!("{}={}", o.name, sample(o.name)),
             })
             .collect();
         let args: Vec<String> = [
@@ -474,7 +498,7 @@ mod tests {
                     "{}: not set in {shown}",
                     o.name
                 ),
-                Takes::Value => assert!(
+                Takes::Value | Takes::Legs => assert!(
                     req.option(o.name) == Some(sample(o.name)),
                     "{}: not passed",
                     o.name
@@ -486,6 +510,8 @@ mod tests {
         assert_eq!(m.delay, Some(7.0));
         assert_eq!(m.bitmap, Some(PathBuf::from("/b/bm")));
         assert_eq!(m.force_from, Some(PathBuf::from("/l/a")));
+        assert_eq!(m.write_mostly, [PathBuf::from("/l/b")]);
+        assert_eq!(m.readwrite, [PathBuf::from("/l/a")]);
         assert_eq!(m.log, Some(PathBuf::from("/run/x.log")));
         assert_eq!(m.paths, ["/l/a", "/l/b", "/m"].map(PathBuf::from));
     }
@@ -507,7 +533,7 @@ mod tests {
         for o in MOUNT_OPTIONS {
             let named = match o.takes {
                 Takes::Nothing => format!("`{}`", o.name),
-                Takes::Value => format!("`{}=", o.name),
+                Takes::Value | Takes::Legs => format!("`{}=", o.name),
             };
             assert!(
                 readme.contains(&named),

@@ -736,6 +736,16 @@ impl Superblock {
         self.devflags & DEVFLAG_WRITE_MOSTLY != 0
     }
 
+    /// Sets or clears md's WriteMostly1 in this device's devflags (mdadm's
+    /// `--write-mostly` / `--readwrite`, md's super_1_sync from the rdev).
+    pub fn set_write_mostly(&mut self, on: bool) {
+        if on {
+            self.devflags |= DEVFLAG_WRITE_MOSTLY;
+        } else {
+            self.devflags &= !DEVFLAG_WRITE_MOSTLY;
+        }
+    }
+
     pub fn is_fail_fast(&self) -> bool {
         self.devflags & DEVFLAG_FAIL_FAST != 0
     }

@@ -185,12 +185,14 @@ impl Raid1 {
         }
         let _range = self.range_lock().lock(offset, offset + len);
         let n = len as usize;
-        let in_sync: Vec<usize> = (0..self.slots().len())
-            .filter(|&i| self.slots()[i].state() == LegState::InSync)
-            .collect();
-        let Some((&source, others)) = in_sync.split_first() else {
+        // md's read_disk: the first in-sync leg that is not write-mostly.
+        let Some(source) = self.primary_leg() else {
             return Err(super::EngineError::NoInSyncLeg);
         };
+        let others: SmallVec<[usize; 4]> = (0..self.slots().len())
+            .filter(|&i| i != source && self.slots()[i].state() == LegState::InSync)
+            .collect();
+        let others = &others[..];
         let [src, cmp] = bufs;
         self.read_leg(source, offset, &mut src.as_mut_slice()[..n])?;
         match action {
@@ -262,12 +264,12 @@ impl Raid1 {
         let ranges: SmallVec<[(u64, u64); BATCH_REGIONS]> =
             batch.iter().map(|r| (r.offset, r.offset + r.len)).collect();
         let _range = self.range_lock().lock_many(&ranges);
-        let in_sync: SmallVec<[usize; 4]> = (0..self.slots().len())
-            .filter(|&i| self.slots()[i].state() == LegState::InSync)
-            .collect();
-        let Some((&source, others)) = in_sync.split_first() else {
+        let Some(source) = self.primary_leg() else {
             return Err(super::EngineError::NoInSyncLeg);
         };
+        let others: SmallVec<[usize; 4]> = (0..self.slots().len())
+            .filter(|&i| i != source && self.slots()[i].state() == LegState::InSync)
+            .collect();
         let targets: SmallVec<[usize; 4]> = match action {
             SyncAction::Resync => others.iter().copied().collect(),
             SyncAction::Recover { target } => {

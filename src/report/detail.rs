@@ -78,6 +78,8 @@ pub struct DeviceStatus {
     pub state_text: String,
     /// The leg's name as md/dev-NAME spells it (escaped).
     pub name: String,
+    /// md's WriteMostly: read only when no other in-sync leg remains.
+    pub write_mostly: bool,
     /// Read errors corrected on this leg (md's dev-*/errors).
     pub errors: u64,
     /// Bytes read from and written to the leg since it joined this run of
@@ -176,6 +178,56 @@ pub fn state_text(md_state: &str) -> &str {
     }
 }
 
+/// A leg's `dev-*/state` read apart: md's state word and its flags.
+struct StateWords {
+    /// in_sync, faulty or spare (the first word when none of them is there).
+    state: String,
+    write_mostly: bool,
+    /// Other flags, in their order (mdfuse's `volatile`).
+    others: Vec<String>,
+}
+
+impl StateWords {
+    fn parse(full: &str) -> StateWords {
+        let words: Vec<&str> = full.split(',').filter(|w| !w.is_empty()).collect();
+        let state = words
+            .iter()
+            .find(|w| matches!(**w, "in_sync" | "faulty" | "spare"))
+            .or(words.first())
+            .map(|w| w.to_string())
+            .unwrap_or_default();
+        StateWords {
+            write_mostly: words.contains(&"write_mostly"),
+            others: words
+                .iter()
+                .filter(|w| **w != state && **w != "write_mostly")
+                .map(|w| w.to_string())
+                .collect(),
+            state,
+        }
+    }
+
+    /// mdadm --detail's State column: `active sync writemostly`,
+    /// `faulty writemostly`, `writemostly spare rebuilding` (mdadm prints
+    /// writemostly after faulty, active and sync, before spare); mdfuse's
+    /// own flags last.
+    fn text(&self) -> String {
+        let mut out: Vec<&str> = Vec::new();
+        let spare = self.state == "spare";
+        if !spare {
+            out.push(state_text(&self.state));
+        }
+        if self.write_mostly {
+            out.push("writemostly");
+        }
+        if spare {
+            out.push(state_text(&self.state));
+        }
+        out.extend(self.others.iter().map(String::as_str));
+        out.join(" ")
+    }
+}
+
 fn num<T: std::str::FromStr>(rel: &str, v: &str) -> Result<T, String> {
     v.parse()
         .map_err(|_| format!("md/{rel}: {v:?} is not a number"))
@@ -205,13 +257,10 @@ pub fn from_controls(
         let Some(leg) = name.strip_prefix("dev-") else {
             continue;
         };
-        // md's state word, then its flags (`in_sync,volatile`): the word
-        // is the state; a flag is said after it in the text's column.
+        // md's words (`in_sync,write_mostly`, `write_mostly,spare`,
+        // mdfuse's `volatile`): one is the state, the others flags.
         let full = get(&format!("{name}/state"))?;
-        let (state, flags) = match full.split_once(',') {
-            Some((w, f)) => (w.to_string(), f.replace(',', " ")),
-            None => (full, String::new()),
-        };
+        let words = StateWords::parse(&full);
         let slot = get(&format!("{name}/slot"))?;
         let errors = get(&format!("{name}/errors"))?;
         // Fields 3 and 7 of the block stat line: sectors read and written.
@@ -225,12 +274,9 @@ pub fn from_controls(
         devices.push(DeviceStatus {
             number: 0,
             raid_device: slot.parse().ok(),
-            state_text: if flags.is_empty() {
-                state_text(&state).to_string()
-            } else {
-                format!("{} {flags}", state_text(&state))
-            },
-            state,
+            state_text: words.text(),
+            write_mostly: words.write_mostly,
+            state: words.state,
             name: leg.to_string(),
             errors: num(&format!("{name}/errors"), &errors)?,
             read_bytes: sectors(2).saturating_mul(512),
@@ -543,6 +589,36 @@ Consistency Policy : bitmap
             ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_write_mostly_leg_reads_as_mdadm_prints_it() {
+        let dirs = ["dev-b.img".to_string(), "dev-a.img".to_string()];
+        let s = from_controls(&dirs, |rel| match rel {
+            "dev-a.img/state" => Ok("in_sync".into()),
+            "dev-b.img/state" => Ok("write_mostly,spare".into()),
+            other => md_file(other),
+        })
+        .expect("status");
+        let b = &s.devices[1];
+        assert_eq!(b.state, "spare");
+        assert!(b.write_mostly && !s.devices[0].write_mostly);
+        assert_eq!(b.state_text, "writemostly spare rebuilding");
+        assert_eq!(s.spare_devices, 1);
+        let s = from_controls(&dirs, |rel| match rel {
+            "dev-b.img/state" => Ok("in_sync,write_mostly,volatile".into()),
+            "dev-a.img/state" => Ok("faulty,write_mostly".into()),
+            "sync_action" => Ok("idle".into()),
+            other => md_file(other),
+        })
+        .expect("status");
+        let text = render("/mnt/m", &s);
+        assert!(
+            text.contains("active sync writemostly volatile b.img"),
+            "{text}"
+        );
+        assert!(text.contains("faulty writemostly"), "{text}");
+        assert_eq!((s.active_devices, s.failed_devices), (1, 1));
     }
 
     #[test]

@@ -14,6 +14,8 @@ pub struct MdstatLeg {
     /// Its writes are never known durable (an NBD server without flush):
     /// `(V)` after its name.
     pub volatile: bool,
+    /// md's WriteMostly: `(W)` right after its role, as md prints it.
+    pub write_mostly: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,6 +84,10 @@ pub fn render_mdstat(v: &MdstatView) -> String {
     legs.sort_by_key(|l| std::cmp::Reverse(l.slot));
     for leg in &legs {
         let _ = write!(s, " {}[{}]", escape_name(&leg.name), leg.slot);
+        // md_seq_show: (W), then (J), then (F) or (S).
+        if leg.write_mostly {
+            s.push_str("(W)");
+        }
         if leg.volatile {
             s.push_str("(V)");
         }
@@ -176,6 +182,7 @@ mod tests {
                     faulty: false,
                     in_sync: true,
                     volatile: false,
+                    write_mostly: false,
                 },
                 MdstatLeg {
                     name: "vdb".into(),
@@ -183,6 +190,7 @@ mod tests {
                     faulty: false,
                     in_sync: true,
                     volatile: false,
+                    write_mostly: false,
                 },
             ],
             bitmap: Some(MdstatBitmap {
@@ -203,6 +211,19 @@ mod tests {
 md0 : active raid1 vdb[1] vda[0]\n      31744 blocks super 1.2 [2/2] [UU]\n      \
 bitmap: 0/1 pages [0KB], 64KB chunk, file: /mnt/bm/md0.bitmap\n\nunused devices: <none>\n";
         assert_eq!(render_mdstat(&view()), expected);
+    }
+
+    #[test]
+    fn a_write_mostly_leg_is_marked_as_md_marks_it() {
+        // md_seq_show prints (W) right after a write-mostly member's [N].
+        let mut v = view();
+        v.legs[1].write_mostly = true;
+        let text = render_mdstat(&v);
+        assert!(
+            text.contains("md0 : active raid1 vdb[1](W) vda[0]\n"),
+            "{text}"
+        );
+        assert!(text.contains("[2/2] [UU]"), "{text}");
     }
 
     #[test]
@@ -232,7 +253,11 @@ bitmap: 0/1 pages [0KB], 64KB chunk, file: /mnt/bm/md0.bitmap\n\nunused devices:
         v.legs[1].volatile = true;
         let text = render_mdstat(&v);
         assert!(text.contains("vdb[1](V)(F) vda[0]"), "{text}");
+        v.legs[1].write_mostly = true;
+        let text = render_mdstat(&v);
+        assert!(text.contains("vdb[1](W)(V)(F) vda[0]"), "{text}");
         v.legs[1].volatile = false;
+        v.legs[1].write_mostly = false;
         assert!(text.contains("[2/1] [U_]"), "{text}");
         v.legs[1].faulty = false;
         v.sync = Some(MdstatSync {

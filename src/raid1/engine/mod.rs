@@ -220,6 +220,9 @@ pub struct LegSlot {
     /// md's read_errors, checked against max_read_errors.
     pub(super) read_errors: ReadErrors,
     reads: AtomicU64,
+    /// md's WriteMostly: read only when no other in-sync leg can serve
+    /// (see `reads.rs`); written as any leg.
+    write_mostly: AtomicBool,
 }
 
 impl LegSlot {
@@ -238,6 +241,10 @@ impl LegSlot {
     pub fn reads(&self) -> u64 {
         self.reads.load(Ordering::Relaxed)
     }
+    /// md's WriteMostly flag: the leg is read only as a last resort.
+    pub fn is_write_mostly(&self) -> bool {
+        self.write_mostly.load(Ordering::Acquire)
+    }
 }
 
 /// A leg handed to the engine.
@@ -245,6 +252,8 @@ pub struct LegSpec {
     pub leg: Arc<Leg>,
     pub data_offset: u64,
     pub state: LegState,
+    /// md's WriteMostly: read only when no other in-sync leg remains.
+    pub write_mostly: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -349,9 +358,13 @@ impl Raid1 {
             recorded: Condvar::new(),
         };
         for spec in legs {
-            let (io, state) = match spec {
-                Some(spec) => (Some(Self::slot_io(spec.leg, spec.data_offset)), spec.state),
-                None => (None, LegState::Missing),
+            let (io, state, write_mostly) = match spec {
+                Some(spec) => (
+                    Some(Self::slot_io(spec.leg, spec.data_offset)),
+                    spec.state,
+                    spec.write_mostly,
+                ),
+                None => (None, LegState::Missing, false),
             };
             engine.slots.push(LegSlot {
                 io: ArcSwapOption::new(io),
@@ -361,6 +374,7 @@ impl Raid1 {
                 errors: AtomicU64::new(0),
                 read_errors: ReadErrors::default(),
                 reads: AtomicU64::new(0),
+                write_mostly: AtomicBool::new(write_mostly),
             });
         }
         Ok(engine)
@@ -391,6 +405,7 @@ impl Raid1 {
             });
         }
         s.io.store(Some(Self::slot_io(spec.leg, spec.data_offset)));
+        s.write_mostly.store(spec.write_mostly, Ordering::Release);
         self.records.lock()[slot] = Record::Done;
         s.errors.store(0, Ordering::Relaxed);
         s.read_errors.reset();
@@ -453,6 +468,35 @@ impl Raid1 {
         }
         s.state.store(LegState::InSync as u8, Ordering::Release);
         Ok(())
+    }
+
+    /// Sets or clears md's WriteMostly on the leg in `slot` (md's
+    /// `writemostly` / `-writemostly` to `dev-*/state`); returns what it
+    /// was. Reads already on their way finish where they are.
+    pub fn set_write_mostly(&self, slot: usize, on: bool) -> Result<bool, EngineError> {
+        let s = self.slots.get(slot).ok_or(EngineError::BadSlot {
+            slot,
+            why: "no such slot",
+        })?;
+        if s.io().is_none() {
+            return Err(EngineError::BadSlot {
+                slot,
+                why: "the slot has no leg",
+            });
+        }
+        Ok(s.write_mostly.swap(on, Ordering::AcqRel))
+    }
+
+    /// The in-sync leg a resync or recovery copies from, and the one reads
+    /// go to while reads are held to one leg: the first in-sync leg that is
+    /// not write-mostly, else the first in-sync one (md's raid1
+    /// `sync_request` read_disk, and read_balance in md's resync window).
+    pub fn primary_leg(&self) -> Option<usize> {
+        let in_sync = |i: &usize| self.slots[*i].state() == LegState::InSync;
+        (0..self.slots.len())
+            .filter(in_sync)
+            .find(|&i| !self.slots[i].is_write_mostly())
+            .or_else(|| (0..self.slots.len()).find(in_sync))
     }
 
     pub fn size(&self) -> u64 {

@@ -5,31 +5,25 @@
 use super::*;
 
 impl Raid1 {
-    /// Picks the leg for a read at `offset`: the leg whose last read ended
-    /// there (a sequential stream stays on one leg), else the least busy,
-    /// ties broken in rotation so parallel readers spread.
+    /// Picks the leg for a read at `offset` (see [`pick_read_leg`]); legs
+    /// whose bit is set in `tried` have failed this read already.
     pub(super) fn choose_read_leg(&self, offset: u64, tried: u64) -> Option<usize> {
-        let n = self.slots.len();
-        if self.first_only.load(Ordering::Relaxed) {
-            return (0..n)
-                .find(|&i| tried & (1 << i) == 0 && self.slots[i].state() == LegState::InSync);
-        }
-        let candidates = || {
-            (0..n).filter(move |&i| {
-                tried & (1 << i) == 0 && self.slots[i].state() == LegState::InSync
+        let legs: SmallVec<[ReadCandidate; 4]> = self
+            .slots
+            .iter()
+            .enumerate()
+            .map(|(i, s)| ReadCandidate {
+                usable: tried & (1 << i) == 0 && s.state() == LegState::InSync,
+                write_mostly: s.is_write_mostly(),
+                next_read: s.next_read.load(Ordering::Relaxed),
+                pending: s.pending_reads.load(Ordering::Relaxed),
             })
-        };
-        // u64::MAX: no stream to continue (it is also a fresh leg's next_read).
-        if let Some(i) = candidates().find(|&i| {
-            offset != u64::MAX && self.slots[i].next_read.load(Ordering::Relaxed) == offset
-        }) {
-            return Some(i);
-        }
-        let start = self.rotate.fetch_add(1, Ordering::Relaxed);
-        (0..n)
-            .map(|k| (start + k) % n)
-            .filter(|&i| candidates().any(|c| c == i))
-            .min_by_key(|&i| self.slots[i].pending_reads.load(Ordering::Relaxed))
+            .collect();
+        let first_only = self.first_only.load(Ordering::Relaxed);
+        // Only a balanced choice turns the rotation.
+        pick_read_leg(&legs, offset, first_only, || {
+            self.rotate.fetch_add(1, Ordering::Relaxed)
+        })
     }
 
     /// Reads `[offset, offset+len)` of the array and hands the bytes to `f`
@@ -216,10 +210,12 @@ impl Raid1 {
     }
 
     /// A large read (at least [`SPLIT_READ_MIN`]) from direct-mode legs is
-    /// split into one contiguous piece per in-sync leg, all read at once
+    /// split into one contiguous piece per in-sync leg that is not
+    /// write-mostly, all read at once
     /// through io_uring: a mirror has every leg's bandwidth to offer, and a
     /// single large request would use one. A piece that fails is corrected
-    /// as any read error. None: not split (too small, one leg, buffered
+    /// as any read error. None: not split (too small, fewer than two legs
+    /// to read from, buffered
     /// legs whose readahead wants whole streams, reads held to the first
     /// leg after an unclean stop, or no io_uring).
     pub(super) fn read_split(&self, start: u64, buf: &mut [u8]) -> Option<Result<(), EngineError>> {
@@ -229,11 +225,13 @@ impl Raid1 {
         {
             return None;
         }
+        // Write-mostly legs take no share (md reads them only when no other
+        // leg can serve).
         let legs: SmallVec<[(usize, Arc<SlotIo>); 4]> = self
             .slots
             .iter()
             .enumerate()
-            .filter(|(_, s)| s.state() == LegState::InSync)
+            .filter(|(_, s)| s.state() == LegState::InSync && !s.is_write_mostly())
             .filter_map(|(i, s)| s.io().map(|io| (i, io)))
             .collect();
         if legs.len() < 2 {
@@ -322,5 +320,129 @@ impl Raid1 {
             };
         }
         Err(EngineError::NoInSyncLeg)
+    }
+}
+
+/// What the read balancer sees of one slot.
+#[derive(Debug, Clone, Copy, Default)]
+struct ReadCandidate {
+    /// In sync and not yet tried for this read.
+    pub usable: bool,
+    /// md's WriteMostly.
+    pub write_mostly: bool,
+    /// Where the last read sent to it ended (u64::MAX: none).
+    pub next_read: u64,
+    /// Reads in flight on it.
+    pub pending: u32,
+}
+
+/// md's read_balance for a mirror, over the slots' `legs`: a leg that is
+/// write-mostly is read only when no other usable leg remains, and then
+/// the first of them, with no balancing among them (md: "just use the
+/// first as a last resort"). Among the others: with `first_only` (reads
+/// held to one leg until a resync), the first; else the leg whose last
+/// read ended at `offset` (a sequential stream stays on its leg), else the
+/// one with the fewest reads in flight, ties broken from where `rotate`
+/// says (asked only for such a choice) so parallel readers spread. None:
+/// no usable leg.
+fn pick_read_leg(
+    legs: &[ReadCandidate],
+    offset: u64,
+    first_only: bool,
+    rotate: impl FnOnce() -> usize,
+) -> Option<usize> {
+    let n = legs.len();
+    let readable = |i: &usize| legs[*i].usable && !legs[*i].write_mostly;
+    let last_resort = || (0..n).find(|&i| legs[i].usable && legs[i].write_mostly);
+    if first_only {
+        return (0..n).find(readable).or_else(last_resort);
+    }
+    // u64::MAX: no stream to continue (it is also a fresh leg's next_read).
+    if offset != u64::MAX {
+        if let Some(i) = (0..n)
+            .filter(readable)
+            .find(|&i| legs[i].next_read == offset)
+        {
+            return Some(i);
+        }
+    }
+    let start = rotate();
+    (0..n)
+        .map(|k| (start + k) % n)
+        .filter(readable)
+        .min_by_key(|&i| legs[i].pending)
+        .or_else(last_resort)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{pick_read_leg, ReadCandidate};
+
+    fn leg(write_mostly: bool) -> ReadCandidate {
+        ReadCandidate {
+            usable: true,
+            write_mostly,
+            next_read: u64::MAX,
+            pending: 0,
+        }
+    }
+
+    #[test]
+    fn a_write_mostly_leg_is_never_read_while_another_leg_can_serve() {
+        let legs = [leg(true), leg(false)];
+        for rotate in 0..8 {
+            assert_eq!(pick_read_leg(&legs, 0, false, || rotate), Some(1));
+            assert_eq!(pick_read_leg(&legs, u64::MAX, false, || rotate), Some(1));
+        }
+        // Even when it is idle and the other busy, or it would continue a stream.
+        let mut busy = legs;
+        busy[1].pending = 9;
+        busy[0].next_read = 4096;
+        assert_eq!(pick_read_leg(&busy, 4096, false, || 0), Some(1));
+        // Held to one leg after an unclean stop: the first that is not
+        // write-mostly (md's read_balance skips such a leg there too).
+        assert_eq!(pick_read_leg(&legs, 0, true, || 0), Some(1));
+    }
+
+    #[test]
+    fn a_write_mostly_leg_serves_when_no_other_leg_can() {
+        // The other leg failed (not in sync), or failed this very read.
+        let mut legs = [leg(true), leg(false)];
+        legs[1].usable = false;
+        assert_eq!(pick_read_leg(&legs, 0, false, || 3), Some(0));
+        assert_eq!(pick_read_leg(&legs, 0, true, || 0), Some(0));
+        // Several write-mostly legs: the first, not balanced among them.
+        let legs = [leg(false), leg(true), leg(true)];
+        let mut only_wm = legs;
+        only_wm[0].usable = false;
+        for rotate in 0..6 {
+            assert_eq!(pick_read_leg(&only_wm, 0, false, || rotate), Some(1));
+        }
+        only_wm[1].usable = false;
+        assert_eq!(pick_read_leg(&only_wm, 0, false, || 0), Some(2));
+        only_wm[2].usable = false;
+        assert_eq!(pick_read_leg(&only_wm, 0, false, || 0), None);
+    }
+
+    #[test]
+    fn legs_that_are_not_write_mostly_are_balanced_as_before() {
+        let mut legs = [leg(false), leg(true), leg(false)];
+        // A stream stays on its leg.
+        legs[2].next_read = 8192;
+        assert_eq!(pick_read_leg(&legs, 8192, false, || 0), Some(2));
+        // Otherwise the least busy; ties spread by the rotation.
+        legs[2].next_read = u64::MAX;
+        let picks: Vec<_> = (0..3)
+            .map(|r| pick_read_leg(&legs, 0, false, || r))
+            .collect();
+        assert!(
+            picks.contains(&Some(0)) && picks.contains(&Some(2)),
+            "{picks:?}"
+        );
+        assert!(!picks.contains(&Some(1)), "{picks:?}");
+        legs[0].pending = 2;
+        assert_eq!(pick_read_leg(&legs, 0, false, || 0), Some(2));
+        // Held to one leg: the first usable one.
+        assert_eq!(pick_read_leg(&legs, 0, true, || 0), Some(0));
     }
 }
