@@ -551,7 +551,6 @@ fn run(
             .done_bytes
             .store(progress.total_bytes, Ordering::Relaxed);
     }
-    progress.finished.store(true, Ordering::Release);
     log::info!(
         "{}: {} after {:.1} s (sync_copied {} bytes, mismatch_cnt {})",
         action.md_word(),
@@ -565,6 +564,11 @@ fn run(
         progress.mismatch_sectors.load(Ordering::Relaxed)
     );
     events.finished(progress);
+    // Finished only once its ends are in place (the recovered leg in sync,
+    // a resync recorded), as md's sync_action reads its action until
+    // md_reap_sync_thread has activated the spare: `mdfuse wait` and a
+    // reader of sync_action never see idle with the leg still a spare.
+    progress.finished.store(true, Ordering::Release);
 }
 
 #[cfg(test)]
