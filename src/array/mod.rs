@@ -24,7 +24,10 @@ pub use error::ArrayError;
 pub use events::{Listener, MdEvent};
 pub use internal_attach::{attach_internal, has_internal_bitmap, InternalBitmapOptions};
 pub use running::{RunOptions, RunningArray};
-pub use served::{ControlAccess, ServedArray};
+pub use served::{
+    ControlAccess, PlannedRead, PlannedWrite, ReadPiece, ServedArray, WritePiece, MAX_READ_PIECES,
+    MAX_WRITE_TARGETS,
+};
 
 /// What the array layer's unit tests share.
 #[cfg(test)]
