@@ -42,17 +42,18 @@ fn bitmap_on_ext4() -> (ScratchFs, PathBuf) {
 /// The counts in the daemon's last "FUSE over io_uring served N requests
 /// (R reads and W writes with their legs' I/O in the ring)".
 fn ring_counts(log: &str) -> Option<(u64, u64, u64)> {
-    let line = log
+    let (_, rest) = log
         .lines()
         .rev()
-        .find(|l| l.contains("FUSE over io_uring served "))?;
-    let nums: Vec<u64> = line
+        .find_map(|l| l.split_once("FUSE over io_uring served "))?;
+    let nums: Vec<u64> = rest
         .split(|c: char| !c.is_ascii_digit())
         .filter_map(|w| w.parse().ok())
         .collect();
-    // The line's own numbers are its last three (a timestamp may come first).
-    let n = nums.len();
-    (n >= 3).then(|| (nums[n - 3], nums[n - 2], nums[n - 1]))
+    match nums[..] {
+        [served, reads, writes] => Some((served, reads, writes)),
+        _ => None,
+    }
 }
 
 const ANNOUNCED: &str = "FUSE ring: reads and writes of array.img run their legs' I/O in the ring";
