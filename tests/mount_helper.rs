@@ -16,7 +16,8 @@ use common::loopdev::{needs_root, ScratchFs};
 use common::mdfuse::FSTAB;
 use common::mdfuse::{
     assert_stopped_clean, create, daemons_for, data_offset, data_region, examine_field, is_mounted,
-    mdadm_examine, path_str, pid_alive, sha256_file, text, wait_pid_gone, FstabLine, Legs,
+    mdadm_examine, path_str, pid_alive, sha256_file, text, transport_option, wait_pid_gone,
+    FstabLine, Legs,
 };
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -127,9 +128,18 @@ impl Drop for HelperInstall {
 
 // ---------------------------------------------------------------- mount(8), umount(8)
 
-/// `mount ARGS` (util-linux) with MDFUSE naming the binary under test.
+/// `mount ARGS` (util-linux) with MDFUSE naming the binary under test, and
+/// the tests' transport ([`transport_option`]) as one more `-o` unless the
+/// options choose one (mount(8) appends it to the others, an fstab line's
+/// too).
 fn mount(args: &[&str]) -> Output {
+    let transport = if args.iter().any(|a| a.contains("transport=")) {
+        None
+    } else {
+        transport_option("")
+    };
     Command::new("mount")
+        .args(transport.iter().flat_map(|t| ["-o", t.as_str()]))
         .args(args)
         .env("MDFUSE", env!("CARGO_BIN_EXE_mdfuse"))
         .output()

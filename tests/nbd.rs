@@ -325,9 +325,12 @@ fn mount_helper_takes_an_nbd_leg_in_legs() {
         .arg(&mnt)
         .arg("-o")
         .arg(format!(
-            "legs={}:{uri},log={}",
+            "legs={}:{uri},log={}{}",
             files.path(0).display(),
-            log.display()
+            log.display(),
+            transport_option("")
+                .map(|t| format!(",{t}"))
+                .unwrap_or_default()
         ))
         .stdin(Stdio::null())
         .output()

@@ -241,7 +241,7 @@ fn uring_refuses_and_auto_falls_back_while_the_switch_is_off() {
     );
     assert!(!is_mounted(&mnt), "left mounted after the refusal");
 
-    let m = fx.mount(&[]);
+    let m = fx.mount(&["--transport", "auto"]);
     let log = m.log();
     assert!(
         log.contains("transport: /dev/fuse (FUSE over io_uring is not used")
@@ -268,7 +268,7 @@ fn uring_refuses_and_auto_falls_back_while_the_switch_is_off() {
     let Some(_switch) = UringSwitch::set(test, true) else {
         return;
     };
-    let m = fx.mount(&[]);
+    let m = fx.mount(&["--transport", "auto"]);
     let log = m.log();
     assert!(
         log.contains("transport: FUSE over io_uring ("),

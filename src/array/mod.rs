@@ -27,7 +27,10 @@ pub use events::{Listener, MdEvent};
 pub use grow::BitmapChange;
 pub use internal_attach::{attach_internal, has_internal_bitmap, InternalBitmapOptions};
 pub use running::{GrowOptions, RunOptions, RunningArray};
-pub use served::{ControlAccess, ServedArray};
+pub use served::{
+    ControlAccess, PlannedRead, PlannedWrite, ReadPiece, ServedArray, WritePiece, MAX_READ_PIECES,
+    MAX_WRITE_TARGETS,
+};
 pub use write_mostly::WriteMostlyChoice;
 
 /// What the array layer's unit tests share.

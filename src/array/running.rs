@@ -7,7 +7,7 @@ use super::error::ArrayError;
 use super::events::{Listener, Listeners, MdEvent};
 use super::join::{self, JoinPlan};
 use super::md_thread::{MdThread, TICK};
-use super::served::ServedArray;
+use super::served::{PlannedRead, PlannedWrite, ServedArray};
 use super::superblocks::is_recovering;
 use super::superblocks::SuperblockKeeper;
 use super::sync_control::{dirty_regions, regions_from, Joining, SyncContext, SyncMachine};
@@ -889,6 +889,41 @@ impl ServedArray for RunningArray {
             self.engine.read(offset, len, |b| out(b))
         };
         r.map_err(|e| log_errno("read", &e))
+    }
+
+    fn plan_read(&self, offset: u64, len: u64, direct: bool) -> Option<PlannedRead> {
+        self.engine.plan_read(offset, len, direct)
+    }
+
+    fn finish_read(&self, plan: PlannedRead, results: &[i32], buf: &mut [u8]) -> Result<(), i32> {
+        self.engine
+            .finish_read(plan, results, buf)
+            .map_err(|e| log_errno("read", &e))
+    }
+
+    fn plan_write(
+        &self,
+        offset: u64,
+        len: u64,
+        durable: bool,
+    ) -> Option<Result<PlannedWrite<'_>, i32>> {
+        if self.read_only {
+            return Some(Err(libc::EROFS));
+        }
+        self.engine
+            .plan_write(offset, len, durable)
+            .map(|r| r.map_err(|e| log_errno("write", &e)))
+    }
+
+    fn finish_write(
+        &self,
+        plan: PlannedWrite<'_>,
+        results: &[i32],
+        data: &[u8],
+    ) -> Result<usize, i32> {
+        self.engine
+            .finish_write(plan, results, data)
+            .map_err(|e| log_errno("write", &e))
     }
 
     fn write(&self, offset: u64, data: &[u8], durable: bool) -> Result<usize, i32> {

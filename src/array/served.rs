@@ -3,6 +3,10 @@
 //! transports, so that the array never imports a transport and a new
 //! transport is written against this trait alone.
 
+pub use crate::raid1::{
+    PlannedRead, PlannedWrite, ReadPiece, WritePiece, MAX_READ_PIECES, MAX_WRITE_TARGETS,
+};
+
 /// What a transport serves: the array's data, its status and its control
 /// files. Errors are errno values; the implementation logs them with their
 /// context.
@@ -19,6 +23,48 @@ pub trait ServedArray: Send + Sync + 'static {
         direct: bool,
         out: &mut dyn FnMut(&[u8]),
     ) -> Result<(), i32>;
+    /// The read of `[offset, offset+len)` planned for a transport that runs
+    /// the legs' reads in its own ring, into a buffer aligned for O_DIRECT
+    /// (see `raid1::engine::in_ring`); None: serve it with [`Self::read`].
+    /// Every planned read is given back to [`Self::finish_read`].
+    fn plan_read(&self, _offset: u64, _len: u64, _direct: bool) -> Option<PlannedRead> {
+        None
+    }
+    /// Finishes a planned read once its pieces completed (`results[k]`:
+    /// piece k's bytes read or -errno); Ok: `buf[..plan.len()]` holds the
+    /// data (errors corrected as on the ordinary path).
+    fn finish_read(
+        &self,
+        _plan: PlannedRead,
+        _results: &[i32],
+        _buf: &mut [u8],
+    ) -> Result<(), i32> {
+        Err(libc::EIO)
+    }
+    /// The write of `len` bytes at `offset` planned for a transport that
+    /// runs the legs' writes in its own ring from a buffer aligned for
+    /// O_DIRECT (see `raid1::engine::in_ring`): None: serve it with
+    /// [`Self::write`]; Some(Err): it fails with that errno. A planned
+    /// write is given back to [`Self::finish_write`] once its pieces
+    /// completed (it holds its range until then).
+    fn plan_write(
+        &self,
+        _offset: u64,
+        _len: u64,
+        _durable: bool,
+    ) -> Option<Result<PlannedWrite<'_>, i32>> {
+        None
+    }
+    /// Finishes a planned write (`results[k]`: piece k's bytes written or
+    /// -errno; `data`: the buffer written): the bytes written, or the errno.
+    fn finish_write(
+        &self,
+        _plan: PlannedWrite<'_>,
+        _results: &[i32],
+        _data: &[u8],
+    ) -> Result<usize, i32> {
+        Err(libc::EIO)
+    }
     /// Writes `data` at `offset`; `durable`: on every written leg's stable
     /// storage before it returns (an O_DSYNC or O_SYNC write).
     fn write(&self, offset: u64, data: &[u8], durable: bool) -> Result<usize, i32>;

@@ -6,6 +6,7 @@ pub mod readahead;
 pub mod sync;
 
 pub use engine::{
-    ArrayEvents, EngineError, EngineOptions, LegFailure, LegSpec, LegState, Raid1, RecordError,
+    ArrayEvents, EngineError, EngineOptions, LegFailure, LegSpec, LegState, PlannedRead,
+    PlannedWrite, Raid1, ReadPiece, RecordError, WritePiece, MAX_READ_PIECES, MAX_WRITE_TARGETS,
 };
 pub use sync::{Region, SpeedLimits, SyncAction, SyncEvents, SyncProgress, Syncer};

@@ -6,7 +6,7 @@
 //! encodes the answer; nothing here knows how a request came. Errors are
 //! errno values, as the kernel wants them.
 
-use crate::array::{ControlAccess, ServedArray};
+use crate::array::{ControlAccess, PlannedRead, PlannedWrite, ServedArray};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -474,6 +474,59 @@ impl<A: ServedArray> MountCore<A> {
                 None => Err(libc::ENOENT),
             },
         }
+    }
+
+    /// A read of `array.img` the caller may run in its own ring (see
+    /// [`ServedArray::plan_read`]); None for any other file or when the
+    /// ordinary [`MountCore::read`] must serve it.
+    pub fn plan_read(&self, ino: u64, offset: u64, size: u32, flags: i32) -> Option<PlannedRead> {
+        if ino != IMAGE {
+            return None;
+        }
+        self.array
+            .plan_read(offset, u64::from(size), flags & libc::O_DIRECT != 0)
+    }
+
+    /// Finishes a read from [`MountCore::plan_read`] (see
+    /// [`ServedArray::finish_read`]).
+    pub fn finish_read(
+        &self,
+        plan: PlannedRead,
+        results: &[i32],
+        buf: &mut [u8],
+    ) -> Result<(), i32> {
+        self.array.finish_read(plan, results, buf)
+    }
+
+    /// A write of `len` bytes to `array.img` the caller may run in its own
+    /// ring (see [`ServedArray::plan_write`]); None for any other file or
+    /// when the ordinary [`MountCore::write`] must serve it. `from_cache`
+    /// and `flags` as for [`MountCore::write`].
+    pub fn plan_write(
+        &self,
+        ino: u64,
+        offset: u64,
+        len: u32,
+        from_cache: bool,
+        flags: i32,
+    ) -> Option<Result<PlannedWrite<'_>, i32>> {
+        if ino != IMAGE {
+            return None;
+        }
+        // As `write`: an O_DSYNC write not from the page cache is durable.
+        let durable = flags & libc::O_DSYNC != 0 && !from_cache;
+        self.array.plan_write(offset, u64::from(len), durable)
+    }
+
+    /// Finishes a write from [`MountCore::plan_write`]: the count written.
+    pub fn finish_write(
+        &self,
+        plan: PlannedWrite<'_>,
+        results: &[i32],
+        data: &[u8],
+    ) -> Result<u32, i32> {
+        let n = self.array.finish_write(plan, results, data)?;
+        u32::try_from(n).map_err(|_| libc::EIO)
     }
 
     /// Writes `data` at `offset`; the count written. `from_cache`: the

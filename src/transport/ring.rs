@@ -26,9 +26,11 @@
 //! away meanwhile) is logged and the buffers are registered again.
 
 use super::core::{allowed_without_owner, Attr, MountCore, Op, SetAttr};
-use crate::array::ServedArray;
+use crate::array::{PlannedRead, PlannedWrite, ServedArray, MAX_READ_PIECES, MAX_WRITE_TARGETS};
 use crate::io::aligned::AlignedBuf;
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
+use smallvec::SmallVec;
+use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -149,11 +151,18 @@ fn count_cpu_list(s: &str) -> Option<usize> {
     (n > 0).then_some(n)
 }
 
+/// Entries per ring thread (see [`RingConfig::entries_per_thread`]).
+pub const ENTRIES_PER_THREAD: usize = 2;
+
 /// How the rings are laid out.
 #[derive(Debug, Clone, Copy)]
 pub struct RingConfig {
     pub queues: usize,
     pub threads_per_queue: usize,
+    /// Ring entries each thread registers: a thread keeps this many
+    /// requests at once (reads of the image in flight on the legs while
+    /// others come in).
+    pub entries_per_thread: usize,
     /// Each entry's payload buffer: at least the kernel's largest request.
     pub payload: usize,
     /// The mount is `allow_other` (else only its owner is served).
@@ -173,8 +182,51 @@ impl RingConfig {
         RingConfig {
             queues,
             threads_per_queue: threads.div_ceil(queues).max(1),
+            entries_per_thread: ENTRIES_PER_THREAD,
             payload,
             allow_other,
+        }
+    }
+}
+
+/// What the rings did, counted as they go.
+#[derive(Debug, Default)]
+pub struct RingCounts {
+    /// Requests answered on the rings.
+    pub served: AtomicU64,
+    /// Reads and writes of the image whose legs' I/O ran in the ring.
+    pub reads_in_ring: AtomicU64,
+    pub writes_in_ring: AtomicU64,
+    /// The first request with its legs' I/O in the ring was logged.
+    announced: std::sync::atomic::AtomicBool,
+}
+
+/// [`RingCounts`] at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RingTotals {
+    pub served: u64,
+    pub reads_in_ring: u64,
+    pub writes_in_ring: u64,
+}
+
+impl RingCounts {
+    pub fn totals(&self) -> RingTotals {
+        RingTotals {
+            served: self.served.load(Ordering::Relaxed),
+            reads_in_ring: self.reads_in_ring.load(Ordering::Relaxed),
+            writes_in_ring: self.writes_in_ring.load(Ordering::Relaxed),
+        }
+    }
+
+    fn started_in_ring(&self, write: bool) {
+        let n = if write {
+            &self.writes_in_ring
+        } else {
+            &self.reads_in_ring
+        };
+        n.fetch_add(1, Ordering::Relaxed);
+        if !self.announced.swap(true, Ordering::Relaxed) {
+            log::info!("FUSE ring: reads and writes of array.img run their legs' I/O in the ring");
         }
     }
 }
@@ -182,19 +234,19 @@ impl RingConfig {
 /// The running ring threads.
 pub struct RingTransport {
     threads: Vec<std::thread::JoinHandle<()>>,
-    served: Arc<AtomicU64>,
+    counts: Arc<RingCounts>,
 }
 
 impl RingTransport {
-    /// Requests answered on the rings so far.
-    pub fn served(&self) -> u64 {
-        self.served.load(Ordering::Relaxed)
+    /// What the rings did so far.
+    pub fn totals(&self) -> RingTotals {
+        self.counts.totals()
     }
 
     /// Waits for every ring thread (they end when the connection does);
     /// after `grace` without them, `abort` is called once (it ends the
-    /// connection) and the wait goes on. Returns the requests served.
-    pub fn join(self, grace: Duration, abort: impl FnOnce()) -> u64 {
+    /// connection) and the wait goes on. Returns what the rings did.
+    pub fn join(self, grace: Duration, abort: impl FnOnce()) -> RingTotals {
         let deadline = std::time::Instant::now() + grace;
         while self.threads.iter().any(|t| !t.is_finished()) {
             if std::time::Instant::now() >= deadline {
@@ -203,13 +255,12 @@ impl RingTransport {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        let served = self.served();
         for t in self.threads {
             if t.join().is_err() {
                 log::error!("a FUSE ring thread panicked");
             }
         }
-        served.max(self.served.load(Ordering::Relaxed))
+        self.counts.totals()
     }
 }
 
@@ -222,10 +273,10 @@ pub fn start<A: ServedArray>(
     fuse_fd: std::os::fd::BorrowedFd<'_>,
     cfg: RingConfig,
 ) -> (RingTransport, Result<(), RingError>) {
-    let served = Arc::new(AtomicU64::new(0));
+    let counts = Arc::new(RingCounts::default());
     let mut transport = RingTransport {
         threads: Vec::new(),
-        served: served.clone(),
+        counts: counts.clone(),
     };
     let fd = match fuse_fd.try_clone_to_owned() {
         Ok(fd) => Arc::new(fd),
@@ -239,10 +290,10 @@ pub fn start<A: ServedArray>(
             break;
         };
         for t in 0..cfg.threads_per_queue {
-            let (core, fd, served, tx) = (core.clone(), fd.clone(), served.clone(), tx.clone());
+            let (core, fd, counts, tx) = (core.clone(), fd.clone(), counts.clone(), tx.clone());
             let spawned = std::thread::Builder::new()
                 .name(format!("fuse-ring-{qid}.{t}"))
-                .spawn(move || queue_thread(&*core, &fd, qid, cfg, &served, tx));
+                .spawn(move || queue_thread(&*core, &fd, qid, cfg, &counts, tx));
             match spawned {
                 Ok(h) => {
                     transport.threads.push(h);
@@ -342,25 +393,95 @@ fn is_shutdown(errno: i32) -> bool {
     )
 }
 
+/// The `user_data` of a ring's operations: the entry's index, and which of
+/// its operations: its FUSE command (0) or piece k of its legs' read (k + 1).
+fn tag(entry: usize, op: usize) -> u64 {
+    ((entry as u64) << 8) | (op as u64 & 0xff)
+}
+
+fn untag(user_data: u64) -> (usize, usize) {
+    ((user_data >> 8) as usize, (user_data & 0xff) as usize)
+}
+
+/// A request whose legs' I/O is in the ring.
+enum Planned<'c> {
+    Read(PlannedRead),
+    Write(PlannedWrite<'c>),
+}
+
+/// A planned request in flight: each piece's result, what a piece that
+/// went well returns, how many are still out.
+struct InFlight<'c> {
+    plan: Planned<'c>,
+    results: SmallVec<[i32; 4]>,
+    expect: SmallVec<[i32; 4]>,
+    left: usize,
+    commit_id: u64,
+    unique: u64,
+}
+
+impl InFlight<'_> {
+    fn went_well(&self) -> bool {
+        self.results == self.expect
+    }
+}
+
+/// One entry and where it stands.
+struct Slot<'c> {
+    entry: Entry,
+    /// A command of this entry is in the kernel (REGISTER, or COMMIT_AND_FETCH).
+    live: bool,
+    /// Its request's leg I/O, in the ring or waiting to be finished.
+    io: Option<InFlight<'c>>,
+}
+
+/// What a thread keeps between completions. Field order is drop order: the
+/// ring goes before the entries' buffers.
+struct Queue<'c, A: ServedArray> {
+    core: &'c MountCore<A>,
+    fd: &'c OwnedFd,
+    qid: u16,
+    cfg: RingConfig,
+    counts: &'c RingCounts,
+    ring: IoUring<squeue::Entry128, cqueue::Entry>,
+    slots: Vec<Slot<'c>>,
+    /// Entries holding a request not yet looked at.
+    ready: VecDeque<(usize, i32)>,
+    /// Entries whose I/O completed with an error or short: finished once
+    /// nothing else is in flight (the finish may wait for a range).
+    slow: Vec<usize>,
+    /// Completions taken from the ring, reused.
+    reaped: Vec<(u64, i32)>,
+    reply: Reply,
+}
+
 fn queue_thread<A: ServedArray>(
     core: &MountCore<A>,
     fd: &OwnedFd,
     qid: u16,
     cfg: RingConfig,
-    served: &AtomicU64,
+    counts: &RingCounts,
     registered: std::sync::mpsc::Sender<Result<(), RingError>>,
 ) {
-    // Declared before the ring, so dropped after it: the kernel lets go of
-    // the buffers when the ring goes.
-    let mut entry = Entry::new(cfg.payload);
+    let entries = cfg.entries_per_thread.max(1);
+    let slots: Vec<Slot> = (0..entries)
+        .map(|_| Slot {
+            entry: Entry::new(cfg.payload),
+            live: false,
+            io: None,
+        })
+        .collect();
     // Only this thread submits to and waits on its ring, and it waits
-    // whenever it is idle: the kernel's completions (a request for the
-    // entry) run as this thread's deferred work when it waits, instead of
-    // interrupting it (SINGLE_ISSUER, DEFER_TASKRUN; Linux 6.1).
-    let mut ring = match IoUring::<squeue::Entry128, cqueue::Entry>::builder()
+    // whenever it is idle: the kernel's completions (a request for an
+    // entry, a leg's I/O) run as this thread's deferred work when it
+    // waits, instead of interrupting it (SINGLE_ISSUER, DEFER_TASKRUN;
+    // Linux 6.1). Room for every entry's command, its pieces and a commit.
+    let most = MAX_READ_PIECES.max(MAX_WRITE_TARGETS);
+    let depth = (entries * (most + 2)).next_power_of_two() as u32;
+    let ring = match IoUring::<squeue::Entry128, cqueue::Entry>::builder()
         .setup_single_issuer()
         .setup_defer_taskrun()
-        .build(4)
+        .build(depth)
     {
         Ok(r) => r,
         Err(source) => {
@@ -368,127 +489,478 @@ fn queue_thread<A: ServedArray>(
             return;
         }
     };
+    let mut q = Queue {
+        core,
+        fd,
+        qid,
+        cfg,
+        counts,
+        ring,
+        slots,
+        ready: VecDeque::with_capacity(entries),
+        slow: Vec::with_capacity(entries),
+        reaped: Vec::with_capacity(depth as usize * 2),
+        reply: Reply::default(),
+    };
     // REGISTER completes only when a request comes; a refusal completes at
     // once, within the submission.
-    let first = match submit(&mut ring, register_sqe(fd, &entry, qid), false) {
-        Err(source) => Err(source),
-        Ok(()) => match ring.completion().next() {
-            Some(c) if c.result() < 0 => Err(std::io::Error::from_raw_os_error(-c.result())),
-            other => Ok(other.map(|c| c.result())),
-        },
-    };
-    let mut pending = match first {
-        Ok(p) => {
-            let _ = registered.send(Ok(()));
-            p
+    let mut refused = None;
+    for i in 0..entries {
+        if let Err(e) = q.register(i) {
+            refused = Some(e);
+            break;
         }
-        Err(source) => {
-            let _ = registered.send(Err(RingError::Register { qid, source }));
-            return;
+    }
+    if refused.is_none() {
+        if let Err(e) = q.enter(0) {
+            refused = Some(e);
         }
-    };
-    drop(registered);
-    let mut reply = Reply::default();
-    loop {
-        let res = match pending.take() {
-            Some(r) => r,
-            None => match wait(&mut ring) {
-                Ok(r) => r,
-                Err(e) => {
-                    log::error!("FUSE ring queue {qid}: waiting for a request failed: {e}");
-                    break;
-                }
-            },
-        };
-        if res < 0 {
-            let errno = -res;
-            if is_shutdown(errno) {
-                log::debug!("FUSE ring queue {qid}: the connection ended ({errno})");
-                break;
+    }
+    if refused.is_none() {
+        q.take_completions();
+        for k in 0..q.reaped.len() {
+            let (user_data, res) = q.reaped[k];
+            let Some(slot) = q.slots.get_mut(untag(user_data).0) else {
+                continue;
+            };
+            slot.live = false;
+            if res < 0 {
+                refused = Some(std::io::Error::from_raw_os_error(-res));
+            } else {
+                q.ready.push_back((untag(user_data).0, res));
             }
-            if errno == libc::ENOENT {
-                // The request went away before its reply (aborted or timed
-                // out); its entry is the kernel's no more: register anew.
-                log::info!(
-                    "FUSE ring queue {qid}: the kernel no longer knows the request just answered \
-                     (ENOENT); registering the entry again"
+        }
+    }
+    if let Some(source) = refused {
+        let _ = registered.send(Err(RingError::Register { qid, source }));
+        return;
+    }
+    let _ = registered.send(Ok(()));
+    drop(registered);
+    q.run();
+}
+
+impl<'c, A: ServedArray> Queue<'c, A> {
+    fn run(&mut self) {
+        loop {
+            self.reap();
+            if !self.slow.is_empty() {
+                self.drain();
+            }
+            while let Some((i, _)) = self.ready.pop_front() {
+                self.request(i);
+            }
+            if self.idle() {
+                log::debug!("FUSE ring queue {}: the connection ended", self.qid);
+                return;
+            }
+            if let Err(e) = self.enter(1) {
+                log::error!(
+                    "FUSE ring queue {}: waiting for a request failed: {e}",
+                    self.qid
                 );
-                match submit(&mut ring, register_sqe(fd, &entry, qid), false) {
-                    Ok(()) => continue,
-                    Err(e) => {
-                        log::error!("FUSE ring queue {qid}: cannot register again: {e}");
-                        break;
+                return;
+            }
+        }
+    }
+
+    /// No command of this thread's is in the kernel and no leg I/O is in
+    /// flight: the connection ended for every entry.
+    fn idle(&self) -> bool {
+        self.ready.is_empty() && self.slots.iter().all(|s| !s.live && s.io.is_none())
+    }
+
+    /// Leg I/O of this thread's is in the kernel.
+    fn in_flight(&self) -> bool {
+        self.slots
+            .iter()
+            .any(|s| s.io.as_ref().is_some_and(|f| f.left > 0))
+    }
+
+    /// Pushes `sqe`, handing what is queued to the kernel first if the
+    /// submission queue is full.
+    fn push(&mut self, sqe: squeue::Entry128) -> std::io::Result<()> {
+        loop {
+            // SAFETY: the buffers and iovecs an operation points at belong
+            // to an entry of this thread's, which outlives the ring (see
+            // `Queue`'s field order and `Drop`), and are neither touched nor
+            // freed until the operation completed.
+            if unsafe { self.ring.submission().push(&sqe) }.is_ok() {
+                return Ok(());
+            }
+            self.enter(0)?;
+        }
+    }
+
+    fn register(&mut self, i: usize) -> std::io::Result<()> {
+        let sqe = register_sqe(self.fd, &self.slots[i].entry, self.qid).user_data(tag(i, 0));
+        self.push(sqe)?;
+        self.slots[i].live = true;
+        Ok(())
+    }
+
+    fn commit(&mut self, i: usize, commit_id: u64) {
+        self.counts.served.fetch_add(1, Ordering::Relaxed);
+        let sqe = commit_sqe(self.fd, commit_id, self.qid).user_data(tag(i, 0));
+        match self.push(sqe) {
+            Ok(()) => self.slots[i].live = true,
+            Err(e) => log::error!("FUSE ring queue {}: cannot commit a reply: {e}", self.qid),
+        }
+    }
+
+    /// Submits what is queued and waits for at least `want` completions.
+    fn enter(&mut self, want: usize) -> std::io::Result<()> {
+        loop {
+            match self.ring.submit_and_wait(want) {
+                Ok(_) => return Ok(()),
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {
+                    if want == 0 || !self.ring.completion().is_empty() {
+                        return Ok(());
                     }
                 }
+                // Completions must be reaped first, or the kernel is short
+                // of memory for a moment.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EAGAIN)) => {
+                    if !self.ring.completion().is_empty() {
+                        return Ok(());
+                    }
+                    std::thread::yield_now();
+                }
+                Err(e) => return Err(e),
             }
+        }
+    }
+
+    fn take_completions(&mut self) {
+        self.reaped.clear();
+        self.reaped
+            .extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
+    }
+
+    /// Looks at every completion: a leg's I/O (the request is answered
+    /// when its last piece is in), or an entry's command (a request, or the
+    /// end of the connection).
+    fn reap(&mut self) {
+        self.take_completions();
+        for k in 0..self.reaped.len() {
+            let (user_data, res) = self.reaped[k];
+            let (i, op) = untag(user_data);
+            if i >= self.slots.len() {
+                log::error!(
+                    "FUSE ring queue {}: a completion for no entry ({user_data:#x})",
+                    self.qid
+                );
+                continue;
+            }
+            if op == 0 {
+                self.command_done(i, res);
+            } else {
+                self.piece_done(i, op - 1, res);
+            }
+        }
+    }
+
+    fn command_done(&mut self, i: usize, res: i32) {
+        self.slots[i].live = false;
+        if res >= 0 {
+            self.ready.push_back((i, res));
+            return;
+        }
+        let errno = -res;
+        if is_shutdown(errno) {
+            log::debug!(
+                "FUSE ring queue {}: entry {i}: the connection ended ({errno})",
+                self.qid
+            );
+        } else if errno == libc::ENOENT {
+            // The request went away before its reply (aborted or timed
+            // out); its entry is the kernel's no more: register anew.
+            log::info!(
+                "FUSE ring queue {}: the kernel no longer knows the request just answered \
+                 (ENOENT); registering the entry again",
+                self.qid
+            );
+            if let Err(e) = self.register(i) {
+                log::error!("FUSE ring queue {}: cannot register again: {e}", self.qid);
+            }
+        } else {
             log::error!(
-                "FUSE ring queue {qid}: the kernel failed the entry: {}",
+                "FUSE ring queue {}: the kernel failed entry {i}: {}",
+                self.qid,
                 std::io::Error::from_raw_os_error(errno)
             );
-            break;
         }
-        let commit_id = handle(core, &mut entry, cfg, &mut reply);
-        served.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = submit(&mut ring, commit_sqe(fd, commit_id, qid), true) {
-            log::error!("FUSE ring queue {qid}: cannot commit a reply: {e}");
-            break;
-        }
-        pending = ring.completion().next().map(|c| c.result());
     }
-    drop(ring);
-    drop(entry);
-}
 
-/// Pushes `sqe` and enters the kernel (waiting for one completion if `wait`).
-fn submit(
-    ring: &mut IoUring<squeue::Entry128, cqueue::Entry>,
-    sqe: squeue::Entry128,
-    wait: bool,
-) -> std::io::Result<()> {
-    // SAFETY: the buffers and iovecs the command points at belong to the
-    // thread's Entry, which outlives the ring.
-    unsafe { ring.submission().push(&sqe) }
-        .map_err(|_| std::io::Error::other("the submission queue is full"))?;
-    loop {
-        let r = if wait {
-            ring.submit_and_wait(1)
-        } else {
-            ring.submit()
+    fn piece_done(&mut self, i: usize, piece: usize, res: i32) {
+        let Some(f) = self.slots[i].io.as_mut().filter(|f| f.left > 0) else {
+            log::error!(
+                "FUSE ring queue {}: leg I/O completed for entry {i}, which has none out",
+                self.qid
+            );
+            return;
         };
-        match r {
-            Ok(_) => return Ok(()),
-            // Interrupted: the entry went in if the queue is empty.
-            Err(e) if e.raw_os_error() == Some(libc::EINTR) => {
-                if ring.submission().is_empty() {
-                    return if wait { wait_only(ring) } else { Ok(()) };
+        if let Some(r) = f.results.get_mut(piece) {
+            *r = res;
+        }
+        f.left -= 1;
+        if f.left > 0 {
+            return;
+        }
+        if f.went_well() {
+            self.finish(i);
+        } else {
+            self.slow.push(i);
+        }
+    }
+
+    /// Answers entry `i`'s request, whose leg I/O completed, through the
+    /// engine's finish (counters, errors), and commits the reply.
+    fn finish(&mut self, i: usize) {
+        let slot = &mut self.slots[i];
+        let Some(f) = slot.io.take() else {
+            return;
+        };
+        let (error, len) = match f.plan {
+            Planned::Read(plan) => {
+                let len = plan.len();
+                match self
+                    .core
+                    .finish_read(plan, &f.results, slot.entry.payload.as_mut_slice())
+                {
+                    Ok(()) => (0, len),
+                    Err(e) => (e, 0),
                 }
             }
-            Err(e) => return Err(e),
+            Planned::Write(plan) => {
+                let len = plan.len();
+                let payload = slot.entry.payload.as_mut_slice();
+                match self.core.finish_write(plan, &f.results, &payload[..len]) {
+                    Ok(n) => {
+                        // fuse_write_out: size, padding.
+                        put_u32(payload, 0, n);
+                        put_u32(payload, 4, 0);
+                        (0, 8)
+                    }
+                    Err(e) => (e, 0),
+                }
+            }
+        };
+        put_reply(slot.entry.header.as_mut_slice(), f.unique, error, len);
+        self.commit(i, f.commit_id);
+    }
+
+    /// A request arrived in entry `i`: a read or write of the image goes to
+    /// the legs through this ring (answered when it completes), anything
+    /// else is answered now, once nothing of this thread's is in flight.
+    fn request(&mut self, i: usize) {
+        let entry = &self.slots[i].entry;
+        match plan_in_ring(self.core, entry, self.cfg) {
+            Plan::Planned(plan, commit_id, unique) => self.start(i, plan, commit_id, unique),
+            Plan::Failed(error, commit_id, unique) => {
+                put_reply(self.slots[i].entry.header.as_mut_slice(), unique, error, 0);
+                self.commit(i, commit_id);
+            }
+            Plan::Ordinary => {
+                // Nothing of this thread's stays in flight while it blocks:
+                // its planned writes hold ranges this request may wait for,
+                // and a finished leg I/O holds its leg (open, locked) until
+                // reaped.
+                self.drain();
+                let commit_id = handle(
+                    self.core,
+                    &mut self.slots[i].entry,
+                    self.cfg,
+                    &mut self.reply,
+                );
+                self.commit(i, commit_id);
+            }
         }
+    }
+
+    /// Puts a planned request's leg I/O into the ring.
+    fn start(&mut self, i: usize, plan: Planned<'c>, commit_id: u64, unique: u64) {
+        let base = self.slots[i].entry.payload.as_mut_slice().as_mut_ptr();
+        // The pieces lie inside the payload: the engine plans them within
+        // the request's length, which was checked against the payload.
+        let (sqes, expect): (SmallVec<[squeue::Entry128; 8]>, SmallVec<[i32; 4]>) = match &plan {
+            Planned::Read(p) => p
+                .pieces()
+                .enumerate()
+                .map(|(k, p)| {
+                    let sqe: squeue::Entry128 = opcode::Read::new(
+                        types::Fd(p.fd),
+                        base.wrapping_add(p.buf_at),
+                        p.len as u32,
+                    )
+                    .offset(p.leg_offset)
+                    .build()
+                    .user_data(tag(i, k + 1))
+                    .into();
+                    (sqe, p.len as i32)
+                })
+                .unzip(),
+            Planned::Write(w) => {
+                let len = w.len();
+                w.pieces()
+                    .enumerate()
+                    .map(|(k, p)| {
+                        let sqe: squeue::Entry128 =
+                            opcode::Write::new(types::Fd(p.fd), base.cast_const(), len as u32)
+                                .offset(p.leg_offset)
+                                .rw_flags(if p.durable { libc::RWF_DSYNC } else { 0 })
+                                .build()
+                                .user_data(tag(i, k + 1))
+                                .into();
+                        (sqe, len as i32)
+                    })
+                    .unzip()
+            }
+        };
+        let pieces = sqes.len();
+        self.counts
+            .started_in_ring(matches!(plan, Planned::Write(_)));
+        self.slots[i].io = Some(InFlight {
+            plan,
+            results: smallvec::smallvec![-libc::EIO; pieces],
+            expect,
+            left: pieces,
+            commit_id,
+            unique,
+        });
+        if pieces == 0 {
+            self.slow.push(i);
+            return;
+        }
+        for (k, sqe) in sqes.into_iter().enumerate() {
+            if let Err(e) = self.push(sqe) {
+                // Never with a working ring: the pieces not queued count as
+                // failed (corrected, failed out, or the caller's error).
+                log::error!("FUSE ring queue {}: cannot queue leg I/O: {e}", self.qid);
+                for piece in k..pieces {
+                    self.piece_done(i, piece, -libc::EIO);
+                }
+                break;
+            }
+        }
+    }
+
+    /// Waits until no leg I/O of this thread's is in flight (requests that
+    /// come meanwhile wait in `ready`), then finishes what did not go well:
+    /// writes first (a read's correction may wait for their ranges).
+    fn drain(&mut self) {
+        while self.in_flight() {
+            if let Err(e) = self.enter(1) {
+                log::error!(
+                    "FUSE ring queue {}: waiting for leg I/O failed: {e}",
+                    self.qid
+                );
+                return;
+            }
+            self.reap();
+        }
+        let mut slow = std::mem::take(&mut self.slow);
+        slow.sort_by_key(|&i| {
+            !matches!(
+                self.slots[i].io.as_ref().map(|f| &f.plan),
+                Some(Planned::Write(_))
+            )
+        });
+        for &i in &slow {
+            self.finish(i);
+        }
+        slow.clear();
+        self.slow = slow;
     }
 }
 
-fn wait_only(ring: &mut IoUring<squeue::Entry128, cqueue::Entry>) -> std::io::Result<()> {
-    loop {
-        if !ring.completion().is_empty() {
-            return Ok(());
+impl<A: ServedArray> Drop for Queue<'_, A> {
+    fn drop(&mut self) {
+        // Every leg I/O finishes (its range released, its bits ended)
+        // before its buffer can go.
+        self.drain();
+        if self.in_flight() {
+            // The ring failed with I/O in it: the kernel may still use
+            // their buffers, so they are never freed (and the ranges those
+            // writes hold stay held: the array cannot stop clean, which the
+            // next assembly's resync covers).
+            log::error!(
+                "FUSE ring queue {}: leg I/O still in flight as the ring fails; its buffers are \
+                 kept",
+                self.qid
+            );
+            std::mem::forget(std::mem::take(&mut self.slots));
         }
-        match ring.submit_and_wait(1) {
-            Ok(_) => return Ok(()),
-            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-            Err(e) => return Err(e),
-        }
+        // Then the fields go in their order: the ring before the buffers.
     }
 }
 
-/// The result of the next completion, waiting for it.
-fn wait(ring: &mut IoUring<squeue::Entry128, cqueue::Entry>) -> std::io::Result<i32> {
-    loop {
-        if let Some(c) = ring.completion().next() {
-            return Ok(c.result());
-        }
-        wait_only(ring)?;
+/// What to do with the request in an entry.
+enum Plan<'c> {
+    /// Its leg I/O goes into the ring (with its commit id and unique).
+    Planned(Planned<'c>, u64, u64),
+    /// It fails with this errno at once.
+    Failed(i32, u64, u64),
+    /// [`handle`] answers it.
+    Ordinary,
+}
+
+/// A read or write of the image that `entry` holds, planned to run in the
+/// ring from or into the entry's payload; anything else, a request this
+/// caller may not make, or one the engine serves the ordinary way is
+/// `Ordinary`.
+fn plan_in_ring<'c, A: ServedArray>(
+    core: &'c MountCore<A>,
+    entry: &Entry,
+    cfg: RingConfig,
+) -> Plan<'c> {
+    let h = entry.header.as_slice();
+    let opcode = get_u32(h, 4);
+    let kind = match opcode {
+        FUSE_READ => Op::Read,
+        FUSE_WRITE => Op::Write,
+        _ => return Plan::Ordinary,
+    };
+    let uid = get_u32(h, 24);
+    if !cfg.allow_other && uid != core.owner() && !allowed_without_owner(kind) {
+        return Plan::Ordinary;
     }
+    let (unique, nodeid) = (get_u64(h, 8), get_u64(h, 16));
+    let commit_id = get_u64(h, ENT_IN_OUT + 8);
+    let in_len = get_u32(h, ENT_IN_OUT + 16) as usize;
+    let op_in = &h[OP_IN..OP_IN + 128];
+    let (offset, size, flags) = (get_u64(op_in, 8), get_u32(op_in, 16), get_u32(op_in, 32));
+    let cap = entry.payload.capacity();
+    if size as usize > cap || in_len > cap {
+        return Plan::Ordinary;
+    }
+    if opcode == FUSE_READ {
+        // The engine plans at most MAX_READ_PIECES pieces, within the
+        // read's `size` bytes (checked above to fit the payload).
+        return match core.plan_read(nodeid, offset, size, flags as i32) {
+            Some(p) => Plan::Planned(Planned::Read(p), commit_id, unique),
+            None => Plan::Ordinary,
+        };
+    }
+    if (size as usize) > in_len {
+        return Plan::Ordinary;
+    }
+    let from_cache = get_u32(op_in, 20) & FUSE_WRITE_CACHE != 0;
+    match core.plan_write(nodeid, offset, size, from_cache, flags as i32) {
+        Some(Ok(p)) => Plan::Planned(Planned::Write(p), commit_id, unique),
+        Some(Err(e)) => Plan::Failed(e, commit_id, unique),
+        None => Plan::Ordinary,
+    }
+}
+
+/// The reply's headers: `fuse_out_header` (len, error, unique) and the
+/// payload's size in the entry's `fuse_uring_ent_in_out`.
+fn put_reply(h: &mut [u8], unique: u64, error: i32, len: usize) {
+    let len = if error == 0 { len } else { 0 };
+    put_u32(h, 0, (16 + len) as u32);
+    put_u32(h, 4, (-error) as u32);
+    put_u64(h, 8, unique);
+    put_u32(h, ENT_IN_OUT + 16, len as u32);
 }
 
 /// A reply being made: the out header's error and the payload's length.
@@ -585,13 +1057,7 @@ fn handle<A: ServedArray>(
             }
         }
     }
-    // fuse_out_header: len, error, unique; then the payload's size.
-    let h = header.as_mut_slice();
-    let len = if reply.error == 0 { reply.len } else { 0 };
-    put_u32(h, 0, (16 + len) as u32);
-    put_u32(h, 4, (-reply.error) as u32);
-    put_u64(h, 8, unique);
-    put_u32(h, ENT_IN_OUT + 16, len as u32);
+    put_reply(header.as_mut_slice(), unique, reply.error, reply.len);
     commit_id
 }
 

@@ -18,6 +18,51 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_mdfuse")
 }
 
+/// The environment variable that picks the transport the e2e tests mount
+/// with: `uring`, `dev-fuse` or `auto` (scripts/test.sh runs the FUSE-facing
+/// test files once with each of `dev-fuse` and `uring`). Unset or empty:
+/// mdfuse's default (`auto`).
+pub const TRANSPORT_VAR: &str = "MDFUSE_TEST_TRANSPORT";
+
+/// The transport from [`TRANSPORT_VAR`], checked (a typo would otherwise
+/// run the suite on the default transport and prove nothing).
+pub fn test_transport() -> Option<&'static str> {
+    static CHOSEN: std::sync::OnceLock<Option<&'static str>> = std::sync::OnceLock::new();
+    *CHOSEN.get_or_init(|| {
+        let v = std::env::var(TRANSPORT_VAR).unwrap_or_default();
+        match v.trim() {
+            "" => None,
+            "auto" => Some("auto"),
+            "uring" => Some("uring"),
+            "dev-fuse" => Some("dev-fuse"),
+            other => panic!("{TRANSPORT_VAR}={other:?}: not a transport (auto, uring or dev-fuse)"),
+        }
+    })
+}
+
+/// Whether mount arguments already choose a transport (a test that needs a
+/// specific one keeps it).
+pub fn chooses_transport(args: &[&str]) -> bool {
+    args.iter()
+        .any(|a| *a == "--transport" || a.starts_with("--transport="))
+}
+
+/// `--transport=T` for [`test_transport`], unless `args` choose one: what
+/// the harness puts before a mount's own arguments.
+pub fn transport_args(args: &[&str]) -> Vec<String> {
+    match test_transport() {
+        Some(t) if !chooses_transport(args) => vec![format!("--transport={t}")],
+        _ => Vec::new(),
+    }
+}
+
+/// `transport=T` for [`test_transport`] as a mount option (mount(8),
+/// mount.mdfuse), unless `options` (comma-separated) choose one.
+pub fn transport_option(options: &str) -> Option<String> {
+    let t = test_transport()?;
+    (!options.split(',').any(|o| o.starts_with("transport="))).then(|| format!("transport={t}"))
+}
+
 /// Runs `mdfuse ARGS` and returns its output, whatever the exit status.
 pub fn mdfuse(args: &[&str]) -> Output {
     mdfuse_env(args, &[])
@@ -614,6 +659,7 @@ impl MountedArray {
             "--log".into(),
             log.display().to_string(),
         ];
+        args.extend(transport_args(extra_args));
         args.extend(extra_args.iter().map(|s| s.to_string()));
         args.extend(legs.strs());
         args.push(mnt.display().to_string());
@@ -933,6 +979,7 @@ impl ForegroundArray {
         let mut cmd = Command::new(bin());
         cmd.arg("mount")
             .arg("-f")
+            .args(transport_args(extra_args))
             .args(extra_args)
             .args(&legs.paths)
             .arg(mnt)

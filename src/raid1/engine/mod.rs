@@ -15,9 +15,14 @@
 //! 5. `WriteIntent::end_write`, release the range.
 
 mod failures;
+mod in_ring;
 mod read_fix;
 mod reads;
 mod writes;
+
+pub use self::in_ring::{
+    PlannedRead, PlannedWrite, ReadPiece, WritePiece, MAX_READ_PIECES, MAX_WRITE_TARGETS,
+};
 
 use self::failures::Record;
 use self::read_fix::{RangeHeld, ReadErrors, DEFAULT_MAX_READ_ERRORS};

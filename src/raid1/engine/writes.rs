@@ -250,16 +250,7 @@ impl Raid1 {
         offset: u64,
         run: impl FnOnce(&[(usize, Arc<SlotIo>, bool)], &mut dyn FnMut(LegFailure)),
     ) -> Result<bool, EngineError> {
-        // (slot, its I/O, in sync); in-sync legs first, so that without
-        // io_uring the calling thread does an in-sync leg's share.
-        let mut targets: SmallVec<[(usize, Arc<SlotIo>, bool); 4]> = self
-            .slots
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| s.state().is_written())
-            .filter_map(|(i, s)| s.io().map(|io| (i, io, s.state() == LegState::InSync)))
-            .collect();
-        targets.sort_by_key(|t| !t.2);
+        let targets = self.written_targets();
         let in_sync = targets.iter().filter(|t| t.2).count();
         if in_sync == 0 {
             return Err(EngineError::NoInSyncLeg);
@@ -270,6 +261,37 @@ impl Raid1 {
                 failures.push(failure);
             }
         });
+        self.settle(op, offset, &targets, failures)
+    }
+
+    /// The legs a write or flush goes to: (slot, its I/O, in sync), in-sync
+    /// legs first, so that without io_uring the calling thread does an
+    /// in-sync leg's share.
+    pub(super) fn written_targets(&self) -> SmallVec<[(usize, Arc<SlotIo>, bool); 4]> {
+        let mut targets: SmallVec<[(usize, Arc<SlotIo>, bool); 4]> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.state().is_written())
+            .filter_map(|(i, s)| s.io().map(|io| (i, io, s.state() == LegState::InSync)))
+            .collect();
+        targets.sort_by_key(|t| !t.2);
+        targets
+    }
+
+    /// The end of every fan-out: given the targets (slot, I/O, in sync) and
+    /// the shares that failed (one per leg), fails out the legs that failed
+    /// and waits until every slot the operation missed has its failure on
+    /// record, or returns the error when every in-sync leg failed.
+    /// Ok(true) when every slot of the array took part and succeeded.
+    pub(super) fn settle(
+        &self,
+        op: &'static str,
+        offset: u64,
+        targets: &[(usize, Arc<SlotIo>, bool)],
+        failures: Vec<LegFailure>,
+    ) -> Result<bool, EngineError> {
+        let in_sync = targets.iter().filter(|t| t.2).count();
         for f in &failures {
             log::error!("{f}");
         }
