@@ -169,6 +169,35 @@ impl RunningArray {
 
     /// The new header's daemon_sleep: the mount's --delay, rounded up to
     /// whole seconds, or md's 5.
+    /// The header of a new bitmap for the array `current` describes, with
+    /// `chunk`-byte chunks at `events`; refused when it has more chunks than
+    /// mdfuse keeps.
+    fn new_header(
+        &self,
+        current: &crate::format::superblock::Superblock,
+        chunk: u32,
+        events: u64,
+    ) -> Result<BitmapSuper, ArrayError> {
+        let header = BitmapSuper::new_for_array(
+            current.set_uuid,
+            current.size,
+            chunk,
+            self.new_daemon_sleep(),
+            events,
+        );
+        if header.chunks() > MAX_INTERNAL_CHUNKS {
+            return Err(refused(
+                format!(
+                    "{} chunks of {chunk} bytes; mdfuse keeps at most {MAX_INTERNAL_CHUNKS}: \
+                     a larger chunk (bitmap/chunksize)",
+                    header.chunks()
+                ),
+                libc::EINVAL,
+            ));
+        }
+        Ok(header)
+    }
+
     fn new_daemon_sleep(&self) -> u32 {
         self.grow_opts
             .clear_delay
@@ -213,23 +242,7 @@ impl RunningArray {
             }
         }
         let events = self.keeper.events();
-        let header = BitmapSuper::new_for_array(
-            current.set_uuid,
-            current.size,
-            chunk,
-            self.new_daemon_sleep(),
-            events,
-        );
-        if header.chunks() > MAX_INTERNAL_CHUNKS {
-            return Err(refused(
-                format!(
-                    "{} chunks of {chunk} bytes; mdfuse keeps at most {MAX_INTERNAL_CHUNKS}: \
-                     a larger chunk (bitmap/chunksize)",
-                    header.chunks()
-                ),
-                libc::EINVAL,
-            ));
-        }
+        let header = self.new_header(&current, chunk, events)?;
         let bytes = on_disk_bytes(&header);
         let mut targets = Vec::new();
         for (slot, s) in self.engine.slots().iter().enumerate() {
@@ -292,23 +305,7 @@ impl RunningArray {
             None => default_chunk_size(current.size.saturating_mul(512)),
         };
         let events = self.keeper.events();
-        let header = BitmapSuper::new_for_array(
-            current.set_uuid,
-            current.size,
-            chunk,
-            self.new_daemon_sleep(),
-            events,
-        );
-        if header.chunks() > MAX_INTERNAL_CHUNKS {
-            return Err(refused(
-                format!(
-                    "{} chunks of {chunk} bytes; mdfuse keeps at most {MAX_INTERNAL_CHUNKS}: \
-                     a larger chunk (bitmap/chunksize)",
-                    header.chunks()
-                ),
-                libc::EINVAL,
-            ));
-        }
+        let header = self.new_header(&current, chunk, events)?;
         crate::bitmap::stage_bitmap_file(path, &header, false)?.commit()?;
         // Ours from here: a refusal takes it away again.
         let made = MadeFile(Some(path.to_owned()));

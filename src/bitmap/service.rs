@@ -421,17 +421,7 @@ impl WriteIntentBitmap {
     /// Writes every page and the header as they are in memory (a new
     /// bitmap's first image, before anything refers to it).
     pub fn write_all_pages(&self) -> Result<(), BitmapError> {
-        let s = &self.shared;
-        for (p, page) in s.pages.iter().enumerate() {
-            let mut st = page.state.lock();
-            if p == 0 {
-                s.copy_header_into(&mut st);
-            }
-            st.gen += 1;
-            let required = st.gen;
-            s.flush_until(p, st, required)?;
-        }
-        s.store.flush_device()
+        self.shared.write_all_pages()
     }
 
     /// Clears every bit (nothing NEEDED, nothing durable) and writes every
@@ -510,16 +500,7 @@ impl WriteIntentBitmap {
         let s = &self.shared;
         s.check_faulty()?;
         s.daemon_pass(true);
-        for (p, page) in s.pages.iter().enumerate() {
-            let mut st = page.state.lock();
-            if p == 0 {
-                s.copy_header_into(&mut st);
-            }
-            st.gen += 1;
-            let required = st.gen;
-            s.flush_until(p, st, required)?;
-        }
-        s.store.flush_device()
+        s.write_all_pages()
     }
 
     pub fn stats(&self) -> BitmapStats {
@@ -781,6 +762,21 @@ impl Shared {
             }
             page.flushed.notify_all();
         }
+    }
+
+    /// Writes every page and the header as they are in memory, then
+    /// flushes the device.
+    fn write_all_pages(&self) -> Result<(), BitmapError> {
+        for (p, page) in self.pages.iter().enumerate() {
+            let mut st = page.state.lock();
+            if p == 0 {
+                self.copy_header_into(&mut st);
+            }
+            st.gen += 1;
+            let required = st.gen;
+            self.flush_until(p, st, required)?;
+        }
+        self.store.flush_device()
     }
 
     fn copy_header_into(&self, st: &mut PageState) {

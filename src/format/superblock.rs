@@ -1417,6 +1417,17 @@ pub fn mdadm_internal_bitmap_chunk(
         return Err(GeometryError::NoBitmapRoom { needed: 8, room: 0 });
     }
     let max_bits = (room * 512 - 256) * 8;
+    bitmap_chunk_for(array_sectors, max_bits, requested)
+}
+
+/// mdadm's chunk for `array_sectors` of array in `max_bits` bits: the
+/// smallest is 4 KiB, doubled until the bits fit; without a `requested`
+/// chunk at least 64 MiB; a requested one below the smallest is refused.
+fn bitmap_chunk_for(
+    array_sectors: u64,
+    max_bits: u64,
+    requested: Option<u64>,
+) -> Result<u32, GeometryError> {
     let mut min_chunk: u64 = 4096;
     let mut bits = array_sectors.saturating_mul(512) / min_chunk + 1;
     while bits > max_bits {
@@ -1679,26 +1690,8 @@ impl Superblock {
             .saturating_sub(256)
             .saturating_mul(8);
         let size = self.size;
-        let mut min_chunk: u64 = 4096;
-        let mut bits = size.saturating_mul(512) / min_chunk + 1;
-        while bits > max_bits {
-            min_chunk *= 2;
-            bits = bits.div_ceil(2);
-        }
-        let chunk = match requested {
-            None => min_chunk.max(64 * 1024 * 1024),
-            Some(c) if c < min_chunk => {
-                return Err(GeometryError::BitmapChunkTooSmall {
-                    chunk: c,
-                    min: min_chunk,
-                })
-            }
-            Some(c) => c,
-        };
-        let chunk32 = u32::try_from(chunk).map_err(|_| GeometryError::BitmapChunkTooSmall {
-            chunk,
-            min: min_chunk,
-        })?;
+        let chunk32 = bitmap_chunk_for(size, max_bits, requested)?;
+        let chunk = u64::from(chunk32);
         // mdadm's count (one bit more than needed at a chunk boundary) and
         // ours: the bitmap's 4 KiB blocks hold both.
         let mdadm_bits = size.saturating_mul(512) / chunk + 1;

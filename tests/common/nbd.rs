@@ -75,35 +75,18 @@ impl Server {
     /// nbdkit's eval plugin serving `img` through `dd`, with no flush
     /// method: it advertises no NBD_FLAG_SEND_FLUSH.
     pub fn nbdkit_without_flush(img: &Path, sock: &Path) -> Server {
-        let img = img.display().to_string();
-        let size = std::fs::metadata(&img).expect("image").len();
-        let mut cmd = Command::new("nbdkit");
-        cmd.args(["-f", "--exit-with-parent", "-U"])
-            .arg(sock)
-            .arg("eval")
-            .arg(format!("get_size=echo {size}"))
-            .arg(format!(
-                "pread=dd if={img} skip=$4 count=$3 iflag=skip_bytes,count_bytes status=none"
-            ))
-            .arg(format!(
-                "pwrite=dd of={img} seek=$4 conv=notrunc oflag=seek_bytes status=none"
-            ))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null());
-        let child = cmd.spawn().expect("run nbdkit");
-        let s = Server {
-            pid: child.id() as i32,
-            child: Some(child),
-            what: "nbdkit eval".into(),
-            pid_file: None,
-        };
-        wait_for("nbdkit's socket", Duration::from_secs(20), || sock.exists());
-        s
+        Server::nbdkit_eval(img, sock, None)
     }
 
     /// nbdkit's eval plugin serving `img` through `dd`, whose flush takes
     /// `flush_secs` (then fsyncs the image): a slow stable storage.
     pub fn nbdkit_slow_flush(img: &Path, sock: &Path, flush_secs: u64) -> Server {
+        Server::nbdkit_eval(img, sock, Some(flush_secs))
+    }
+
+    /// nbdkit's eval plugin serving `img` through `dd` on `sock`; a flush
+    /// method taking `flush_secs` when given.
+    fn nbdkit_eval(img: &Path, sock: &Path, flush_secs: Option<u64>) -> Server {
         let img = img.display().to_string();
         let size = std::fs::metadata(&img).expect("image").len();
         let mut cmd = Command::new("nbdkit");
@@ -116,15 +99,23 @@ impl Server {
             ))
             .arg(format!(
                 "pwrite=dd of={img} seek=$4 conv=notrunc oflag=seek_bytes status=none"
-            ))
-            .arg(format!("flush=sleep {flush_secs}; sync {img}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null());
+            ));
+        if let Some(secs) = flush_secs {
+            cmd.arg(format!("flush=sleep {secs}; sync {img}"));
+        }
+        cmd.stdin(Stdio::null()).stdout(Stdio::null());
         let child = cmd.spawn().expect("run nbdkit");
         let s = Server {
             pid: child.id() as i32,
             child: Some(child),
-            what: "nbdkit eval (slow flush)".into(),
+            what: format!(
+                "nbdkit eval{}",
+                if flush_secs.is_some() {
+                    " (slow flush)"
+                } else {
+                    ""
+                }
+            ),
             pid_file: None,
         };
         wait_for("nbdkit's socket", Duration::from_secs(20), || sock.exists());

@@ -73,18 +73,25 @@ impl PlannedRead {
 }
 
 impl Raid1 {
+    /// Whether `[offset, offset + len)` can be run in a ring: direct-mode
+    /// legs, block-aligned, inside the array.
+    fn ring_able(&self, offset: u64, len: u64) -> bool {
+        self.block != 1
+            && len != 0
+            && offset.is_multiple_of(self.block)
+            && len.is_multiple_of(self.block)
+            && offset
+                .checked_add(len)
+                .is_some_and(|end| end <= self.array_size)
+    }
+
     /// Plans the read of `[offset, offset + len)` for a caller that runs it
     /// in its own ring into a buffer of at least `len` bytes aligned for
     /// O_DIRECT; None when the ordinary path must serve it. A plan reads
     /// exactly `len` bytes, in at most [`MAX_READ_PIECES`] pieces that lie
     /// within them.
     pub fn plan_read(&self, offset: u64, len: u64, direct_reader: bool) -> Option<PlannedRead> {
-        if self.block == 1
-            || len == 0
-            || !offset.is_multiple_of(self.block)
-            || !len.is_multiple_of(self.block)
-            || offset.checked_add(len)? > self.array_size
-        {
+        if !self.ring_able(offset, len) {
             return None;
         }
         // An O_DIRECT stream's large reads belong to its read-ahead.
@@ -108,15 +115,8 @@ impl Raid1 {
             ))
         };
         if len >= SPLIT_READ_MIN && !self.first_only.load(Ordering::Relaxed) {
-            // As read_split: one contiguous piece per in-sync leg that is
-            // not write-mostly (md reads those only when no other can).
-            let legs: SmallVec<[(usize, Arc<SlotIo>); 4]> = self
-                .slots
-                .iter()
-                .enumerate()
-                .filter(|(_, s)| s.state() == LegState::InSync && !s.is_write_mostly())
-                .filter_map(|(i, s)| s.io().map(|io| (i, io)))
-                .collect();
+            // As read_split: one contiguous piece per leg it splits over.
+            let legs = self.split_read_legs();
             if legs.len() >= 2 {
                 let block = self.block as usize;
                 let n = legs
@@ -291,12 +291,7 @@ impl Raid1 {
         len: u64,
         durable: bool,
     ) -> Option<Result<PlannedWrite<'_>, EngineError>> {
-        if self.block == 1
-            || len == 0
-            || !offset.is_multiple_of(self.block)
-            || !len.is_multiple_of(self.block)
-            || offset.checked_add(len)? > self.array_size
-        {
+        if !self.ring_able(offset, len) {
             return None;
         }
         // The failure tests stop between two legs' writes on the ordinary path.

@@ -218,6 +218,17 @@ impl Raid1 {
     /// to read from, buffered
     /// legs whose readahead wants whole streams, reads held to the first
     /// leg after an unclean stop, or no io_uring).
+    /// The legs a large read is split over: the in-sync ones that are not
+    /// write-mostly (md reads those only when no other leg can serve).
+    pub(super) fn split_read_legs(&self) -> SmallVec<[(usize, Arc<SlotIo>); 4]> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.state() == LegState::InSync && !s.is_write_mostly())
+            .filter_map(|(i, s)| s.io().map(|io| (i, io)))
+            .collect()
+    }
+
     pub(super) fn read_split(&self, start: u64, buf: &mut [u8]) -> Option<Result<(), EngineError>> {
         if (buf.len() as u64) < SPLIT_READ_MIN
             || self.block == 1
@@ -225,15 +236,7 @@ impl Raid1 {
         {
             return None;
         }
-        // Write-mostly legs take no share (md reads them only when no other
-        // leg can serve).
-        let legs: SmallVec<[(usize, Arc<SlotIo>); 4]> = self
-            .slots
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| s.state() == LegState::InSync && !s.is_write_mostly())
-            .filter_map(|(i, s)| s.io().map(|io| (i, io)))
-            .collect();
+        let legs = self.split_read_legs();
         if legs.len() < 2 {
             return None;
         }
